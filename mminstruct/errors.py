@@ -1,0 +1,62 @@
+"""Every error class the core raises, in one place.
+
+Hierarchy::
+
+    MMInstructError                 base of everything the core raises on purpose
+    ├── InputError                  the user's input is wrong; the CLI prints one line and exits 2
+    │   ├── ConfigError             a bad option value (unknown mode, negative count, …)
+    │   ├── DataFileError           a file cannot be loaded at all (not JSON, wrong top-level shape)
+    │   ├── UnsafePathError         an image path is absolute or escapes its root
+    │   ├── ImageError              an image is missing, unreadable, or too large to decode safely
+    │   └── ModelSpecError          an unknown CLIP architecture or pretrained tag
+    └── GenerationError             step 3 (see mminstruct.llm.errors for its own subclasses)
+
+Messages name the bad value and, where there is a closed set, list the valid options.
+Per-record problems in a data file are *not* raised: they go into a LoadReport and the record is
+skipped, so one bad record never stops a load.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+
+class MMInstructError(Exception):
+    """Base class of every error the core raises on purpose."""
+
+
+class InputError(MMInstructError):
+    """The user's input (a flag, a file, a record) is wrong."""
+
+
+class ConfigError(InputError):
+    """A configuration value is invalid."""
+
+
+class DataFileError(InputError):
+    """A data, task or prompt file cannot be loaded at all."""
+
+
+class UnsafePathError(InputError):
+    """An image path is absolute or escapes the folder it must stay under."""
+
+
+class ImageError(InputError):
+    """An image is missing, cannot be decoded, or is too large to decode safely."""
+
+
+class ModelSpecError(InputError):
+    """An unknown CLIP architecture, pretrained tag or checkpoint."""
+
+
+class GenerationError(MMInstructError):
+    """Base of step 3's errors."""
+
+
+def choices_message(kind: str, value: object, valid: Iterable[object], limit: int = 40) -> str:
+    """``unknown mode 'vqq'; choose one of: vqa, vqa_nr, …`` — the shape of every closed-set error."""
+    names = [str(v) for v in valid]
+    shown = ", ".join(names[:limit])
+    if len(names) > limit:
+        shown += f", … ({len(names) - limit} more)"
+    return f"unknown {kind} {value!r}; choose one of: {shown}"
