@@ -1,0 +1,258 @@
+"""The demo workspace: a chart QA reference set, an unlabeled candidate pool, and their true labels.
+
+``build_demo_workspace(folder, seed)`` writes::
+
+    folder/demo_charts.json   LLaVA data file: image_folder "images", dataset_description, samples
+    folder/images/            the reference charts (chart_0000.jpg, …)
+    folder/pool/              the unlabeled candidate pool (cand_0000.jpg, …)
+    folder/labels.json        every image path (relative to folder) → {"type", "subtype"}
+    folder/README.txt         what is there and what to run next
+    folder/.demo_manifest.json  the build's parameters; "complete" once everything is written
+
+Every file is written atomically. Charts are drawn by worker processes; a killed build keeps the
+images it finished, and the next call with the same parameters draws only the missing ones. A call on
+a complete workspace with the same parameters returns at once.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..cache import atomic_write_bytes, atomic_write_json, atomic_write_text
+from ..errors import ConfigError
+from .charts import ALL_LOOKS, CHART_TYPES, ChartSpec, chart_jpeg, chart_seed, make_spec
+from .questions import conversations, pick_questions
+
+#: Bump when the drawing or the questions change: a workspace from another version is rebuilt.
+GENERATOR_VERSION = 1
+DATA_FILE_NAME = "demo_charts.json"
+IMAGE_DIR = "images"
+POOL_DIR = "pool"
+LABELS_NAME = "labels.json"
+README_NAME = "README.txt"
+MANIFEST_NAME = ".demo_manifest.json"
+KEYWORDS: tuple[str, ...] = ("bar chart", "line chart", "pie chart", "scatter plot")
+DESCRIPTION = (
+    "Question answering on charts (bar, line, pie and scatter charts): reading exact values, "
+    "finding the highest and lowest categories, comparing series, following trends over time, "
+    "reading pie-chart shares and describing correlations; some questions are multiple choice."
+)
+
+Progress = Callable[[int, int], None]
+
+
+@dataclass(frozen=True)
+class DemoWorkspace:
+    """Where a built demo workspace's parts are."""
+
+    root: Path
+    data_file: Path
+    image_folder: Path
+    candidate_folder: Path
+    labels_file: Path
+    readme: Path
+    seed: int
+    n_reference: int
+    n_candidates: int
+    rendered: int  # charts drawn by this call (0 when the workspace was already complete)
+    seconds: float
+    keywords: tuple[str, ...] = KEYWORDS
+
+    def labels(self) -> dict[str, str]:
+        """Image path (relative to ``root``) → chart type."""
+        return read_labels(self.labels_file)
+
+
+def reference_spec(seed: int, index: int) -> ChartSpec:
+    return make_spec(chart_seed(seed, "reference", index), looks=ALL_LOOKS.name)
+
+
+def candidate_spec(seed: int, index: int) -> ChartSpec:
+    return make_spec(chart_seed(seed, "candidate", index), looks=ALL_LOOKS.name)
+
+
+def reference_record(seed: int, index: int, spec: ChartSpec | None = None) -> dict[str, object]:
+    spec = spec or reference_spec(seed, index)
+    rng = random.Random(chart_seed(seed, "questions", index))
+    return {"id": f"chart_{index:04d}", "image_1": reference_name(index),
+            "conversations": conversations(pick_questions(spec, rng))}
+
+
+def reference_name(index: int) -> str:
+    return f"chart_{index:04d}.jpg"
+
+
+def candidate_name(index: int) -> str:
+    return f"cand_{index:04d}.jpg"
+
+
+def read_labels(path: str | os.PathLike) -> dict[str, str]:
+    """A workspace's labels.json as image path → chart type (bar, line, pie or scatter)."""
+    raw = json.loads(Path(path).read_text(encoding="utf-8"))
+    return {k: v["type"] for k, v in raw.items()}
+
+
+# ----------------------------------------------------------------------------------------------
+# Building
+
+
+def _draw_chunk(jobs: list[tuple[int, str]]) -> int:
+    """Worker: draw each (chart seed, path) job and write its JPEG atomically."""
+    for chart, path in jobs:
+        spec = make_spec(chart, looks=ALL_LOOKS.name)
+        atomic_write_bytes(path, chart_jpeg(spec))
+    return len(jobs)
+
+
+def _draw_all(jobs: list[tuple[int, str]], workers: int, progress: Progress | None) -> None:
+    total = len(jobs)
+    if progress:
+        progress(0, total)
+    if not jobs:
+        return
+    if workers <= 1 or total < 24:
+        for k in range(total):
+            _draw_chunk([jobs[k]])
+            if progress:
+                progress(k + 1, total)
+        return
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+
+    size = max(4, min(32, total // (workers * 4)))
+    chunks = [jobs[k:k + size] for k in range(0, total, size)]
+    done = 0
+    # spawn: safe from a threaded parent (the Streamlit app); workers import only matplotlib + PIL.
+    ctx = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
+        for fut in as_completed([pool.submit(_draw_chunk, c) for c in chunks]):
+            done += fut.result()
+            if progress:
+                progress(done, total)
+
+
+def _validate(seed: int, n_reference: int, n_candidates: int, workers: int | None) -> None:
+    for name, value, low in (("seed", seed, 0), ("n_reference", n_reference, 1),
+                             ("n_candidates", n_candidates, 0)):
+        if not isinstance(value, int) or isinstance(value, bool) or value < low:
+            raise ConfigError(f"{name} is {value!r}; expected an integer ≥ {low}")
+    if n_reference > 100_000 or n_candidates > 100_000:
+        raise ConfigError("n_reference and n_candidates must each be at most 100000")
+    if workers is not None and (not isinstance(workers, int) or workers < 1):
+        raise ConfigError(f"workers is {workers!r}; expected an integer ≥ 1")
+
+
+def _read_manifest(path: Path) -> dict[str, object]:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def _remove_stale(folder: Path, prefix: str, keep: set[str]) -> None:
+    """Delete this generator's own image files that the new build does not contain."""
+    if folder.is_dir():
+        for f in folder.glob(f"{prefix}_*.jpg"):
+            if f.name not in keep:
+                f.unlink()
+
+
+def build_demo_workspace(output_folder: str | os.PathLike, seed: int = 0, n_reference: int = 150,
+                         n_candidates: int = 600, progress: Progress | None = None,
+                         workers: int | None = None) -> DemoWorkspace:
+    """Build (or finish, or just find) the demo workspace in ``output_folder``.
+
+    ``progress(done, total)`` is called as charts are drawn. ``workers`` defaults to 2 processes
+    (at most the number of CPUs)."""
+    _validate(seed, n_reference, n_candidates, workers)
+    start = time.perf_counter()
+    root = Path(output_folder)
+    if root.exists() and not root.is_dir():
+        raise ConfigError(f"output folder {root} exists and is not a folder")
+    root.mkdir(parents=True, exist_ok=True)
+    image_dir, pool_dir = root / IMAGE_DIR, root / POOL_DIR
+    params = {"version": GENERATOR_VERSION, "seed": seed, "n_reference": n_reference,
+              "n_candidates": n_candidates}
+    manifest_path = root / MANIFEST_NAME
+    manifest = _read_manifest(manifest_path)
+    same = {k: manifest.get(k) for k in params} == params
+    ref_names = [reference_name(i) for i in range(n_reference)]
+    cand_names = [candidate_name(j) for j in range(n_candidates)]
+    outputs = [root / DATA_FILE_NAME, root / LABELS_NAME, root / README_NAME]
+    all_images = [image_dir / n for n in ref_names] + [pool_dir / n for n in cand_names]
+
+    if same and manifest.get("complete") and all(p.is_file() for p in outputs + all_images):
+        return _workspace(root, seed, n_reference, n_candidates, 0, time.perf_counter() - start)
+
+    if not same:  # other parameters or version: nothing drawn before can be trusted
+        _remove_stale(image_dir, "chart", set())
+        _remove_stale(pool_dir, "cand", set())
+    atomic_write_json(manifest_path, {**params, "complete": False})
+
+    jobs: list[tuple[int, str]] = []
+    for i, name in enumerate(ref_names):
+        if not (image_dir / name).is_file():
+            jobs.append((chart_seed(seed, "reference", i), str(image_dir / name)))
+    for j, name in enumerate(cand_names):
+        if not (pool_dir / name).is_file():
+            jobs.append((chart_seed(seed, "candidate", j), str(pool_dir / name)))
+    n_workers = workers or max(1, min(2, os.cpu_count() or 1))
+    _draw_all(jobs, n_workers, progress)
+
+    ref_specs = [reference_spec(seed, i) for i in range(n_reference)]
+    cand_specs = [candidate_spec(seed, j) for j in range(n_candidates)]
+    samples = [reference_record(seed, i, s) for i, s in enumerate(ref_specs)]
+    atomic_write_json(root / DATA_FILE_NAME, {"dataset_description": DESCRIPTION,
+                                              "image_folder": IMAGE_DIR, "samples": samples}, indent=1)
+    labels = {f"{IMAGE_DIR}/{n}": {"type": s.kind, "subtype": s.subtype}
+              for n, s in zip(ref_names, ref_specs)}
+    labels.update({f"{POOL_DIR}/{n}": {"type": s.kind, "subtype": s.subtype}
+                   for n, s in zip(cand_names, cand_specs)})
+    atomic_write_json(root / LABELS_NAME, labels, indent=1)
+    atomic_write_text(root / README_NAME, readme_text(root, seed, ref_specs, cand_specs))
+    atomic_write_json(manifest_path, {**params, "complete": True})
+    return _workspace(root, seed, n_reference, n_candidates, len(jobs), time.perf_counter() - start)
+
+
+def _workspace(root: Path, seed: int, n_ref: int, n_cand: int, rendered: int,
+               seconds: float) -> DemoWorkspace:
+    return DemoWorkspace(root, root / DATA_FILE_NAME, root / IMAGE_DIR, root / POOL_DIR,
+                         root / LABELS_NAME, root / README_NAME, seed, n_ref, n_cand, rendered, seconds)
+
+
+def _counts(specs: list[ChartSpec]) -> str:
+    c = Counter(s.kind for s in specs)
+    return ", ".join(f"{c.get(k, 0)} {k}" for k in CHART_TYPES)
+
+
+def readme_text(root: Path, seed: int, ref_specs: list[ChartSpec], cand_specs: list[ChartSpec]) -> str:
+    keywords = " ".join(f'"{k}"' for k in KEYWORDS)
+    return f"""mminstruct demo workspace (seed {seed})
+=====================================
+
+Synthetic charts drawn with matplotlib, so every answer below is right by construction.
+
+  {DATA_FILE_NAME}   the reference set: {len(ref_specs)} chart QA records in LLaVA format
+                     ({_counts(ref_specs)}); images in {IMAGE_DIR}/
+  {POOL_DIR}/              the unlabeled candidate pool: {len(cand_specs)} charts
+                     ({_counts(cand_specs)})
+  {LABELS_NAME}        the true chart type (and subtype) of every image, for checking a partition;
+                     the pipeline never reads it
+
+Partition it with the demo CLIP ("--model_name demo-charts", a tiny model trained only on such
+charts; it knows nothing else) and the keywords
+  {keywords}
+then plan prompts and generate new samples with any OpenAI-compatible VLM. In the app: open this
+folder from the first page. For your own data use a real CLIP (the default ViT-B-32 laion2b when
+online, or a local checkpoint file).
+
+Rebuild (deterministic for a seed): python -m mminstruct.demo --output_folder {root} --seed {seed}
+"""
