@@ -1,0 +1,639 @@
+"""CLIP models from open_clip: model specs, loading, and cached image / text embeddings.
+
+* ``parse_model_spec(s)``: ``ARCH:TAG`` (``ViT-B-32:laion2b_s34b_b79k``, the default),
+  ``ARCH:/path/to/checkpoint.pt``, ``CONFIG.json:/path/to/checkpoint.pt`` (a custom open_clip model
+  config whose file stem is the architecture), ``hf-hub:org/name``, or ``demo-charts`` (the project's
+  tiny demo CLIP). Bad specs raise ``ModelSpecError`` naming the valid choices.
+* ``load_clip(spec, device=)``: a ``ClipModel`` (``identity``, ``dim``, ``encode_texts``,
+  ``preprocess``), kept in a small per-process cache.
+* ``embed_images(paths, model, …)``: L2-normalised float16 vectors for the images that decode, and
+  ``(path, reason)`` for those that do not. Decoding and preprocessing run in DataLoader workers,
+  overlapping with the model; bf16 autocast is used where the hardware supports it and the first
+  batch shows it agrees with fp32 (cosine ≥ 0.999). Vectors (and decode failures) are cached on disk
+  by model identity and file fingerprint; when every image is cached the model is never loaded.
+* ``embed_texts`` / ``embed_keywords``: text vectors, optionally averaged over prompt templates.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sqlite3
+import sys
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .cache import VectorStore, atomic_write_json, content_key, file_fingerprint, file_sha256
+from .errors import ConfigError, ImageError, ModelSpecError, choices_message
+from .images import DEFAULT_MAX_PIXELS, open_image
+
+log = logging.getLogger(__name__)
+
+DEFAULT_MODEL = "ViT-B-32:laion2b_s34b_b79k"
+DEMO_MODEL = "demo-charts"
+HF_HUB_PREFIX = "hf-hub:"
+CHECKPOINT_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors", ".ckpt", ".npz", ".npy")
+#: Used by ``--templates default``: the keyword is slotted into each, and the vectors averaged.
+DEFAULT_TEMPLATES: tuple[str, ...] = (
+    "a photo of a {}.", "a picture of a {}.", "an image of a {}.", "a close-up photo of a {}.",
+    "a rendering of a {}.", "a diagram of a {}.", "a screenshot of a {}.",
+)
+#: bf16 is kept only when every image of the first batch agrees with fp32 at least this well.
+BF16_MIN_COSINE = 0.999
+_BF16_CHECK_IMAGES = 16
+
+
+# ----------------------------------------------------------------------------------------------
+# Model specs
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """A parsed ``--model_name``. ``kind`` is ``tag``, ``checkpoint``, ``hf-hub`` or ``demo``."""
+
+    raw: str
+    kind: str
+    arch: str
+    pretrained: str = ""  # the (cleaned) tag, or the absolute checkpoint path
+    config_path: str = ""  # a custom open_clip model config registered before loading
+
+    def identity(self, memo_dir: str | os.PathLike | None = None) -> str:
+        """A string that changes whenever the weights may change (the cache key's model part).
+        Checkpoints are identified by their SHA-256, memoised by file fingerprint."""
+        if self.kind == "tag":
+            return f"{self.arch}:{self.pretrained}"
+        if self.kind == "hf-hub":
+            return f"{HF_HUB_PREFIX}{self.arch}"
+        return f"{self.arch}:sha256={_checkpoint_sha256(self.pretrained, memo_dir)}"
+
+
+_SHA_MEMO: dict[tuple[str, int, int], str] = {}
+
+
+def _checkpoint_sha256(path: str, memo_dir: str | os.PathLike | None) -> str:
+    fp = file_fingerprint(path)
+    if fp in _SHA_MEMO:
+        return _SHA_MEMO[fp]
+    memo_file = Path(memo_dir or default_cache_dir()) / "checkpoint_sha256.json"
+    key = content_key(fp)
+    memo: dict[str, str] = {}
+    try:
+        memo = json.loads(memo_file.read_text())
+    except (OSError, ValueError):
+        memo = {}
+    digest = memo.get(key) if isinstance(memo, dict) else None
+    if not isinstance(digest, str):
+        digest = file_sha256(path)
+        memo = memo if isinstance(memo, dict) else {}
+        memo[key] = digest
+        try:
+            atomic_write_json(memo_file, memo)
+        except OSError as e:  # a read-only cache folder only costs a re-hash next time
+            log.debug("cannot write %s: %s", memo_file, e)
+    _SHA_MEMO[fp] = digest
+    return digest
+
+
+def _register_config(config_path: Path) -> str:
+    import open_clip
+
+    if config_path.stem not in open_clip.list_models():
+        open_clip.add_model_config(config_path)
+    if config_path.stem not in open_clip.list_models():
+        raise ModelSpecError(f"model config {config_path} is not an open_clip model config "
+                             "(needs 'embed_dim', 'vision_cfg' and 'text_cfg')")
+    return config_path.stem
+
+
+def parse_model_spec(s: str | ModelSpec) -> ModelSpec:
+    """Parse and check a model spec without loading any weights (see the module docstring)."""
+    if isinstance(s, ModelSpec):
+        return s
+    if not isinstance(s, str) or not s.strip():
+        raise ModelSpecError(f"empty CLIP model name; give ARCH:PRETRAINED, e.g. {DEFAULT_MODEL}")
+    raw = s.strip()
+    if raw == DEMO_MODEL:
+        return _demo_spec()
+    if raw.startswith(HF_HUB_PREFIX):
+        ident = raw[len(HF_HUB_PREFIX):].strip()
+        if ident.count("/") != 1 or not all(ident.split("/")):
+            raise ModelSpecError(f"bad model name {raw!r}: expected hf-hub:ORG/NAME")
+        return ModelSpec(raw, "hf-hub", ident)
+    import open_clip
+
+    arch, sep, pretrained = raw.partition(":")
+    arch, pretrained = arch.strip(), pretrained.strip()
+    config_path = ""
+    if arch.lower().endswith(".json"):
+        cfg = Path(arch).expanduser()
+        if not cfg.is_file():
+            raise ModelSpecError(f"model config file {arch!r} not found")
+        config_path = str(cfg.resolve())
+        arch = _register_config(cfg.resolve())
+    models = open_clip.list_models()
+    if arch not in models:
+        near = [m for m in models if m.lower() == arch.lower().replace("/", "-")]
+        hint = f" (did you mean {near[0]!r}?)" if near else ""
+        raise ModelSpecError(choices_message("CLIP architecture", arch, models) + hint)
+    tags = open_clip.list_pretrained_tags_by_model(arch)
+    if not sep or not pretrained:
+        raise ModelSpecError(
+            f"model name {raw!r} names no weights; give {arch}:TAG or {arch}:/path/to/checkpoint.pt"
+            + (f" (tags for {arch}: {', '.join(tags)})" if tags else "")
+        )
+    if open_clip.is_pretrained_cfg(arch, pretrained):
+        clean = next((t for t in tags if t == pretrained.lower().replace("-", "_")), pretrained)
+        return ModelSpec(raw, "tag", arch, clean, config_path)
+    path = Path(pretrained).expanduser()
+    looks_like_path = (os.sep in pretrained or "/" in pretrained or pretrained.startswith(".")
+                       or path.suffix.lower() in CHECKPOINT_SUFFIXES)
+    if path.is_file():
+        return ModelSpec(raw, "checkpoint", arch, str(path.resolve()), config_path)
+    if looks_like_path or path.exists():
+        what = "is a folder, not a file" if path.exists() else "not found"
+        raise ModelSpecError(f"checkpoint file {pretrained!r} for {arch} {what}")
+    if not tags:
+        raise ModelSpecError(f"unknown pretrained tag {pretrained!r}: {arch} has no open_clip tags; "
+                             f"give a checkpoint file ({arch}:/path/to/checkpoint.pt)")
+    raise ModelSpecError(choices_message(f"pretrained tag for {arch}", pretrained, tags)
+                         + "; or give a checkpoint file path")
+
+
+def _demo_spec() -> ModelSpec:
+    try:
+        from . import demo
+    except ImportError as e:
+        raise ModelSpecError(f"the {DEMO_MODEL!r} model is not available in this install ({e})") from e
+    files = getattr(demo, "model_files", None)
+    if files is None:
+        raise ModelSpecError(f"the {DEMO_MODEL!r} model is not available (mminstruct.demo has no "
+                             "model_files())")
+    config_json, checkpoint = (Path(p) for p in files())
+    if not Path(checkpoint).is_file():
+        raise ModelSpecError(f"the {DEMO_MODEL!r} checkpoint {checkpoint} is missing")
+    arch = _register_config(config_json.resolve())
+    return ModelSpec(DEMO_MODEL, "demo", arch, str(checkpoint.resolve()), str(config_json.resolve()))
+
+
+# ----------------------------------------------------------------------------------------------
+# Devices and models
+
+
+def default_cache_dir() -> Path:
+    """``$MMINSTRUCT_CACHE_DIR`` or ``~/.cache/mminstruct``."""
+    env = os.environ.get("MMINSTRUCT_CACHE_DIR")
+    return Path(env).expanduser() if env else Path.home() / ".cache" / "mminstruct"
+
+
+def resolve_device(gpu: int | str | None) -> str:
+    """``--gpu N`` → ``cuda:N`` when that GPU exists, else ``cpu`` (with a log line).
+    A device string (``cpu``, ``cuda:1``) passes through; ``None`` or a negative number is CPU."""
+    if isinstance(gpu, str) and not gpu.strip().lstrip("-").isdigit():
+        return gpu.strip()
+    if gpu is None or int(gpu) < 0:
+        return "cpu"
+    import torch
+
+    n = int(gpu)
+    if torch.cuda.is_available() and n < torch.cuda.device_count():
+        return f"cuda:{n}"
+    why = "no CUDA GPU is available" if not torch.cuda.is_available() else \
+        f"only {torch.cuda.device_count()} GPU(s) exist"
+    log.info("GPU %d requested but %s; using the CPU", n, why)
+    return "cpu"
+
+
+def bf16_supported(device: str) -> bool:
+    """Whether the device runs bf16 natively (emulated bf16 is slower than fp32)."""
+    import torch
+
+    if device.startswith("cuda"):
+        return bool(torch.cuda.is_available() and torch.cuda.is_bf16_supported())
+    try:
+        return bool(torch.backends.mkldnn.is_available()
+                    and torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
+class ClipModel:
+    """A loaded open_clip model with its preprocess and tokenizer, on one device."""
+
+    def __init__(self, model: Any, preprocess: Callable, tokenizer: Callable, identity: str,
+                 device: str = "cpu", precision: str = "auto", name: str = ""):
+        if precision not in ("auto", "fp32", "bf16"):
+            raise ConfigError(choices_message("precision", precision, ("auto", "fp32", "bf16")))
+        self.model = model.eval()
+        self.preprocess = preprocess
+        self.tokenizer = tokenizer
+        self.identity = identity
+        self.device = device
+        self.name = name or identity
+        self.precision = precision
+        #: fp32 or bf16 once decided (by ``precision`` or by the first batch's check).
+        self.decided_precision: str | None = None if precision == "auto" else precision
+        self.dim = int(getattr(model, "embed_dim", 0) or self._probe_dim())
+        self._lock = threading.Lock()
+
+    def _probe_dim(self) -> int:
+        return int(self.encode_texts(["a"]).shape[1])
+
+    @property
+    def autocast_device(self) -> str:
+        return "cuda" if self.device.startswith("cuda") else "cpu"
+
+    def encode_image_batch(self, batch: Any, bf16: bool) -> Any:
+        """Preprocessed images (N,3,H,W) → L2-normalised float32 tensor (N, dim) on the CPU."""
+        import torch
+
+        with torch.inference_mode():
+            x = batch.to(self.device, non_blocking=True)
+            if bf16:
+                with torch.autocast(self.autocast_device, dtype=torch.bfloat16):
+                    f = self.model.encode_image(x)
+            else:
+                f = self.model.encode_image(x)
+            f = f.float()
+            f = f / f.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+            return f.cpu()
+
+    def encode_texts(self, texts: Sequence[str]) -> np.ndarray:
+        """Texts → L2-normalised float32 array (N, dim), in fp32."""
+        import torch
+
+        texts = list(texts)
+        if not texts:
+            return np.zeros((0, getattr(self, "dim", 0)), dtype=np.float32)
+        with torch.inference_mode():
+            tokens = self.tokenizer(texts).to(self.device)
+            f = self.model.encode_text(tokens).float()
+            f = f / f.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+        return f.cpu().numpy()
+
+    def __repr__(self) -> str:
+        return f"ClipModel({self.name!r}, device={self.device!r}, dim={self.dim})"
+
+
+_MODELS: OrderedDict[tuple[str, str, str], ClipModel] = OrderedDict()
+_MODELS_LOCK = threading.Lock()
+_MAX_MODELS = 2
+
+
+def load_clip(spec: str | ModelSpec = DEFAULT_MODEL, device: str | int | None = "cpu", *,
+              precision: str = "auto", cache_dir: str | os.PathLike | None = None) -> ClipModel:
+    """Load (or reuse from this process's cache of the last two) a CLIP model.
+    ``device`` is a device string or a GPU number (see ``resolve_device``)."""
+    ms = parse_model_spec(spec)
+    dev = resolve_device(device)
+    identity = ms.identity(cache_dir)
+    key = (identity, dev, precision)
+    with _MODELS_LOCK:
+        if key in _MODELS:
+            _MODELS.move_to_end(key)
+            return _MODELS[key]
+        model = _load(ms, identity, dev, precision)
+        _MODELS[key] = model
+        while len(_MODELS) > _MAX_MODELS:
+            _MODELS.popitem(last=False)
+        return model
+
+
+def clear_model_cache() -> None:
+    with _MODELS_LOCK:
+        _MODELS.clear()
+
+
+def _load(ms: ModelSpec, identity: str, device: str, precision: str) -> ClipModel:
+    import open_clip
+
+    t0 = time.perf_counter()
+    name = f"{HF_HUB_PREFIX}{ms.arch}" if ms.kind == "hf-hub" else ms.arch
+    if ms.config_path:
+        _register_config(Path(ms.config_path))
+    try:
+        model, _, preprocess = open_clip.create_model_and_transforms(
+            name, pretrained=None if ms.kind == "hf-hub" else ms.pretrained, device=device)
+        tokenizer = open_clip.get_tokenizer(name)
+    except (RuntimeError, OSError, ValueError, KeyError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        if ms.kind in ("tag", "hf-hub"):
+            msg = (f"cannot load CLIP model {ms.raw!r}: {first[:300]} (weights are downloaded on "
+                   "first use; without internet give a local checkpoint: ARCH:/path/to/file.pt)")
+        else:
+            msg = (f"cannot load checkpoint {ms.pretrained} as {ms.arch}: {first[:300]} "
+                   "(is it the right architecture and an open_clip/OpenAI CLIP state dict?)")
+        raise ModelSpecError(msg) from e
+    log.info("loaded CLIP %s on %s in %.1f s", ms.raw, device, time.perf_counter() - t0)
+    return ClipModel(model, preprocess, tokenizer, identity, device, precision, ms.raw)
+
+
+# ----------------------------------------------------------------------------------------------
+# The on-disk cache
+
+
+class EmbeddingCache:
+    """Vectors (images and texts) and image decode failures for one model identity, in one SQLite
+    file under ``folder/clip/``. Every write is one transaction."""
+
+    def __init__(self, folder: str | os.PathLike, identity: str):
+        self.folder = Path(folder)
+        self.identity = identity
+        slug = "".join(c if c.isalnum() or c in "-_." else "_" for c in identity.split(":")[0])
+        self.path = self.folder / "clip" / f"{slug}-{content_key(identity)[:16]}.sqlite"
+        self.vectors = VectorStore(self.path)
+        self._local = threading.local()
+        with self._con() as con:
+            con.execute("CREATE TABLE IF NOT EXISTS clip_failures (k TEXT PRIMARY KEY, reason TEXT)")
+
+    def _con(self) -> sqlite3.Connection:
+        con = getattr(self._local, "con", None)
+        if con is None:
+            con = sqlite3.connect(self.path, timeout=60)
+            self._local.con = con
+        return con
+
+    def image_key(self, fingerprint: tuple[str, int, int]) -> str:
+        return content_key("clip-image", self.identity, list(fingerprint))
+
+    def text_key(self, text: str) -> str:
+        return content_key("clip-text", self.identity, text)
+
+    def get_failures(self, keys: Sequence[str]) -> dict[str, str]:
+        out: dict[str, str] = {}
+        for start in range(0, len(keys), 900):
+            chunk = list(keys[start:start + 900])
+            q = f"SELECT k, reason FROM clip_failures WHERE k IN ({','.join('?' * len(chunk))})"
+            out.update(dict(self._con().execute(q, chunk).fetchall()))
+        return out
+
+    def put_failures(self, items: Sequence[tuple[str, str]]) -> None:
+        if items:
+            with self._con() as con:
+                con.executemany("INSERT OR REPLACE INTO clip_failures VALUES (?, ?)", list(items))
+
+
+def open_cache(cache: Any, identity: str) -> EmbeddingCache | None:
+    """``None`` → the default folder, ``False`` → no cache, a folder, or an ``EmbeddingCache``."""
+    if cache is False:
+        return None
+    if isinstance(cache, EmbeddingCache):
+        return cache
+    return EmbeddingCache(default_cache_dir() if cache is None or cache is True else cache, identity)
+
+
+# ----------------------------------------------------------------------------------------------
+# Image embeddings
+
+
+class _ImageDataset:
+    """Decode (mminstruct.images.open_image) + preprocess; failures come back as reasons."""
+
+    def __init__(self, paths: Sequence[Path], preprocess: Callable, max_pixels: int):
+        self.paths, self.preprocess, self.max_pixels = list(paths), preprocess, max_pixels
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, i: int) -> tuple[int, Any, str | None]:
+        p = self.paths[i]
+        try:
+            return i, self.preprocess(open_image(p, max_pixels=self.max_pixels)), None
+        except ImageError as e:
+            return i, None, str(e)
+        except Exception as e:  # noqa: BLE001 — a preprocessing failure is this image's, not the run's
+            return i, None, f"image {p} cannot be preprocessed: {type(e).__name__}: {e}"
+
+
+def _collate(items: list[tuple[int, Any, str | None]]) -> tuple[list[int], Any, list[tuple[int, str]]]:
+    import torch
+
+    ok = [(i, t) for i, t, err in items if err is None]
+    failed = [(i, err) for i, _, err in items if err is not None]
+    stacked = torch.stack([t for _, t in ok]) if ok else None
+    return [i for i, _ in ok], stacked, failed
+
+
+@dataclass
+class EmbedResult:
+    """``vectors[j]`` belongs to ``paths[ok[j]]``; ``failures`` are the paths that did not embed."""
+
+    paths: list[Path]
+    vectors: np.ndarray  # float16 (len(ok), dim), L2-normalised
+    ok: np.ndarray  # int64 indices into paths, ascending
+    failures: list[tuple[Path, str]] = field(default_factory=list)
+    n_cached: int = 0
+    n_computed: int = 0
+    failed: list[int] = field(default_factory=list)  # indices into paths of ``failures``
+    precision: str | None = None  # fp32 / bf16 when anything was computed
+    seconds: float = 0.0
+
+
+def _cpu_workers() -> int:
+    return max(1, min(4, (os.cpu_count() or 2) - 1))
+
+
+def embed_images(
+    paths: Sequence[str | os.PathLike],
+    model: ClipModel | ModelSpec | str,
+    *,
+    batch_size: int = 64,
+    num_workers: int | None = None,
+    cache: Any = None,
+    progress: Callable[[int, int], None] | None = None,
+    show_progress: bool | None = None,
+    device: str | int | None = "cpu",
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+) -> EmbedResult:
+    """Embed image files; see the module docstring. ``model`` may be a spec: it is then loaded (on
+    ``device``) only if some image is not cached. ``show_progress`` None = a tqdm bar on a terminal."""
+    if not isinstance(batch_size, int) or batch_size < 1:
+        raise ConfigError(f"batch_size must be a positive integer, got {batch_size!r}")
+    t0 = time.perf_counter()
+    all_paths = [Path(p) for p in paths]
+    clip_model = model if isinstance(model, ClipModel) else None
+    spec = None if clip_model else parse_model_spec(model)
+    store_dir = cache if cache not in (None, True, False) and not isinstance(cache, EmbeddingCache) \
+        else None
+    identity = clip_model.identity if clip_model else spec.identity(store_dir)
+    ec = open_cache(cache, identity)
+
+    keys: list[str | None] = []
+    failures: dict[int, str] = {}
+    for i, p in enumerate(all_paths):
+        try:
+            keys.append(ec.image_key(file_fingerprint(p)) if ec else f"#{i}")
+        except OSError:
+            keys.append(None)
+            failures[i] = f"image {p} does not exist" if not p.exists() else f"image {p} cannot be read"
+    wanted = list(dict.fromkeys(k for k in keys if k is not None))
+    found = ec.vectors.get_many(wanted) if ec else {}
+    known_bad = ec.get_failures([k for k in wanted if k not in found]) if ec else {}
+    todo_keys = [k for k in wanted if k not in found and k not in known_bad]
+    first_index = {k: i for i, k in reversed(list(enumerate(keys))) if k is not None}
+    todo = [(k, all_paths[first_index[k]]) for k in todo_keys]
+    n_cached = len(wanted) - len(todo)
+    done = len(all_paths) - len(todo)
+    if progress:
+        progress(done, len(all_paths))
+
+    computed: dict[str, np.ndarray] = {}
+    new_bad: dict[str, str] = {}
+    precision = None
+    if todo:
+        if clip_model is None:
+            clip_model = load_clip(spec, device, cache_dir=store_dir)
+        precision = _embed_todo(todo, clip_model, ec, computed, new_bad, batch_size, num_workers,
+                                show_progress, progress, done, len(all_paths))
+
+    dim = clip_model.dim if clip_model else (ec.vectors.dim if ec and ec.vectors.dim else 0)
+    ok: list[int] = []
+    rows: list[np.ndarray] = []
+    for i, k in enumerate(keys):
+        if k is None:
+            continue
+        vec = found.get(k)
+        if vec is None:
+            vec = computed.get(k)
+        if vec is not None:
+            ok.append(i)
+            rows.append(vec)
+        else:
+            failures[i] = known_bad.get(k) or new_bad.get(k) or f"image {all_paths[i]} was not embedded"
+    vectors = np.stack(rows).astype(np.float16) if rows else np.zeros((0, dim), np.float16)
+    failed = sorted(failures)
+    fails = [(all_paths[i], failures[i]) for i in failed]
+    for p, why in fails:
+        log.debug("image not embedded: %s", why)
+    return EmbedResult(all_paths, vectors, np.asarray(ok, dtype=np.int64), fails, n_cached,
+                       len(todo), failed, precision, time.perf_counter() - t0)
+
+
+def _embed_todo(todo: list[tuple[str, Path]], cm: ClipModel, ec: EmbeddingCache | None,
+                computed: dict[str, np.ndarray], bad: dict[str, str], batch_size: int,
+                num_workers: int | None, show_progress: bool | None,
+                progress: Callable[[int, int], None] | None, done: int, total: int) -> str:
+    from torch.utils.data import DataLoader
+    from tqdm.auto import tqdm
+
+    n_batches = -(-len(todo) // batch_size)
+    workers = _cpu_workers() if num_workers is None else int(num_workers)
+    if workers < 0:
+        raise ConfigError(f"num_workers must be ≥ 0, got {num_workers!r}")
+    workers = min(workers, n_batches - 1)  # one batch: nothing to overlap with
+    dataset = _ImageDataset([p for _, p in todo], cm.preprocess, DEFAULT_MAX_PIXELS)
+    loader = DataLoader(dataset, batch_size=batch_size, num_workers=workers, collate_fn=_collate,
+                        pin_memory=cm.device.startswith("cuda"),
+                        prefetch_factor=2 if workers else None)
+    disable = None if show_progress is None else not show_progress
+    if disable is None and not sys.stderr.isatty():
+        disable = True
+    bar = tqdm(total=len(todo), desc="embedding images", unit="img", disable=disable, file=sys.stderr)
+    try:
+        for idx, batch, failed in loader:
+            new_vecs: list[tuple[str, np.ndarray]] = []
+            if batch is not None:
+                with cm._lock:
+                    bf16 = _decide_bf16(cm, batch)
+                    feats = cm.encode_image_batch(batch, bf16)
+                vecs = feats.numpy().astype(np.float16)
+                for j, i in enumerate(idx):
+                    computed[todo[i][0]] = vecs[j]
+                    new_vecs.append((todo[i][0], vecs[j]))
+            new_bad = [(todo[i][0], why) for i, why in failed]
+            bad.update(new_bad)
+            if ec:  # each batch lands on disk before the next starts: a kill loses no finished work
+                ec.vectors.put_many(new_vecs)
+                ec.put_failures(new_bad)
+            n = len(idx) + len(failed)
+            bar.update(n)
+            done += n
+            if progress:
+                progress(done, total)
+    finally:
+        bar.close()
+    return cm.decided_precision or "fp32"
+
+
+def _decide_bf16(cm: ClipModel, batch: Any) -> bool:
+    """bf16 if requested, or (auto) if the device supports it and the first batch agrees with fp32."""
+    if cm.decided_precision is not None:
+        return cm.decided_precision == "bf16"
+    if not bf16_supported(cm.device):
+        cm.decided_precision = "fp32"
+        log.info("bf16 not supported on %s: embedding in fp32", cm.device)
+        return False
+    probe = batch[:_BF16_CHECK_IMAGES]
+    ref = cm.encode_image_batch(probe, False)
+    low = cm.encode_image_batch(probe, True)
+    cos = float((ref * low).sum(dim=1).min())
+    cm.decided_precision = "bf16" if cos >= BF16_MIN_COSINE else "fp32"
+    log.info("bf16 check on %d images: min cosine to fp32 %.5f → embedding in %s",
+             len(probe), cos, cm.decided_precision)
+    return cm.decided_precision == "bf16"
+
+
+# ----------------------------------------------------------------------------------------------
+# Text embeddings
+
+
+def parse_templates(templates: Sequence[str] | None) -> tuple[str, ...]:
+    """``()`` (the plain keyword), ``["default"]`` (DEFAULT_TEMPLATES), or templates with one ``{}``."""
+    if not templates:
+        return ()
+    items = list(templates)
+    if len(items) == 1 and items[0].strip().lower() == "default":
+        return DEFAULT_TEMPLATES
+    for t in items:
+        if not isinstance(t, str) or t.count("{}") != 1:
+            raise ConfigError(f"template {t!r} must contain '{{}}' exactly once (where the keyword "
+                              "goes), e.g. 'a photo of a {}.'; or pass the single word 'default'")
+    return tuple(items)
+
+
+def embed_texts(texts: Sequence[str], model: ClipModel | ModelSpec | str, *, cache: Any = None,
+                device: str | int | None = "cpu") -> np.ndarray:
+    """Texts → L2-normalised float32 (N, dim), cached like images (the model loads only on a miss)."""
+    texts = list(texts)
+    cm = model if isinstance(model, ClipModel) else None
+    spec = None if cm else parse_model_spec(model)
+    store_dir = cache if cache not in (None, True, False) and not isinstance(cache, EmbeddingCache) \
+        else None
+    ec = open_cache(cache, cm.identity if cm else spec.identity(store_dir))
+    keys = [ec.text_key(t) for t in texts] if ec else []
+    found = ec.vectors.get_many(keys) if ec else {}
+    missing = [t for t, k in zip(texts, keys) if k not in found] if ec else texts
+    new: dict[str, np.ndarray] = {}
+    if missing:
+        cm = cm or load_clip(spec, device, cache_dir=store_dir)
+        vecs = cm.encode_texts(list(dict.fromkeys(missing)))
+        new = dict(zip(dict.fromkeys(missing), vecs))
+        if ec:
+            ec.vectors.put_many((ec.text_key(t), v) for t, v in new.items())
+    rows = [new[t] if t in new else found[k].astype(np.float32) for t, k in
+            zip(texts, keys or [None] * len(texts))]
+    if not rows:
+        return np.zeros((0, cm.dim if cm else 0), np.float32)
+    out = np.stack(rows).astype(np.float32)
+    return out / np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-12)
+
+
+def embed_keywords(keywords: Sequence[str], model: ClipModel | ModelSpec | str, *,
+                   templates: Sequence[str] | None = None, cache: Any = None,
+                   device: str | int | None = "cpu") -> np.ndarray:
+    """One L2-normalised float32 vector per keyword: the keyword itself, or the renormalised mean
+    of its template sentences (``templates``, see ``parse_templates``)."""
+    temps = parse_templates(templates)
+    if not temps:
+        return embed_texts(keywords, model, cache=cache, device=device)
+    sentences = [t.format(k) for k in keywords for t in temps]
+    vecs = embed_texts(sentences, model, cache=cache, device=device)
+    mean = vecs.reshape(len(keywords), len(temps), -1).mean(axis=1)
+    return (mean / np.maximum(np.linalg.norm(mean, axis=1, keepdims=True), 1e-12)).astype(np.float32)

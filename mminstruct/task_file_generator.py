@@ -1,0 +1,125 @@
+"""``python -m mminstruct.task_file_generator``: MM-Gen's step 1 command line.
+
+Every flag of MM-Gen's ``task_file_generator.py`` keeps its meaning (``--data_file --input_folder
+--output_folder --keywords --output_prefix --model_name --batch_size --gpu --debug``); the others
+are new. Thin: argparse → ``TaskFileConfig`` → ``generate_task_file``. Bad arguments or files print
+one line on stderr and exit 2; the task file's path is the last line of stdout.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+from typing import NoReturn
+
+from .clip import DEFAULT_MODEL
+from .errors import InputError
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:  # one line, not usage + message
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="python -m mminstruct.task_file_generator",
+                description="Partition a reference data file and a candidate image pool into "
+                            "keyword subgroups with CLIP, and write an MM-Gen task file.")
+    mm = p.add_argument_group("MM-Gen's flags")
+    mm.add_argument("--data_file", required=True,
+                    help="LLaVA-format data file (JSON list, {'samples': [...]} or JSONL); relative "
+                         "paths are looked up in --input_folder first")
+    mm.add_argument("--input_folder", default=None,
+                    help="folder that image paths are relative to (default: the data file's folder)")
+    mm.add_argument("--output_folder", default=".", help="where the task file is written")
+    mm.add_argument("--keywords", nargs="+", required=True, metavar="KEYWORD",
+                    help="one subgroup per keyword, e.g. --keywords 'bar chart' 'pie chart'")
+    mm.add_argument("--output_prefix", default="task_file",
+                    help="file name prefix: OUTPUT/{prefix}_{YYYY_mm_dd_HH:MM:SS}.json")
+    mm.add_argument("--model_name", default=DEFAULT_MODEL,
+                    help="open_clip model: ARCH:TAG, ARCH:/path/checkpoint.pt, "
+                         "CONFIG.json:/path/checkpoint.pt, hf-hub:ORG/NAME or demo-charts "
+                         f"(default {DEFAULT_MODEL})")
+    mm.add_argument("--batch_size", type=int, default=64, help="images per batch (default 64)")
+    mm.add_argument("--gpu", type=int, default=0,
+                    help="CUDA device number; the CPU is used when it does not exist (-1: CPU)")
+    mm.add_argument("--debug", action="store_true", help="debug logging")
+    new = p.add_argument_group("mminstruct's flags")
+    new.add_argument("--image_folder", default=None,
+                     help="image folder under --input_folder (default: the data file's "
+                          "'image_folder' key)")
+    new.add_argument("--candidate_folder", default=None,
+                     help="folder of unlabeled candidate images (recursive)")
+    new.add_argument("--candidate_file", default=None,
+                     help="candidate images: a text file of paths (one a line, relative to "
+                          "--input_folder) or a LLaVA data file")
+    new.add_argument("--candidates_per_keyword", type=int, default=None, metavar="K",
+                     help="take the K most similar candidates per keyword instead of the argmax")
+    new.add_argument("--min_similarity", type=float, default=None,
+                     help="images less similar than this to every keyword are left unassigned")
+    new.add_argument("--templates", nargs="+", default=None, metavar="TEMPLATE",
+                     help="average each keyword's text embedding over templates with '{}' "
+                          "(e.g. 'a photo of a {}.'), or the word 'default' for a built-in set")
+    new.add_argument("--allow_outside_paths", action="store_true",
+                     help="allow absolute image paths and paths that leave the input folder")
+    new.add_argument("--cache_dir", default=None,
+                     help="embedding cache folder (default $MMINSTRUCT_CACHE_DIR or "
+                          "~/.cache/mminstruct)")
+    new.add_argument("--num_workers", type=int, default=None,
+                     help="image decoding worker processes (default: CPU cores − 1, at most 4)")
+    return p
+
+
+def _setup_logging(debug: bool) -> None:
+    """Our INFO lines on stderr; other libraries' log lines (open_clip logs on the root logger)
+    only with --debug, so that an error is one line."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s",
+                                           datefmt="%H:%M:%S"))
+    handler._mminstruct_cli = True  # type: ignore[attr-defined]
+    ours = logging.getLogger("mminstruct")
+    root = logging.getLogger()
+    for lg in (ours, root):  # main() may run more than once in a process (tests, scripts)
+        for h in [h for h in lg.handlers if getattr(h, "_mminstruct_cli", False)]:
+            lg.removeHandler(h)
+    ours.setLevel(logging.DEBUG if debug else logging.INFO)
+    ours.addHandler(handler)
+    ours.propagate = False
+    root.setLevel(logging.DEBUG if debug else logging.CRITICAL)
+    if debug:
+        root.addHandler(handler)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    _setup_logging(args.debug)
+    from .taskfile import TaskFileConfig, generate_task_file
+
+    try:
+        config = TaskFileConfig(
+            data_file=args.data_file, input_folder=args.input_folder,
+            output_folder=args.output_folder, keywords=args.keywords,
+            output_prefix=args.output_prefix, model_name=args.model_name,
+            batch_size=args.batch_size, gpu=args.gpu, image_folder=args.image_folder,
+            candidate_folder=args.candidate_folder, candidate_file=args.candidate_file,
+            candidates_per_keyword=args.candidates_per_keyword,
+            min_similarity=args.min_similarity, templates=args.templates or (),
+            allow_outside_paths=args.allow_outside_paths, cache_dir=args.cache_dir,
+            num_workers=args.num_workers)
+        path = generate_task_file(config)
+    except InputError as e:
+        if args.debug:
+            logging.getLogger(__name__).debug("details", exc_info=True)
+        print(f"error: {' '.join(str(e).split())}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    print(path)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,408 @@
+"""Step 1: a data file + a candidate image pool + keywords → an MM-Gen task file.
+
+``TaskFileConfig`` is the validated configuration (the command line and the app build one);
+``build_task_file(config)`` does the work and returns a ``TaskBuild`` (the ``TaskFile``, both
+partitions and a report of everything skipped and why); ``generate_task_file(config)`` also writes
+``OUTPUT/{output_prefix}_{YYYY_mm_dd_HH:MM:SS}.json`` and returns its path.
+
+What it does: load the data file (``formats.load_data_file``; bad records are skipped and reported),
+embed each record's first image (records without one stay in ``samples`` but join no subgroup),
+collect the candidate pool (``candidate_folder``, recursive, and/or ``candidate_file``: a text file
+of paths, one per line, or a LLaVA data file), embed it the same way, and partition both by the
+keywords: argmax (``min_similarity`` sends low scorers to "unassigned"), or for the candidates with
+``candidates_per_keyword`` K, the K most similar per keyword. The file has exactly MM-Gen's keys;
+extras sit beside them (per subgroup ``reference_scores`` / ``reference_margins`` /
+``candidate_scores``, and a top-level ``mminstruct`` block), so an MM-Gen reader still works.
+
+Relative paths given in the config (data file, candidate folder/file) are looked up in the input
+folder first, then in the current folder. Candidate paths in the task file are relative to the
+input folder; entries outside it are refused unless ``allow_outside_paths``.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from . import __version__
+from .clip import (DEFAULT_MODEL, embed_images, embed_keywords, parse_model_spec, parse_templates,
+                   resolve_device)
+from .errors import ConfigError, DataFileError, ImageError, InputError, UnsafePathError
+from .formats import DataFile, Subgroup, TaskFile, load_data_file, save_task_file
+from .images import list_image_files, resolve_image_path
+from .partition import Partition, TopK, assign_keywords, top_k_per_keyword
+
+log = logging.getLogger(__name__)
+
+Progress = Callable[[str, int, int], None]  # (stage, done, total)
+
+
+def _norm_keyword(k: str) -> str:
+    return " ".join(k.split()).casefold()
+
+
+def _int_field(name: str, value: Any, minimum: int, optional: bool = False) -> int | None:
+    if value is None and optional:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
+        raise ConfigError(f"{name} must be an integer ≥ {minimum}, got {value!r}")
+    return int(value)
+
+
+@dataclass(kw_only=True)
+class TaskFileConfig:
+    """Everything step 1 needs. Validated on construction (``ConfigError`` naming the bad value)."""
+
+    data_file: str | os.PathLike
+    keywords: Sequence[str]
+    input_folder: str | os.PathLike | None = None  # default: the data file's folder
+    output_folder: str | os.PathLike = "."
+    output_prefix: str = "task_file"
+    model_name: str = DEFAULT_MODEL
+    batch_size: int = 64
+    gpu: int | None = 0  # None or negative: CPU
+    image_folder: str | None = None  # default: the data file's own image_folder key
+    candidate_folder: str | os.PathLike | None = None
+    candidate_file: str | os.PathLike | None = None
+    candidates_per_keyword: int | None = None
+    min_similarity: float | None = None
+    templates: Sequence[str] = ()
+    allow_outside_paths: bool = False
+    cache_dir: str | os.PathLike | None = None  # default: $MMINSTRUCT_CACHE_DIR or ~/.cache/mminstruct
+    num_workers: int | None = None
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.data_file, (str, os.PathLike)) or not str(self.data_file).strip():
+            raise ConfigError("data_file is required (a LLaVA-format JSON or JSONL file)")
+        self.keywords = self._check_keywords(self.keywords)
+        if not isinstance(self.output_prefix, str) or not self.output_prefix.strip() \
+                or any(c in self.output_prefix for c in "/\\"):
+            raise ConfigError(f"output_prefix must be a non-empty file name part, got {self.output_prefix!r}")
+        self.batch_size = _int_field("batch_size", self.batch_size, 1)
+        if self.gpu is not None:
+            self.gpu = _int_field("gpu", self.gpu, -1)
+        self.candidates_per_keyword = _int_field("candidates_per_keyword",
+                                                 self.candidates_per_keyword, 1, optional=True)
+        self.num_workers = _int_field("num_workers", self.num_workers, 0, optional=True)
+        if self.min_similarity is not None:
+            v = self.min_similarity
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or math.isnan(v) \
+                    or not -1.0 <= v <= 1.0:
+                raise ConfigError(f"min_similarity must be a number between -1 and 1, got {v!r}")
+            self.min_similarity = float(v)
+        if isinstance(self.templates, str):
+            self.templates = [self.templates]
+        self.templates = parse_templates(self.templates)
+        self.spec = parse_model_spec(self.model_name)
+
+    @staticmethod
+    def _check_keywords(keywords: Any) -> list[str]:
+        if isinstance(keywords, str) or not isinstance(keywords, Sequence):
+            raise ConfigError(f"keywords must be a list of strings, got {keywords!r}")
+        if not keywords:
+            raise ConfigError("the keyword list is empty; give at least one keyword "
+                              "(e.g. --keywords 'bar chart' 'pie chart')")
+        out: list[str] = []
+        seen: dict[str, str] = {}
+        for k in keywords:
+            if not isinstance(k, str) or not k.strip():
+                raise ConfigError(f"keyword {k!r} is empty or not a string")
+            k = " ".join(k.split())
+            norm = _norm_keyword(k)
+            if norm in seen:
+                raise ConfigError(f"keyword {k!r} is given twice (also as {seen[norm]!r}); "
+                                  "keywords are compared ignoring case and spaces")
+            seen[norm] = k
+            out.append(k)
+        return out
+
+
+@dataclass
+class BuildReport:
+    """What was used, skipped and why; ``summary()`` is what the command line prints."""
+
+    data_summary: str = ""
+    no_image: list[int] = field(default_factory=list)  # sample indices without an image
+    reference_failures: list[tuple[int, str]] = field(default_factory=list)  # (sample idx, reason)
+    candidate_problems: list[tuple[str, str]] = field(default_factory=list)  # (entry, reason)
+    unassigned_reference: list[int] = field(default_factory=list)
+    unassigned_candidates: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    def summary(self, limit: int = 10) -> str:
+        lines = [self.data_summary] if self.data_summary else []
+
+        def block(title: str, items: Sequence[Any]) -> None:
+            if items:
+                lines.append(f"{title} ({len(items)}):")
+                lines.extend(f"  {x}" for x in items[:limit])
+                if len(items) > limit:
+                    lines.append(f"  … and {len(items) - limit} more")
+
+        block("samples without an image (kept in samples, in no subgroup)",
+              [f"sample {i}" for i in self.no_image])
+        block("reference images that could not be embedded (in no subgroup)",
+              [f"sample {i}: {why}" for i, why in self.reference_failures])
+        block("candidate images skipped", [f"{e}: {why}" for e, why in self.candidate_problems])
+        block("reference samples under min_similarity (unassigned)",
+              [f"sample {i}" for i in self.unassigned_reference])
+        block("candidate images under min_similarity (unassigned)", self.unassigned_candidates)
+        lines.extend(self.notes)
+        return "\n".join(lines)
+
+
+@dataclass
+class TaskBuild:
+    task: TaskFile
+    data: DataFile
+    reference: Partition  # rows: reference_rows
+    reference_rows: list[int]  # sample index of each partition row
+    candidate_paths: list[str]  # as written in the task file, one per candidate row
+    candidates: Partition | None
+    candidate_topk: TopK | None
+    report: BuildReport
+
+
+# ----------------------------------------------------------------------------------------------
+# Paths
+
+
+def _locate(value: str | os.PathLike, input_root: Path, what: str, want_dir: bool = False) -> Path:
+    p = Path(value).expanduser()
+    places = [p] if p.is_absolute() else [input_root / p, Path.cwd() / p]
+    for cand in places:
+        if cand.is_dir() if want_dir else cand.is_file():
+            return cand.resolve()
+    kind = "folder" if want_dir else "file"
+    where = " or ".join(str(c) for c in dict.fromkeys(places))
+    raise DataFileError(f"{what} {str(value)!r} not found (no {kind} at {where})")
+
+
+def _relative(path: Path, input_root: Path, allow_outside: bool) -> str:
+    full = path.resolve()
+    if full.is_relative_to(input_root):
+        return full.relative_to(input_root).as_posix()
+    if allow_outside:
+        return str(full)
+    raise UnsafePathError(f"{full} is outside the input folder {input_root} "
+                          "(pass --allow_outside_paths to allow it)")
+
+
+def collect_candidates(config: TaskFileConfig, input_root: Path
+                       ) -> tuple[list[str], list[Path], list[tuple[str, str]]]:
+    """The candidate pool: (task-file paths, absolute paths, problems), de-duplicated in order."""
+    entries: list[tuple[str, Path]] = []
+    problems: list[tuple[str, str]] = []
+    allow = config.allow_outside_paths
+    if config.candidate_folder is not None:
+        folder = _locate(config.candidate_folder, input_root, "candidate folder", want_dir=True)
+        if not allow and not folder.is_relative_to(input_root):
+            raise UnsafePathError(f"candidate folder {folder} is outside the input folder {input_root} "
+                                  "(pass --allow_outside_paths to allow it)")
+        files = list_image_files(folder)
+        if not files:
+            problems.append((str(folder), "no image files in the candidate folder"))
+        for f in files:
+            try:
+                entries.append((_relative(f, input_root, allow), f))
+            except UnsafePathError as e:  # a symlink pointing outside
+                problems.append((str(f), str(e)))
+    if config.candidate_file is not None:
+        cf = _locate(config.candidate_file, input_root, "candidate file")
+        if cf.suffix.lower() in (".json", ".jsonl", ".ndjson"):
+            data = load_data_file(cf, input_folder=input_root, allow_outside_paths=allow)
+            problems += [(f"{cf.name} {p.index}" if p.id is None else f"{cf.name} {p.index} (id {p.id!r})",
+                          p.reason) for p in data.report.problems]
+            raw = [(img, data.image_root) for rec in data.records for img in rec.images]
+        else:
+            try:
+                text = cf.read_text(encoding="utf-8-sig")
+            except (OSError, UnicodeDecodeError) as e:
+                raise DataFileError(f"candidate file {cf} cannot be read as UTF-8 text: {e}") from e
+            raw = [(ln.strip(), input_root) for ln in text.splitlines()
+                   if ln.strip() and not ln.lstrip().startswith("#")]
+            if not raw:
+                problems.append((str(cf), "the candidate file lists no paths"))
+        for entry, root in raw:
+            try:
+                full = resolve_image_path(root, entry, allow_outside=allow)
+                entries.append((_relative(full, input_root, allow), full))
+            except (UnsafePathError, ImageError) as e:
+                problems.append((entry, str(e)))
+    seen: set[Path] = set()
+    rel_out: list[str] = []
+    abs_out: list[Path] = []
+    for rel, full in entries:
+        if full not in seen:
+            seen.add(full)
+            rel_out.append(rel)
+            abs_out.append(full)
+    return rel_out, abs_out, problems
+
+
+# ----------------------------------------------------------------------------------------------
+# Building
+
+
+def _round(xs: np.ndarray | Sequence[float]) -> list[float]:
+    return [round(float(x), 4) for x in xs]
+
+
+def build_task_file(config: TaskFileConfig, progress: Progress | None = None) -> TaskBuild:
+    """Load, embed, partition and assemble the task file (not written; see generate_task_file).
+    ``progress(stage, done, total)`` is called with stage "reference images" / "candidate images"."""
+    if config.input_folder is not None and str(config.input_folder).strip():
+        input_root = Path(config.input_folder).expanduser().resolve()
+        if not input_root.is_dir():
+            raise DataFileError(f"input folder {str(config.input_folder)!r} does not exist")
+    else:
+        input_root = None
+    data_path = _locate(config.data_file, input_root or Path.cwd(), "data file")
+    input_root = input_root or data_path.parent
+    data = load_data_file(data_path, input_folder=input_root, image_folder=config.image_folder,
+                          allow_outside_paths=config.allow_outside_paths)
+    report = BuildReport(data_summary=data.report.summary())
+    if not data.records:
+        raise DataFileError(f"{data_path}: no usable record ({data.report.skipped} skipped; "
+                            f"first: {data.report.problems[0] if data.report.problems else 'none'})")
+    cand_rel, cand_abs, report.candidate_problems = collect_candidates(config, input_root)
+
+    device = resolve_device(config.gpu)
+    common = dict(batch_size=config.batch_size, num_workers=config.num_workers,
+                  cache=config.cache_dir, device=device)
+
+    def stage(name: str) -> Callable[[int, int], None] | None:
+        return (lambda done, total: progress(name, done, total)) if progress else None
+
+    ref_rows = [i for i, r in enumerate(data.records) if r.images]
+    report.no_image = [i for i, r in enumerate(data.records) if not r.images]
+    ref = embed_images([data.image_path(data.records[i]) for i in ref_rows], config.spec,
+                       progress=stage("reference images"), **common)
+    report.reference_failures = [(ref_rows[j], why) for j, why in _failed_rows(ref)]
+    ref_rows = [ref_rows[j] for j in ref.ok.tolist()]
+    if not ref_rows:
+        raise DataFileError(f"{data_path}: no reference sample has an image that could be embedded "
+                            f"({len(report.no_image)} without an image, "
+                            f"{len(report.reference_failures)} unreadable)")
+    cand = embed_images(cand_abs, config.spec, progress=stage("candidate images"), **common) \
+        if cand_abs else None
+    if cand is not None:
+        report.candidate_problems += [(cand_rel[j], why) for j, why in _failed_rows(cand)]
+        cand_rel = [cand_rel[j] for j in cand.ok.tolist()]
+    kw_vecs = embed_keywords(config.keywords, config.spec, templates=config.templates,
+                             cache=config.cache_dir, device=device)
+
+    ref_part = assign_keywords(ref.vectors, kw_vecs, config.min_similarity, config.keywords)
+    report.unassigned_reference = [ref_rows[j] for j in ref_part.unassigned().tolist()]
+    cand_part = topk = None
+    if cand is not None and len(cand_rel):
+        cand_part = assign_keywords(cand.vectors, kw_vecs, config.min_similarity, config.keywords)
+        if config.candidates_per_keyword:
+            topk = top_k_per_keyword(cand.vectors, kw_vecs, config.candidates_per_keyword,
+                                     config.keywords, config.min_similarity)
+        else:
+            report.unassigned_candidates = [cand_rel[j] for j in cand_part.unassigned().tolist()]
+
+    subgroups = _subgroups(config, ref_part, ref_rows, cand_part, topk, cand_rel, report)
+    if not cand_abs:
+        report.notes.append("no candidate pool given: every subgroup has empty candidate_image_paths;"
+                            " pass --candidate_folder or --candidate_file to feed the prompt step")
+    ref_set = {data.image_path(data.records[i]).resolve() for i in ref_rows}
+    overlap = sum(1 for p in cand_abs if p in ref_set)
+    if overlap:
+        report.notes.append(f"{overlap} candidate image(s) are also reference images")
+
+    task = TaskFile(
+        image_folder=config.image_folder if config.image_folder is not None else data.image_folder,
+        dataset_description=data.dataset_description,
+        subgroups=subgroups,
+        samples=data.samples(),
+        extra={"mminstruct": _meta_block(config, data, input_root, report, ref.vectors.shape[1])},
+    )
+    return TaskBuild(task, data, ref_part, ref_rows, cand_rel, cand_part, topk, report)
+
+
+def _failed_rows(result: Any) -> list[tuple[int, str]]:
+    return [(j, why) for j, (_, why) in zip(result.failed, result.failures)]
+
+
+def _subgroups(config: TaskFileConfig, ref_part: Partition, ref_rows: list[int],
+               cand_part: Partition | None, topk: TopK | None, cand_rel: list[str],
+               report: BuildReport) -> list[Subgroup]:
+    out: list[Subgroup] = []
+    ref_groups = ref_part.groups()
+    cand_groups = cand_part.groups() if cand_part is not None else {}
+    for j, kw in enumerate(config.keywords):
+        rows = ref_groups[kw]
+        extra: dict[str, Any] = {"reference_scores": _round(ref_part.scores[rows, j]),
+                                 "reference_margins": _round(ref_part.margin[rows])}
+        if topk is not None:
+            c_rows, c_scores = topk.ids[j].tolist(), topk.scores[j]
+        elif cand_part is not None:
+            c_rows = cand_groups[kw]
+            c_scores = cand_part.scores[c_rows, j]
+        else:
+            c_rows, c_scores = [], []
+        extra["candidate_scores"] = _round(c_scores)
+        out.append(Subgroup(kw, [ref_rows[r] for r in rows], [cand_rel[r] for r in c_rows], extra))
+        if not rows:
+            report.notes.append(f"keyword {kw!r} got no reference sample: the prompt step will plan "
+                                "no prompt for it")
+        if cand_part is not None and not c_rows:
+            report.notes.append(f"keyword {kw!r} got no candidate image")
+    if topk is not None and topk.short:
+        short = ", ".join(f"{kw!r}: {n}" for kw, n in topk.short.items())
+        report.notes.append(f"fewer than {topk.k} candidates for some keywords ({short})")
+    return out
+
+
+def _meta_block(config: TaskFileConfig, data: DataFile, input_root: Path, report: BuildReport,
+                dim: int) -> dict[str, Any]:
+    return {
+        "version": __version__,
+        "created": datetime.now().isoformat(timespec="seconds"),
+        "model": config.spec.raw,
+        "model_identity": config.spec.identity(config.cache_dir),
+        "embedding_dim": int(dim),
+        "keywords": list(config.keywords),
+        "templates": list(config.templates),
+        "min_similarity": config.min_similarity,
+        "candidates_per_keyword": config.candidates_per_keyword,
+        "data_file": str(data.path),
+        "input_folder": str(input_root),
+        "unassigned": {"reference_sample_idx": report.unassigned_reference,
+                       "candidate_image_paths": report.unassigned_candidates},
+        "skipped": {
+            "records": [{"index": p.index, "id": p.id, "reason": p.reason}
+                        for p in data.report.problems],
+            "samples_without_image": report.no_image,
+            "reference_images": [{"sample_idx": i, "reason": why}
+                                 for i, why in report.reference_failures],
+            "candidates": [{"path": e, "reason": why} for e, why in report.candidate_problems],
+        },
+    }
+
+
+def generate_task_file(config: TaskFileConfig, progress: Progress | None = None,
+                       now: datetime | None = None) -> Path:
+    """Build the task file, log the report, and write it (atomically) to the output folder."""
+    build = build_task_file(config, progress)
+    for line in build.report.summary().splitlines():
+        log.info("%s", line)
+    counts = ", ".join(f"{s.keyword!r}: {len(s.reference_sample_idx)} ref / "
+                       f"{len(s.candidate_image_paths)} cand" for s in build.task.subgroups)
+    log.info("subgroups: %s", counts)
+    try:
+        path = save_task_file(build.task, config.output_folder, config.output_prefix, now)
+    except OSError as e:
+        raise InputError(f"cannot write the task file to {config.output_folder}: {e}") from e
+    log.info("task file written to %s", path)
+    return path
