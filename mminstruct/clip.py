@@ -19,10 +19,12 @@ from __future__ import annotations
 import json
 import logging
 import os
+import pickle
 import sqlite3
 import sys
 import threading
 import time
+import zipfile
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -311,6 +313,11 @@ def clear_model_cache() -> None:
         _MODELS.clear()
 
 
+#: What a bad checkpoint or an unreachable hub raises inside open_clip / torch.load.
+_LOAD_ERRORS = (RuntimeError, OSError, ValueError, KeyError, EOFError, pickle.UnpicklingError,
+                zipfile.BadZipFile)
+
+
 def _load(ms: ModelSpec, identity: str, device: str, precision: str) -> ClipModel:
     import open_clip
 
@@ -322,7 +329,7 @@ def _load(ms: ModelSpec, identity: str, device: str, precision: str) -> ClipMode
         model, _, preprocess = open_clip.create_model_and_transforms(
             name, pretrained=None if ms.kind == "hf-hub" else ms.pretrained, device=device)
         tokenizer = open_clip.get_tokenizer(name)
-    except (RuntimeError, OSError, ValueError, KeyError) as e:
+    except _LOAD_ERRORS as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         if ms.kind in ("tag", "hf-hub"):
             msg = (f"cannot load CLIP model {ms.raw!r}: {first[:300]} (weights are downloaded on "
@@ -613,7 +620,8 @@ def embed_texts(texts: Sequence[str], model: ClipModel | ModelSpec | str, *, cac
     new: dict[str, np.ndarray] = {}
     if missing:
         cm = cm or load_clip(spec, device, cache_dir=store_dir)
-        vecs = cm.encode_texts(list(dict.fromkeys(missing)))
+        # rounded as the cache stores them, so a cached run gives bit-identical results
+        vecs = cm.encode_texts(list(dict.fromkeys(missing))).astype(np.float16).astype(np.float32)
         new = dict(zip(dict.fromkeys(missing), vecs))
         if ec:
             ec.vectors.put_many((ec.text_key(t), v) for t, v in new.items())
