@@ -1,0 +1,166 @@
+"""``python -m mminstruct.batch_data_generator``: MM-Gen's sharded step 3, and merging shards.
+
+Generate (MM-Gen's flags plus data_generator's new ones)::
+
+    python -m mminstruct.batch_data_generator --input_folder IN --output_folder OUT \\
+        --prompt_file P.json --file_prefix run --num_parallel 12 --model_name gpt-4o
+
+splits the prompts into ``--num_parallel`` contiguous shards, runs them concurrently (one process,
+shared limiter and connection pool; see ``generate.shards``), and merges their outputs into
+``OUT/generated_data/run_{stamp}.json`` — nothing lost, nothing duplicated. Each shard is its own
+resumable run; ``--resume`` continues every unfinished shard.
+
+Merge shard outputs (by hand, e.g. after resuming one shard)::
+
+    python -m mminstruct.batch_data_generator merge --output_folder OUT --file_prefix run [FILE …]
+
+With no files, the latest output of each ``run_shardNNofMM`` in ``OUT/generated_data`` is used.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import re
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from .cli import run_cli
+from .data_generator import (EXIT_CANCELLED, EXIT_STOPPED, add_common_args, config_from_args,
+                             install_signal_handlers)
+from .errors import ConfigError
+from .generate.control import RunControl, RunStatus
+from .generate.output import merge_outputs
+from .generate.runlog import new_stamp
+from .generate.shards import ShardedResult, run_shards_async
+from .llm.client import install_log_redaction
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m mminstruct.batch_data_generator",
+                                description="Run step 3 in concurrent shards and merge them "
+                                            "(`… merge --help` to merge shard outputs).")
+    add_common_args(p)
+    p.add_argument("--num_parallel", type=int, default=1, help="number of shards (default 1)")
+    p.add_argument("--start_idx", type=int, default=0, help="first prompt of the whole range")
+    p.add_argument("--num_prompts", type=int, default=-1, help="prompts in the range (-1: all)")
+    return p
+
+
+def build_merge_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m mminstruct.batch_data_generator merge",
+                                description="Merge generated-data files (shard outputs) into "
+                                            "one, keeping each prompt's samples once.")
+    p.add_argument("files", nargs="*", help="output files to merge, in order (default: the "
+                   "latest output of each shard of --file_prefix)")
+    p.add_argument("--output_folder", default="", help="merged file goes to "
+                   "OUTPUT/generated_data/")
+    p.add_argument("--file_prefix", required=True, help="prefix of the merged file (and of the "
+                   "shards to find when no files are given)")
+    p.add_argument("--debug", action="store_true")
+    return p
+
+
+def _progress_printer(num: int):
+    statuses: dict[int, RunStatus] = {}
+    last = [0.0]
+
+    def on_progress(k: int, st: RunStatus) -> None:
+        import time
+
+        statuses[k] = st
+        if time.monotonic() - last[0] < 10:
+            return
+        last[0] = time.monotonic()
+        done = sum(s.done for s in statuses.values())
+        total = sum(s.total for s in statuses.values())
+        rate = sum(s.rate_per_s for s in statuses.values())
+        failed = sum(s.failed for s in statuses.values())
+        print(f"{done}/{total} prompts in {num} shards, {failed} failed, {rate:.1f}/s",
+              file=sys.stderr)
+    return on_progress
+
+
+def run(args: argparse.Namespace) -> int:
+    install_log_redaction()
+    if args.num_parallel < 1:
+        raise ConfigError(f"--num_parallel is {args.num_parallel}; it must be ≥ 1")
+    cfg = config_from_args(args)
+    control = RunControl()
+
+    async def main() -> ShardedResult:
+        install_signal_handlers(control)
+        return await run_shards_async(cfg, args.num_parallel, control=control,
+                                      on_progress=_progress_printer(args.num_parallel))
+
+    result = asyncio.run(main())
+    if result.state == "dry_run":
+        print(f"dry run: {result.message}", file=sys.stderr)
+        for r in result.shards:
+            for f in r.batch_files:
+                print(f)
+        return 0
+    if result.state != "finished":
+        print(result.message, file=sys.stderr)
+        return EXIT_STOPPED if result.state == "stopped" else EXIT_CANCELLED
+    print(f"done: {result.message}; manifest {result.manifest}", file=sys.stderr)
+    print(result.output)
+    return 0
+
+
+_SHARD_FILE = re.compile(r"^(?P<prefix>.+)_shard(?P<k>\d+)of(?P<n>\d+)_(?P<stamp>\d{8}_\d{6}"
+                         r"(?:_\d+)?)\.json$")
+
+
+def find_shard_outputs(folder: Path, prefix: str) -> list[Path]:
+    """The latest output file of each shard of ``prefix`` in ``folder``, in shard order."""
+    latest: dict[int, tuple[str, Path]] = {}
+    counts: set[int] = set()
+    for f in folder.glob(f"{prefix}_shard*of*_*.json"):
+        m = _SHARD_FILE.match(f.name)
+        if not m or m.group("prefix") != prefix:
+            continue
+        k = int(m.group("k"))
+        counts.add(int(m.group("n")))
+        if k not in latest or m.group("stamp") > latest[k][0]:
+            latest[k] = (m.group("stamp"), f)
+    if not latest:
+        raise ConfigError(f"no shard outputs named {prefix}_shardNNofMM_*.json in {folder}")
+    if len(counts) > 1:
+        raise ConfigError(f"shard outputs of {prefix!r} in {folder} come from runs with "
+                          f"different shard counts ({sorted(counts)}); name the files to merge")
+    n = counts.pop()
+    missing = sorted(set(range(1, n + 1)) - set(latest))
+    if missing:
+        raise ConfigError(f"shard(s) {missing} of {n} have no output in {folder} yet; finish "
+                          "them (--resume) or name the files to merge")
+    return [latest[k][1] for k in sorted(latest)]
+
+
+def run_merge(args: argparse.Namespace) -> int:
+    folder = Path(args.output_folder or ".") / "generated_data"
+    if args.files:
+        files = [Path(f) for f in args.files]
+        missing = [str(f) for f in files if not f.is_file()]
+        if missing:
+            raise ConfigError(f"not found: {', '.join(missing)}")
+    else:
+        files = find_shard_outputs(folder, args.file_prefix)
+    out = folder / f"{args.file_prefix}_{new_stamp()}.json"
+    summary = merge_outputs(files, out)
+    print(f"merged {summary.files} file(s): {summary.len_samples} samples"
+          + (f"; {'; '.join(summary.warnings)}" if summary.warnings else ""), file=sys.stderr)
+    print(out)
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] == "merge":
+        return run_cli(build_merge_parser, run_merge, argv[1:])
+    return run_cli(build_parser, run, argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

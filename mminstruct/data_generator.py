@@ -1,0 +1,180 @@
+"""``python -m mminstruct.data_generator``: MM-Gen's step 3 command line, on the async engine.
+
+MM-Gen's flags keep their meanings: ``--input_folder`` (image paths in the prompt file are
+relative to it), ``--output_folder`` (the output goes to ``OUTPUT/generated_data/``),
+``--prompt_file`` (a path, or a name under ``INPUT/generated_prompts/`` as MM-Gen looked for it),
+``--file_prefix``, ``--start_idx``, ``--num_prompts`` (-1 = all), ``--model_name`` (for Azure, the
+deployment name), ``--debug``. The other flags are new: endpoint, concurrency, limits, retries,
+resume, dry run, structured outputs.
+
+The API key comes from the environment (``$OPENAI_API_KEY``, ``$AZURE_OPENAI_API_KEY`` or the
+variable named by ``--api_key_env``) and is never written anywhere. The output file's path is the
+last line on stdout; progress goes to stderr. Exit status: 0 finished (some prompts may have
+failed; the manifest counts them), 2 bad arguments or files, 3 stopped (quota, auth, unknown
+model — fix it and rerun with ``--resume``), 130 cancelled.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import signal
+import sys
+from collections.abc import Sequence
+
+from .cli import run_cli
+from .generate.config import DEFAULT_MODEL, GenerationConfig
+from .generate.control import RunControl
+from .generate.engine import RunResult, run_async
+from .llm.client import EndpointConfig, install_log_redaction
+
+log = logging.getLogger("mminstruct.generate")
+
+EXIT_STOPPED = 3
+EXIT_CANCELLED = 130
+
+
+def add_common_args(p: argparse.ArgumentParser) -> None:
+    """Flags shared by data_generator and batch_data_generator."""
+    g = p.add_argument_group("MM-Gen")
+    g.add_argument("--input_folder", default="", help="folder the prompt file's image paths are "
+                   "relative to (default: the working folder)")
+    g.add_argument("--output_folder", default="", help="results go to OUTPUT/generated_data/")
+    g.add_argument("--prompt_file", required=True, help="prompt file: a path, or a name under "
+                   "INPUT/generated_prompts/")
+    g.add_argument("--file_prefix", required=True, help="prefix of the output file's name")
+    g.add_argument("--model_name", default=DEFAULT_MODEL,
+                   help=f"model (Azure: deployment) name (default {DEFAULT_MODEL})")
+    g.add_argument("--debug", action="store_true", help="debug logging")
+    e = p.add_argument_group("endpoint (the key is read from the environment, never a flag)")
+    e.add_argument("--base_url", help="OpenAI-compatible base URL, e.g. a local vLLM, Ollama, "
+                   "llama.cpp or LM Studio server (default: $OPENAI_BASE_URL or OpenAI)")
+    e.add_argument("--api_key_env", help="environment variable holding the API key (default "
+                   "OPENAI_API_KEY, or AZURE_OPENAI_API_KEY with --azure_endpoint_url)")
+    e.add_argument("--azure_endpoint_url", help="Azure OpenAI endpoint, e.g. "
+                   "https://NAME.openai.azure.com/")
+    e.add_argument("--azure_deployment", help="Azure deployment (default: --model_name)")
+    e.add_argument("--api_version", help="Azure API version")
+    e.add_argument("--azure_cli_credential", action="store_true",
+                   help="authenticate to Azure with `az login` (needs azure-identity)")
+    r = p.add_argument_group("throughput and retries")
+    r.add_argument("--concurrency", type=int, default=64, help="requests in flight (default 64)")
+    r.add_argument("--rpm", type=float, help="requests per minute (default: the provider's "
+                   "x-ratelimit-limit-requests header)")
+    r.add_argument("--tpm", type=float, help="tokens per minute (default: the provider's "
+                   "x-ratelimit-limit-tokens header)")
+    r.add_argument("--max_retries", type=int, default=6, help="retries per request (default 6)")
+    r.add_argument("--timeout", type=float, default=120.0,
+                   help="seconds per request (default 120)")
+    r.add_argument("--retry_base_delay", type=float, default=1.0,
+                   help="first back-off in seconds, doubled per retry (default 1)")
+    r.add_argument("--retry_max_delay", type=float, default=60.0,
+                   help="longest back-off in seconds (default 60)")
+    q = p.add_argument_group("requests")
+    q.add_argument("--max_image_side", type=int, default=1024,
+                   help="downscale images to this longest side (default 1024)")
+    q.add_argument("--temperature", type=float)
+    q.add_argument("--max_tokens", type=int, help="answer token limit (default: the model's)")
+    q.add_argument("--seed", type=int)
+    q.add_argument("--structured_outputs", action="store_true",
+                   help="send a JSON schema as response_format (models that support it)")
+    q.add_argument("--format_fix_attempts", type=int, default=1,
+                   help="format-fixing calls for an answer that is not valid JSON (default 1)")
+    q.add_argument("--allow_outside_paths", action="store_true",
+                   help="allow image paths outside --input_folder")
+    s = p.add_argument_group("runs")
+    s.add_argument("--resume", action="store_true", help="continue the latest unfinished run "
+                   "with this --file_prefix in --output_folder")
+    s.add_argument("--retry_failed", action="store_true", help="with --resume, also re-send "
+                   "prompts that failed for a transient reason (rate limit, timeout, server, …)")
+    s.add_argument("--dry_run", action="store_true", help="write the requests as an OpenAI "
+                   "Batch API JSONL file and call nothing")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m mminstruct.data_generator",
+                                description="Generate samples from a prompt file with a VLM "
+                                            "behind an OpenAI-compatible API (MM-Gen step 3).")
+    add_common_args(p)
+    p.add_argument("--start_idx", type=int, default=0, help="first prompt to process")
+    p.add_argument("--num_prompts", type=int, default=-1,
+                   help="number of prompts to process (-1: all)")
+    return p
+
+
+def config_from_args(args: argparse.Namespace, **overrides: object) -> GenerationConfig:
+    endpoint = EndpointConfig(
+        base_url=args.base_url, api_key_env=args.api_key_env,
+        azure_endpoint=args.azure_endpoint_url, azure_deployment=args.azure_deployment,
+        api_version=args.api_version, azure_cli_credential=args.azure_cli_credential)
+    kwargs = dict(
+        input_folder=args.input_folder or ".", output_folder=args.output_folder or ".",
+        prompt_file=args.prompt_file, file_prefix=args.file_prefix,
+        start_idx=getattr(args, "start_idx", 0), num_prompts=getattr(args, "num_prompts", -1),
+        model_name=args.model_name, endpoint=endpoint, concurrency=args.concurrency,
+        rpm=args.rpm, tpm=args.tpm, max_retries=args.max_retries, timeout=args.timeout,
+        retry_base_delay=args.retry_base_delay, retry_max_delay=args.retry_max_delay,
+        max_image_side=args.max_image_side, temperature=args.temperature,
+        max_tokens=args.max_tokens, seed=args.seed, structured_outputs=args.structured_outputs,
+        format_fix_attempts=args.format_fix_attempts, resume=args.resume,
+        retry_failed=args.retry_failed, dry_run=args.dry_run,
+        allow_outside_paths=args.allow_outside_paths, debug=args.debug)
+    kwargs.update(overrides)
+    return GenerationConfig(**kwargs)  # type: ignore[arg-type]
+
+
+def install_signal_handlers(control: RunControl) -> None:
+    """First Ctrl-C / SIGTERM: stop sending and finish what is in flight; second: quit now
+    (every finished prompt is already in the run log)."""
+    loop = asyncio.get_running_loop()
+
+    def on_signal() -> None:
+        if control.cancelled:
+            print("interrupted again: quitting now; --resume continues", file=sys.stderr)
+            os._exit(EXIT_CANCELLED)
+        print("interrupt: finishing the requests in flight (again to quit now)", file=sys.stderr)
+        control.cancel()
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        try:
+            loop.add_signal_handler(sig, on_signal)
+        except (NotImplementedError, RuntimeError):  # not the main thread / platform
+            pass
+
+
+def report(result: RunResult) -> int:
+    """Summary on stderr, the output path as stdout's last line; the exit status."""
+    if result.state == "dry_run":
+        print(f"dry run: {result.message}; see {result.manifest}", file=sys.stderr)
+        for f in result.batch_files:
+            print(f)
+        return 0
+    if result.state != "finished":
+        print(result.message, file=sys.stderr)
+        return EXIT_STOPPED if result.state == "stopped" else EXIT_CANCELLED
+    st = result.status
+    print(f"done: {st.message}; manifest {result.manifest}", file=sys.stderr)
+    print(result.output)
+    return 0
+
+
+def run(args: argparse.Namespace) -> int:
+    install_log_redaction()
+    cfg = config_from_args(args)
+    control = RunControl()
+
+    async def main() -> RunResult:
+        install_signal_handlers(control)
+        return await run_async(cfg, control=control)
+
+    return report(asyncio.run(main()))
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    return run_cli(build_parser, run, argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

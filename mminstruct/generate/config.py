@@ -1,0 +1,161 @@
+"""The typed configuration of a generation run (what the CLIs and the app build, and the engine
+takes). Validated on construction: a bad value raises ConfigError naming it."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from ..cache import content_key, file_fingerprint
+from ..errors import ConfigError, DataFileError
+from ..llm.client import EndpointConfig
+
+DEFAULT_MODEL = "gpt-4o"
+
+#: Parameters that change what is generated: a resumed run must use the same values.
+CONTENT_PARAMS = ("prompt_file", "start_idx", "num_prompts", "model_name", "max_image_side",
+                  "jpeg_quality", "temperature", "max_tokens", "seed", "structured_outputs",
+                  "format_fix_attempts")
+
+
+@dataclass
+class GenerationConfig:
+    input_folder: Path
+    output_folder: Path
+    prompt_file: str
+    file_prefix: str
+    start_idx: int = 0
+    num_prompts: int = -1  # -1: every prompt from start_idx on
+    model_name: str = DEFAULT_MODEL
+    endpoint: EndpointConfig = field(default_factory=EndpointConfig)
+    concurrency: int = 64
+    rpm: float | None = None
+    tpm: float | None = None
+    max_retries: int = 6
+    timeout: float = 120.0
+    retry_base_delay: float = 1.0
+    retry_max_delay: float = 60.0
+    max_image_side: int = 1024
+    jpeg_quality: int = 85
+    image_cache_mb: int = 256
+    temperature: float | None = None
+    max_tokens: int | None = None
+    seed: int | None = None
+    structured_outputs: bool = False
+    format_fix_attempts: int = 1
+    resume: bool = False
+    retry_failed: bool = False
+    dry_run: bool = False
+    fsync_interval: float = 1.0
+    status_interval: float = 1.0
+    cancel_grace: float = 10.0
+    allow_outside_paths: bool = False
+    debug: bool = False
+
+    def __post_init__(self) -> None:
+        self.input_folder = Path(self.input_folder)
+        self.output_folder = Path(self.output_folder)
+        if not str(self.file_prefix).strip() or any(c in self.file_prefix for c in "/\\\0"):
+            raise ConfigError(f"file_prefix {self.file_prefix!r} must be a non-empty name "
+                              "without slashes")
+        if not self.input_folder.is_dir():
+            raise ConfigError(f"input_folder {str(self.input_folder)!r} is not a folder")
+        if not str(self.model_name).strip():
+            raise ConfigError("model_name is empty")
+        checks: list[tuple[str, bool, str]] = [
+            ("start_idx", self.start_idx >= 0, "≥ 0"),
+            ("num_prompts", self.num_prompts == -1 or self.num_prompts >= 0, "-1 (all) or ≥ 0"),
+            ("concurrency", 1 <= self.concurrency <= 100_000, "between 1 and 100000"),
+            ("rpm", self.rpm is None or self.rpm > 0, "> 0"),
+            ("tpm", self.tpm is None or self.tpm > 0, "> 0"),
+            ("max_retries", 0 <= self.max_retries <= 100, "between 0 and 100"),
+            ("timeout", self.timeout > 0, "> 0 seconds"),
+            ("retry_base_delay", self.retry_base_delay >= 0, "≥ 0"),
+            ("retry_max_delay", self.retry_max_delay >= self.retry_base_delay,
+             "≥ retry_base_delay"),
+            ("max_image_side", 16 <= self.max_image_side <= 16384, "between 16 and 16384"),
+            ("jpeg_quality", 1 <= self.jpeg_quality <= 100, "between 1 and 100"),
+            ("image_cache_mb", self.image_cache_mb >= 0, "≥ 0"),
+            ("temperature", self.temperature is None or 0 <= self.temperature <= 2,
+             "between 0 and 2"),
+            ("max_tokens", self.max_tokens is None or self.max_tokens > 0, "> 0"),
+            ("format_fix_attempts", 0 <= self.format_fix_attempts <= 5, "between 0 and 5"),
+            ("fsync_interval", self.fsync_interval >= 0, "≥ 0"),
+            ("status_interval", self.status_interval > 0, "> 0"),
+            ("cancel_grace", self.cancel_grace >= 0, "≥ 0"),
+        ]
+        for name, ok, rule in checks:
+            if not ok:
+                raise ConfigError(f"{name} is {getattr(self, name)!r}; it must be {rule}")
+        if self.dry_run and self.resume:
+            raise ConfigError("--dry_run writes a Batch API file and calls nothing; it cannot "
+                              "be combined with --resume")
+        if self.endpoint.max_connections < self.concurrency:
+            self.endpoint.max_connections = self.concurrency
+
+    @property
+    def prompt_path(self) -> Path:
+        return resolve_prompt_file(self.input_folder, self.prompt_file)
+
+    def content_params(self) -> dict[str, Any]:
+        out = {k: getattr(self, k) for k in CONTENT_PARAMS}
+        out["prompt_file"] = str(self.prompt_path.resolve())
+        return out
+
+    def public_json(self) -> dict[str, Any]:
+        """Every parameter, as JSON, without any secret."""
+        out: dict[str, Any] = {}
+        for f in fields(self):
+            v = getattr(self, f.name)
+            if f.name == "endpoint":
+                out[f.name] = self.endpoint.public_json()
+            elif isinstance(v, Path):
+                out[f.name] = str(v)
+            else:
+                out[f.name] = v
+        out["prompt_file_resolved"] = str(self.prompt_path)
+        return out
+
+    def identity(self, prompt_count: int) -> str:
+        """A content key of everything that decides what the run generates (resume must match)."""
+        fp = file_fingerprint(self.prompt_path)
+        params = self.content_params()
+        params["num_prompts"] = resolved_range(self.start_idx, self.num_prompts, prompt_count)[1]
+        return content_key("generation-run-v1", params, [fp[1], fp[2]])
+
+
+def resolved_range(start_idx: int, num_prompts: int, count: int) -> tuple[int, int]:
+    """(start, n) with n = every remaining prompt for -1 and clipped to the file's end."""
+    if start_idx > count:
+        raise ConfigError(f"start_idx {start_idx} is past the end of the prompt file "
+                          f"({count} prompts)")
+    n = count - start_idx if num_prompts == -1 else min(num_prompts, count - start_idx)
+    return start_idx, n
+
+
+def resolve_prompt_file(input_folder: Path, prompt_file: str | os.PathLike) -> Path:
+    """The prompt file as given (absolute, or relative to the working folder), or under the input
+    folder, or — as MM-Gen looked for it — under ``input_folder/generated_prompts/``."""
+    p = Path(prompt_file)
+    tried = [p, input_folder / p, input_folder / "generated_prompts" / p]
+    for cand in tried:
+        if cand.is_file():
+            return cand
+    raise DataFileError(f"prompt file {str(prompt_file)!r} not found; looked at: "
+                        + ", ".join(str(t) for t in dict.fromkeys(tried)))
+
+
+def config_from_dict(d: dict[str, Any]) -> GenerationConfig:
+    """Rebuild a config from ``public_json``-like data (e.g. the app's saved settings)."""
+    known = {f.name for f in fields(GenerationConfig)}
+    kwargs = {k: v for k, v in d.items() if k in known and k != "endpoint"}
+    ep = d.get("endpoint") or {}
+    ep_fields = {f.name for f in fields(EndpointConfig)}
+    endpoint = EndpointConfig(**{k: v for k, v in ep.items() if k in ep_fields})
+    return GenerationConfig(**kwargs, endpoint=endpoint)
+
+
+__all__ = ["GenerationConfig", "resolve_prompt_file", "resolved_range", "config_from_dict",
+           "CONTENT_PARAMS"]

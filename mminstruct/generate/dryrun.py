@@ -1,0 +1,153 @@
+"""``--dry_run``: write the exact requests as OpenAI Batch API input files and call nothing.
+
+Each line is ``{"custom_id": "<prompt index>", "method": "POST", "url": "/v1/chat/completions",
+"body": {…}}`` with the same body the engine would send (system prompt, prompt list with images as
+data URLs, generation prompt, model and options). The Batch API takes at most 50,000 requests and
+200 MB per file, so larger runs are split into numbered parts. A prompt whose image is missing is
+left out and listed in the sidecar ``….batch.manifest.json``. Files are written atomically.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from ..cache import atomic_write_json
+from ..llm.errors import BadPromptError, ImageFileError
+from ..llm.requests import (batch_line, build_messages, generation_prompt, request_body,
+                            response_schema, system_prompt)
+from .control import RunStatus
+from .jsonstream import PromptStream
+from .output import atomic_text_writer
+from .runlog import new_stamp
+
+if TYPE_CHECKING:
+    from .config import GenerationConfig
+    from .engine import RunResult, Shared
+
+log = logging.getLogger(__name__)
+
+BATCH_MAX_REQUESTS = 50_000
+BATCH_MAX_BYTES = 190 * 1024 * 1024  # under the 200 MB limit, with room to spare
+WINDOW = 64
+
+
+async def dry_run(cfg: GenerationConfig, stream: PromptStream, start: int, n: int,
+                  shared: Shared | None) -> RunResult:
+    from .engine import RunResult, Shared
+
+    own = shared is None
+    shared = shared or Shared.build(cfg, with_client=False)
+    pf = stream.header
+    mode = pf.mode
+    system = system_prompt(mode, pf.dataset_description)
+    generate = generation_prompt(mode, pf.min_gen_per_candidate)
+    fmt = response_schema(mode) if cfg.structured_outputs else None
+    base = cfg.output_folder / "generated_data" / f"{cfg.file_prefix}_{new_stamp()}"
+    skipped: list[dict[str, Any]] = []
+    written = 0
+    try:
+        async def build(idx: int, entry: Any) -> tuple[int, str | None, dict | None]:
+            if isinstance(entry, BadPromptError):
+                return idx, None, {"prompt_idx": idx, "error_class": entry.kind,
+                                   "message": str(entry)}
+            try:
+                built = await build_messages(entry, mode, system, generate, shared.encoder)
+            except (ImageFileError, BadPromptError) as e:
+                return idx, None, {"prompt_idx": idx, "error_class": e.kind, "message": str(e)}
+            body = request_body(cfg.model_name, built.messages, temperature=cfg.temperature,
+                                max_tokens=cfg.max_tokens, seed=cfg.seed, response_format=fmt)
+            return idx, json.dumps(batch_line(idx, body), ensure_ascii=False), None
+
+        parts = _PartWriter(base)
+        try:
+            window: list[tuple[int, Any]] = []
+
+            async def flush() -> None:
+                nonlocal written
+                for idx, line, problem in await asyncio.gather(*(build(i, e) for i, e in window)):
+                    if problem is not None:
+                        skipped.append(problem)
+                        log.warning("prompt %d left out: %s", idx, problem["message"])
+                    else:
+                        parts.write(line)
+                        written += 1
+                window.clear()
+
+            for idx, entry in stream.entries(start, start + n):
+                window.append((idx, entry))
+                if len(window) >= WINDOW:
+                    await flush()
+            await flush()
+        except BaseException as e:
+            parts.abort(e)
+            raise
+        files = parts.close()
+    finally:
+        if own:
+            await shared.aclose()
+    if len(files) == 1:
+        final = base.with_name(base.name + ".batch.jsonl")
+        files[0].replace(final)
+        files = [final]
+    manifest = base.with_name(base.name + ".batch.manifest.json")
+    atomic_write_json(manifest, {
+        "batch_files": [str(f) for f in files], "requests": written, "prompts": n,
+        "start_idx": start, "model": cfg.model_name, "mode": mode.value,
+        "parameters": cfg.public_json(), "skipped": len(skipped),
+        "skipped_prompts": skipped[:1000]})
+    status = RunStatus(state="dry_run", model=cfg.model_name, mode=mode.value, total=n,
+                       done=written, failed=len(skipped),
+                       message=f"{written} requests written to {len(files)} file(s); "
+                               f"{len(skipped)} prompt(s) left out")
+    return RunResult("dry_run", None, None, manifest, status, status.message, files)
+
+
+class _PartWriter:
+    """Numbered Batch API files ``{base}.batch_001.jsonl``…, each written atomically."""
+
+    def __init__(self, base: Path):
+        self.base = base
+        self.files: list[Path] = []
+        self._cm: Any = None
+        self._f: Any = None
+        self._lines = 0
+        self._bytes = 0
+
+    def _open(self) -> None:
+        path = self.base.with_name(f"{self.base.name}.batch_{len(self.files) + 1:03d}.jsonl")
+        self._cm = atomic_text_writer(path)
+        self._f = self._cm.__enter__()
+        self.files.append(path)
+        self._lines = self._bytes = 0
+
+    def write(self, line: str) -> None:
+        size = len(line.encode()) + 1
+        if self._f is None or self._lines >= BATCH_MAX_REQUESTS \
+                or (self._lines and self._bytes + size > BATCH_MAX_BYTES):
+            self._close_part()
+            self._open()
+        self._f.write(line + "\n")
+        self._lines += 1
+        self._bytes += size
+
+    def _close_part(self) -> None:
+        if self._cm is not None:
+            self._cm.__exit__(None, None, None)
+            self._cm = self._f = None
+
+    def abort(self, e: BaseException) -> None:
+        if self._cm is not None:
+            self._cm.__exit__(type(e), e, e.__traceback__)  # removes the temporary file
+            self._cm = self._f = None
+        for f in self.files[:-1]:
+            f.unlink(missing_ok=True)
+
+    def close(self) -> list[Path]:
+        if self._f is None:
+            self._open()  # an empty file rather than none
+        self._close_part()
+        return self.files

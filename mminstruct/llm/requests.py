@@ -1,0 +1,346 @@
+"""What is sent: the system prompt per mode, the generation prompt, format-fix prompts, the chat
+messages built from a prompt list, and the JSON schema for structured outputs.
+
+A request is shaped as MM-Gen shapes it — a system prompt carrying the dataset description, then
+one user message whose content is the prompt list (text parts as text, image paths as base64 JPEG
+data URLs, in order) followed by the mode's generation prompt asking for exactly N items, where
+N = the prompt file's ``min_gen_per_candidate``. The prompt texts are this project's own.
+
+Images resolve under the input folder only (``images.resolve_image_path``); each is decoded once
+(EXIF-rotated, RGB), downscaled to ``max_side`` and JPEG-encoded in a worker thread, then kept in a
+byte-bounded LRU cache, because in-context images repeat across thousands of prompts. A missing
+or unreadable image raises ``ImageFileError`` — the prompt is recorded as failed, nothing is sent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import os
+from collections import OrderedDict
+from concurrent.futures import Executor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ..errors import ImageError, UnsafePathError
+from ..formats import PromptEntry, is_prompt_image
+from ..images import data_url, encode_jpeg, resolve_image_path
+from ..modes import Mode
+from .errors import BadPromptError, ImageFileError
+
+# ----------------------------------------------------------------------------------------------
+# Prompt texts (written for this project)
+
+_KEY_MEANING = {
+    "Q": "the question",
+    "R": "the step-by-step reasoning that leads to the answer",
+    "A": "the answer",
+    "I": "a short description of the imagined image",
+}
+
+_REPLY_FORMAT = (
+    "Reply with a JSON list and nothing else. Each object has exactly these keys: {keys}.\n"
+    "{meanings}\n"
+    "Shape: [{template}, …]"
+)
+
+_SYSTEM: dict[Mode, str] = {
+    Mode.VQA: (
+        "You write training data for a vision-language model that specialises in {desc}. "
+        "You are shown worked examples from a reference dataset — each an image with its "
+        "question and answer — and then one new image. Write new question–answer pairs about the "
+        "new image that exercise the same skill, in the same style as the examples.\n"
+        "For every pair: the question must be answerable from the new image alone; when the "
+        "examples are multiple choice, put lettered options inside the question, one per line. "
+        "Reason step by step, naming the visual evidence behind each step, then give the answer, "
+        "consistent with the reasoning and as short as the examples' answers. Make the pairs "
+        "differ from one another and cover different parts of the image."
+    ),
+    Mode.VQA_NR: (
+        "You write training data for a vision-language model that specialises in {desc}. "
+        "You are shown worked examples from a reference dataset — each an image with its "
+        "question and answer — and then one new image. Write new, varied question–answer pairs "
+        "about the new image that exercise the same skill, in the same style as the examples.\n"
+        "Each question must be answerable from the new image alone; when the examples are "
+        "multiple choice, put lettered options inside the question, one per line. Each answer "
+        "must be correct for the new image and as short as the examples' answers."
+    ),
+    Mode.TQA: (
+        "You write training data for a vision-language model that specialises in {desc}. "
+        "You are shown worked examples from a reference dataset, each an image with its question "
+        "and answer. You will not be given a new image: imagine one that would belong in this "
+        "dataset, describe it briefly but precisely, and write a multiple-choice question about "
+        "it in the style of the examples, with lettered options one per line. Explain step by "
+        "step how the description determines the answer, and give the answer as the option's "
+        "letter followed by its text, e.g. \"B. 42\"."
+    ),
+    Mode.DESCRIPT: (
+        "You write training data for a vision-language model that specialises in {desc}. "
+        "You are shown worked examples from a reference dataset — each an image with its "
+        "question and answer — and then one new image. Write detailed descriptions of the new "
+        "image as an expert in {desc} would, using the kind of knowledge the examples draw on. "
+        "Each description is several sentences long, accurate to the image, and different from "
+        "the others."
+    ),
+    Mode.GENERIC: (
+        "You write detailed, accurate descriptions of images for training a vision-language "
+        "model. Describe what the last image shows: its content, layout, text, quantities and "
+        "relations, without guessing beyond what is visible. Each description is several "
+        "sentences long and different from the others."
+    ),
+    Mode.VQA_TASK_DESC: (
+        "You write training data for a vision-language model that specialises in {desc}. "
+        "You are shown one image. Write question–answer pairs about it that exercise this skill. "
+        "Each question must be answerable from the image alone; for multiple choice, put "
+        "lettered options inside the question, one per line. Reason step by step, naming the "
+        "visual evidence behind each step, then give a short answer consistent with the "
+        "reasoning. Make the pairs differ from one another."
+    ),
+    Mode.DESCRIPT_TASK_DESC: (
+        "You write training data for a vision-language model that specialises in {desc}. "
+        "You are shown one image. Write detailed descriptions of it as an expert in {desc} would. "
+        "Each description is several sentences long, accurate to the image, and different from "
+        "the others."
+    ),
+}
+
+_GENERATE: dict[Mode, str] = {
+    Mode.VQA: "Now write exactly {n} question–answer pairs, with reasoning, about the last image "
+              "above (the new image).",
+    Mode.VQA_NR: "Now write exactly {n} varied question–answer pairs about the last image above "
+                 "(the new image).",
+    Mode.TQA: "Now imagine new images for this skill and write exactly {n} multiple-choice "
+              "question–answer pairs, each with its imagined image's description.",
+    Mode.DESCRIPT: "Now write exactly {n} detailed descriptions of the last image above (the new "
+                   "image).",
+    Mode.GENERIC: "Now write exactly {n} detailed descriptions of the image above.",
+    Mode.VQA_TASK_DESC: "Now write exactly {n} question–answer pairs, with reasoning, about the "
+                        "image above.",
+    Mode.DESCRIPT_TASK_DESC: "Now write exactly {n} detailed descriptions of the image above.",
+}
+
+_FIX_SYSTEM = (
+    "You repair the output of another model. You are given text that was meant to be a JSON "
+    "list of objects with exactly the keys {keys} but is malformed, incomplete, wrapped in other "
+    "text or uses other key names. Return the list as valid JSON and nothing else. Keep the "
+    "content word for word; fix only the syntax and structure (brackets, commas, quotes, "
+    "escapes), rename equivalent keys to the required ones, and leave out text that belongs to "
+    "no item. Every value is a string.\n" + _REPLY_FORMAT
+)
+
+_FIX_USER = "Repair this into a JSON list of objects with the keys {keys}:\n\n{raw}"
+
+#: Longest raw answer sent back for repair (a runaway answer would cost more than it saves).
+MAX_FIX_INPUT_CHARS = 24_000
+
+
+def _reply_format(mode: Mode) -> str:
+    keys = mode.keys
+    meanings = "\n".join(
+        f"{k}: {'the description' if mode.is_description and k == 'A' else _KEY_MEANING[k]}"
+        for k in keys)
+    template = "{" + ", ".join(f'"{k}": "…"' for k in keys) + "}"
+    return _REPLY_FORMAT.format(keys=", ".join(keys), meanings=meanings, template=template)
+
+
+def system_prompt(mode: Mode, dataset_description: str) -> str:
+    desc = dataset_description.strip().rstrip(".") or "this dataset's domain"
+    return _SYSTEM[mode].format(desc=desc) + "\n\n" + _reply_format(mode)
+
+
+def generation_prompt(mode: Mode, n: int) -> str:
+    return _GENERATE[mode].format(n=n) + f" Reply with a JSON list of exactly {n} objects."
+
+
+def fix_messages(mode: Mode, raw: str) -> list[dict[str, Any]]:
+    keys = ", ".join(mode.keys)
+    meanings = "\n".join(f"{k}: {_KEY_MEANING[k]}" for k in mode.keys)
+    template = "{" + ", ".join(f'"{k}": "…"' for k in mode.keys) + "}"
+    system = _FIX_SYSTEM.format(keys=keys, meanings=meanings, template=template)
+    return [{"role": "system", "content": system},
+            {"role": "user", "content": _FIX_USER.format(keys=keys, raw=raw[:MAX_FIX_INPUT_CHARS])}]
+
+
+def response_schema(mode: Mode) -> dict[str, Any]:
+    """``response_format`` for ``--structured_outputs``: strict schemas need an object at the top,
+    so the list sits under ``items`` (the parser unwraps it)."""
+    item = {"type": "object", "properties": {k: {"type": "string"} for k in mode.keys},
+            "required": list(mode.keys), "additionalProperties": False}
+    schema = {"type": "object", "properties": {"items": {"type": "array", "items": item}},
+              "required": ["items"], "additionalProperties": False}
+    return {"type": "json_schema",
+            "json_schema": {"name": f"mminstruct_{mode.value}", "strict": True, "schema": schema}}
+
+
+# ----------------------------------------------------------------------------------------------
+# Images
+
+
+@dataclass(frozen=True)
+class EncodedImage:
+    url: str  # data URL
+    width: int
+    height: int
+
+    @property
+    def nbytes(self) -> int:
+        return len(self.url)
+
+    def token_estimate(self) -> int:
+        """OpenAI's high-detail rule: fit in 2048², shortest side to 768, 170 per 512-tile + 85."""
+        w, h = self.width, self.height
+        scale = min(1.0, 2048 / max(w, h))
+        w, h = w * scale, h * scale
+        scale = min(1.0, 768 / min(w, h)) if min(w, h) > 0 else 1.0
+        w, h = w * scale, h * scale
+        return 85 + 170 * math.ceil(w / 512) * math.ceil(h / 512)
+
+
+class ImageEncoder:
+    """Path (relative to ``root``) → ``EncodedImage``, encoded once in ``executor`` and kept in an
+    LRU bounded by ``cache_bytes``; concurrent requests for the same image share one encoding."""
+
+    def __init__(self, root: str | os.PathLike, *, max_side: int | None = 1024,
+                 quality: int = 85, cache_bytes: int = 256 << 20,
+                 executor: Executor | None = None, allow_outside: bool = False):
+        self.root = Path(root).resolve()
+        self.max_side = max_side
+        self.quality = quality
+        self.cache_bytes = cache_bytes
+        self.executor = executor
+        self.allow_outside = allow_outside
+        self._cache: OrderedDict[tuple, EncodedImage] = OrderedDict()
+        self._bytes = 0
+        self._pending: dict[tuple, asyncio.Future] = {}
+        self.hits = 0
+        self.misses = 0
+
+    def resolve(self, rel: str) -> Path:
+        try:
+            return resolve_image_path(self.root, rel, allow_outside=self.allow_outside)
+        except (UnsafePathError, ImageError) as e:
+            raise ImageFileError(str(e)) from e
+
+    async def encode(self, rel: str) -> EncodedImage:
+        path = self.resolve(rel)
+        try:
+            st = path.stat()
+        except OSError as e:
+            raise ImageFileError(f"image {rel!r} not found under {self.root}") from e
+        key = (str(path), st.st_mtime_ns, st.st_size)
+        hit = self._cache.get(key)
+        if hit is not None:
+            self._cache.move_to_end(key)
+            self.hits += 1
+            return hit
+        fut = self._pending.get(key)
+        if fut is None:
+            # The encoding runs as its own future, so a cancelled waiter never cancels it for the
+            # others waiting on the same image.
+            self.misses += 1
+            fut = asyncio.get_running_loop().run_in_executor(self.executor, self._encode_sync, path)
+            self._pending[key] = fut
+            fut.add_done_callback(lambda f, key=key: self._done(key, f))
+        else:
+            self.hits += 1
+        return await asyncio.shield(fut)
+
+    def _done(self, key: tuple, fut: asyncio.Future) -> None:
+        self._pending.pop(key, None)
+        if not fut.cancelled() and fut.exception() is None:
+            self._put(key, fut.result())
+
+    def _encode_sync(self, path: Path) -> EncodedImage:
+        from PIL import Image
+
+        try:
+            jpeg = encode_jpeg(path, self.max_side, self.quality)
+        except ImageError as e:
+            raise ImageFileError(str(e)) from e
+        import io
+
+        with Image.open(io.BytesIO(jpeg)) as im:
+            w, h = im.size
+        return EncodedImage(data_url(jpeg), w, h)
+
+    def _put(self, key: tuple, enc: EncodedImage) -> None:
+        if enc.nbytes > self.cache_bytes:
+            return
+        self._cache[key] = enc
+        self._bytes += enc.nbytes
+        while self._bytes > self.cache_bytes and self._cache:
+            _, old = self._cache.popitem(last=False)
+            self._bytes -= old.nbytes
+
+    @property
+    def cached_bytes(self) -> int:
+        return self._bytes
+
+
+# ----------------------------------------------------------------------------------------------
+# Messages
+
+
+@dataclass
+class BuiltRequest:
+    messages: list[dict[str, Any]]
+    token_estimate: int  # input tokens, roughly
+    candidate: str | None  # the candidate image path as written in the prompt file
+
+
+def candidate_image(entry: PromptEntry, mode: Mode) -> str | None:
+    """The new image a prompt asks about: its last part, in modes that carry one."""
+    if mode.carries_candidate and entry.prompt and is_prompt_image(entry.prompt[-1]):
+        return entry.prompt[-1]
+    return None
+
+
+async def build_messages(entry: PromptEntry, mode: Mode, system: str, generate: str,
+                         encoder: ImageEncoder) -> BuiltRequest:
+    """System prompt + one user message: the prompt list in order, then the generation prompt."""
+    if not entry.prompt:
+        raise BadPromptError("the prompt list is empty")
+    content: list[dict[str, Any]] = []
+    tokens = _text_tokens(system) + _text_tokens(generate) + 12
+    for part in entry.prompt:
+        if is_prompt_image(part):
+            enc = await encoder.encode(part)
+            content.append({"type": "image_url", "image_url": {"url": enc.url}})
+            tokens += enc.token_estimate()
+        else:
+            content.append({"type": "text", "text": part})
+            tokens += _text_tokens(part)
+    content.append({"type": "text", "text": generate})
+    cand = candidate_image(entry, mode)
+    if mode.carries_candidate and cand is None:
+        raise BadPromptError(f"mode {mode.value} needs a candidate image as the prompt's last "
+                             f"part; found {entry.prompt[-1][:60]!r}")
+    return BuiltRequest([{"role": "system", "content": system},
+                         {"role": "user", "content": content}], tokens, cand)
+
+
+def _text_tokens(text: str) -> int:
+    return len(text) // 4 + 1
+
+
+def request_body(model: str, messages: list[dict[str, Any]], *, temperature: float | None = None,
+                 max_tokens: int | None = None, seed: int | None = None,
+                 response_format: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The chat-completions body (also what ``--dry_run`` writes into the Batch API file)."""
+    body: dict[str, Any] = {"model": model, "messages": messages}
+    if temperature is not None:
+        body["temperature"] = temperature
+    if max_tokens is not None:
+        body["max_tokens"] = max_tokens
+    if seed is not None:
+        body["seed"] = seed
+    if response_format is not None:
+        body["response_format"] = response_format
+    return body
+
+
+def batch_line(prompt_idx: int, body: dict[str, Any]) -> dict[str, Any]:
+    """One line of an OpenAI Batch API input file."""
+    return {"custom_id": str(prompt_idx), "method": "POST", "url": "/v1/chat/completions",
+            "body": body}
