@@ -35,7 +35,7 @@ import numpy as np
 
 from .cache import VectorStore, atomic_write_json, content_key, file_fingerprint, file_sha256
 from .errors import ConfigError, ImageError, ModelSpecError, choices_message
-from .images import DEFAULT_MAX_PIXELS, open_image
+from .images import open_image
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +50,7 @@ DEFAULT_TEMPLATES: tuple[str, ...] = (
 )
 #: bf16 is kept only when every image of the first batch agrees with fp32 at least this well.
 BF16_MIN_COSINE = 0.999
-_BF16_CHECK_IMAGES = 16
+_BF16_CHECK_IMAGES = 8
 
 
 # ----------------------------------------------------------------------------------------------
@@ -82,26 +82,21 @@ _SHA_MEMO: dict[tuple[str, int, int], str] = {}
 
 def _checkpoint_sha256(path: str, memo_dir: str | os.PathLike | None) -> str:
     fp = file_fingerprint(path)
-    if fp in _SHA_MEMO:
-        return _SHA_MEMO[fp]
-    memo_file = Path(memo_dir or default_cache_dir()) / "checkpoint_sha256.json"
-    key = content_key(fp)
-    memo: dict[str, str] = {}
-    try:
-        memo = json.loads(memo_file.read_text())
-    except (OSError, ValueError):
-        memo = {}
-    digest = memo.get(key) if isinstance(memo, dict) else None
-    if not isinstance(digest, str):
-        digest = file_sha256(path)
-        memo = memo if isinstance(memo, dict) else {}
-        memo[key] = digest
+    if fp not in _SHA_MEMO:  # hashing a 1.7 GB checkpoint takes seconds: memoise it on disk too
+        memo_file, key = Path(memo_dir or default_cache_dir()) / "checkpoint_sha256.json", content_key(fp)
         try:
-            atomic_write_json(memo_file, memo)
-        except OSError as e:  # a read-only cache folder only costs a re-hash next time
-            log.debug("cannot write %s: %s", memo_file, e)
-    _SHA_MEMO[fp] = digest
-    return digest
+            memo = json.loads(memo_file.read_text())
+        except (OSError, ValueError):
+            memo = {}
+        memo = memo if isinstance(memo, dict) else {}
+        if not isinstance(memo.get(key), str):
+            memo[key] = file_sha256(path)
+            try:
+                atomic_write_json(memo_file, memo)
+            except OSError as e:  # a read-only cache folder only costs a re-hash next time
+                log.debug("cannot write %s: %s", memo_file, e)
+        _SHA_MEMO[fp] = memo[key]
+    return _SHA_MEMO[fp]
 
 
 def _register_config(config_path: Path) -> str:
@@ -142,9 +137,8 @@ def parse_model_spec(s: str | ModelSpec) -> ModelSpec:
         arch = _register_config(cfg.resolve())
     models = open_clip.list_models()
     if arch not in models:
-        near = [m for m in models if m.lower() == arch.lower().replace("/", "-")]
-        hint = f" (did you mean {near[0]!r}?)" if near else ""
-        raise ModelSpecError(choices_message("CLIP architecture", arch, models) + hint)
+        near = [f" (did you mean {m!r}?)" for m in models if m.lower() == arch.lower().replace("/", "-")]
+        raise ModelSpecError(choices_message("CLIP architecture", arch, models) + "".join(near[:1]))
     tags = open_clip.list_pretrained_tags_by_model(arch)
     if not sep or not pretrained:
         raise ModelSpecError(
@@ -174,13 +168,7 @@ def _demo_spec() -> ModelSpec:
         from . import demo
     except ImportError as e:
         raise ModelSpecError(f"the {DEMO_MODEL!r} model is not available in this install ({e})") from e
-    files = getattr(demo, "model_files", None)
-    if files is None:
-        raise ModelSpecError(f"the {DEMO_MODEL!r} model is not available (mminstruct.demo has no "
-                             "model_files())")
-    config_json, checkpoint = (Path(p) for p in files())
-    if not Path(checkpoint).is_file():
-        raise ModelSpecError(f"the {DEMO_MODEL!r} checkpoint {checkpoint} is missing")
+    config_json, checkpoint = (Path(p) for p in demo.model_files())  # ModelSpecError if missing
     arch = _register_config(config_json.resolve())
     return ModelSpec(DEMO_MODEL, "demo", arch, str(checkpoint.resolve()), str(config_json.resolve()))
 
@@ -204,12 +192,11 @@ def resolve_device(gpu: int | str | None) -> str:
         return "cpu"
     import torch
 
-    n = int(gpu)
-    if torch.cuda.is_available() and n < torch.cuda.device_count():
+    n, count = int(gpu), torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if n < count:
         return f"cuda:{n}"
-    why = "no CUDA GPU is available" if not torch.cuda.is_available() else \
-        f"only {torch.cuda.device_count()} GPU(s) exist"
-    log.info("GPU %d requested but %s; using the CPU", n, why)
+    log.info("GPU %d requested but %s; using the CPU", n,
+             f"only {count} GPU(s) exist" if count else "no CUDA GPU is available")
     return "cpu"
 
 
@@ -233,24 +220,13 @@ class ClipModel:
                  device: str = "cpu", precision: str = "auto", name: str = ""):
         if precision not in ("auto", "fp32", "bf16"):
             raise ConfigError(choices_message("precision", precision, ("auto", "fp32", "bf16")))
-        self.model = model.eval()
-        self.preprocess = preprocess
-        self.tokenizer = tokenizer
-        self.identity = identity
-        self.device = device
+        self.model, self.preprocess, self.tokenizer = model.eval(), preprocess, tokenizer
+        self.identity, self.device, self.precision = identity, device, precision
         self.name = name or identity
-        self.precision = precision
         #: fp32 or bf16 once decided (by ``precision`` or by the first batch's check).
         self.decided_precision: str | None = None if precision == "auto" else precision
-        self.dim = int(getattr(model, "embed_dim", 0) or self._probe_dim())
         self._lock = threading.Lock()
-
-    def _probe_dim(self) -> int:
-        return int(self.encode_texts(["a"]).shape[1])
-
-    @property
-    def autocast_device(self) -> str:
-        return "cuda" if self.device.startswith("cuda") else "cpu"
+        self.dim = int(getattr(model, "embed_dim", 0) or self.encode_texts(["a"]).shape[1])
 
     def encode_image_batch(self, batch: Any, bf16: bool) -> Any:
         """Preprocessed images (N,3,H,W) → L2-normalised float32 tensor (N, dim) on the CPU."""
@@ -259,13 +235,11 @@ class ClipModel:
         with torch.inference_mode():
             x = batch.to(self.device, non_blocking=True)
             if bf16:
-                with torch.autocast(self.autocast_device, dtype=torch.bfloat16):
+                with torch.autocast(self.device.split(":")[0], dtype=torch.bfloat16):
                     f = self.model.encode_image(x)
             else:
                 f = self.model.encode_image(x)
-            f = f.float()
-            f = f / f.norm(dim=-1, keepdim=True).clamp_min(1e-12)
-            return f.cpu()
+            return torch.nn.functional.normalize(f.float(), dim=-1).cpu()
 
     def encode_texts(self, texts: Sequence[str]) -> np.ndarray:
         """Texts → L2-normalised float32 array (N, dim), in fp32."""
@@ -276,8 +250,7 @@ class ClipModel:
             return np.zeros((0, getattr(self, "dim", 0)), dtype=np.float32)
         with torch.inference_mode():
             tokens = self.tokenizer(texts).to(self.device)
-            f = self.model.encode_text(tokens).float()
-            f = f / f.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+            f = torch.nn.functional.normalize(self.model.encode_text(tokens).float(), dim=-1)
         return f.cpu().numpy()
 
     def __repr__(self) -> str:
@@ -293,8 +266,7 @@ def load_clip(spec: str | ModelSpec = DEFAULT_MODEL, device: str | int | None = 
               precision: str = "auto", cache_dir: str | os.PathLike | None = None) -> ClipModel:
     """Load (or reuse from this process's cache of the last two) a CLIP model.
     ``device`` is a device string or a GPU number (see ``resolve_device``)."""
-    ms = parse_model_spec(spec)
-    dev = resolve_device(device)
+    ms, dev = parse_model_spec(spec), resolve_device(device)
     identity = ms.identity(cache_dir)
     key = (identity, dev, precision)
     with _MODELS_LOCK:
@@ -306,11 +278,6 @@ def load_clip(spec: str | ModelSpec = DEFAULT_MODEL, device: str | int | None = 
         while len(_MODELS) > _MAX_MODELS:
             _MODELS.popitem(last=False)
         return model
-
-
-def clear_model_cache() -> None:
-    with _MODELS_LOCK:
-        _MODELS.clear()
 
 
 #: What a bad checkpoint or an unreachable hub raises inside open_clip / torch.load.
@@ -330,20 +297,18 @@ def _load(ms: ModelSpec, identity: str, device: str, precision: str) -> ClipMode
             name, pretrained=None if ms.kind == "hf-hub" else ms.pretrained, device=device)
         tokenizer = open_clip.get_tokenizer(name)
     except _LOAD_ERRORS as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        if ms.kind in ("tag", "hf-hub"):
-            msg = (f"cannot load CLIP model {ms.raw!r}: {first[:300]} (weights are downloaded on "
-                   "first use; without internet give a local checkpoint: ARCH:/path/to/file.pt)")
-        else:
-            msg = (f"cannot load checkpoint {ms.pretrained} as {ms.arch}: {first[:300]} "
-                   "(is it the right architecture and an open_clip/OpenAI CLIP state dict?)")
-        raise ModelSpecError(msg) from e
+        why = (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
+        raise ModelSpecError(
+            f"cannot load CLIP model {ms.raw!r}: {why} (weights are downloaded on first use; without "
+            "internet give a local checkpoint: ARCH:/path/to/file.pt)" if ms.kind in ("tag", "hf-hub")
+            else f"cannot load checkpoint {ms.pretrained} as {ms.arch}: {why} (is it the right "
+            "architecture and an open_clip/OpenAI CLIP state dict?)") from e
     log.info("loaded CLIP %s on %s in %.1f s", ms.raw, device, time.perf_counter() - t0)
     return ClipModel(model, preprocess, tokenizer, identity, device, precision, ms.raw)
 
 
 # ----------------------------------------------------------------------------------------------
-# The on-disk cache
+# The on-disk cache and image embeddings
 
 
 class EmbeddingCache:
@@ -387,6 +352,10 @@ class EmbeddingCache:
                 con.executemany("INSERT OR REPLACE INTO clip_failures VALUES (?, ?)", list(items))
 
 
+def _store_dir(cache: Any) -> Any:
+    return None if cache in (None, True, False) or isinstance(cache, EmbeddingCache) else cache
+
+
 def open_cache(cache: Any, identity: str) -> EmbeddingCache | None:
     """``None`` → the default folder, ``False`` → no cache, a folder, or an ``EmbeddingCache``."""
     if cache is False:
@@ -396,15 +365,11 @@ def open_cache(cache: Any, identity: str) -> EmbeddingCache | None:
     return EmbeddingCache(default_cache_dir() if cache is None or cache is True else cache, identity)
 
 
-# ----------------------------------------------------------------------------------------------
-# Image embeddings
-
-
 class _ImageDataset:
     """Decode (mminstruct.images.open_image) + preprocess; failures come back as reasons."""
 
-    def __init__(self, paths: Sequence[Path], preprocess: Callable, max_pixels: int):
-        self.paths, self.preprocess, self.max_pixels = list(paths), preprocess, max_pixels
+    def __init__(self, paths: Sequence[Path], preprocess: Callable):
+        self.paths, self.preprocess = list(paths), preprocess
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -412,7 +377,7 @@ class _ImageDataset:
     def __getitem__(self, i: int) -> tuple[int, Any, str | None]:
         p = self.paths[i]
         try:
-            return i, self.preprocess(open_image(p, max_pixels=self.max_pixels)), None
+            return i, self.preprocess(open_image(p)), None
         except ImageError as e:
             return i, None, str(e)
         except Exception as e:  # noqa: BLE001 — a preprocessing failure is this image's, not the run's
@@ -423,9 +388,8 @@ def _collate(items: list[tuple[int, Any, str | None]]) -> tuple[list[int], Any, 
     import torch
 
     ok = [(i, t) for i, t, err in items if err is None]
-    failed = [(i, err) for i, _, err in items if err is not None]
-    stacked = torch.stack([t for _, t in ok]) if ok else None
-    return [i for i, _ in ok], stacked, failed
+    return ([i for i, _ in ok], torch.stack([t for _, t in ok]) if ok else None,
+            [(i, err) for i, _, err in items if err is not None])
 
 
 @dataclass
@@ -457,7 +421,6 @@ def embed_images(
     progress: Callable[[int, int], None] | None = None,
     show_progress: bool | None = None,
     device: str | int | None = "cpu",
-    max_pixels: int = DEFAULT_MAX_PIXELS,
 ) -> EmbedResult:
     """Embed image files; see the module docstring. ``model`` may be a spec: it is then loaded (on
     ``device``) only if some image is not cached. ``show_progress`` None = a tqdm bar on a terminal."""
@@ -467,8 +430,7 @@ def embed_images(
     all_paths = [Path(p) for p in paths]
     clip_model = model if isinstance(model, ClipModel) else None
     spec = None if clip_model else parse_model_spec(model)
-    store_dir = cache if cache not in (None, True, False) and not isinstance(cache, EmbeddingCache) \
-        else None
+    store_dir = _store_dir(cache)
     identity = clip_model.identity if clip_model else spec.identity(store_dir)
     ec = open_cache(cache, identity)
 
@@ -480,13 +442,12 @@ def embed_images(
         except OSError:
             keys.append(None)
             failures[i] = f"image {p} does not exist" if not p.exists() else f"image {p} cannot be read"
-    wanted = list(dict.fromkeys(k for k in keys if k is not None))
-    found = ec.vectors.get_many(wanted) if ec else {}
-    known_bad = ec.get_failures([k for k in wanted if k not in found]) if ec else {}
-    todo_keys = [k for k in wanted if k not in found and k not in known_bad]
-    first_index = {k: i for i, k in reversed(list(enumerate(keys))) if k is not None}
-    todo = [(k, all_paths[first_index[k]]) for k in todo_keys]
-    n_cached = len(wanted) - len(todo)
+    first = {k: i for i, k in reversed(list(enumerate(keys))) if k is not None}  # unique, in order
+    found = ec.vectors.get_many(list(first)) if ec else {}
+    known_bad = ec.get_failures([k for k in first if k not in found]) if ec else {}
+    todo = [(k, all_paths[i]) for k, i in sorted(first.items(), key=lambda kv: kv[1])
+            if k not in found and k not in known_bad]
+    n_cached = len(first) - len(todo)
     done = len(all_paths) - len(todo)
     if progress:
         progress(done, len(all_paths))
@@ -501,24 +462,17 @@ def embed_images(
                                 show_progress, progress, done, len(all_paths))
 
     dim = clip_model.dim if clip_model else (ec.vectors.dim if ec and ec.vectors.dim else 0)
-    ok: list[int] = []
-    rows: list[np.ndarray] = []
+    ok, rows = [], []
     for i, k in enumerate(keys):
-        if k is None:
-            continue
-        vec = found.get(k)
-        if vec is None:
-            vec = computed.get(k)
+        vec = found.get(k, computed.get(k)) if k is not None else None
         if vec is not None:
             ok.append(i)
             rows.append(vec)
-        else:
+        elif k is not None:
             failures[i] = known_bad.get(k) or new_bad.get(k) or f"image {all_paths[i]} was not embedded"
     vectors = np.stack(rows).astype(np.float16) if rows else np.zeros((0, dim), np.float16)
     failed = sorted(failures)
     fails = [(all_paths[i], failures[i]) for i in failed]
-    for p, why in fails:
-        log.debug("image not embedded: %s", why)
     return EmbedResult(all_paths, vectors, np.asarray(ok, dtype=np.int64), fails, n_cached,
                        len(todo), failed, precision, time.perf_counter() - t0)
 
@@ -535,21 +489,18 @@ def _embed_todo(todo: list[tuple[str, Path]], cm: ClipModel, ec: EmbeddingCache 
     if workers < 0:
         raise ConfigError(f"num_workers must be ≥ 0, got {num_workers!r}")
     workers = min(workers, n_batches - 1)  # one batch: nothing to overlap with
-    dataset = _ImageDataset([p for _, p in todo], cm.preprocess, DEFAULT_MAX_PIXELS)
+    dataset = _ImageDataset([p for _, p in todo], cm.preprocess)
     loader = DataLoader(dataset, batch_size=batch_size, num_workers=workers, collate_fn=_collate,
                         pin_memory=cm.device.startswith("cuda"),
                         prefetch_factor=2 if workers else None)
-    disable = None if show_progress is None else not show_progress
-    if disable is None and not sys.stderr.isatty():
-        disable = True
-    bar = tqdm(total=len(todo), desc="embedding images", unit="img", disable=disable, file=sys.stderr)
+    show = sys.stderr.isatty() if show_progress is None else show_progress
+    bar = tqdm(total=len(todo), desc="embedding images", unit="img", disable=not show, file=sys.stderr)
     try:
         for idx, batch, failed in loader:
             new_vecs: list[tuple[str, np.ndarray]] = []
             if batch is not None:
                 with cm._lock:
-                    bf16 = _decide_bf16(cm, batch)
-                    feats = cm.encode_image_batch(batch, bf16)
+                    feats = _encode_auto(cm, batch)
                 vecs = feats.numpy().astype(np.float16)
                 for j, i in enumerate(idx):
                     computed[todo[i][0]] = vecs[j]
@@ -569,22 +520,29 @@ def _embed_todo(todo: list[tuple[str, Path]], cm: ClipModel, ec: EmbeddingCache 
     return cm.decided_precision or "fp32"
 
 
-def _decide_bf16(cm: ClipModel, batch: Any) -> bool:
-    """bf16 if requested, or (auto) if the device supports it and the first batch agrees with fp32."""
+def _encode_auto(cm: ClipModel, batch: Any) -> Any:
+    """Encode a batch in the model's precision. Undecided (auto): bf16 only if the device supports
+    it and, on this first batch, bf16 agrees with fp32 (min cosine ≥ BF16_MIN_COSINE) on a probe
+    of its first images; the check costs one fp32 pass over the probe, nothing more."""
+    import torch
+
     if cm.decided_precision is not None:
-        return cm.decided_precision == "bf16"
+        return cm.encode_image_batch(batch, cm.decided_precision == "bf16")
     if not bf16_supported(cm.device):
         cm.decided_precision = "fp32"
         log.info("bf16 not supported on %s: embedding in fp32", cm.device)
-        return False
-    probe = batch[:_BF16_CHECK_IMAGES]
-    ref = cm.encode_image_batch(probe, False)
-    low = cm.encode_image_batch(probe, True)
-    cos = float((ref * low).sum(dim=1).min())
+        return cm.encode_image_batch(batch, False)
+    n = min(len(batch), _BF16_CHECK_IMAGES)
+    ref = cm.encode_image_batch(batch[:n], False)
+    low = cm.encode_image_batch(batch, True)
+    cos = float((ref * low[:n]).sum(dim=1).min())
     cm.decided_precision = "bf16" if cos >= BF16_MIN_COSINE else "fp32"
     log.info("bf16 check on %d images: min cosine to fp32 %.5f → embedding in %s",
-             len(probe), cos, cm.decided_precision)
-    return cm.decided_precision == "bf16"
+             n, cos, cm.decided_precision)
+    if cm.decided_precision == "bf16":
+        return low
+    rest = cm.encode_image_batch(batch[n:], False) if len(batch) > n else ref[:0]
+    return torch.cat([ref, rest])
 
 
 # ----------------------------------------------------------------------------------------------
@@ -610,26 +568,21 @@ def embed_texts(texts: Sequence[str], model: ClipModel | ModelSpec | str, *, cac
     """Texts → L2-normalised float32 (N, dim), cached like images (the model loads only on a miss)."""
     texts = list(texts)
     cm = model if isinstance(model, ClipModel) else None
-    spec = None if cm else parse_model_spec(model)
-    store_dir = cache if cache not in (None, True, False) and not isinstance(cache, EmbeddingCache) \
-        else None
+    spec, store_dir = None if cm else parse_model_spec(model), _store_dir(cache)
     ec = open_cache(cache, cm.identity if cm else spec.identity(store_dir))
-    keys = [ec.text_key(t) for t in texts] if ec else []
-    found = ec.vectors.get_many(keys) if ec else {}
-    missing = [t for t, k in zip(texts, keys) if k not in found] if ec else texts
-    new: dict[str, np.ndarray] = {}
+    vecs = ec.vectors.get_many([ec.text_key(t) for t in texts]) if ec else {}
+    found = {t: vecs[ec.text_key(t)] for t in texts if ec and ec.text_key(t) in vecs}
+    missing = list(dict.fromkeys(t for t in texts if t not in found))
     if missing:
         cm = cm or load_clip(spec, device, cache_dir=store_dir)
         # rounded as the cache stores them, so a cached run gives bit-identical results
-        vecs = cm.encode_texts(list(dict.fromkeys(missing))).astype(np.float16).astype(np.float32)
-        new = dict(zip(dict.fromkeys(missing), vecs))
+        new = cm.encode_texts(missing).astype(np.float16)
+        found.update(zip(missing, new))
         if ec:
-            ec.vectors.put_many((ec.text_key(t), v) for t, v in new.items())
-    rows = [new[t] if t in new else found[k].astype(np.float32) for t, k in
-            zip(texts, keys or [None] * len(texts))]
-    if not rows:
+            ec.vectors.put_many((ec.text_key(t), v) for t, v in zip(missing, new))
+    if not texts:
         return np.zeros((0, cm.dim if cm else 0), np.float32)
-    out = np.stack(rows).astype(np.float32)
+    out = np.stack([found[t] for t in texts]).astype(np.float32)
     return out / np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-12)
 
 

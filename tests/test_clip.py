@@ -314,9 +314,12 @@ def test_bf16_is_dropped_when_it_disagrees(shapes_dataset, tiny_clip_model,
         return out
 
     monkeypatch.setattr(model, "encode_image_batch", lossy)
-    res = clip.embed_images(sorted(shapes_dataset.image_dir.glob("*.jpg")), model, cache=False,
-                            num_workers=0)
+    paths = sorted(shapes_dataset.image_dir.glob("*.jpg"))  # 12 > the 8-image probe
+    res = clip.embed_images(paths, model, cache=False, num_workers=0)
     assert res.precision == "fp32" and model.decided_precision == "fp32"
+    fp32 = clip.embed_images(paths, fresh_model(tiny_clip_model, "ref", "fp32"), cache=False,
+                             num_workers=0)
+    np.testing.assert_array_equal(res.vectors, fp32.vectors)  # no bf16 row slipped through
 
 
 def test_bf16_is_not_tried_where_unsupported(shapes_dataset, tiny_clip_model,
