@@ -33,8 +33,8 @@ from typing import Any
 import numpy as np
 
 from . import __version__
-from .clip import (DEFAULT_MODEL, embed_images, embed_keywords, parse_model_spec, parse_templates,
-                   resolve_device)
+from .clip import (DEFAULT_MODEL, ModelSpec, embed_images, embed_keywords, parse_model_spec,
+                   parse_templates, resolve_device)
 from .errors import ConfigError, DataFileError, ImageError, InputError, UnsafePathError
 from .formats import DataFile, Subgroup, TaskFile, load_data_file, save_task_file
 from .images import list_image_files, resolve_image_path
@@ -78,6 +78,7 @@ class TaskFileConfig:
     allow_outside_paths: bool = False
     cache_dir: str | os.PathLike | None = None  # default: $MMINSTRUCT_CACHE_DIR or ~/.cache/mminstruct
     num_workers: int | None = None
+    spec: ModelSpec = field(init=False, repr=False)  # model_name, parsed
 
     def __post_init__(self) -> None:
         if not isinstance(self.data_file, (str, os.PathLike)) or not str(self.data_file).strip():

@@ -356,6 +356,7 @@ def test_cli_end_to_end_in_a_subprocess(shapes, tiny_clip, tmp_path: Path) -> No
     path = tmp_path / first.stdout.strip().splitlines()[-1]
     task = load_task_file(path)
     assert [len(sg.candidate_image_paths) for sg in task.subgroups] == [3, 3]
+    _check_accounting(task, 9, {k for k in shapes.labels if k.startswith("pool/")}, shapes.root)
     assert "using the CPU" in first.stderr and "loaded CLIP" in first.stderr
     second = _run_cli(*args, "--output_prefix", "again", cwd=tmp_path, env_cache=tmp_path / "c")
     assert second.returncode == 0 and "loaded CLIP" not in second.stderr  # all cached
@@ -365,7 +366,7 @@ def test_cli_end_to_end_in_a_subprocess(shapes, tiny_clip, tmp_path: Path) -> No
 
 @pytest.mark.slow
 def test_cli_refuses_escaping_paths_in_a_subprocess(shapes, tiny_clip, tmp_path: Path) -> None:
-    outside = save_jpeg(draw_shape("circle", 9), tmp_path / "outside" / "o.jpg")
+    outside = save_jpeg(draw_shape("circle", 9), tmp_path / "outside" / "ö_图表.jpg")
     common = ["--data_file", "data.json", "--input_folder", str(shapes.root), "--keywords",
               *KEYWORDS, "--model_name", tiny_clip.spec, "--output_folder", str(tmp_path / "out")]
     bad = _run_cli(*common, "--candidate_folder", str(outside.parent), cwd=tmp_path,
