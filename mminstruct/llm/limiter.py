@@ -71,7 +71,7 @@ class LimitInfo:
         if self.value is None:
             return f"no {unit} limit (none given, no {header} header seen)"
         where = {"flag": "given", "header": f"from the {header} response header"}[self.source]
-        return f"{unit} limit {self.value:g} ({where})"
+        return f"{unit} limit {self.value:,.0f} ({where})"
 
 
 class RateLimiter:

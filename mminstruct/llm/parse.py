@@ -44,6 +44,7 @@ _ALIASES: dict[str, tuple[str, ...]] = {
 }
 _DESCRIPTION_ALIASES = ("a", "description", "caption", "text", "answer")
 _CHOICE_KEYS = ("choices", "options")
+_LIST_OF_OBJECTS = re.compile(r"\[\s*\{")
 _WRAPPER_KEYS = ("items", "pairs", "qa_pairs", "questions", "data", "results", "descriptions",
                  "samples", "output")
 
@@ -114,21 +115,19 @@ def find_json(text: str) -> tuple[Any, str] | None:
         if value is not None:
             return value, "fenced"
     decoder = json.JSONDecoder()
-    starts = [m.start() for m in re.finditer(r"[\[{]", text)][:200]
-    for pos in starts:
+    for pos in [m.start() for m in re.finditer(r"[\[{]", text)][:200]:
         try:
             value, end = decoder.raw_decode(text, pos)
         except json.JSONDecodeError:
+            # A list of objects or an object that does not parse as is: repair it from here
+            # (scanning on would find an inner object and lose its siblings).
+            if text[pos] == "{" or _LIST_OF_OBJECTS.match(text, pos):
+                value = _repair(text[pos:])
+                if value is not None and _looks_like_items(value):
+                    return value, "repaired"
             continue
         if _looks_like_items(value):
             return value, "json" if pos == 0 and not text[end:].strip() else "prose"
-    if not starts:
-        return None
-    # Nothing parses as is: repair from the likeliest start (a list of objects, else the first).
-    list_of_objects = re.search(r"\[\s*\{", text)
-    value = _repair(text[list_of_objects.start() if list_of_objects else starts[0]:])
-    if value is not None:
-        return value, "repaired"
     return None
 
 

@@ -213,6 +213,7 @@ class ImageEncoder:
         self._cache: OrderedDict[tuple, EncodedImage] = OrderedDict()
         self._bytes = 0
         self._pending: dict[tuple, asyncio.Future] = {}
+        self._keys: dict[str, tuple[Path, tuple]] = {}
         self.hits = 0
         self.misses = 0
 
@@ -222,13 +223,24 @@ class ImageEncoder:
         except (UnsafePathError, ImageError) as e:
             raise ImageFileError(str(e)) from e
 
-    async def encode(self, rel: str) -> EncodedImage:
+    def _key(self, rel: str) -> tuple[Path, tuple]:
+        """(path, cache key) of ``rel``, memoised: resolving costs an lstat per path component,
+        and the same in-context images come back in every prompt."""
+        hit = self._keys.get(rel)
+        if hit is not None:
+            return hit
         path = self.resolve(rel)
         try:
             st = path.stat()
         except OSError as e:
             raise ImageFileError(f"image {rel!r} not found under {self.root}") from e
-        key = (str(path), st.st_mtime_ns, st.st_size)
+        if len(self._keys) >= 100_000:
+            self._keys.clear()
+        self._keys[rel] = (path, (str(path), st.st_mtime_ns, st.st_size))
+        return self._keys[rel]
+
+    async def encode(self, rel: str) -> EncodedImage:
+        path, key = self._key(rel)
         hit = self._cache.get(key)
         if hit is not None:
             self._cache.move_to_end(key)
