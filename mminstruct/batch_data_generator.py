@@ -32,7 +32,7 @@ from .data_generator import (EXIT_CANCELLED, EXIT_STOPPED, add_common_args, conf
 from .errors import ConfigError
 from .generate.control import RunControl, RunStatus
 from .generate.output import merge_outputs
-from .generate.runlog import new_stamp
+from .generate.runlog import unique_output_path
 from .generate.shards import ShardedResult, run_shards_async
 from .llm.client import install_log_redaction
 
@@ -147,7 +147,7 @@ def run_merge(args: argparse.Namespace) -> int:
             raise ConfigError(f"not found: {', '.join(missing)}")
     else:
         files = find_shard_outputs(folder, args.file_prefix)
-    out = folder / f"{args.file_prefix}_{new_stamp()}.json"
+    out = unique_output_path(folder, args.file_prefix)
     summary = merge_outputs(files, out)
     print(f"merged {summary.files} file(s): {summary.len_samples} samples"
           + (f"; {'; '.join(summary.warnings)}" if summary.warnings else ""), file=sys.stderr)

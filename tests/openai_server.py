@@ -197,14 +197,17 @@ def _answer(behaviour: str, body: dict[str, Any], texts: list[str], tag: str,
     if b == "malformed":
         broken = json.dumps(items, indent=1).replace('",\n', '"\n', 1).rstrip("]") + ",]"
         return _completion(body, broken, prompt_tokens=prompt_tokens)
+    # Answers that a format-fix call will send back carry the prompt's id and the behaviour
+    # the fix call should get, so the fixed answer is the same whenever it is produced.
+    ids = "".join(f"%%id:{i}%%" for i in ID_MARKER.findall("\n".join(texts)))
     if b in ("garbage", "garbage!"):
         nxt = "garbage!" if b.endswith("!") else "ok"
         return _completion(body, f"I looked at the picture; the answer is probably blue. "
-                                 f"%%stub:{nxt}%%", prompt_tokens=prompt_tokens)
+                                 f"{ids}%%stub:{nxt}%%", prompt_tokens=prompt_tokens)
     if b in ("missing_key", "missing_key!"):
         nxt = "missing_key!" if b.endswith("!") else "ok"
         short = [{k: v for k, v in it.items() if k != keys[-1]} for it in items]
-        short[0][keys[0]] += f" %%stub:{nxt}%%"
+        short[0][keys[0]] += f" {ids}%%stub:{nxt}%%"
         return _completion(body, json.dumps(short), prompt_tokens=prompt_tokens)
     if b == "length":
         return _completion(body, as_json[: max(10, len(as_json) // 2)], finish="length",

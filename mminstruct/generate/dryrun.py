@@ -22,7 +22,7 @@ from ..llm.requests import (batch_line, build_messages, generation_prompt, reque
 from .control import RunStatus
 from .jsonstream import PromptStream
 from .output import atomic_text_writer
-from .runlog import new_stamp
+from .runlog import unique_output_path
 
 if TYPE_CHECKING:
     from .config import GenerationConfig
@@ -46,7 +46,9 @@ async def dry_run(cfg: GenerationConfig, stream: PromptStream, start: int, n: in
     system = system_prompt(mode, pf.dataset_description)
     generate = generation_prompt(mode, pf.min_gen_per_candidate)
     fmt = response_schema(mode) if cfg.structured_outputs else None
-    base = cfg.output_folder / "generated_data" / f"{cfg.file_prefix}_{new_stamp()}"
+    manifest = unique_output_path(cfg.output_folder / "generated_data", cfg.file_prefix,
+                                  ".batch.manifest.json")
+    base = manifest.with_name(manifest.name.removesuffix(".batch.manifest.json"))
     skipped: list[dict[str, Any]] = []
     written = 0
     try:
@@ -93,7 +95,6 @@ async def dry_run(cfg: GenerationConfig, stream: PromptStream, start: int, n: in
         final = base.with_name(base.name + ".batch.jsonl")
         files[0].replace(final)
         files = [final]
-    manifest = base.with_name(base.name + ".batch.manifest.json")
     atomic_write_json(manifest, {
         "batch_files": [str(f) for f in files], "requests": written, "prompts": n,
         "start_idx": start, "model": cfg.model_name, "mode": mode.value,

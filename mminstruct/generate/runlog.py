@@ -47,6 +47,17 @@ def new_stamp(now: datetime | None = None) -> str:
     return (now or datetime.now()).strftime(STAMP_FORMAT)
 
 
+def unique_output_path(folder: Path, prefix: str, suffix: str = ".json") -> Path:
+    """``folder/{prefix}_{YYYYmmdd_HHMMSS}{suffix}``, with ``_2``, ``_3``… if that name exists, so a
+    new file never replaces an earlier one made in the same second."""
+    stamp = new_stamp()
+    path, n = folder / f"{prefix}_{stamp}{suffix}", 1
+    while path.exists():
+        n += 1
+        path = folder / f"{prefix}_{stamp}_{n}{suffix}"
+    return path
+
+
 class RunLog:
     """Append-only JSONL; ``append`` is durable against process death when it returns."""
 

@@ -26,7 +26,7 @@ from .engine import RunResult, Shared, run_async
 from .jsonstream import PromptStream
 from .manifest import manifest_path_for, write_manifest
 from .output import merge_outputs
-from .runlog import new_stamp
+from .runlog import unique_output_path
 
 log = logging.getLogger(__name__)
 
@@ -94,7 +94,7 @@ async def run_shards_async(cfg: GenerationConfig, num_parallel: int, *,
         state = "stopped" if any(r.state == "stopped" for r in unfinished) else "cancelled"
         return ShardedResult(state, None, None, list(results),
                              f"{len(unfinished)} of {len(results)} shard(s) unfinished: {msgs}")
-    out = cfg.output_folder / "generated_data" / f"{cfg.file_prefix}_{new_stamp()}.json"
+    out = unique_output_path(cfg.output_folder / "generated_data", cfg.file_prefix)
     merged = merge_outputs([r.output for r in results if r.output is not None], out)
     manifest = _merged_manifest(out, results)
     msg = (f"{merged.len_samples} samples from {len(results)} shards"
