@@ -150,10 +150,10 @@ def _load_cached(path: Path, n: int) -> np.ndarray | None:
 
 def projection_key(fingerprint: str, method: str, params: dict[str, Any]) -> str:
     """The cache key of a projection: vectors' fingerprint + method + parameters + library."""
-    if method == "umap":
-        import umap  # noqa: PLC0415  (lazy: heavy import)
+    if method == "umap":  # the installed version, without importing umap (seconds, numba)
+        from importlib.metadata import version  # noqa: PLC0415
 
-        lib = f"umap-learn {umap.__version__}"
+        lib = f"umap-learn {version('umap-learn')} faiss-cpu {version('faiss-cpu')}"
     else:
         lib = f"numpy {np.__version__}"
     return content_key("projection", _FORMAT_VERSION, fingerprint, method, params, lib)

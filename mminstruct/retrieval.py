@@ -342,10 +342,7 @@ def top_k_per_keyword(index: CandidateIndex, keyword_vecs: Any, k: int, *,
     complete = [False] * n_kw
     todo = list(range(n_kw))
     while True:
-        for j in todo:
-            sc, ids = index.search(kw[j:j + 1], max(1, depth[j]), nprobe=probe[j] or None,
-                                   rerank_with=rerank_with)
-            sc, ids = sc[0], ids[0]
+        for j, sc, ids in _search_grouped(index, kw, todo, depth, probe, rerank_with):
             found = ids >= 0
             sc, ids = sc[found], ids[found]
             cut = False
@@ -355,7 +352,8 @@ def top_k_per_keyword(index: CandidateIndex, keyword_vecs: Any, k: int, *,
                 sc, ids = sc[keep], ids[keep]
             ranked_ids[j], ranked_sc[j] = ids, sc
             cells_exhausted = not found.all() and (flat or probe[j] >= index.params.nlist)
-            complete[j] = cut or depth[j] >= total or cells_exhausted
+            whole_pool = found.all() and depth[j] >= total
+            complete[j] = cut or whole_pool or cells_exhausted
             if not found.all() and not cells_exhausted:  # probed cells ran out: probe more
                 probe[j] = min(index.params.nlist, probe[j] * 2)
         chosen, chosen_sc = resolve_overlaps(ranked_ids, ranked_sc, int(k))
@@ -367,6 +365,19 @@ def top_k_per_keyword(index: CandidateIndex, keyword_vecs: Any, k: int, *,
                 depth[j] = min(total, depth[j] * 2)
     short = {names[j]: len(x) for j, x in enumerate(chosen) if len(x) < k}
     return TopK(names, int(k), chosen, chosen_sc, short)
+
+
+def _search_grouped(index: CandidateIndex, kw: np.ndarray, todo: list[int], depth: list[int],
+                    probe: list[int], rerank_with: Any):
+    """Yield ``(j, scores, ids)`` per keyword in ``todo``; keywords that share a depth and an
+    nprobe go to faiss as one batch (one pass over the vectors instead of one per keyword)."""
+    groups: dict[tuple[int, int], list[int]] = {}
+    for j in todo:
+        groups.setdefault((depth[j], probe[j]), []).append(j)
+    for (d, p), members in groups.items():
+        sc, ids = index.search(kw[members], max(1, d), nprobe=p or None, rerank_with=rerank_with)
+        for row, j in enumerate(members):
+            yield j, sc[row], ids[row]
 
 
 # ---------------------------------------------------------------------------- Parquet shards

@@ -243,6 +243,19 @@ def test_umap_fits_a_sample_and_transforms_the_rest(monkeypatch):
 def test_umap_cache_roundtrip(tmp_path, blobs, monkeypatch):
     x, _ = blobs
     first = project_2d(x, "umap", seed=1, cache_dir=tmp_path)
+    np.save(tmp_path / "x.npy", x)
+    script = textwrap.dedent(f"""
+        import sys, numpy as np
+        from mminstruct import projection
+        out = projection.project_2d(np.load({str(tmp_path / 'x.npy')!r}), "umap", seed=1,
+                                    cache_dir={str(tmp_path)!r})
+        assert "umap" not in sys.modules, "a cache hit imported umap"
+        np.save({str(tmp_path / 'out.npy')!r}, out)
+    """)
+    proc = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert np.array_equal(np.load(tmp_path / "out.npy"), first)
     monkeypatch.setattr(projection, "umap_2d", lambda *a, **k: pytest.fail("recomputed"))
     assert np.array_equal(project_2d(x, "umap", seed=1, cache_dir=tmp_path), first)
     calls = []
