@@ -75,6 +75,9 @@ def add_common_args(p: argparse.ArgumentParser) -> None:
     q = p.add_argument_group("requests")
     q.add_argument("--max_image_side", type=int, default=1024,
                    help="downscale images to this longest side (default 1024)")
+    q.add_argument("--jpeg_quality", type=int, default=85, help="JPEG quality (default 85)")
+    q.add_argument("--image_cache_mb", type=int, default=256,
+                   help="memory for encoded images, reused across prompts (default 256)")
     q.add_argument("--temperature", type=float)
     q.add_argument("--max_tokens", type=int, help="answer token limit (default: the model's)")
     q.add_argument("--seed", type=int)
@@ -116,7 +119,8 @@ def config_from_args(args: argparse.Namespace, **overrides: object) -> Generatio
         model_name=args.model_name, endpoint=endpoint, concurrency=args.concurrency,
         rpm=args.rpm, tpm=args.tpm, max_retries=args.max_retries, timeout=args.timeout,
         retry_base_delay=args.retry_base_delay, retry_max_delay=args.retry_max_delay,
-        max_image_side=args.max_image_side, temperature=args.temperature,
+        max_image_side=args.max_image_side, jpeg_quality=args.jpeg_quality,
+        image_cache_mb=args.image_cache_mb, temperature=args.temperature,
         max_tokens=args.max_tokens, seed=args.seed, structured_outputs=args.structured_outputs,
         format_fix_attempts=args.format_fix_attempts, resume=args.resume,
         retry_failed=args.retry_failed, dry_run=args.dry_run,

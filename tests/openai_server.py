@@ -397,7 +397,7 @@ class StubServer:
         self.app = build_app(self.state, extra_routes)
         self._server = uvicorn.Server(uvicorn.Config(
             self.app, host="127.0.0.1", port=port, log_level="critical", access_log=False,
-            lifespan="off", timeout_keep_alive=30, backlog=4096))
+            lifespan="off", timeout_keep_alive=30, backlog=4096, loop="asyncio", http="h11"))
         self._thread = threading.Thread(target=self._server.run, daemon=True,
                                         name="openai-stub")
         self.port = port

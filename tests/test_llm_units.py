@@ -20,7 +20,7 @@ from mminstruct.formats import PromptEntry
 from mminstruct.llm import errors as E
 from mminstruct.llm.client import EndpointConfig, RedactingFilter, build_client
 from mminstruct.llm.limiter import RateLimiter
-from mminstruct.llm.pricing import estimate_cost
+from mminstruct.generate.manifest import estimate_cost
 from mminstruct.llm.requests import (ImageEncoder, build_messages, generation_prompt,
                                      response_schema, system_prompt)
 from mminstruct.modes import Mode

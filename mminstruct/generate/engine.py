@@ -36,7 +36,7 @@ from typing import Any
 
 from ..errors import ConfigError
 from ..formats import PromptEntry
-from ..llm.client import build_client
+from ..llm.client import build_clients
 from ..llm.errors import (RETRYABLE_ON_RESUME, BadJSONError, BadPromptError, ContentFilterError,
                           ImageFileError, LengthError, LLMError, RefusalError,
                           SchemaMismatchError, ServerError, classify, redact)
@@ -62,9 +62,10 @@ ProgressCallback = Callable[[RunStatus], None]
 
 @dataclass
 class Shared:
-    """Resources shared by every run in this process: one client, one limiter, one image cache."""
+    """Resources shared by every run in this process: the clients (one connection pool each),
+    one limiter, one image cache, one bound on requests in flight."""
 
-    client: Any
+    clients: list[Any]
     limiter: RateLimiter
     encoder: ImageEncoder
     semaphore: asyncio.Semaphore
@@ -77,13 +78,14 @@ class Shared:
         encoder = ImageEncoder(cfg.input_folder, max_side=cfg.max_image_side,
                                quality=cfg.jpeg_quality, cache_bytes=cfg.image_cache_mb << 20,
                                executor=executor, allow_outside=cfg.allow_outside_paths)
-        client = build_client(cfg.endpoint, timeout=cfg.timeout) if with_client else None
+        clients = build_clients(cfg.endpoint, concurrency=cfg.concurrency,
+                                timeout=cfg.timeout) if with_client else []
         limiter = RateLimiter(cfg.rpm, cfg.tpm) if with_client else RateLimiter()
-        return cls(client, limiter, encoder, asyncio.Semaphore(cfg.concurrency), executor)
+        return cls(clients, limiter, encoder, asyncio.Semaphore(cfg.concurrency), executor)
 
     async def aclose(self) -> None:
-        if self.client is not None:
-            await self.client.close()
+        for client in self.clients:
+            await client.close()
         self.executor.shutdown(wait=False, cancel_futures=True)
 
 
@@ -211,7 +213,9 @@ class _Job:
         queue: asyncio.Queue = asyncio.Queue(maxsize=max(16, min(cfg.concurrency, 4096)))
         n_workers = min(cfg.concurrency, max(1, self.n - len(done)))
         producer = asyncio.create_task(self._produce(queue, done, n_workers))
-        workers = [asyncio.create_task(self._work(queue)) for _ in range(n_workers)]
+        clients = self.shared.clients
+        workers = [asyncio.create_task(self._work(queue, clients[k % len(clients)]))
+                   for k in range(n_workers)]
         ticker = asyncio.create_task(self._tick())
         tasks = [producer, *workers]
         everything = asyncio.gather(*tasks)
@@ -273,7 +277,7 @@ class _Job:
             for _ in range(n_workers):
                 await queue.put(None)
 
-    async def _work(self, queue: asyncio.Queue) -> None:
+    async def _work(self, queue: asyncio.Queue, client: Any) -> None:
         while True:
             item = await queue.get()
             if item is None:
@@ -286,7 +290,7 @@ class _Job:
                     continue
                 self.in_flight += 1
                 try:
-                    rec = await self._process(idx, entry)
+                    rec = await self._process(idx, entry, client)
                 finally:
                     self.in_flight -= 1
             if rec is not None:
@@ -320,7 +324,8 @@ class _Job:
 
     # ------------------------------------------------------------------ one prompt
 
-    async def _process(self, idx: int, entry: PromptEntry | BadPromptError) -> dict | None:
+    async def _process(self, idx: int, entry: PromptEntry | BadPromptError,
+                       client: Any) -> dict | None:
         base: dict[str, Any] = {"prompt_idx": idx}
         stats = _Stats()
         t0 = time.monotonic()
@@ -337,7 +342,7 @@ class _Job:
                             temperature=self.cfg.temperature, max_tokens=self.cfg.max_tokens,
                             seed=self.cfg.seed, response_format=self.response_format)
         try:
-            result, finish = await self._generate(body, built.token_estimate, stats)
+            result, finish = await self._generate(client, body, built.token_estimate, stats)
         except _Stopped:
             return None
         except LLMError as e:
@@ -370,21 +375,24 @@ class _Job:
         self.tracker.finished(ok, rec.get("error_class"), rec.get("n_items", 0),
                               ok and rec["n_items"] != self.n_expected, rec.get("dropped", 0))
 
-    async def _generate(self, body: dict, est: int, stats: _Stats) -> tuple[ParseResult, str]:
-        completion = await self._call(body, est, stats)
+    async def _generate(self, client: Any, body: dict, est: int,
+                        stats: _Stats) -> tuple[ParseResult, str]:
+        completion = await self._call(client, body, est, stats)
         text, finish = self._answer(completion)
         try:
             return parse_items(text, self.mode), finish
         except (BadJSONError, SchemaMismatchError) as e:
             first: LLMError = e
         error = first
+        if not text.strip():
+            raise error  # nothing to repair
         for _ in range(self.cfg.format_fix_attempts):
             stats.fixes += 1
             fix_body = request_body(self.cfg.model_name, fix_messages(self.mode, text),
                                     temperature=0 if self.cfg.temperature is not None else None,
                                     max_tokens=self.cfg.max_tokens,
                                     response_format=self.response_format)
-            fixed = await self._call(fix_body, len(text) // 3 + 400, stats)
+            fixed = await self._call(client, fix_body, len(text) // 3 + 400, stats)
             try:
                 fixed_text, _ = self._answer(fixed)
                 return parse_items(fixed_text, self.mode), finish
@@ -416,7 +424,7 @@ class _Job:
                               "characters (finish_reason length); raise --max_tokens", raw=text)
         return text, finish
 
-    async def _call(self, body: dict, est_input: int, stats: _Stats) -> Any:
+    async def _call(self, client: Any, body: dict, est_input: int, stats: _Stats) -> Any:
         cfg = self.cfg
         est = est_input + (cfg.max_tokens or 300 * self.n_expected)
         for attempt in range(cfg.max_retries + 1):
@@ -429,7 +437,7 @@ class _Job:
             stats.requests += 1
             self.tracker.status.requests += 1
             try:
-                completion = await self._post(body)
+                completion = await self._post(client, body)
                 usage = completion.get("usage") or {}
                 used_in = int(usage.get("prompt_tokens") or 0)
                 used_out = int(usage.get("completion_tokens") or 0)
@@ -463,15 +471,15 @@ class _Job:
                 pass
         raise AssertionError("unreachable")  # the loop returns or raises
 
-    async def _post(self, body: dict[str, Any]) -> dict[str, Any]:
+    async def _post(self, client: Any, body: dict[str, Any]) -> dict[str, Any]:
         """POST /chat/completions through the openai client (its auth, base URL, Azure routing,
         timeout and error classes), taking the raw HTTP response: the typed ``create`` walks
         every message part — megabytes of base64 images — through its parameter transformer,
         ~7 ms of CPU a request, which capped a 2-core machine near 50 requests/s."""
         import httpx2
 
-        resp = await self.shared.client.post("/chat/completions", cast_to=httpx2.Response,
-                                             body=body, options={"timeout": self.cfg.timeout})
+        resp = await client.post("/chat/completions", cast_to=httpx2.Response, body=body,
+                                 options={"timeout": self.cfg.timeout})
         self.shared.limiter.observe_headers(resp.headers)
         try:
             data = resp.json()

@@ -5,8 +5,6 @@ from .client import EndpointConfig, build_client, install_log_redaction
 from .errors import ERROR_CLASSES, RULES, LLMError, classify, redact
 from .limiter import RateLimiter
 from .parse import ParseResult, parse_items
-from .pricing import estimate_cost
 
 __all__ = ["EndpointConfig", "build_client", "install_log_redaction", "ERROR_CLASSES", "RULES",
-           "LLMError", "classify", "redact", "RateLimiter", "ParseResult", "parse_items",
-           "estimate_cost"]
+           "LLMError", "classify", "redact", "RateLimiter", "ParseResult", "parse_items"]
