@@ -8,7 +8,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from ..cache import content_key, file_fingerprint
+from ..cache import content_key, file_sha256
 from ..errors import ConfigError, DataFileError
 from ..llm.client import EndpointConfig
 
@@ -120,10 +120,9 @@ class GenerationConfig:
 
     def identity(self, prompt_count: int) -> str:
         """A content key of everything that decides what the run generates (resume must match)."""
-        fp = file_fingerprint(self.prompt_path)
         params = self.content_params()
         params["num_prompts"] = resolved_range(self.start_idx, self.num_prompts, prompt_count)[1]
-        return content_key("generation-run-v1", params, [fp[1], fp[2]])
+        return content_key("generation-run-v2", params, file_sha256(self.prompt_path))
 
 
 def resolved_range(start_idx: int, num_prompts: int, count: int) -> tuple[int, int]:

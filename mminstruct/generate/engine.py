@@ -23,6 +23,7 @@ client, the limiter, the image cache and a semaphore bounding requests in flight
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import os
 import random
@@ -52,7 +53,6 @@ from .manifest import build_manifest, manifest_path_for, summarize_log, write_ma
 from .output import write_output
 from .runlog import (FINISHED, RunDir, RunLog, create_run, latest_records, latest_unfinished,
                      list_runs)
-from ..cache import atomic_write_json
 
 log = logging.getLogger(__name__)
 
@@ -241,9 +241,8 @@ class _Job:
                 log.warning("cancel requested: no new requests; waiting up to %.0fs for the %d "
                             "in flight", self.cfg.cancel_grace, self.in_flight)
                 self._begin_stop()
-            if self.stopping:
-                grace = 0.0 if self.stop_error else self.cfg.cancel_grace
-                done, _ = await asyncio.wait({everything}, timeout=grace)
+            if self.stopping:  # requests in flight may still succeed: give them the grace
+                done, _ = await asyncio.wait({everything}, timeout=self.cfg.cancel_grace)
                 if not done:
                     for t in tasks:
                         t.cancel()
@@ -311,8 +310,10 @@ class _Job:
         st.limits = self.shared.limiter.describe()
         if st.state in ("starting", "running", "paused"):
             st.state = "paused" if self.control.paused else "running"
-        try:
-            atomic_write_json(self.run.status_path, st.to_json())
+        try:  # renamed into place, not fsynced: a status is rewritten every second anyway
+            tmp = self.run.status_path.with_suffix(".json.tmp")
+            tmp.write_text(json.dumps(st.to_json()))
+            os.replace(tmp, self.run.status_path)
         except OSError as e:
             log.warning("cannot write %s: %s", self.run.status_path, e)
         if self.on_progress is not None:
