@@ -17,7 +17,8 @@ Flow of one run (``run_async``):
 
 Memory is bounded by the queue, the in-flight requests and the image cache — not by the number
 of prompts. ``Shared`` holds what several runs (the shards of batch_data_generator) share: the
-client, the limiter, the image cache and a semaphore bounding requests in flight across them.
+clients (a pool of ``openai`` clients of ~32 connections each, every worker bound to one), the
+limiter, the image cache and a semaphore bounding requests in flight across them.
 """
 
 from __future__ import annotations

@@ -3,7 +3,7 @@ them concurrently, and merge their outputs into one file.
 
 The shards run as asyncio tasks in one process, not as separate processes as in MM-Gen. The work
 is waiting on the network, which one event loop does for thousands of requests; sharing the
-process lets every shard use one client (one connection pool), one RPM/TPM limiter — so the
+process lets every shard use the same clients (connection pools), one RPM/TPM limiter — so the
 shards together, not each of them, stay under the provider's limits — one image cache, and one
 semaphore, so ``--concurrency`` bounds the requests in flight across all shards. Each shard is a
 full run (own run folder and log, resumable on its own: ``{prefix}_shard01of04``…); MM-Gen's
