@@ -127,7 +127,7 @@ class LogSummary:
 
 def summarize_log(log_path: Path, start: int, n: int) -> LogSummary:
     s = LogSummary()
-    latest: dict[int, dict[str, Any]] = {}
+    latest: dict[int, tuple] = {}
     for _, rec in iter_records(log_path):
         idx = rec["prompt_idx"]
         if not start <= idx < start + n:
@@ -140,25 +140,25 @@ def summarize_log(log_path: Path, start: int, n: int) -> LogSummary:
         s.retries += int(rec.get("retries") or 0)
         s.format_fixes += int(rec.get("fixes") or 0)
         s.errors_by_class.update(rec.get("errors") or {})
-        latest[idx] = {"ok": rec.get("outcome") == "ok", "class": rec.get("error_class"),
-                       "n": int(rec.get("n_items") or 0), "exp": rec.get("n_expected"),
-                       "drop": int(rec.get("dropped") or 0), "fr": rec.get("finish_reason"),
-                       "how": rec.get("parse")}
-    for r in latest.values():
+        # a tuple per prompt, not a dict: 150,000 of them stay small
+        latest[idx] = (rec.get("outcome") == "ok", rec.get("error_class"),
+                       int(rec.get("n_items") or 0), rec.get("n_expected"),
+                       int(rec.get("dropped") or 0), rec.get("finish_reason"), rec.get("parse"))
+    for ok, error_class, n_items, expected, dropped, finish, how in latest.values():
         s.prompts += 1
-        if r["ok"]:
+        if ok:
             s.ok += 1
-            s.items += r["n"]
-            s.item_count_histogram[r["n"]] += 1
-            s.wrong_item_count += int(r["exp"] is not None and r["n"] != r["exp"])
-            s.dropped_items += r["drop"]
-            if r["how"]:
-                s.parse_paths[r["how"]] += 1
+            s.items += n_items
+            s.item_count_histogram[n_items] += 1
+            s.wrong_item_count += int(expected is not None and n_items != expected)
+            s.dropped_items += dropped
+            if how:
+                s.parse_paths[how] += 1
         else:
             s.failed += 1
-            s.failed_by_class[r["class"] or "unknown"] += 1
-        if r["fr"]:
-            s.finish_reasons[r["fr"]] += 1
+            s.failed_by_class[error_class or "unknown"] += 1
+        if finish:
+            s.finish_reasons[finish] += 1
     return s
 
 

@@ -148,7 +148,7 @@ def read_record_at(path: Path, offset: int) -> dict[str, Any]:
         return json.loads(f.readline())
 
 
-@dataclass
+@dataclass(slots=True)
 class Latest:
     """The latest record of one prompt, without its items (kept small for 150,000 prompts)."""
 
