@@ -2,24 +2,25 @@
 
 * ``project_2d(vectors, method="umap"|"pca", seed=…, sample_size=…, cache_dir=…)`` → float32 [N, 2].
   UMAP (umap-learn, cosine metric, imported lazily) is fit on a random sample of at most
-  ``sample_size`` points, with exact nearest neighbours from faiss (no pynndescent JIT), and the
-  rest are placed with ``UMAP.transform``. PCA is exact (a covariance
-  eigendecomposition over chunks, no sklearn), for when the user asks for speed. Both are
-  deterministic for a seed. With ``cache_dir`` the result is stored under a content key (the
-  vectors' bytes, the method, its parameters and the library version), written atomically, so the
-  same call returns from disk in milliseconds, also from a new process.
-* ``display_sample(n_points, max_points, seed)`` → the sorted indices of a deterministic subsample
-  to draw when the browser cannot take every point.
-* ``array_fingerprint``, ``iter_chunks``, ``take_rows``, ``normalise_rows``: chunked access to
-  large array-likes (shared with ``retrieval``).
-* ``array_fingerprint(vectors)`` → SHA-256 of an array's dtype, shape and bytes, read in chunks
-  (works on memory-mapped arrays larger than RAM); the identity of vectors in cache keys.
-* ``warm_up_umap()`` compiles umap's numba code on a tiny input, so the first real call does not
-  pay the JIT (the app can run it in the background when it starts).
+  ``sample_size`` points and the rest are placed with ``UMAP.transform``. Nearest neighbours come
+  from an exact faiss search over the sample instead of pynndescent: no 80 s numba compile in a
+  new process, exact, deterministic; its cost is one matrix product, O(N × sample_size × D).
+  PCA is exact (a covariance eigendecomposition over chunks, no sklearn), for when the user asks
+  for speed. Both are deterministic for a seed. With ``cache_dir`` the result is stored under a
+  content key (the vectors' bytes, the method, its parameters and the library versions), written
+  atomically, so the same call returns from disk in milliseconds, also from a new process (a
+  cache hit does not import umap).
+* ``display_sample(n_points, max_points, seed, always=None)`` → the sorted indices of a
+  deterministic subsample to draw when the browser cannot take every point.
+* ``warm_up_umap()`` compiles umap's remaining numba code (layout, transform) on a tiny input, so
+  the first real call does not pay it (the app can run it in the background when it starts).
+* Chunked access to large array-likes, shared with ``retrieval``: ``array_fingerprint`` (SHA-256
+  of dtype, shape and bytes, read in chunks: the identity of vectors in cache keys),
+  ``iter_chunks``, ``take_rows``, ``normalise_rows``.
 
 ``vectors`` may be any array-like of shape [N, D] that supports ``len`` and row slicing (a numpy
-array, a float16 ``np.load(..., mmap_mode="r")``, ...); it is read in chunks and converted to
-float32 chunk by chunk.
+array, a float16 ``np.load(..., mmap_mode="r")``, ``retrieval.parquet_vectors``); it is read in
+chunks and converted to float32 chunk by chunk.
 """
 
 from __future__ import annotations

@@ -24,8 +24,8 @@ from __future__ import annotations
 import json
 import math
 import os
-import tempfile
 import time
+import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -230,8 +230,8 @@ class CandidateIndex:
         """Write ``path`` (faiss) and ``path.json`` (parameters), each atomically, sidecar last."""
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        os.close(fd)
+        # a fresh name faiss creates itself (so the file gets the umask's mode, not mkstemp's 0600)
+        tmp = str(path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex}.tmp"))
         try:
             _faiss().write_index(self.index, tmp)
             with open(tmp, "rb+") as f:
@@ -321,6 +321,9 @@ def top_k_per_keyword(index: CandidateIndex, keyword_vecs: Any, k: int, *,
     searched again twice as deep — and with twice the ``nprobe`` when its probed cells ran out —
     until every keyword has ``k`` or nothing more can be found. Truncated lists give the same
     result as full ones: a keyword that fills up within its list would never take a pair beyond it.
+
+    For an ``ivfpq`` index pass ``rerank_with`` (the original vectors, e.g. the memory map): PQ
+    scores alone found 19 % of the true top-10 at 10M × 512, re-ranked 100 % (bench/retrieval_latency.py).
     """
     if not isinstance(k, (int, np.integer)) or k < 1:
         raise ConfigError(f"k must be a positive integer, got {k!r}")

@@ -310,3 +310,15 @@ def test_bad_input_is_named():
         CandidateIndex.build(np.random.default_rng(0).normal(size=(2000, 8)), "ivfpq", pq_m=3)
     with pytest.raises(InputError, match="no candidate vectors"):
         CandidateIndex.build(np.zeros((0, 8), np.float32))
+
+
+def test_saved_index_follows_the_umask(tmp_path, small):
+    import os
+
+    x, _ = small
+    old = os.umask(0o022)
+    try:
+        CandidateIndex.build(x[:100], "flat").save(tmp_path / "i.faiss")
+    finally:
+        os.umask(old)
+    assert (tmp_path / "i.faiss").stat().st_mode & 0o777 == 0o644
