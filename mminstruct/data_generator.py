@@ -5,7 +5,7 @@ relative to it), ``--output_folder`` (the output goes to ``OUTPUT/generated_data
 ``--prompt_file`` (a path, or a name under ``INPUT/generated_prompts/`` as MM-Gen looked for it),
 ``--file_prefix``, ``--start_idx``, ``--num_prompts`` (-1 = all), ``--model_name`` (for Azure, the
 deployment name), ``--debug``. The other flags are new: endpoint, concurrency, limits, retries,
-resume, dry run, structured outputs.
+resume, dry run, structured outputs, the Batch API (``--batch_api``).
 
 The API key comes from the environment (``$OPENAI_API_KEY``, ``$AZURE_OPENAI_API_KEY`` or the
 variable named by ``--api_key_env``) and is never written anywhere. The output file's path is the
@@ -94,6 +94,29 @@ def add_common_args(p: argparse.ArgumentParser) -> None:
                    "prompts that failed for a transient reason (rate limit, timeout, server, …)")
     s.add_argument("--dry_run", action="store_true", help="write the requests as an OpenAI "
                    "Batch API JSONL file and call nothing")
+    s.add_argument("--ray_address", default=None, metavar="ADDRESS|auto|local",
+                   help="run on Ray (needs requirements-ray.txt): 'local' starts a private "
+                   "instance, 'auto' joins this machine's cluster, HOST:PORT a head node; "
+                   "--concurrency is then per worker and --rpm/--tpm hold for the cluster")
+    b = p.add_argument_group("OpenAI Batch API (half the price; results within the "
+                             "completion window)")
+    b.add_argument("--batch_api", action="store_true", help="send the requests as Batch API "
+                   "files (upload, create, poll, download) instead of online calls; "
+                   "--resume continues polling after a crash without resubmitting")
+    b.add_argument("--batch_poll_seconds", type=float, default=30.0,
+                   help="seconds between batch status checks (default 30), growing ×1.5 while "
+                   "nothing changes …")
+    b.add_argument("--batch_poll_max_seconds", type=float, default=300.0,
+                   help="… up to this (default 300)")
+    b.add_argument("--batch_completion_window", default="24h",
+                   help="the batches' completion window (default 24h)")
+    b.add_argument("--batch_max_submits", type=int, default=3,
+                   help="times a request is submitted before a transient failure (5xx, 429, "
+                   "expired batch) is recorded (default 3)")
+    b.add_argument("--batch_max_requests", type=int, default=50_000,
+                   help="requests per batch file (default and maximum 50000)")
+    b.add_argument("--batch_max_mb", type=float, default=190.0,
+                   help="MiB per batch file (default 190; the API allows 200 MB)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -124,7 +147,13 @@ def config_from_args(args: argparse.Namespace, **overrides: object) -> Generatio
         max_tokens=args.max_tokens, seed=args.seed, structured_outputs=args.structured_outputs,
         format_fix_attempts=args.format_fix_attempts, resume=args.resume,
         retry_failed=args.retry_failed, dry_run=args.dry_run,
-        allow_outside_paths=args.allow_outside_paths, debug=args.debug)
+        allow_outside_paths=args.allow_outside_paths, debug=args.debug,
+        ray_address=getattr(args, "ray_address", None),
+        batch_api=args.batch_api, batch_poll_seconds=args.batch_poll_seconds,
+        batch_poll_max_seconds=args.batch_poll_max_seconds,
+        batch_completion_window=args.batch_completion_window,
+        batch_max_submits=args.batch_max_submits, batch_max_requests=args.batch_max_requests,
+        batch_max_bytes=int(args.batch_max_mb * 1024 * 1024))
     kwargs.update(overrides)
     return GenerationConfig(**kwargs)  # type: ignore[arg-type]
 
@@ -167,6 +196,10 @@ def report(result: RunResult) -> int:
 def run(args: argparse.Namespace) -> int:
     install_log_redaction()
     cfg = config_from_args(args)
+    if cfg.ray_address:
+        from .distributed.generate import run_on_ray  # noqa: PLC0415  (optional dependency)
+
+        return report(run_on_ray(cfg, 1).shards[0])
     control = RunControl()
 
     async def main() -> RunResult:

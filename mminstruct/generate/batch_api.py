@@ -54,7 +54,7 @@ from typing import Any, TypeVar
 
 from ..errors import ConfigError
 from ..formats import PromptEntry
-from ..llm.errors import (BadPromptError, ImageFileError, LLMError, RequestTimeoutError,
+from ..llm.errors import (BadPromptError, BadRequestError, ImageFileError, LLMError, RequestTimeoutError,
                           ServerError, classify, redact)
 from ..llm.requests import batch_line, build_messages, candidate_image, request_body
 from .batch_files import (ERRORS_FILE, TERMINAL, BatchState, LineResult, Part, PartWriter,
@@ -233,6 +233,10 @@ class BatchJob(_Job):
         for idx, line, base, error in built:
             if self.stopping:
                 return
+            if error is None and line is not None \
+                    and len(line.encode()) + 1 > self.cfg.batch_max_bytes:
+                error = BadRequestError(f"the request is {len(line.encode()) + 1:,} bytes, more "
+                                        f"than a batch file may hold ({self.cfg.batch_max_bytes:,})")
             if error is not None or line is None:
                 self._keep(idx, self._failure(base, error, _Stats(), time.monotonic()))
                 continue
@@ -495,6 +499,10 @@ class BatchJob(_Job):
                  ", ".join(f"{n} {k}" for k, n in sorted(counts.items())) or "nothing")
         if self.pending_stop is not None:
             self._begin_stop(self.pending_stop)
+        elif counts["cancelled"]:
+            log.warning("batch %s was cancelled at the provider; its %d unfinished prompt(s) are "
+                        "submitted again by --resume", part.batch_id, counts["cancelled"])
+            self._begin_stop()
 
     def _missing(self, part: Part, idx: int) -> LineResult:
         """A prompt of the part that neither result file mentions."""

@@ -4,6 +4,7 @@ takes). Validated on construction: a bad value raises ConfigError naming it."""
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -53,6 +54,17 @@ class GenerationConfig:
     cancel_grace: float = 10.0
     allow_outside_paths: bool = False
     debug: bool = False
+    #: Run on Ray (``local``, ``auto`` or ``HOST:PORT``): callers hand the config to
+    #: ``mminstruct.distributed.generate.run_on_ray``; None runs in this process.
+    ray_address: str | None = None
+    # OpenAI Batch API (generate/batch_api.py): submit files of requests instead of calling online
+    batch_api: bool = False
+    batch_poll_seconds: float = 30.0  # first interval between status checks, grown ×1.5 to …
+    batch_poll_max_seconds: float = 300.0  # … this while nothing changes
+    batch_completion_window: str = "24h"
+    batch_max_submits: int = 3  # times a request is submitted before its failure is recorded
+    batch_max_requests: int = 50_000  # per input file (the API's limit)
+    batch_max_bytes: int = 190 * 1024 * 1024  # per input file (the API's limit is 200 MB)
 
     def __post_init__(self) -> None:
         self.input_folder = Path(self.input_folder)
@@ -85,10 +97,25 @@ class GenerationConfig:
             ("fsync_interval", self.fsync_interval >= 0, "≥ 0"),
             ("status_interval", self.status_interval > 0, "> 0"),
             ("cancel_grace", self.cancel_grace >= 0, "≥ 0"),
+            ("batch_poll_seconds", self.batch_poll_seconds > 0, "> 0 seconds"),
+            ("batch_completion_window", bool(re.fullmatch(r"[1-9]\d*[hd]",
+                                                          str(self.batch_completion_window))),
+             "a duration such as 24h (what the provider accepts)"),
+            ("batch_max_submits", 1 <= self.batch_max_submits <= 20, "between 1 and 20"),
+            ("batch_max_requests", 1 <= self.batch_max_requests <= 50_000,
+             "between 1 and 50000 (the Batch API's limit per file)"),
+            ("batch_max_bytes", 1024 <= self.batch_max_bytes <= 200 * 1024 * 1024,
+             "between 1 KiB and 200 MiB (the Batch API's limit per file)"),
         ]
         for name, ok, rule in checks:
             if not ok:
                 raise ConfigError(f"{name} is {getattr(self, name)!r}; it must be {rule}")
+        # a longer first interval than the default cap raises the cap
+        self.batch_poll_max_seconds = max(self.batch_poll_max_seconds, self.batch_poll_seconds)
+        if self.ray_address is not None:
+            if not isinstance(self.ray_address, str):
+                raise ConfigError(f"ray_address must be a string, got {self.ray_address!r}")
+            self.ray_address = self.ray_address.strip() or None
         if self.dry_run and self.resume:
             raise ConfigError("--dry_run writes a Batch API file and calls nothing; it cannot "
                               "be combined with --resume")

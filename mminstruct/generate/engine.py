@@ -186,15 +186,16 @@ class _Job:
 
     # ------------------------------------------------------------------ orchestration
 
-    async def execute(self) -> RunResult:
-        cfg = self.cfg
+    def _finished_before(self) -> set[int]:
+        """The prompts of the range that the log already holds as finished (counted into the
+        status); with ``retry_failed``, transient failures are left out so they are sent again."""
         latest = latest_records(self.run.log_path)
         done: set[int] = set()
         st = self.tracker.status
         for idx, rec in latest.items():
             if not self.start <= idx < self.start + self.n:
                 continue
-            if cfg.retry_failed and not rec.ok and rec.error_class in RETRYABLE_ON_RESUME:
+            if self.cfg.retry_failed and not rec.ok and rec.error_class in RETRYABLE_ON_RESUME:
                 continue
             done.add(idx)
             st.done += 1
@@ -207,6 +208,11 @@ class _Job:
         if done:
             log.info("%d of %d prompts already finished; sending the other %d",
                      len(done), self.n, self.n - len(done))
+        return done
+
+    async def execute(self) -> RunResult:
+        cfg = self.cfg
+        done = self._finished_before()
         clear_flags(self.run.path)
         self.control.attach(self.run.path)
         self.run.update_meta(state="running")
@@ -380,6 +386,12 @@ class _Job:
     async def _generate(self, client: Any, body: dict, est: int,
                         stats: _Stats) -> tuple[ParseResult, str]:
         completion = await self._call(client, body, est, stats)
+        return await self._parse_answer(client, completion, stats)
+
+    async def _parse_answer(self, client: Any, completion: dict[str, Any],
+                            stats: _Stats) -> tuple[ParseResult, str]:
+        """The items of a chat completion, with format-fix calls when the answer does not parse
+        (also how the Batch API path reads each line of a batch's output)."""
         text, finish = self._answer(completion)
         try:
             return parse_items(text, self.mode), finish
@@ -573,7 +585,12 @@ async def run_async(cfg: GenerationConfig, *, control: RunControl | None = None,
     try:
         run = open_or_create_run(cfg, stream, start, n)
         lock_fd = run.lock()
-        job = _Job(cfg, run, stream, start, n, shared, control, on_progress)
+        if cfg.batch_api or run.read_meta().get("batch_api"):
+            from .batch_api import batch_job  # OpenAI Batch API runs (and their resumes)
+
+            job = batch_job(cfg, run, stream, start, n, shared, control, on_progress)
+        else:
+            job = _Job(cfg, run, stream, start, n, shared, control, on_progress)
         return await job.execute()
     finally:
         if own:
