@@ -1,0 +1,378 @@
+"""The app's curation model over one workspace: embeddings of the reference set and the candidate
+pool, a keyword partition that honours the user's exclusions and manual assignments, the task file
+built from it, text search and the 2-D map. No streamlit; the pages call these.
+
+The split follows what the app recomputes when: ``embed_workspace`` is slow the first time and
+cached on disk (``clip.embed_images``, keyed by model and file fingerprint), so the app keeps its
+result in memory; ``keyword_vectors`` is cached text embeddings; ``curate`` (the partition with
+overrides) is one float32 matrix product and runs on every keyword edit; ``build_task`` assembles
+the MM-Gen task file from exactly what the user sees.
+
+Overrides: an excluded reference sample stays in the task file's ``samples`` (indices must not
+shift) but joins no subgroup; an excluded candidate is left out. A manual assignment puts an item
+in the chosen subgroup whatever its scores say. In ``curate``'s arrays, group ``-1`` is
+"unassigned" (under ``min_similarity``, or not among a keyword's top K) and ``-2`` "excluded".
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from . import __version__
+from .clip import embed_images, embed_keywords, embed_texts, parse_model_spec, resolve_device
+from .errors import ConfigError, DataFileError
+from .formats import DataFile, Subgroup, TaskFile, load_data_file, save_task_file
+from .partition import UNASSIGNED, Partition, assign_keywords, top_k_from_scores
+from .projection import array_fingerprint, project_2d
+from .taskfile import collect_candidates
+from .workspace import Workspace
+
+EXCLUDED = -2
+Progress = Callable[[str, int, int], None]  # (stage, done, total)
+
+
+@dataclass
+class ImageSet:
+    """One side of the map: reference images (one per usable sample) or the candidate pool."""
+
+    kind: str  # "reference" | "candidate"
+    paths: list[str]  # relative to the input folder (the task / prompt file form)
+    abs_paths: list[Path]
+    vectors: np.ndarray  # float16 (n, dim), L2-normalised
+    sample_idx: list[int] = field(default_factory=list)  # reference: index into samples
+    failures: list[tuple[str, str]] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+
+@dataclass
+class Embeddings:
+    model_name: str
+    data: DataFile
+    input_root: Path
+    reference: ImageSet
+    candidates: ImageSet
+    problems: list[tuple[str, str]]  # candidate entries skipped while collecting the pool
+    fingerprint: str = ""  # of all_vectors (the projection cache key)
+    n_cached: int = 0
+    n_computed: int = 0
+
+    @property
+    def n(self) -> int:
+        return len(self.reference) + len(self.candidates)
+
+    @property
+    def all_vectors(self) -> np.ndarray:
+        return np.concatenate([self.reference.vectors, self.candidates.vectors])
+
+    def locate(self, row: int) -> tuple[str, int]:
+        """A row of ``all_vectors`` → (kind, index within that set)."""
+        n_ref = len(self.reference)
+        return ("reference", row) if row < n_ref else ("candidate", row - n_ref)
+
+    def row_of(self, kind: str, index: int) -> int:
+        return index if kind == "reference" else len(self.reference) + index
+
+    def item_key(self, row: int) -> Any:
+        """What the workspace stores for a row: the sample index or the candidate path."""
+        kind, i = self.locate(row)
+        return self.reference.sample_idx[i] if kind == "reference" else self.candidates.paths[i]
+
+    def question(self, row: int) -> str:
+        kind, i = self.locate(row)
+        if kind != "reference":
+            return ""
+        return self.data.records[self.reference.sample_idx[i]].question
+
+    def abs_path(self, row: int) -> Path:
+        kind, i = self.locate(row)
+        return (self.reference if kind == "reference" else self.candidates).abs_paths[i]
+
+    def rel_path(self, row: int) -> str:
+        kind, i = self.locate(row)
+        return (self.reference if kind == "reference" else self.candidates).paths[i]
+
+
+@dataclass(frozen=True)
+class _PoolSpec:
+    """What ``taskfile.collect_candidates`` reads from a config."""
+
+    candidate_folder: str | None
+    candidate_file: str | None
+    allow_outside_paths: bool
+
+
+def load_workspace_data(ws: Workspace, check_images: bool = True) -> DataFile:
+    d = ws.settings.data
+    if not d.data_file:
+        raise DataFileError("no data file in this workspace yet: open the demo, upload a data "
+                            "file or point at one on the Data page")
+    return load_data_file(d.data_file, input_folder=ws.input_root, image_folder=d.image_folder,
+                          allow_outside_paths=d.allow_outside_paths, check_images=check_images)
+
+
+def dataset_description(ws: Workspace, data: DataFile) -> str:
+    own = ws.settings.data.dataset_description
+    return own if own is not None else data.dataset_description
+
+
+def _rel(path: Path, root: Path) -> str:
+    full = path.resolve()
+    return full.relative_to(root).as_posix() if full.is_relative_to(root) else str(full)
+
+
+def embed_workspace(ws: Workspace, progress: Progress | None = None,
+                    num_workers: int = 0) -> Embeddings:
+    """Load the data file, collect the pool and embed both (cached under the workspace's cache).
+
+    ``num_workers`` 0 decodes in this thread: forking worker processes out of a threaded server
+    (the app) is unsafe; the command line uses workers."""
+    d, model = ws.settings.data, ws.settings.partition.model_name
+    parse_model_spec(model)  # a bad spec fails before any work
+    data = load_workspace_data(ws)
+    root = ws.input_root
+    assert root is not None  # load_workspace_data refused a workspace without a data file
+    rows = [i for i, r in enumerate(data.records) if r.images]
+    ref_abs = [data.image_path(data.records[i]) for i in rows]
+    device = resolve_device(0)
+    common: dict[str, Any] = dict(cache=ws.cache_dir, device=device, num_workers=num_workers,
+                                  show_progress=False)
+
+    def stage(name: str) -> Callable[[int, int], None] | None:
+        return (lambda done, total: progress(name, done, total)) if progress else None
+
+    ref = embed_images(ref_abs, model, progress=stage("reference images"), **common)
+    ok = ref.ok.tolist()
+    reference = ImageSet("reference", [_rel(ref_abs[j], root) for j in ok],
+                         [ref_abs[j] for j in ok], ref.vectors, [rows[j] for j in ok],
+                         [(str(p), why) for p, why in ref.failures])
+    pool = _PoolSpec(d.candidate_folder or None, d.candidate_file or None, d.allow_outside_paths)
+    problems: list[tuple[str, str]] = []
+    if pool.candidate_folder or pool.candidate_file:
+        cand_rel, cand_abs, problems = collect_candidates(pool, root)  # type: ignore[arg-type]
+    else:
+        cand_rel, cand_abs = [], []
+    if cand_abs:
+        cand = embed_images(cand_abs, model, progress=stage("candidate images"), **common)
+        ok_c = cand.ok.tolist()
+        candidates = ImageSet("candidate", [cand_rel[j] for j in ok_c], [cand_abs[j] for j in ok_c],
+                              cand.vectors, failures=[(str(p), w) for p, w in cand.failures])
+        n_cached, n_computed = ref.n_cached + cand.n_cached, ref.n_computed + cand.n_computed
+    else:
+        dim = ref.vectors.shape[1]
+        candidates = ImageSet("candidate", [], [], np.zeros((0, dim), np.float16))
+        n_cached, n_computed = ref.n_cached, ref.n_computed
+    emb = Embeddings(model, data, root, reference, candidates, problems,
+                     n_cached=n_cached, n_computed=n_computed)
+    emb.fingerprint = array_fingerprint(emb.all_vectors) if emb.n else ""
+    return emb
+
+
+def keyword_vectors(ws: Workspace, keywords: Sequence[str]) -> np.ndarray:
+    p = ws.settings.partition
+    if not keywords:
+        raise ConfigError("the keyword list is empty; add at least one keyword")
+    return embed_keywords(list(keywords), p.model_name, templates=p.templates or None,
+                          cache=ws.cache_dir, device=resolve_device(0))
+
+
+# ----------------------------------------------------------------------------------------------
+# The partition with the user's overrides
+
+
+@dataclass
+class Grouped:
+    """One image set's partition: the raw argmax ``partition`` and the final ``group`` per row
+    (keyword index, -1 unassigned, -2 excluded) after top-K, exclusions and manual choices."""
+
+    partition: Partition
+    group: np.ndarray  # int64
+    manual: np.ndarray  # bool
+    excluded: np.ndarray  # bool
+
+    def members(self, k: int) -> np.ndarray:
+        """Rows in keyword ``k``, most confident first (manual ones first of all)."""
+        rows = np.flatnonzero(self.group == k)
+        conf = self.partition.margin[rows] + 10.0 * self.manual[rows]
+        return rows[np.argsort(-conf, kind="stable")]
+
+    def count(self, k: int) -> int:
+        return int((self.group == k).sum())
+
+
+@dataclass
+class Curation:
+    keywords: list[str]
+    reference: Grouped
+    candidates: Grouped | None
+    low_margin: float
+
+    def counts(self) -> list[dict[str, Any]]:
+        out = []
+        for k, kw in enumerate(self.keywords):
+            out.append({"keyword": kw, "reference": self.reference.count(k),
+                        "candidates": self.candidates.count(k) if self.candidates else 0})
+        return out
+
+    def flagged(self, kind: str, row: int) -> bool:
+        g = self.reference if kind == "reference" else self.candidates
+        return bool(g is not None and not g.manual[row] and g.partition.margin[row] < self.low_margin)
+
+    def group_of_all(self) -> np.ndarray:
+        """Group per row of ``Embeddings.all_vectors``."""
+        parts = [self.reference.group] + ([self.candidates.group] if self.candidates else [])
+        return np.concatenate(parts)
+
+
+def _grouped(vectors: np.ndarray, kw_vecs: np.ndarray, keywords: list[str], keys: list[Any],
+             excluded_keys: set, manual: dict[Any, str], min_similarity: float | None,
+             top_k: int | None) -> Grouped:
+    part = assign_keywords(vectors, kw_vecs, min_similarity, keywords)
+    n = len(part)
+    excluded = np.fromiter((k in excluded_keys for k in keys), bool, n)
+    manual_mask = np.zeros(n, bool)
+    forced = np.full(n, UNASSIGNED, np.int64)
+    index = {kw: j for j, kw in enumerate(keywords)}
+    if manual:
+        for i, k in enumerate(keys):
+            kw = manual.get(k)
+            if kw is not None and kw in index and not excluded[i]:
+                manual_mask[i] = True
+                forced[i] = index[kw]
+    if top_k:
+        group = np.full(n, UNASSIGNED, np.int64)
+        free = np.flatnonzero(~excluded & ~manual_mask)
+        if len(free):
+            topk = top_k_from_scores(part.scores[free], top_k, keywords, min_similarity)
+            for j, ids in enumerate(topk.ids):
+                group[free[ids]] = j
+    else:
+        group = part.assignment.copy()
+    group[manual_mask] = forced[manual_mask]
+    group[excluded] = EXCLUDED
+    return Grouped(part, group, manual_mask, excluded)
+
+
+def curate(ws: Workspace, emb: Embeddings, kw_vecs: np.ndarray,
+           keywords: Sequence[str] | None = None) -> Curation:
+    """The partition the user sees: argmax (or top-K for candidates), then the overrides."""
+    p = ws.settings.partition
+    kws = list(keywords if keywords is not None else p.keywords)
+    if len(kws) != kw_vecs.shape[0]:
+        raise ConfigError(f"{len(kws)} keywords but {kw_vecs.shape[0]} keyword vectors")
+    ref = _grouped(emb.reference.vectors, kw_vecs, kws, emb.reference.sample_idx,
+                   set(p.excluded_reference), {int(k): v for k, v in p.manual_reference.items()},
+                   p.min_similarity, None)
+    cand = None
+    if len(emb.candidates):
+        cand = _grouped(emb.candidates.vectors, kw_vecs, kws, emb.candidates.paths,
+                        set(p.excluded_candidates), dict(p.manual_candidates), p.min_similarity,
+                        p.candidates_per_keyword)
+    return Curation(kws, ref, cand, p.low_margin)
+
+
+def _round(xs: Any) -> list[float]:
+    return [round(float(x), 4) for x in xs]
+
+
+def build_task(ws: Workspace, emb: Embeddings, cur: Curation) -> TaskFile:
+    """The MM-Gen task file of exactly this curation (samples: every loaded record)."""
+    data, p = emb.data, ws.settings.partition
+    subgroups: list[Subgroup] = []
+    for k, kw in enumerate(cur.keywords):
+        rows = cur.reference.members(k)
+        rows = rows[np.argsort(np.asarray([emb.reference.sample_idx[r] for r in rows]),
+                               kind="stable")] if len(rows) else rows
+        extra: dict[str, Any] = {
+            "reference_scores": _round(cur.reference.partition.scores[rows, k]),
+            "reference_margins": _round(cur.reference.partition.margin[rows])}
+        cand_paths: list[str] = []
+        if cur.candidates is not None:
+            c_rows = cur.candidates.members(k)
+            cand_paths = [emb.candidates.paths[r] for r in c_rows]
+            extra["candidate_scores"] = _round(cur.candidates.partition.scores[c_rows, k])
+        else:
+            extra["candidate_scores"] = []
+        subgroups.append(Subgroup(kw, [emb.reference.sample_idx[r] for r in rows], cand_paths,
+                                  extra))
+    meta = {
+        "version": __version__, "created": datetime.now().isoformat(timespec="seconds"),
+        "source": "app", "model": p.model_name, "keywords": list(cur.keywords),
+        "templates": list(p.templates), "min_similarity": p.min_similarity,
+        "candidates_per_keyword": p.candidates_per_keyword, "data_file": str(data.path),
+        "input_folder": str(emb.input_root),
+        "excluded": {"reference_sample_idx": sorted(p.excluded_reference),
+                     "candidate_image_paths": sorted(p.excluded_candidates)},
+        "manual": {"reference": dict(p.manual_reference), "candidates": dict(p.manual_candidates)},
+        "skipped": {"records": [{"index": pr.index, "id": pr.id, "reason": pr.reason}
+                                for pr in data.report.problems],
+                    "reference_images": [{"path": a, "reason": b}
+                                         for a, b in emb.reference.failures],
+                    "candidates": [{"path": a, "reason": b}
+                                   for a, b in emb.problems + emb.candidates.failures]},
+    }
+    return TaskFile(image_folder=data.image_folder, dataset_description=dataset_description(ws, data),
+                    subgroups=subgroups, samples=data.samples(), extra={"mminstruct": meta})
+
+
+def save_task(ws: Workspace, task: TaskFile, prefix: str = "task_file") -> Path:
+    """Write the task file under ``tasks/`` and remember it in the settings (saved)."""
+    path = save_task_file(task, ws.tasks_dir, prefix)
+    ws.settings.task_file = str(path)
+    ws.save()
+    return path
+
+
+# ----------------------------------------------------------------------------------------------
+# Search and the map
+
+
+def search(ws: Workspace, emb: Embeddings, query: str, limit: int = 24) -> list[tuple[int, float]]:
+    """Rows of ``all_vectors`` ranked by CLIP similarity to ``query``: (row, similarity)."""
+    q = query.strip()
+    if not q or not emb.n:
+        return []
+    vec = embed_texts([q], ws.settings.partition.model_name, cache=ws.cache_dir,
+                      device=resolve_device(0))[0]
+    sims = emb.all_vectors.astype(np.float32) @ vec
+    top = np.argsort(-sims, kind="stable")[:limit]
+    return [(int(i), float(sims[i])) for i in top]
+
+
+def projection(ws: Workspace, emb: Embeddings,
+               progress: Callable[[float, str], None] | None = None) -> np.ndarray:
+    """The 2-D map of every image (reference rows first), cached under the workspace."""
+    method = ws.settings.partition.projection
+    return project_2d(emb.all_vectors, method, seed=0, cache_dir=ws.cache_dir / "projections",
+                      progress=progress, fingerprint=emb.fingerprint or None)
+
+
+def embedding_key(ws: Workspace) -> str:
+    """What the app's in-memory copy of ``embed_workspace`` depends on: the data settings, the
+    model, and the data file's fingerprint (a changed file is re-read)."""
+    from .cache import content_key, file_fingerprint
+
+    d = ws.settings.data
+    try:
+        fp = list(file_fingerprint(d.data_file)) if d.data_file else None
+    except OSError:
+        fp = None
+    cand = d.candidate_folder
+    cand_fp = None
+    if cand:
+        folder = Path(cand) if os.path.isabs(cand) else (ws.input_root or Path()) / cand
+        try:
+            cand_fp = folder.stat().st_mtime_ns
+        except OSError:
+            cand_fp = None
+    return content_key("app-embeddings", str(ws.root), d.input_folder, d.data_file, d.image_folder,
+                       d.candidate_folder, d.candidate_file, d.allow_outside_paths,
+                       ws.settings.partition.model_name, fp, cand_fp)

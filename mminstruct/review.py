@@ -1,0 +1,135 @@
+"""Reviewing generated data: filter and search samples, find each sample's in-context sources,
+and export what was kept (rejected samples left out) to MM-Gen JSON, LLaVA JSON or LLaMA-Factory
+ShareGPT JSON. No streamlit; the Review page calls these.
+
+A sample's ``icl_indices`` index the task file's ``samples``; the task file is found through the
+output's ``prompt_file`` header (its ``task_desc_path``). Rejections are the workspace's
+(``WorkspaceSettings.rejected``: output file name → sample ids).
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .errors import ConfigError, DataFileError, choices_message
+from .formats import TaskFile, load_task_file
+from .generate.jsonstream import PromptStream
+from .generate.output import (export_llava, export_sharegpt, iter_output, output_header,
+                              write_samples_file)
+
+EXPORT_FORMATS = ("mmgen", "llava", "sharegpt")
+EXPORT_LABELS = {"mmgen": "MM-Gen JSON", "llava": "LLaVA JSON", "sharegpt": "LLaMA-Factory ShareGPT JSON"}
+
+
+def sample_text(sample: dict[str, Any]) -> str:
+    """Every turn's text, for searching."""
+    return "\n".join(str(t.get("value", "")) for t in sample.get("conversations", [])
+                     if isinstance(t, dict))
+
+
+def filter_samples(samples: Sequence[dict[str, Any]], *, keywords: Iterable[str] = (),
+                   query: str = "", rejected: Iterable[int] = (), show: str = "all"
+                   ) -> list[dict[str, Any]]:
+    """Samples matching: a keyword among ``keywords`` (all when empty), ``query`` as a
+    case-insensitive substring of any turn, and ``show`` = all | kept | rejected."""
+    if show not in ("all", "kept", "rejected"):
+        raise ConfigError(choices_message("filter", show, ("all", "kept", "rejected")))
+    kws, rej, q = set(keywords), set(rejected), query.strip().casefold()
+    out = []
+    for s in samples:
+        if kws and s.get("keyword") not in kws:
+            continue
+        is_rej = s.get("id") in rej
+        if (show == "kept" and is_rej) or (show == "rejected" and not is_rej):
+            continue
+        if q and q not in sample_text(s).casefold():
+            continue
+        out.append(s)
+    return out
+
+
+@dataclass
+class Sources:
+    """Where a generated file's samples came from: the task file and the images' root."""
+
+    task: TaskFile | None
+    input_folder: Path | None
+    note: str = ""
+
+    def reference(self, idx: int) -> dict[str, Any] | None:
+        if self.task is None or not 0 <= idx < len(self.task.samples):
+            return None
+        return self.task.samples[idx]
+
+    def reference_image(self, idx: int) -> Path | None:
+        s = self.reference(idx)
+        if s is None or self.input_folder is None:
+            return None
+        img = s.get("image_1") or s.get("image")
+        if isinstance(img, list):
+            img = img[0] if img else None
+        if not isinstance(img, str):
+            return None
+        folder = self.task.image_folder if self.task else ""
+        return self.input_folder / folder / img
+
+
+def sources(output_path: str | os.PathLike) -> Sources:
+    header = output_header(output_path)
+    input_folder = Path(header["input_folder"]) if header.get("input_folder") else None
+    prompt_file = header.get("prompt_file")
+    if not prompt_file:
+        return Sources(None, input_folder, "the output names no prompt file")
+    try:
+        pf = PromptStream.open(prompt_file).header
+        task_path = Path(pf.task_desc_path)
+        if not task_path.is_absolute() and input_folder is not None:
+            task_path = input_folder / task_path
+        return Sources(load_task_file(task_path), input_folder)
+    except DataFileError as e:
+        return Sources(None, input_folder, f"in-context sources unavailable: {e}")
+
+
+def _kept(src: Path, rejected: set[int]) -> Iterator[dict[str, Any]]:
+    for s in iter_output(src):
+        if s.get("id") not in rejected:
+            yield s
+
+
+def export_reviewed(src: str | os.PathLike, dest: str | os.PathLike, fmt: str, *,
+                    rejected: Iterable[int] = (), image_root: str | os.PathLike | None = None
+                    ) -> int:
+    """Write the kept samples of ``src`` to ``dest`` in ``fmt``; returns the number written.
+    MM-Gen JSON keeps the header (``len_samples`` updated, ``rejected`` count added); LLaVA and
+    ShareGPT prefix image paths with ``image_root`` when given (else relative to the input
+    folder)."""
+    if fmt not in EXPORT_FORMATS:
+        raise ConfigError(choices_message("export format", fmt, EXPORT_FORMATS))
+    src, dest = Path(src), Path(dest)
+    rej = {int(i) for i in rejected}
+    header = output_header(src)
+    kept = sum(1 for _ in _kept(src, rej))
+    header = {**header, "len_samples": kept, "rejected_in_review": len(rej)}
+    if fmt == "mmgen":
+        write_samples_file(dest, header, _kept(src, rej))
+        return kept
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".mmgen.json", dir=dest.parent)
+    os.close(fd)
+    try:
+        write_samples_file(Path(tmp), header, _kept(src, rej))
+        exporter = export_llava if fmt == "llava" else export_sharegpt
+        return exporter(tmp, dest, image_root=image_root)
+    finally:
+        Path(tmp).unlink(missing_ok=True)
+
+
+def export_name(output_path: str | os.PathLike, fmt: str) -> str:
+    if fmt not in EXPORT_FORMATS:
+        raise ConfigError(choices_message("export format", fmt, EXPORT_FORMATS))
+    return f"{Path(output_path).stem}.reviewed.{fmt}.json"

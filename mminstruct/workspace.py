@@ -1,0 +1,689 @@
+"""The app's workspace: one folder holding a project's settings, uploads, caches, task and prompt
+files, and generation runs. No streamlit here; the app's pages call these functions.
+
+Layout of a workspace folder::
+
+    workspace.json        the settings (``WorkspaceSettings``), written atomically
+    data/                 uploaded data files and extracted image archives
+    cache/                CLIP embeddings (cache/clip/*.sqlite) and 2-D projections
+    tasks/                task files (MM-Gen's step 1 output)
+    generated_prompts/    prompt files (step 2)
+    generated_data/       generated data, manifests and run folders (step 3)
+    launches/             one record per background run the app started (see ``mminstruct.runs``)
+
+The settings never hold an API key: ``EndpointSettings`` has no field for one, and the app keeps
+a typed key only in the browser session. Recent workspaces are remembered in ``recent.json``
+under ``$MMINSTRUCT_HOME`` (default ``~/.config/mminstruct``).
+
+``extract_zip`` unpacks an uploaded archive safely: an absolute entry name or one that climbs out
+with ``..`` refuses the whole archive before anything is written; symlink entries are skipped
+(never created); extraction stops — and removes what it wrote — past a byte or a file-count limit,
+counting the bytes actually decompressed, not the sizes the archive claims.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import stat
+import time
+import zipfile
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict, dataclass, field, fields
+from datetime import datetime
+from pathlib import Path, PurePosixPath
+from typing import IO, Any
+
+from .cache import atomic_write_bytes, atomic_write_json
+from .errors import ConfigError, DataFileError, UnsafePathError, choices_message
+from .modes import MODE_NAMES
+
+HOME_ENV = "MMINSTRUCT_HOME"
+SETTINGS_NAME = "workspace.json"
+RECENT_NAME = "recent.json"
+SETTINGS_VERSION = 1
+MAX_RECENT = 10
+DEFAULT_CLIP = "ViT-B-32:laion2b_s34b_b79k"
+#: Upload limits: bytes after decompression and number of files in one archive.
+MAX_EXTRACT_BYTES = 4 << 30
+MAX_EXTRACT_FILES = 200_000
+DATA_SUFFIXES = (".json", ".jsonl", ".ndjson")
+_SKIP_NAMES = ("__MACOSX/", ".DS_Store")
+
+
+def app_home() -> Path:
+    """``$MMINSTRUCT_HOME`` or ``~/.config/mminstruct``: where the recent-workspace list lives."""
+    env = os.environ.get(HOME_ENV)
+    return Path(env).expanduser() if env else Path.home() / ".config" / "mminstruct"
+
+
+def default_workspace_root() -> Path:
+    """Where new workspaces go by default: ``$MMINSTRUCT_HOME/workspaces`` when the variable is
+    set, else ``./workspaces`` (git-ignored in the repository)."""
+    env = os.environ.get(HOME_ENV)
+    return (Path(env).expanduser() if env else Path.cwd()) / "workspaces"
+
+
+# ----------------------------------------------------------------------------------------------
+# Settings
+
+
+@dataclass
+class DataSettings:
+    """Where the reference set and the candidate pool are. ``input_folder`` is the root every
+    image path of the task and prompt files is relative to."""
+
+    input_folder: str = ""
+    data_file: str = ""
+    image_folder: str | None = None  # None: the data file's own image_folder key
+    candidate_folder: str = ""  # absolute, or relative to input_folder; "" = none
+    candidate_file: str = ""
+    allow_outside_paths: bool = False
+    dataset_description: str | None = None  # None: the data file's own
+    demo: bool = False
+
+
+@dataclass
+class PartitionSettings:
+    model_name: str = DEFAULT_CLIP
+    keywords: list[str] = field(default_factory=list)
+    templates: list[str] = field(default_factory=list)
+    min_similarity: float | None = None
+    candidates_per_keyword: int | None = None
+    low_margin: float = 0.01  # items whose margin to the runner-up is below this are flagged
+    projection: str = "umap"
+    excluded_reference: list[int] = field(default_factory=list)  # sample indices
+    excluded_candidates: list[str] = field(default_factory=list)  # paths as in the task file
+    manual_reference: dict[str, str] = field(default_factory=dict)  # str(sample idx) → keyword
+    manual_candidates: dict[str, str] = field(default_factory=dict)  # path → keyword
+
+
+@dataclass
+class PromptSettings:
+    total_gen: int = 100
+    min_gen_per_candidate: int = 2
+    num_icl_samples: int = 2
+    mode: str = "vqa_nr"
+    seed: int = 0
+    file_prefix: str = "prompts"
+
+
+@dataclass
+class EndpointSettings:
+    """Where generation requests go. No key: it comes from the environment or the session."""
+
+    base_url: str = ""
+    model_name: str = "gpt-4o"
+    api_key_env: str = "OPENAI_API_KEY"
+    concurrency: int = 16
+    rpm: float | None = None
+    tpm: float | None = None
+    max_tokens: int | None = None
+    temperature: float | None = None
+    timeout: float = 120.0
+    max_retries: int = 6
+    max_image_side: int = 1024
+
+
+@dataclass
+class WorkspaceSettings:
+    name: str = ""
+    created: str = ""
+    version: int = SETTINGS_VERSION
+    data: DataSettings = field(default_factory=DataSettings)
+    partition: PartitionSettings = field(default_factory=PartitionSettings)
+    prompts: PromptSettings = field(default_factory=PromptSettings)
+    endpoint: EndpointSettings = field(default_factory=EndpointSettings)
+    task_file: str = ""  # the last task file saved
+    prompt_file: str = ""  # the last prompt file saved
+    rejected: dict[str, list[int]] = field(default_factory=dict)  # output file name → sample ids
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+_SECTIONS = {"data": DataSettings, "partition": PartitionSettings, "prompts": PromptSettings,
+             "endpoint": EndpointSettings}
+_FORBIDDEN_KEYS = re.compile(r"api_?key$|secret|password|token$", re.IGNORECASE)
+
+
+def _check_value(where: str, name: str, value: Any, default: Any, annotation: str) -> Any:
+    """Loose type check driven by the field's annotation string (``int | None`` …)."""
+    optional = "None" in annotation
+    if value is None:
+        if optional:
+            return None
+        raise ConfigError(f"{where}: {name!r} must not be null")
+    base = annotation.replace(" | None", "").strip()
+    ok = {
+        "str": isinstance(value, str),
+        "bool": isinstance(value, bool),
+        "int": isinstance(value, int) and not isinstance(value, bool),
+        "float": isinstance(value, (int, float)) and not isinstance(value, bool),
+        "list[str]": isinstance(value, list) and all(isinstance(v, str) for v in value),
+        "list[int]": isinstance(value, list) and all(isinstance(v, int) and not isinstance(v, bool)
+                                                     for v in value),
+        "dict[str, str]": isinstance(value, dict) and all(isinstance(v, str) for v in value.values()),
+        "dict[str, list[int]]": isinstance(value, dict) and all(
+            isinstance(v, list) and all(isinstance(i, int) for i in v) for v in value.values()),
+    }.get(base)
+    if ok is None:
+        return value
+    if not ok:
+        raise ConfigError(f"{where}: {name!r} is {value!r}; expected {base}")
+    return float(value) if base == "float" else value
+
+
+def _section_from(cls: type, raw: Any, where: str) -> Any:
+    if raw is None:
+        return cls()
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{where} must be an object, got {type(raw).__name__}")
+    kwargs = {}
+    for f in fields(cls):
+        if f.name in raw:
+            kwargs[f.name] = _check_value(where, f.name, raw[f.name], None, str(f.type))
+    return cls(**kwargs)
+
+
+def settings_from_json(obj: Any, where: str = SETTINGS_NAME) -> WorkspaceSettings:
+    """Validated settings; unknown keys are ignored, a wrong type names the key."""
+    if not isinstance(obj, dict):
+        raise ConfigError(f"{where}: expected a JSON object, got {type(obj).__name__}")
+    kwargs: dict[str, Any] = {}
+    for f in fields(WorkspaceSettings):
+        if f.name not in obj:
+            continue
+        if f.name in _SECTIONS:
+            kwargs[f.name] = _section_from(_SECTIONS[f.name], obj[f.name], f"{where}: {f.name}")
+        else:
+            kwargs[f.name] = _check_value(where, f.name, obj[f.name], None, str(f.type))
+    s = WorkspaceSettings(**kwargs)
+    validate_settings(s)
+    return s
+
+
+def validate_settings(s: WorkspaceSettings) -> None:
+    """Range checks the type checks cannot make; ConfigError names the bad value."""
+    p, e = s.prompts, s.endpoint
+    if p.mode not in MODE_NAMES:
+        raise ConfigError(choices_message("mode", p.mode, MODE_NAMES))
+    for name, value, low in (("total_gen", p.total_gen, 1),
+                             ("min_gen_per_candidate", p.min_gen_per_candidate, 1),
+                             ("num_icl_samples", p.num_icl_samples, 0), ("seed", p.seed, 0),
+                             ("concurrency", e.concurrency, 1), ("max_retries", e.max_retries, 0),
+                             ("max_image_side", e.max_image_side, 16)):
+        if value < low:
+            raise ConfigError(f"{name} is {value!r}; it must be ≥ {low}")
+    ms = s.partition.min_similarity
+    if ms is not None and not -1.0 <= ms <= 1.0:
+        raise ConfigError(f"min_similarity is {ms!r}; it must be between -1 and 1")
+    if s.partition.projection not in ("umap", "pca"):
+        raise ConfigError(choices_message("projection", s.partition.projection, ("umap", "pca")))
+
+
+class Workspace:
+    """A workspace folder and its settings (``save`` writes them atomically)."""
+
+    def __init__(self, root: Path, settings: WorkspaceSettings):
+        self.root = root
+        self.settings = settings
+
+    # -- opening
+
+    @classmethod
+    def open(cls, path: str | os.PathLike, *, create: bool = False) -> Workspace:
+        root = Path(path).expanduser().resolve()
+        settings_path = root / SETTINGS_NAME
+        if settings_path.is_file():
+            try:
+                raw = json.loads(settings_path.read_text(encoding="utf-8"))
+            except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+                raise ConfigError(f"{settings_path}: cannot be read as JSON: {e}") from e
+            return cls(root, settings_from_json(raw, str(settings_path)))
+        if not create:
+            what = "is not a workspace (no workspace.json)" if root.is_dir() else "does not exist"
+            raise ConfigError(f"workspace {root} {what}")
+        if root.exists() and not root.is_dir():
+            raise ConfigError(f"workspace {root} exists and is not a folder")
+        root.mkdir(parents=True, exist_ok=True)
+        ws = cls(root, WorkspaceSettings(name=root.name,
+                                         created=datetime.now().isoformat(timespec="seconds")))
+        ws.save()
+        return ws
+
+    def save(self) -> Path:
+        validate_settings(self.settings)
+        data = self.settings.to_json()
+        _refuse_secrets(data)
+        return atomic_write_json(self.root / SETTINGS_NAME, data)
+
+    def reload(self) -> Workspace:
+        return Workspace.open(self.root)
+
+    # -- folders
+
+    @property
+    def uploads_dir(self) -> Path:
+        return self.root / "data"
+
+    @property
+    def cache_dir(self) -> Path:
+        return self.root / "cache"
+
+    @property
+    def tasks_dir(self) -> Path:
+        return self.root / "tasks"
+
+    @property
+    def output_folder(self) -> Path:
+        return self.root
+
+    @property
+    def launches_dir(self) -> Path:
+        return self.root / "launches"
+
+    @property
+    def generated_dir(self) -> Path:
+        return self.root / "generated_data"
+
+    @property
+    def input_root(self) -> Path | None:
+        d = self.settings.data
+        if d.input_folder:
+            return Path(d.input_folder).expanduser().resolve()
+        if d.data_file:
+            return Path(d.data_file).expanduser().resolve().parent
+        return None
+
+    @property
+    def has_data(self) -> bool:
+        return bool(self.settings.data.data_file)
+
+    def output_files(self) -> list[Path]:
+        """Generated data files (newest first), not manifests or batch files."""
+        if not self.generated_dir.is_dir():
+            return []
+        out = [p for p in self.generated_dir.glob("*.json")
+               if not p.name.endswith((".manifest.json", ".batch.manifest.json"))
+               and not p.name.startswith(".")]
+        return sorted(out, key=lambda p: p.stat().st_mtime, reverse=True)
+
+    # -- curation edits (persisted by the caller's save())
+
+    def set_excluded(self, kind: str, keys: Iterable[Any], excluded: bool = True) -> None:
+        """Exclude (or restore) reference samples (by sample index) or candidates (by path)."""
+        p = self.settings.partition
+        if kind == "reference":
+            current, new = set(p.excluded_reference), {int(k) for k in keys}
+            p.excluded_reference = sorted(current | new if excluded else current - new)
+        elif kind == "candidate":
+            cur_c, new_c = set(p.excluded_candidates), {str(k) for k in keys}
+            p.excluded_candidates = sorted(cur_c | new_c if excluded else cur_c - new_c)
+        else:
+            raise ConfigError(choices_message("image kind", kind, ("reference", "candidate")))
+
+    def assign(self, kind: str, keys: Iterable[Any], keyword: str | None) -> None:
+        """Send items to a keyword's subgroup by hand (``None`` removes the manual assignment)."""
+        p = self.settings.partition
+        if keyword is not None and keyword not in p.keywords:
+            raise ConfigError(choices_message("keyword", keyword, p.keywords))
+        if kind == "reference":
+            table, norm = p.manual_reference, (lambda k: str(int(k)))
+        elif kind == "candidate":
+            table, norm = p.manual_candidates, str
+        else:
+            raise ConfigError(choices_message("image kind", kind, ("reference", "candidate")))
+        for k in keys:
+            if keyword is None:
+                table.pop(norm(k), None)
+            else:
+                table[norm(k)] = keyword
+
+    def set_keywords(self, new: Sequence[str]) -> list[str]:
+        """Replace the keyword list. When the list keeps its length, a changed line is a rename
+        and manual assignments follow it; assignments to removed keywords are dropped."""
+        clean = normalise_keywords(new)
+        p = self.settings.partition
+        old = list(p.keywords)
+        renames = {o: n for o, n in zip(old, clean) if o != n} if len(old) == len(clean) else {}
+        for table in (p.manual_reference, p.manual_candidates):
+            for k, kw in list(table.items()):
+                kw = renames.get(kw, kw)
+                if kw in clean:
+                    table[k] = kw
+                else:
+                    del table[k]
+        p.keywords = clean
+        return clean
+
+    def set_rejected(self, output_name: str, ids: Iterable[int], rejected: bool = True) -> None:
+        cur = set(self.settings.rejected.get(output_name, []))
+        ids = {int(i) for i in ids}
+        cur = cur | ids if rejected else cur - ids
+        if cur:
+            self.settings.rejected[output_name] = sorted(cur)
+        else:
+            self.settings.rejected.pop(output_name, None)
+
+
+def normalise_keywords(keywords: Sequence[str]) -> list[str]:
+    """Blank lines dropped, spaces collapsed; a duplicate (ignoring case and spaces) is an error."""
+    out: list[str] = []
+    seen: dict[str, str] = {}
+    for k in keywords:
+        if not isinstance(k, str):
+            raise ConfigError(f"keyword {k!r} is not a string")
+        k = " ".join(k.split())
+        if not k:
+            continue
+        norm = k.casefold()
+        if norm in seen:
+            raise ConfigError(f"keyword {k!r} is given twice (also as {seen[norm]!r}); keywords "
+                              "are compared ignoring case and spaces")
+        seen[norm] = k
+        out.append(k)
+    return out
+
+
+def _refuse_secrets(obj: Any, path: str = "") -> None:
+    """A guard: settings must never carry a key (no field exists; this catches a future one)."""
+    if isinstance(obj, dict):
+        for k, v in obj.items():
+            if isinstance(k, str) and _FORBIDDEN_KEYS.search(k) and v:
+                raise ConfigError(f"refusing to write a secret-looking setting {path}{k!r} to disk")
+            _refuse_secrets(v, f"{path}{k}.")
+
+
+# ----------------------------------------------------------------------------------------------
+# Recent workspaces
+
+
+def recent_path() -> Path:
+    return app_home() / RECENT_NAME
+
+
+def recent_workspaces() -> list[Path]:
+    """Remembered workspaces that still exist, most recent first."""
+    try:
+        raw = json.loads(recent_path().read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return []
+    items = raw.get("recent", []) if isinstance(raw, dict) else []
+    out = []
+    for item in items:
+        if isinstance(item, str) and (Path(item) / SETTINGS_NAME).is_file():
+            out.append(Path(item))
+    return out
+
+
+def remember_workspace(path: str | os.PathLike) -> list[Path]:
+    """Put ``path`` first in the recent list (at most ``MAX_RECENT``), written atomically."""
+    p = Path(path).expanduser().resolve()
+    items = [p] + [r for r in recent_workspaces() if r != p]
+    items = items[:MAX_RECENT]
+    try:
+        atomic_write_json(recent_path(), {"recent": [str(i) for i in items]})
+    except OSError:
+        pass  # an unwritable home only costs the list
+    return items
+
+
+def forget_workspace(path: str | os.PathLike) -> None:
+    p = Path(path).expanduser().resolve()
+    items = [r for r in recent_workspaces() if r != p]
+    try:
+        atomic_write_json(recent_path(), {"recent": [str(i) for i in items]})
+    except OSError:
+        pass
+
+
+# ----------------------------------------------------------------------------------------------
+# Uploads
+
+
+def safe_file_name(name: str, suffixes: Sequence[str] | None = None) -> str:
+    """The base name of an uploaded file, reduced to safe characters; refuses other suffixes."""
+    base = PurePosixPath(str(name).replace("\\", "/")).name
+    base = re.sub(r"[^A-Za-z0-9._-]+", "_", base).lstrip(".")
+    if not base:
+        raise DataFileError(f"upload name {name!r} has no usable file name")
+    if suffixes and not base.lower().endswith(tuple(suffixes)):
+        raise DataFileError(f"upload {name!r}: expected a file ending in {', '.join(suffixes)}")
+    return base
+
+
+def save_upload(folder: str | os.PathLike, name: str, data: bytes,
+                suffixes: Sequence[str] | None = DATA_SUFFIXES) -> Path:
+    """Write an uploaded file into ``folder`` under its sanitised name, atomically."""
+    target = Path(folder) / safe_file_name(name, suffixes)
+    return atomic_write_bytes(target, data)
+
+
+@dataclass
+class ExtractReport:
+    root: Path
+    files: list[Path] = field(default_factory=list)
+    skipped: list[tuple[str, str]] = field(default_factory=list)  # (entry name, why)
+    bytes: int = 0
+
+    def summary(self) -> str:
+        s = f"{len(self.files)} file(s), {self.bytes / 1e6:.1f} MB extracted into {self.root}"
+        if self.skipped:
+            s += f"; {len(self.skipped)} entr{'y' if len(self.skipped) == 1 else 'ies'} skipped (" \
+                 + "; ".join(f"{n}: {why}" for n, why in self.skipped[:5]) + ")"
+        return s
+
+
+def _entry_parts(name: str) -> tuple[str, ...]:
+    """The entry's path components; UnsafePathError for absolute names and ``..``."""
+    norm = name.replace("\\", "/")
+    if norm.startswith("/") or re.match(r"^[A-Za-z]:", norm):
+        raise UnsafePathError(f"archive entry {name!r} has an absolute path; refused "
+                              "(nothing was extracted)")
+    parts = tuple(p for p in norm.split("/") if p not in ("", "."))
+    if any(p == ".." for p in parts):
+        raise UnsafePathError(f"archive entry {name!r} climbs out of the folder with '..'; "
+                              "refused (nothing was extracted)")
+    return parts
+
+
+def extract_zip(source: str | os.PathLike | IO[bytes], dest: str | os.PathLike, *,
+                max_bytes: int = MAX_EXTRACT_BYTES, max_files: int = MAX_EXTRACT_FILES,
+                chunk: int = 1 << 20) -> ExtractReport:
+    """Extract a zip archive under ``dest`` safely (see the module docstring)."""
+    root = Path(dest).resolve()
+    try:
+        zf = zipfile.ZipFile(source)
+    except (zipfile.BadZipFile, OSError) as e:
+        raise DataFileError(f"upload is not a readable zip archive: {e}") from e
+    report = ExtractReport(root)
+    with zf:
+        plan: list[tuple[zipfile.ZipInfo, tuple[str, ...]]] = []
+        for info in zf.infolist():
+            parts = _entry_parts(info.filename)
+            if not parts or info.is_dir():
+                continue
+            if any(info.filename.startswith(s) or parts[-1] == s for s in _SKIP_NAMES):
+                continue
+            mode = info.external_attr >> 16
+            if stat.S_ISLNK(mode):
+                report.skipped.append((info.filename, "symbolic link (not extracted)"))
+                continue
+            plan.append((info, parts))
+        if len(plan) > max_files:
+            raise DataFileError(f"archive holds {len(plan):,} files, over the limit of "
+                                f"{max_files:,}; nothing was extracted")
+        declared = sum(i.file_size for i, _ in plan)
+        if declared > max_bytes:
+            raise DataFileError(f"archive unpacks to {declared / 1e6:,.1f} MB, over the limit of "
+                                f"{max_bytes / 1e6:,.1f} MB; nothing was extracted")
+        root.mkdir(parents=True, exist_ok=True)
+        try:
+            for info, parts in plan:
+                target = root.joinpath(*parts)
+                _safe_parent(root, target)
+                report.bytes += _extract_one(zf, info, target, max_bytes - report.bytes, chunk)
+                report.files.append(target)
+        except BaseException:
+            for f in report.files:
+                f.unlink(missing_ok=True)
+            raise
+    return report
+
+
+def _safe_parent(root: Path, target: Path) -> None:
+    """Create ``target``'s folders, refusing any existing component that is a symlink or that
+    resolves outside ``root``."""
+    cur = root
+    for part in target.relative_to(root).parts[:-1]:
+        cur = cur / part
+        if cur.is_symlink():
+            raise UnsafePathError(f"{cur} is a symbolic link; refusing to extract through it")
+        cur.mkdir(exist_ok=True)
+    if not target.parent.resolve().is_relative_to(root):
+        raise UnsafePathError(f"{target} would land outside {root}")
+
+
+def _extract_one(zf: zipfile.ZipFile, info: zipfile.ZipInfo, target: Path, budget: int,
+                 chunk: int) -> int:
+    if target.is_symlink():
+        target.unlink()
+    tmp = target.with_name(f".{target.name}.{os.getpid()}.part")
+    written = 0
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o644)
+        with os.fdopen(fd, "wb") as out, zf.open(info) as src:
+            while block := src.read(chunk):
+                written += len(block)
+                if written > budget:
+                    raise DataFileError(
+                        f"archive entry {info.filename!r} decompresses past the size limit "
+                        f"(more than its declared {info.file_size:,} bytes); extraction stopped")
+                out.write(block)
+        os.replace(tmp, target)
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, RuntimeError) as e:
+        raise DataFileError(f"archive entry {info.filename!r} cannot be extracted: {e}") from e
+    finally:
+        tmp.unlink(missing_ok=True)
+    return written
+
+
+def guess_image_folder(input_root: Path, data_file: Path, sample: int = 20) -> str | None:
+    """The image folder (relative to ``input_root``) under which most of the data file's first
+    images exist: "" (the root itself), the file's own ``image_folder``, or a top-level folder.
+    None when nothing matches."""
+    from .formats import load_data_file
+
+    try:
+        data = load_data_file(data_file, input_folder=input_root, image_folder="",
+                              check_images=False)
+    except DataFileError:
+        return None
+    images = [r.images[0] for r in data.records if r.images][:sample]
+    if not images:
+        return None
+    own = data.raw_extra.get("image_folder")
+    options: list[str] = [""] + ([own] if isinstance(own, str) and own else [])
+    options += sorted(p.name for p in input_root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    best, best_hits = None, 0
+    for opt in dict.fromkeys(options):
+        hits = sum((input_root / opt / img).is_file() for img in images)
+        if hits > best_hits:
+            best, best_hits = opt, hits
+    return best
+
+
+def remove_tree(path: Path, inside: Path) -> None:
+    """Delete ``path`` only when it lies inside ``inside`` (a guard for the app's reset)."""
+    p, root = path.resolve(), inside.resolve()
+    if p == root or not p.is_relative_to(root):
+        raise UnsafePathError(f"refusing to delete {p}: not inside {root}")
+    shutil.rmtree(p, ignore_errors=True)
+
+
+def timestamp() -> str:
+    return time.strftime("%Y%m%d_%H%M%S")
+
+
+# ----------------------------------------------------------------------------------------------
+# Setting up a workspace's data
+
+
+DEMO_FOLDER = "demo_data"
+
+
+def demo_size_default() -> tuple[int, int]:
+    """(reference charts, candidate charts) for the demo: ``$MMINSTRUCT_DEMO_SIZE`` as ``RxC``
+    (e.g. ``24x48`` for a quick try), else the demo's own 150 × 600."""
+    raw = os.environ.get("MMINSTRUCT_DEMO_SIZE", "")
+    m = re.fullmatch(r"\s*(\d+)\s*[x,]\s*(\d+)\s*", raw)
+    return (int(m.group(1)), int(m.group(2))) if m else (150, 600)
+
+
+def setup_demo(ws: Workspace, n_reference: int = 150, n_candidates: int = 600,
+               progress: Any = None, model_name: str | None = None,
+               workers: int | None = None) -> Any:
+    """Build the offline demo (synthetic charts) inside the workspace and point the settings at
+    it: the demo CLIP, the four chart keywords, vqa prompts. Returns the ``DemoWorkspace``."""
+    from .demo import DEMO_KEYWORDS, DEMO_MODEL, build_demo_workspace
+
+    demo = build_demo_workspace(ws.root / DEMO_FOLDER, seed=0, n_reference=n_reference,
+                                n_candidates=n_candidates, progress=progress, workers=workers)
+    s = ws.settings
+    s.data = DataSettings(input_folder=str(demo.root.resolve()),
+                          data_file=str(demo.data_file.resolve()), image_folder=None,
+                          candidate_folder=demo.candidate_folder.name, demo=True)
+    s.partition = PartitionSettings(model_name=model_name or DEMO_MODEL,
+                                    keywords=list(DEMO_KEYWORDS))
+    s.prompts = PromptSettings(total_gen=40, min_gen_per_candidate=2, num_icl_samples=2,
+                               mode="vqa", seed=0, file_prefix="demo")
+    s.task_file = s.prompt_file = ""
+    ws.save()
+    return demo
+
+
+def server_data_settings(data_file: str, image_folder: str = "", candidate_folder: str = "",
+                         allow_outside_paths: bool = False) -> DataSettings:
+    """Settings for data already on this machine. The input folder is the deepest folder holding
+    the data file, the image folder and the candidate folder, so every path stays relative to it
+    (an absolute image folder elsewhere needs ``allow_outside_paths``)."""
+    df = Path(data_file).expanduser()
+    if not df.is_file():
+        raise DataFileError(f"data file {data_file!r} not found")
+    if not df.name.lower().endswith(DATA_SUFFIXES):
+        raise DataFileError(f"data file {data_file!r}: expected a .json or .jsonl file")
+    df = df.resolve()
+    folders = [df.parent]
+    img = Path(image_folder).expanduser() if image_folder.strip() else _own_image_folder(df)
+    cand = Path(candidate_folder).expanduser() if candidate_folder.strip() else None
+    for what, p in (("image folder", img), ("candidate folder", cand)):
+        if p is not None:
+            full = p if p.is_absolute() else df.parent / p
+            if not full.is_dir():
+                raise DataFileError(f"{what} {str(p)!r} not found (looked at {full})")
+            folders.append(full.resolve())
+    root = Path(os.path.commonpath([str(f) for f in folders]))
+    if root == Path(root.anchor) and not allow_outside_paths:
+        raise UnsafePathError("the data file and the image and candidate folders share no folder "
+                              "but the file system root; allow paths outside the input folder, "
+                              "or keep them under one project folder")
+
+    def rel(p: Path | None) -> str | None:
+        if p is None:
+            return None
+        full = (p if p.is_absolute() else df.parent / p).resolve()
+        return full.relative_to(root).as_posix() or "."
+
+    return DataSettings(input_folder=str(root), data_file=str(df), image_folder=rel(img) or "",
+                        candidate_folder=rel(cand) or "", allow_outside_paths=allow_outside_paths)
+
+
+def _own_image_folder(data_file: Path) -> Path:
+    """The data file's own ``image_folder`` key as a folder (relative to the file), or its folder."""
+    from .formats import load_data_file
+
+    own = load_data_file(data_file, check_images=False).raw_extra.get("image_folder")
+    return data_file.parent / own if isinstance(own, str) and own else data_file.parent

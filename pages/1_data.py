@@ -1,0 +1,202 @@
+"""Data: open the demo, upload a data file with its images, or point at files on this machine;
+then the validation report, the records with thumbnails, and the dataset description."""
+
+from __future__ import annotations
+
+import io
+
+import streamlit as st
+
+from mminstruct.errors import MMInstructError
+from mminstruct.formats import DataFile
+from mminstruct.workspace import (DATA_SUFFIXES, Workspace, default_workspace_root,
+                                  demo_size_default, extract_zip, guess_image_folder, save_upload,
+                                  server_data_settings, setup_demo)
+from ui.gallery import thumbnail_url
+from ui.safe import short
+from ui.state import current_workspace, forget_embeddings, open_workspace
+
+PAGE_SIZE = 50
+
+st.title("Data")
+st.caption("The reference set (LLaVA format: JSON or JSONL) and the pool of candidate images.")
+
+ws = current_workspace()
+
+
+# ----------------------------------------------------------------------------------------------
+# Loading
+
+
+def _open_demo(n_ref: int, n_cand: int) -> None:
+    target = ws if ws is not None and not ws.has_data else None
+    try:
+        if target is None:
+            target = open_workspace(str(default_workspace_root() / "demo"), create=True)
+        bar = st.progress(0.0, text="Drawing the demo charts…")
+        setup_demo(target, n_ref, n_cand,
+                   progress=lambda d, t: bar.progress(d / t if t else 1.0,
+                                                      text=f"Drawing the demo charts: {d}/{t}"))
+        bar.empty()
+    except MMInstructError as e:
+        st.error(str(e))
+        return
+    open_workspace(str(target.root))
+    forget_embeddings()
+    st.session_state["data_loaded"] = "demo"
+    st.rerun()
+
+
+def _upload(ws: Workspace) -> None:
+    data_up = st.file_uploader("Data file (JSON or JSONL)", type=[s.lstrip(".") for s in DATA_SUFFIXES],
+                               key="up_data")
+    images_up = st.file_uploader("Reference images (a .zip)", type=["zip"], key="up_images")
+    pool_up = st.file_uploader("Candidate images (a .zip, optional)", type=["zip"], key="up_pool")
+    if not st.button("Load the upload", key="up_go", disabled=data_up is None):
+        return
+    try:
+        folder = ws.uploads_dir
+        data_path = save_upload(folder, data_up.name, data_up.getvalue())
+        if images_up is not None:
+            rep = extract_zip(io.BytesIO(images_up.getvalue()), folder)
+            st.info(rep.summary())
+        cand = ""
+        if pool_up is not None:
+            rep = extract_zip(io.BytesIO(pool_up.getvalue()), folder / "candidates")
+            st.info(rep.summary())
+            cand = "candidates"
+        guess = guess_image_folder(folder, data_path)
+        d = ws.settings.data
+        d.input_folder, d.data_file, d.candidate_folder = str(folder), str(data_path), cand
+        d.image_folder, d.candidate_file, d.allow_outside_paths, d.demo = guess, "", False, False
+        d.dataset_description = None
+        ws.save()
+    except MMInstructError as e:
+        st.error(str(e))
+        return
+    forget_embeddings()
+    st.session_state["data_loaded"] = "upload"
+    st.rerun()
+
+
+def _server(ws: Workspace) -> None:
+    d = ws.settings.data
+    data_file = st.text_input("Data file (path on this machine)", value=d.data_file, key="srv_data")
+    image_folder = st.text_input("Image folder (absolute, or relative to the data file; empty: "
+                                 "the file's own image_folder)", key="srv_images")
+    cand = st.text_input("Candidate image folder (optional)", key="srv_cand")
+    allow = st.checkbox("Allow image paths outside the input folder", key="srv_allow",
+                        value=d.allow_outside_paths)
+    if not st.button("Load these files", key="srv_go", disabled=not data_file.strip()):
+        return
+    try:
+        ws.settings.data = server_data_settings(data_file, image_folder, cand, allow)
+        ws.save()
+    except MMInstructError as e:
+        st.error(str(e))
+        return
+    forget_embeddings()
+    st.session_state["data_loaded"] = "server"
+    st.rerun()
+
+
+with st.container(border=True):
+    st.subheader("Start")
+    c1, c2 = st.columns([1, 2])
+    default_ref, default_cand = demo_size_default()
+    with c2:
+        with st.expander("Demo size"):
+            n_ref = st.number_input("Reference charts", 4, 100_000, default_ref, key="demo_ref")
+            n_cand = st.number_input("Candidate charts", 0, 100_000, default_cand, key="demo_cand")
+    with c1:
+        st.write("Synthetic charts with correct answers and a tiny CLIP trained on them: the "
+                 "whole pipeline, offline.")
+        if st.button("Open the demo", type="primary", key="open_demo"):
+            _open_demo(int(n_ref), int(n_cand))
+    if ws is not None:
+        tab_up, tab_srv = st.tabs(["Upload files", "Files on this machine"])
+        with tab_up:
+            _upload(ws)
+        with tab_srv:
+            _server(ws)
+    else:
+        st.info("Open the demo, or open or create a workspace in the sidebar to load your data.")
+
+if ws is None or not ws.has_data:
+    st.stop()
+
+
+# ----------------------------------------------------------------------------------------------
+# What is loaded
+
+
+@st.cache_data(max_entries=8, show_spinner="Reading the data file…")
+def _load(data_file: str, input_folder: str, image_folder: str | None, allow: bool,
+          stamp: tuple) -> DataFile:
+    from mminstruct.formats import load_data_file
+
+    return load_data_file(data_file, input_folder=input_folder, image_folder=image_folder,
+                          allow_outside_paths=allow)
+
+
+def _stamp(path: str) -> tuple:
+    import os
+
+    try:
+        st_ = os.stat(path)
+        return (st_.st_size, st_.st_mtime_ns)
+    except OSError:
+        return (0, 0)
+
+
+d = ws.settings.data
+try:
+    data = _load(d.data_file, str(ws.input_root), d.image_folder, d.allow_outside_paths,
+                 _stamp(d.data_file))
+except MMInstructError as e:
+    st.error(f"The data file cannot be loaded: {e}")
+    st.stop()
+
+st.subheader("Validation report")
+m1, m2, m3 = st.columns(3)
+m1.metric("Records loaded", f"{data.report.loaded:,}")
+m2.metric("Skipped", f"{data.report.skipped:,}")
+m3.metric("Total in the file", f"{data.report.total:,}")
+st.code(data.report.summary(), language=None, wrap_lines=True)
+st.caption(f"Images resolve under {short(str(data.image_root), 200)}")
+
+st.subheader("Dataset description")
+current = d.dataset_description if d.dataset_description is not None else data.dataset_description
+desc = st.text_area("What the dataset teaches (goes into every system prompt)", value=current,
+                    key="desc_text", height=100)
+if st.button("Save the description", key="desc_save"):
+    ws.settings.data.dataset_description = desc.strip()
+    ws.save()
+    st.success("Saved.")
+
+st.subheader("Records")
+n = len(data.records)
+pages = max(1, -(-n // PAGE_SIZE))
+page = st.number_input(f"Page (of {pages})", 1, pages, 1, key="rec_page") if pages > 1 else 1
+start = (int(page) - 1) * PAGE_SIZE
+rows = []
+for rec in data.records[start:start + PAGE_SIZE]:
+    pairs = rec.qa_pairs()
+    thumb = thumbnail_url(data.image_path(rec)) if rec.images else None
+    rows.append({"image": thumb, "id": short(rec.id, 40), "index": rec.index,
+                 "question": short(pairs[0][0] if pairs else "", 300),
+                 "answer": short(pairs[0][1] if pairs else "", 300),
+                 "turns": len(rec.turns), "images": len(rec.images)})
+st.dataframe(rows, hide_index=True, width="stretch", row_height=64, column_config={
+    "image": st.column_config.ImageColumn("image", width="small"),
+    "question": st.column_config.TextColumn("question", width="large"),
+    "answer": st.column_config.TextColumn("answer", width="medium"),
+})
+if d.candidate_folder or d.candidate_file:
+    st.caption(f"Candidate pool: {short(d.candidate_folder or d.candidate_file, 200)} "
+               "(embedded on the Explore page)")
+else:
+    st.warning("No candidate pool: prompts need candidate images. Upload a zip or give a folder.")
+if st.session_state.pop("data_loaded", None):
+    st.success("Data loaded. Next: the Explore page maps it with CLIP.")
+st.page_link("pages/2_explore.py", label="Explore the embedding map →")

@@ -1,0 +1,139 @@
+"""Explore: CLIP embeddings of the reference set and the candidate pool on a 2-D map, coloured by
+keyword subgroup; box or lasso selection opens the images in a gallery, from which they can be
+sent to a subgroup or excluded; a text query ranks every image by CLIP similarity."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import streamlit as st
+
+from mminstruct.curation import curate, keyword_vectors, projection, search
+from mminstruct.errors import MMInstructError
+from mminstruct.projection import display_sample
+from ui.charts import hover_text, map_figure
+from ui.gallery import Item, curation_actions, gallery
+from ui.safe import md_escape
+from ui.state import get_embeddings, require_workspace
+
+MAX_POINTS = 20_000  # drawn at most; the rest are sampled away (selections keep theirs)
+SEL_KEY = "explore_sel"
+
+st.title("Explore")
+ws = require_workspace()
+p = ws.settings.partition
+
+try:
+    emb = get_embeddings(ws)
+except MMInstructError as e:
+    st.error(f"Cannot embed this workspace's images: {e}")
+    st.stop()
+
+c1, c2, c3 = st.columns(3)
+c1.metric("Reference images", f"{len(emb.reference):,}")
+c2.metric("Candidate images", f"{len(emb.candidates):,}")
+c3.metric("Embedded now / from cache", f"{emb.n_computed:,} / {emb.n_cached:,}")
+problems = emb.reference.failures + emb.problems + emb.candidates.failures
+if problems:
+    with st.expander(f"{len(problems)} image(s) could not be used"):
+        st.code("\n".join(f"{a}: {b}" for a, b in problems[:200]), language=None, wrap_lines=True)
+if not emb.n:
+    st.warning("No image could be embedded.")
+    st.stop()
+
+cur = None
+if p.keywords:
+    try:
+        cur = curate(ws, emb, keyword_vectors(ws, p.keywords))
+    except MMInstructError as e:
+        st.error(str(e))
+groups = cur.group_of_all() if cur is not None else np.full(emb.n, -1, np.int64)
+group_names = {k: kw for k, kw in enumerate(p.keywords)} | {-1: "unassigned", -2: "excluded"}
+
+# ----------------------------------------------------------------------------------------------
+# The map
+
+method = st.radio("Projection", ["umap", "pca"], horizontal=True, key="proj_method",
+                  index=0 if p.projection == "umap" else 1,
+                  format_func=lambda m: {"umap": "UMAP", "pca": "PCA (fast, linear)"}[m])
+if method != p.projection:
+    p.projection = method
+    ws.save()
+
+bar = st.progress(0.0, text="Projecting to 2-D…")
+t0 = time.perf_counter()
+try:
+    xy = projection(ws, emb, progress=lambda f, msg: bar.progress(min(1.0, f), text=msg))
+except MMInstructError as e:
+    bar.empty()
+    st.error(f"Projection failed: {e}")
+    st.stop()
+bar.empty()
+proj_s = time.perf_counter() - t0
+
+sel_state = st.session_state.setdefault(SEL_KEY, {"rows": [], "source": ""})
+selected = [r for r in sel_state["rows"] if 0 <= r < emb.n]
+rows = display_sample(emb.n, MAX_POINTS, seed=0, always=selected or None)
+n_ref = len(emb.reference)
+is_ref = rows < n_ref
+hover = [hover_text("reference" if r < n_ref else "candidate", emb.rel_path(int(r)),
+                    emb.question(int(r)), group_names.get(int(groups[r]), "?")) for r in rows]
+fig = map_figure(xy[rows], rows, groups[rows], is_ref, p.keywords, hover, selected)
+st.caption(f"{len(rows):,} of {emb.n:,} points drawn · {method.upper()} "
+           f"{'from cache' if proj_s < 0.5 else f'in {proj_s:.1f} s'} · pick the box or lasso "
+           "tool (top right of the chart), or click a point")
+event = st.plotly_chart(fig, key="map", on_select="rerun", selection_mode=("points", "box", "lasso"),
+                        width="stretch")
+
+points = (event or {}).get("selection", {}).get("points", []) if event else []
+picked = sorted({int(pt["customdata"][0]) for pt in points
+                 if isinstance(pt.get("customdata"), (list, tuple)) and pt["customdata"]})
+signature = ",".join(map(str, picked))
+if signature != st.session_state.get("explore_sig", ""):
+    st.session_state["explore_sig"] = signature
+    if picked:
+        sel_state.update(rows=picked, source="map selection")
+        selected = picked
+
+# ----------------------------------------------------------------------------------------------
+# Text search
+
+with st.form("search_form"):
+    query = st.text_input("Rank every image by CLIP similarity to a text", key="search_q",
+                          placeholder="e.g. a pie chart with five slices")
+    go = st.form_submit_button("Search")
+if go and query.strip():
+    try:
+        hits = search(ws, emb, query, limit=48)
+    except MMInstructError as e:
+        st.error(str(e))
+        hits = []
+    sel_state.update(rows=[r for r, _ in hits], source=f"search: {query.strip()}",
+                     scores={str(r): s for r, s in hits})
+    selected = sel_state["rows"]
+
+# ----------------------------------------------------------------------------------------------
+# The selection
+
+st.subheader(f"Selection · {len(selected):,} image(s)")
+if sel_state.get("source"):
+    st.caption(md_escape(sel_state["source"], 120))
+if selected:
+    if st.button("Clear the selection", key="sel_clear"):
+        sel_state.update(rows=[], source="")
+        st.rerun()
+    scores = sel_state.get("scores") or {}
+    items = []
+    for r in selected[:2000]:
+        kind = "ref" if r < n_ref else "cand"
+        g = group_names.get(int(groups[r]), "?")
+        sim = f" · sim {scores[str(r)]:.3f}" if str(r) in scores else ""
+        items.append(Item(r, emb.abs_path(r), f"{kind} · {g}{sim} · {emb.rel_path(r)}"))
+    chosen = gallery(items, "explore_gallery", columns=6, page_size=36)
+    st.caption(f"{len(chosen)} ticked; the buttons act on the ticked images")
+    if curation_actions(ws, emb, chosen, "explore_actions"):
+        st.rerun()
+else:
+    st.caption("Select points on the map (box or lasso) or search by text to see images here.")
+st.page_link("pages/3_partition.py", label="Edit the keywords on the Partition page →")

@@ -1,0 +1,133 @@
+"""Partition: edit the keyword list and watch the subgroups change live — counts per keyword,
+galleries sorted by confidence with the uncertain ones flagged, a minimum similarity — then save
+the MM-Gen task file (exclusions and manual choices honoured)."""
+
+from __future__ import annotations
+
+import time
+
+import streamlit as st
+
+from mminstruct.curation import build_task, curate, keyword_vectors, save_task
+from mminstruct.errors import MMInstructError
+from mminstruct.workspace import normalise_keywords
+from ui.gallery import Item, curation_actions, gallery
+from ui.safe import md_escape
+from ui.state import get_embeddings, require_workspace, seed
+
+st.title("Partition")
+ws = require_workspace()
+p = ws.settings.partition
+
+try:
+    emb = get_embeddings(ws)
+except MMInstructError as e:
+    st.error(f"Cannot embed this workspace's images: {e}")
+    st.stop()
+
+left, right = st.columns([1, 2])
+with left:
+    st.subheader("Keywords")
+    seed("kw_text", "\n".join(p.keywords))
+    text = st.text_area("One keyword per line (add, remove or rename a line)",
+                        value="\n".join(p.keywords), height=180, key="kw_text")
+    try:
+        edited = normalise_keywords(text.splitlines())
+    except MMInstructError as e:
+        st.error(str(e))
+        edited = p.keywords
+    if edited != p.keywords:
+        ws.set_keywords(edited)
+        ws.save()
+    for key, value in (("use_min", p.min_similarity is not None), ("min_sim", p.min_similarity),
+                       ("low_margin", p.low_margin), ("top_k", p.candidates_per_keyword)):
+        seed(key, value)
+    use_min = st.checkbox("Leave images under a minimum similarity unassigned",
+                          value=p.min_similarity is not None, key="use_min")
+    min_sim = st.slider("Minimum similarity", -0.2, 1.0,
+                        float(p.min_similarity if p.min_similarity is not None else 0.2), 0.005,
+                        key="min_sim", disabled=not use_min)
+    low = st.slider("Flag as uncertain when the margin to the runner-up keyword is under",
+                    0.0, 0.2, float(p.low_margin), 0.001, key="low_margin", format="%.3f")
+    top_k = st.number_input("Candidates per keyword (0: every candidate to its best keyword)",
+                            0, 1_000_000, int(p.candidates_per_keyword or 0), key="top_k")
+    new = (float(min_sim) if use_min else None, float(low), int(top_k) or None)
+    if new != (p.min_similarity, p.low_margin, p.candidates_per_keyword):
+        p.min_similarity, p.low_margin, p.candidates_per_keyword = new
+        ws.save()
+
+if not p.keywords:
+    with right:
+        st.info("Add keywords (one per line) to partition the images.")
+    st.stop()
+
+t0 = time.perf_counter()
+try:
+    kw_vecs = keyword_vectors(ws, p.keywords)
+    t1 = time.perf_counter()
+    cur = curate(ws, emb, kw_vecs)
+except MMInstructError as e:
+    st.error(str(e))
+    st.stop()
+t2 = time.perf_counter()
+
+with right:
+    st.subheader("Subgroups")
+    counts = cur.counts()
+    st.bar_chart({"reference": [c["reference"] for c in counts],
+                  "candidates": [c["candidates"] for c in counts]} | {"keyword": p.keywords},
+                 x="keyword", y=["reference", "candidates"], stack=False, height=260)
+    excl_r, excl_c = int(cur.reference.excluded.sum()), \
+        int(cur.candidates.excluded.sum()) if cur.candidates else 0
+    unas_r = int((cur.reference.group == -1).sum())
+    unas_c = int((cur.candidates.group == -1).sum()) if cur.candidates else 0
+    st.caption(f"Partition of {emb.n:,} images by {len(p.keywords)} keywords in "
+               f"{(t2 - t1) * 1000:.0f} ms (keyword vectors {(t1 - t0) * 1000:.0f} ms) · "
+               f"unassigned {unas_r} ref / {unas_c} cand · excluded {excl_r} ref / {excl_c} cand")
+    st.dataframe(counts, hide_index=True, width="stretch")
+
+st.subheader("Galleries")
+kw = st.selectbox("Keyword", p.keywords, key="gal_kw")
+k = p.keywords.index(kw)
+tab_ref, tab_cand = st.tabs([f"Reference ({cur.reference.count(k)})",
+                             f"Candidates ({cur.candidates.count(k) if cur.candidates else 0})"])
+
+
+def _items(kind: str) -> list[Item]:
+    g = cur.reference if kind == "reference" else cur.candidates
+    if g is None:
+        return []
+    out = []
+    for r in g.members(k):
+        row = emb.row_of(kind, int(r))
+        margin = float(g.partition.margin[r])
+        note = "manual" if g.manual[r] else f"margin {margin:.3f}"
+        flag = f"uncertain: margin {margin:.3f}" if cur.flagged(kind, int(r)) else ""
+        out.append(Item(row, emb.abs_path(row),
+                        f"{float(g.partition.scores[r, k]):.3f} · {note} · {emb.rel_path(row)}", flag))
+    return out
+
+
+for tab, kind in ((tab_ref, "reference"), (tab_cand, "candidate")):
+    with tab:
+        items = _items(kind)
+        n_flag = sum(1 for it in items if it.flag)
+        if n_flag:
+            st.caption(f":orange[{n_flag} uncertain] (sorted last): most confident first")
+        chosen = gallery(items, f"part_{kind}_{k}", columns=6, page_size=24)
+        if curation_actions(ws, emb, chosen, f"part_act_{kind}"):
+            st.rerun()
+
+st.subheader("Task file")
+st.caption("MM-Gen's task file of exactly this partition: keyword subgroups with reference sample "
+           "indices and candidate image paths; excluded images are left out.")
+if st.button("Save the task file", type="primary", key="save_task"):
+    try:
+        path = save_task(ws, build_task(ws, emb, cur))
+    except (MMInstructError, OSError) as e:
+        st.error(f"Cannot save the task file: {e}")
+    else:
+        st.success(f"Saved {md_escape(path.name, 120)}")
+if ws.settings.task_file:
+    st.caption(f"Last saved: {md_escape(ws.settings.task_file, 200)}")
+    st.page_link("pages/4_prompts.py", label="Plan the prompts →")

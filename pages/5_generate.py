@@ -1,0 +1,213 @@
+"""Generate: the endpoint, the key (environment, st.secrets, or typed for this session only), and
+runs in background processes that survive reloads, closed tabs and app restarts — live progress,
+pause, continue, cancel, resume after a crash; a dry run writes the Batch API JSONL instead."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import streamlit as st
+
+from mminstruct.errors import MMInstructError
+from mminstruct.generate.manifest import estimate_cost
+from mminstruct.runs import (cancel_run, continue_run, dry_run, latest_records, list_app_runs,
+                             new_run_name, pause_run, resume_run, run_info, start_run,
+                             workspace_config)
+from ui.gallery import thumbnail
+from ui.safe import md_escape, short
+from ui.state import KEY_SESSION, api_key, require_workspace, seed
+
+st.title("Generate")
+ws = require_workspace()
+e = ws.settings.endpoint
+
+# ----------------------------------------------------------------------------------------------
+# Endpoint and key
+
+with st.expander("Endpoint", expanded=not e.base_url):
+    for k, v in (("ep_base", e.base_url), ("ep_model", e.model_name), ("ep_keyenv", e.api_key_env),
+                 ("ep_conc", e.concurrency), ("ep_rpm", e.rpm), ("ep_tpm", e.tpm),
+                 ("ep_maxtok", e.max_tokens), ("ep_timeout", e.timeout),
+                 ("ep_retries", e.max_retries), ("ep_side", e.max_image_side)):
+        seed(k, v)
+    with st.form("endpoint_form"):
+        c1, c2 = st.columns(2)
+        with c1:
+            base = st.text_input("Base URL (empty: OpenAI; e.g. http://127.0.0.1:8000/v1 for vLLM, "
+                                 "Ollama, LM Studio)", e.base_url, key="ep_base")
+            model = st.text_input("Model", e.model_name, key="ep_model")
+            key_env = st.text_input("Environment variable holding the key", e.api_key_env,
+                                    key="ep_keyenv")
+            side = st.number_input("Downscale images to (longest side, px)", 16, 16384,
+                                   e.max_image_side, key="ep_side")
+        with c2:
+            conc = st.number_input("Requests in flight", 1, 4096, e.concurrency, key="ep_conc")
+            rpm = st.number_input("Requests per minute (0: from the server's headers)", 0.0,
+                                  1e9, float(e.rpm or 0), key="ep_rpm")
+            tpm = st.number_input("Tokens per minute (0: from the server's headers)", 0.0, 1e12,
+                                  float(e.tpm or 0), key="ep_tpm")
+            maxtok = st.number_input("Answer token limit (0: the model's)", 0, 1_000_000,
+                                     int(e.max_tokens or 0), key="ep_maxtok")
+            timeout = st.number_input("Timeout per request (s)", 1.0, 3600.0, float(e.timeout),
+                                      key="ep_timeout")
+            retries = st.number_input("Retries per request", 0, 100, e.max_retries, key="ep_retries")
+        if st.form_submit_button("Save endpoint settings"):
+            e.base_url, e.model_name, e.api_key_env = base.strip(), model.strip() or "gpt-4o", \
+                key_env.strip() or "OPENAI_API_KEY"
+            e.concurrency, e.rpm, e.tpm = int(conc), float(rpm) or None, float(tpm) or None
+            e.max_tokens, e.timeout, e.max_retries = int(maxtok) or None, float(timeout), int(retries)
+            e.max_image_side = int(side)
+            try:
+                ws.save()
+                st.success("Saved (the key is never saved).")
+            except MMInstructError as err:
+                st.error(str(err))
+
+key, source = api_key(ws)
+st.caption(f"API key: {md_escape(source, 120)}")
+if source.startswith("typed") or key is None:
+    with st.form("key_form", clear_on_submit=True):
+        typed = st.text_input("API key for this session (kept in memory, never saved or shown)",
+                              type="password", key="key_input")
+        if st.form_submit_button("Use this key") and typed.strip():
+            st.session_state[KEY_SESSION] = typed.strip()
+            st.rerun()
+    if source.startswith("typed") and st.button("Forget the typed key", key="key_forget"):
+        st.session_state.pop(KEY_SESSION, None)
+        st.rerun()
+
+# ----------------------------------------------------------------------------------------------
+# Starting a run
+
+st.subheader("New run")
+prompt_dir = ws.root / "generated_prompts"
+prompts = sorted(prompt_dir.glob("*.json"), key=lambda q: q.stat().st_mtime, reverse=True) \
+    if prompt_dir.is_dir() else []
+if not prompts:
+    st.info("No prompt file yet: save one on the Prompts page.")
+else:
+    names = [p.name for p in prompts]
+    last = Path(ws.settings.prompt_file).name if ws.settings.prompt_file else names[0]
+    pick = st.selectbox("Prompt file", names, index=names.index(last) if last in names else 0,
+                        key="gen_prompt")
+    prompt_path = prompt_dir / pick
+    if st.session_state.pop("_renew_name", False) or "run_name" not in st.session_state:
+        st.session_state["run_name"] = new_run_name("gen")
+    with st.form("launch_form"):
+        name = st.text_input("Run name (the output file's prefix)", key="run_name")
+        c1, c2 = st.columns(2)
+        launch = c1.form_submit_button("Start the run", type="primary")
+        dry = c2.form_submit_button("Dry run: write the Batch API file")
+    if launch:
+        try:
+            info = start_run(ws.root, workspace_config(ws, name.strip(), prompt_path), key)
+        except MMInstructError as err:
+            st.error(str(err))
+        else:
+            st.session_state["run_pick"] = info.name
+            st.session_state["_renew_name"] = True
+            st.toast(f"Run {info.name} started")
+    if dry:
+        with st.spinner("Building every request…"):
+            try:
+                res = dry_run(workspace_config(ws, f"{name.strip()}_dryrun", prompt_path,
+                                               dry_run=True))
+            except MMInstructError as err:
+                st.error(str(err))
+            else:
+                st.session_state["dry_files"] = [str(f) for f in res.batch_files]
+                st.session_state["dry_message"] = res.message
+    for f in st.session_state.get("dry_files", []):
+        path = Path(f)
+        if path.is_file():
+            st.caption(md_escape(st.session_state.get("dry_message", ""), 200))
+            st.download_button(f"Download {path.name} ({path.stat().st_size / 1e6:.1f} MB)",
+                               data=path.read_bytes(), file_name=path.name,
+                               mime="application/jsonl", key=f"dl_{path.name}")
+
+# ----------------------------------------------------------------------------------------------
+# Runs
+
+st.subheader("Runs")
+infos = list_app_runs(ws.root)
+if not infos:
+    st.caption("No run yet.")
+    st.stop()
+labels = {i.name: f"{i.name} · {i.state}" for i in infos}
+names = list(labels)
+current = st.session_state.get("run_pick")
+picked = st.selectbox("Run", names, index=names.index(current) if current in names else 0,
+                      format_func=lambda n: labels[n], key="run_select")
+st.session_state["run_pick"] = picked
+first = run_info(ws.root, picked)
+
+
+def _samples(info) -> None:
+    recs = latest_records(info.run_dir, 4) if info.run_dir else []
+    if not recs:
+        return
+    st.markdown("**Latest prompts**")
+    for rec in recs:
+        c_img, c_txt = st.columns([1, 4])
+        img = rec.get("image")
+        if img and ws.input_root is not None:
+            jpeg = thumbnail(ws.input_root / img)
+            if jpeg:
+                c_img.image(jpeg, width="stretch")
+        with c_txt:
+            head = f"prompt {rec.get('prompt_idx')} · {rec.get('keyword', '')} · {rec.get('outcome')}"
+            st.caption(md_escape(head, 120))
+            if rec.get("outcome") == "ok":
+                for item in rec.get("items", [])[:2]:
+                    st.text("\n".join(f"{k}: {short(v, 400)}" for k, v in item.items()))
+            else:
+                st.text(f"{rec.get('error_class')}: {short(rec.get('message'), 300)}")
+
+
+@st.fragment(run_every=1.0 if first.active else None)
+def live(name: str, was_active: bool) -> None:
+    info = run_info(ws.root, name)
+    if was_active and not info.active:
+        st.rerun()  # finished: redraw the page, which stops the timer
+    s = info.status
+    total, done = int(s.get("total") or 0), int(s.get("done") or 0)
+    st.markdown(f"**{md_escape(info.name, 90)}** · state: **{info.state}**")
+    if info.message:
+        st.caption(md_escape(info.message, 400))
+    st.progress(done / total if total else 0.0, text=f"{done:,} / {total:,} prompts")
+    m = st.columns(5)
+    m[0].metric("Rate", f"{float(s.get('rate_per_s') or 0):.1f}/s")
+    eta = s.get("eta_s")
+    m[1].metric("ETA", f"{eta:,.0f} s" if isinstance(eta, (int, float)) and info.active else "—")
+    m[2].metric("OK / failed", f"{int(s.get('ok') or 0):,} / {int(s.get('failed') or 0):,}")
+    tin, tout = int(s.get("input_tokens") or 0), int(s.get("output_tokens") or 0)
+    m[3].metric("Tokens", f"{tin + tout:,}")
+    cost = estimate_cost(info.model or e.model_name, tin, tout)
+    m[4].metric("Cost so far", f"${cost.usd:,.4f}" if cost.usd is not None else "unknown")
+    fails, errs = s.get("failed_by_class") or {}, s.get("errors_by_class") or {}
+    if fails or errs:
+        st.dataframe([{"class": k, "failed prompts": int(fails.get(k, 0)),
+                       "errors (incl. retried)": int(errs.get(k, 0))}
+                      for k in sorted(set(fails) | set(errs))], hide_index=True)
+    b = st.columns(4)
+    try:
+        if b[0].button("Pause", key="run_pause", disabled=not info.can_pause):
+            pause_run(info)
+            st.toast("Pausing: requests in flight finish first")
+        if b[1].button("Continue", key="run_continue", disabled=not info.can_continue):
+            continue_run(info)
+        if b[2].button("Cancel", key="run_cancel", disabled=not info.can_cancel):
+            cancel_run(info)
+            st.toast("Cancelling: nothing finished is lost; resume later")
+        if b[3].button("Resume", key="run_resume", disabled=not info.can_resume):
+            resume_run(ws.root, info.name, api_key(ws)[0])
+            st.rerun()
+    except MMInstructError as err:
+        st.error(str(err))
+    if info.state == "finished" and info.output:
+        st.success(f"Output: {md_escape(info.output.name, 120)}")
+        st.page_link("pages/6_review.py", label="Review the samples →")
+    _samples(info)
+
+
+live(picked, first.active)

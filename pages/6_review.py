@@ -1,0 +1,136 @@
+"""Review: browse generated samples by keyword with their images and in-context sources, filter
+and search, reject, and export what is kept to MM-Gen, LLaVA or LLaMA-Factory ShareGPT JSON."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import streamlit as st
+
+from mminstruct.errors import MMInstructError
+from mminstruct.generate.output import GeneratedData, load_output
+from mminstruct.review import (EXPORT_FORMATS, EXPORT_LABELS, export_name, export_reviewed,
+                               filter_samples, sources)
+from ui.gallery import thumbnail
+from ui.safe import md_escape
+from ui.state import require_workspace
+
+PAGE_SIZE = 10
+
+st.title("Review")
+ws = require_workspace()
+outputs = ws.output_files()
+if not outputs:
+    st.info("No generated data yet: start a run on the Generate page.")
+    st.page_link("pages/5_generate.py", label="Go to the Generate page")
+    st.stop()
+
+name = st.selectbox("Generated file", [p.name for p in outputs], key="rv_file")
+path = ws.generated_dir / name
+
+
+@st.cache_data(max_entries=3, show_spinner="Reading the generated samples…")
+def _load(p: str, mtime: int) -> GeneratedData:
+    return load_output(p)
+
+
+@st.cache_resource(max_entries=3, show_spinner=False)
+def _sources(p: str, mtime: int):
+    return sources(p)
+
+
+try:
+    mtime = path.stat().st_mtime_ns
+    data = _load(str(path), mtime)
+    src = _sources(str(path), mtime)
+except (MMInstructError, OSError) as e:
+    st.error(f"Cannot read {name}: {e}")
+    st.stop()
+
+samples = data.samples
+rejected = set(ws.settings.rejected.get(name, []))
+h = data.header
+st.caption(md_escape(f"{len(samples):,} samples · mode {h.get('mode', '?')} · model "
+                     f"{h.get('model', '?')} · {len(rejected):,} rejected", 200))
+if src.note:
+    st.caption(md_escape(src.note, 200))
+
+keywords = sorted({str(s.get("keyword", "")) for s in samples})
+c1, c2, c3 = st.columns([2, 2, 1])
+kw_pick = c1.multiselect("Keywords", keywords, key="rv_kw")
+query = c2.text_input("Search the text", key="rv_q")
+show = c3.selectbox("Show", ["all", "kept", "rejected"], key="rv_show")
+shown = filter_samples(samples, keywords=kw_pick, query=query, rejected=rejected, show=show)
+pages = max(1, -(-len(shown) // PAGE_SIZE))
+page = st.number_input(f"Page (of {pages}) · {len(shown):,} sample(s) match", 1, pages, 1,
+                       key="rv_page")
+start = (int(page) - 1) * PAGE_SIZE
+root = Path(h["input_folder"]) if h.get("input_folder") else ws.input_root
+
+
+def _card(s: dict) -> None:
+    sid = s.get("id")
+    with st.container(border=True):
+        c_img, c_txt, c_act = st.columns([1, 4, 1])
+        img = s.get("image_1") or s.get("image")
+        if isinstance(img, str) and root is not None:
+            jpeg = thumbnail(root / img, 320)
+            if jpeg:
+                c_img.image(jpeg, width="stretch")
+        with c_txt:
+            st.caption(md_escape(f"sample {sid} · {s.get('keyword', '')} · prompt "
+                                 f"{s.get('prompt_idx')}" + (f" · {s['variant']}" if s.get("variant")
+                                                             else ""), 160))
+            for turn in s.get("conversations", []):
+                st.text(f"{'Q' if turn.get('from') == 'human' else 'A'}: {turn.get('value', '')}")
+        with c_act:
+            is_rej = sid in rejected
+            if st.toggle("Rejected", value=is_rej, key=f"rv_rej_{name}_{sid}") != is_rej:
+                ws.set_rejected(name, [sid], not is_rej)
+                ws.save()
+                st.rerun()
+        icl = s.get("icl_indices") or []
+        if icl:
+            with st.expander(f"In-context sources ({len(icl)})"):
+                for idx in icl:
+                    ref = src.reference(int(idx))
+                    if ref is None:
+                        st.caption(f"reference sample {idx}: not found")
+                        continue
+                    r_img, r_txt = st.columns([1, 5])
+                    img_path = src.reference_image(int(idx))
+                    jpeg = thumbnail(img_path) if img_path else None
+                    if jpeg:
+                        r_img.image(jpeg, width="stretch")
+                    with r_txt:
+                        st.caption(f"reference sample {idx}")
+                        for turn in ref.get("conversations", [])[:4]:
+                            st.text(f"{'Q' if turn.get('from') == 'human' else 'A'}: "
+                                    f"{turn.get('value', '')}")
+
+
+for s in shown[start:start + PAGE_SIZE]:
+    _card(s)
+
+st.subheader("Export")
+st.caption(f"{len(samples) - len(rejected):,} kept of {len(samples):,} (rejected samples are left out)")
+c1, c2 = st.columns([2, 1])
+fmt = c1.radio("Format", EXPORT_FORMATS, format_func=EXPORT_LABELS.get, horizontal=True,
+               key="rv_fmt")
+absolute = c2.checkbox("Absolute image paths", key="rv_abs",
+                       help="Otherwise paths are relative to the input folder")
+if st.button("Export", type="primary", key="rv_export"):
+    dest = ws.root / "exports" / export_name(path, fmt)
+    try:
+        n = export_reviewed(path, dest, fmt, rejected=rejected,
+                            image_root=root if absolute and fmt != "mmgen" else None)
+    except (MMInstructError, OSError) as e:
+        st.error(f"Export failed: {e}")
+    else:
+        st.session_state["rv_last_export"] = (str(dest), n)
+last = st.session_state.get("rv_last_export")
+if last and Path(last[0]).is_file():
+    p = Path(last[0])
+    st.success(f"Wrote {last[1]:,} samples to {md_escape(str(p), 200)}")
+    st.download_button(f"Download {p.name}", data=p.read_bytes(), file_name=p.name,
+                       mime="application/json", key="rv_download")

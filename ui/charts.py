@@ -1,0 +1,65 @@
+"""The embedding map: a plotly WebGL scatter (``Scattergl``), one trace per subgroup, reference
+images as circles and candidates as diamonds, the row index in ``customdata`` so a box or lasso
+selection maps back to images. Hover text is HTML-escaped (plotly renders a few tags in hover
+labels; a question containing markup shows as text)."""
+
+from __future__ import annotations
+
+import html
+from collections.abc import Sequence
+
+import numpy as np
+
+PALETTE = ("#3b5bdb", "#e8590c", "#2f9e44", "#c2255c", "#7048e8", "#0c8599", "#f08c00",
+           "#5c940d", "#862e9c", "#1864ab", "#d9480f", "#087f5b")
+UNASSIGNED_COLOR = "#adb5bd"
+EXCLUDED_COLOR = "#212529"
+
+
+def hover_text(kind: str, path: str, question: str, group: str) -> str:
+    q = html.escape(question[:90] + ("…" if len(question) > 90 else ""))
+    lines = [f"<b>{html.escape(group)}</b> · {kind}", html.escape(path[-70:])]
+    if q:
+        lines.append(q)
+    return "<br>".join(lines)
+
+
+def map_figure(xy: np.ndarray, rows: np.ndarray, groups: np.ndarray, is_reference: np.ndarray,
+               keywords: Sequence[str], hover: Sequence[str], selected: Sequence[int] = (),
+               height: int = 620):
+    """``rows``: the drawn rows (indices into the full set); the other arrays are per drawn row."""
+    import plotly.graph_objects as go
+
+    fig = go.Figure()
+    names = {k: kw for k, kw in enumerate(keywords)}
+    names[-1], names[-2] = "unassigned", "excluded"
+    hover = np.asarray(hover, dtype=object)
+    sel = set(int(s) for s in selected)
+    for g in [*range(len(keywords)), -1, -2]:
+        mask = groups == g
+        if not mask.any():
+            continue
+        color = PALETTE[g % len(PALETTE)] if g >= 0 else (UNASSIGNED_COLOR if g == -1
+                                                          else EXCLUDED_COLOR)
+        ref = is_reference[mask]
+        drawn = rows[mask]
+        fig.add_trace(go.Scattergl(
+            x=xy[mask, 0], y=xy[mask, 1], mode="markers", name=f"{names[g]} ({int(mask.sum())})",
+            customdata=drawn.reshape(-1, 1), text=hover[mask],
+            hovertemplate="%{text}<extra></extra>",
+            marker=dict(color=color, size=np.where(ref, 9, 6).tolist(),
+                        symbol=np.where(ref, "circle", "diamond").tolist(),
+                        opacity=0.85,
+                        line=dict(width=[1.5 if int(r) in sel else 0 for r in drawn],
+                                  color="#000000")),
+        ))
+    for label, symbol in (("reference", "circle"), ("candidate", "diamond")):
+        fig.add_trace(go.Scattergl(x=[None], y=[None], mode="markers", name=label,
+                                   marker=dict(color="#868e96", symbol=symbol, size=8),
+                                   hoverinfo="skip", showlegend=True))
+    fig.update_layout(height=height, dragmode="lasso", margin=dict(l=10, r=10, t=30, b=10),
+                      legend=dict(orientation="h", y=1.06, x=0), uirevision="map",
+                      xaxis=dict(showticklabels=False, title=None, zeroline=False),
+                      yaxis=dict(showticklabels=False, title=None, zeroline=False),
+                      plot_bgcolor="#fafbfd")
+    return fig

@@ -1,0 +1,72 @@
+"""The sidebar on every page: the workspace (open, create, recent ones), the CLIP model in use and
+the generation endpoint's status."""
+
+from __future__ import annotations
+
+import hashlib
+
+import streamlit as st
+
+from mminstruct.errors import MMInstructError
+from mminstruct.workspace import default_workspace_root, recent_workspaces
+
+from .safe import md_escape
+from .state import WS_KEY, api_key, current_workspace, forget_embeddings, open_workspace
+
+
+@st.cache_data(ttl=30, show_spinner=False)
+def _check(base_url: str, key_hash: str, _key: str | None) -> tuple[bool, str]:
+    from mminstruct.runs import check_endpoint
+
+    res = check_endpoint(base_url or None, _key)
+    return res.ok, res.message
+
+
+def _workspace_box() -> None:
+    ws = current_workspace()
+    st.subheader("Workspace")
+    if ws is not None:
+        st.caption(md_escape(str(ws.root), 200))
+    recent = [str(p) for p in recent_workspaces()]
+    if ws is not None and str(ws.root) in recent:
+        recent.remove(str(ws.root))
+    if recent:
+        choice = st.selectbox("Recent workspaces", ["—"] + recent, key="sb_recent")
+        if choice != "—" and st.button("Open", key="sb_open_recent"):
+            _switch(choice, create=False)
+    with st.expander("Open or create a workspace"):
+        default = str(default_workspace_root() / "my-project")
+        path = st.text_input("Folder", value=default, key="sb_new_path")
+        if st.button("Open / create", key="sb_create"):
+            _switch(path, create=True)
+
+
+def _switch(path: str, create: bool) -> None:
+    try:
+        open_workspace(path, create=create)
+    except MMInstructError as e:
+        st.error(str(e))
+        return
+    forget_embeddings()
+    st.session_state.pop("explore_sel", None)
+    st.rerun()
+
+
+def sidebar() -> None:
+    with st.sidebar:
+        _workspace_box()
+        ws = current_workspace() if st.session_state.get(WS_KEY) else None
+        if ws is None:
+            return
+        st.subheader("CLIP model")
+        st.caption(md_escape(ws.settings.partition.model_name, 120))
+        st.subheader("Endpoint")
+        ep = ws.settings.endpoint
+        st.caption(md_escape(f"{ep.base_url or 'OpenAI (default URL)'} · model {ep.model_name}", 160))
+        key, source = api_key(ws)
+        st.caption(md_escape(f"key: {source}", 120))
+        if ep.base_url or key:
+            ok, message = _check(ep.base_url, hashlib.sha256((key or "").encode()).hexdigest(), key)
+            (st.success if ok else st.warning)(md_escape(message, 160), icon=None)
+        else:
+            st.caption("Not checked: set a base URL or an API key on the Generate page.")

@@ -1,0 +1,151 @@
+"""Session state shared by the pages: the current workspace, the in-memory embeddings, the key.
+
+The workspace comes from the session (``st.session_state["ws_path"]``), else the URL
+(``?ws=/path``), else ``$MMINSTRUCT_WORKSPACE``, else the most recent one. Embeddings are kept in
+memory per process (like ``st.cache_resource``) under ``curation.embedding_key``; their disk cache
+makes a recomputation after a restart a cache read. The API key typed into the app lives only in
+``st.session_state["_api_key"]`` (never in a widget's value after submission, never on disk).
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections import OrderedDict
+from typing import Any
+
+import streamlit as st
+
+from mminstruct.errors import MMInstructError
+from mminstruct.workspace import Workspace, recent_workspaces, remember_workspace
+
+WS_KEY = "ws_path"
+KEY_SESSION = "_api_key"
+ENV_WORKSPACE = "MMINSTRUCT_WORKSPACE"
+
+_LOCK = threading.Lock()
+_EMBEDDINGS: OrderedDict[str, Any] = OrderedDict()
+_MAX_EMBEDDINGS = 3
+
+
+def workspace_path() -> str | None:
+    ss = st.session_state
+    if ss.get(WS_KEY):
+        return str(ss[WS_KEY])
+    for candidate in (st.query_params.get("ws"), os.environ.get(ENV_WORKSPACE)):
+        if candidate:
+            ss[WS_KEY] = candidate
+            return str(candidate)
+    recent = recent_workspaces()
+    if recent:
+        ss[WS_KEY] = str(recent[0])
+        return ss[WS_KEY]
+    return None
+
+
+def open_workspace(path: str, create: bool = False) -> Workspace:
+    ws = Workspace.open(path, create=create)
+    remember_workspace(ws.root)
+    st.session_state[WS_KEY] = str(ws.root)
+    return ws
+
+
+def current_workspace() -> Workspace | None:
+    path = workspace_path()
+    if not path:
+        return None
+    try:
+        return Workspace.open(path, create=True)
+    except MMInstructError as e:
+        st.error(f"Cannot open the workspace: {e}")
+        st.session_state.pop(WS_KEY, None)
+        return None
+
+
+def require_workspace(need_data: bool = True) -> Workspace:
+    """The current workspace, or a note and ``st.stop()``."""
+    ws = current_workspace()
+    if ws is None:
+        st.info("No workspace is open. Open the demo on the Data page, or open or create a "
+                "workspace folder in the sidebar.")
+        st.page_link("pages/1_data.py", label="Go to the Data page")
+        st.stop()
+    if need_data and not ws.has_data:
+        st.info("This workspace has no data yet. Open the demo or load a data file on the "
+                "Data page.")
+        st.page_link("pages/1_data.py", label="Go to the Data page")
+        st.stop()
+    return ws
+
+
+# ----------------------------------------------------------------------------------------------
+# Embeddings (in memory, per process)
+
+
+def cached_embeddings(ws: Workspace) -> Any | None:
+    from mminstruct.curation import embedding_key
+
+    with _LOCK:
+        return _EMBEDDINGS.get(embedding_key(ws))
+
+
+def get_embeddings(ws: Workspace) -> Any:
+    """The workspace's embeddings; computed with a progress bar when not in memory."""
+    from mminstruct.curation import embed_workspace, embedding_key
+
+    key = embedding_key(ws)
+    with _LOCK:
+        hit = _EMBEDDINGS.get(key)
+    if hit is not None:
+        return hit
+    bar = st.progress(0.0, text="Embedding images with CLIP…")
+
+    def progress(stage: str, done: int, total: int) -> None:
+        bar.progress(min(1.0, done / total) if total else 1.0, text=f"Embedding {stage}: {done}/{total}")
+
+    try:
+        emb = embed_workspace(ws, progress)
+    finally:
+        bar.empty()
+    with _LOCK:
+        _EMBEDDINGS[key] = emb
+        while len(_EMBEDDINGS) > _MAX_EMBEDDINGS:
+            _EMBEDDINGS.popitem(last=False)
+    return emb
+
+
+def forget_embeddings() -> None:
+    with _LOCK:
+        _EMBEDDINGS.clear()
+
+
+# ----------------------------------------------------------------------------------------------
+# The API key
+
+
+def api_key(ws: Workspace) -> tuple[str | None, str]:
+    """(key, where it came from): the environment, ``st.secrets``, or this session."""
+    var = ws.settings.endpoint.api_key_env or "OPENAI_API_KEY"
+    if os.environ.get(var):
+        return os.environ[var], f"environment variable ${var}"
+    try:
+        secret = st.secrets.get(var)
+    except FileNotFoundError:  # no secrets.toml (StreamlitSecretNotFoundError), or a bad one
+        secret = None
+    if secret:
+        return str(secret), f"st.secrets[{var!r}]"
+    typed = st.session_state.get(KEY_SESSION)
+    if typed:
+        return str(typed), "typed in this session (kept in memory only)"
+    return None, "none"
+
+
+def seed(key: str, current: Any) -> None:
+    """Before a settings-backed widget with ``value=current``: when the setting changed outside
+    the widget (another page, another workspace), drop the widget's stale state so it shows
+    ``current``."""
+    marker = f"_seed:{key}"
+    token = repr(current)
+    if st.session_state.get(marker) != token:
+        st.session_state.pop(key, None)
+        st.session_state[marker] = token
