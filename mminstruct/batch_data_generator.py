@@ -94,7 +94,13 @@ def run(args: argparse.Namespace) -> int:
         return await run_shards_async(cfg, args.num_parallel, control=control,
                                       on_progress=_progress_printer(args.num_parallel))
 
-    result = asyncio.run(main())
+    if cfg.ray_address:
+        from .distributed.generate import run_on_ray  # noqa: PLC0415  (optional dependency)
+
+        result = run_on_ray(cfg, args.num_parallel,
+                            on_progress=_progress_printer(args.num_parallel))
+    else:
+        result = asyncio.run(main())
     if result.state == "dry_run":
         print(f"dry run: {result.message}", file=sys.stderr)
         for r in result.shards:

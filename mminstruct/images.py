@@ -7,7 +7,8 @@ palette, RGBA, animated) and decompression bombs are handled once and the same w
   escapes unless ``allow_outside=True``.
 * ``probe_image(path)``: header-only check (format, size, pixel limit) — cheap, used at load time.
 * ``open_image(path)``: a fully decoded RGB ``PIL.Image`` (first frame, EXIF-rotated, transparency
-  composited on white, 16-bit scaled to 8-bit).
+  composited on white, 16-bit scaled to 8-bit); ``open_image_bytes(data, name)`` the same for
+  bytes in memory (webdataset tar members).
 * ``encode_jpeg(path, max_side, quality)``: RGB, downscaled, JPEG bytes — for API requests and
   thumbnails; ``data_url`` wraps bytes as a base64 data URL.
 * ``list_image_files(folder)``: recursive, sorted, by image extension.
@@ -162,6 +163,35 @@ def open_image(path: str | os.PathLike, *, max_pixels: int = DEFAULT_MAX_PIXELS)
         raise
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
         raise ImageError(f"image {p} cannot be decoded: {e}") from e
+
+
+def open_image_bytes(data: bytes, name: str, *,
+                     max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
+    """``open_image`` for an image held in memory (a member of a webdataset tar), named ``name``
+    in messages: the same pixel limit, first frame, EXIF rotation and RGB conversion."""
+    if not data:
+        raise ImageError(f"image {name} is empty (0 bytes)")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            img = Image.open(io.BytesIO(data))
+    except Image.DecompressionBombError as e:
+        raise ImageError(f"image {name} is over the pixel limit (a decompression bomb guard)") from e
+    except UnidentifiedImageError as e:
+        raise ImageError(f"image {name} is not a readable image") from e
+    except OSError as e:
+        raise ImageError(f"image {name} cannot be read: {e}") from e
+    try:
+        _check_pixels(name, img.size, max_pixels)  # type: ignore[arg-type]  # used in the message only
+        if getattr(img, "n_frames", 1) > 1:
+            img.seek(0)
+        img.load()
+        img = ImageOps.exif_transpose(img) or img
+        return _to_rgb(img)
+    except ImageError:
+        raise
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
+        raise ImageError(f"image {name} cannot be decoded: {e}") from e
 
 
 def downscale(img: Image.Image, max_side: int | None) -> Image.Image:

@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from typing import NoReturn
 
 from .clip import DEFAULT_MODEL
-from .errors import InputError
+from .errors import InputError, MMInstructError
 
 
 class _Parser(argparse.ArgumentParser):
@@ -69,6 +69,10 @@ def build_parser() -> argparse.ArgumentParser:
                           "~/.cache/mminstruct)")
     new.add_argument("--num_workers", type=int, default=None,
                      help="image decoding worker processes (default: CPU cores − 1, at most 4)")
+    new.add_argument("--ray_address", default=None, metavar="ADDRESS|auto|local",
+                     help="embed the candidate pool with Ray Data (needs requirements-ray.txt): "
+                          "'local' starts a private instance, 'auto' joins this machine's "
+                          "cluster, HOST:PORT a head node")
     return p
 
 
@@ -107,13 +111,21 @@ def main(argv: Sequence[str] | None = None) -> int:
             candidates_per_keyword=args.candidates_per_keyword,
             min_similarity=args.min_similarity, templates=args.templates or (),
             allow_outside_paths=args.allow_outside_paths, cache_dir=args.cache_dir,
-            num_workers=args.num_workers)
-        path = generate_task_file(config)
+            num_workers=args.num_workers, ray_address=args.ray_address)
+        if config.ray_address:
+            from .distributed.embed import generate_task_file as on_ray  # noqa: PLC0415
+
+            path = on_ray(config)
+        else:
+            path = generate_task_file(config)
     except InputError as e:
         if args.debug:
             logging.getLogger(__name__).debug("details", exc_info=True)
         print(f"error: {' '.join(str(e).split())}", file=sys.stderr)
         return 2
+    except MMInstructError as e:  # e.g. a Ray job that failed inside the cluster
+        print(f"failed: {' '.join(str(e).split())}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

@@ -78,6 +78,9 @@ class TaskFileConfig:
     allow_outside_paths: bool = False
     cache_dir: str | os.PathLike | None = None  # default: $MMINSTRUCT_CACHE_DIR or ~/.cache/mminstruct
     num_workers: int | None = None
+    #: Embed the candidate pool on Ray (``local``, ``auto`` or ``HOST:PORT``): callers hand the
+    #: config to ``mminstruct.distributed.embed.generate_task_file``; None embeds here.
+    ray_address: str | None = None
     spec: ModelSpec = field(init=False, repr=False)  # model_name, parsed
 
     def __post_init__(self) -> None:
@@ -102,6 +105,10 @@ class TaskFileConfig:
         if isinstance(self.templates, str):
             self.templates = [self.templates]
         self.templates = parse_templates(self.templates)
+        if self.ray_address is not None:
+            if not isinstance(self.ray_address, str):
+                raise ConfigError(f"ray_address must be a string, got {self.ray_address!r}")
+            self.ray_address = self.ray_address.strip() or None
         self.spec = parse_model_spec(self.model_name)
 
     @staticmethod
