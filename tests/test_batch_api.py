@@ -123,6 +123,12 @@ def test_requests_are_split_within_the_request_and_byte_limits(bstub, tmp_path: 
     assert [u["lines"] for u in bstub.batches.stats()["uploads"]] == [3, 3, 1]
     assert sorted(int(x["custom_id"]) for x in _uploaded_lines(bstub)) == list(range(n))
     assert sorted({s["prompt_idx"] for s in _samples(out)}) == list(range(n))
+    # --dry_run with the same limit writes the same three files
+    assert main(gen_args(ws, bstub, "--dry_run", "--batch_max_requests", "3", prefix="dry")) == 0
+    dry = [Path(x) for x in capsys.readouterr().out.split()]
+    uploaded = [bstub.batches.files[b.input_file_id].data
+                for b in bstub.batches.batches.values()]
+    assert [f.read_bytes() for f in dry] == uploaded
 
     # requests of ~8.5 kB, and one of ~26 kB (prompt 6's 2000×1000 image), in 20 kB files
     bstub.batches.reset(BatchConfig(max_bytes=20_000))
@@ -308,6 +314,24 @@ def test_the_key_reaches_the_server_and_no_file_or_log_line(bstub, tmp_path: Pat
     leaks = [str(f) for f in tmp_path.rglob("*")
              if f.is_file() and SECRET_PART.encode() in f.read_bytes()]
     assert leaks == [] and SECRET_PART not in done.stdout + done.stderr
+
+
+def test_batch_data_generator_shards_through_the_batch_api(bstub, tmp_path: Path,
+                                                          capsys) -> None:
+    from mminstruct.batch_data_generator import main as batch_main
+
+    ws = make_prompt_workspace(tmp_path, "vqa", 5, min_gen=1)
+    args = gen_args(ws, bstub, *FAST, prefix="sh")
+    args[args.index("--concurrency"):args.index("--concurrency") + 2] = ["--num_parallel", "2"]
+    assert batch_main(args) == 0
+    out = _last_line(capsys)
+    assert bstub.batches.stats()["batches"] == 2  # one per shard
+    assert sorted({s["prompt_idx"] for s in _samples(out)}) == list(range(5))
+    m = _manifest(out)
+    assert m["batch_api"] == {"used": True, "batches": 2, "waves": 1}
+    cost = m["cost"]
+    assert cost["batch_tokens"]["input"] == m["tokens"]["input"] > 0
+    assert cost["usd"] == cost["usd_if_batch_api"] < cost["usd_at_standard_prices"]
 
 
 def test_batch_settings_are_validated(tmp_path: Path, capsys) -> None:

@@ -123,6 +123,8 @@ class BatchJob(_Job):
             if part.has_batch:
                 self._count_attempts(part)
         self.prior_errors = load_resubmitted_errors(self.run.path)
+        for stale in self.state.folder.glob(".*.tmp"):  # a part being written when killed
+            stale.unlink(missing_ok=True)
         clear_flags(self.run.path)
         self.control.attach(self.run.path)
         self.run.update_meta(state="running", batch_api=True)
@@ -457,7 +459,8 @@ class BatchJob(_Job):
         sidecar = prompts_path(folder, part.name)
         bases = load_prompts(sidecar) if sidecar.exists() else await self._bases_from_file(part)
         counts: Counter = Counter()
-        queue: asyncio.Queue = asyncio.Queue(maxsize=2 * RESULT_WORKERS)
+        n_workers = min(self.cfg.concurrency, RESULT_WORKERS)
+        queue: asyncio.Queue = asyncio.Queue(maxsize=2 * n_workers)
         clients = self.shared.clients
 
         async def produce() -> None:
@@ -479,16 +482,17 @@ class BatchJob(_Job):
                     if idx not in seen:
                         await queue.put(self._missing(part, idx))
             finally:
-                for _ in range(RESULT_WORKERS):
+                for _ in range(n_workers):
                     await queue.put(None)
 
         async def work(client: Any) -> None:
             while (res := await queue.get()) is not None:
                 if not self.stopping:
-                    await self._handle(part, res, bases[res.idx], client, counts)
+                    base = bases.get(res.idx) or {"prompt_idx": res.idx}
+                    await self._handle(part, res, base, client, counts)
 
         await asyncio.gather(produce(), *(work(clients[k % len(clients)])
-                                          for k in range(RESULT_WORKERS)))
+                                          for k in range(n_workers)))
         if self.stopping:
             return  # left uncollected: --resume records what the log lacks
         part.stage, part.collected = "collected", dict(counts)

@@ -64,7 +64,7 @@ async def dry_run(cfg: GenerationConfig, stream: PromptStream, start: int, n: in
                                 max_tokens=cfg.max_tokens, seed=cfg.seed, response_format=fmt)
             return idx, json.dumps(batch_line(idx, body), ensure_ascii=False), None
 
-        parts = _PartWriter(base)
+        parts = _PartWriter(base, cfg.batch_max_requests, cfg.batch_max_bytes)
         try:
             window: list[tuple[int, Any]] = []
 
@@ -110,8 +110,10 @@ async def dry_run(cfg: GenerationConfig, stream: PromptStream, start: int, n: in
 class _PartWriter:
     """Numbered Batch API files ``{base}.batch_001.jsonl``…, each written atomically."""
 
-    def __init__(self, base: Path):
+    def __init__(self, base: Path, max_requests: int = BATCH_MAX_REQUESTS,
+                 max_bytes: int = BATCH_MAX_BYTES):
         self.base = base
+        self.max_requests, self.max_bytes = max_requests, max_bytes
         self.files: list[Path] = []
         self._cm: Any = None
         self._f: Any = None
@@ -127,8 +129,8 @@ class _PartWriter:
 
     def write(self, line: str) -> None:
         size = len(line.encode()) + 1
-        if self._f is None or self._lines >= BATCH_MAX_REQUESTS \
-                or (self._lines and self._bytes + size > BATCH_MAX_BYTES):
+        if self._f is None or self._lines >= self.max_requests \
+                or (self._lines and self._bytes + size > self.max_bytes):
             self._close_part()
             self._open()
         self._f.write(line + "\n")

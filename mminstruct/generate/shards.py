@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -128,13 +128,32 @@ def _merged_manifest(out: Path, results: list[RunResult]) -> Path:
     cost.update(input_tokens=tokens["input"], output_tokens=tokens["output"],
                 usd=None if usd is None else round(usd, 4),
                 usd_if_batch_api=None if usd is None else round(usd / 2, 4))
+    batch_api = [m["batch_api"] for m in shards if m.get("batch_api")]
+    if batch_api:  # Batch API shards: their sums, not the first shard's figures
+        cost.update(_summed_cost(m["cost"] for m in shards))
     return write_manifest(manifest_path_for(out), {
         "output": str(out), "model": first.get("model"), "endpoint": first.get("endpoint"),
         "prompt_file": first.get("prompt_file"), "parameters": first.get("parameters"),
         "counts": {**counts, "by_outcome": by_outcome}, "errors_by_class": errors,
         "tokens": tokens, "cost": cost,
+        **({"batch_api": {"used": True, "batches": sum(len(b["batches"]) for b in batch_api),
+                          "waves": max(b["waves"] for b in batch_api)}} if batch_api else {}),
         "shards": [{"output": m["output"], "manifest": str(manifest_path_for(Path(m["output"]))),
                     "run_dir": m["run_dir"], "counts": m["counts"]} for m in shards]})
+
+
+def _summed_cost(costs: Iterable[dict]) -> dict:
+    """The Batch API shards' cost figures, summed (None when any shard has none)."""
+    out: dict = {}
+    for c in costs:
+        for k in ("usd", "usd_if_batch_api", "usd_at_standard_prices"):
+            out[k] = None if k in out and out[k] is None or c.get(k) is None \
+                else round(out.get(k, 0.0) + c[k], 4)
+        for k in ("batch_tokens", "online_tokens"):
+            tok = out.setdefault(k, {"input": 0, "output": 0})
+            for side in tok:
+                tok[side] += int((c.get(k) or {}).get(side) or 0)
+    return out
 
 
 def run_shards(cfg: GenerationConfig, num_parallel: int, *, control: RunControl | None = None,
