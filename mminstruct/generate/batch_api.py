@@ -46,7 +46,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import os
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
@@ -54,17 +53,17 @@ from typing import Any, TypeVar
 
 from ..errors import ConfigError
 from ..formats import PromptEntry
-from ..llm.errors import (BadPromptError, BadRequestError, ImageFileError, LLMError, RequestTimeoutError,
-                          ServerError, classify, redact)
+from ..llm.errors import (BadPromptError, BadRequestError, ImageFileError, LLMError,
+                          RequestTimeoutError, ServerError, classify)
 from ..llm.requests import batch_line, build_messages, candidate_image, request_body
-from .batch_files import (ERRORS_FILE, TERMINAL, BatchState, LineResult, Part, PartWriter,
-                          batch_failure, download_redacted, error_json, load_prompts,
-                          load_resubmitted_errors, prompts_path, read_result_line,
-                          remove_part_files, requests_path, result_path)
+from .batch_files import (TERMINAL, BatchState, LineResult, Part, PartWriter,
+                          append_resubmitted, batch_failure, download_redacted, error_json,
+                          load_prompts, load_resubmitted_errors, prompts_from_file, prompts_path,
+                          read_result_line, remove_part_files, requests_path, result_path)
 from .control import clear_flags
 from .engine import RunResult, _Job, _Stats, _Stopped
-from .manifest import estimate_cost, write_manifest
-from .runlog import FINISHED, RunLog, iter_records
+from .manifest import batch_api_cost, write_manifest
+from .runlog import FINISHED, RunLog
 
 log = logging.getLogger(__name__)
 
@@ -313,6 +312,8 @@ class BatchJob(_Job):
             path.unlink(missing_ok=True)
         if part.stage == "uploaded":
             batch = await self._find_batch(part.file_id) if part.creating else None
+            if self.stopping:
+                return
             if batch is None:
                 if not part.creating:
                     part.creating, part.created_at = True, time.time()
@@ -457,7 +458,8 @@ class BatchJob(_Job):
                 return
             files.append(dest)
         sidecar = prompts_path(folder, part.name)
-        bases = load_prompts(sidecar) if sidecar.exists() else await self._bases_from_file(part)
+        bases = load_prompts(sidecar) if sidecar.exists() \
+            else prompts_from_file(self.stream, part, self.mode)  # the sidecar is gone
         counts: Counter = Counter()
         n_workers = min(self.cfg.concurrency, RESULT_WORKERS)
         queue: asyncio.Queue = asyncio.Queue(maxsize=2 * n_workers)
@@ -581,71 +583,15 @@ class BatchJob(_Job):
         self._record(rec)
 
     def _note_resubmit(self, part: Part, idx: int, err: LLMError) -> None:
-        line = json.dumps({"prompt_idx": idx, "error_class": err.kind, "batch": part.batch_id,
-                           "message": redact(err)[:300]}, ensure_ascii=False) + "\n"
-        fd = os.open(self.run.path / ERRORS_FILE, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-        try:
-            os.write(fd, line.encode())
-        finally:
-            os.close(fd)
+        append_resubmitted(self.run.path, idx, err, part.batch_id)
         self.prior_errors.setdefault(idx, Counter())[err.kind] += 1
-
-    async def _bases_from_file(self, part: Part) -> dict[int, dict[str, Any]]:
-        """A part's provenance from the prompt file (when its sidecar is gone)."""
-        out: dict[int, dict[str, Any]] = {}
-        first, last = part.ranges[0][0], part.ranges[-1][1]
-        for idx, entry in self.stream.entries(first, last):
-            if part.contains(idx):
-                out[idx] = {"prompt_idx": idx} if isinstance(entry, BadPromptError) else {
-                    "prompt_idx": idx, "keyword": entry.keyword,
-                    "icl_indices": entry.icl_indices, "image": candidate_image(entry, self.mode)}
-            if len(out) % 2000 == 0:
-                await asyncio.sleep(0)
-        return out
 
     # ------------------------------------------------------------------ the manifest
 
     def _write_manifest(self, out: Any, len_samples: int, st: Any) -> Any:
         path = super()._write_manifest(out, len_samples, st)
         manifest = json.loads(path.read_text())
-        manifest["batch_api"] = self._manifest_section()
-        manifest["cost"] = self._batch_cost(manifest["cost"])
+        manifest["batch_api"] = self.state.manifest_section(self.cfg, self.url)
+        manifest["cost"] = batch_api_cost(manifest["cost"], self.cfg.model_name,
+                                          self.run.log_path, self.start, self.n)
         return write_manifest(path, manifest)
-
-    def _manifest_section(self) -> dict[str, Any]:
-        cfg = self.cfg
-        return {
-            "used": True, "endpoint": self.url, "completion_window": cfg.batch_completion_window,
-            "max_submits": cfg.batch_max_submits, "max_requests_per_file": cfg.batch_max_requests,
-            "max_bytes_per_file": cfg.batch_max_bytes, "waves": self.state.waves,
-            "by_status": dict(Counter(p.status or p.stage for p in self.state.parts)),
-            "batches": [{"part": p.name, "wave": p.wave, "batch_id": p.batch_id,
-                         "status": p.status, "requests": p.lines, "bytes": p.bytes,
-                         "input_file_id": p.file_id, "output_file_id": p.output_file_id,
-                         "error_file_id": p.error_file_id, "request_counts": p.request_counts,
-                         "recorded": p.collected, "errors": p.errors}
-                        for p in self.state.parts],
-        }
-
-    def _batch_cost(self, cost: dict[str, Any]) -> dict[str, Any]:
-        """Batch tokens at batch prices, format-fix tokens (sent online) at standard prices."""
-        b_in = b_out = 0
-        for _, rec in iter_records(self.run.log_path):
-            if self.start <= rec["prompt_idx"] < self.start + self.n:
-                usage = rec.get("batch_usage") or {}
-                b_in += int(usage.get("input") or 0)
-                b_out += int(usage.get("output") or 0)
-        o_in = max(0, int(cost.get("input_tokens") or 0) - b_in)
-        o_out = max(0, int(cost.get("output_tokens") or 0) - b_out)
-        batch = estimate_cost(self.cfg.model_name, b_in, b_out)
-        online = estimate_cost(self.cfg.model_name, o_in, o_out)
-        out = {**cost, "pricing": "batch_api",
-               "batch_tokens": {"input": b_in, "output": b_out},
-               "online_tokens": {"input": o_in, "output": o_out},
-               "usd_at_standard_prices": cost.get("usd")}
-        if batch.batch_usd is not None and online.usd is not None:
-            usd = round(batch.batch_usd + online.usd, 4)
-            out.update(usd=usd, usd_if_batch_api=usd,
-                       note="batch requests at Batch API prices (half the standard price); "
-                            "format-fix calls, sent online, at standard prices")
-        return out

@@ -23,6 +23,7 @@ from __future__ import annotations
 import bisect
 import json
 import logging
+import os
 from collections import Counter
 from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, field, fields
@@ -31,8 +32,10 @@ from typing import Any
 
 from ..cache import atomic_write_json
 from ..errors import DataFileError
-from ..llm.errors import (LLMError, RateLimitError, RequestTimeoutError, ServerError, classify,
-                          redact)
+from ..llm.errors import (BadPromptError, LLMError, RateLimitError, RequestTimeoutError,
+                          ServerError, classify, redact)
+from ..llm.requests import candidate_image
+from ..modes import Mode
 from .output import atomic_text_writer
 
 log = logging.getLogger(__name__)
@@ -162,6 +165,20 @@ class BatchState:
         return {"batches": len(self.parts), "by_status": dict(statuses), "waves": self.waves,
                 "live_lines_done": done, "live_lines": total}
 
+    def manifest_section(self, cfg: Any, url: str) -> dict[str, Any]:
+        """What the manifest says about the run's batches."""
+        return {
+            "used": True, "endpoint": url, "completion_window": cfg.batch_completion_window,
+            "max_submits": cfg.batch_max_submits, "max_requests_per_file": cfg.batch_max_requests,
+            "max_bytes_per_file": cfg.batch_max_bytes, "waves": self.waves,
+            "by_status": dict(Counter(p.status or p.stage for p in self.parts)),
+            "batches": [{"part": p.name, "wave": p.wave, "batch_id": p.batch_id,
+                         "status": p.status, "requests": p.lines, "bytes": p.bytes,
+                         "input_file_id": p.file_id, "output_file_id": p.output_file_id,
+                         "error_file_id": p.error_file_id, "request_counts": p.request_counts,
+                         "recorded": p.collected, "errors": p.errors} for p in self.parts],
+        }
+
     def describe(self) -> str:
         s = self.summary()
         states = ", ".join(f"{n} {k}" for k, n in sorted(s["by_status"].items()))
@@ -190,6 +207,17 @@ def load_resubmitted_errors(run_path: Path) -> dict[int, Counter]:
             seen.add(key)
             out.setdefault(key[1], Counter())[str(rec.get("error_class"))] += 1
     return out
+
+
+def append_resubmitted(run_path: Path, idx: int, err: LLMError, batch_id: str | None) -> None:
+    """Note a failed line that goes into a new batch (one write on an O_APPEND descriptor)."""
+    line = json.dumps({"prompt_idx": idx, "error_class": err.kind, "batch": batch_id,
+                       "message": redact(err)[:300]}, ensure_ascii=False) + "\n"
+    fd = os.open(run_path / ERRORS_FILE, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        os.write(fd, line.encode())
+    finally:
+        os.close(fd)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -266,6 +294,17 @@ def load_prompts(path: Path) -> dict[int, dict[str, Any]]:
                 out[int(base["prompt_idx"])] = base
     except (OSError, ValueError, KeyError) as e:
         raise DataFileError(f"{path}: cannot read a batch part's prompts: {e}") from e
+    return out
+
+
+def prompts_from_file(stream: Any, part: Part, mode: Mode) -> dict[int, dict[str, Any]]:
+    """A part's provenance read again from the prompt file (when its sidecar is gone)."""
+    out: dict[int, dict[str, Any]] = {}
+    for idx, entry in stream.entries(part.ranges[0][0], part.ranges[-1][1]):
+        if part.contains(idx):
+            out[idx] = {"prompt_idx": idx} if isinstance(entry, BadPromptError) else {
+                "prompt_idx": idx, "keyword": entry.keyword, "icl_indices": entry.icl_indices,
+                "image": candidate_image(entry, mode)}
     return out
 
 

@@ -89,6 +89,30 @@ def estimate_cost(model: str, input_tokens: int, output_tokens: int) -> CostEsti
 
 
 
+def batch_api_cost(cost: dict[str, Any], model: str, log_path: Path, start: int,
+                   n: int) -> dict[str, Any]:
+    """A Batch API run's ``cost``: the tokens of batch responses (each record's ``batch_usage``)
+    at batch prices, the rest — format-fix calls, sent online — at standard prices."""
+    b_in = b_out = 0
+    for _, rec in iter_records(log_path):
+        if start <= rec["prompt_idx"] < start + n:
+            usage = rec.get("batch_usage") or {}
+            b_in += int(usage.get("input") or 0)
+            b_out += int(usage.get("output") or 0)
+    o_in = max(0, int(cost.get("input_tokens") or 0) - b_in)
+    o_out = max(0, int(cost.get("output_tokens") or 0) - b_out)
+    batch, online = estimate_cost(model, b_in, b_out), estimate_cost(model, o_in, o_out)
+    out = {**cost, "pricing": "batch_api", "batch_tokens": {"input": b_in, "output": b_out},
+           "online_tokens": {"input": o_in, "output": o_out},
+           "usd_at_standard_prices": cost.get("usd")}
+    if batch.batch_usd is not None and online.usd is not None:
+        usd = round(batch.batch_usd + online.usd, 4)
+        out.update(usd=usd, usd_if_batch_api=usd,
+                   note="batch requests at Batch API prices (half the standard price); "
+                        "format-fix calls, sent online, at standard prices")
+    return out
+
+
 @dataclass
 class LogSummary:
     prompts: int = 0
