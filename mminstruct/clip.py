@@ -4,18 +4,18 @@
   ``ARCH:/path/to/checkpoint.pt``, ``CONFIG.json:/path/to/checkpoint.pt`` (a custom open_clip model
   config whose file stem is the architecture), ``hf-hub:org/name``, or ``demo-charts`` (the project's
   tiny demo CLIP). Bad specs raise ``ModelSpecError`` naming the valid choices.
-* ``load_clip(spec, device=)``: a ``ClipModel`` (``identity``, ``dim``, ``encode_texts``,
-  ``preprocess``), kept in a small per-process cache.
+* ``load_clip(spec, device=)``: a ``ClipModel`` (``identity``, ``dim``, ``encode_texts``), cached.
 * ``embed_images(paths, model, …)``: L2-normalised float16 vectors for the images that decode, and
   ``(path, reason)`` for those that do not. Decoding and preprocessing run in DataLoader workers,
-  overlapping with the model; bf16 autocast is used where the hardware supports it and the first
-  batch shows it agrees with fp32 (cosine ≥ 0.999). Vectors (and decode failures) are cached on disk
+  overlapping with the model; bf16 is used where the hardware supports it and the first batch
+  shows it agrees with fp32 (cosine ≥ 0.999). Vectors (and decode failures) are cached on disk
   by model identity and file fingerprint; when every image is cached the model is never loaded.
 * ``embed_texts`` / ``embed_keywords``: text vectors, optionally averaged over prompt templates.
 """
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import os
@@ -240,16 +240,12 @@ class ClipModel:
             visual = self._bf16_visual() if bf16 else None
             if visual is not None:
                 f = visual(x.to(torch.bfloat16))
-            elif bf16:
-                with torch.autocast(self.device.split(":")[0], dtype=torch.bfloat16):
-                    f = self.model.encode_image(x)
             else:
-                f = self.model.encode_image(x)
+                with torch.autocast(self.device.split(":")[0], dtype=torch.bfloat16, enabled=bf16):
+                    f = self.model.encode_image(x)
             return torch.nn.functional.normalize(f.float(), dim=-1).cpu()
 
     def _bf16_visual(self) -> Any:
-        import copy
-
         import torch
         from open_clip.model import CLIP, CustomTextCLIP
 
@@ -273,7 +269,6 @@ class ClipModel:
 
 _MODELS: OrderedDict[tuple[str, str, str], ClipModel] = OrderedDict()
 _MODELS_LOCK = threading.Lock()
-_MAX_MODELS = 2
 
 
 def load_clip(spec: str | ModelSpec = DEFAULT_MODEL, device: str | int | None = "cpu", *,
@@ -289,14 +284,13 @@ def load_clip(spec: str | ModelSpec = DEFAULT_MODEL, device: str | int | None = 
             return _MODELS[key]
         model = _load(ms, identity, dev, precision)
         _MODELS[key] = model
-        while len(_MODELS) > _MAX_MODELS:
+        while len(_MODELS) > 2:  # a model each for, say, the app's view and a background run
             _MODELS.popitem(last=False)
         return model
 
 
-#: What a bad checkpoint or an unreachable hub raises inside open_clip / torch.load.
-_LOAD_ERRORS = (RuntimeError, OSError, ValueError, KeyError, EOFError, pickle.UnpicklingError,
-                zipfile.BadZipFile)
+_LOAD_ERRORS = (RuntimeError, OSError, ValueError, KeyError, EOFError,  # bad checkpoint, no hub
+                pickle.UnpicklingError, zipfile.BadZipFile)
 
 
 def _load(ms: ModelSpec, identity: str, device: str, precision: str) -> ClipModel:
@@ -330,10 +324,9 @@ class EmbeddingCache:
     file under ``folder/clip/``. Every write is one transaction."""
 
     def __init__(self, folder: str | os.PathLike, identity: str):
-        self.folder = Path(folder)
         self.identity = identity
         slug = "".join(c if c.isalnum() or c in "-_." else "_" for c in identity.split(":")[0])
-        self.path = self.folder / "clip" / f"{slug}-{content_key(identity)[:16]}.sqlite"
+        self.path = Path(folder) / "clip" / f"{slug}-{content_key(identity)[:16]}.sqlite"
         self.vectors = VectorStore(self.path)
         self._local = threading.local()
         with self._con() as con:
@@ -425,17 +418,10 @@ def _cpu_workers() -> int:
     return max(1, min(4, (os.cpu_count() or 2) - 1))
 
 
-def embed_images(
-    paths: Sequence[str | os.PathLike],
-    model: ClipModel | ModelSpec | str,
-    *,
-    batch_size: int = 64,
-    num_workers: int | None = None,
-    cache: Any = None,
-    progress: Callable[[int, int], None] | None = None,
-    show_progress: bool | None = None,
-    device: str | int | None = "cpu",
-) -> EmbedResult:
+def embed_images(paths: Sequence[str | os.PathLike], model: ClipModel | ModelSpec | str, *,
+                 batch_size: int = 64, num_workers: int | None = None, cache: Any = None,
+                 progress: Callable[[int, int], None] | None = None, show_progress: bool | None = None,
+                 device: str | int | None = "cpu") -> EmbedResult:
     """Embed image files; see the module docstring. ``model`` may be a spec: it is then loaded (on
     ``device``) only if some image is not cached. ``show_progress`` None = a tqdm bar on a terminal."""
     if not isinstance(batch_size, int) or batch_size < 1:
@@ -556,8 +542,7 @@ def _encode_auto(cm: ClipModel, batch: Any) -> Any:
     if cm.decided_precision == "bf16":
         return low
     cm._visual_bf16 = None  # free the bf16 copy
-    rest = cm.encode_image_batch(batch[n:], False) if len(batch) > n else ref[:0]
-    return torch.cat([ref, rest])
+    return torch.cat([ref, cm.encode_image_batch(batch[n:], False)]) if len(batch) > n else ref
 
 
 # ----------------------------------------------------------------------------------------------

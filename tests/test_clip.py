@@ -257,7 +257,8 @@ def test_duplicate_paths_are_computed_once(shapes_dataset, tiny_clip_model, tmp_
 
 
 def test_worker_processes_give_the_same_vectors(shapes_dataset, tiny_clip_model) -> None:
-    paths = sorted(shapes_dataset.image_dir.glob("*.jpg")) + sorted(shapes_dataset.candidate_dir.rglob("*.jpg"))
+    paths = sorted(shapes_dataset.image_dir.glob("*.jpg"))
+    paths += sorted(shapes_dataset.candidate_dir.rglob("*.jpg"))
     model = fresh_model(tiny_clip_model, "workers", "fp32")
     main = clip.embed_images(paths, model, batch_size=8, num_workers=0, cache=False)
     workers = clip.embed_images(paths, model, batch_size=8, num_workers=2, cache=False)

@@ -250,7 +250,8 @@ def test_unicode_file_names(tmp_path: Path, tiny_clip) -> None:
                          output_folder=tmp_path / "out", num_workers=0)
     task = load_task_file(generate_task_file(cfg))
     assert task.samples[0]["image_1"] == "cercle_été_图.jpg"
-    assert [c for sg in task.subgroups for c in sg.candidate_image_paths] == ["candidats/carré_ß_写真.jpg"]
+    cands = [c for sg in task.subgroups for c in sg.candidate_image_paths]
+    assert cands == ["candidats/carré_ß_写真.jpg"]
 
 
 def test_data_file_is_looked_up_in_the_input_folder_then_here(shapes, tiny_clip,
