@@ -112,6 +112,16 @@ def test_a_json_that_is_not_a_model_config_is_refused(tmp_path: Path) -> None:
         clip.parse_model_spec(f"{cfg}:{cfg}")
 
 
+def test_demo_charts_spec_uses_the_demo_modules_files(tiny_clip, tmp_path: Path,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    demo = pytest.importorskip("mminstruct.demo")
+    monkeypatch.setattr(demo, "model_files", lambda: (tiny_clip.config_path, tiny_clip.checkpoint))
+    spec = clip.parse_model_spec("demo-charts")
+    assert (spec.kind, spec.arch) == ("demo", tiny_clip.arch)
+    assert spec.identity(tmp_path) == clip.parse_model_spec(tiny_clip.spec).identity(tmp_path)
+    assert clip.load_clip("demo-charts", "cpu", cache_dir=tmp_path).dim == 32
+
+
 def test_demo_charts_loads_through_open_clips_normal_path() -> None:
     demo = pytest.importorskip("mminstruct.demo")
     try:
