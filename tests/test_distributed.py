@@ -22,6 +22,7 @@ from mminstruct import task_file_generator
 from mminstruct.clip import embed_images, embed_keywords
 from mminstruct.distributed.cluster import (ClusterError, RayUnavailableError, check_address,
                                             connect, shutdown)
+from mminstruct.distributed.decode import PilHead, split_transform
 from mminstruct.distributed.embed import TAR_SEP, embed_pool, import_to_cache, read_pool
 from mminstruct.distributed.limiter import ClusterLimiter, LimiterState, LocalBackend
 from mminstruct.errors import ConfigError
@@ -161,6 +162,48 @@ def test_spare_permits_expire_and_spare_tokens_go_back() -> None:
     assert state.describe()["granted_requests"] == 9
     proxy.cool_down(3)
     assert state._paused_until == pytest.approx(clock[0] + 3)
+
+
+def test_split_transform_gives_the_same_floats_from_a_quarter_of_the_bytes(tiny_clip_model) -> None:
+    from PIL import Image
+
+    pre = tiny_clip_model.preprocess
+    t = split_transform(pre)
+    assert isinstance(t.head, PilHead) and t.tail is not None and t.shape == (64, 64, 3)
+    rng = np.random.default_rng(0)
+    imgs = [Image.fromarray(rng.integers(0, 255, (h, w, 3), dtype=np.uint8))
+            for h, w in [(48, 64), (91, 37), (64, 64), (300, 100)]]
+    pixels = np.stack([t.pixels(img) for img in imgs])
+    assert pixels.dtype == np.uint8 and pixels.nbytes * 4 == sum(pre(i).numpy().nbytes for i in imgs)
+    assert torch_equal(t.to_model_input(pixels, "cpu"), [pre(img) for img in imgs])
+    whole = split_transform(lambda img: pre(img) * 1)  # not a Compose: the whole, as float32
+    assert whole.tail is None and whole.shape == (3, 64, 64)
+    assert torch_equal(whole.to_model_input(np.stack([whole.pixels(i) for i in imgs]), "cpu"),
+                       [pre(img) for img in imgs])
+
+
+def test_decode_workers_need_no_torch(tiny_clip_model, tmp_path: Path) -> None:
+    """A decode worker unpickles the transform and decodes without importing torch."""
+    import pickle
+    import subprocess
+
+    t = split_transform(tiny_clip_model.preprocess)
+    (tmp_path / "t.pkl").write_bytes(pickle.dumps(t))
+    img = save_jpeg(draw_shape("circle", 1, (120, 80)), tmp_path / "a.jpg")
+    code = ("import pickle, sys, numpy as np; from mminstruct.distributed.decode import decode_files;"
+            f"t = pickle.loads(open({str(tmp_path / 't.pkl')!r}, 'rb').read());"
+            f"b = decode_files({{'path': np.array([{str(img)!r}, 'missing.jpg'])}}, t);"
+            "print(b['pixels'].shape, b['pixels'].dtype, list(b['error'])[1], "
+            "'torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         cwd=Path(__file__).resolve().parents[1]).stdout.strip()
+    assert out == "(2, 64, 64, 3) uint8 image missing.jpg does not exist False", out
+
+
+def torch_equal(batch, singles) -> bool:
+    import torch
+
+    return bool(torch.equal(batch, torch.stack(singles)))
 
 
 # ----------------------------------------------------------------------------------------------

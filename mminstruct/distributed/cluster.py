@@ -1,8 +1,9 @@
 """Connecting to Ray: ``--ray_address ADDRESS|auto|local``, one place for every entry point.
 
 * ``local``: start a private single-machine instance (``ray.init``) bound to 127.0.0.1 only —
-  no dashboard, a modest object store, its session files under ``temp_dir`` (default
-  ``$TMPDIR/mminstruct-ray``). Nothing else can join it; it ends with the process.
+  no dashboard, a modest object store (a tenth of the memory, 256 MiB to 2 GiB), its session
+  files under ``temp_dir`` (default ``$TMPDIR/mminstruct-ray``). Nothing else can join it; it
+  ends with the process.
 * ``auto``: join the cluster this machine belongs to (started with ``ray start``; ``RAY_ADDRESS``
   is honoured the same way Ray honours it).
 * ``HOST:PORT`` or ``ray://HOST:PORT``: join that cluster's head node (GCS port, usually 6379) or
@@ -30,10 +31,10 @@ log = logging.getLogger(__name__)
 
 LOCAL = "local"
 AUTO = "auto"
-#: What ``local`` gives Ray's shared-memory object store unless told otherwise. Embedding batches
-#: stream through it (backpressure keeps it small); Ray's own default (30 % of RAM) is far more
-#: than a laptop or a shared CI machine should give away.
-DEFAULT_OBJECT_STORE_BYTES = 256 << 20
+#: What ``local`` gives Ray's shared-memory object store unless told otherwise: a tenth of the
+#: memory, between these bounds. Embedding batches stream through it (backpressure keeps it
+#: small); Ray's own default (30 % of RAM) is more than a laptop or shared machine should give.
+OBJECT_STORE_BOUNDS = (256 << 20, 2 << 30)
 _ADDRESS_RE = re.compile(r"^(ray://)?(\[[0-9a-fA-F:]+\]|[A-Za-z0-9_.\-]+):(\d{1,5})$")
 _LOCK = threading.Lock()
 _STARTED_HERE = False
@@ -96,6 +97,15 @@ class ClusterInfo:
                 f"{self.gpus:g} GPU(s)")
 
 
+def default_object_store_bytes() -> int:
+    try:
+        total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        total = 0
+    low, high = OBJECT_STORE_BOUNDS
+    return int(min(high, max(low, total // 10)))
+
+
 def default_temp_dir() -> Path:
     """Where ``local`` puts Ray's session files (logs, sockets, spilled objects). Kept short:
     Ray's Unix socket paths must stay under 108 characters."""
@@ -145,7 +155,7 @@ def _start_local(ray: Any, num_cpus: int | None, num_gpus: int | None,
         ray_constants.ENABLE_RAY_CLUSTER = False
     kwargs: dict[str, Any] = dict(
         address=LOCAL, include_dashboard=False, _node_ip_address="127.0.0.1",
-        object_store_memory=int(object_store_memory or DEFAULT_OBJECT_STORE_BYTES),
+        object_store_memory=int(object_store_memory or default_object_store_bytes()),
         _temp_dir=str(folder), log_to_driver=False, configure_logging=False)
     if num_cpus is not None:
         kwargs["num_cpus"] = int(num_cpus)
@@ -208,4 +218,4 @@ def remote_error(e: BaseException) -> BaseException:
 
 __all__ = ["connect", "shutdown", "check_address", "require_ray", "ClusterInfo",
            "RayUnavailableError", "ClusterError", "remote_error", "default_temp_dir",
-           "LOCAL", "AUTO", "DEFAULT_OBJECT_STORE_BYTES"]
+           "LOCAL", "AUTO", "default_object_store_bytes"]

@@ -5,10 +5,12 @@
 1. **read + decode + preprocess** on CPU workers (Ray Data tasks): image files by path, or the
    members of webdataset ``.tar`` shards (read with ``tarfile``, one task a shard); decoding is
    ``mminstruct.images`` (``open_image`` / ``open_image_bytes``: the same RGB, EXIF and bomb
-   handling as the local pipeline) and preprocessing the model's own open_clip transform;
+   handling as the local pipeline) and preprocessing the model's own open_clip transform, up to
+   the resized, cropped uint8 pixels (``Transform``: a quarter of the bytes of float32);
 2. **encode** in an actor pool (``map_batches`` with a class holding the open_clip model): one
-   actor per GPU when the cluster has GPUs, else CPU actors; precision is decided as locally
-   (``clip._encode_auto``: bf16 only where it agrees with fp32);
+   actor per GPU when the cluster has GPUs, else CPU actors; the transform's last steps (scaling
+   and Normalize) run there on the batch — bit for bit what the whole transform gives — and
+   precision is decided as locally (``clip._encode_auto``: bf16 only where it agrees with fp32);
 3. **write**: each encoded batch becomes one ``emb-*.parquet`` shard (written atomically: a crash
    loses no finished batch) and its decode failures one ``fail-*.parquet`` shard.
 
@@ -30,10 +32,9 @@ from __future__ import annotations
 import io
 import logging
 import os
-import tarfile
 import time
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -42,16 +43,14 @@ import numpy as np
 
 from ..cache import atomic_write_bytes, atomic_write_json, content_key, file_fingerprint
 from ..clip import ModelSpec, default_cache_dir, open_cache, parse_model_spec
-from ..errors import ConfigError, DataFileError, ImageError
-from ..images import is_image_path, open_image, open_image_bytes
+from ..errors import ConfigError, DataFileError
 from .cluster import connect, remote_error, require_ray
+from .decode import FP_COLS, TAR_SEP, Transform, decode_files, decode_tars, split_transform
 
 log = logging.getLogger(__name__)
 
-TAR_SEP = "::"
 EMB_PREFIX, FAIL_PREFIX = "emb-", "fail-"
 MANIFEST = "manifest.json"
-_FP_COLS = ("fp_path", "fp_size", "fp_mtime_ns")
 
 
 @dataclass
@@ -195,100 +194,6 @@ def import_to_cache(folder: str | os.PathLike, cache: Any = None, identity: str 
 
 
 # ---------------------------------------------------------------------------------------------
-# Decoding on CPU workers (Ray Data tasks)
-
-
-class _Rows:
-    """Accumulates decoded rows into the batch format the encoder takes."""
-
-    def __init__(self, shape: tuple[int, ...]):
-        self.shape = shape
-        self.cols: dict[str, list[Any]] = {k: [] for k in ("path", *_FP_COLS, "pixels", "error")}
-
-    def __len__(self) -> int:
-        return len(self.cols["path"])
-
-    def add(self, name: str, fp: tuple[str, int, int] | None, pixels: Any, error: str) -> None:
-        c = self.cols
-        c["path"].append(name)
-        c["fp_path"].append(fp[0] if fp else "")
-        c["fp_size"].append(fp[1] if fp else -1)
-        c["fp_mtime_ns"].append(fp[2] if fp else -1)
-        c["pixels"].append(np.zeros(self.shape, np.float32) if pixels is None
-                           else np.asarray(pixels, np.float32))
-        c["error"].append(error)
-
-    def batch(self) -> dict[str, np.ndarray]:
-        c = self.cols
-        out = {k: np.asarray(c[k], dtype=object if k in ("path", "fp_path", "error") else np.int64)
-               for k in ("path", *_FP_COLS, "error")}
-        out["pixels"] = np.stack(c["pixels"]) if c["pixels"] else np.zeros((0, *self.shape),
-                                                                           np.float32)
-        return out
-
-
-def _preprocessed(img: Any, preprocess: Any, name: str) -> tuple[Any, str]:
-    try:
-        return preprocess(img).numpy(), ""
-    except Exception as e:  # noqa: BLE001 — as clip._ImageDataset: this image's failure
-        return None, f"image {name} cannot be preprocessed: {type(e).__name__}: {e}"
-
-
-def decode_files(batch: dict[str, np.ndarray], preprocess: Any, shape: tuple[int, ...]
-                 ) -> dict[str, np.ndarray]:
-    """Image files by path → preprocessed pixels, fingerprints and failure reasons."""
-    rows = _Rows(shape)
-    for name in batch["path"]:
-        p = Path(str(name))
-        try:
-            fp = file_fingerprint(p)
-        except OSError:
-            why = f"image {p} does not exist" if not p.exists() else f"image {p} cannot be read"
-            rows.add(str(name), None, None, why)
-            continue
-        try:
-            pixels, err = _preprocessed(open_image(p), preprocess, str(p))
-        except ImageError as e:
-            pixels, err = None, str(e)
-        rows.add(str(name), fp, pixels, err)
-    return rows.batch()
-
-
-def decode_tars(batch: dict[str, np.ndarray], preprocess: Any, shape: tuple[int, ...],
-                batch_size: int, skip: dict[str, frozenset[str]] | None = None
-                ) -> Iterator[dict[str, np.ndarray]]:
-    """The image members of webdataset tar shards (other members — .json, .txt, .cls — are not
-    images and are passed over), ``batch_size`` at a time. An unreadable tar is one failure."""
-    for tar in batch["tar"]:
-        tar_path = Path(str(tar))
-        rows = _Rows(shape)
-        done = (skip or {}).get(str(tar), frozenset())
-        try:
-            st = tar_path.resolve().stat()
-            with tarfile.open(tar_path, "r:*") as tf:
-                for m in tf:
-                    if not m.isfile() or not is_image_path(m.name) or m.name in done:
-                        continue
-                    name = f"{tar}{TAR_SEP}{m.name}"
-                    fp = (f"{tar_path.resolve()}{TAR_SEP}{m.name}", int(m.size), st.st_mtime_ns)
-                    try:
-                        data = tf.extractfile(m).read()  # type: ignore[union-attr]
-                        pixels, err = _preprocessed(open_image_bytes(data, name), preprocess, name)
-                    except ImageError as e:
-                        pixels, err = None, str(e)
-                    except (OSError, tarfile.TarError) as e:
-                        pixels, err = None, f"image {name} cannot be read from the tar: {e}"
-                    rows.add(name, fp, pixels, err)
-                    if len(rows) >= batch_size:
-                        yield rows.batch()
-                        rows = _Rows(shape)
-        except (OSError, tarfile.TarError, EOFError) as e:
-            rows.add(str(tar), None, None, f"tar shard {tar} cannot be read: {e}")
-        if len(rows):
-            yield rows.batch()
-
-
-# ---------------------------------------------------------------------------------------------
 # Encoding in an actor pool
 
 
@@ -296,8 +201,9 @@ class Encoder:
     """A Ray Data actor: the open_clip model on this actor's GPU (or CPU threads); each batch it
     encodes is written as a shard before the next is taken."""
 
-    def __init__(self, spec: ModelSpec, identity: str, out_dir: str, use_gpu: bool,
-                 threads: int, precision: str = "auto", cache_dir: str | None = None):
+    def __init__(self, spec: ModelSpec, identity: str, out_dir: str, transform: Transform,
+                 use_gpu: bool, threads: int, precision: str = "auto",
+                 cache_dir: str | None = None):
         import torch
 
         from ..clip import load_clip
@@ -309,7 +215,7 @@ class Encoder:
         if self.cm.identity != identity:
             raise ConfigError(f"the model on this worker is {self.cm.identity!r}, the driver's "
                               f"{identity!r}: every node must see the same checkpoint file")
-        self.identity, self.out_dir = identity, Path(out_dir)
+        self.identity, self.out_dir, self.transform = identity, Path(out_dir), transform
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         import torch
@@ -318,11 +224,11 @@ class Encoder:
 
         ok = np.asarray([e == "" for e in batch["error"]], bool)
         shards: list[str] = []
-        fp = {c: batch[c] for c in _FP_COLS}
+        fp = {c: batch[c] for c in FP_COLS}
         if ok.any():
-            with self.cm._lock:
-                feats = _encode_auto(self.cm, torch.from_numpy(np.ascontiguousarray(
-                    batch["pixels"][ok])))
+            with self.cm._lock, torch.inference_mode():
+                x = self.transform.to_model_input(batch["pixels"][ok], self.cm.device)
+                feats = _encode_auto(self.cm, x)
             cols = {"path": list(batch["path"][ok]), "embedding": feats.numpy(),
                     **{c: list(v[ok]) for c, v in fp.items()}}
             shards.append(str(write_shard(self.out_dir, EMB_PREFIX, cols, self.cm.dim,
@@ -382,10 +288,7 @@ def embed_pool(files: Sequence[str | os.PathLike] = (), tars: Sequence[str | os.
 
     driver_model = load_clip(spec, "cpu", cache_dir=cache_dir)  # its transform and dimension
     result.dim = driver_model.dim
-    preprocess = driver_model.preprocess
-    from PIL import Image
-
-    shape = tuple(preprocess(Image.new("RGB", (32, 32))).shape)
+    transform = split_transform(driver_model.preprocess)
     info = connect(ray_address)
     ray = require_ray()
     gpus = info.gpus if use_gpu is None or use_gpu else 0
@@ -395,28 +298,29 @@ def embed_pool(files: Sequence[str | os.PathLike] = (), tars: Sequence[str | os.
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = show_progress
     ctx.execution_options.verbose_progress = show_progress
-    # A decode task's working set (its batch of pixels, in and out, and the decoded images). The
+    # Paths per decode task: a batch, or fewer when the pool is small, so that every CPU of the
+    # cluster gets some (the encoder's batches are put together again downstream).
+    chunk = max(8, min(batch_size, -(-len(todo) // max(1, int(4 * info.cpus)))))
+    # A decode task's working set (a Python worker with torch, ~0.8 GB, and its pixels). The
     # reservation also keeps Ray Data from fusing decoding into the encoder actors (it fuses
     # only operators asking for the same resources), which would serialise decode and encode.
-    pixel_bytes = 4 * int(np.prod(shape))
-    decode_args = {"num_cpus": decode_cpus, "memory": batch_size * pixel_bytes * 4 + (128 << 20),
-                   "batch_format": "numpy"}
+    pixel_bytes = np.dtype(transform.dtype).itemsize * int(np.prod(transform.shape))
+    decode_args = {"num_cpus": decode_cpus, "batch_format": "numpy",
+                   "memory": max(chunk, batch_size) * pixel_bytes * 2 + (1 << 30)}
     datasets = []
     if todo:
-        chunk = batch_size * 4  # paths per decode task
         blocks = [_arrow({"path": todo[i:i + chunk]}) for i in range(0, len(todo), chunk)]
         datasets.append(ray.data.from_arrow(blocks).map_batches(
-            decode_files, fn_kwargs={"preprocess": preprocess, "shape": shape},
-            batch_size=batch_size, **decode_args))
+            decode_files, fn_kwargs={"transform": transform}, batch_size=chunk, **decode_args))
     if tar_list:
         datasets.append(ray.data.from_arrow([_arrow({"tar": [t]}) for t in tar_list]).map_batches(
-            decode_tars, fn_kwargs={"preprocess": preprocess, "shape": shape,
-                                    "batch_size": batch_size, "skip": skip},
+            decode_tars, fn_kwargs={"transform": transform, "batch_size": batch_size,
+                                    "skip": skip},
             batch_size=1, **decode_args))
     ds = datasets[0] if len(datasets) == 1 else datasets[0].union(*datasets[1:])
     ds = ds.map_batches(
         Encoder, fn_constructor_kwargs={"spec": spec, "identity": identity, "out_dir": str(out),
-                                        "use_gpu": bool(gpus), "threads": int(encoder_cpus),
+                                        "transform": transform, "use_gpu": bool(gpus), "threads": int(encoder_cpus),
                                         "precision": precision,
                                         "cache_dir": None if cache_dir is None else str(cache_dir)},
         batch_size=batch_size, batch_format="numpy",
@@ -539,5 +443,5 @@ def _candidate_files(config: Any) -> list[Path]:
 
 
 __all__ = ["embed_pool", "PoolEmbedding", "read_pool", "import_to_cache", "pool_dir",
-           "write_shard", "decode_files", "decode_tars", "Encoder", "TAR_SEP",
+           "write_shard", "Encoder", "TAR_SEP",
            "generate_task_file"]
