@@ -627,7 +627,8 @@ def setup_demo(ws: Workspace, n_reference: int = 150, n_candidates: int = 600,
                progress: Any = None, model_name: str | None = None,
                workers: int | None = None) -> Any:
     """Build the offline demo (synthetic charts) inside the workspace and point the settings at
-    it: the demo CLIP, the four chart keywords, vqa prompts. Returns the ``DemoWorkspace``."""
+    it: the demo CLIP (``model_name``, else ``$MMINSTRUCT_DEMO_MODEL``, else ``demo-charts``), the
+    four chart keywords, vqa prompts. Returns the ``DemoWorkspace``."""
     from .demo import DEMO_KEYWORDS, DEMO_MODEL, build_demo_workspace
 
     demo = build_demo_workspace(ws.root / DEMO_FOLDER, seed=0, n_reference=n_reference,
@@ -636,7 +637,8 @@ def setup_demo(ws: Workspace, n_reference: int = 150, n_candidates: int = 600,
     s.data = DataSettings(input_folder=str(demo.root.resolve()),
                           data_file=str(demo.data_file.resolve()), image_folder=None,
                           candidate_folder=demo.candidate_folder.name, demo=True)
-    s.partition = PartitionSettings(model_name=model_name or DEMO_MODEL,
+    model = model_name or os.environ.get("MMINSTRUCT_DEMO_MODEL") or DEMO_MODEL
+    s.partition = PartitionSettings(model_name=model,
                                     keywords=list(DEMO_KEYWORDS))
     s.prompts = PromptSettings(total_gen=40, min_gen_per_candidate=2, num_icl_samples=2,
                                mode="vqa", seed=0, file_prefix="demo")

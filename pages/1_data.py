@@ -14,10 +14,11 @@ from mminstruct.workspace import (DATA_SUFFIXES, Workspace, default_workspace_ro
                                   server_data_settings, setup_demo)
 from ui.gallery import thumbnail_url
 from ui.safe import short
-from ui.state import current_workspace, forget_embeddings, open_workspace
+from ui.state import current_workspace, forget_embeddings, open_workspace, through_app
 
 PAGE_SIZE = 50
 
+through_app("pages/1_data.py")
 st.title("Data")
 st.caption("The reference set (LLaVA format: JSON or JSONL) and the pool of candidate images.")
 

@@ -12,14 +12,15 @@ import streamlit as st
 from mminstruct.curation import curate, keyword_vectors, projection, search
 from mminstruct.errors import MMInstructError
 from mminstruct.projection import display_sample
-from ui.charts import hover_text, map_figure
+from ui.charts import hover_text, map_figure, selected_row
 from ui.gallery import Item, curation_actions, gallery
 from ui.safe import md_escape
-from ui.state import get_embeddings, require_workspace
+from ui.state import get_embeddings, require_workspace, through_app
 
 MAX_POINTS = 20_000  # drawn at most; the rest are sampled away (selections keep theirs)
 SEL_KEY = "explore_sel"
 
+through_app("pages/2_explore.py")
 st.title("Explore")
 ws = require_workspace()
 p = ws.settings.partition
@@ -87,8 +88,7 @@ event = st.plotly_chart(fig, key="map", on_select="rerun", selection_mode=("poin
                         width="stretch")
 
 points = (event or {}).get("selection", {}).get("points", []) if event else []
-picked = sorted({int(pt["customdata"][0]) for pt in points
-                 if isinstance(pt.get("customdata"), (list, tuple)) and pt["customdata"]})
+picked = sorted({r for r in (selected_row(pt) for pt in points) if r is not None and r < emb.n})
 signature = ",".join(map(str, picked))
 if signature != st.session_state.get("explore_sig", ""):
     st.session_state["explore_sig"] = signature

@@ -13,8 +13,9 @@ from mminstruct.errors import MMInstructError
 from mminstruct.workspace import normalise_keywords
 from ui.gallery import Item, curation_actions, gallery
 from ui.safe import md_escape
-from ui.state import get_embeddings, require_workspace, seed
+from ui.state import get_embeddings, require_workspace, seed, through_app
 
+through_app("pages/3_partition.py")
 st.title("Partition")
 ws = require_workspace()
 p = ws.settings.partition

@@ -16,8 +16,9 @@ from mminstruct.preview import (allocation_rows, estimate_run, plan_workspace, r
                                 save_prompts)
 from ui.prompt_view import render_messages
 from ui.safe import md_escape
-from ui.state import require_workspace, seed
+from ui.state import require_workspace, seed, through_app
 
+through_app("pages/4_prompts.py")
 st.title("Prompts")
 ws = require_workspace()
 ps = ws.settings.prompts

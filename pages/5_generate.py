@@ -15,8 +15,9 @@ from mminstruct.runs import (cancel_run, continue_run, dry_run, latest_records, 
                              workspace_config)
 from ui.gallery import thumbnail
 from ui.safe import md_escape, short
-from ui.state import KEY_SESSION, api_key, require_workspace, seed
+from ui.state import KEY_SESSION, api_key, require_workspace, seed, through_app
 
+through_app("pages/5_generate.py")
 st.title("Generate")
 ws = require_workspace()
 e = ws.settings.endpoint
@@ -91,13 +92,13 @@ else:
     pick = st.selectbox("Prompt file", names, index=names.index(last) if last in names else 0,
                         key="gen_prompt")
     prompt_path = prompt_dir / pick
-    if st.session_state.pop("_renew_name", False) or "run_name" not in st.session_state:
-        st.session_state["run_name"] = new_run_name("gen")
-    with st.form("launch_form"):
-        name = st.text_input("Run name (the output file's prefix)", key="run_name")
+    with st.form("launch_form", clear_on_submit=True):
+        typed_name = st.text_input("Run name (the output file's prefix; empty: a new "
+                                   "gen_YYYYmmdd_HHMMSS)", key="run_name")
         c1, c2 = st.columns(2)
         launch = c1.form_submit_button("Start the run", type="primary")
         dry = c2.form_submit_button("Dry run: write the Batch API file")
+    name = typed_name.strip() or new_run_name("gen")
     if launch:
         try:
             info = start_run(ws.root, workspace_config(ws, name.strip(), prompt_path), key)
@@ -105,7 +106,6 @@ else:
             st.error(str(err))
         else:
             st.session_state["run_pick"] = info.name
-            st.session_state["_renew_name"] = True
             st.toast(f"Run {info.name} started")
     if dry:
         with st.spinner("Building every request…"):

@@ -13,10 +13,11 @@ from mminstruct.review import (EXPORT_FORMATS, EXPORT_LABELS, export_name, expor
                                filter_samples, sources)
 from ui.gallery import thumbnail
 from ui.safe import md_escape
-from ui.state import require_workspace
+from ui.state import require_workspace, through_app
 
 PAGE_SIZE = 10
 
+through_app("pages/6_review.py")
 st.title("Review")
 ws = require_workspace()
 outputs = ws.output_files()

@@ -63,3 +63,17 @@ def map_figure(xy: np.ndarray, rows: np.ndarray, groups: np.ndarray, is_referenc
                       yaxis=dict(showticklabels=False, title=None, zeroline=False),
                       plot_bgcolor="#fafbfd")
     return fig
+
+
+def selected_row(point: dict) -> int | None:
+    """The row index a selected point carries in ``customdata`` (plotly sends it back as a
+    scalar, a one-element list, or — from a 2-D array — an object keyed "0")."""
+    cd = point.get("customdata")
+    if isinstance(cd, dict):
+        cd = cd.get("0", next(iter(cd.values()), None))
+    elif isinstance(cd, (list, tuple)):
+        cd = cd[0] if cd else None
+    try:
+        return int(cd) if cd is not None else None
+    except (TypeError, ValueError):
+        return None

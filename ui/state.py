@@ -149,3 +149,16 @@ def seed(key: str, current: Any) -> None:
     if st.session_state.get(marker) != token:
         st.session_state.pop(key, None)
         st.session_state[marker] = token
+
+
+NAV_FLAG = "_nav_ok"
+GOTO = "_goto"
+
+
+def through_app(page: str) -> None:
+    """Pages run only inside app.py's navigation (its sidebar, its session setup). Streamlit also
+    serves files under ``pages/`` by their own URLs (``/explore`` in a fresh session runs the file
+    alone); such a run goes through app.py first, which then opens ``page``."""
+    if not st.session_state.get(NAV_FLAG):
+        st.session_state[GOTO] = page
+        st.switch_page("app.py")

@@ -1,0 +1,220 @@
+"""End to end in a real browser: Playwright driving Debian's chromium against ``streamlit run
+app.py`` on 127.0.0.1 — demo → explore (a lasso selection drawn with the mouse) → partition (a
+keyword edit) → prompts → generate (the local OpenAI-compatible server) → review (an export).
+A screenshot of each page is saved under the test's tmp folder.
+
+Needs /usr/bin/chromium (``apt-get install chromium``; scripts/setup.sh installs it as root);
+never ``playwright install``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from mminstruct.workspace import DEMO_FOLDER
+from tests.fixtures.app import DEMO_SIZE, REPO, demo_data, tiny_clip  # noqa: F401
+from tests.fixtures.llm import FAKE_KEY
+from tests.openai_server import StubConfig, StubServer
+
+CHROMIUM = "/usr/bin/chromium"
+pytestmark = [pytest.mark.browser,
+              pytest.mark.skipif(not Path(CHROMIUM).exists(),
+                                 reason=f"{CHROMIUM} is missing: apt-get install chromium "
+                                        "(scripts/setup.sh does it as root)")]
+LONG = 150_000  # ms: the first embedding and UMAP (numba compiles) in a busy 2-core machine
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _demo_model_available() -> bool:
+    from mminstruct.demo import model_files
+    from mminstruct.errors import ModelSpecError
+
+    try:
+        model_files()
+        return True
+    except ModelSpecError:
+        return False
+
+
+@pytest.fixture
+def app_server(tmp_path: Path, demo_data: Path, tiny_clip):  # noqa: F811
+    home = tmp_path / "home"
+    shutil.copytree(demo_data, home / "workspaces" / "demo" / DEMO_FOLDER)  # drawn once per session
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("OPENAI_API_KEY", "OPENAI_BASE_URL", "MMINSTRUCT_WORKSPACE")}
+    env.update(MMINSTRUCT_HOME=str(home), MMINSTRUCT_DEMO_SIZE=f"{DEMO_SIZE[0]}x{DEMO_SIZE[1]}",
+               MMINSTRUCT_CACHE_DIR=str(tmp_path / "cache"))
+    if not _demo_model_available():  # the demo checkpoint is not in this checkout: the tiny CLIP
+        env["MMINSTRUCT_DEMO_MODEL"] = tiny_clip.spec
+    port = _free_port()
+    log = open(tmp_path / "streamlit.log", "w")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "streamlit", "run", "app.py", "--server.port", str(port),
+         "--server.address", "127.0.0.1", "--server.headless", "true",
+         "--browser.gatherUsageStats", "false"],
+        cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        try:
+            urllib.request.urlopen(url + "/_stcore/health", timeout=1).read()
+            break
+        except OSError:
+            if proc.poll() is not None:
+                raise RuntimeError((tmp_path / "streamlit.log").read_text()[-3000:]) from None
+            time.sleep(0.1)
+    yield url, home
+    proc.terminate()
+    try:
+        proc.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+    log.close()
+
+
+@pytest.fixture
+def stub_llm():
+    server = StubServer(StubConfig(latency=0.05)).start()
+    yield server
+    server.stop()
+
+
+def _nav(page, title: str) -> None:
+    page.get_by_role("link", name=title, exact=True).click()
+    page.get_by_role("heading", name=title, exact=True).first.wait_for(timeout=LONG)
+
+
+def _idle(page, timeout: int = LONG) -> None:
+    """Wait until Streamlit has finished running the script (no "Running…" status widget)."""
+    page.wait_for_timeout(300)
+    page.locator("[data-testid=stStatusWidget]").wait_for(state="detached", timeout=timeout)
+
+
+def test_demo_to_export_in_a_real_browser(app_server, stub_llm, tmp_path: Path) -> None:
+    from playwright.sync_api import sync_playwright
+
+    url, home = app_server
+    shots = tmp_path / "screenshots"
+    shots.mkdir()
+    dialogs: list[str] = []
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=[
+            "--no-sandbox", "--disable-background-networking", "--disable-gpu",
+            "--disable-dev-shm-usage"])
+        page = browser.new_page(viewport={"width": 1400, "height": 1000}, accept_downloads=True)
+        page.set_default_timeout(60_000)
+        page.on("dialog", lambda d: (dialogs.append(d.message), d.dismiss()))
+        requests_outside: list[str] = []
+        page.on("request", lambda r: None if r.url.startswith(("http://127.0.0.1", "data:", "blob:"))
+                else requests_outside.append(r.url))
+
+        try:
+            # Data: open the demo
+            page.goto(url)
+            page.get_by_role("button", name="Open the demo").click()
+            page.get_by_text("Validation report").wait_for(timeout=LONG)
+            _idle(page)
+            page.screenshot(path=shots / "1_data.png", full_page=True)
+            page.get_by_text(f"{DEMO_SIZE[0]} of {DEMO_SIZE[0]} records loaded").first.wait_for()
+
+            # Explore: embeddings, UMAP, then a lasso selection drawn with the mouse
+            _nav(page, "Explore")
+            chart = page.locator("[data-testid=stPlotlyChart]")
+            chart.wait_for(timeout=LONG)
+            _idle(page)
+            page.locator(".modebar-btn[data-title='Lasso Select']").first.click()
+            box = page.locator(".nsewdrag").first.bounding_box()
+            cx, cy, w, h = box["x"], box["y"], box["width"], box["height"]
+            path = [(0.02, 0.02), (0.98, 0.02), (0.98, 0.98), (0.02, 0.98), (0.02, 0.03)]
+            page.mouse.move(cx + w * path[0][0], cy + h * path[0][1])
+            page.mouse.down()
+            for fx, fy in path[1:]:
+                page.mouse.move(cx + w * fx, cy + h * fy, steps=12)
+            page.mouse.up()
+            page.get_by_text(re.compile(r"Selection · [1-9][0-9]* image\(s\)")).wait_for(timeout=LONG)
+            _idle(page)
+            page.screenshot(path=shots / "2_explore.png", full_page=True)
+            n_sel = int(re.search(r"Selection · (\d+)", page.get_by_text(
+                re.compile(r"Selection · \d+ image")).inner_text()).group(1))
+            assert n_sel >= 10  # the lasso went round (nearly) the whole plot
+
+            # Partition: edit the keywords (rename one, add one)
+            _nav(page, "Partition")
+            area = page.get_by_label("One keyword per line (add, remove or rename a line)")
+            area.wait_for(timeout=LONG)
+            area.fill("bar chart\nline chart\npie charts\nscatter plot\ntable")
+            area.press("Control+Enter")
+            page.get_by_text(re.compile(r"Partition of \d+ images by 5 keywords")).wait_for(timeout=LONG)
+            _idle(page)
+            page.get_by_role("button", name="Save the task file").click()
+            page.get_by_text(re.compile(r"Saved task_file_")).wait_for(timeout=LONG)
+            page.screenshot(path=shots / "3_partition.png", full_page=True)
+
+            # Prompts: the allocation, a preview, save
+            _nav(page, "Prompts")
+            page.get_by_text("Preview: what the model sees").wait_for(timeout=LONG)
+            page.get_by_text("Candidate image (the new image to write about)").first.wait_for(timeout=LONG)
+            _idle(page)
+            page.get_by_role("button", name="Save the prompt file").click()
+            page.get_by_text(re.compile(r"Saved demo_prompts_")).wait_for(timeout=LONG)
+            page.screenshot(path=shots / "4_prompts.png", full_page=True)
+
+            # Generate: the local server, a typed key, a background run
+            _nav(page, "Generate")
+            page.get_by_role("textbox", name=re.compile("^Base URL")).fill(stub_llm.url)
+            page.get_by_role("textbox", name="Model", exact=True).fill("gpt-4o-mini")
+            page.get_by_role("button", name="Save endpoint settings").click()
+            page.get_by_text("Saved (the key is never saved).").wait_for()
+            page.get_by_label(re.compile("^API key for this session")).fill(FAKE_KEY)
+            page.get_by_role("button", name="Use this key").click()
+            page.get_by_text(re.compile("typed in this session")).first.wait_for()
+            page.get_by_role("button", name="Start the run").click()
+            page.get_by_text(re.compile(r"state: finished")).wait_for(timeout=60_000)
+            page.get_by_text("Latest prompts").wait_for()
+            _idle(page)
+            page.screenshot(path=shots / "5_generate.png", full_page=True)
+            assert FAKE_KEY not in page.content()
+            assert stub_llm.stats()["requests"] > 0
+
+            # Review: reject nothing, export LLaVA JSON and download it
+            _nav(page, "Review")
+            page.get_by_text("In-context sources", exact=False).first.wait_for(timeout=LONG)
+            page.get_by_text("LLaVA JSON").click()
+            page.get_by_role("button", name="Export", exact=True).click()
+            page.get_by_text(re.compile(r"Wrote \d+ samples")).wait_for(timeout=LONG)
+            with page.expect_download() as dl:
+                page.get_by_role("button", name=re.compile(r"^Download .*llava\.json")).click()
+            saved = tmp_path / "export.json"
+            dl.value.save_as(saved)
+            page.screenshot(path=shots / "6_review.png", full_page=True)
+        except Exception:
+            page.screenshot(path=shots / "failure.png", full_page=True)
+            (shots / "failure.txt").write_text(page.inner_text("body"))
+            raise
+        browser.close()
+
+    exported = json.loads(saved.read_text())
+    assert exported and {"id", "image", "conversations"} <= set(exported[0])
+    assert dialogs == []
+    assert requests_outside == [], requests_outside
+    files = [f for f in home.rglob("*") if f.is_file()]
+    assert not [f for f in files if FAKE_KEY.encode() in f.read_bytes()]
+    assert sorted(p.name for p in shots.iterdir()) == [
+        "1_data.png", "2_explore.png", "3_partition.png", "4_prompts.png", "5_generate.png",
+        "6_review.png"]
