@@ -1,6 +1,6 @@
 """Image-embedding throughput: mminstruct's pipeline against MM-Gen's way, from one run.
 
-    .venv/bin/python bench/embed_throughput.py [--n 384] [--batch-size 32] [--workers N]
+    .venv/bin/python bench/embed_throughput.py [--n 256] [--repeat 2] [--batch-size 32] [--workers N]
 
 ViT-B-32 with seeded random weights (speed does not depend on the weights), N generated JPEGs of
 about 500×400 px. Printed side by side, in images/s, with ratios to (c):
@@ -12,7 +12,8 @@ about 500×400 px. Printed side by side, in images/s, with ratios to (c):
   (c) MM-Gen's way: open, preprocess and encode one batch at a time in the main process, fp32;
   (d) (b) again over the same files: every vector comes from the cache.
 
-Plus the cosine between (b)'s and (c)'s vectors. Targets: (b) ≥ 2 × (c) with cosine ≥ 0.999;
+(b) and (c) run ``--repeat`` times each, alternating, and the best run of each counts (the
+machine is shared). Plus the cosine between (b)'s and (c)'s vectors. Targets: (b) ≥ 2 × (c) with cosine ≥ 0.999;
 (d) ≥ 50 × faster than (b).
 """
 
@@ -92,7 +93,9 @@ def mm_gen_way(model, preprocess, paths: list[Path], batch_size: int) -> tuple[f
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--n", type=int, default=384, help="number of JPEGs (default 384)")
+    ap.add_argument("--n", type=int, default=256, help="number of JPEGs (default 256)")
+    ap.add_argument("--repeat", type=int, default=2,
+                    help="(b) and (c) each run this many times, alternating; the best counts")
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--workers", type=int, default=None, help="DataLoader workers for (b)")
     ap.add_argument("--forward-n", type=int, default=64, help="images for (a) (default 64)")
@@ -105,6 +108,7 @@ def main() -> int:
     import torch
 
     w, h = (int(v) for v in args.size.lower().split("x"))
+    load0 = os.getloadavg()[0]
     torch.manual_seed(0)
     net, _, preprocess = open_clip.create_model_and_transforms("ViT-B-32", pretrained=None)
     net.eval()
@@ -130,33 +134,44 @@ def main() -> int:
         a_ac = forward_only(autocast_encode(net), tensors, bs)
         del fwd
 
-        c_rate, c_vecs = mm_gen_way(net, preprocess, paths, bs)
-
-        model = clip.ClipModel(net, preprocess, tokenizer, identity="bench:ViT-B-32:random-seed0")
-        cache = tmp_path / "cache"
-        t = time.perf_counter()
-        b = clip.embed_images(paths, model, batch_size=bs, num_workers=args.workers, cache=cache,
-                              show_progress=False)
-        b_secs = time.perf_counter() - t
+        # (c) and (b) alternate, `repeat` times each, and the best of each counts: other processes on
+        # a shared machine then hurt both alike. Every (b) starts cold: a new cache and a new model
+        # wrapper (so its bf16 check runs again).
+        c_rates, b_rates = [], []
+        for r in range(args.repeat):
+            c_rate, c_vecs = mm_gen_way(net, preprocess, paths, bs)
+            c_rates.append(c_rate)
+            model = clip.ClipModel(net, preprocess, tokenizer, identity=f"bench:ViT-B-32:random:{r}")
+            cache = tmp_path / f"cache{r}"
+            t = time.perf_counter()
+            b = clip.embed_images(paths, model, batch_size=bs, num_workers=args.workers, cache=cache,
+                                  show_progress=False)
+            b_secs = time.perf_counter() - t
+            b_rates.append(len(paths) / b_secs)
+            if b.failures:
+                print(f"unexpected: {len(b.failures)} failures", file=sys.stderr)
+                return 1
         t = time.perf_counter()
         d = clip.embed_images(paths, model, batch_size=bs, num_workers=args.workers, cache=cache,
                               show_progress=False)
         d_secs = time.perf_counter() - t
-    if b.failures or d.n_computed:
-        print(f"unexpected: {len(b.failures)} failures, {d.n_computed} recomputed", file=sys.stderr)
+    if d.n_computed:
+        print(f"unexpected: {d.n_computed} recomputed on the cached run", file=sys.stderr)
         return 1
-    b_rate, d_rate = len(paths) / b_secs, len(paths) / d_secs
+    b_rate, c_rate, d_rate = max(b_rates), max(c_rates), len(paths) / d_secs
     cos = (b.vectors.astype(np.float32) * c_vecs).sum(axis=1)
     workers = args.workers if args.workers is not None else clip._cpu_workers()
 
     print(f"\nembedding throughput: ViT-B-32 (random weights), {len(paths)} JPEGs {w}x{h}, batch {bs}, "
-          f"torch threads {torch.get_num_threads()}, CPU cores {os.cpu_count()}, workers {workers}")
+          f"torch threads {torch.get_num_threads()}, CPU cores {os.cpu_count()}, workers {workers}, "
+          f"load average {load0:.1f} → {os.getloadavg()[0]:.1f}")
+    each = lambda rates: "runs: " + ", ".join(f"{x:.1f}" for x in rates)  # noqa: E731
     rows = [
         ("(a) forward only, fp32, ready tensors", a32, ""),
         ("(a) forward only, bf16 weights (as (b))", a16, ""),
         ("(a) forward only, bf16 autocast", a_ac, ""),
-        ("(b) mminstruct pipeline, cold cache", b_rate, f"precision {b.precision}"),
-        ("(c) MM-Gen way: main process, fp32", c_rate, ""),
+        ("(b) mminstruct pipeline, cold cache", b_rate, f"precision {b.precision}; {each(b_rates)}"),
+        ("(c) MM-Gen way: main process, fp32", c_rate, each(c_rates)),
         ("(d) mminstruct pipeline, cache hit", d_rate, f"{d.n_cached} cached"),
     ]
     print(f"{'':42s} {'img/s':>10s} {'vs (c)':>9s}")
