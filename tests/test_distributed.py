@@ -458,3 +458,88 @@ def test_the_shared_limiter_bounds_the_clusters_request_rate(ray_cluster, stub,
     worst = max(sum(1 for t in times[i:] if t - t0 <= 2.0) for i, t0 in enumerate(times))
     assert worst <= 5 + 10 + 1, f"{worst} requests within 2 s"
     assert times[-1] - times[0] >= (n - 5) / 5 - 0.5  # the budget was shared, not doubled
+
+
+def _holder_of(lock: Path) -> int | None:
+    """The pid of the process holding ``lock`` open (the shard's Ray worker)."""
+    target = str(lock.resolve())
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit() or int(proc.name) == os.getpid():
+            continue
+        try:
+            for fd in (proc / "fd").iterdir():
+                if os.readlink(fd) == target:
+                    return int(proc.name)
+        except OSError:
+            continue
+    return None
+
+
+@pytest.mark.ray
+def test_a_killed_worker_is_retried_and_continues_its_run_log(ray_cluster, stub,
+                                                               tmp_path: Path) -> None:
+    import signal
+    import threading
+    import time
+
+    from mminstruct.distributed.generate import run_on_ray
+
+    n = 40
+    ws = make_prompt_workspace(tmp_path, "vqa_nr", n, min_gen=1)
+    stub.state.config.latency = 0.2
+    killed: list[int] = []
+
+    def kill_when_half_done() -> None:
+        runs = ws.output_folder / "generated_data" / "runs"
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and not killed:
+            for log in runs.glob("k_*/log.jsonl"):
+                if len(log.read_text().splitlines()) >= 10:
+                    pid = _holder_of(log.parent / "lock")
+                    if pid is not None:
+                        os.kill(pid, signal.SIGKILL)  # the Ray worker running this shard
+                        killed.append(pid)
+                        return
+            time.sleep(0.05)
+
+    killer = threading.Thread(target=kill_when_half_done)
+    killer.start()
+    result = run_on_ray(_cfg(ws, stub, "k", concurrency=2), 1)
+    killer.join()
+    assert killed, "the worker was not found"
+    assert result.state == "finished"
+    ids = stub.stats()["ids"]
+    assert sorted(int(k) for k in ids) == list(range(n))
+    assert sum(ids.values()) - n <= 2  # only the two in flight when it died were sent again
+    runs = list((ws.output_folder / "generated_data" / "runs").glob("k_*"))
+    assert len(runs) == 1  # the retry continued the same run, it did not start another
+    stub.state.reset()
+    local = run_generation(_cfg(ws, stub, "local"))
+    assert _samples(result.output) == _samples(local.output)
+
+
+@pytest.mark.ray
+def test_cancel_stops_every_shard_and_resume_finishes(ray_cluster, stub, tmp_path: Path) -> None:
+    from mminstruct.distributed.generate import run_on_ray
+    from mminstruct.generate.control import RunControl
+
+    n = 24
+    ws = make_prompt_workspace(tmp_path, "vqa_nr", n, min_gen=1)
+    stub.state.config.latency = 0.3
+    control = RunControl()
+    seen: dict[int, int] = {}
+
+    def progress(k: int, status) -> None:
+        seen[k] = status.done
+        if sum(seen.values()) >= 4:
+            control.cancel()
+
+    first = run_on_ray(_cfg(ws, stub, "c", concurrency=1), 2, control=control,
+                       on_progress=progress, status_interval=0.2)
+    assert first.state == "cancelled" and first.output is None
+    assert all(r.state == "cancelled" for r in first.shards)
+    done = sum(r.status.done for r in first.shards)
+    assert 4 <= done < n
+    resumed = run_on_ray(_cfg(ws, stub, "c", concurrency=1, resume=True), 2)
+    assert resumed.state == "finished"
+    assert sorted({s["prompt_idx"] for s in load_output(resumed.output).samples}) == list(range(n))
