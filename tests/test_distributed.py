@@ -438,6 +438,9 @@ def test_ray_generation_stops_and_resumes_without_losing_or_repeating(
     again = run_on_ray(_cfg(ws, stub, "q", resume=True), 3)
     assert again.state == "finished" and stub.stats()["requests"] == requests
     assert _samples(again.output) == _samples(local.output)
+    # a worker's error reaches the caller as itself (one clear line on the command line)
+    with pytest.raises(ConfigError, match="no unfinished run with file_prefix 'never'"):
+        run_on_ray(_cfg(ws, stub, "never", resume=True), 1)
 
 
 @pytest.mark.ray

@@ -11,8 +11,9 @@
    actor per GPU when the cluster has GPUs, else CPU actors; the transform's last steps (scaling
    and Normalize) run there on the batch — bit for bit what the whole transform gives — and
    precision is decided as locally (``clip._encode_auto``: bf16 only where it agrees with fp32);
-3. **write**: each encoded batch becomes one ``emb-*.parquet`` shard (written atomically: a crash
-   loses no finished batch) and its decode failures one ``fail-*.parquet`` shard.
+3. **write**: each bundle an encoder takes (up to ``shard_rows`` images) becomes one
+   ``emb-*.parquet`` shard, written atomically before the next is taken (a crash loses no
+   finished shard), and its decode failures one ``fail-*.parquet`` shard.
 
 Shards (in ``output_dir``, by default ``CACHE/ray_embeddings/{arch}-{key}/`` per model identity):
 ``path`` (the file, or ``SHARD.tar::MEMBER``), ``embedding`` (float16, L2-normalised, a
@@ -171,12 +172,15 @@ def import_to_cache(folder: str | os.PathLike, cache: Any = None, identity: str 
 
     folder = Path(folder)
     n_vec = n_fail = 0
+    caches: dict[str, Any] = {}
     for path in sorted(folder.glob(f"{EMB_PREFIX}*.parquet")) + \
             sorted(folder.glob(f"{FAIL_PREFIX}*.parquet")):
         model = _shard_model(path)
         if identity is not None and model != identity:
             raise ConfigError(f"{path} holds embeddings of model {model!r}, not {identity!r}")
-        ec = open_cache(cache, model)
+        if model not in caches:
+            caches[model] = open_cache(cache, model)
+        ec = caches[model]
         if ec is None:
             return 0, 0
         for batch in pq.ParquetFile(path).iter_batches(batch_size=chunk):
@@ -198,11 +202,12 @@ def import_to_cache(folder: str | os.PathLike, cache: Any = None, identity: str 
 
 
 class Encoder:
-    """A Ray Data actor: the open_clip model on this actor's GPU (or CPU threads); each batch it
-    encodes is written as a shard before the next is taken."""
+    """A Ray Data actor: the open_clip model on this actor's GPU (or CPU threads). It takes
+    shard-sized bundles, encodes them ``batch_size`` images at a time, and writes each bundle as
+    one shard before taking the next."""
 
     def __init__(self, spec: ModelSpec, identity: str, out_dir: str, transform: Transform,
-                 use_gpu: bool, threads: int, precision: str = "auto",
+                 use_gpu: bool, threads: int, batch_size: int, precision: str = "auto",
                  cache_dir: str | None = None):
         import torch
 
@@ -216,6 +221,7 @@ class Encoder:
             raise ConfigError(f"the model on this worker is {self.cm.identity!r}, the driver's "
                               f"{identity!r}: every node must see the same checkpoint file")
         self.identity, self.out_dir, self.transform = identity, Path(out_dir), transform
+        self.batch_size = batch_size
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         import torch
@@ -226,10 +232,13 @@ class Encoder:
         shards: list[str] = []
         fp = {c: batch[c] for c in FP_COLS}
         if ok.any():
+            pixels, parts = batch["pixels"][ok], []
             with self.cm._lock, torch.inference_mode():
-                x = self.transform.to_model_input(batch["pixels"][ok], self.cm.device)
-                feats = _encode_auto(self.cm, x)
-            cols = {"path": list(batch["path"][ok]), "embedding": feats.numpy(),
+                for i in range(0, len(pixels), self.batch_size):
+                    x = self.transform.to_model_input(pixels[i:i + self.batch_size],
+                                                      self.cm.device)
+                    parts.append(_encode_auto(self.cm, x).numpy().astype(np.float16))
+            cols = {"path": list(batch["path"][ok]), "embedding": np.concatenate(parts),
                     **{c: list(v[ok]) for c, v in fp.items()}}
             shards.append(str(write_shard(self.out_dir, EMB_PREFIX, cols, self.cm.dim,
                                           self.identity)))
@@ -264,10 +273,13 @@ def embed_pool(files: Sequence[str | os.PathLike] = (), tars: Sequence[str | os.
                cache_dir: str | os.PathLike | None = None, batch_size: int = 64,
                num_encoders: int | None = None, use_gpu: bool | None = None,
                encoder_cpus: float = 1.0, decode_cpus: float = 1.0, precision: str = "auto",
-               ray_address: str | None = None, show_progress: bool = False) -> PoolEmbedding:
+               shard_rows: int = 4096, ray_address: str | None = None,
+               show_progress: bool = False) -> PoolEmbedding:
     """Embed image ``files`` and the image members of webdataset ``tars`` on the Ray cluster
     (connecting to ``ray_address`` unless this process is connected already); see the module
-    docstring. ``use_gpu`` None: one GPU actor per GPU when the cluster has any."""
+    docstring. ``use_gpu`` None: one GPU actor per GPU when the cluster has any. A shard holds
+    at most ``shard_rows`` images (fewer for a small pool, so that encoding starts early and
+    every encoder gets work), encoded ``batch_size`` at a time."""
     if not isinstance(batch_size, int) or batch_size < 1:
         raise ConfigError(f"batch_size must be a positive integer, got {batch_size!r}")
     t0 = time.perf_counter()
@@ -318,12 +330,15 @@ def embed_pool(files: Sequence[str | os.PathLike] = (), tars: Sequence[str | os.
                                     "skip": skip},
             batch_size=1, **decode_args))
     ds = datasets[0] if len(datasets) == 1 else datasets[0].union(*datasets[1:])
+    per_batch = max(1, shard_rows // batch_size)
+    if todo and not tar_list:
+        per_batch = min(per_batch, -(-len(todo) // (4 * n_actors * batch_size)))
     ds = ds.map_batches(
-        Encoder, fn_constructor_kwargs={"spec": spec, "identity": identity, "out_dir": str(out),
-                                        "transform": transform, "use_gpu": bool(gpus), "threads": int(encoder_cpus),
-                                        "precision": precision,
-                                        "cache_dir": None if cache_dir is None else str(cache_dir)},
-        batch_size=batch_size, batch_format="numpy",
+        Encoder, fn_constructor_kwargs={
+            "spec": spec, "identity": identity, "out_dir": str(out), "transform": transform,
+            "use_gpu": bool(gpus), "threads": int(encoder_cpus), "batch_size": batch_size,
+            "precision": precision, "cache_dir": None if cache_dir is None else str(cache_dir)},
+        batch_size=batch_size * max(1, per_batch), batch_format="numpy",
         compute=ray.data.ActorPoolStrategy(size=n_actors),
         num_gpus=1 if gpus else 0, num_cpus=0 if gpus else encoder_cpus)
     try:
