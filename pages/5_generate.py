@@ -133,11 +133,14 @@ infos = list_app_runs(ws.root)
 if not infos:
     st.caption("No run yet.")
     st.stop()
-labels = {i.name: f"{i.name} · {i.state}" for i in infos}
-names = list(labels)
+st.dataframe([{"run": i.name, "state": i.state,
+               "prompts": f"{int(i.status.get('done') or 0):,} / {int(i.status.get('total') or 0):,}",
+               "model": i.model, "started": str(i.record.get("started", ""))} for i in infos],
+             hide_index=True, width="stretch")
+names = [i.name for i in infos]
 current = st.session_state.get("run_pick")
 picked = st.selectbox("Run", names, index=names.index(current) if current in names else 0,
-                      format_func=lambda n: labels[n], key="run_select")
+                      key="run_select")
 st.session_state["run_pick"] = picked
 first = run_info(ws.root, picked)
 

@@ -218,3 +218,50 @@ def test_demo_to_export_in_a_real_browser(app_server, stub_llm, tmp_path: Path) 
     assert sorted(p.name for p in shots.iterdir()) == [
         "1_data.png", "2_explore.png", "3_partition.png", "4_prompts.png", "5_generate.png",
         "6_review.png"]
+
+
+def test_markup_in_a_data_file_stays_text_in_the_browser(app_server, tmp_path: Path) -> None:
+    """A data file whose texts are HTML/Markdown attacks: the page shows them as text, runs no
+    script, creates no element from them, and asks for nothing outside this machine."""
+    from playwright.sync_api import sync_playwright
+
+    from tests.fixtures.images import draw_shape
+
+    url, _ = app_server
+    project = tmp_path / "evil"
+    project.mkdir()
+    draw_shape("circle", 0).save(project / "a.png")
+    evil_q = "<script>window.__pwned=1</script><img src=x onerror=\"window.__pwned=2\"> [x](javascript:alert(1))"
+    records = {"dataset_description": "<img src=x onerror=\"window.__pwned=3\">",
+               "samples": [{"id": "<b>id</b>", "image": "a.png", "conversations": [
+                   {"from": "human", "value": evil_q},
+                   {"from": "gpt", "value": "<iframe src=\"javascript:alert(4)\"></iframe>"}]}]}
+    (project / "evil.json").write_text(json.dumps(records))
+    dialogs: list[str] = []
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=[
+            "--no-sandbox", "--disable-background-networking", "--disable-gpu",
+            "--disable-dev-shm-usage"])
+        page = browser.new_page(viewport={"width": 1400, "height": 1000})
+        page.on("dialog", lambda d: (dialogs.append(d.message), d.dismiss()))
+        page.goto(url)
+        page.get_by_text("Open or create a workspace").click(timeout=60_000)
+        page.get_by_role("textbox", name="Folder").fill(str(tmp_path / "ws_evil"))
+        page.get_by_role("button", name="Open / create").click()
+        page.get_by_text("Files on this machine").click()
+        box = page.get_by_role("textbox", name="Data file (path on this machine)")
+        box.fill(str(project / "evil.json"))
+        box.press("Enter")
+        _idle(page)
+        page.get_by_role("button", name="Load these files").click()
+        page.get_by_text("Validation report").wait_for(timeout=60_000)
+        _idle(page)
+        page.wait_for_timeout(1500)  # let any injected handler fire
+        page.screenshot(path=tmp_path / "evil.png", full_page=True)
+        pwned = page.evaluate("window.__pwned")
+        injected = page.locator("main img[src='x'], main iframe, main script").count()
+        description = page.get_by_role("textbox", name=re.compile("What the dataset teaches"))
+        shown = description.input_value()
+        browser.close()
+    assert pwned is None and dialogs == [] and injected == 0
+    assert shown == records["dataset_description"]  # the text itself, intact, as text

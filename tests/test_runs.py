@@ -165,3 +165,25 @@ def test_check_endpoint(stub) -> None:
     assert ok.ok and ok.models and "reachable" in ok.message and SECRET_PART not in ok.message
     closed = check_endpoint("http://127.0.0.1:9/v1", FAKE_KEY, timeout=1)
     assert not closed.ok and "unreachable" in closed.message
+
+
+def test_a_restarted_app_finds_the_run_still_going(stub, no_key_env, tmp_path: Path) -> None:
+    """The run is its own session: another process (the app after a restart) sees it running,
+    can steer it, and sees it finish."""
+    import subprocess
+    import sys
+
+    stub.state.config.latency = 0.2
+    ws = make_prompt_workspace(tmp_path, "vqa_nr", 16, min_gen=1)
+    root = ws.output_folder
+    info = start_run(root, _config(ws, stub, "detached"), api_key=FAKE_KEY)
+    assert os.getsid(info.pid) == info.pid != os.getsid(0)  # a session of its own
+    _wait(root, "detached", lambda i: i.status.get("done", 0) >= 1)
+    code = ("import sys; from mminstruct.runs import run_info, pause_run\n"
+            f"i = run_info({str(root)!r}, 'detached'); print(i.state, i.alive)\n"
+            "pause_run(i)\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.stdout.split() == ["running", "True"], out.stderr
+    _wait(root, "detached", lambda i: i.state == "paused")
+    continue_run(run_info(root, "detached"))
+    assert _wait(root, "detached", lambda i: not i.alive).state == "finished"
