@@ -413,7 +413,9 @@ def generate_task_file(config: Any, progress: Any = None, **pool_options: Any) -
     into shards, imported into the cache, and the local builder then finds every candidate
     cached (reference images and keywords, a few, are embedded locally as before)."""
     from .. import taskfile
+    from .cluster import check_address
 
+    check_address(config.ray_address)  # a bad address fails now, even if nothing is embedded
     cand_abs = _candidate_files(config)
     spec, cache = config.spec, config.cache_dir
     identity = spec.identity(cache)
