@@ -9,9 +9,9 @@ import streamlit as st
 
 from mminstruct.errors import MMInstructError
 from mminstruct.formats import DataFile
-from mminstruct.workspace import (DATA_SUFFIXES, Workspace, default_workspace_root,
-                                  demo_size_default, extract_zip, guess_image_folder, save_upload,
-                                  server_data_settings, setup_demo)
+from mminstruct.uploads import (DATA_SUFFIXES, extract_zip, guess_image_folder, save_upload,
+                                server_data_settings)
+from mminstruct.workspace import Workspace, default_workspace_root, demo_size_default, setup_demo
 from ui.gallery import thumbnail_url
 from ui.safe import short
 from ui.state import current_workspace, forget_embeddings, open_workspace, through_app

@@ -231,7 +231,8 @@ def test_markup_in_a_data_file_stays_text_in_the_browser(app_server, tmp_path: P
     project = tmp_path / "evil"
     project.mkdir()
     draw_shape("circle", 0).save(project / "a.png")
-    evil_q = "<script>window.__pwned=1</script><img src=x onerror=\"window.__pwned=2\"> [x](javascript:alert(1))"
+    evil_q = ("<script>window.__pwned=1</script><img src=x onerror=\"window.__pwned=2\"> "
+              "[x](javascript:alert(1))")
     records = {"dataset_description": "<img src=x onerror=\"window.__pwned=3\">",
                "samples": [{"id": "<b>id</b>", "image": "a.png", "conversations": [
                    {"from": "human", "value": evil_q},

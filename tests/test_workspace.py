@@ -1,5 +1,6 @@
-"""The workspace: settings round trip and validation, curation edits, the recent list, safe zip
-extraction (zip-slip, absolute names, symlinks, size and count limits) and server paths."""
+"""The workspace (settings round trip and validation, curation edits, the recent list) and getting
+data in (mminstruct.uploads: safe zip extraction — zip-slip, absolute names, symlinks, size and
+count limits — upload names, files on this machine)."""
 
 from __future__ import annotations
 
@@ -12,10 +13,10 @@ from pathlib import Path
 import pytest
 
 from mminstruct.errors import ConfigError, DataFileError, UnsafePathError
-from mminstruct.workspace import (SETTINGS_NAME, Workspace, extract_zip, forget_workspace,
-                                  guess_image_folder, recent_workspaces, remember_workspace,
-                                  safe_file_name, save_upload, server_data_settings,
-                                  settings_from_json)
+from mminstruct.uploads import (extract_zip, guess_image_folder, safe_file_name, save_upload,
+                                server_data_settings)
+from mminstruct.workspace import (SETTINGS_NAME, Workspace, forget_workspace, recent_workspaces,
+                                  remember_workspace, settings_from_json)
 from tests.fixtures.app import app_home  # noqa: F401
 from tests.fixtures.images import draw_shape, save_jpeg
 
