@@ -16,7 +16,7 @@ from mminstruct.preview import (allocation_rows, estimate_run, plan_workspace, r
                                 save_prompts)
 from ui.prompt_view import render_messages
 from ui.safe import md_escape
-from ui.state import require_workspace, seed, through_app
+from ui.state import require_workspace, seed, session_memo, through_app
 
 through_app("pages/4_prompts.py")
 st.title("Prompts")
@@ -75,8 +75,10 @@ if new != (ps.total_gen, ps.min_gen_per_candidate, ps.num_icl_samples, ps.mode, 
         st.error(str(e))
         st.stop()
 
+plan_key = (str(task_path), task_path.stat().st_mtime_ns, new, str(ws.input_root),
+            ws.settings.data.allow_outside_paths, ws.settings.data.dataset_description)
 try:
-    config, plan, pf = plan_workspace(ws, task, task_path)
+    config, plan, pf = session_memo("plan", plan_key, lambda: plan_workspace(ws, task, task_path))
 except (MMInstructError, ValueError) as e:
     st.error(f"Cannot plan prompts: {e}")
     st.stop()
@@ -122,8 +124,9 @@ model = st.text_input("Model (prices from the table in mminstruct.generate.manif
 if model.strip() and model.strip() != ws.settings.endpoint.model_name:
     ws.settings.endpoint.model_name = model.strip()
     ws.save()
-est = estimate_run(pf, ws.input_root, model.strip() or "gpt-4o", max_image_side=e_side,
-                   allow_outside=ws.settings.data.allow_outside_paths)
+est = session_memo("estimate", (plan_key, model.strip(), e_side), lambda: estimate_run(
+    pf, ws.input_root, model.strip() or "gpt-4o", max_image_side=e_side,
+    allow_outside=ws.settings.data.allow_outside_paths))
 m1, m2, m3, m4 = st.columns(4)
 m1.metric("Input tokens", f"{est.input_tokens:,}")
 m2.metric("Output tokens (allowance)", f"{est.output_tokens:,}")

@@ -162,3 +162,14 @@ def through_app(page: str) -> None:
     if not st.session_state.get(NAV_FLAG):
         st.session_state[GOTO] = page
         st.switch_page("app.py")
+
+
+def session_memo(name: str, key: Any, compute: Any) -> Any:
+    """``compute()``'s value, kept in the session under ``name`` while ``key`` is unchanged (for
+    work a rerun would otherwise repeat: a 150,000-prompt plan, an estimate over 2,000 prompts)."""
+    slot = st.session_state.get(f"_memo:{name}")
+    if slot is not None and slot[0] == key:
+        return slot[1]
+    value = compute()
+    st.session_state[f"_memo:{name}"] = (key, value)
+    return value
