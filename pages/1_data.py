@@ -187,11 +187,13 @@ for rec in data.records[start:start + PAGE_SIZE]:
     rows.append({"image": thumb, "id": short(rec.id, 40), "index": rec.index,
                  "question": short(pairs[0][0] if pairs else "", 300),
                  "answer": short(pairs[0][1] if pairs else "", 300),
+                 "conversation": short(" | ".join(f"{t.role}: {t.value}" for t in rec.turns), 1200),
                  "turns": len(rec.turns), "images": len(rec.images)})
 st.dataframe(rows, hide_index=True, width="stretch", row_height=64, column_config={
     "image": st.column_config.ImageColumn("image", width="small"),
     "question": st.column_config.TextColumn("question", width="large"),
     "answer": st.column_config.TextColumn("answer", width="medium"),
+    "conversation": st.column_config.TextColumn("conversation (every turn)", width="large"),
 })
 if d.candidate_folder or d.candidate_file:
     st.caption(f"Candidate pool: {short(d.candidate_folder or d.candidate_file, 200)} "

@@ -148,6 +148,7 @@ def test_generate_review_and_export(task_ws: Workspace, stub,  # noqa: F811
     assert at.get("download_button")
 
 
+@pytest.mark.slow
 def test_pause_continue_cancel_resume_from_the_page(task_ws: Workspace, stub,  # noqa: F811
                                                     monkeypatch: pytest.MonkeyPatch) -> None:
     stub.state.config.latency = 0.4

@@ -87,6 +87,7 @@ def test_start_watch_finish_and_the_key_stays_in_the_environment(stub, no_key_en
         start_run(root, _config(ws, stub, "bad name"))
 
 
+@pytest.mark.slow
 def test_pause_continue_cancel_and_resume(stub, no_key_env, tmp_path: Path) -> None:
     stub.state.config.latency = 0.25
     ws = make_prompt_workspace(tmp_path, "vqa_nr", 30, min_gen=1)
@@ -118,6 +119,7 @@ def test_pause_continue_cancel_and_resume(stub, no_key_env, tmp_path: Path) -> N
     assert sorted(_logged(finished)) == list(range(30))  # every prompt once, none twice
 
 
+@pytest.mark.slow
 def test_kill_9_then_resume(stub, no_key_env, tmp_path: Path) -> None:
     stub.state.config.latency = 0.2
     ws = make_prompt_workspace(tmp_path, "vqa", 24, min_gen=1)
@@ -167,6 +169,7 @@ def test_check_endpoint(stub) -> None:
     assert not closed.ok and "unreachable" in closed.message
 
 
+@pytest.mark.slow
 def test_a_restarted_app_finds_the_run_still_going(stub, no_key_env, tmp_path: Path) -> None:
     """The run is its own session: another process (the app after a restart) sees it running,
     can steer it, and sees it finish."""
