@@ -15,7 +15,6 @@
 
 from __future__ import annotations
 
-import copy
 import json
 import logging
 import os
@@ -48,8 +47,7 @@ DEFAULT_TEMPLATES: tuple[str, ...] = (
     "a photo of a {}.", "a picture of a {}.", "an image of a {}.", "a close-up photo of a {}.",
     "a rendering of a {}.", "a diagram of a {}.", "a screenshot of a {}.",
 )
-#: bf16 is kept only when every image of the first batch agrees with fp32 at least this well.
-BF16_MIN_COSINE = 0.999
+BF16_MIN_COSINE = 0.999  # bf16 only if every probed image agrees with fp32 at least this well
 _BF16_CHECK_IMAGES = 8
 
 
@@ -225,14 +223,12 @@ class ClipModel:
         self.name = name or identity
         #: fp32 or bf16 once decided (by ``precision`` or by the first batch's check).
         self.decided_precision: str | None = None if precision == "auto" else precision
-        self._lock = threading.Lock()
-        self._visual_bf16: Any = None
+        self._lock, self._visual_bf16 = threading.Lock(), None
         self.dim = int(getattr(model, "embed_dim", 0) or self.encode_texts(["a"]).shape[1])
 
     def encode_image_batch(self, batch: Any, bf16: bool) -> Any:
-        """Preprocessed images (N,3,H,W) → L2-normalised float32 tensor (N, dim) on the CPU.
-        bf16 runs a bf16 copy of the image tower (on CPUs autocast is slower than fp32, whole-bf16
-        weights about twice as fast); models without a plain ``visual`` tower use autocast."""
+        """Preprocessed images (N,3,H,W) → L2-normalised float32 (N, dim) on the CPU. bf16 uses bf16
+        weights (on CPUs ~2× fp32, while autocast is slower than fp32), else autocast."""
         import torch
 
         with torch.inference_mode():
@@ -246,12 +242,16 @@ class ClipModel:
             return torch.nn.functional.normalize(f.float(), dim=-1).cpu()
 
     def _bf16_visual(self) -> Any:
+        """``visual`` on bf16 copies of its weights (functional_call), if encode_image is just that."""
         import torch
         from open_clip.model import CLIP, CustomTextCLIP
 
         if self._visual_bf16 is None and type(self.model).encode_image in (CLIP.encode_image,
                                                                            CustomTextCLIP.encode_image):
-            self._visual_bf16 = copy.deepcopy(self.model.visual).to(torch.bfloat16).eval()
+            visual = self.model.visual
+            state = {k: v.to(torch.bfloat16) if v.is_floating_point() else v
+                     for k, v in [*visual.named_parameters(), *visual.named_buffers()]}
+            self._visual_bf16 = lambda x: torch.func.functional_call(visual, state, (x,))
         return self._visual_bf16
 
     def encode_texts(self, texts: Sequence[str]) -> np.ndarray:
