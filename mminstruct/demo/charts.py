@@ -253,10 +253,11 @@ def _scatter_spec(rng: random.Random, seed: int, subtype: str, look: dict) -> Ch
     names = rng.choice(topics.GROUP_NAMES)
     (xlo, xhi), (ylo, yhi) = t.xrange, t.yrange
     sign = t.sign if t.sign else rng.choice((1, -1))
-    strength = rng.uniform(0.55, 0.95)
+    # mostly clear trends, sometimes a loose cloud (where no correlation question is asked)
+    strength = rng.uniform(0.55, 0.95) if rng.random() < 0.75 else rng.uniform(0.0, 0.5)
     groups, series = [], []
     for g in range(n_groups):
-        n = rng.randint(10, 40)
+        n = rng.randint(10, 50)
         shift = (g - (n_groups - 1) / 2) * 0.18
         pts = []
         for _ in range(n):

@@ -33,14 +33,14 @@ from .charts import CHART_TYPES, ChartSpec, chart_seed, make_spec, render_chart
 
 #: Keywords and templates of the held-out evaluation (the same keywords the tests use).
 EVAL_TEMPLATES: tuple[str, ...] = ("{}", "a photo of a {}.")
-STORE_SIDE = 128  # training charts are kept at this square size, cropped and resized per step
+STORE_MARGIN = 1.125  # charts are kept at this × the input size (square), cropped and resized per step
 
 
 @dataclass(frozen=True)
 class TrainConfig:
     seed: int = 0
     n_train: int = 2400
-    steps: int = 1000
+    steps: int = 500
     batch_size: int = 128
     lr: float = 1e-3
     weight_decay: float = 0.1
@@ -49,7 +49,7 @@ class TrainConfig:
     keyword_share: float = 0.7
     threads: int = 2
     workers: int = 2
-    eval_every: int = 200
+    eval_every: int = 250
     n_eval: int = 80
     eval_seed: int = 7
     config_path: Path = CONFIG_PATH
@@ -98,40 +98,40 @@ def _jpeg_roundtrip(spec: ChartSpec, quality: int):
     return Image.open(buf).convert("RGB")
 
 
-def _store_chunk(items: list[tuple[int, ChartSpec]]) -> list[tuple[int, bytes]]:
-    """Worker: draw, JPEG round-trip (as in a workspace), resize the short side to STORE_SIDE and
-    centre-crop — raw RGB bytes."""
+def _store_chunk(job: tuple[int, list[tuple[int, ChartSpec]]]) -> list[tuple[int, bytes]]:
+    """Worker: draw, JPEG round-trip (as in a workspace), resize the short side to ``side`` and
+    centre-crop (as open_clip's preprocessing does) — raw RGB bytes."""
     from PIL import Image
 
+    side, items = job
     out = []
     for i, spec in items:
         img = _jpeg_roundtrip(spec, 70 + spec.seed % 26)
         w, h = img.size
-        s = STORE_SIDE / min(w, h)
-        img = img.resize((max(STORE_SIDE, round(w * s)), max(STORE_SIDE, round(h * s))),
-                         Image.Resampling.BICUBIC)
-        left, top = (img.width - STORE_SIDE) // 2, (img.height - STORE_SIDE) // 2
-        out.append((i, img.crop((left, top, left + STORE_SIDE, top + STORE_SIDE)).tobytes()))
+        s = side / min(w, h)
+        img = img.resize((max(side, round(w * s)), max(side, round(h * s))), Image.Resampling.BICUBIC)
+        left, top = (img.width - side) // 2, (img.height - side) // 2
+        out.append((i, img.crop((left, top, left + side, top + side)).tobytes()))
     return out
 
 
-def draw_training_set(specs: list[ChartSpec], workers: int, log=print):
-    """uint8 tensor [N, 3, STORE_SIDE, STORE_SIDE] of the drawn charts."""
+def draw_training_set(specs: list[ChartSpec], workers: int, side: int, log=print):
+    """uint8 tensor [N, 3, side, side] of the drawn charts."""
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor
 
     import numpy as np
     import torch
 
-    arr = np.zeros((len(specs), STORE_SIDE, STORE_SIDE, 3), dtype=np.uint8)
+    arr = np.zeros((len(specs), side, side, 3), dtype=np.uint8)
     items = list(enumerate(specs))
-    chunks = [items[k:k + 50] for k in range(0, len(items), 50)]
+    chunks = [(side, items[k:k + 50]) for k in range(0, len(items), 50)]
     done = 0
     ctx = multiprocessing.get_context("spawn")
     with ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
         for result in pool.map(_store_chunk, chunks):
             for i, raw in result:
-                arr[i] = np.frombuffer(raw, dtype=np.uint8).reshape(STORE_SIDE, STORE_SIDE, 3)
+                arr[i] = np.frombuffer(raw, dtype=np.uint8).reshape(side, side, 3)
             done += len(result)
             if done % 400 < 50 or done == len(items):
                 log(f"  drew {done}/{len(items)} training charts")
@@ -279,7 +279,8 @@ def train(cfg: TrainConfig, log=print) -> dict[str, Any]:
     t0 = time.perf_counter()
     log(f"drawing {cfg.n_train} training charts with {cfg.workers} processes …")
     specs = train_specs(cfg.n_train, cfg.seed)
-    store = draw_training_set(specs, cfg.workers, log)
+    image_size = _config(cfg.config_path)["vision_cfg"]["image_size"]
+    store = draw_training_set(specs, cfg.workers, round(image_size * STORE_MARGIN), log)
     eval_specs = heldout_specs(cfg.n_eval, cfg.eval_seed)
     eval_images = [_jpeg_roundtrip(s, 88) for s in eval_specs]
     t_data = time.perf_counter() - t0
@@ -287,8 +288,6 @@ def train(cfg: TrainConfig, log=print) -> dict[str, Any]:
     open_clip.add_model_config(str(cfg.config_path))
     model, _, preprocess = open_clip.create_model_and_transforms(DEMO_MODEL)
     tokenizer = open_clip.get_tokenizer(DEMO_MODEL)
-    image_size = model.visual.image_size
-    image_size = image_size[0] if isinstance(image_size, (tuple, list)) else image_size
     n_params = sum(p.numel() for p in model.parameters())
     log(f"model {DEMO_MODEL}: {n_params / 1e6:.2f} M parameters, images {image_size}px")
     decay = [p for n, p in model.named_parameters() if p.ndim >= 2 and "embedding" not in n]
@@ -316,7 +315,7 @@ def train(cfg: TrainConfig, log=print) -> dict[str, Any]:
         if step % 25 == 0 or step == cfg.steps - 1:
             history.append((step, loss.item()))
             log(f"  step {step:4d}/{cfg.steps}  loss {loss.item():.3f}  "
-                f"scale {float(scale):.1f}  {time.perf_counter() - t1:.0f}s")
+                f"scale {scale.item():.1f}  {time.perf_counter() - t1:.0f}s")
         if (step + 1) % cfg.eval_every == 0 and step + 1 < cfg.steps:
             log("  " + zero_shot_eval(model, preprocess, tokenizer, eval_specs, eval_images).line())
     t_train = time.perf_counter() - t1
@@ -342,6 +341,9 @@ def training_notes(cfg: TrainConfig, s: dict[str, Any]) -> str:
     acc = "\n".join(f"| `{t}` | {a:.1%} |" for t, a in ev.accuracy.items())
     per = ", ".join(f"{k} {a:.0%}" for k, a in ev.per_type.items())
     losses = ", ".join(f"{st}: {ls:.2f}" for st, ls in s["loss_history"][::4])
+    command = (f"python -m mminstruct.demo.train --seed {cfg.seed} --n_train {cfg.n_train} "
+               f"--steps {cfg.steps} --batch_size {cfg.batch_size} --lr {cfg.lr} "
+               f"--pair_batches {cfg.pair_batches} --keyword_share {cfg.keyword_share}")
     return f"""# The demo CLIP (`{DEMO_MODEL}`)
 
 A tiny open_clip CLIP trained from scratch on synthetic charts; it knows bar, line, pie and scatter
@@ -351,8 +353,9 @@ checkpoint file).
 * Architecture: `{cfg.config_path.name}` ({_arch_line(cfg.config_path)}; open_clip's default BPE
   tokenizer); {s['n_params']:,} parameters, stored in fp16 as a plain state dict:
   `{cfg.checkpoint_path.name}` ({s['checkpoint_bytes'] / 1e6:.2f} MB).
-* Command: `python -m mminstruct.demo.train --seed {cfg.seed} --n_train {cfg.n_train} --steps {cfg.steps} --batch_size {cfg.batch_size} --lr {cfg.lr} --pair_batches {cfg.pair_batches} --keyword_share {cfg.keyword_share}`
-  (torch.set_num_threads({cfg.threads}), {cfg.workers} drawing processes; torch {s['torch']}, open_clip {s['open_clip']}).
+* Command: `{command}`
+  (torch.set_num_threads({cfg.threads}), {cfg.workers} drawing processes; torch {s['torch']},
+  open_clip {s['open_clip']}).
 * Data: {cfg.n_train} charts drawn by `mminstruct.demo.charts` with seeds
   `chart_seed({cfg.seed}, "train", i)`, chart types balanced, *train* looks only (style sheets
   {', '.join('`' + x + '`' for x in _train_sheets())}); never the demo workspace's seeds, never the
@@ -380,16 +383,42 @@ looks (style sheets and fonts never trained on), measured on the saved fp16 chec
 {acc}
 
 Per chart type (bare keyword): {per}.
+{DESIGN_NOTES}"""
+
+
+DESIGN_NOTES = """
+## Why a small ResNet and not a ViT
+
+Measured on this machine with the same 1,200 training charts, batch 128, AdamW lr 1e-3, and the
+same held-out charts: a ViT image tower (112 px / patch 16, width 128, 4 layers) trained
+contrastively reached 75 % zero-shot after 300 steps and 74 % after 500 (bar and pie fine, line vs
+scatter confused); even trained *supervised* on the four labels it reached only 72.5 % after 200
+steps. open_clip's ModifiedResNet (width 16, one block per stage, 128 px) reached 91 % supervised
+after 100 steps and 95 % zero-shot after 150 contrastive steps. On two CPU cores in ten minutes
+the convolutional tower is the one that learns to tell lines from scattered points, so the demo
+model uses it; it loads through open_clip exactly like the ViT configs.
 """
 
 
-def _arch_line(config_path: Path) -> str:
+def _config(config_path: Path) -> dict[str, Any]:
     import json
 
-    c = json.loads(Path(config_path).read_text())
+    try:
+        return json.loads(Path(config_path).read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise ConfigError(f"model config {config_path} cannot be read: {e}") from e
+
+
+def _arch_line(config_path: Path) -> str:
+    c = _config(config_path)
     v, t = c["vision_cfg"], c["text_cfg"]
-    return (f"ViT {v['image_size']} px / patch {v['patch_size']}, width {v['width']}, {v['layers']} "
-            f"layers; text transformer width {t['width']}, {t['layers']} layers, context "
+    if isinstance(v["layers"], list):
+        tower = (f"open_clip ModifiedResNet {v['image_size']} px, width {v['width']}, blocks "
+                 f"{v['layers']}, attention pooling")
+    else:
+        tower = (f"ViT {v['image_size']} px / patch {v['patch_size']}, width {v['width']}, "
+                 f"{v['layers']} layers")
+    return (f"{tower}; text transformer width {t['width']}, {t['layers']} layers, context "
             f"{t['context_length']}; embedding {c['embed_dim']}")
 
 

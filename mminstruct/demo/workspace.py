@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import shlex
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -31,7 +32,7 @@ from .charts import ALL_LOOKS, CHART_TYPES, ChartSpec, chart_jpeg, chart_seed, m
 from .questions import conversations, pick_questions
 
 #: Bump when the drawing or the questions change: a workspace from another version is rebuilt.
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2
 DATA_FILE_NAME = "demo_charts.json"
 IMAGE_DIR = "images"
 POOL_DIR = "pool"
@@ -235,10 +236,12 @@ def _counts(specs: list[ChartSpec]) -> str:
 
 def readme_text(root: Path, seed: int, ref_specs: list[ChartSpec], cand_specs: list[ChartSpec]) -> str:
     keywords = " ".join(f'"{k}"' for k in KEYWORDS)
+    q_root, out = shlex.quote(str(root)), shlex.quote(str(root / "out"))
     return f"""mminstruct demo workspace (seed {seed})
 =====================================
 
-Synthetic charts drawn with matplotlib, so every answer below is right by construction.
+Synthetic charts drawn with matplotlib, so every answer in the data file is right by
+construction.
 
   {DATA_FILE_NAME}   the reference set: {len(ref_specs)} chart QA records in LLaVA format
                      ({_counts(ref_specs)}); images in {IMAGE_DIR}/
@@ -247,12 +250,18 @@ Synthetic charts drawn with matplotlib, so every answer below is right by constr
   {LABELS_NAME}        the true chart type (and subtype) of every image, for checking a partition;
                      the pipeline never reads it
 
-Partition it with the demo CLIP ("--model_name demo-charts", a tiny model trained only on such
-charts; it knows nothing else) and the keywords
-  {keywords}
-then plan prompts and generate new samples with any OpenAI-compatible VLM. In the app: open this
-folder from the first page. For your own data use a real CLIP (the default ViT-B-32 laion2b when
-online, or a local checkpoint file).
+Next steps (the demo CLIP "demo-charts" is a tiny model trained only on such charts; it knows
+nothing else — for your own data use a real CLIP: the default ViT-B-32 laion2b when online, or a
+local checkpoint file):
 
-Rebuild (deterministic for a seed): python -m mminstruct.demo --output_folder {root} --seed {seed}
+  python -m mminstruct.task_file_generator --input_folder {q_root} --data_file {DATA_FILE_NAME} \\
+      --candidate_folder {POOL_DIR} --model_name demo-charts --output_folder {out} \\
+      --output_prefix demo --keywords {keywords}
+  python -m mminstruct.prompt_generator --input_folder {q_root} --task_desc out/<task file> \\
+      --output_folder {out} --file_prefix demo --total_gen 200 --num_icl_samples 2
+
+then generate new samples with any OpenAI-compatible VLM. In the app: open this folder from the
+first page.
+
+Rebuild (deterministic for a seed): python -m mminstruct.demo --output_folder {q_root} --seed {seed}
 """
