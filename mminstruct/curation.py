@@ -27,11 +27,12 @@ import numpy as np
 
 from . import __version__
 from .clip import embed_images, embed_keywords, embed_texts, parse_model_spec, resolve_device
-from .errors import ConfigError, DataFileError
-from .formats import DataFile, Subgroup, TaskFile, load_data_file, save_task_file
+from .errors import ConfigError, DataFileError, InputError
+from .formats import Subgroup, TaskFile, save_task_file
 from .partition import (UNASSIGNED, Partition, assign_keywords, partition_from_scores,
                         top_k_from_scores)
 from .projection import array_fingerprint, project_2d
+from .records import DataFile, load_data_file
 from .taskfile import collect_candidates
 from .workspace import Workspace
 
@@ -149,7 +150,8 @@ def embed_workspace(ws: Workspace, progress: Progress | None = None,
     parse_model_spec(model)  # a bad spec fails before any work
     data = load_workspace_data(ws)
     root = ws.input_root
-    assert root is not None  # load_workspace_data refused a workspace without a data file
+    if root is None:  # load_workspace_data refuses such a workspace first; kept for type narrowing
+        raise InputError(f"workspace {ws.root} has no data file yet; open or upload one first")
     rows = [i for i, r in enumerate(data.records) if r.images]
     ref_abs = [data.image_path(data.records[i]) for i in rows]
     device = resolve_device(0)

@@ -28,8 +28,9 @@ from pathlib import Path
 from typing import Any
 
 from .errors import ConfigError, InputError
-from .formats import (IMAGE_TOKEN_RE, Problem, PromptEntry, PromptFile, Record, TaskFile,
-                      load_task_file, save_prompt_file, task_records)
+from .formats import (PromptEntry, PromptFile, TaskFile, load_task_file, save_prompt_file,
+                      task_records)
+from .records import IMAGE_TOKEN_RE, Problem, Record
 from .images import resolve_image_path
 from .modes import Mode, parse_mode
 

@@ -5,7 +5,7 @@
 partitions and a report of everything skipped and why); ``generate_task_file(config)`` also writes
 ``OUTPUT/{output_prefix}_{YYYY_mm_dd_HH:MM:SS}.json`` and returns its path.
 
-What it does: load the data file (``formats.load_data_file``; bad records are skipped and reported),
+What it does: load the data file (``records.load_data_file``; bad records are skipped and reported),
 embed each record's first image (records without one stay in ``samples`` but join no subgroup),
 collect the candidate pool (``candidate_folder``, recursive, and/or ``candidate_file``: a text file
 of paths, one per line, or a LLaVA data file), embed it the same way, and partition both by the
@@ -36,7 +36,8 @@ from . import __version__
 from .clip import (DEFAULT_MODEL, ModelSpec, embed_images, embed_keywords, parse_model_spec,
                    parse_templates, resolve_device)
 from .errors import ConfigError, DataFileError, ImageError, InputError, UnsafePathError
-from .formats import DataFile, Subgroup, TaskFile, load_data_file, save_task_file
+from .formats import Subgroup, TaskFile, save_task_file
+from .records import DataFile, load_data_file
 from .images import list_image_files, resolve_image_path
 from .partition import Partition, TopK, assign_keywords, top_k_per_keyword
 

@@ -8,7 +8,7 @@ import io
 import streamlit as st
 
 from mminstruct.errors import MMInstructError
-from mminstruct.formats import DataFile
+from mminstruct.records import DataFile
 from mminstruct.uploads import (DATA_SUFFIXES, extract_zip, guess_image_folder, save_upload,
                                 server_data_settings)
 from mminstruct.workspace import Workspace, default_workspace_root, demo_size_default, setup_demo
@@ -134,7 +134,7 @@ if ws is None or not ws.has_data:
 @st.cache_data(max_entries=8, show_spinner="Reading the data file…")
 def _load(data_file: str, input_folder: str, image_folder: str | None, allow: bool,
           stamp: tuple) -> DataFile:
-    from mminstruct.formats import load_data_file
+    from mminstruct.records import load_data_file
 
     return load_data_file(data_file, input_folder=input_folder, image_folder=image_folder,
                           allow_outside_paths=allow)

@@ -22,7 +22,7 @@ from mminstruct.demo.charts import (CHART_TYPES, HELDOUT_LOOKS, SUBTYPES, TRAIN_
 from mminstruct.demo.questions import chart_questions
 from mminstruct.demo.workspace import MANIFEST_NAME, reference_record, reference_spec
 from mminstruct.errors import ConfigError
-from mminstruct.formats import load_data_file
+from mminstruct.records import load_data_file
 from mminstruct.images import list_image_files
 from tests.fixtures.demo import demo_clip, small_demo_workspace  # noqa: F401
 

@@ -10,8 +10,9 @@ import pytest
 
 from mminstruct.errors import DataFileError
 from mminstruct.formats import (PromptEntry, PromptFile, Subgroup, TaskFile, is_prompt_image,
-                                load_data_file, load_prompt_file, load_task_file, parse_record,
-                                save_prompt_file, save_task_file, task_records)
+                                load_prompt_file, load_task_file, save_prompt_file, save_task_file,
+                                task_records)
+from mminstruct.records import load_data_file, parse_record
 from mminstruct.modes import Mode
 from tests.fixtures.images import draw_shape, save_jpeg
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from mminstruct.data_generator import main
-from mminstruct.formats import load_data_file
+from mminstruct.records import load_data_file
 from mminstruct.generate.output import CONCISE_SUFFIX, REASONING_SUFFIX
 from tests.fixtures.llm import (DESCRIPTION, gen_args, make_prompt_workspace,  # noqa: F401
                                 stub, stub_server)

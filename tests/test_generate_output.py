@@ -10,7 +10,7 @@ import pytest
 
 from mminstruct import batch_data_generator as bdg
 from mminstruct.data_generator import main as gen_main
-from mminstruct.formats import load_data_file
+from mminstruct.records import load_data_file
 from mminstruct.generate import (export_llava, export_sharegpt, iter_output, load_output,
                                  merge_outputs, sharegpt_dataset_info)
 from mminstruct.generate.output import MergeError

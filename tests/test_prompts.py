@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 
 from mminstruct.errors import ConfigError, InputError
-from mminstruct.formats import Subgroup, TaskFile, is_prompt_image, load_prompt_file, parse_record
+from mminstruct.formats import Subgroup, TaskFile, is_prompt_image, load_prompt_file
+from mminstruct.records import parse_record
 from mminstruct.modes import Mode
 from mminstruct.prompts import (CyclicSampler, PromptConfig, allocate, icl_text, ordinal,
                                 plan_prompts, prepare_plan, rewrite_image_tokens)

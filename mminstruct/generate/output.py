@@ -5,7 +5,7 @@ The output file keeps MM-Gen's keys — ``image_folder``, ``len_samples``, ``sta
 ``end_idx``, ``num_prompts``, ``samples`` — and adds ``mode``, ``model``, ``input_folder``,
 ``dataset_description``, ``prompt_file`` and ``run`` beside them. ``image_folder`` is "" and every
 ``image_1`` is relative to ``input_folder`` (the prompt file's convention), so
-``formats.load_data_file(path, input_folder=…)`` reads it back. ``end_idx`` is exclusive
+``records.load_data_file(path, input_folder=…)`` reads it back. ``end_idx`` is exclusive
 (``start_idx + num_prompts``).
 
 Samples per generated item, as MM-Gen builds them (the question suffixes are this project's):

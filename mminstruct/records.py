@@ -1,0 +1,433 @@
+"""LLaVA-style data files: records, validation and the load report.
+
+Data files (``load_data_file``) come in the shapes found in the wild:
+
+* a JSON list of records, an object with ``samples`` (+ ``image_folder``, ``dataset_description`` or
+  MM-Gen's older ``skill``), or JSONL (one record a line);
+* images under ``image``, ``image_1`` (``image_2``, …) or ``images`` (a string or a list);
+* turns under ``conversations`` (``from``/``value``) or ``messages`` (``role``/``content``, the
+  LLaMA-Factory ShareGPT layout); roles human/user, gpt/assistant/bot, and system;
+* ids int, str or missing.
+
+Each record is validated on its own; a bad one is skipped and reported (index, id, reason) in the
+file's ``LoadReport``, never stopping the load. A file that is not JSON, or whose every record fails
+for the same format reason (a near-miss such as OpenAI-style content parts), is refused with one
+``DataFileError`` line.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .errors import DataFileError, ImageError, UnsafePathError
+from .images import DEFAULT_MAX_PIXELS, probe_image, resolve_image_path
+
+ROLE_ALIASES: dict[str, str] = {
+    "human": "human", "user": "human",
+    "gpt": "gpt", "assistant": "gpt", "bot": "gpt", "model": "gpt",
+    "system": "system",
+}
+
+#: Image placeholder tokens seen in the wild: <image>, <image_1>, <ImageHere>, <IMG_CONTEXT>.
+IMAGE_TOKEN_RE = re.compile(r"<(?:image[^<>\s]{0,8}|ImageHere|IMG_CONTEXT)>", re.IGNORECASE)
+
+
+@dataclass(frozen=True)
+class Turn:
+    role: str  # "human", "gpt" or "system"
+    value: str
+
+
+@dataclass
+class Record:
+    """One validated sample. ``images`` are as written in the file, relative to the image root."""
+
+    index: int
+    id: int | str | None
+    images: list[str]
+    turns: list[Turn]
+    raw: dict[str, Any]
+
+    @property
+    def label(self) -> str:
+        return record_label(self.index, self.id)
+
+    def qa_pairs(self) -> list[tuple[str, str]]:
+        """(question, answer) for each human turn followed by a gpt turn; system turns skipped."""
+        pairs: list[tuple[str, str]] = []
+        turns = [t for t in self.turns if t.role != "system"]
+        for a, b in zip(turns, turns[1:]):
+            if a.role == "human" and b.role == "gpt":
+                pairs.append((a.value, b.value))
+        return pairs
+
+    @property
+    def question(self) -> str:
+        pairs = self.qa_pairs()
+        return pairs[0][0] if pairs else ""
+
+    def to_sample(self) -> dict[str, Any]:
+        """The record as an MM-Gen task-file sample: ``image_1`` + ``conversations`` (from/value),
+        other keys of the original kept."""
+        out: dict[str, Any] = {}
+        if self.id is not None:
+            out["id"] = self.id
+        if self.images:
+            out["image_1"] = self.images[0]
+            for k, extra in enumerate(self.images[1:], start=2):
+                out[f"image_{k}"] = extra
+        out["conversations"] = [{"from": t.role, "value": t.value} for t in self.turns]
+        skip = {"id", "image", "images", "conversations", "messages"} | set(out)
+        for k, v in self.raw.items():
+            if k not in skip and not re.fullmatch(r"image_\d+", k):
+                out[k] = v
+        return out
+
+
+def record_label(index: int, rid: Any) -> str:
+    return f"record {index}" + (f" (id {rid!r})" if rid is not None else "")
+
+
+@dataclass(frozen=True)
+class Problem:
+    index: int
+    id: Any
+    reason: str
+
+    def __str__(self) -> str:
+        return f"{record_label(self.index, self.id)}: {self.reason}"
+
+
+@dataclass
+class LoadReport:
+    path: str
+    total: int = 0
+    problems: list[Problem] = field(default_factory=list)
+    hints: list[str] = field(default_factory=list)
+
+    @property
+    def skipped(self) -> int:
+        return len(self.problems)
+
+    @property
+    def loaded(self) -> int:
+        return self.total - self.skipped
+
+    def reasons(self) -> Counter:
+        return Counter(_reason_kind(p.reason) for p in self.problems)
+
+    def summary(self) -> str:
+        head = f"{self.path}: {self.loaded} of {self.total} records loaded"
+        if not self.problems:
+            return head + "." + "".join(f"\n  hint: {h}" for h in self.hints)
+        kinds = ", ".join(f"{n} {k}" for k, n in self.reasons().most_common())
+        lines = [f"{head}, {self.skipped} skipped ({kinds}):"]
+        lines += [f"  {p}" for p in self.problems[:20]]
+        if len(self.problems) > 20:
+            lines.append(f"  … and {len(self.problems) - 20} more")
+        lines += [f"  hint: {h}" for h in self.hints]
+        return "\n".join(lines)
+
+
+def _reason_kind(reason: str) -> str:
+    return reason.split(":")[0] if ":" in reason else reason
+
+
+@dataclass
+class DataFile:
+    """A loaded data file: its valid records, where its images are, and the report."""
+
+    path: Path
+    records: list[Record]
+    image_root: Path
+    image_folder: str
+    dataset_description: str
+    report: LoadReport
+    allow_outside: bool = False
+    raw_extra: dict[str, Any] = field(default_factory=dict)
+
+    def image_path(self, record: Record, k: int = 0) -> Path:
+        return resolve_image_path(self.image_root, record.images[k], allow_outside=self.allow_outside)
+
+    def samples(self) -> list[dict[str, Any]]:
+        return [r.to_sample() for r in self.records]
+
+
+# ----------------------------------------------------------------------------------------------
+# Reading JSON / JSONL
+
+
+def read_json_file(path: str | os.PathLike) -> Any:
+    """JSON, with one clear error naming the file, line and column when it is not."""
+    p = Path(path)
+    text = _read_text(p)
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as e:
+        raise DataFileError(f"{p}: not valid JSON (line {e.lineno}, column {e.colno}: {e.msg})") from e
+
+
+def _read_text(p: Path) -> str:
+    try:
+        data = p.read_bytes()
+    except FileNotFoundError as e:
+        raise DataFileError(f"{p}: file not found") from e
+    except IsADirectoryError as e:
+        raise DataFileError(f"{p}: is a folder, expected a JSON or JSONL file") from e
+    except OSError as e:
+        raise DataFileError(f"{p}: cannot be read: {e}") from e
+    if not data.strip():
+        raise DataFileError(f"{p}: file is empty")
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        raise DataFileError(f"{p}: not UTF-8 text (byte {e.start})") from e
+
+
+def _read_records(p: Path, report: LoadReport) -> tuple[list[tuple[int, Any]], dict[str, Any]]:
+    """(index, raw record) pairs and the container's other keys. Bad JSONL lines become problems."""
+    text = _read_text(p)
+    is_jsonl = p.suffix.lower() in (".jsonl", ".ndjson")
+    if not is_jsonl:
+        try:
+            top = json.loads(text)
+        except json.JSONDecodeError as e:
+            lines = [ln for ln in text.splitlines() if ln.strip()]
+            if len(lines) > 1 and lines[0].lstrip().startswith("{") and _parses(lines[0]):
+                is_jsonl = True  # JSONL saved as .json
+            else:
+                raise DataFileError(
+                    f"{p}: not valid JSON (line {e.lineno}, column {e.colno}: {e.msg})"
+                ) from e
+    if is_jsonl:
+        items: list[tuple[int, Any]] = []
+        for n, line in enumerate(text.splitlines()):
+            if not line.strip():
+                continue
+            try:
+                items.append((len(items), json.loads(line)))
+            except json.JSONDecodeError as e:
+                report.problems.append(Problem(len(items), None, f"bad JSON on line {n + 1}: {e.msg}"))
+                items.append((len(items), None))
+        return [(i, r) for i, r in items if r is not None], {}
+    if isinstance(top, list):
+        return list(enumerate(top)), {}
+    if isinstance(top, dict):
+        samples = top.get("samples")
+        if isinstance(samples, list):
+            extra = {k: v for k, v in top.items() if k != "samples"}
+            return list(enumerate(samples)), extra
+        if "conversations" in top or "messages" in top:
+            return [(0, top)], {}
+        raise DataFileError(
+            f"{p}: a JSON object without a 'samples' list; expected a list of records, "
+            f"an object with 'samples', or JSONL (keys found: {', '.join(sorted(top)[:10])})"
+        )
+    raise DataFileError(f"{p}: top-level JSON is {type(top).__name__}, expected a list or an object")
+
+
+def _parses(line: str) -> bool:
+    try:
+        json.loads(line)
+        return True
+    except json.JSONDecodeError:
+        return False
+
+
+# ----------------------------------------------------------------------------------------------
+# Records
+
+
+class _Bad(Exception):
+    """Internal: a record-level problem (caught into the report, never escapes this module)."""
+
+
+def parse_record(index: int, raw: Any) -> Record:
+    """Validate one record's structure (not its images). Raises DataFileError with the reason."""
+    try:
+        return _parse_record(index, raw)
+    except _Bad as e:
+        rid = raw.get("id") if isinstance(raw, dict) else None
+        raise DataFileError(f"{record_label(index, rid)}: {e}") from None
+
+
+def _parse_record(index: int, raw: Any) -> Record:
+    if not isinstance(raw, dict):
+        raise _Bad(f"wrong type: record is a {type(raw).__name__}, expected an object")
+    rid = raw.get("id")
+    if rid is not None and (not isinstance(rid, (int, str)) or isinstance(rid, bool)):
+        raise _Bad(f"wrong type: id is a {type(rid).__name__}, expected int or string")
+    return Record(index, rid, _record_images(raw), _record_turns(raw), raw)
+
+
+def _record_images(raw: dict[str, Any]) -> list[str]:
+    images: list[str] = []
+    numbered = sorted(
+        (int(k.split("_")[1]), k) for k in raw if re.fullmatch(r"image_\d+", k)
+    )
+    for key in ["image", "images"] + [k for _, k in numbered]:
+        if key not in raw or raw[key] is None:
+            continue
+        value = raw[key]
+        values = value if isinstance(value, list) else [value]
+        for v in values:
+            if not isinstance(v, str):
+                raise _Bad(f"wrong type: '{key}' holds a {type(v).__name__}, expected a path string")
+            if not v.strip():
+                raise _Bad(f"image missing: '{key}' is an empty string")
+            images.append(v)
+    return images
+
+
+def _record_turns(raw: dict[str, Any]) -> list[Turn]:
+    if isinstance(raw.get("conversations"), list):
+        key, role_key, value_key = "conversations", "from", "value"
+    elif isinstance(raw.get("messages"), list):
+        key, role_key, value_key = "messages", "role", "content"
+    elif "conversations" in raw or "messages" in raw:
+        which = "conversations" if "conversations" in raw else "messages"
+        raise _Bad(f"wrong type: '{which}' is a {type(raw[which]).__name__}, expected a list")
+    else:
+        raise _Bad("no conversation: neither a 'conversations' nor a 'messages' list")
+    turns: list[Turn] = []
+    for n, t in enumerate(raw[key], start=1):
+        if not isinstance(t, dict):
+            raise _Bad(f"wrong type: turn {n} is a {type(t).__name__}, expected an object")
+        role = t.get(role_key, t.get("role", t.get("from")))
+        value = t.get(value_key, t.get("content", t.get("value")))
+        if not isinstance(role, str) or role.lower() not in ROLE_ALIASES:
+            raise _Bad(
+                f"unknown role {role!r} in turn {n}; choose one of: {', '.join(ROLE_ALIASES)}"
+            )
+        if isinstance(value, list):
+            raise _Bad(
+                f"content parts: turn {n} holds a list of parts (OpenAI/xtuner style), not text; "
+                "convert it to LLaVA conversations (from/value) first"
+            )
+        if not isinstance(value, str):
+            raise _Bad(f"wrong type: turn {n} value is a {type(value).__name__}, expected a string")
+        turns.append(Turn(ROLE_ALIASES[role.lower()], value))
+    roles = [t.role for t in turns]
+    if "human" not in roles:
+        raise _Bad("no human turn")
+    if "gpt" not in roles:
+        raise _Bad("no answer: no gpt/assistant turn")
+    for n, t in enumerate(turns, start=1):
+        if t.role == "gpt" and not t.value.strip():
+            raise _Bad(f"empty answer in turn {n}")
+    return turns
+
+
+# ----------------------------------------------------------------------------------------------
+# Data files
+
+
+def load_data_file(
+    path: str | os.PathLike,
+    *,
+    input_folder: str | os.PathLike | None = None,
+    image_folder: str | None = None,
+    allow_outside_paths: bool = False,
+    check_images: bool = True,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+) -> DataFile:
+    """Load and validate a LLaVA-style data file.
+
+    Images resolve under ``input_folder / image_folder``: ``input_folder`` defaults to the data
+    file's folder, ``image_folder`` to the file's own ``image_folder`` key (or none). With
+    ``check_images`` each image's header is read (existence, format, pixel limit).
+    """
+    p = Path(path)
+    report = LoadReport(str(p))
+    items, extra = _read_records(p, report)
+    report.total = len(items) + len(report.problems)
+    root_base = Path(input_folder) if input_folder is not None else p.parent
+    folder = image_folder if image_folder is not None else extra.get("image_folder") or ""
+    if not isinstance(folder, str):
+        raise DataFileError(f"{p}: 'image_folder' is a {type(folder).__name__}, expected a string")
+    try:
+        image_root = resolve_image_path(root_base, folder, allow_outside=allow_outside_paths) \
+            if folder else root_base.resolve()
+    except UnsafePathError as e:
+        raise DataFileError(f"{p}: image_folder {folder!r} refused: {e}") from e
+    description = extra.get("dataset_description") or extra.get("skill") or ""
+    if not isinstance(description, str):
+        description = str(description)
+
+    records: list[Record] = []
+    format_reasons: Counter = Counter()
+    missing: list[str] = []
+    for index, raw in items:
+        try:
+            rec = _parse_record(index, raw)
+        except _Bad as e:
+            rid = raw.get("id") if isinstance(raw, dict) else None
+            report.problems.append(Problem(index, rid, str(e)))
+            format_reasons[_reason_kind(str(e))] += 1
+            continue
+        if check_images:
+            bad = _check_record_images(rec, image_root, allow_outside_paths, max_pixels, missing)
+            if bad:
+                report.problems.append(Problem(index, rec.id, bad))
+                continue
+        records.append(rec)
+    report.problems.sort(key=lambda pr: pr.index)
+
+    if not records and format_reasons and sum(format_reasons.values()) == len(items):
+        reason, n = format_reasons.most_common(1)[0]
+        example = next(pr for pr in report.problems if _reason_kind(pr.reason) == reason)
+        raise DataFileError(f"{p}: no record is LLaVA format ({n} of {len(items)}: {example})")
+    if missing:
+        hint = _image_root_hint(p, image_root, missing)
+        if hint:
+            report.hints.append(hint)
+    return DataFile(p, records, image_root, folder, description, report, allow_outside_paths, extra)
+
+
+def _check_record_images(
+    rec: Record, root: Path, allow_outside: bool, max_pixels: int, missing: list[str]
+) -> str | None:
+    for rel in rec.images:
+        try:
+            full = resolve_image_path(root, rel, allow_outside=allow_outside)
+        except UnsafePathError as e:
+            return f"unsafe path: {e}"
+        except ImageError as e:
+            return f"image missing: {e}"
+        if not full.exists():
+            missing.append(rel)
+            return f"image missing: {rel!r} not found under {root}"
+        try:
+            probe_image(full, max_pixels=max_pixels)
+        except ImageError as e:
+            return f"image unreadable: {e}"
+    return None
+
+
+def _image_root_hint(p: Path, root: Path, missing: list[str]) -> str | None:
+    """When images are missing, look for a folder where they do resolve and say so."""
+    sample = missing[:20]
+    candidates = [p.parent, p.parent.parent, p.parent / "images", root / "images"]
+    for cand in candidates:
+        cand = cand.resolve()
+        if cand == root or not cand.is_dir():
+            continue
+        found = sum((cand / m).exists() for m in sample)
+        if found >= max(1, len(sample) // 2):
+            return (f"{len(missing)} image(s) not found under {root}; {found}/{len(sample)} of "
+                    f"those checked exist under {cand}: pass that folder as the image folder")
+    return None
+
+
+def validate_record(index: int, raw: Any) -> Record | Problem:
+    """The record, or the Problem that keeps it out (for callers that report rather than raise)."""
+    try:
+        return _parse_record(index, raw)
+    except _Bad as e:
+        return Problem(index, raw.get("id") if isinstance(raw, dict) else None, str(e))
