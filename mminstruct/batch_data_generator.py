@@ -26,7 +26,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from .cli import run_cli
+from .cli import OneLineParser, run_cli
 from .data_generator import (EXIT_CANCELLED, EXIT_STOPPED, add_common_args, config_from_args,
                              install_signal_handlers)
 from .errors import ConfigError
@@ -38,7 +38,7 @@ from .llm.client import install_log_redaction
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m mminstruct.batch_data_generator",
+    p = OneLineParser(prog="python -m mminstruct.batch_data_generator",
                                 description="Run step 3 in concurrent shards and merge them "
                                             "(`… merge --help` to merge shard outputs).")
     add_common_args(p)

@@ -24,7 +24,7 @@ import signal
 import sys
 from collections.abc import Sequence
 
-from .cli import run_cli
+from .cli import OneLineParser, run_cli
 from .generate.config import DEFAULT_MODEL, GenerationConfig
 from .generate.control import RunControl
 from .generate.engine import RunResult, run_async
@@ -120,7 +120,7 @@ def add_common_args(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m mminstruct.data_generator",
+    p = OneLineParser(prog="python -m mminstruct.data_generator",
                                 description="Generate samples from a prompt file with a VLM "
                                             "behind an OpenAI-compatible API (MM-Gen step 3).")
     add_common_args(p)

@@ -15,7 +15,7 @@ import logging
 import sys
 import time
 
-from .cli import run_cli
+from .cli import OneLineParser, run_cli
 from .modes import MODE_NAMES
 from .prompts import PromptConfig, generate_prompt_file
 
@@ -23,7 +23,7 @@ log = logging.getLogger("mminstruct.prompt_generator")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="prompt_generator",
+    p = OneLineParser(prog="python -m mminstruct.prompt_generator",
                                 description="Plan generation prompts from a task file (MM-Gen step 2).")
     p.add_argument("--task_desc", required=True, help="task file, relative to --input_folder")
     p.add_argument("--input_folder", default="", help="folder every image path is relative to")

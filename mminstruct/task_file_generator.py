@@ -9,22 +9,15 @@ one line on stderr and exit 2; the task file's path is the last line of stdout.
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 from collections.abc import Sequence
-from typing import NoReturn
 
+from .cli import OneLineParser, run_cli
 from .clip import DEFAULT_MODEL
-from .errors import InputError, MMInstructError
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> NoReturn:  # one line, not usage + message
-        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="python -m mminstruct.task_file_generator",
+    p = OneLineParser(prog="python -m mminstruct.task_file_generator",
                 description="Partition a reference data file and a candidate image pool into "
                             "keyword subgroups with CLIP, and write an MM-Gen task file.")
     mm = p.add_argument_group("MM-Gen's flags")
@@ -76,61 +69,31 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _setup_logging(debug: bool) -> None:
-    """Our INFO lines on stderr; other libraries' log lines (open_clip logs on the root logger)
-    only with --debug, so that an error is one line."""
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s",
-                                           datefmt="%H:%M:%S"))
-    handler._mminstruct_cli = True  # type: ignore[attr-defined]
-    ours = logging.getLogger("mminstruct")
-    root = logging.getLogger()
-    for lg in (ours, root):  # main() may run more than once in a process (tests, scripts)
-        for h in [h for h in lg.handlers if getattr(h, "_mminstruct_cli", False)]:
-            lg.removeHandler(h)
-    ours.setLevel(logging.DEBUG if debug else logging.INFO)
-    ours.addHandler(handler)
-    ours.propagate = False
-    root.setLevel(logging.DEBUG if debug else logging.CRITICAL)
-    if debug:
-        root.addHandler(handler)
+def run(args: argparse.Namespace) -> int:
+    from .taskfile import TaskFileConfig, generate_task_file
+
+    config = TaskFileConfig(
+        data_file=args.data_file, input_folder=args.input_folder,
+        output_folder=args.output_folder, keywords=args.keywords,
+        output_prefix=args.output_prefix, model_name=args.model_name,
+        batch_size=args.batch_size, gpu=args.gpu, image_folder=args.image_folder,
+        candidate_folder=args.candidate_folder, candidate_file=args.candidate_file,
+        candidates_per_keyword=args.candidates_per_keyword,
+        min_similarity=args.min_similarity, templates=args.templates or (),
+        allow_outside_paths=args.allow_outside_paths, cache_dir=args.cache_dir,
+        num_workers=args.num_workers, ray_address=args.ray_address)
+    if config.ray_address:
+        from .distributed.embed import generate_task_file as on_ray  # noqa: PLC0415
+
+        path = on_ray(config)
+    else:
+        path = generate_task_file(config)
+    print(path)
+    return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    _setup_logging(args.debug)
-    from .taskfile import TaskFileConfig, generate_task_file
-
-    try:
-        config = TaskFileConfig(
-            data_file=args.data_file, input_folder=args.input_folder,
-            output_folder=args.output_folder, keywords=args.keywords,
-            output_prefix=args.output_prefix, model_name=args.model_name,
-            batch_size=args.batch_size, gpu=args.gpu, image_folder=args.image_folder,
-            candidate_folder=args.candidate_folder, candidate_file=args.candidate_file,
-            candidates_per_keyword=args.candidates_per_keyword,
-            min_similarity=args.min_similarity, templates=args.templates or (),
-            allow_outside_paths=args.allow_outside_paths, cache_dir=args.cache_dir,
-            num_workers=args.num_workers, ray_address=args.ray_address)
-        if config.ray_address:
-            from .distributed.embed import generate_task_file as on_ray  # noqa: PLC0415
-
-            path = on_ray(config)
-        else:
-            path = generate_task_file(config)
-    except InputError as e:
-        if args.debug:
-            logging.getLogger(__name__).debug("details", exc_info=True)
-        print(f"error: {' '.join(str(e).split())}", file=sys.stderr)
-        return 2
-    except MMInstructError as e:  # e.g. a Ray job that failed inside the cluster
-        print(f"failed: {' '.join(str(e).split())}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
-    print(path)
-    return 0
+    return run_cli(build_parser, run, argv)
 
 
 if __name__ == "__main__":

@@ -21,6 +21,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 pytest_plugins = [
     "tests.fixtures.images",
+    "tests.fixtures.clip",
 ]
 
 

@@ -15,7 +15,6 @@ from mminstruct import clip
 from mminstruct.errors import ConfigError, InputError, ModelSpecError
 from tests.fixtures.images import draw_shape, save_jpeg
 
-pytest_plugins = ["tests.fixtures.clip"]
 
 
 @pytest.fixture(autouse=True)

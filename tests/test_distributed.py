@@ -36,7 +36,6 @@ from tests.fixtures.images import draw_shape, make_odd_images, make_shapes_datas
 from tests.fixtures.llm import (FAKE_KEY, gen_args, make_prompt_workspace,  # noqa: F401
                                 stub, stub_server)
 
-pytest_plugins = ["tests.fixtures.clip"]
 
 KEYWORDS = ["red circle", "blue square"]
 

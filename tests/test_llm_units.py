@@ -88,8 +88,10 @@ def test_limits_from_headers_unless_given(caplog: pytest.LogCaptureFixture) -> N
 
     async def go() -> tuple[dict, dict]:
         auto = RateLimiter()
+        auto.announce()
         auto.observe_headers(headers)
         given = RateLimiter(rpm=100)
+        given.announce()
         given.observe_headers(headers)
         return auto.describe(), given.describe()
 

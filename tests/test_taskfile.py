@@ -19,7 +19,6 @@ from mminstruct.formats import TASK_KEYS, load_task_file
 from mminstruct.taskfile import TaskFileConfig, build_task_file, generate_task_file
 from tests.fixtures.images import draw_shape, make_shapes_dataset, save_jpeg
 
-pytest_plugins = ["tests.fixtures.clip"]
 
 REPO = Path(__file__).resolve().parent.parent
 KEYWORDS = ["red circle", "blue square"]

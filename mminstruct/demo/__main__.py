@@ -8,12 +8,13 @@ from __future__ import annotations
 import argparse
 import sys
 
+from ..cli import OneLineParser
 from ..errors import InputError
 from .workspace import build_demo_workspace
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(
+    p = OneLineParser(
         prog="python -m mminstruct.demo",
         description="Build the offline demo workspace: synthetic charts with correct question/answer "
                     "pairs (the reference set), an unlabeled candidate pool and labels.json.")

@@ -258,6 +258,12 @@ class ClusterLimiter:
             self._backend.observe(which, value)
             log.info("%s", getattr(self, which).describe(which.upper(), header))
 
+    def announce(self) -> None:
+        """Log the limits this worker starts with (the cluster actor holds the buckets)."""
+        for which, header in _HEADERS:
+            log.info("%s (shared by the cluster)",
+                     getattr(self, which).describe(which.upper(), header))
+
     def describe(self) -> dict[str, Any]:
         info = self._info
         return {"rpm": info.get("rpm", self.rpm.value),

@@ -585,6 +585,7 @@ async def run_async(cfg: GenerationConfig, *, control: RunControl | None = None,
     try:
         run = open_or_create_run(cfg, stream, start, n)
         lock_fd = run.lock()
+        shared.limiter.announce()
         if cfg.batch_api or run.read_meta().get("batch_api"):
             from .batch_api import batch_job  # OpenAI Batch API runs (and their resumes)
 

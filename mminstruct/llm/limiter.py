@@ -90,6 +90,9 @@ class RateLimiter:
         self._lock = asyncio.Lock()
         self._paused_until = 0.0
         self.waited_s = 0.0
+
+    def announce(self) -> None:
+        """Log which limits are in force and where they came from (once a run really starts)."""
         for info, unit, header in ((self.rpm, "RPM", "x-ratelimit-limit-requests"),
                                    (self.tpm, "TPM", "x-ratelimit-limit-tokens")):
             log.info("%s", info.describe(unit, header))
