@@ -87,17 +87,20 @@ class CyclicSampler:
 
     def draw(self, n: int) -> list[Any]:
         n = min(n, len(self._items))
+        queue = self._queue
+        if len(queue) >= n:  # the common case: the current pass has enough left
+            return [queue.popleft() for _ in range(n)]
         out: list[Any] = []
         deferred: list[Any] = []
         while len(out) < n:
-            if not self._queue:
+            if not queue:
                 self._refill()
-            item = self._queue.popleft()
+            item = queue.popleft()
             if item in out:
                 deferred.append(item)
             else:
                 out.append(item)
-        self._queue.extendleft(reversed(deferred))
+        queue.extendleft(reversed(deferred))
         return out
 
     def draw_one(self) -> Any:
@@ -223,7 +226,20 @@ def plan_prompts(task: TaskFile, config: PromptConfig, plan: PromptPlan | None =
     mode = config.mode
     base_seed = config.seed if config.seed is not None else random.SystemRandom().randrange(2**63)
     prompts: list[PromptEntry] = []
-    text_cache: dict[tuple[int, int], str] = {}
+    # An example's prompt parts depend only on (sample, example number, first image ordinal):
+    # built once, then reused for every prompt that shows it.
+    parts_cache: dict[tuple[int, int, int], tuple[list[str], int]] = {}
+
+    def example_parts(idx: int, k: int, first: int) -> tuple[list[str], int]:
+        key = (idx, k, first)
+        hit = parts_cache.get(key)
+        if hit is None:
+            rec = records[idx]
+            parts = [f"Example {k}", *(_join(task.image_folder, img) for img in rec.images),
+                     icl_text(rec, first)]
+            hit = parts_cache[key] = (parts, len(rec.images))
+        return hit
+
     for sg_index, sp in enumerate(plan.subgroups):
         if sp.n_prompts == 0:
             continue
@@ -236,15 +252,9 @@ def plan_prompts(task: TaskFile, config: PromptConfig, plan: PromptPlan | None =
             icl: list[int] = icl_sampler.draw(config.num_icl_samples) if icl_sampler else []
             n_images = 0
             for k, idx in enumerate(icl, start=1):
-                rec = records[idx]
-                prompt.append(f"Example {k}")
-                prompt.extend(_join(task.image_folder, img) for img in rec.images)
-                key = (idx, n_images + 1)
-                text = text_cache.get(key)
-                if text is None:
-                    text = text_cache[key] = icl_text(rec, n_images + 1)
-                prompt.append(text)
-                n_images += len(rec.images)
+                parts, n = example_parts(idx, k, n_images + 1)
+                prompt += parts
+                n_images += n
             if cand_sampler:
                 prompt.append(cand_sampler.draw_one())
             prompts.append(PromptEntry(sp.keyword, prompt, icl))
