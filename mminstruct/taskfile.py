@@ -315,8 +315,7 @@ def build_task_file(config: TaskFileConfig, progress: Progress | None = None) ->
     if cand is not None and len(cand_rel):
         cand_part = assign_keywords(cand.vectors, kw_vecs, config.min_similarity, config.keywords)
         if config.candidates_per_keyword:
-            topk = top_k_per_keyword(cand.vectors, kw_vecs, config.candidates_per_keyword,
-                                     config.keywords, config.min_similarity)
+            topk = select_top_k(cand.vectors, kw_vecs, config)
         else:
             report.unassigned_candidates = [cand_rel[j] for j in cand_part.unassigned().tolist()]
 
@@ -337,6 +336,28 @@ def build_task_file(config: TaskFileConfig, progress: Progress | None = None) ->
         extra={"mminstruct": _meta_block(config, data, input_root, report, ref.vectors.shape[1])},
     )
     return TaskBuild(task, data, ref_part, ref_rows, cand_rel, cand_part, topk, report)
+
+
+#: From this many candidates on, top-K goes through a cached faiss index (mminstruct.retrieval)
+#: instead of one brute-force similarity matrix; both apply the same overlap rule.
+FAISS_MIN_POOL = 100_000
+
+
+def select_top_k(vectors: np.ndarray, kw_vecs: np.ndarray, config: TaskFileConfig,
+                 faiss_min_pool: int = FAISS_MIN_POOL) -> TopK:
+    """The K most similar candidates per keyword (``partition.resolve_overlaps`` for overlaps)."""
+    k = int(config.candidates_per_keyword or 0)
+    if len(vectors) < faiss_min_pool:
+        return top_k_per_keyword(vectors, kw_vecs, k, config.keywords, config.min_similarity)
+    from .clip import default_cache_dir
+    from .retrieval import CandidateIndex
+    from .retrieval import top_k_per_keyword as faiss_top_k
+
+    index = CandidateIndex.build_or_load(vectors, Path(config.cache_dir or default_cache_dir()) / "faiss")
+    log.info("top-%d per keyword from a %s index over %d candidates (%s)", k, index.kind,
+             len(vectors), "cached" if index.from_cache else "built")
+    return faiss_top_k(index, kw_vecs, k, keywords=config.keywords,
+                       min_similarity=config.min_similarity, rerank_with=vectors)
 
 
 def _failed_rows(result: Any) -> list[tuple[int, str]]:

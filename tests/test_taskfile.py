@@ -151,6 +151,24 @@ def test_top_k_candidates_per_keyword(shapes, tiny_clip, tmp_path: Path) -> None
     assert all(s == sorted(s, reverse=True) for s in scores)
 
 
+def test_large_pools_take_the_faiss_path_with_the_same_result(tmp_path: Path) -> None:
+    import numpy as np
+
+    from mminstruct.taskfile import select_top_k
+
+    rng = np.random.default_rng(0)
+    vecs = rng.normal(size=(3_000, 32)).astype(np.float32)
+    vecs /= np.linalg.norm(vecs, axis=1, keepdims=True)
+    kw = vecs[[0, 1, 2]] + 0.3 * vecs[[3, 4, 5]]  # keywords near the pool, overlapping lists
+    kw /= np.linalg.norm(kw, axis=1, keepdims=True)
+    cfg = TaskFileConfig(data_file="d.json", keywords=["a", "b", "c"], candidates_per_keyword=50,
+                         model_name="RN50:openai", cache_dir=str(tmp_path))
+    brute = select_top_k(vecs, kw, cfg, faiss_min_pool=10**9)
+    via_faiss = select_top_k(vecs, kw, cfg, faiss_min_pool=1)
+    assert [list(map(int, ids)) for ids in via_faiss.ids] == [list(map(int, ids)) for ids in brute.ids]
+    assert (tmp_path / "faiss").is_dir() and any((tmp_path / "faiss").iterdir())  # cached index
+
+
 def test_min_similarity_leaves_everything_unassigned_and_says_so(shapes, tiny_clip,
                                                                  tmp_path: Path) -> None:
     build = build_task_file(config(shapes, tiny_clip, tmp_path, candidate_folder="pool",
