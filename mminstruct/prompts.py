@@ -64,7 +64,11 @@ class PromptConfig:
 
     @property
     def task_desc_path(self) -> str:
-        return os.path.join(self.input_folder, self.task_desc)
+        """Under ``input_folder`` as in MM-Gen; a path that only exists as given is taken as is."""
+        under = os.path.join(self.input_folder, self.task_desc)
+        if not os.path.exists(under) and os.path.exists(self.task_desc):
+            return self.task_desc
+        return under
 
 
 class CyclicSampler:
