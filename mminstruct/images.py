@@ -152,17 +152,19 @@ def open_image(path: str | os.PathLike, *, max_pixels: int = DEFAULT_MAX_PIXELS)
     Raises ImageError (never a bare PIL/OSError) naming the file and the problem.
     """
     p = Path(path)
-    img = _open_raw(p, max_pixels)
+    return _decode(_open_raw(p, max_pixels), str(p))
+
+
+def _decode(img: Image.Image, name: str) -> Image.Image:
+    """First frame, pixels loaded, EXIF orientation applied, RGB; errors name the image."""
     try:
         if getattr(img, "n_frames", 1) > 1:
             img.seek(0)
         img.load()
         img = ImageOps.exif_transpose(img) or img
         return _to_rgb(img)
-    except ImageError:
-        raise
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
-        raise ImageError(f"image {p} cannot be decoded: {e}") from e
+        raise ImageError(f"image {name} cannot be decoded: {e}") from e
 
 
 def open_image_bytes(data: bytes, name: str, *,
@@ -181,17 +183,8 @@ def open_image_bytes(data: bytes, name: str, *,
         raise ImageError(f"image {name} is not a readable image") from e
     except OSError as e:
         raise ImageError(f"image {name} cannot be read: {e}") from e
-    try:
-        _check_pixels(name, img.size, max_pixels)  # type: ignore[arg-type]  # used in the message only
-        if getattr(img, "n_frames", 1) > 1:
-            img.seek(0)
-        img.load()
-        img = ImageOps.exif_transpose(img) or img
-        return _to_rgb(img)
-    except ImageError:
-        raise
-    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
-        raise ImageError(f"image {name} cannot be decoded: {e}") from e
+    _check_pixels(name, img.size, max_pixels)  # type: ignore[arg-type]  # used in the message only
+    return _decode(img, name)
 
 
 def downscale(img: Image.Image, max_side: int | None) -> Image.Image:

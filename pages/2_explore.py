@@ -15,7 +15,7 @@ from mminstruct.projection import display_sample
 from ui.charts import hover_text, map_figure, selected_row
 from ui.gallery import Item, curation_actions, gallery
 from ui.safe import md_escape
-from ui.state import get_embeddings, require_workspace, through_app
+from ui.state import embeddings_or_stop, require_workspace, through_app
 
 MAX_POINTS = 20_000  # drawn at most; the rest are sampled away (selections keep theirs)
 SEL_KEY = "explore_sel"
@@ -25,11 +25,7 @@ st.title("Explore")
 ws = require_workspace()
 p = ws.settings.partition
 
-try:
-    emb = get_embeddings(ws)
-except MMInstructError as e:
-    st.error(f"Cannot embed this workspace's images: {e}")
-    st.stop()
+emb = embeddings_or_stop(ws)
 
 c1, c2, c3 = st.columns(3)
 c1.metric("Reference images", f"{len(emb.reference):,}")

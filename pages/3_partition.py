@@ -13,18 +13,14 @@ from mminstruct.errors import MMInstructError
 from mminstruct.workspace import normalise_keywords
 from ui.gallery import Item, curation_actions, gallery
 from ui.safe import md_escape
-from ui.state import get_embeddings, require_workspace, seed, through_app
+from ui.state import embeddings_or_stop, require_workspace, seed, through_app
 
 through_app("pages/3_partition.py")
 st.title("Partition")
 ws = require_workspace()
 p = ws.settings.partition
 
-try:
-    emb = get_embeddings(ws)
-except MMInstructError as e:
-    st.error(f"Cannot embed this workspace's images: {e}")
-    st.stop()
+emb = embeddings_or_stop(ws)
 
 left, right = st.columns([1, 2])
 with left:

@@ -114,6 +114,15 @@ def get_embeddings(ws: Workspace) -> Any:
     return emb
 
 
+def embeddings_or_stop(ws: Workspace) -> Any:
+    """The workspace's embeddings, or an error box and the end of this page's run."""
+    try:
+        return get_embeddings(ws)
+    except MMInstructError as e:
+        st.error(f"Cannot embed this workspace's images: {e}")
+        st.stop()
+
+
 def forget_embeddings() -> None:
     with _LOCK:
         _EMBEDDINGS.clear()

@@ -30,13 +30,12 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from ..cache import atomic_write_json
+from ..cache import atomic_write_json, atomic_writer
 from ..errors import DataFileError
 from ..llm.errors import (BadPromptError, LLMError, RateLimitError, RequestTimeoutError,
                           ServerError, classify, redact)
 from ..llm.requests import candidate_image
 from ..modes import Mode
-from .output import atomic_text_writer
 
 log = logging.getLogger(__name__)
 
@@ -234,7 +233,7 @@ class PartWriter:
         self.lines = 0
         self.bytes = 0
         self.indices: list[int] = []
-        self._cms = [atomic_text_writer(self.requests_path), atomic_text_writer(self.prompts_path)]
+        self._cms = [atomic_writer(self.requests_path, "w"), atomic_writer(self.prompts_path, "w")]
         self._req = self._cms[0].__enter__()
         self._prm = self._cms[1].__enter__()
 
@@ -324,7 +323,7 @@ async def download_redacted(client: Any, file_id: str, dest: Path, timeout: floa
     the number of lines. Memory: one chunk and one line."""
     n = 0
     async with client.files.with_streaming_response.content(file_id, timeout=timeout) as resp:
-        with atomic_text_writer(dest) as f:
+        with atomic_writer(dest, "w") as f:
             rest = b""
             async for chunk in resp.iter_bytes():
                 rest += chunk

@@ -15,13 +15,12 @@ import logging
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ..cache import atomic_write_json
+from ..cache import atomic_write_json, atomic_writer
 from ..llm.errors import BadPromptError, ImageFileError
 from ..llm.requests import (batch_line, build_messages, generation_prompt, request_body,
                             response_schema, system_prompt)
 from .control import RunStatus
 from .jsonstream import PromptStream
-from .output import atomic_text_writer
 from .runlog import unique_output_path
 
 if TYPE_CHECKING:
@@ -122,7 +121,7 @@ class _PartWriter:
 
     def _open(self) -> None:
         path = self.base.with_name(f"{self.base.name}.batch_{len(self.files) + 1:03d}.jsonl")
-        self._cm = atomic_text_writer(path)
+        self._cm = atomic_writer(path, "w")
         self._f = self._cm.__enter__()
         self.files.append(path)
         self._lines = self._bytes = 0

@@ -30,13 +30,12 @@ from __future__ import annotations
 import json
 import logging
 import os
-import tempfile
 from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
+from ..cache import atomic_writer
 from ..errors import DataFileError, GenerationError
 from ..modes import Mode
 from .jsonstream import iter_object
@@ -112,26 +111,6 @@ def record_samples(mode: Mode, rec: dict[str, Any], dataset_description: str
 # Atomic streaming writes
 
 
-@contextmanager
-def atomic_text_writer(path: str | os.PathLike) -> Iterator[IO[str]]:
-    """Write ``path`` through a temporary file in its folder; fsync and rename on success."""
-    p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=p.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            yield f
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, p)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
-
-
 def _dump(obj: Any) -> str:
     return json.dumps(obj, ensure_ascii=False)
 
@@ -139,7 +118,7 @@ def _dump(obj: Any) -> str:
 def write_samples_file(path: Path, header: dict[str, Any], samples: Iterator[dict[str, Any]]
                        ) -> None:
     """``{header…, "samples": [one sample a line]}``; ``header`` must already hold len_samples."""
-    with atomic_text_writer(path) as f:
+    with atomic_writer(path, "w") as f:
         f.write("{\n")
         for k, v in header.items():
             f.write(f"{_dump(k)}: {_dump(v)},\n")
@@ -319,7 +298,7 @@ def merge_outputs(paths: list[Path], out_path: Path) -> MergeSummary:
 
 def _write_json_list(dest: Path, records: Iterator[dict[str, Any]]) -> int:
     n = 0
-    with atomic_text_writer(dest) as f:
+    with atomic_writer(dest, "w") as f:
         f.write("[")
         for r in records:
             f.write("\n" if n == 0 else ",\n")
