@@ -22,6 +22,9 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 pytest_plugins = [
     "tests.fixtures.images",
     "tests.fixtures.clip",
+    "tests.fixtures.llm",
+    "tests.fixtures.demo",
+    "tests.fixtures.app",
 ]
 
 

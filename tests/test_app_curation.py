@@ -10,13 +10,12 @@ import pytest
 
 from mminstruct.formats import load_task_file
 from mminstruct.workspace import Workspace
-from tests.fixtures.app import (app_home, app_test, demo_data, demo_ws,  # noqa: F401
-                                markdown_strings, no_errors, tiny_clip)
+from tests.fixtures.app import app_test, markdown_strings, no_errors
 from ui.state import forget_embeddings
 
 
 @pytest.fixture
-def pca_ws(demo_ws: Workspace) -> Workspace:  # noqa: F811
+def pca_ws(demo_ws: Workspace) -> Workspace:
     demo_ws.settings.partition.projection = "pca"  # UMAP's first call compiles for ~15 s
     demo_ws.save()
     return demo_ws

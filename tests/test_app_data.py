@@ -12,15 +12,15 @@ import zipfile
 from pathlib import Path
 
 from mminstruct.workspace import Workspace, recent_workspaces
-from tests.fixtures.app import (REPO, app_home, app_test, copy_demo, demo_data,  # noqa: F401
-                                live_markup, markdown_strings, no_errors, plain_strings)
+from tests.fixtures.app import (REPO, app_test, copy_demo, live_markup, markdown_strings,
+                                no_errors, plain_strings)
 from tests.fixtures.images import draw_shape
 
 EVIL_Q = "<script>alert('q')</script> <img src=x onerror=alert(1)> [click](javascript:alert(2)) :red[x]"
 EVIL_A = "<b>bold?</b> <iframe src=javascript:alert(3)></iframe> $x^2$"
 
 
-def test_open_the_demo(app_home: Path, demo_data: Path) -> None:  # noqa: F811
+def test_open_the_demo(app_home: Path, demo_data: Path) -> None:
     copy_demo(demo_data, app_home / "workspaces" / "demo")  # drawn already: the click is quick
     at = app_test().run()
     no_errors(at)
@@ -60,7 +60,7 @@ def _image_zip(names: list[str], folder: str) -> bytes:
     return buf.getvalue()
 
 
-def test_upload_a_data_file_with_an_image_zip(app_home: Path) -> None:  # noqa: F811
+def test_upload_a_data_file_with_an_image_zip(app_home: Path) -> None:
     ws = Workspace.open(app_home / "workspaces" / "up", create=True)
     records = _records(5) + [{"id": "bad", "conversations": "not a list"}]
     at = app_test(ws).run()
@@ -83,7 +83,7 @@ def test_upload_a_data_file_with_an_image_zip(app_home: Path) -> None:  # noqa: 
     assert any("wrong type" in t for t in plain_strings(at))
 
 
-def test_files_on_this_machine(app_home: Path, tmp_path: Path) -> None:  # noqa: F811
+def test_files_on_this_machine(app_home: Path, tmp_path: Path) -> None:
     project = tmp_path / "project"
     (project / "pics").mkdir(parents=True)
     for i in range(3):
@@ -104,7 +104,7 @@ def test_files_on_this_machine(app_home: Path, tmp_path: Path) -> None:  # noqa:
     assert any("not found" in e.value for e in at.error)
 
 
-def test_markup_in_a_data_file_is_rendered_as_text(app_home: Path, tmp_path: Path) -> None:  # noqa: F811
+def test_markup_in_a_data_file_is_rendered_as_text(app_home: Path, tmp_path: Path) -> None:
     project = tmp_path / "evil"
     project.mkdir()
     draw_shape("circle", 0).save(project / "a.png")
@@ -127,7 +127,7 @@ def test_markup_in_a_data_file_is_rendered_as_text(app_home: Path, tmp_path: Pat
     assert at.text_area(key="desc_text").value == EVIL_A
 
 
-def test_the_first_page_imports_nothing_heavy(app_home: Path, demo_data: Path) -> None:  # noqa: F811
+def test_the_first_page_imports_nothing_heavy(app_home: Path, demo_data: Path) -> None:
     copy_demo(demo_data, app_home / "workspaces" / "demo")
     code = (
         "import sys, json\n"

@@ -17,15 +17,15 @@ from mminstruct.llm.requests import generation_prompt, system_prompt
 from mminstruct.modes import Mode
 from mminstruct.runs import list_app_runs, run_info
 from mminstruct.workspace import Workspace
-from tests.fixtures.app import (app_home, app_test, demo_data, demo_ws,  # noqa: F401
-                                live_markup, markdown_strings, no_errors, plain_strings, tiny_clip, walk)
-from tests.fixtures.llm import FAKE_KEY, stub, stub_server  # noqa: F401
+from tests.fixtures.app import (app_test, live_markup, markdown_strings, no_errors, plain_strings,
+                                walk)
+from tests.fixtures.llm import FAKE_KEY
 
 SECRET_PART = FAKE_KEY.split("SECRET-")[1]
 
 
 @pytest.fixture
-def task_ws(demo_ws: Workspace, monkeypatch: pytest.MonkeyPatch) -> Workspace:  # noqa: F811
+def task_ws(demo_ws: Workspace, monkeypatch: pytest.MonkeyPatch) -> Workspace:
     """The demo workspace with a saved task file and small prompt settings; no key anywhere."""
     monkeypatch.delenv("OPENAI_API_KEY", raising=False)
     emb = embed_workspace(demo_ws)
@@ -96,7 +96,7 @@ def _to_generate(ws: Workspace, server, monkeypatch: pytest.MonkeyPatch) -> obje
     return at
 
 
-def test_generate_review_and_export(task_ws: Workspace, stub,  # noqa: F811
+def test_generate_review_and_export(task_ws: Workspace, stub,
                                     monkeypatch: pytest.MonkeyPatch) -> None:
     at = _to_generate(task_ws, stub, monkeypatch)
     assert "typed in this session" in " ".join(markdown_strings(at))
@@ -149,7 +149,7 @@ def test_generate_review_and_export(task_ws: Workspace, stub,  # noqa: F811
 
 
 @pytest.mark.slow
-def test_pause_continue_cancel_resume_from_the_page(task_ws: Workspace, stub,  # noqa: F811
+def test_pause_continue_cancel_resume_from_the_page(task_ws: Workspace, stub,
                                                     monkeypatch: pytest.MonkeyPatch) -> None:
     stub.state.config.latency = 0.4
     p = task_ws.settings.prompts

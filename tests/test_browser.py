@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 
 from mminstruct.workspace import DEMO_FOLDER
-from tests.fixtures.app import DEMO_SIZE, REPO, demo_data, tiny_clip  # noqa: F401
+from tests.fixtures.app import DEMO_SIZE, REPO
 from tests.fixtures.llm import FAKE_KEY
 from tests.openai_server import StubConfig, StubServer
 
@@ -53,7 +53,7 @@ def _demo_model_available() -> bool:
 
 
 @pytest.fixture
-def app_server(tmp_path: Path, demo_data: Path, tiny_clip):  # noqa: F811
+def app_server(tmp_path: Path, demo_data: Path, tiny_clip):
     home = tmp_path / "home"
     shutil.copytree(demo_data, home / "workspaces" / "demo" / DEMO_FOLDER)  # drawn once per session
     env = {k: v for k, v in os.environ.items()

@@ -24,7 +24,6 @@ from mminstruct.demo.workspace import MANIFEST_NAME, reference_record, reference
 from mminstruct.errors import ConfigError
 from mminstruct.records import load_data_file
 from mminstruct.images import list_image_files
-from tests.fixtures.demo import demo_clip, small_demo_workspace  # noqa: F401
 
 REPO = Path(__file__).resolve().parent.parent
 KEYWORD_OF = {"bar": "bar chart", "line": "line chart", "pie": "pie chart", "scatter": "scatter plot"}

@@ -20,7 +20,7 @@ from mminstruct import batch_data_generator as bdg
 from mminstruct import data_generator as dg
 from mminstruct import task_file_generator
 from mminstruct.clip import embed_images, embed_keywords
-from mminstruct.distributed.cluster import (ClusterError, RayUnavailableError, check_address,
+from mminstruct.distributed.cluster import (RayUnavailableError, check_address,
                                             connect, shutdown)
 from mminstruct.distributed.decode import PilHead, split_transform
 from mminstruct.distributed.embed import TAR_SEP, embed_pool, import_to_cache, read_pool
@@ -33,8 +33,7 @@ from mminstruct.images import list_image_files
 from mminstruct.llm.client import EndpointConfig
 from mminstruct.retrieval import parquet_vectors
 from tests.fixtures.images import draw_shape, make_odd_images, make_shapes_dataset, save_jpeg
-from tests.fixtures.llm import (FAKE_KEY, gen_args, make_prompt_workspace,  # noqa: F401
-                                stub, stub_server)
+from tests.fixtures.llm import FAKE_KEY, gen_args, make_prompt_workspace
 
 
 KEYWORDS = ["red circle", "blue square"]

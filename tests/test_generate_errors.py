@@ -10,8 +10,7 @@ import pytest
 
 from mminstruct.data_generator import main
 from mminstruct.generate.runlog import iter_records, list_runs
-from tests.fixtures.llm import (FAKE_KEY, gen_args, make_prompt_workspace,  # noqa: F401
-                                stub, stub_server)
+from tests.fixtures.llm import FAKE_KEY, gen_args, make_prompt_workspace
 
 # behaviour → (outcome, items or None); "ok" prompts give min_gen (2) items
 CASES: dict[str, tuple[str, int | None]] = {

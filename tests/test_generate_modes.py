@@ -12,8 +12,7 @@ import pytest
 from mminstruct.data_generator import main
 from mminstruct.records import load_data_file
 from mminstruct.generate.output import CONCISE_SUFFIX, REASONING_SUFFIX
-from tests.fixtures.llm import (DESCRIPTION, gen_args, make_prompt_workspace,  # noqa: F401
-                                stub, stub_server)
+from tests.fixtures.llm import DESCRIPTION, gen_args, make_prompt_workspace
 
 PER_ITEM = {"vqa": 2, "vqa_task_desc": 2, "tqa": 2, "vqa_nr": 1, "descript": 1, "generic": 1,
             "descript_task_desc": 1}

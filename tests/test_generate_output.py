@@ -15,8 +15,7 @@ from mminstruct.generate import (export_llava, export_sharegpt, iter_output, loa
                                  merge_outputs, sharegpt_dataset_info)
 from mminstruct.generate.output import MergeError
 from mminstruct.generate.shards import split_range
-from tests.fixtures.llm import (gen_args, make_prompt_workspace, stub,  # noqa: F401
-                                stub_server)
+from tests.fixtures.llm import gen_args, make_prompt_workspace
 
 
 def _out(capsys) -> Path:

@@ -19,8 +19,7 @@ from mminstruct.generate import (GenerationConfig, RunControl, read_status, requ
                                  run_async)
 from mminstruct.generate.runlog import iter_records, list_runs
 from mminstruct.llm.client import EndpointConfig
-from tests.fixtures.llm import (gen_args, make_prompt_workspace, stub,  # noqa: F401
-                                stub_server, subprocess_env)
+from tests.fixtures.llm import gen_args, make_prompt_workspace, subprocess_env
 
 
 def _out(capsys) -> Path:

@@ -8,8 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from tests.fixtures.llm import (FAKE_KEY, gen_args, make_prompt_workspace,  # noqa: F401
-                                stub, stub_server, subprocess_env)
+from tests.fixtures.llm import FAKE_KEY, gen_args, make_prompt_workspace, subprocess_env
 
 SECRET_PART = FAKE_KEY.split("SECRET-")[1]
 

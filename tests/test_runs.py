@@ -20,8 +20,7 @@ from mminstruct.generate.runlog import iter_records
 from mminstruct.llm.client import EndpointConfig
 from mminstruct.runs import (cancel_run, check_endpoint, continue_run, dry_run, latest_records,
                              list_app_runs, pause_run, resume_run, run_info, start_run)
-from tests.fixtures.llm import (FAKE_KEY, make_prompt_workspace, stub,  # noqa: F401
-                                stub_server)
+from tests.fixtures.llm import FAKE_KEY, make_prompt_workspace
 
 SECRET_PART = FAKE_KEY.split("SECRET-")[1]
 

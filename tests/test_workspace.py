@@ -17,7 +17,6 @@ from mminstruct.uploads import (extract_zip, guess_image_folder, safe_file_name,
                                 server_data_settings)
 from mminstruct.workspace import (SETTINGS_NAME, Workspace, forget_workspace, recent_workspaces,
                                   remember_workspace, settings_from_json)
-from tests.fixtures.app import app_home  # noqa: F401
 from tests.fixtures.images import draw_shape, save_jpeg
 
 
@@ -102,7 +101,7 @@ def test_keyword_edits_carry_manual_assignments(tmp_path: Path) -> None:
     assert Workspace.open(ws.root).settings.partition.excluded_candidates == ["pool/c.jpg"]
 
 
-def test_recent_workspaces(app_home: Path, tmp_path: Path) -> None:  # noqa: F811
+def test_recent_workspaces(app_home: Path, tmp_path: Path) -> None:
     a = Workspace.open(tmp_path / "a", create=True)
     b = Workspace.open(tmp_path / "b", create=True)
     remember_workspace(a.root)

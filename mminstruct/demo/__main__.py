@@ -52,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"  labels:           {ws.labels_file}")
     print(f"  readme:           {ws.readme}")
     print(f"  keywords:         {', '.join(ws.keywords)}")
-    print(f"  data file:")
+    print("  data file:")
     print(ws.data_file)
     return 0
 

@@ -36,10 +36,10 @@ from ..errors import ConfigError, DataFileError
 from ..generate.config import GenerationConfig, resolved_range
 from ..generate.control import (RunControl, RunStatus, read_status, request_cancel,
                                 request_pause)
-from ..generate.engine import RunResult, Shared, open_or_create_run, run_async
+from ..generate.engine import RunResult, Shared, run_async
 from ..generate.jsonstream import PromptStream
 from ..generate.output import merge_outputs
-from ..generate.runlog import (FINISHED, RunDir, latest_unfinished, list_runs,
+from ..generate.runlog import (FINISHED, RunDir, latest_unfinished, list_runs, open_or_create_run,
                                unique_output_path)
 from ..generate.shards import ShardedResult, _merged_manifest, shard_prefix, split_range
 from ..llm.errors import EndpointConfigError

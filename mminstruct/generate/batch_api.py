@@ -55,7 +55,7 @@ from ..errors import ConfigError
 from ..formats import PromptEntry
 from ..llm.errors import (BadPromptError, BadRequestError, ImageFileError, LLMError,
                           RequestTimeoutError, ServerError, classify)
-from ..llm.requests import batch_line, build_messages, candidate_image, request_body
+from ..llm.requests import batch_line
 from .batch_files import (TERMINAL, BatchState, LineResult, Part, PartWriter,
                           append_resubmitted, batch_failure, download_redacted, error_json,
                           load_prompts, load_resubmitted_errors, prompts_from_file, prompts_path,
@@ -256,19 +256,11 @@ class BatchJob(_Job):
     async def _build_line(self, idx: int, entry: PromptEntry | BadPromptError
                           ) -> tuple[int, str | None, dict[str, Any], LLMError | None]:
         """One request line, built exactly as the online engine builds its request."""
-        base: dict[str, Any] = {"prompt_idx": idx}
-        if isinstance(entry, BadPromptError):
-            return idx, None, base, entry
-        base.update(keyword=entry.keyword, icl_indices=entry.icl_indices,
-                    image=candidate_image(entry, self.mode))
+        base = self._base(idx, entry)
         try:
-            built = await build_messages(entry, self.mode, self.system, self.generate,
-                                         self.shared.encoder)
+            body, _ = await self._request(entry, self.body_model)
         except (ImageFileError, BadPromptError) as e:
             return idx, None, base, e
-        body = request_body(self.body_model, built.messages, temperature=self.cfg.temperature,
-                            max_tokens=self.cfg.max_tokens, seed=self.cfg.seed,
-                            response_format=self.response_format)
         line = batch_line(idx, body)
         line["url"] = self.url
         return idx, json.dumps(line, ensure_ascii=False), base, None

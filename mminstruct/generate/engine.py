@@ -36,7 +36,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..errors import ConfigError
 from ..formats import PromptEntry
 from ..llm.client import build_clients
 from ..llm.errors import (RETRYABLE_ON_RESUME, BadJSONError, BadPromptError, ContentFilterError,
@@ -44,16 +43,16 @@ from ..llm.errors import (RETRYABLE_ON_RESUME, BadJSONError, BadPromptError, Con
                           SchemaMismatchError, ServerError, classify, redact)
 from ..llm.limiter import RateLimiter
 from ..llm.parse import ParseResult, parse_items
-from ..llm.requests import (ImageEncoder, build_messages, candidate_image, fix_messages,
-                            generation_prompt, request_body, response_schema, system_prompt)
+from ..llm.requests import (BuiltRequest, ImageEncoder, build_messages, candidate_image,
+                            fix_messages, generation_prompt, request_body, response_schema,
+                            system_prompt)
 from ..modes import Mode
 from .config import GenerationConfig, resolved_range
 from .control import RunControl, RunStatus, StatusTracker, clear_flags
 from .jsonstream import PromptStream
 from .manifest import build_manifest, manifest_path_for, summarize_log, write_manifest
 from .output import write_output
-from .runlog import (FINISHED, RunDir, RunLog, create_run, latest_records, latest_unfinished,
-                     list_runs)
+from .runlog import FINISHED, RunDir, RunLog, latest_records, open_or_create_run, output_path
 
 log = logging.getLogger(__name__)
 
@@ -116,50 +115,6 @@ class _Stats:
 
 
 # ----------------------------------------------------------------------------------------------
-
-
-def output_path(cfg: GenerationConfig, stamp: str) -> Path:
-    return cfg.output_folder / "generated_data" / f"{cfg.file_prefix}_{stamp}.json"
-
-
-def open_or_create_run(cfg: GenerationConfig, stream: PromptStream, start: int, n: int) -> RunDir:
-    identity = cfg.identity(stream.count)
-    content = cfg.content_params()
-    content["num_prompts"] = n
-    if cfg.resume:
-        run = latest_unfinished(cfg.output_folder, cfg.file_prefix)
-        runs = list_runs(cfg.output_folder, cfg.file_prefix)
-        if run is None and cfg.retry_failed and runs and _has_retryable(runs[-1]):
-            run = runs[-1]  # a finished run with transient failures: re-send those
-        if run is None:
-            hint = f" (its latest run {runs[-1].path.name} is finished)" if runs else ""
-            raise ConfigError(f"--resume: no unfinished run with file_prefix "
-                              f"{cfg.file_prefix!r} in {cfg.output_folder}{hint}; run without "
-                              "--resume to start one"
-                              + ("" if cfg.retry_failed or not runs else
-                                 ", or add --retry_failed to re-send its transient failures"))
-        meta = run.read_meta()
-        if meta.get("identity") != identity:
-            old = meta.get("content", {})
-            diffs = [f"{k} was {old.get(k)!r}, now {content.get(k)!r}"
-                     for k in content if old.get(k) != content.get(k)]
-            what = "; ".join(diffs) or "the prompt file changed since the run started"
-            raise ConfigError(f"cannot resume {run.path.name}: {what}. Resume with the same "
-                              "values, or start a new run without --resume")
-        log.info("resuming run %s", run.path)
-        return run
-    pending = latest_unfinished(cfg.output_folder, cfg.file_prefix)
-    if pending is not None:
-        log.info("note: unfinished run %s exists; pass --resume to continue it instead",
-                 pending.path.name)
-    return create_run(cfg.output_folder, cfg.file_prefix, {
-        "identity": identity, "content": content, "range": [start, n],
-        "parameters": cfg.public_json()})
-
-
-def _has_retryable(run: RunDir) -> bool:
-    return any(not r.ok and r.error_class in RETRYABLE_ON_RESUME
-               for r in latest_records(run.log_path).values())
 
 
 class _Job:
@@ -332,23 +287,36 @@ class _Job:
 
     # ------------------------------------------------------------------ one prompt
 
-    async def _process(self, idx: int, entry: PromptEntry | BadPromptError,
-                       client: Any) -> dict | None:
+    def _base(self, idx: int, entry: PromptEntry | BadPromptError) -> dict[str, Any]:
+        """What every record of this prompt carries, whatever its outcome."""
         base: dict[str, Any] = {"prompt_idx": idx}
-        stats = _Stats()
-        t0 = time.monotonic()
+        if not isinstance(entry, BadPromptError):
+            base.update(keyword=entry.keyword, icl_indices=entry.icl_indices,
+                        image=candidate_image(entry, self.mode))
+        return base
+
+    async def _request(self, entry: PromptEntry | BadPromptError, model: str | None = None
+                       ) -> tuple[dict[str, Any], BuiltRequest]:
+        """The chat-completions body for one prompt — the one builder of the online and the
+        Batch API paths. Raises BadPromptError / ImageFileError for a prompt that cannot be sent."""
         if isinstance(entry, BadPromptError):
-            return self._failure(base, entry, stats, t0)
-        base.update(keyword=entry.keyword, icl_indices=entry.icl_indices,
-                    image=candidate_image(entry, self.mode))
-        try:
-            built = await build_messages(entry, self.mode, self.system, self.generate,
-                                         self.shared.encoder)
-        except (ImageFileError, BadPromptError) as e:
-            return self._failure(base, e, stats, t0)
-        body = request_body(self.cfg.model_name, built.messages,
+            raise entry
+        built = await build_messages(entry, self.mode, self.system, self.generate,
+                                     self.shared.encoder)
+        body = request_body(model or self.cfg.model_name, built.messages,
                             temperature=self.cfg.temperature, max_tokens=self.cfg.max_tokens,
                             seed=self.cfg.seed, response_format=self.response_format)
+        return body, built
+
+    async def _process(self, idx: int, entry: PromptEntry | BadPromptError,
+                       client: Any) -> dict | None:
+        base = self._base(idx, entry)
+        stats = _Stats()
+        t0 = time.monotonic()
+        try:
+            body, built = await self._request(entry)
+        except (ImageFileError, BadPromptError) as e:
+            return self._failure(base, e, stats, t0)
         try:
             result, finish = await self._generate(client, body, built.token_estimate, stats)
         except _Stopped:

@@ -31,10 +31,15 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..cache import atomic_write_json
 from ..errors import ConfigError, DataFileError
+from ..llm.errors import RETRYABLE_ON_RESUME
+
+if TYPE_CHECKING:
+    from .config import GenerationConfig
+    from .jsonstream import PromptStream
 
 log = logging.getLogger(__name__)
 
@@ -286,3 +291,51 @@ def open_run(path: str | os.PathLike) -> RunDir:
     if not m or not (p / "run.json").exists():
         raise DataFileError(f"{p}: not a generation run folder (no run.json)")
     return RunDir(p, m.group("prefix"), m.group("stamp"))
+
+
+# ----------------------------------------------------------------------------------------------
+# Which run a command continues
+
+
+def output_path(cfg: GenerationConfig, stamp: str) -> Path:
+    return cfg.output_folder / "generated_data" / f"{cfg.file_prefix}_{stamp}.json"
+
+
+def open_or_create_run(cfg: GenerationConfig, stream: PromptStream, start: int, n: int) -> RunDir:
+    identity = cfg.identity(stream.count)
+    content = cfg.content_params()
+    content["num_prompts"] = n
+    if cfg.resume:
+        run = latest_unfinished(cfg.output_folder, cfg.file_prefix)
+        runs = list_runs(cfg.output_folder, cfg.file_prefix)
+        if run is None and cfg.retry_failed and runs and _has_retryable(runs[-1]):
+            run = runs[-1]  # a finished run with transient failures: re-send those
+        if run is None:
+            hint = f" (its latest run {runs[-1].path.name} is finished)" if runs else ""
+            raise ConfigError(f"--resume: no unfinished run with file_prefix "
+                              f"{cfg.file_prefix!r} in {cfg.output_folder}{hint}; run without "
+                              "--resume to start one"
+                              + ("" if cfg.retry_failed or not runs else
+                                 ", or add --retry_failed to re-send its transient failures"))
+        meta = run.read_meta()
+        if meta.get("identity") != identity:
+            old = meta.get("content", {})
+            diffs = [f"{k} was {old.get(k)!r}, now {content.get(k)!r}"
+                     for k in content if old.get(k) != content.get(k)]
+            what = "; ".join(diffs) or "the prompt file changed since the run started"
+            raise ConfigError(f"cannot resume {run.path.name}: {what}. Resume with the same "
+                              "values, or start a new run without --resume")
+        log.info("resuming run %s", run.path)
+        return run
+    pending = latest_unfinished(cfg.output_folder, cfg.file_prefix)
+    if pending is not None:
+        log.info("note: unfinished run %s exists; pass --resume to continue it instead",
+                 pending.path.name)
+    return create_run(cfg.output_folder, cfg.file_prefix, {
+        "identity": identity, "content": content, "range": [start, n],
+        "parameters": cfg.public_json()})
+
+
+def _has_retryable(run: RunDir) -> bool:
+    return any(not r.ok and r.error_class in RETRYABLE_ON_RESUME
+               for r in latest_records(run.log_path).values())
