@@ -38,10 +38,8 @@ from ..generate.control import (RunControl, RunStatus, read_status, request_canc
                                 request_pause)
 from ..generate.engine import RunResult, Shared, run_async
 from ..generate.jsonstream import PromptStream
-from ..generate.output import merge_outputs
-from ..generate.runlog import (FINISHED, RunDir, latest_unfinished, list_runs, open_or_create_run,
-                               unique_output_path)
-from ..generate.shards import ShardedResult, _merged_manifest, shard_prefix, split_range
+from ..generate.runlog import FINISHED, RunDir, latest_unfinished, list_runs, open_or_create_run
+from ..generate.shards import ShardedResult, finish_shards, shard_prefix, split_range
 from ..llm.errors import EndpointConfigError
 from .cluster import connect, remote_error, require_ray
 from .limiter import ClusterLimiter, RayBackend, start_limiter_actor
@@ -227,18 +225,7 @@ def _finish(cfg: GenerationConfig, results: list[RunResult], single: bool) -> Sh
     if single:
         r = results[0]
         return ShardedResult(r.state, r.output, r.manifest, results, r.message)
-    unfinished = [r for r in results if r.state != FINISHED]
-    if unfinished:
-        msgs = "; ".join(r.message for r in unfinished)
-        state = "stopped" if any(r.state == "stopped" for r in unfinished) else "cancelled"
-        return ShardedResult(state, None, None, results,
-                             f"{len(unfinished)} of {len(results)} shard(s) unfinished: {msgs}")
-    out = unique_output_path(cfg.output_folder / "generated_data", cfg.file_prefix)
-    merged = merge_outputs([r.output for r in results if r.output is not None], out)
-    manifest = _merged_manifest(out, results)
-    msg = (f"{merged.len_samples} samples from {len(results)} shards run on Ray"
-           + (f" ({'; '.join(merged.warnings)})" if merged.warnings else ""))
-    return ShardedResult(FINISHED, out, manifest, results, msg)
+    return finish_shards(cfg, results, " run on Ray")
 
 
 __all__ = ["run_on_ray", "run_shard"]

@@ -88,18 +88,24 @@ async def run_shards_async(cfg: GenerationConfig, num_parallel: int, *,
         files = [f for r in results for f in r.batch_files]
         return ShardedResult("dry_run", None, None, list(results),
                              f"{len(files)} Batch API file(s) written")
+    return finish_shards(cfg, list(results))
+
+
+def finish_shards(cfg: GenerationConfig, results: list[RunResult], where: str = "") -> ShardedResult:
+    """Merge the shards' outputs into one file and manifest once every shard finished; otherwise
+    say which did not (nothing is merged, ``--resume`` continues them)."""
     unfinished = [r for r in results if r.state != "finished"]
     if unfinished:
         msgs = "; ".join(r.message for r in unfinished)
         state = "stopped" if any(r.state == "stopped" for r in unfinished) else "cancelled"
-        return ShardedResult(state, None, None, list(results),
+        return ShardedResult(state, None, None, results,
                              f"{len(unfinished)} of {len(results)} shard(s) unfinished: {msgs}")
     out = unique_output_path(cfg.output_folder / "generated_data", cfg.file_prefix)
     merged = merge_outputs([r.output for r in results if r.output is not None], out)
     manifest = _merged_manifest(out, results)
-    msg = (f"{merged.len_samples} samples from {len(results)} shards"
+    msg = (f"{merged.len_samples} samples from {len(results)} shards{where}"
            + (f" ({'; '.join(merged.warnings)})" if merged.warnings else ""))
-    return ShardedResult("finished", out, manifest, list(results), msg)
+    return ShardedResult("finished", out, manifest, results, msg)
 
 
 def _merged_manifest(out: Path, results: list[RunResult]) -> Path:
