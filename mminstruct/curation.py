@@ -31,7 +31,8 @@ from .errors import ConfigError, DataFileError, InputError
 from .formats import Subgroup, TaskFile, save_task_file
 from .partition import (UNASSIGNED, Partition, assign_keywords, partition_from_scores,
                         top_k_from_scores)
-from .projection import array_fingerprint, project_2d
+from .projection import project_2d
+from .vectors import array_fingerprint
 from .records import DataFile, load_data_file
 from .taskfile import collect_candidates
 from .workspace import Workspace

@@ -14,9 +14,6 @@
   deterministic subsample to draw when the browser cannot take every point.
 * ``warm_up_umap()`` compiles umap's remaining numba code (layout, transform) on a tiny input, so
   the first real call does not pay it (the app can run it in the background when it starts).
-* Chunked access to large array-likes, shared with ``retrieval``: ``array_fingerprint`` (SHA-256
-  of dtype, shape and bytes, read in chunks: the identity of vectors in cache keys),
-  ``iter_chunks``, ``take_rows``, ``normalise_rows``.
 
 ``vectors`` may be any array-like of shape [N, D] that supports ``len`` and row slicing (a numpy
 array, a float16 ``np.load(..., mmap_mode="r")``, ``retrieval.parquet_vectors``); it is read in
@@ -25,7 +22,6 @@ chunks and converted to float32 chunk by chunk.
 
 from __future__ import annotations
 
-import hashlib
 import io
 import os
 import time
@@ -38,12 +34,12 @@ import numpy as np
 
 from .cache import atomic_write_bytes, content_key
 from .errors import ConfigError, InputError, choices_message
+from .vectors import CHUNK_ROWS, array_fingerprint, as_rows, check_finite, iter_chunks, normalise_rows, take_rows
 
 Progress = Callable[[float, str], None]
 """``progress(fraction_done, message)`` — the shape of ``st.progress(value, text)``."""
 
 METHODS = ("umap", "pca")
-CHUNK_ROWS = 65_536
 _FORMAT_VERSION = 1  # bump when the stored result of the same inputs would change
 
 
@@ -63,66 +59,6 @@ class UmapParams:
             raise ConfigError(f"UMAP min_dist must be in [0, 1], got {self.min_dist}")
         if self.n_epochs is not None and self.n_epochs < 1:
             raise ConfigError(f"UMAP n_epochs must be >= 1, got {self.n_epochs}")
-
-
-# ----------------------------------------------------------------------------- array helpers
-
-def _as_rows(vectors: Any) -> Any:
-    """Validate the [N, D] shape without reading the data; return something sliceable."""
-    if isinstance(vectors, (list, tuple)):
-        vectors = np.asarray(vectors, dtype=np.float32)
-    shape = getattr(vectors, "shape", None)
-    if shape is None:
-        raise InputError(f"vectors must be an array-like of shape [N, D], got {type(vectors).__name__}")
-    if len(shape) != 2:
-        raise InputError(f"vectors must have shape [N, D], got shape {tuple(shape)}")
-    if shape[0] > 0 and shape[1] < 1:
-        raise InputError(f"vectors must have at least one dimension, got shape {tuple(shape)}")
-    return vectors
-
-
-def iter_chunks(vectors: Any, chunk_rows: int = CHUNK_ROWS, dtype: Any = np.float32):
-    """Yield ``(start, chunk)`` with ``chunk`` a float32 (by default) C-contiguous block of rows."""
-    n = int(vectors.shape[0])
-    for start in range(0, n, chunk_rows):
-        block = np.asarray(vectors[start:start + chunk_rows])
-        if dtype is not None:
-            block = np.ascontiguousarray(block, dtype=dtype)
-        yield start, block
-
-
-def _check_finite(block: np.ndarray, start: int) -> None:
-    if not np.isfinite(block).all():
-        bad = start + int(np.flatnonzero(~np.isfinite(block).all(axis=1))[0])
-        raise InputError(f"vector {bad} holds NaN or infinity; embeddings must be finite")
-
-
-def take_rows(vectors: Any, idx: np.ndarray, chunk_rows: int = CHUNK_ROWS) -> np.ndarray:
-    """float32 rows ``idx`` (sorted ascending) of any array-like, one chunk at a time."""
-    idx = np.asarray(idx, dtype=np.int64)
-    if isinstance(vectors, np.ndarray):
-        return np.ascontiguousarray(vectors[idx], dtype=np.float32)
-    out = np.empty((len(idx), int(vectors.shape[1])), dtype=np.float32)
-    pos = 0
-    for start in range(0, int(vectors.shape[0]), chunk_rows):
-        stop = start + chunk_rows
-        hi = int(np.searchsorted(idx, stop))
-        if hi > pos:
-            block = np.asarray(vectors[start:stop])
-            out[pos:hi] = block[idx[pos:hi] - start]
-            pos = hi
-    return out
-
-
-def array_fingerprint(vectors: Any, chunk_rows: int = CHUNK_ROWS) -> str:
-    """SHA-256 hex over dtype, shape and the raw bytes of every row (read in chunks)."""
-    vectors = _as_rows(vectors)
-    h = hashlib.sha256()
-    dtype = np.dtype(getattr(vectors, "dtype", np.float32))
-    h.update(f"{dtype.str}|{tuple(int(s) for s in vectors.shape)}|".encode())
-    for _, block in iter_chunks(vectors, chunk_rows, dtype=None):
-        h.update(memoryview(np.ascontiguousarray(block, dtype=dtype)).cast("B"))
-    return h.hexdigest()
 
 
 # ----------------------------------------------------------------------------- cache
@@ -173,7 +109,7 @@ def pca_2d(vectors: Any, chunk_rows: int = CHUNK_ROWS, progress: Progress | None
     total = np.zeros(d, dtype=np.float64)
     gram = np.zeros((d, d), dtype=np.float64)
     for start, block in iter_chunks(vectors, chunk_rows):
-        _check_finite(block, start)
+        check_finite(block, start)
         b = block.astype(np.float64)
         total += b.sum(axis=0)
         gram += b.T @ b
@@ -198,12 +134,6 @@ def pca_2d(vectors: Any, chunk_rows: int = CHUNK_ROWS, progress: Progress | None
 
 
 # ----------------------------------------------------------------------------- UMAP
-
-def normalise_rows(block: np.ndarray) -> np.ndarray:
-    """float32 rows scaled to unit L2 norm (all-zero rows stay zero)."""
-    norms = np.linalg.norm(block, axis=1, keepdims=True)
-    return np.ascontiguousarray(block / np.where(norms > 0, norms, 1.0), dtype=np.float32)
-
 
 class _ExactCosineSearch:
     """Exact cosine k-nearest-neighbour search over the fitted sample (faiss ``IndexFlatIP`` on
@@ -264,7 +194,7 @@ def umap_2d(vectors: Any, *, seed: int = 0, sample_size: int = 50_000,
     if progress:
         progress(0.0, f"UMAP: reading {len(fit_idx):,} points")
     fit_x = take_rows(vectors, fit_idx) if n > sample_size else _read_all(vectors)
-    _check_finite(fit_x, 0)
+    check_finite(fit_x, 0)
     fit_x = normalise_rows(fit_x)
     if progress:
         progress(0.02, f"UMAP: nearest neighbours of {len(fit_x):,} points")
@@ -290,7 +220,7 @@ def umap_2d(vectors: Any, *, seed: int = 0, sample_size: int = 50_000,
         if not mask.any():
             continue
         rows = block[mask]
-        _check_finite(rows, start)
+        check_finite(rows, start)
         with _quiet_umap_warnings():
             out[start + np.flatnonzero(mask)] = model.transform(normalise_rows(rows))
         done += len(rows)
@@ -347,7 +277,7 @@ def project_2d(vectors: Any, method: str = "umap", *, seed: int = 0, sample_size
         raise ConfigError(f"seed must be a non-negative integer, got {seed!r}")
     if sample_size < 10:
         raise ConfigError(f"sample_size must be at least 10, got {sample_size}")
-    vectors = _as_rows(vectors)
+    vectors = as_rows(vectors)
     n = int(vectors.shape[0])
     params: dict[str, Any] = {"seed": int(seed)}
     if method == "umap":

@@ -36,7 +36,7 @@ import numpy as np
 from .cache import atomic_write_json, content_key
 from .errors import ConfigError, DataFileError, InputError, choices_message
 from .partition import TopK, resolve_overlaps
-from .projection import array_fingerprint, iter_chunks, normalise_rows, take_rows
+from .vectors import array_fingerprint, check_finite, iter_chunks, normalise_rows, take_rows
 
 Progress = Callable[[float, str], None]
 
@@ -167,12 +167,12 @@ class CandidateIndex:
             if progress:
                 progress(0.0, f"training {params.kind} on {len(idx):,} vectors")
             sample = normalise_rows(take_rows(vectors, idx))
-            _check_finite(sample, "training sample")
+            check_finite(sample, what="training sample row")
             index.train(sample)
             del sample
         train_share = 0.0 if params.kind == "flat" else 0.3
         for start, block in iter_chunks(vectors, chunk_rows):
-            _check_finite(block, f"rows {start}..{start + len(block) - 1}")
+            check_finite(block, start, what="row")
             index.add(normalise_rows(block))
             if progress:
                 progress(train_share + (1 - train_share) * (start + len(block)) / n,
@@ -209,7 +209,7 @@ class CandidateIndex:
             q = q[None, :]
         if q.ndim != 2 or q.shape[1] != self.dim:
             raise InputError(f"queries must have shape [Q, {self.dim}], got {tuple(q.shape)}")
-        _check_finite(q, "queries")
+        check_finite(q, what="query")
         q = normalise_rows(q)
         fetch = int(k) * max(1, int(rerank_factor)) if rerank_with is not None else int(k)
         fetch = max(1, min(fetch, self.ntotal)) if self.ntotal else int(k)
@@ -495,12 +495,6 @@ def _check_vectors(vectors: Any) -> Any:
     if int(shape[0]) == 0:
         raise InputError("no candidate vectors to index")
     return vectors
-
-
-def _check_finite(block: np.ndarray, what: str) -> None:
-    if not np.isfinite(block).all():
-        row = int(np.flatnonzero(~np.isfinite(block).all(axis=1))[0])
-        raise InputError(f"{what}: row {row} holds NaN or infinity; vectors must be finite")
 
 
 def _meta_path(path: Path) -> Path:

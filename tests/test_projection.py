@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from mminstruct import projection
+from mminstruct import projection, vectors
 from mminstruct.errors import ConfigError, InputError
 from mminstruct.projection import UmapParams, display_sample, project_2d
 
@@ -141,8 +141,8 @@ def test_fingerprint_reads_memmap_in_chunks_and_matches(tmp_path):
     x = np.random.default_rng(8).normal(size=(1000, 8)).astype(np.float16)
     np.save(tmp_path / "v.npy", x)
     mm = np.load(tmp_path / "v.npy", mmap_mode="r")
-    assert projection.array_fingerprint(mm, chunk_rows=33) == projection.array_fingerprint(x)
-    assert projection.array_fingerprint(x) != projection.array_fingerprint(x.astype(np.float32))
+    assert vectors.array_fingerprint(mm, chunk_rows=33) == vectors.array_fingerprint(x)
+    assert vectors.array_fingerprint(x) != vectors.array_fingerprint(x.astype(np.float32))
 
 
 # ----------------------------------------------------------------------------------- validation

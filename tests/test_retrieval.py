@@ -9,7 +9,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from mminstruct import partition, retrieval
+from mminstruct import partition, vectors
 from mminstruct.errors import ConfigError, DataFileError, InputError
 from mminstruct.retrieval import CandidateIndex, parquet_vectors, resolve_params, top_k_per_keyword
 
@@ -274,7 +274,7 @@ def test_parquet_shards_index_like_one_array(tmp_path, small, fixed):
     a = CandidateIndex.build(vecs, "flat", chunk_rows=128)
     b = CandidateIndex.build(x.astype(np.float16), "flat")
     assert np.array_equal(a.search(kw, 40)[1], b.search(kw, 40)[1])
-    assert retrieval.array_fingerprint(vecs) == retrieval.array_fingerprint(x.astype(np.float16))
+    assert vectors.array_fingerprint(vecs) == vectors.array_fingerprint(x.astype(np.float16))
 
 
 def test_parquet_problems_are_named(tmp_path, small):
