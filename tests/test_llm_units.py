@@ -259,3 +259,17 @@ def test_missing_or_escaping_images_are_image_errors(tmp_path: Path) -> None:
                             enc))
     with pytest.raises(E.BadPromptError, match="candidate image"):
         _run(build_messages(PromptEntry("k", ["just text"], []), Mode.VQA, "s", "g", enc))
+
+
+def test_price_table_is_data_with_date_and_source(tmp_path):
+    from mminstruct.errors import ConfigError
+    from mminstruct.generate.manifest import price_table
+
+    table = price_table()
+    assert table.as_of and table.source and table.batch_discount == 0.5
+    assert estimate_cost("gpt-4o-2024-08-06", 1_000_000, 0).usd == table.models["gpt-4o"][0]
+    assert estimate_cost("gpt-4o-2024-08-06", 0, 0).to_json()["prices_as_of"] == table.as_of
+    bad = tmp_path / "prices.json"
+    bad.write_text('{"as_of": "x", "models": {}}')
+    with pytest.raises(ConfigError, match="price table .*prices.json: cannot be read"):
+        price_table(bad)

@@ -6,14 +6,17 @@ numbers as one that ran straight through: outcomes from each prompt's latest rec
 attempts and errors summed over every record (a failure later retried on resume was paid for too).
 
 Cost: a small price table, US dollars per million tokens (input, output) for standard requests as
-published by OpenAI for these models (``PRICES_AS_OF``); the Batch API costs half. A model name
-matches the longest entry it starts with, so ``gpt-4o-2024-08-06`` and an Azure deployment called
-``gpt-4o-450K`` price as ``gpt-4o`` while ``gpt-4o-mini`` prices as itself. Any other model (a
+published by OpenAI for these models, kept with its date and source in ``prices.json`` beside
+this module; the Batch API costs half. A model name matches the longest entry it starts with, so
+``gpt-4o-2024-08-06`` and an Azure deployment called ``gpt-4o-450K`` price as ``gpt-4o`` while
+``gpt-4o-mini`` prices as itself. Any other model (a
 local server, an unlisted deployment name) gets no estimate, and the manifest says so.
 """
 
 from __future__ import annotations
 
+import functools
+import json
 from collections import Counter
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -21,29 +24,31 @@ from pathlib import Path
 from typing import Any
 
 from ..cache import atomic_write_json
+from ..errors import ConfigError
 from .runlog import iter_records
 
-PRICES_AS_OF = "2025-06"
+PRICES_FILE = Path(__file__).with_name("prices.json")
 
-#: model prefix → (input $/1M tokens, output $/1M tokens)
-PRICES: dict[str, tuple[float, float]] = {
-    "gpt-4o": (2.50, 10.00),
-    "gpt-4o-mini": (0.15, 0.60),
-    "gpt-4o-2024-05-13": (5.00, 15.00),
-    "gpt-4-turbo": (10.00, 30.00),
-    "gpt-4.1": (2.00, 8.00),
-    "gpt-4.1-mini": (0.40, 1.60),
-    "gpt-4.1-nano": (0.10, 0.40),
-    "gpt-4.5-preview": (75.00, 150.00),
-    "o1": (15.00, 60.00),
-    "o3": (2.00, 8.00),
-    "o4-mini": (1.10, 4.40),
-    "gpt-5": (1.25, 10.00),
-    "gpt-5-mini": (0.25, 2.00),
-    "gpt-5-nano": (0.05, 0.40),
-}
 
-BATCH_DISCOUNT = 0.5
+@dataclass(frozen=True)
+class PriceTable:
+    """``prices.json``: model prefix → (input $/1M tokens, output $/1M tokens), its date and source."""
+
+    as_of: str
+    source: str
+    batch_discount: float
+    models: dict[str, tuple[float, float]]
+
+
+@functools.cache
+def price_table(path: Path = PRICES_FILE) -> PriceTable:
+    try:
+        doc = json.loads(Path(path).read_text(encoding="utf-8"))
+        models = {str(k): (float(v["input"]), float(v["output"])) for k, v in doc["models"].items()}
+        return PriceTable(str(doc["as_of"]), str(doc["source"]), float(doc["batch_discount"]), models)
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
+        raise ConfigError(f"price table {path}: cannot be read ({e}); expected keys as_of, source, "
+                          "batch_discount and models (name -> input, output)") from e
 
 
 @dataclass(frozen=True)
@@ -61,22 +66,23 @@ class CostEstimate:
             "input_tokens": self.input_tokens, "output_tokens": self.output_tokens,
             "usd": None if self.usd is None else round(self.usd, 4),
             "usd_if_batch_api": None if self.batch_usd is None else round(self.batch_usd, 4),
-            "prices_as_of": PRICES_AS_OF,
+            "prices_as_of": price_table().as_of,
         }
         if self.usd is None:
             out["note"] = (f"cost unknown: no price for model {self.model!r} in the table "
-                           f"({', '.join(sorted(PRICES))})")
+                           f"({', '.join(sorted(price_table().models))})")
         return out
 
 
 def price_for(model: str) -> tuple[str, tuple[float, float]] | None:
     name = model.strip().lower()
+    prices = price_table().models
     best = None
-    for prefix in PRICES:
+    for prefix in prices:
         if name == prefix or name.startswith(prefix + "-") or name.startswith(prefix + "_"):
             if best is None or len(prefix) > len(best):
                 best = prefix
-    return (best, PRICES[best]) if best else None
+    return (best, prices[best]) if best else None
 
 
 def estimate_cost(model: str, input_tokens: int, output_tokens: int) -> CostEstimate:
@@ -85,7 +91,7 @@ def estimate_cost(model: str, input_tokens: int, output_tokens: int) -> CostEsti
         return CostEstimate(model, None, input_tokens, output_tokens, None, None)
     name, (pin, pout) = found
     usd = input_tokens / 1e6 * pin + output_tokens / 1e6 * pout
-    return CostEstimate(model, name, input_tokens, output_tokens, usd, usd * BATCH_DISCOUNT)
+    return CostEstimate(model, name, input_tokens, output_tokens, usd, usd * price_table().batch_discount)
 
 
 
