@@ -8,8 +8,13 @@ Hierarchy::
     │   ├── DataFileError           a file cannot be loaded at all (not JSON, wrong top-level shape)
     │   ├── UnsafePathError         an image path is absolute or escapes its root
     │   ├── ImageError              an image is missing, unreadable, or too large to decode safely
-    │   └── ModelSpecError          an unknown CLIP architecture or pretrained tag
-    └── GenerationError             step 3 (see mminstruct.llm.errors for its own subclasses)
+    │   ├── ModelSpecError          an unknown CLIP architecture or pretrained tag
+    │   └── RayUnavailableError     (a ConfigError) Ray is asked for but not installed
+    ├── ClusterError                the Ray cluster cannot be reached, or a job failed inside it
+    └── GenerationError             step 3
+        ├── MergeError              shard outputs that cannot be merged
+        └── LLMError …              one request's failure: its classes live in mminstruct.llm.errors,
+                                    beside the retry rules they carry
 
 Messages name the bad value and, where there is a closed set, list the valid options.
 Per-record problems in a data file are *not* raised: they go into a LoadReport and the record is
@@ -49,8 +54,20 @@ class ModelSpecError(InputError):
     """An unknown CLIP architecture, pretrained tag or checkpoint."""
 
 
+class RayUnavailableError(ConfigError):
+    """Ray is not installed (it is optional: ``pip install -r requirements-ray.txt``)."""
+
+
+class ClusterError(MMInstructError):
+    """The Ray cluster cannot be reached, or a distributed job failed inside it."""
+
+
 class GenerationError(MMInstructError):
     """Base of step 3's errors."""
+
+
+class MergeError(GenerationError):
+    """Shard outputs that cannot be merged (different modes or input folders)."""
 
 
 def choices_message(kind: str, value: object, valid: Iterable[object], limit: int = 40) -> str:

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..errors import ConfigError, MMInstructError
+from ..errors import ClusterError, ConfigError, MMInstructError, RayUnavailableError
 
 log = logging.getLogger(__name__)
 
@@ -38,14 +38,6 @@ OBJECT_STORE_BOUNDS = (256 << 20, 2 << 30)
 _ADDRESS_RE = re.compile(r"^(ray://)?(\[[0-9a-fA-F:]+\]|[A-Za-z0-9_.\-]+):(\d{1,5})$")
 _LOCK = threading.Lock()
 _STARTED_HERE = False
-
-
-class RayUnavailableError(ConfigError):
-    """Ray is not installed (it is optional: ``pip install -r requirements-ray.txt``)."""
-
-
-class ClusterError(MMInstructError):
-    """The Ray cluster cannot be reached, or a distributed job failed inside it."""
 
 
 def require_ray() -> Any:

@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from ..cache import atomic_writer
-from ..errors import DataFileError, GenerationError
+from ..errors import DataFileError, MergeError
 from ..modes import Mode
 from .jsonstream import iter_object
 from .runlog import latest_records
@@ -212,10 +212,6 @@ def iter_output(path: str | os.PathLike) -> Iterator[dict[str, Any]]:
 
 # ----------------------------------------------------------------------------------------------
 # Merging shard outputs
-
-
-class MergeError(GenerationError):
-    """Shard outputs that cannot be merged (different modes or input folders)."""
 
 
 @dataclass
