@@ -98,35 +98,48 @@ def _config(ws, stub, **kw) -> GenerationConfig:
         retry_base_delay=0.01, retry_max_delay=0.05, **kw)
 
 
+async def _until(cond, what: str, timeout: float = 60.0) -> None:
+    """Poll ``cond`` (no fixed sleeps standing in for "long enough"), failing after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while not cond():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        await asyncio.sleep(0.01)
+
+
 def test_pause_and_cancel_through_the_core_api(stub, tmp_path: Path) -> None:
     n = 40
     stub.state.config.latency = 0.05
     ws = make_prompt_workspace(tmp_path, "vqa_nr", n, min_gen=1)
     control = RunControl()
-    seen: list[str] = []
+    seen: list = []
 
     async def scenario() -> tuple:
         task = asyncio.create_task(run_async(_config(ws, stub, concurrency=2), control=control,
-                                             on_progress=lambda st: seen.append(st.state)))
-        while stub.stats()["requests"] < 6:
-            await asyncio.sleep(0.01)
+                                             on_progress=seen.append))
+        await _until(lambda: stub.stats()["requests"] >= 6, "6 requests")
         control.pause()
-        await asyncio.sleep(0.3)  # what was in flight finishes
+
+        def drained() -> bool:  # paused, every request the engine began has reached the server and ended
+            st, srv = (seen[-1] if seen else None), stub.stats()
+            return (st is not None and st.state == "paused" and st.requests == srv["requests"]
+                    and srv["in_flight"] == 0)
+
+        await _until(drained, "the run to report paused with every sent request answered")
         r1 = stub.stats()["requests"]
-        await asyncio.sleep(0.4)
+        await asyncio.sleep(0.3)  # were anything still sent, it would arrive within this
         r2 = stub.stats()["requests"]
         [run] = list_runs(ws.output_folder, "api")
         paused_status = read_status(run.path)
         control.unpause()
-        while stub.stats()["requests"] < r2 + 6:
-            await asyncio.sleep(0.01)
+        await _until(lambda: stub.stats()["requests"] >= r2 + 6, "6 more requests after unpause")
         request_cancel(run.path)  # what another process (the app) would do
-        result = await task
+        result = await asyncio.wait_for(task, timeout=60)
         return r1, r2, paused_status, result, run
 
     r1, r2, paused_status, result, run = asyncio.run(scenario())
     assert r1 == r2  # nothing sent while paused
-    assert paused_status["state"] == "paused" and "paused" in seen
+    assert paused_status["state"] == "paused"
     assert result.state == "cancelled" and "--resume" in result.message
     done = {r["prompt_idx"] for _, r in iter_records(run.log_path)}
     assert 6 <= len(done) < n
