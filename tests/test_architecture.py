@@ -106,3 +106,119 @@ def test_the_app_server_listens_on_loopback_only(tmp_path: Path) -> None:
     finally:
         proc.terminate()
         proc.wait(timeout=30)
+
+
+# ---------------------------------------------------------------------------- the import graph
+
+def _module_name(path: Path) -> str:
+    rel = path.relative_to(REPO).with_suffix("")
+    parts = list(rel.parts)
+    if parts[-1] == "__init__":
+        parts.pop()
+    return ".".join(parts)
+
+
+def _import_graph() -> tuple[dict[str, set[str]], list[str]]:
+    """Every import between the core's modules (also those inside functions), and every private
+    name one module takes from another (``from x import _y``, ``x._y`` on an imported module)."""
+    import ast
+
+    files = {_module_name(p): p for p in (REPO / "mminstruct").rglob("*.py")}
+    graph: dict[str, set[str]] = {m: set() for m in files}
+    private: list[str] = []
+    for mod, path in files.items():
+        package = mod if path.name == "__init__.py" else mod.rpartition(".")[0]
+        tree = ast.parse(path.read_text(), str(path))
+        aliases: dict[str, str] = {}  # local name -> imported core module
+        for node in ast.walk(tree):
+            targets: list[tuple[str, str | None, str]] = []  # (module, name, local name)
+            if isinstance(node, ast.Import):
+                targets = [(a.name, None, a.asname or a.name) for a in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                base = node.module or ""
+                if node.level:
+                    anchor = package.split(".")
+                    anchor = anchor[:len(anchor) - (node.level - 1)]
+                    base = ".".join(anchor + ([base] if base else []))
+                targets = [(base, a.name, a.asname or a.name) for a in node.names]
+            for target, name, local in targets:
+                if not target.startswith("mminstruct"):
+                    continue
+                sub = f"{target}.{name}" if name else target
+                if sub in files:  # `from pkg import module`
+                    graph[mod].add(sub)
+                    aliases[local] = sub
+                    continue
+                if target in files:
+                    graph[mod].add(target)
+                if name and name.startswith("_") and not name.startswith("__") and target != mod:
+                    private.append(f"{mod} imports {target}.{name}")
+                if not name:
+                    aliases[local] = target
+        for node in ast.walk(tree):
+            if (isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name)
+                    and node.value.id in aliases and node.attr.startswith("_")
+                    and not node.attr.startswith("__")):
+                private.append(f"{mod} uses {aliases[node.value.id]}.{node.attr}")
+    return graph, sorted(set(private))
+
+
+def _cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """Strongly connected components with more than one module (Tarjan), package ``__init__``
+    re-exports left out: a package importing its own submodules is not a cycle of logic."""
+    edges = {m: {t for t in ts if not _package_edge(m, t)} for m, ts in graph.items()}
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on: set[str] = set()
+    out: list[list[str]] = []
+    counter = [0]
+
+    def visit(v: str) -> None:
+        index[v] = low[v] = counter[0]
+        counter[0] += 1
+        stack.append(v)
+        on.add(v)
+        for w in edges.get(v, ()):
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            comp = []
+            while True:
+                w = stack.pop()
+                on.discard(w)
+                comp.append(w)
+                if w == v:
+                    break
+            if len(comp) > 1:
+                out.append(sorted(comp))
+
+    for v in sorted(edges):
+        if v not in index:
+            visit(v)
+    return out
+
+
+def _package_edge(mod: str, target: str) -> bool:
+    """A module importing its own package, or a package's ``__init__`` importing its modules."""
+    return target == mod.rpartition(".")[0] or (
+        (REPO / Path(*mod.split(".")) / "__init__.py").exists() and target.startswith(mod + "."))
+
+
+def test_no_import_cycles_between_core_modules() -> None:
+    graph, _ = _import_graph()
+    assert "mminstruct.generate.job" in graph["mminstruct.generate.engine"]
+    assert _cycles(graph) == []
+
+
+def test_no_private_names_cross_module_boundaries() -> None:
+    _, private = _import_graph()
+    assert private == []
+
+
+def test_the_cycle_finder_finds_a_cycle() -> None:
+    """The two checks above must be able to fail."""
+    assert _cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]

@@ -55,15 +55,18 @@ from ..errors import ConfigError
 from ..formats import PromptEntry
 from ..llm.errors import (BadPromptError, BadRequestError, ImageFileError, LLMError,
                           RequestTimeoutError, ServerError, classify)
+from ..llm.calls import CallStats, Stopped
 from ..llm.requests import batch_line
 from .batch_files import (TERMINAL, BatchState, LineResult, Part, PartWriter,
                           append_resubmitted, batch_failure, download_redacted, error_json,
                           load_prompts, load_resubmitted_errors, prompts_from_file, prompts_path,
                           read_result_line, remove_part_files, requests_path, result_path)
-from .control import clear_flags
-from .engine import RunResult, _Job, _Stats, _Stopped
+from .config import GenerationConfig
+from .control import RunControl, clear_flags
+from .job import ProgressCallback, RunJob, RunResult, Shared
+from .jsonstream import PromptStream
 from .manifest import batch_api_cost, write_manifest
-from .runlog import FINISHED, RunLog
+from .runlog import FINISHED, RunDir, RunLog
 
 log = logging.getLogger(__name__)
 
@@ -75,11 +78,13 @@ UPLOAD_TIMEOUT = 900.0  # seconds for one upload of up to 200 MB
 FIND_SCAN_LIMIT = 1000  # recent batches searched for one created just before a crash
 
 
-def batch_job(cfg: Any, run: Any, stream: Any, start: int, n: int, shared: Any, control: Any,
-              on_progress: Any) -> _Job:
-    """The job for a run that is, or was started as, a Batch API run. Resuming one without
-    ``--batch_api`` is refused while its batches are open (their results would be paid for and
-    lost); once every batch is recorded, the rest may be sent online."""
+def batch_job(cfg: GenerationConfig, run: RunDir, stream: PromptStream, start: int, n: int,
+              shared: Shared, control: RunControl,
+              on_progress: ProgressCallback | None) -> BatchJob | None:
+    """The job for a run that is, or was started as, a Batch API run; None when it may go on
+    online. Resuming one without ``--batch_api`` is refused while its batches are open (their
+    results would be paid for and lost); once every batch is recorded, the rest may be sent
+    online."""
     if not cfg.batch_api:
         open_parts = BatchState.load(run.path).pending_at_provider()
         if open_parts:
@@ -88,11 +93,11 @@ def batch_job(cfg: Any, run: Any, stream: Any, start: int, n: int, shared: Any, 
                 f"run {run.path.name} was started with --batch_api and {len(open_parts)} of its "
                 f"batches are still open at the provider ({ids}); resume it with --batch_api "
                 "(nothing is resubmitted), or start a new run without --resume")
-        return _Job(cfg, run, stream, start, n, shared, control, on_progress)
+        return None
     return BatchJob(cfg, run, stream, start, n, shared, control, on_progress)
 
 
-class BatchJob(_Job):
+class BatchJob(RunJob):
     """One run through the Batch API; reuses the online job's recording, parsing (with format
     fixes), status, finish and manifest."""
 
@@ -116,7 +121,7 @@ class BatchJob(_Job):
     # ------------------------------------------------------------------ orchestration
 
     async def execute(self) -> RunResult:
-        for idx in self._finished_before():
+        for idx in self.finished_before():
             self.done[idx - self.start] = 1
         for part in self.state.parts:
             if part.has_batch:
@@ -130,7 +135,7 @@ class BatchJob(_Job):
         if self.state.parts:
             log.info("Batch API state: %s", self.state.describe())
         self.runlog = RunLog(self.run.log_path, self.cfg.fsync_interval)
-        ticker = asyncio.create_task(self._tick())
+        ticker = asyncio.create_task(self.tick())
         try:
             await self._loop()
         finally:
@@ -138,21 +143,21 @@ class BatchJob(_Job):
             if self._writer is not None:
                 self._writer.abort()
             self.runlog.close()
-        result = self._finish()
+        result = self.finish()
         if result.state != FINISHED:
             open_parts = self.state.pending_at_provider()
             if open_parts:
                 result.message += (f"; {len(open_parts)} batch(es) still open at the provider "
                                    "— --resume continues polling them, nothing is resubmitted")
                 result.status.message = result.message
-                self._publish()
+                self.publish()
         return result
 
     async def _loop(self) -> None:
         interval = self.cfg.batch_poll_seconds
         while True:
             if self.control.cancelled and not self.stopping:
-                self._begin_stop()
+                self.begin_stop()
             if self.stopping:
                 return
             for part in [p for p in self.state.parts if p.stage in ("built", "uploaded")]:
@@ -195,7 +200,7 @@ class BatchJob(_Job):
         end = time.monotonic() + seconds
         while not self.stopping and (left := end - time.monotonic()) > 0:
             if self.control.cancelled:
-                self._begin_stop()
+                self.begin_stop()
                 return
             await asyncio.sleep(min(0.1, left))
 
@@ -217,7 +222,7 @@ class BatchJob(_Job):
             if not want[idx - self.start]:
                 continue
             if self.control.cancelled and not self.stopping:
-                self._begin_stop()
+                self.begin_stop()
             if self.stopping:
                 return
             window.append((idx, entry))
@@ -239,7 +244,7 @@ class BatchJob(_Job):
                 error = BadRequestError(f"the request is {len(line.encode()) + 1:,} bytes, more "
                                         f"than a batch file may hold ({self.cfg.batch_max_bytes:,})")
             if error is not None or line is None:
-                self._keep(idx, self._failure(base, error, _Stats(), time.monotonic()))
+                self._keep(idx, self.failure(base, error, CallStats(), time.monotonic()))
                 continue
             if self._writer is not None and not self._writer.fits(line):
                 await self._close_part()
@@ -256,9 +261,9 @@ class BatchJob(_Job):
     async def _build_line(self, idx: int, entry: PromptEntry | BadPromptError
                           ) -> tuple[int, str | None, dict[str, Any], LLMError | None]:
         """One request line, built exactly as the online engine builds its request."""
-        base = self._base(idx, entry)
+        base = self.base(idx, entry)
         try:
-            body, _ = await self._request(entry, self.body_model)
+            body, _ = await self.request(entry, self.body_model)
         except (ImageFileError, BadPromptError) as e:
             return idx, None, base, e
         line = batch_line(idx, body)
@@ -370,9 +375,9 @@ class BatchJob(_Job):
             self.tracker.errors_by_class[err.kind] += 1
             if not err.retryable or attempt >= self.cfg.max_retries:
                 log.error("Batch API: cannot %s: %s", what, err)
-                self._begin_stop(err)
+                self.begin_stop(err)
                 return None
-            delay = self._backoff(attempt, err.retry_after)
+            delay = self.caller.policy.backoff(attempt, err.retry_after)
             log.warning("Batch API: %s failed (%s); retrying in %.1fs", what, err, delay)
             await self._sleep(delay)
             if self.stopping:
@@ -396,7 +401,7 @@ class BatchJob(_Job):
                     err = classify(exc)
                     self.tracker.errors_by_class[err.kind] += 1
                     if err.stops_run:
-                        self._begin_stop(err)
+                        self.begin_stop(err)
                     else:
                         log.warning("checking batch %s failed (%s); trying again at the next "
                                     "poll", part.batch_id, err)
@@ -496,11 +501,11 @@ class BatchJob(_Job):
         log.info("batch %s (%s) recorded: %s", part.batch_id, part.status,
                  ", ".join(f"{n} {k}" for k, n in sorted(counts.items())) or "nothing")
         if self.pending_stop is not None:
-            self._begin_stop(self.pending_stop)
+            self.begin_stop(self.pending_stop)
         elif counts["cancelled"]:
             log.warning("batch %s was cancelled at the provider; its %d unfinished prompt(s) are "
                         "submitted again by --resume", part.batch_id, counts["cancelled"])
-            self._begin_stop()
+            self.begin_stop()
 
     def _missing(self, part: Part, idx: int) -> LineResult:
         """A prompt of the part that neither result file mentions."""
@@ -522,7 +527,7 @@ class BatchJob(_Job):
             counts["already_recorded"] += 1
             return
         t0 = time.monotonic()
-        stats = _Stats()
+        stats = CallStats()
         submissions = self.attempts[i]
         stats.requests, stats.retries = submissions, max(0, submissions - 1)
         stats.errors.update(self.prior_errors.get(idx, {}))
@@ -536,8 +541,8 @@ class BatchJob(_Job):
             self.tracker.status.output_tokens += used_out
             via["batch_usage"] = {"input": used_in, "output": used_out}
             try:
-                result, finish = await self._parse_answer(client, res.completion, stats)
-            except _Stopped:
+                result, finish = await self.parse_answer(client, res.completion, stats)
+            except Stopped:
                 return
             except LLMError as e:
                 if e.stops_run:  # a format-fix call met quota/auth: stop after this batch
@@ -545,13 +550,13 @@ class BatchJob(_Job):
                     counts["stopped"] += 1
                     return
                 counts[f"failed:{e.kind}"] += 1
-                self._keep(idx, {**self._failure(base, e, stats, t0), **via})
+                self._keep(idx, {**self.failure(base, e, stats, t0), **via})
                 return
             counts["ok"] += 1
             self._keep(idx, {**base, "outcome": "ok", "items": result.items,
                              "n_items": len(result.items), "n_expected": self.n_expected,
                              "dropped": result.dropped, "parse": result.how,
-                             "finish_reason": finish, **self._stats_json(stats, t0), **via})
+                             "finish_reason": finish, **self.stats_json(stats, t0), **via})
             return
         if res.not_run == "cancelled":
             counts["cancelled"] += 1
@@ -568,11 +573,11 @@ class BatchJob(_Job):
             return
         stats.errors[err.kind] += 1
         counts[f"failed:{err.kind}"] += 1
-        self._keep(idx, {**self._failure(base, err, stats, t0), **via})
+        self._keep(idx, {**self.failure(base, err, stats, t0), **via})
 
     def _keep(self, idx: int, rec: dict[str, Any]) -> None:
         self.done[idx - self.start] = 1
-        self._record(rec)
+        self.record(rec)
 
     def _note_resubmit(self, part: Part, idx: int, err: LLMError) -> None:
         append_resubmitted(self.run.path, idx, err, part.batch_id)
@@ -580,8 +585,8 @@ class BatchJob(_Job):
 
     # ------------------------------------------------------------------ the manifest
 
-    def _write_manifest(self, out: Any, len_samples: int, st: Any) -> Any:
-        path = super()._write_manifest(out, len_samples, st)
+    def write_manifest(self, out: Any, len_samples: int, st: Any) -> Any:
+        path = super().write_manifest(out, len_samples, st)
         manifest = json.loads(path.read_text())
         manifest["batch_api"] = self.state.manifest_section(self.cfg, self.url)
         manifest["cost"] = batch_api_cost(manifest["cost"], self.cfg.model_name,

@@ -223,6 +223,12 @@ def append_resubmitted(run_path: Path, idx: int, err: LLMError, batch_id: str | 
 # Building a part
 
 
+def line_fits(lines: int, nbytes: int, line: str, max_requests: int, max_bytes: int) -> bool:
+    """Whether one more request line stays within a Batch API input file's limits (a file of
+    ``lines`` lines and ``nbytes`` bytes so far); the first line always fits."""
+    return lines == 0 or (lines < max_requests and nbytes + len(line.encode()) + 1 <= max_bytes)
+
+
 class PartWriter:
     """A part's request file and prompts sidecar, written through temporary files; ``fits`` says
     whether one more line stays within the limits (the first line always fits)."""
@@ -246,9 +252,7 @@ class PartWriter:
         return prompts_path(self.folder, self.name)
 
     def fits(self, line: str) -> bool:
-        size = len(line.encode()) + 1
-        return self.lines == 0 or (self.lines < self.max_requests
-                                   and self.bytes + size <= self.max_bytes)
+        return line_fits(self.lines, self.bytes, line, self.max_requests, self.max_bytes)
 
     def add(self, idx: int, line: str, base: dict[str, Any]) -> None:
         self._req.write(line + "\n")

@@ -13,31 +13,25 @@ import asyncio
 import json
 import logging
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from ..cache import atomic_write_json, atomic_writer
 from ..llm.errors import BadPromptError, ImageFileError
-from ..llm.requests import (batch_line, build_messages, generation_prompt, request_body,
-                            response_schema, system_prompt)
+from ..llm.requests import batch_line, generation_prompt, response_schema, system_prompt
+from .batch_files import line_fits
+from .config import GenerationConfig
 from .control import RunStatus
+from .job import RunResult, Shared, build_request
 from .jsonstream import PromptStream
 from .runlog import unique_output_path
 
-if TYPE_CHECKING:
-    from .config import GenerationConfig
-    from .engine import RunResult, Shared
-
 log = logging.getLogger(__name__)
 
-BATCH_MAX_REQUESTS = 50_000
-BATCH_MAX_BYTES = 190 * 1024 * 1024  # under the 200 MB limit, with room to spare
 WINDOW = 64
 
 
 async def dry_run(cfg: GenerationConfig, stream: PromptStream, start: int, n: int,
                   shared: Shared | None) -> RunResult:
-    from .engine import RunResult, Shared
-
     own = shared is None
     shared = shared or Shared.build(cfg, with_client=False)
     pf = stream.header
@@ -52,15 +46,10 @@ async def dry_run(cfg: GenerationConfig, stream: PromptStream, start: int, n: in
     written = 0
     try:
         async def build(idx: int, entry: Any) -> tuple[int, str | None, dict | None]:
-            if isinstance(entry, BadPromptError):
-                return idx, None, {"prompt_idx": idx, "error_class": entry.kind,
-                                   "message": str(entry)}
-            try:
-                built = await build_messages(entry, mode, system, generate, shared.encoder)
+            try:  # a malformed entry arrives as its BadPromptError, which build_request raises
+                body, _ = await build_request(cfg, mode, system, generate, entry, shared.encoder, fmt)
             except (ImageFileError, BadPromptError) as e:
                 return idx, None, {"prompt_idx": idx, "error_class": e.kind, "message": str(e)}
-            body = request_body(cfg.model_name, built.messages, temperature=cfg.temperature,
-                                max_tokens=cfg.max_tokens, seed=cfg.seed, response_format=fmt)
             return idx, json.dumps(batch_line(idx, body), ensure_ascii=False), None
 
         parts = _PartWriter(base, cfg.batch_max_requests, cfg.batch_max_bytes)
@@ -109,8 +98,7 @@ async def dry_run(cfg: GenerationConfig, stream: PromptStream, start: int, n: in
 class _PartWriter:
     """Numbered Batch API files ``{base}.batch_001.jsonl``…, each written atomically."""
 
-    def __init__(self, base: Path, max_requests: int = BATCH_MAX_REQUESTS,
-                 max_bytes: int = BATCH_MAX_BYTES):
+    def __init__(self, base: Path, max_requests: int, max_bytes: int):
         self.base = base
         self.max_requests, self.max_bytes = max_requests, max_bytes
         self.files: list[Path] = []
@@ -127,14 +115,13 @@ class _PartWriter:
         self._lines = self._bytes = 0
 
     def write(self, line: str) -> None:
-        size = len(line.encode()) + 1
-        if self._f is None or self._lines >= self.max_requests \
-                or (self._lines and self._bytes + size > self.max_bytes):
+        if self._f is None or not line_fits(self._lines, self._bytes, line, self.max_requests,
+                                            self.max_bytes):
             self._close_part()
             self._open()
         self._f.write(line + "\n")
         self._lines += 1
-        self._bytes += size
+        self._bytes += len(line.encode()) + 1
 
     def _close_part(self) -> None:
         if self._cm is not None:
