@@ -30,6 +30,7 @@ from .cli import OneLineParser, run_cli
 from .data_generator import (EXIT_CANCELLED, EXIT_STOPPED, add_common_args, config_from_args,
                              install_signal_handlers)
 from .errors import ConfigError
+from .formats import generated_dir
 from .generate.control import RunControl, RunStatus
 from .generate.output import merge_outputs
 from .generate.runlog import unique_output_path
@@ -145,7 +146,7 @@ def find_shard_outputs(folder: Path, prefix: str) -> list[Path]:
 
 
 def run_merge(args: argparse.Namespace) -> int:
-    folder = Path(args.output_folder or ".") / "generated_data"
+    folder = generated_dir(args.output_folder or ".")
     if args.files:
         files = [Path(f) for f in args.files]
         missing = [str(f) for f in files if not f.is_file()]

@@ -213,6 +213,20 @@ def load_prompt_file(path: str | os.PathLike) -> PromptFile:
     return pf
 
 
+PROMPTS_DIR = "generated_prompts"  # MM-Gen: OUTPUT/generated_prompts/{prefix}_prompts_{stamp}.json
+GENERATED_DIR = "generated_data"  # MM-Gen: OUTPUT/generated_data/{prefix}_{stamp}.json
+
+
+def prompts_dir(folder: str | os.PathLike) -> Path:
+    """Where step 2 writes prompt files under an output folder (and step 3 looks for them)."""
+    return Path(folder) / PROMPTS_DIR
+
+
+def generated_dir(folder: str | os.PathLike) -> Path:
+    """Where step 3 writes generated data under an output folder."""
+    return Path(folder) / GENERATED_DIR
+
+
 def prompt_file_name(prefix: str, now: datetime | None = None) -> str:
     return f"{prefix}_prompts_{(now or datetime.now()).strftime('%Y%m%d_%H%M%S')}.json"
 
@@ -220,7 +234,7 @@ def prompt_file_name(prefix: str, now: datetime | None = None) -> str:
 def save_prompt_file(pf: PromptFile, output_folder: str | os.PathLike, prefix: str,
                      now: datetime | None = None) -> Path:
     """Write ``OUTPUT/generated_prompts/{prefix}_prompts_{YYYYmmdd_HHMMSS}.json`` atomically."""
-    path = Path(output_folder) / "generated_prompts" / prompt_file_name(prefix, now)
+    path = prompts_dir(output_folder) / prompt_file_name(prefix, now)
     atomic_write_json(path, pf.to_json(), indent=None)
     pf.path = path
     return path

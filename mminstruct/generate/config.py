@@ -11,6 +11,7 @@ from typing import Any
 
 from ..cache import content_key, file_sha256
 from ..errors import ConfigError, DataFileError
+from ..formats import prompts_dir
 from ..llm.client import EndpointConfig
 
 DEFAULT_MODEL = "gpt-4o"
@@ -165,7 +166,7 @@ def resolve_prompt_file(input_folder: Path, prompt_file: str | os.PathLike) -> P
     """The prompt file as given (absolute, or relative to the working folder), or under the input
     folder, or — as MM-Gen looked for it — under ``input_folder/generated_prompts/``."""
     p = Path(prompt_file)
-    tried = [p, input_folder / p, input_folder / "generated_prompts" / p]
+    tried = [p, input_folder / p, prompts_dir(input_folder) / p]
     for cand in tried:
         if cand.is_file():
             return cand

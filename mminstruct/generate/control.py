@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import DataFileError
+from .runlog import RunDir
 
 FLAG_CHECK_INTERVAL = 0.25
 
@@ -49,7 +50,7 @@ class RunControl:
         self._pause.clear()
         for d in self._dirs:
             try:
-                (d / "PAUSE").unlink()
+                RunDir.at(d).pause_flag.unlink()
             except FileNotFoundError:
                 pass
         self._flag_pause = False
@@ -64,8 +65,8 @@ class RunControl:
         if now - self._checked < FLAG_CHECK_INTERVAL:
             return
         self._checked = now
-        self._flag_cancel = any((d / "CANCEL").exists() for d in self._dirs)
-        self._flag_pause = any((d / "PAUSE").exists() for d in self._dirs)
+        self._flag_cancel = any(RunDir.at(d).cancel_flag.exists() for d in self._dirs)
+        self._flag_pause = any(RunDir.at(d).pause_flag.exists() for d in self._dirs)
 
     @property
     def cancelled(self) -> bool:
@@ -88,11 +89,11 @@ class RunControl:
 
 def request_cancel(run_dir: str | os.PathLike) -> None:
     """Ask the process running ``run_dir`` to cancel (it checks within a quarter second)."""
-    (Path(run_dir) / "CANCEL").touch()
+    RunDir.at(run_dir).cancel_flag.touch()
 
 
 def request_pause(run_dir: str | os.PathLike, paused: bool = True) -> None:
-    flag = Path(run_dir) / "PAUSE"
+    flag = RunDir.at(run_dir).pause_flag
     if paused:
         flag.touch()
     else:
@@ -103,9 +104,10 @@ def request_pause(run_dir: str | os.PathLike, paused: bool = True) -> None:
 
 
 def clear_flags(run_dir: Path) -> None:
-    for name in ("CANCEL", "PAUSE"):
+    run = RunDir.at(run_dir)
+    for flag in (run.cancel_flag, run.pause_flag):
         try:
-            (run_dir / name).unlink()
+            flag.unlink()
         except FileNotFoundError:
             pass
 
@@ -198,7 +200,7 @@ class StatusTracker:
 
 def read_status(run_dir: str | os.PathLike) -> dict[str, Any]:
     """The last status a run wrote (for a watcher in another process)."""
-    p = Path(run_dir) / "status.json"
+    p = RunDir.at(run_dir).status_path
     try:
         return json.loads(p.read_text())
     except FileNotFoundError as e:

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from ..cache import atomic_write_json, atomic_writer
+from ..formats import generated_dir
 from ..llm.errors import BadPromptError, ImageFileError
 from ..llm.requests import batch_line, generation_prompt, response_schema, system_prompt
 from .batch_files import line_fits
@@ -39,7 +40,7 @@ async def dry_run(cfg: GenerationConfig, stream: PromptStream, start: int, n: in
     system = system_prompt(mode, pf.dataset_description)
     generate = generation_prompt(mode, pf.min_gen_per_candidate)
     fmt = response_schema(mode) if cfg.structured_outputs else None
-    manifest = unique_output_path(cfg.output_folder / "generated_data", cfg.file_prefix,
+    manifest = unique_output_path(generated_dir(cfg.output_folder), cfg.file_prefix,
                                   ".batch.manifest.json")
     base = manifest.with_name(manifest.name.removesuffix(".batch.manifest.json"))
     skipped: list[dict[str, Any]] = []

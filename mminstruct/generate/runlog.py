@@ -35,6 +35,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..cache import atomic_write_json
 from ..errors import ConfigError, DataFileError
+from ..formats import generated_dir
 from ..llm.errors import RETRYABLE_ON_RESUME
 
 if TYPE_CHECKING:
@@ -178,9 +179,18 @@ def latest_records(path: Path) -> dict[int, Latest]:
 
 @dataclass
 class RunDir:
+    """A run folder ``{prefix}_{stamp}``: the one place the names of its files are spelled."""
+
     path: Path
-    file_prefix: str
-    stamp: str
+    file_prefix: str = ""
+    stamp: str = ""
+
+    @classmethod
+    def at(cls, path: str | os.PathLike) -> RunDir:
+        """The run folder at ``path`` (prefix and stamp read from its name where they fit)."""
+        p = Path(path)
+        m = _RUN_NAME.match(p.name)
+        return cls(p, m.group("prefix"), m.group("stamp")) if m else cls(p)
 
     @property
     def log_path(self) -> Path:
@@ -202,6 +212,13 @@ class RunDir:
     def pause_flag(self) -> Path:
         return self.path / "PAUSE"
 
+    @property
+    def lock_path(self) -> Path:
+        return self.path / "lock"
+
+    def is_run(self) -> bool:
+        return self.meta_path.exists()
+
     def read_meta(self) -> dict[str, Any]:
         try:
             return json.loads(self.meta_path.read_text())
@@ -219,7 +236,7 @@ class RunDir:
 
     def lock(self) -> int:
         """Hold the run's lock for this process (released by the OS when it dies)."""
-        fd = os.open(self.path / "lock", os.O_RDWR | os.O_CREAT, 0o644)
+        fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT, 0o644)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError as e:
@@ -232,7 +249,7 @@ _RUN_NAME = re.compile(r"^(?P<prefix>.+)_(?P<stamp>\d{8}_\d{6}(?:_\d+)?)$")
 
 
 def runs_root(output_folder: Path) -> Path:
-    return output_folder / "generated_data" / RUNS_DIR
+    return generated_dir(output_folder) / RUNS_DIR
 
 
 def create_run(output_folder: Path, file_prefix: str, meta: dict[str, Any],
@@ -264,7 +281,7 @@ def list_runs(output_folder: Path, file_prefix: str) -> list[RunDir]:
     out = []
     for child in root.iterdir():
         m = _RUN_NAME.match(child.name)
-        if m and m.group("prefix") == file_prefix and (child / "run.json").exists():
+        if m and m.group("prefix") == file_prefix and RunDir.at(child).is_run():
             out.append(RunDir(child, file_prefix, m.group("stamp")))
     return sorted(out, key=lambda r: _stamp_key(r.stamp))
 
@@ -286,11 +303,10 @@ def latest_unfinished(output_folder: Path, file_prefix: str) -> RunDir | None:
 
 
 def open_run(path: str | os.PathLike) -> RunDir:
-    p = Path(path)
-    m = _RUN_NAME.match(p.name)
-    if not m or not (p / "run.json").exists():
-        raise DataFileError(f"{p}: not a generation run folder (no run.json)")
-    return RunDir(p, m.group("prefix"), m.group("stamp"))
+    run = RunDir.at(path)
+    if not run.stamp or not run.is_run():
+        raise DataFileError(f"{run.path}: not a generation run folder (no {run.meta_path.name})")
+    return run
 
 
 # ----------------------------------------------------------------------------------------------
@@ -298,7 +314,7 @@ def open_run(path: str | os.PathLike) -> RunDir:
 
 
 def output_path(cfg: GenerationConfig, stamp: str) -> Path:
-    return cfg.output_folder / "generated_data" / f"{cfg.file_prefix}_{stamp}.json"
+    return generated_dir(cfg.output_folder) / f"{cfg.file_prefix}_{stamp}.json"
 
 
 def open_or_create_run(cfg: GenerationConfig, stream: PromptStream, start: int, n: int) -> RunDir:

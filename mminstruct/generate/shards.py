@@ -20,6 +20,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from ..errors import ConfigError
+from ..formats import generated_dir
 from .config import GenerationConfig, resolved_range
 from .control import RunControl, RunStatus
 from .engine import RunResult, Shared, run_async
@@ -100,7 +101,7 @@ def finish_shards(cfg: GenerationConfig, results: list[RunResult], where: str = 
         state = "stopped" if any(r.state == "stopped" for r in unfinished) else "cancelled"
         return ShardedResult(state, None, None, results,
                              f"{len(unfinished)} of {len(results)} shard(s) unfinished: {msgs}")
-    out = unique_output_path(cfg.output_folder / "generated_data", cfg.file_prefix)
+    out = unique_output_path(generated_dir(cfg.output_folder), cfg.file_prefix)
     merged = merge_outputs([r.output for r in results if r.output is not None], out)
     manifest = _merged_manifest(out, results)
     msg = (f"{merged.len_samples} samples from {len(results)} shards{where}"
