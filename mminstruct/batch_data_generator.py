@@ -27,7 +27,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from .cli import OneLineParser, run_cli
-from .data_generator import (EXIT_CANCELLED, EXIT_STOPPED, add_common_args, config_from_args,
+from .data_generator import (EXIT_CANCELLED, EXIT_FAILED_PROMPTS, EXIT_OK, EXIT_STOPPED,
+                             add_common_args, config_from_args, exit_codes_epilog, failed_summary,
                              install_signal_handlers)
 from .errors import ConfigError
 from .generate.control import RunControl, RunStatus
@@ -39,8 +40,10 @@ from .llm.client import install_log_redaction
 
 def build_parser() -> argparse.ArgumentParser:
     p = OneLineParser(prog="python -m mminstruct.batch_data_generator",
-                                description="Run step 3 in concurrent shards and merge them "
-                                            "(`… merge --help` to merge shard outputs).")
+                      description="Run step 3 in concurrent shards and merge them "
+                                  "(`… merge --help` to merge shard outputs).",
+                      epilog=exit_codes_epilog(),
+                      formatter_class=argparse.RawDescriptionHelpFormatter)
     add_common_args(p)
     p.add_argument("--num_parallel", type=int, default=1, help="number of shards (default 1)")
     p.add_argument("--start_idx", type=int, default=0, help="first prompt of the whole range")
@@ -112,7 +115,15 @@ def run(args: argparse.Namespace) -> int:
         return EXIT_STOPPED if result.state == "stopped" else EXIT_CANCELLED
     print(f"done: {result.message}; manifest {result.manifest}", file=sys.stderr)
     print(result.output)
-    return 0
+    by_class: dict[str, int] = {}
+    for r in result.shards:
+        for k, v in r.status.failed_by_class.items():
+            by_class[k] = by_class.get(k, 0) + v
+    failed = failed_summary(sum(r.status.failed for r in result.shards), by_class)
+    if failed:
+        print(f"{failed}; exit status {EXIT_FAILED_PROMPTS}", file=sys.stderr)
+        return EXIT_FAILED_PROMPTS
+    return EXIT_OK
 
 
 _SHARD_FILE = re.compile(r"^(?P<prefix>.+)_shard(?P<k>\d+)of(?P<n>\d+)_(?P<stamp>\d{8}_\d{6}"

@@ -9,9 +9,7 @@ resume, dry run, structured outputs, the Batch API (``--batch_api``).
 
 The API key comes from the environment (``$OPENAI_API_KEY``, ``$AZURE_OPENAI_API_KEY`` or the
 variable named by ``--api_key_env``) and is never written anywhere. The output file's path is the
-last line on stdout; progress goes to stderr. Exit status: 0 finished (some prompts may have
-failed; the manifest counts them), 2 bad arguments or files, 3 stopped (quota, auth, unknown
-model — fix it and rerun with ``--resume``), 130 cancelled.
+last line on stdout; progress goes to stderr. Exit status (``EXIT_CODES``, also in ``--help``).
 """
 
 from __future__ import annotations
@@ -32,8 +30,41 @@ from .llm.client import EndpointConfig, install_log_redaction
 
 log = logging.getLogger("mminstruct.generate")
 
+EXIT_OK = 0
 EXIT_STOPPED = 3
+EXIT_FAILED_PROMPTS = 4
 EXIT_CANCELLED = 130
+
+#: The exit statuses of data_generator and batch_data_generator (shown by --help and the README).
+EXIT_CODES = {
+    EXIT_OK: "finished: every prompt succeeded",
+    1: "failed (an error other than the arguments)",
+    2: "bad arguments or input files (one line on stderr)",
+    EXIT_STOPPED: "stopped before the end: quota, auth, unknown model, or the first "
+                  "requests all failed the same way (the server's answer is printed); fix it "
+                  "and rerun with --resume",
+    EXIT_FAILED_PROMPTS: "finished, output written, but some prompts failed for good (the "
+                         "summary on stderr and the manifest count them by class; "
+                         "--resume --retry_failed re-sends the transient ones)",
+    EXIT_CANCELLED: "cancelled (Ctrl-C / SIGTERM); --resume continues",
+}
+
+
+def exit_codes_epilog() -> str:
+    import textwrap
+
+    lines = ["exit status:"]
+    for code, what in EXIT_CODES.items():
+        lines += textwrap.wrap(what, 90, initial_indent=f"  {code:<4}", subsequent_indent=" " * 6)
+    return "\n".join(lines)
+
+
+def failed_summary(failed: int, by_class: dict[str, int]) -> str:
+    """``'3 prompts failed for good (2 server, 1 bad_request)'``; '' when none failed."""
+    if not failed:
+        return ""
+    classes = ", ".join(f"{n} {k}" for k, n in sorted(by_class.items(), key=lambda kv: -kv[1]))
+    return f"{failed} prompt{'s' if failed != 1 else ''} failed for good ({classes})"
 
 
 def add_common_args(p: argparse.ArgumentParser) -> None:
@@ -121,8 +152,10 @@ def add_common_args(p: argparse.ArgumentParser) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     p = OneLineParser(prog="python -m mminstruct.data_generator",
-                                description="Generate samples from a prompt file with a VLM "
-                                            "behind an OpenAI-compatible API (MM-Gen step 3).")
+                      description="Generate samples from a prompt file with a VLM behind an "
+                                  "OpenAI-compatible API (MM-Gen step 3).",
+                      epilog=exit_codes_epilog(),
+                      formatter_class=argparse.RawDescriptionHelpFormatter)
     add_common_args(p)
     p.add_argument("--start_idx", type=int, default=0, help="first prompt to process")
     p.add_argument("--num_prompts", type=int, default=-1,
@@ -190,7 +223,11 @@ def report(result: RunResult) -> int:
     st = result.status
     print(f"done: {st.message}; manifest {result.manifest}", file=sys.stderr)
     print(result.output)
-    return 0
+    failed = failed_summary(st.failed, st.failed_by_class)
+    if failed:
+        print(f"{failed}; exit status {EXIT_FAILED_PROMPTS}", file=sys.stderr)
+        return EXIT_FAILED_PROMPTS
+    return EXIT_OK
 
 
 def run(args: argparse.Namespace) -> int:

@@ -67,8 +67,10 @@ def test_every_behaviour_ends_as_success_or_recorded_failure(stub, tmp_path: Pat
     pf["prompts"][n - 1] = {"keyword": "k", "prompt": "not a list"}
     ws.prompt_file.write_text(json.dumps(pf))
     rc = main(gen_args(ws, stub, "--max_retries", "2", "--timeout", "1", concurrency=16))
-    out = Path(capsys.readouterr().out.strip().splitlines()[-1])
-    assert rc == 0
+    captured = capsys.readouterr()
+    out = Path(captured.out.strip().splitlines()[-1])
+    assert rc == 4  # finished, output written, some prompts failed for good
+    assert "prompts failed for good (" in captured.err and "exit status 4" in captured.err
     recs = _records(ws)
     assert sorted(recs) == list(range(n))
     for i, b in enumerate(BEHAVIOURS):
@@ -151,11 +153,11 @@ def test_retry_failed_resends_transient_failures_of_a_finished_run(stub, tmp_pat
                                                                    capsys) -> None:
     ws = make_prompt_workspace(tmp_path, "vqa_nr", 4, min_gen=1, behaviours={1: "500,500,ok",
                                                                             2: "garbage!"})
-    assert main(gen_args(ws, stub, "--max_retries", "1")) == 0
+    assert main(gen_args(ws, stub, "--max_retries", "1")) == 4  # prompts 1 and 2 failed
     first = Path(capsys.readouterr().out.strip().splitlines()[-1])
     assert len(json.loads(first.read_text())["samples"]) == 2
     before = dict(stub.stats()["ids"])
-    assert main(gen_args(ws, stub, "--max_retries", "1", "--resume", "--retry_failed")) == 0
+    assert main(gen_args(ws, stub, "--max_retries", "1", "--resume", "--retry_failed")) == 4
     out = Path(capsys.readouterr().out.strip().splitlines()[-1])
     assert out == first  # the same run, its output rewritten
     sent = {k: v - before.get(k, 0) for k, v in stub.stats()["ids"].items()

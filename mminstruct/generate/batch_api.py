@@ -60,7 +60,7 @@ from .batch_files import (TERMINAL, BatchState, LineResult, Part, PartWriter,
                           append_resubmitted, batch_failure, download_redacted, error_json,
                           load_prompts, load_resubmitted_errors, prompts_from_file, prompts_path,
                           read_result_line, remove_part_files, requests_path, result_path)
-from .control import clear_flags
+from .control import EarlyStop, clear_flags
 from .engine import RunResult, _Job, _Stats, _Stopped
 from .manifest import batch_api_cost, write_manifest
 from .runlog import FINISHED, RunLog
@@ -99,6 +99,7 @@ class BatchJob(_Job):
     def __init__(self, *args: Any) -> None:
         super().__init__(*args)
         cfg = self.cfg
+        self.early_stop = EarlyStop(0)  # a batch's results arrive together: nothing to save
         self.state = BatchState.load(self.run.path)
         self.client = self.shared.clients[0]
         self.azure = cfg.endpoint.kind == "azure"

@@ -11,7 +11,10 @@ Flow of one run (``run_async``):
    answer (with a format-fix call if needed) and append the outcome to the log. Retries use
    exponential back-off with jitter, or the server's Retry-After on 429/5xx, within
    ``max_retries``. A class that would fail every prompt (quota, auth, unknown model) stops the
-   run, leaving the rest unfinished for ``--resume``.
+   run, leaving the rest unfinished for ``--resume``; so does a run whose first
+   ``EARLY_STOP_AFTER`` finished requests all failed for good the same way (class and HTTP status,
+   e.g. a proxy's HTTP 400 for a wrong key): the message quotes what the server answered, and
+   ``--resume`` sends those prompts again.
 4. When every prompt of the range has a record, the MM-Gen output file and the manifest are
    written atomically and the run is marked finished.
 
@@ -48,7 +51,7 @@ from ..llm.requests import (BuiltRequest, ImageEncoder, build_messages, candidat
                             system_prompt)
 from ..modes import Mode
 from .config import GenerationConfig, resolved_range
-from .control import RunControl, RunStatus, StatusTracker, clear_flags
+from .control import EarlyStop, RunControl, RunStatus, StatusTracker, clear_flags
 from .jsonstream import PromptStream
 from .manifest import build_manifest, manifest_path_for, summarize_log, write_manifest
 from .output import write_output
@@ -57,6 +60,8 @@ from .runlog import FINISHED, RunDir, RunLog, latest_records, open_or_create_run
 log = logging.getLogger(__name__)
 
 RAW_KEEP_CHARS = 4000
+#: A run stops when its first this-many finished requests all failed for good the same way.
+EARLY_STOP_AFTER = 8
 ProgressCallback = Callable[[RunStatus], None]
 
 
@@ -138,6 +143,7 @@ class _Job:
                                                mode=self.mode.value, total=n))
         self.runlog: RunLog | None = None
         self.session_done = 0
+        self.early_stop = EarlyStop(EARLY_STOP_AFTER)
 
     # ------------------------------------------------------------------ orchestration
 
@@ -145,12 +151,15 @@ class _Job:
         """The prompts of the range that the log already holds as finished (counted into the
         status); with ``retry_failed``, transient failures are left out so they are sent again."""
         latest = latest_records(self.run.log_path)
+        resend = set(self.run.read_meta().get("resend") or ())  # an early stop's failures
         done: set[int] = set()
         st = self.tracker.status
         for idx, rec in latest.items():
             if not self.start <= idx < self.start + self.n:
                 continue
             if self.cfg.retry_failed and not rec.ok and rec.error_class in RETRYABLE_ON_RESUME:
+                continue
+            if idx in resend and not rec.ok:
                 continue
             done.add(idx)
             st.done += 1
@@ -332,6 +341,7 @@ class _Job:
 
     def _failure(self, base: dict, e: LLMError, stats: _Stats, t0: float) -> dict:
         rec = {**base, "outcome": "failed", "error_class": e.kind, "message": redact(e)[:1000],
+               **({"status": e.status} if e.status is not None else {}),
                **self._stats_json(stats, t0)}
         if e.raw:
             rec["raw"] = redact(e.raw[:RAW_KEEP_CHARS])
@@ -350,6 +360,9 @@ class _Job:
         ok = rec["outcome"] == "ok"
         self.tracker.finished(ok, rec.get("error_class"), rec.get("n_items", 0),
                               ok and rec["n_items"] != self.n_expected, rec.get("dropped", 0))
+        error = self.early_stop.see(rec, stopping=self.stopping)
+        if error is not None:
+            self._begin_stop(error)
 
     async def _generate(self, client: Any, body: dict, est: int,
                         stats: _Stats) -> tuple[ParseResult, str]:
@@ -489,10 +502,12 @@ class _Job:
                 state, reason = "stopped", f"{self.stop_error.rule.what}: {self.stop_error}"
             else:
                 state, reason = "cancelled", "cancelled"
-            msg = (f"run {state} ({reason}); {st.done} of {st.total} prompts finished — "
+            resend = self.early_stop.resend()
+            finished = st.done - len(resend)
+            msg = (f"run {state} ({reason}); {finished} of {st.total} prompts finished — "
                    f"continue with --resume (run {run.path.name})")
             st.state, st.message = state, msg
-            run.update_meta(state=state, reason=reason)
+            run.update_meta(state=state, reason=reason, **({"resend": resend} if resend else {}))
             self._publish()
             return RunResult(state, run.path, None, None, st, msg)
         out = output_path(cfg, run.stamp)
