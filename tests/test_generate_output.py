@@ -10,9 +10,9 @@ import pytest
 
 from mminstruct import batch_data_generator as bdg
 from mminstruct.data_generator import main as gen_main
+from mminstruct.export import export_file
+from mminstruct.generate import iter_output, load_output, merge_outputs
 from mminstruct.records import load_data_file
-from mminstruct.generate import (export_llava, export_sharegpt, iter_output, load_output,
-                                 merge_outputs, sharegpt_dataset_info)
 from mminstruct.generate.output import MergeError
 from mminstruct.generate.shards import split_range
 from tests.fixtures.llm import gen_args, make_prompt_workspace
@@ -87,32 +87,36 @@ def test_exports(stub, tmp_path: Path, capsys) -> None:
     out = _out(capsys)
     samples = list(iter_output(out))
 
-    llava = tmp_path / "llava.json"
-    assert export_llava(out, llava) == len(samples)
+    llava = tmp_path / "exports" / "llava.json"
+    assert export_file(out, llava, "llava").written == len(samples)
     recs = json.loads(llava.read_text())
     assert set(recs[0]) == {"id", "image", "conversations"}
-    df = load_data_file(llava, input_folder=ws.input_folder)  # LLaVA loader reads it back
+    # the LLaVA loader reads it back, paths resolving from the export's folder
+    df = load_data_file(llava, allow_outside_paths=True)
     assert df.report.skipped == 0 and len(df.records) == len(samples)
 
     share = tmp_path / "sharegpt.json"
-    assert export_sharegpt(out, share, image_root=ws.input_folder) == len(samples)
+    report = export_file(out, share, "sharegpt", absolute_paths=True)
+    assert report.written == len(samples)
     recs = json.loads(share.read_text())
     for r, s in zip(recs, samples):
         assert [m["role"] for m in r["messages"]] == ["user", "assistant"]
         assert r["messages"][0]["content"].count("<image>") == len(r["images"]) == 1
-        assert Path(r["images"][0]).is_file()
+        assert Path(r["images"][0]).is_absolute() and Path(r["images"][0]).is_file()
         assert r["messages"][1]["content"] == s["conversations"][1]["value"]
-    info = sharegpt_dataset_info("synthetic", share.name)
-    assert info["synthetic"]["formatting"] == "sharegpt"
-    assert info["synthetic"]["columns"] == {"messages": "messages", "images": "images"}
+    info = json.loads((tmp_path / "dataset_info.json").read_text())["sharegpt"]
+    assert info["formatting"] == "sharegpt" and info["file_name"] == "sharegpt.json"
+    assert info["columns"] == {"messages": "messages", "images": "images"}
 
 
 def test_text_only_samples_export_without_images(stub, tmp_path: Path, capsys) -> None:
     ws = make_prompt_workspace(tmp_path, "tqa", 2, min_gen=1)
     assert gen_main(gen_args(ws, stub)) == 0
     out = _out(capsys)
-    export_llava(out, tmp_path / "l.json")
-    export_sharegpt(out, tmp_path / "s.json")
+    export_file(out, tmp_path / "l.json", "llava")
+    export_file(out, tmp_path / "s.json", "sharegpt")
     assert all("image" not in r for r in json.loads((tmp_path / "l.json").read_text()))
     for r in json.loads((tmp_path / "s.json").read_text()):
         assert "images" not in r and "<image>" not in r["messages"][0]["content"]
+    info = json.loads((tmp_path / "dataset_info.json").read_text())
+    assert "images" not in info["s"]["columns"] and "images" not in info["l"]["columns"]
