@@ -27,6 +27,7 @@ from .generate.config import DEFAULT_MODEL, GenerationConfig
 from .generate.control import RunControl
 from .generate.engine import RunResult, run_async
 from .llm.client import EndpointConfig, install_log_redaction
+from .llm.requests import MAX_TOKENS_FIELDS
 
 log = logging.getLogger("mminstruct.generate")
 
@@ -111,6 +112,10 @@ def add_common_args(p: argparse.ArgumentParser) -> None:
                    help="memory for encoded images, reused across prompts (default 256)")
     q.add_argument("--temperature", type=float)
     q.add_argument("--max_tokens", type=int, help="answer token limit (default: the model's)")
+    q.add_argument("--max_tokens_field", default="auto", choices=MAX_TOKENS_FIELDS,
+                   help="the request key of --max_tokens: max_completion_tokens for models that "
+                   "refuse max_tokens (o1, o3, o4-mini, gpt-5, …: what auto picks by the model "
+                   "name), max_tokens for servers that know only it (default auto)")
     q.add_argument("--seed", type=int)
     q.add_argument("--structured_outputs", action="store_true",
                    help="send a JSON schema as response_format (models that support it)")
@@ -177,7 +182,8 @@ def config_from_args(args: argparse.Namespace, **overrides: object) -> Generatio
         retry_base_delay=args.retry_base_delay, retry_max_delay=args.retry_max_delay,
         max_image_side=args.max_image_side, jpeg_quality=args.jpeg_quality,
         image_cache_mb=args.image_cache_mb, temperature=args.temperature,
-        max_tokens=args.max_tokens, seed=args.seed, structured_outputs=args.structured_outputs,
+        max_tokens=args.max_tokens, max_tokens_field=args.max_tokens_field, seed=args.seed,
+        structured_outputs=args.structured_outputs,
         format_fix_attempts=args.format_fix_attempts, resume=args.resume,
         retry_failed=args.retry_failed, dry_run=args.dry_run,
         allow_outside_paths=args.allow_outside_paths, debug=args.debug,

@@ -60,7 +60,8 @@ async def dry_run(cfg: GenerationConfig, stream: PromptStream, start: int, n: in
             except (ImageFileError, BadPromptError) as e:
                 return idx, None, {"prompt_idx": idx, "error_class": e.kind, "message": str(e)}
             body = request_body(cfg.model_name, built.messages, temperature=cfg.temperature,
-                                max_tokens=cfg.max_tokens, seed=cfg.seed, response_format=fmt)
+                                max_tokens=cfg.max_tokens, seed=cfg.seed, response_format=fmt,
+                                max_tokens_field=cfg.max_tokens_field)
             return idx, json.dumps(batch_line(idx, body), ensure_ascii=False), None
 
         parts = _PartWriter(base, cfg.batch_max_requests, cfg.batch_max_bytes)

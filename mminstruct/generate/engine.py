@@ -314,7 +314,8 @@ class _Job:
                                      self.shared.encoder)
         body = request_body(model or self.cfg.model_name, built.messages,
                             temperature=self.cfg.temperature, max_tokens=self.cfg.max_tokens,
-                            seed=self.cfg.seed, response_format=self.response_format)
+                            seed=self.cfg.seed, response_format=self.response_format,
+                            max_tokens_field=self.cfg.max_tokens_field)
         return body, built
 
     async def _process(self, idx: int, entry: PromptEntry | BadPromptError,
@@ -386,7 +387,8 @@ class _Job:
             fix_body = request_body(self.cfg.model_name, fix_messages(self.mode, text),
                                     temperature=0 if self.cfg.temperature is not None else None,
                                     max_tokens=self.cfg.max_tokens,
-                                    response_format=self.response_format)
+                                    response_format=self.response_format,
+                                    max_tokens_field=self.cfg.max_tokens_field)
             fixed = await self._call(client, fix_body, len(text) // 3 + 400, stats)
             try:
                 fixed_text, _ = self._answer(fixed)
