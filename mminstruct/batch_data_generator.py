@@ -14,7 +14,9 @@ Merge shard outputs (by hand, e.g. after resuming one shard)::
 
     python -m mminstruct.batch_data_generator merge --output_folder OUT --file_prefix run [FILE …]
 
-With no files, the latest output of each ``run_shardNNofMM`` in ``OUT/generated_data`` is used.
+With no files, the latest output of each shard (``run_shard_01_of_12_{stamp}.json``; also the
+``run_shard01of12_…`` names of earlier versions) in ``OUT/generated_data`` is used. MM-Gen's own
+``merge.py --folder_path OUT/generated_data --run_id run_shard`` reads the same files (see README).
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ from .data_generator import (EXIT_CANCELLED, EXIT_FAILED_PROMPTS, EXIT_OK, EXIT_
 from .errors import ConfigError
 from .generate.control import RunControl, RunStatus
 from .generate.output import merge_outputs
-from .generate.runlog import unique_output_path
+from .generate.runlog import SHARD_NAME, unique_output_path
 from .generate.shards import ShardedResult, run_shards_async
 from .llm.client import install_log_redaction
 
@@ -126,24 +128,24 @@ def run(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-_SHARD_FILE = re.compile(r"^(?P<prefix>.+)_shard(?P<k>\d+)of(?P<n>\d+)_(?P<stamp>\d{8}_\d{6}"
-                         r"(?:_\d+)?)\.json$")
+_OUTPUT_FILE = re.compile(r"^(?P<name>.+)_(?P<stamp>\d{8}_\d{6}(?:_\d+)?)\.json$")
 
 
 def find_shard_outputs(folder: Path, prefix: str) -> list[Path]:
     """The latest output file of each shard of ``prefix`` in ``folder``, in shard order."""
     latest: dict[int, tuple[str, Path]] = {}
     counts: set[int] = set()
-    for f in folder.glob(f"{prefix}_shard*of*_*.json"):
-        m = _SHARD_FILE.match(f.name)
-        if not m or m.group("prefix") != prefix:
+    for f in folder.glob(f"{prefix}_shard*_*.json"):  # shard_01_of_03 (and the old shard01of03)
+        m = _OUTPUT_FILE.match(f.name)
+        shard = SHARD_NAME.match(m.group("name")) if m else None
+        if not shard or shard.group("prefix") != prefix:
             continue
-        k = int(m.group("k"))
-        counts.add(int(m.group("n")))
+        k = int(shard.group("k") or shard.group("k_old"))
+        counts.add(int(shard.group("n") or shard.group("n_old")))
         if k not in latest or m.group("stamp") > latest[k][0]:
             latest[k] = (m.group("stamp"), f)
     if not latest:
-        raise ConfigError(f"no shard outputs named {prefix}_shardNNofMM_*.json in {folder}")
+        raise ConfigError(f"no shard outputs named {prefix}_shard_NN_of_MM_*.json in {folder}")
     if len(counts) > 1:
         raise ConfigError(f"shard outputs of {prefix!r} in {folder} come from runs with "
                           f"different shard counts ({sorted(counts)}); name the files to merge")

@@ -23,6 +23,7 @@ from mminstruct.generate import GenerationConfig, run_async
 from mminstruct.generate.batch_files import STATE_FILE, to_ranges
 from mminstruct.generate.runlog import iter_records, list_runs
 from mminstruct.llm.client import EndpointConfig
+from mminstruct.generate.manifest import manifest_path_for
 from tests.batch_server import BatchConfig, BatchStubServer
 from tests.fixtures.llm import FAKE_KEY, gen_args, make_prompt_workspace, subprocess_env
 from tests.openai_server import StubConfig
@@ -58,7 +59,7 @@ def _samples(path: Path) -> list[dict]:
 
 
 def _manifest(out: Path) -> dict:
-    return json.loads(out.with_name(out.stem + ".manifest.json").read_text())
+    return json.loads(manifest_path_for(out).read_text())
 
 
 def _records(ws, prefix: str) -> list[dict]:

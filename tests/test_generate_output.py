@@ -15,6 +15,7 @@ from mminstruct.generate import iter_output, load_output, merge_outputs
 from mminstruct.records import load_data_file
 from mminstruct.generate.output import MergeError
 from mminstruct.generate.shards import split_range
+from mminstruct.generate.manifest import manifest_path_for
 from tests.fixtures.llm import gen_args, make_prompt_workspace
 
 
@@ -43,10 +44,10 @@ def test_batch_data_generator_shards_and_merges(stub, tmp_path: Path, capsys) ->
     assert idx == sorted(idx)  # shard order = prompt order
     assert (data["start_idx"], data["end_idx"], data["num_prompts"]) == (0, n, n)
     assert stub.stats()["max_in_flight"] <= 6  # one concurrency bound across all shards
-    shard_files = sorted((ws.output_folder / "generated_data").glob("big_shard*of04_*.json"))
-    shard_outputs = [f for f in shard_files if not f.name.endswith(".manifest.json")]
+    shard_outputs = sorted((ws.output_folder / "generated_data").glob("big_shard_*_of_04_*.json"))
     assert len(shard_outputs) == 4
-    manifest = json.loads(out.with_name(out.stem + ".manifest.json").read_text())
+    assert not list((ws.output_folder / "generated_data").glob("*.manifest.json"))  # in manifests/
+    manifest = json.loads(manifest_path_for(out).read_text())
     assert manifest["counts"]["by_outcome"] == {"ok": n - 1, "bad_json": 1}
     assert len(manifest["shards"]) == 4
 

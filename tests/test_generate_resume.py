@@ -19,6 +19,7 @@ from mminstruct.generate import (GenerationConfig, RunControl, read_status, requ
                                  run_async)
 from mminstruct.generate.runlog import iter_records, list_runs
 from mminstruct.llm.client import EndpointConfig
+from mminstruct.generate.manifest import manifest_path_for
 from tests.fixtures.llm import gen_args, make_prompt_workspace, subprocess_env
 
 
@@ -68,8 +69,8 @@ def test_kill_9_then_resume_loses_and_duplicates_nothing(stub, tmp_path: Path, c
     clean = _out(capsys)
     assert _samples(resumed) == _samples(clean)
     assert len(_samples(resumed)) == 2 * 2 * (n - 1) - 2  # prompt 33 failed, 20 gave 1 item
-    m1 = json.loads(resumed.with_name(resumed.stem + ".manifest.json").read_text())
-    m2 = json.loads(clean.with_name(clean.stem + ".manifest.json").read_text())
+    m1 = json.loads(manifest_path_for(resumed).read_text())
+    m2 = json.loads(manifest_path_for(clean).read_text())
     assert m1["counts"]["by_outcome"] == m2["counts"]["by_outcome"] == {"ok": n - 1,
                                                                         "bad_json": 1}
 

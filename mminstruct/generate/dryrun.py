@@ -4,7 +4,7 @@ Each line is ``{"custom_id": "<prompt index>", "method": "POST", "url": "/v1/cha
 "body": {…}}`` with the same body the engine would send (system prompt, prompt list with images as
 data URLs, generation prompt, model and options). The Batch API takes at most 50,000 requests and
 200 MB per file, so larger runs are split into numbered parts. A prompt whose image is missing is
-left out and listed in the sidecar ``….batch.manifest.json``. Files are written atomically.
+left out and listed in the sidecar ``manifests/….batch.manifest.json``. Files are written atomically.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from ..llm.requests import (batch_line, build_messages, generation_prompt, reque
                             response_schema, system_prompt)
 from .control import RunStatus
 from .jsonstream import PromptStream
+from .manifest import MANIFESTS_DIR
 from .runlog import unique_output_path
 
 if TYPE_CHECKING:
@@ -45,9 +46,10 @@ async def dry_run(cfg: GenerationConfig, stream: PromptStream, start: int, n: in
     system = system_prompt(mode, pf.dataset_description)
     generate = generation_prompt(mode, pf.min_gen_per_candidate)
     fmt = response_schema(mode) if cfg.structured_outputs else None
-    manifest = unique_output_path(cfg.output_folder / "generated_data", cfg.file_prefix,
-                                  ".batch.manifest.json")
-    base = manifest.with_name(manifest.name.removesuffix(".batch.manifest.json"))
+    data_dir = cfg.output_folder / "generated_data"
+    # the sidecar goes with the manifests, out of MM-Gen merge.py's *.json glob
+    manifest = unique_output_path(data_dir / MANIFESTS_DIR, cfg.file_prefix, ".batch.manifest.json")
+    base = data_dir / manifest.name.removesuffix(".batch.manifest.json")
     skipped: list[dict[str, Any]] = []
     written = 0
     try:
