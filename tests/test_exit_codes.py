@@ -99,3 +99,16 @@ def test_no_early_stop_when_the_first_failures_differ_or_some_succeed(stub, tmp_
                                behaviours={i: "bad_request" for i in range(12) if i != 3})
     assert main(gen_args(ws, stub, concurrency=1)) == EXIT_FAILED_PROMPTS
     assert stub.stats()["requests"] == 12
+
+
+def test_early_stop_counts_the_first_requests_of_all_shards(stub, tmp_path, capsys):
+    stub.state.config.default_behaviour = "no_db"
+    ws = make_prompt_workspace(tmp_path, "vqa_nr", 40, min_gen=1)
+    rc = bdg.main(gen_args(ws, stub, "--num_parallel", "4", concurrency=2))
+    err = capsys.readouterr().err
+    assert rc == EXIT_STOPPED and "No connected db." in err and "4 of 4 shard(s) unfinished" in err
+    assert stub.stats()["requests"] <= EARLY_STOP_AFTER + 2  # not 8 per shard
+    stub.state.config.default_behaviour = "ok"
+    stub.state.reset()
+    assert bdg.main(gen_args(ws, stub, "--num_parallel", "4", "--resume", concurrency=2)) == 0
+    assert sorted(map(int, stub.stats()["ids"])) == list(range(40))

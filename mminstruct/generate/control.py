@@ -45,6 +45,7 @@ class EarlyStop:
         self.after = after  # 0: off (disabled, or the run's start was not all alike failures)
         self.first: list[dict[str, Any]] = []
         self.triggered = False
+        self.error: Any = None  # the LLMError the run stops with, once triggered
 
     def _same(self, rec: dict[str, Any]) -> bool:
         if rec.get("outcome") != "failed" or rec.get("error_class") not in EARLY_STOP_CLASSES:
@@ -69,12 +70,17 @@ class EarlyStop:
 
         self.triggered = True
         head = self.first[0]
-        return BY_KIND[head["error_class"]](
+        self.error = BY_KIND[head["error_class"]](
             f"the first {len(self.first)} requests all failed the same way; the server "
             f"answered: {head.get('message', '')}", status=head.get("status"))
+        return self.error
 
-    def resend(self) -> list[int]:
-        return sorted(r["prompt_idx"] for r in self.first) if self.triggered else []
+    def resend(self, start: int = 0, end: int | None = None) -> list[int]:
+        """The prompts (of ``[start, end)``) to send again on --resume."""
+        if not self.triggered:
+            return []
+        return sorted(i for i in (r["prompt_idx"] for r in self.first)
+                      if start <= i and (end is None or i < end))
 
 
 class RunControl:

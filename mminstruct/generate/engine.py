@@ -11,10 +11,9 @@ Flow of one run (``run_async``):
    answer (with a format-fix call if needed) and append the outcome to the log. Retries use
    exponential back-off with jitter, or the server's Retry-After on 429/5xx, within
    ``max_retries``. A class that would fail every prompt (quota, auth, unknown model) stops the
-   run, leaving the rest unfinished for ``--resume``; so does a run whose first
-   ``EARLY_STOP_AFTER`` finished requests all failed for good the same way (class and HTTP status,
-   e.g. a proxy's HTTP 400 for a wrong key): the message quotes what the server answered, and
-   ``--resume`` sends those prompts again.
+   run, leaving the rest unfinished for ``--resume``; so do ``EARLY_STOP_AFTER`` first requests
+   (of all shards) failing for good alike (``control.EarlyStop``: a proxy's HTTP 400 for a wrong
+   key, say), quoting the server; ``--resume`` sends those prompts again.
 4. When every prompt of the range has a record, the MM-Gen output file and the manifest are
    written atomically and the run is marked finished.
 
@@ -68,13 +67,15 @@ ProgressCallback = Callable[[RunStatus], None]
 @dataclass
 class Shared:
     """Resources shared by every run in this process: the clients (one connection pool each),
-    one limiter, one image cache, one bound on requests in flight."""
+    one limiter, one image cache, one bound on requests in flight, and one early stop (the first
+    requests of all the shards together)."""
 
     clients: list[Any]
     limiter: RateLimiter
     encoder: ImageEncoder
     semaphore: asyncio.Semaphore
     executor: ThreadPoolExecutor
+    early_stop: EarlyStop = field(default_factory=lambda: EarlyStop(EARLY_STOP_AFTER))
 
     @classmethod
     def build(cls, cfg: GenerationConfig, *, with_client: bool = True) -> Shared:
@@ -143,7 +144,7 @@ class _Job:
                                                mode=self.mode.value, total=n))
         self.runlog: RunLog | None = None
         self.session_done = 0
-        self.early_stop = EarlyStop(EARLY_STOP_AFTER)
+        self.early_stop = shared.early_stop
 
     # ------------------------------------------------------------------ orchestration
 
@@ -208,6 +209,7 @@ class _Job:
             if done:
                 everything.result()
                 return
+            self._follow_early_stop()
             if not self.stopping and self.control.cancelled:
                 log.warning("cancel requested: no new requests; waiting up to %.0fs for the %d "
                             "in flight", self.cfg.cancel_grace, self.in_flight)
@@ -364,6 +366,12 @@ class _Job:
         error = self.early_stop.see(rec, stopping=self.stopping)
         if error is not None:
             self._begin_stop(error)
+        self._follow_early_stop()
+
+    def _follow_early_stop(self) -> None:
+        """Another shard's first requests all failed alike: stop this one too."""
+        if self.early_stop.triggered and not self.stopping:
+            self._begin_stop(self.early_stop.error)
 
     async def _generate(self, client: Any, body: dict, est: int,
                         stats: _Stats) -> tuple[ParseResult, str]:
@@ -425,6 +433,7 @@ class _Job:
         cfg = self.cfg
         est = est_input + (cfg.max_tokens or 300 * self.n_expected)
         for attempt in range(cfg.max_retries + 1):
+            self._follow_early_stop()
             if self.stopping:
                 raise _Stopped
             await self.control.wait_while_paused()
@@ -504,7 +513,7 @@ class _Job:
                 state, reason = "stopped", f"{self.stop_error.rule.what}: {self.stop_error}"
             else:
                 state, reason = "cancelled", "cancelled"
-            resend = self.early_stop.resend()
+            resend = self.early_stop.resend(self.start, self.start + self.n)
             finished = st.done - len(resend)
             msg = (f"run {state} ({reason}); {finished} of {st.total} prompts finished — "
                    f"continue with --resume (run {run.path.name})")
