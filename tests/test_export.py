@@ -80,8 +80,8 @@ def _generated(tmp_path: Path) -> Path:
                             image="pool/c0.jpg", prompt_idx=0, **base)
     samples += item_samples(Mode.VQA_NR, {"Q": "What colour?", "A": "Red.", "choices": "A. red\nB. blue"},
                             image="pool/c1.jpg", prompt_idx=1, **base)
-    samples += item_samples(Mode.TQA, {"I": "A chart of sales.", "Q": "Which year?", "R": "Peak.", "A": "2019"},
-                            image=None, prompt_idx=2, **base)
+    samples += item_samples(Mode.TQA, {"I": "A chart of sales.", "Q": "Which year?", "R": "Peak.",
+                                       "A": "2019"}, image=None, prompt_idx=2, **base)
     samples += item_samples(Mode.DESCRIPT, {"A": "A red disc on grey."}, image="pool/c2.jpg",
                             prompt_idx=3, dataset_description="shapes", **base)
     samples.append({"image_1": "pool/c0.jpg", "conversations": [

@@ -57,7 +57,8 @@ def test_every_real_file_loads_with_a_report_or_is_refused_in_one_line(fixture_t
 
 def test_xtuner_content_parts_refused_with_the_reason(fixture_tree):
     with pytest.raises(DataFileError, match="content parts.*OpenAI/xtuner"):
-        load_data_file(fixture_tree / "InternLM__xtuner/tests/resource/mllm_sft_single_image_example_data.jsonl")
+        load_data_file(fixture_tree
+                       / "InternLM__xtuner/tests/resource/mllm_sft_single_image_example_data.jsonl")
 
 
 def test_llama_factory_messages_layout(fixture_tree):

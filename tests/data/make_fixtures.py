@@ -70,8 +70,9 @@ def _spatial(rng: random.Random) -> dict:
     return {"image_folder": "downloaded_datasets/spatial_map_generated_val/images",
             "dataset_description": "Spatial reasoning on maps.",
             "subgroups": [{"keyword": "map", "reference_sample_idx": list(range(300)),
-                           "candidate_image_paths": [f"candidate_images/v0-text-map-1k/{rng.randrange(10**12):012d}.jpg"
-                                                     for _ in range(999)]}],
+                           "candidate_image_paths": [
+                               f"candidate_images/v0-text-map-1k/{rng.randrange(10**12):012d}.jpg"
+                               for _ in range(999)]}],
             "samples": samples}
 
 
@@ -87,8 +88,9 @@ def _chart(rng: random.Random) -> dict:
     groups, start = [], 0
     for kw, n_ref, n_cand in (("bar chart", 1203, 3184), ("pie chart", 198, 427), ("line chart", 519, 2048)):
         groups.append({"keyword": kw, "reference_sample_idx": sorted(order[start:start + n_ref]),
-                       "candidate_image_paths": [f"downloaded_datasets/chartqa-train/images/{rng.randrange(20000)}.jpg"
-                                                 for _ in range(n_cand)]})
+                       "candidate_image_paths": [
+                           f"downloaded_datasets/chartqa-train/images/{rng.randrange(20000)}.jpg"
+                           for _ in range(n_cand)]})
         start += n_ref
     return {"image_folder": "downloaded_datasets/chartqa-val/images",
             "dataset_description": "Chart Understanding: extracting and reasoning about information from "
@@ -109,7 +111,8 @@ def _llava_100(rng: random.Random) -> list:
         conv = [{"from": "human", "value": first}, {"from": "gpt", "value": _sentence(rng, 30) + "."}]
         for _ in range(turns[i] // 2 - 1):
             conv += [{"from": "human", "value": _sentence(rng, 6) + "?"},
-                     {"from": "gpt", "value": "1. **" + _sentence(rng, 2) + "**: " + _sentence(rng, 25) + "."}]
+                     {"from": "gpt",
+                      "value": "1. **" + _sentence(rng, 2) + "**: " + _sentence(rng, 25) + "."}]
         out.append({"id": num, "image": f"{num}.jpg", "conversations": conv})
     return out
 
