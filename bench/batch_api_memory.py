@@ -114,8 +114,9 @@ def main() -> None:
             print(f"{t:6.0f} {rss:8.0f} {peak:8.0f} {logged:9,}  {parts}")
         if r["exit"] != 0 or not r["output"]:
             raise SystemExit(f"the run failed (exit {r['exit']}): {r['stderr_tail']}")
-        manifest = json.loads(Path(r["output"]).with_name(
-            Path(r["output"]).stem + ".manifest.json").read_text())
+        from mminstruct.generate.manifest import find_manifest  # noqa: PLC0415
+
+        manifest = json.loads(find_manifest(Path(r["output"])).read_text())
         b = manifest["batch_api"]
         print(f"\n{manifest['counts']['by_outcome']} in {r['seconds']:.0f} s; "
               f"{len(b['batches'])} batches ({b['by_status']}), "

@@ -14,7 +14,9 @@ Merge shard outputs (by hand, e.g. after resuming one shard)::
 
     python -m mminstruct.batch_data_generator merge --output_folder OUT --file_prefix run [FILE …]
 
-With no files, the latest output of each ``run_shardNNofMM`` in ``OUT/generated_data`` is used.
+With no files, the latest output of each shard (``run_shard_01_of_12_{stamp}.json``; also the
+``run_shard01of12_…`` names of earlier versions) in ``OUT/generated_data`` is used. MM-Gen's own
+``merge.py --folder_path OUT/generated_data --run_id run_shard`` reads the same files (see README).
 """
 
 from __future__ import annotations
@@ -27,21 +29,24 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from .cli import OneLineParser, run_cli
-from .data_generator import (EXIT_CANCELLED, EXIT_STOPPED, add_common_args, config_from_args,
+from .data_generator import (EXIT_CANCELLED, EXIT_FAILED_PROMPTS, EXIT_OK, EXIT_STOPPED,
+                             add_common_args, config_from_args, exit_codes_epilog, failed_summary,
                              install_signal_handlers)
 from .errors import ConfigError
 from .formats import generated_dir
 from .generate.control import RunControl, RunStatus
 from .generate.output import merge_outputs
-from .generate.runlog import unique_output_path
+from .generate.runlog import SHARD_NAME, unique_output_path
 from .generate.shards import ShardedResult, run_shards_async
 from .llm.client import install_log_redaction
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = OneLineParser(prog="python -m mminstruct.batch_data_generator",
-                                description="Run step 3 in concurrent shards and merge them "
-                                            "(`… merge --help` to merge shard outputs).")
+                      description="Run step 3 in concurrent shards and merge them "
+                                  "(`… merge --help` to merge shard outputs).",
+                      epilog=exit_codes_epilog(),
+                      formatter_class=argparse.RawDescriptionHelpFormatter)
     add_common_args(p)
     p.add_argument("--num_parallel", type=int, default=1, help="number of shards (default 1)")
     p.add_argument("--start_idx", type=int, default=0, help="first prompt of the whole range")
@@ -113,27 +118,35 @@ def run(args: argparse.Namespace) -> int:
         return EXIT_STOPPED if result.state == "stopped" else EXIT_CANCELLED
     print(f"done: {result.message}; manifest {result.manifest}", file=sys.stderr)
     print(result.output)
-    return 0
+    by_class: dict[str, int] = {}
+    for r in result.shards:
+        for k, v in r.status.failed_by_class.items():
+            by_class[k] = by_class.get(k, 0) + v
+    failed = failed_summary(sum(r.status.failed for r in result.shards), by_class)
+    if failed:
+        print(f"{failed}; exit status {EXIT_FAILED_PROMPTS}", file=sys.stderr)
+        return EXIT_FAILED_PROMPTS
+    return EXIT_OK
 
 
-_SHARD_FILE = re.compile(r"^(?P<prefix>.+)_shard(?P<k>\d+)of(?P<n>\d+)_(?P<stamp>\d{8}_\d{6}"
-                         r"(?:_\d+)?)\.json$")
+_OUTPUT_FILE = re.compile(r"^(?P<name>.+)_(?P<stamp>\d{8}_\d{6}(?:_\d+)?)\.json$")
 
 
 def find_shard_outputs(folder: Path, prefix: str) -> list[Path]:
     """The latest output file of each shard of ``prefix`` in ``folder``, in shard order."""
     latest: dict[int, tuple[str, Path]] = {}
     counts: set[int] = set()
-    for f in folder.glob(f"{prefix}_shard*of*_*.json"):
-        m = _SHARD_FILE.match(f.name)
-        if not m or m.group("prefix") != prefix:
+    for f in folder.glob(f"{prefix}_shard*_*.json"):  # shard_01_of_03 (and the old shard01of03)
+        m = _OUTPUT_FILE.match(f.name)
+        shard = SHARD_NAME.match(m.group("name")) if m else None
+        if not shard or shard.group("prefix") != prefix:
             continue
-        k = int(m.group("k"))
-        counts.add(int(m.group("n")))
+        k = int(shard.group("k") or shard.group("k_old"))
+        counts.add(int(shard.group("n") or shard.group("n_old")))
         if k not in latest or m.group("stamp") > latest[k][0]:
             latest[k] = (m.group("stamp"), f)
     if not latest:
-        raise ConfigError(f"no shard outputs named {prefix}_shardNNofMM_*.json in {folder}")
+        raise ConfigError(f"no shard outputs named {prefix}_shard_NN_of_MM_*.json in {folder}")
     if len(counts) > 1:
         raise ConfigError(f"shard outputs of {prefix!r} in {folder} come from runs with "
                           f"different shard counts ({sorted(counts)}); name the files to merge")

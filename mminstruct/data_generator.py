@@ -9,9 +9,7 @@ resume, dry run, structured outputs, the Batch API (``--batch_api``).
 
 The API key comes from the environment (``$OPENAI_API_KEY``, ``$AZURE_OPENAI_API_KEY`` or the
 variable named by ``--api_key_env``) and is never written anywhere. The output file's path is the
-last line on stdout; progress goes to stderr. Exit status: 0 finished (some prompts may have
-failed; the manifest counts them), 2 bad arguments or files, 3 stopped (quota, auth, unknown
-model — fix it and rerun with ``--resume``), 130 cancelled.
+last line on stdout; progress goes to stderr. Exit status (``EXIT_CODES``, also in ``--help``).
 """
 
 from __future__ import annotations
@@ -29,11 +27,45 @@ from .generate.config import DEFAULT_MODEL, GenerationConfig
 from .generate.control import RunControl
 from .generate.engine import RunResult, run_async
 from .llm.client import EndpointConfig, install_log_redaction
+from .llm.requests import MAX_TOKENS_FIELDS
 
 log = logging.getLogger("mminstruct.generate")
 
+EXIT_OK = 0
 EXIT_STOPPED = 3
+EXIT_FAILED_PROMPTS = 4
 EXIT_CANCELLED = 130
+
+#: The exit statuses of data_generator and batch_data_generator (shown by --help and the README).
+EXIT_CODES = {
+    EXIT_OK: "finished: every prompt succeeded",
+    1: "failed (an error other than the arguments)",
+    2: "bad arguments or input files (one line on stderr)",
+    EXIT_STOPPED: "stopped before the end: quota, auth, unknown model, or the first "
+                  "requests all failed the same way (the server's answer is printed); fix it "
+                  "and rerun with --resume",
+    EXIT_FAILED_PROMPTS: "finished, output written, but some prompts failed for good (the "
+                         "summary on stderr and the manifest count them by class; "
+                         "--resume --retry_failed re-sends the transient ones)",
+    EXIT_CANCELLED: "cancelled (Ctrl-C / SIGTERM); --resume continues",
+}
+
+
+def exit_codes_epilog() -> str:
+    import textwrap
+
+    lines = ["exit status:"]
+    for code, what in EXIT_CODES.items():
+        lines += textwrap.wrap(what, 90, initial_indent=f"  {code:<4}", subsequent_indent=" " * 6)
+    return "\n".join(lines)
+
+
+def failed_summary(failed: int, by_class: dict[str, int]) -> str:
+    """``'3 prompts failed for good (2 server, 1 bad_request)'``; '' when none failed."""
+    if not failed:
+        return ""
+    classes = ", ".join(f"{n} {k}" for k, n in sorted(by_class.items(), key=lambda kv: -kv[1]))
+    return f"{failed} prompt{'s' if failed != 1 else ''} failed for good ({classes})"
 
 
 def add_common_args(p: argparse.ArgumentParser) -> None:
@@ -80,6 +112,10 @@ def add_common_args(p: argparse.ArgumentParser) -> None:
                    help="memory for encoded images, reused across prompts (default 256)")
     q.add_argument("--temperature", type=float)
     q.add_argument("--max_tokens", type=int, help="answer token limit (default: the model's)")
+    q.add_argument("--max_tokens_field", default="auto", choices=MAX_TOKENS_FIELDS,
+                   help="the request key of --max_tokens: max_completion_tokens for models that "
+                   "refuse max_tokens (o1, o3, o4-mini, gpt-5, …: what auto picks by the model "
+                   "name), max_tokens for servers that know only it (default auto)")
     q.add_argument("--seed", type=int)
     q.add_argument("--structured_outputs", action="store_true",
                    help="send a JSON schema as response_format (models that support it)")
@@ -121,8 +157,10 @@ def add_common_args(p: argparse.ArgumentParser) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     p = OneLineParser(prog="python -m mminstruct.data_generator",
-                                description="Generate samples from a prompt file with a VLM "
-                                            "behind an OpenAI-compatible API (MM-Gen step 3).")
+                      description="Generate samples from a prompt file with a VLM behind an "
+                                  "OpenAI-compatible API (MM-Gen step 3).",
+                      epilog=exit_codes_epilog(),
+                      formatter_class=argparse.RawDescriptionHelpFormatter)
     add_common_args(p)
     p.add_argument("--start_idx", type=int, default=0, help="first prompt to process")
     p.add_argument("--num_prompts", type=int, default=-1,
@@ -144,7 +182,8 @@ def config_from_args(args: argparse.Namespace, **overrides: object) -> Generatio
         retry_base_delay=args.retry_base_delay, retry_max_delay=args.retry_max_delay,
         max_image_side=args.max_image_side, jpeg_quality=args.jpeg_quality,
         image_cache_mb=args.image_cache_mb, temperature=args.temperature,
-        max_tokens=args.max_tokens, seed=args.seed, structured_outputs=args.structured_outputs,
+        max_tokens=args.max_tokens, max_tokens_field=args.max_tokens_field, seed=args.seed,
+        structured_outputs=args.structured_outputs,
         format_fix_attempts=args.format_fix_attempts, resume=args.resume,
         retry_failed=args.retry_failed, dry_run=args.dry_run,
         allow_outside_paths=args.allow_outside_paths, debug=args.debug,
@@ -190,7 +229,11 @@ def report(result: RunResult) -> int:
     st = result.status
     print(f"done: {st.message}; manifest {result.manifest}", file=sys.stderr)
     print(result.output)
-    return 0
+    failed = failed_summary(st.failed, st.failed_by_class)
+    if failed:
+        print(f"{failed}; exit status {EXIT_FAILED_PROMPTS}", file=sys.stderr)
+        return EXIT_FAILED_PROMPTS
+    return EXIT_OK
 
 
 def run(args: argparse.Namespace) -> int:

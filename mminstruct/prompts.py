@@ -211,13 +211,26 @@ def prepare_plan(task: TaskFile, config: PromptConfig) -> PromptPlan:
                     ok = False
                 (kept if ok else missing).append(c)
             cands = kept
+        if n_prompts and mode.carries_candidate and not cands and sg.candidate_image_paths:
+            n = len(sg.candidate_image_paths)
+            raise InputError(
+                f"subgroup {sg.keyword!r} needs {n_prompts} prompts but none of its {n:,} "
+                f"candidate images is on disk: looked under {root.resolve()} (e.g. "
+                f"{sg.candidate_image_paths[0]!r}); set --input_folder to the folder the task "
+                "file's paths are relative to, or pass --no_check_images to write the prompt "
+                "file without checking")
         if n_prompts and mode.carries_candidate and not cands:
             raise InputError(
                 f"subgroup {sg.keyword!r} needs {n_prompts} prompts but has no usable candidate "
                 "images; add a candidate pool in step 1 (--candidate_folder) or drop the keyword")
         if n_prompts and mode.carries_icl and config.num_icl_samples and not pool:
+            missing_refs = sum(1 for p in excluded if p.index in set(sg.reference_sample_idx)
+                               and "not found under" in p.reason)
+            hint = (f" ({missing_refs:,} of their images are not on disk under {root.resolve()}; "
+                    "set --input_folder to the folder the task file's paths are relative to, or "
+                    "pass --no_check_images)" if missing_refs else "")
             raise InputError(f"subgroup {sg.keyword!r} needs {n_prompts} prompts but none of its "
-                             "reference samples is usable as an in-context example")
+                             f"reference samples is usable as an in-context example{hint}")
         plans.append(SubgroupPlan(sg.keyword, len(sg.reference_sample_idx), n_prompts, pool, cands))
     return PromptPlan(plans, records, excluded, missing)
 

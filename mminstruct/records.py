@@ -225,6 +225,9 @@ def _read_records(p: Path, report: LoadReport) -> tuple[list[tuple[int, Any]], d
             return list(enumerate(samples)), extra
         if "conversations" in top or "messages" in top:
             return [(0, top)], {}
+        if "samples" in top:
+            raise DataFileError(f"{p}: 'samples' is a {type(samples).__name__}, not a list of "
+                                "records; expected an object whose 'samples' is a list")
         raise DataFileError(
             f"{p}: a JSON object without a 'samples' list; expected a list of records, "
             f"an object with 'samples', or JSONL (keys found: {', '.join(sorted(top)[:10])})"

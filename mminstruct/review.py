@@ -1,6 +1,6 @@
 """Reviewing generated data: filter and search samples, find each sample's in-context sources,
-and export what was kept (rejected samples left out) to MM-Gen JSON, LLaVA JSON or LLaMA-Factory
-ShareGPT JSON. No streamlit; the Review page calls these.
+and export what was kept (rejected samples left out) through ``mminstruct.export`` (MM-Gen JSON,
+LLaVA JSON or LLaMA-Factory ShareGPT JSON). No streamlit; the Review page calls these.
 
 A sample's ``icl_indices`` index the task file's ``samples``; the task file is found through the
 output's ``prompt_file`` header (its ``task_desc_path``). Rejections are the workspace's
@@ -10,20 +10,20 @@ output's ``prompt_file`` header (its ``task_desc_path``). Rejections are the wor
 from __future__ import annotations
 
 import os
-import tempfile
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from .errors import ConfigError, DataFileError, choices_message
 from .formats import TaskFile, load_task_file
+from .export import (EXPORT_FORMATS, EXPORT_LABELS, ExportReport, export_file, export_name,
+                     next_free_name)
 from .generate.jsonstream import PromptStream
-from .generate.output import (export_llava, export_sharegpt, iter_output, output_header,
-                              write_samples_file)
+from .generate.output import output_header
 
-EXPORT_FORMATS = ("mmgen", "llava", "sharegpt")
-EXPORT_LABELS = {"mmgen": "MM-Gen JSON", "llava": "LLaVA JSON", "sharegpt": "LLaMA-Factory ShareGPT JSON"}
+__all__ = ["EXPORT_FORMATS", "EXPORT_LABELS", "ExportReport", "Sources", "export_name",
+           "export_reviewed", "filter_samples", "next_free_name", "sample_text", "sources"]
 
 
 def sample_text(sample: dict[str, Any]) -> str:
@@ -95,41 +95,12 @@ def sources(output_path: str | os.PathLike) -> Sources:
         return Sources(None, input_folder, f"in-context sources unavailable: {e}")
 
 
-def _kept(src: Path, rejected: set[int]) -> Iterator[dict[str, Any]]:
-    for s in iter_output(src):
-        if s.get("id") not in rejected:
-            yield s
-
-
 def export_reviewed(src: str | os.PathLike, dest: str | os.PathLike, fmt: str, *,
-                    rejected: Iterable[int] = (), image_root: str | os.PathLike | None = None
-                    ) -> int:
-    """Write the kept samples of ``src`` to ``dest`` in ``fmt``; returns the number written.
-    MM-Gen JSON keeps the header (``len_samples`` updated, ``rejected`` count added); LLaVA and
-    ShareGPT prefix image paths with ``image_root`` when given (else relative to the input
-    folder)."""
-    if fmt not in EXPORT_FORMATS:
-        raise ConfigError(choices_message("export format", fmt, EXPORT_FORMATS))
-    src, dest = Path(src), Path(dest)
-    rej = {int(i) for i in rejected}
-    header = output_header(src)
-    kept = sum(1 for _ in _kept(src, rej))
-    header = {**header, "len_samples": kept, "rejected_in_review": len(rej)}
-    if fmt == "mmgen":
-        write_samples_file(dest, header, _kept(src, rej))
-        return kept
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".mmgen.json", dir=dest.parent)
-    os.close(fd)
-    try:
-        write_samples_file(Path(tmp), header, _kept(src, rej))
-        exporter = export_llava if fmt == "llava" else export_sharegpt
-        return exporter(tmp, dest, image_root=image_root)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
-
-
-def export_name(output_path: str | os.PathLike, fmt: str) -> str:
-    if fmt not in EXPORT_FORMATS:
-        raise ConfigError(choices_message("export format", fmt, EXPORT_FORMATS))
-    return f"{Path(output_path).stem}.reviewed.{fmt}.json"
+                    rejected: Iterable[int] = (), absolute_paths: bool = False,
+                    image_root: str | os.PathLike | None = None, overwrite: bool = False
+                    ) -> ExportReport:
+    """Export the kept samples of ``src`` to ``dest`` (``mminstruct.export.export_file``: image
+    paths relative to ``dest``'s folder, or ``image_root``, or absolute; never overwriting unless
+    asked — offer ``next_free_name(dest)`` instead)."""
+    return export_file(src, dest, fmt, rejected=rejected, absolute_paths=absolute_paths,
+                       image_root=image_root, overwrite=overwrite)

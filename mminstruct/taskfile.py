@@ -141,6 +141,8 @@ class BuildReport:
     data_summary: str = ""
     no_image: list[int] = field(default_factory=list)  # sample indices without an image
     reference_failures: list[tuple[int, str]] = field(default_factory=list)  # (sample idx, reason)
+    #: sample idx → "record N (id …)", how every other bad record of the data file is named
+    record_labels: dict[int, str] = field(default_factory=dict)
     candidate_problems: list[tuple[str, str]] = field(default_factory=list)  # (entry, reason)
     unassigned_reference: list[int] = field(default_factory=list)
     unassigned_candidates: list[str] = field(default_factory=list)
@@ -159,7 +161,8 @@ class BuildReport:
         block("samples without an image (kept in samples, in no subgroup)",
               [f"sample {i}" for i in self.no_image])
         block("reference images that could not be embedded (in no subgroup)",
-              [f"sample {i}: {why}" for i, why in self.reference_failures])
+              [f"{self.record_labels.get(i, f'sample {i}')}: {why}"
+               for i, why in self.reference_failures])
         block("candidate images skipped", [f"{e}: {why}" for e, why in self.candidate_problems])
         block("reference samples under min_similarity (unassigned)",
               [f"sample {i}" for i in self.unassigned_reference])
@@ -296,6 +299,7 @@ def build_task_file(config: TaskFileConfig, progress: Progress | None = None) ->
     ref = embed_images([data.image_path(data.records[i]) for i in ref_rows], config.spec,
                        progress=stage("reference images"), **common)
     report.reference_failures = [(ref_rows[j], why) for j, why in _failed_rows(ref)]
+    report.record_labels = {i: data.records[i].label for i, _ in report.reference_failures}
     ref_rows = [ref_rows[j] for j in ref.ok.tolist()]
     if not ref_rows:
         raise DataFileError(f"{data_path}: no reference sample has an image that could be embedded "

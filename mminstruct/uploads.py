@@ -6,6 +6,10 @@ with ``..`` refuses the whole archive before anything is written; symlink entrie
 (never created); a folder on the way that is a symlink is refused; extraction stops — and removes
 what it wrote — past a byte or a file-count limit (the declared sizes are checked first, and the
 bytes actually decompressed are counted, so a header that lies cannot get past either).
+Entry names are read as their archiver meant them (``entry_name``): UTF-8 when the entry's UTF-8
+flag is set; else the Info-ZIP Unicode Path extra field (0x7075) when present and matching; else,
+when the raw name bytes decode as UTF-8 (Debian's ``zip`` writes UTF-8 names without the flag), that;
+else the zip standard's cp437.
 ``server_data_settings`` points a workspace at a data file, image folder and candidate folder on
 this machine, under one input folder.
 """
@@ -15,6 +19,7 @@ from __future__ import annotations
 import os
 import re
 import stat
+import struct
 import zipfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -64,6 +69,47 @@ class ExtractReport:
         return s
 
 
+_UTF8_FLAG = 0x800
+_UNICODE_PATH_EXTRA = 0x7075
+
+
+def _unicode_path_extra(info: zipfile.ZipInfo, raw: bytes) -> str | None:
+    """The name in Info-ZIP's Unicode Path extra field, if present and made for this name (its
+    CRC-32 is that of the header's raw name bytes)."""
+    extra, pos = info.extra, 0
+    while pos + 4 <= len(extra):
+        kind, size = struct.unpack_from("<HH", extra, pos)
+        data = extra[pos + 4: pos + 4 + size]
+        pos += 4 + size
+        if kind != _UNICODE_PATH_EXTRA or len(data) < 5 or data[0] != 1:
+            continue
+        (crc,) = struct.unpack_from("<I", data, 1)
+        if crc != zipfile.crc32(raw) & 0xFFFFFFFF:
+            return None  # the name was changed after the field was written: not to be trusted
+        try:
+            return data[5:].decode("utf-8")
+        except UnicodeDecodeError:
+            return None
+    return None
+
+
+def entry_name(info: zipfile.ZipInfo) -> str:
+    """An archive entry's name as its archiver meant it (see the module docstring)."""
+    if info.flag_bits & _UTF8_FLAG:
+        return info.filename  # zipfile already decoded it as UTF-8
+    try:
+        raw = info.filename.encode("cp437")  # zipfile decoded the raw bytes as cp437
+    except UnicodeEncodeError:
+        return info.filename
+    unicode_path = _unicode_path_extra(info, raw)
+    if unicode_path is not None:
+        return unicode_path
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return info.filename
+
+
 def _entry_parts(name: str) -> tuple[str, ...]:
     """The entry's path components; UnsafePathError for absolute names and ``..``."""
     norm = name.replace("\\", "/")
@@ -90,14 +136,15 @@ def extract_zip(source: str | os.PathLike | IO[bytes], dest: str | os.PathLike, 
     with zf:
         plan: list[tuple[zipfile.ZipInfo, tuple[str, ...]]] = []
         for info in zf.infolist():
-            parts = _entry_parts(info.filename)
+            name = entry_name(info)
+            parts = _entry_parts(name)
             if not parts or info.is_dir():
                 continue
-            if any(info.filename.startswith(s) or parts[-1] == s for s in _SKIP_NAMES):
+            if any(name.startswith(s) or parts[-1] == s for s in _SKIP_NAMES):
                 continue
             mode = info.external_attr >> 16
             if stat.S_ISLNK(mode):
-                report.skipped.append((info.filename, "symbolic link (not extracted)"))
+                report.skipped.append((name, "symbolic link (not extracted)"))
                 continue
             plan.append((info, parts))
         if len(plan) > max_files:
@@ -147,12 +194,12 @@ def _extract_one(zf: zipfile.ZipFile, info: zipfile.ZipInfo, target: Path, budge
                 written += len(block)
                 if written > budget:
                     raise DataFileError(
-                        f"archive entry {info.filename!r} decompresses past the size limit "
+                        f"archive entry {entry_name(info)!r} decompresses past the size limit "
                         f"(more than its declared {info.file_size:,} bytes); extraction stopped")
                 out.write(block)
         os.replace(tmp, target)
     except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, RuntimeError) as e:
-        raise DataFileError(f"archive entry {info.filename!r} cannot be extracted: {e}") from e
+        raise DataFileError(f"archive entry {entry_name(info)!r} cannot be extracted: {e}") from e
     finally:
         tmp.unlink(missing_ok=True)
     return written

@@ -10,7 +10,7 @@ import streamlit as st
 from mminstruct.errors import MMInstructError
 from mminstruct.generate.output import GeneratedData, load_output
 from mminstruct.review import (EXPORT_FORMATS, EXPORT_LABELS, export_name, export_reviewed,
-                               filter_samples, sources)
+                               filter_samples, next_free_name, sources)
 from ui.gallery import thumbnail
 from ui.safe import md_escape
 from ui.state import require_workspace, through_app
@@ -119,19 +119,20 @@ c1, c2 = st.columns([2, 1])
 fmt = c1.radio("Format", EXPORT_FORMATS, format_func=EXPORT_LABELS.get, horizontal=True,
                key="rv_fmt")
 absolute = c2.checkbox("Absolute image paths", key="rv_abs",
-                       help="Otherwise paths are relative to the input folder")
+                       help="Otherwise paths are relative to the export file's folder")
+dest = next_free_name(ws.root / "exports" / export_name(path, fmt))  # never overwrites
+st.caption(f"Writes {md_escape(dest.name, 200)}")
 if st.button("Export", type="primary", key="rv_export"):
-    dest = ws.root / "exports" / export_name(path, fmt)
     try:
-        n = export_reviewed(path, dest, fmt, rejected=rejected,
-                            image_root=root if absolute and fmt != "mmgen" else None)
+        report = export_reviewed(path, dest, fmt, rejected=rejected, absolute_paths=absolute)
     except (MMInstructError, OSError) as e:
         st.error(f"Export failed: {e}")
     else:
-        st.session_state["rv_last_export"] = (str(dest), n)
+        st.session_state["rv_last_export"] = (str(report.dest), report.written, report.summary())
 last = st.session_state.get("rv_last_export")
 if last and Path(last[0]).is_file():
     p = Path(last[0])
     st.success(f"Wrote {last[1]:,} samples to {md_escape(str(p), 200)}")
+    st.caption(md_escape(last[2], 1000))
     st.download_button(f"Download {p.name}", data=p.read_bytes(), file_name=p.name,
                        mime="application/json", key="rv_download")

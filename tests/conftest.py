@@ -12,7 +12,6 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
-SHARED_FIXTURES = REPO.parent / "shared" / "fixtures" / "real"
 
 # Keep every test on the CPU and off the network.
 os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
@@ -25,6 +24,7 @@ pytest_plugins = [
     "tests.fixtures.llm",
     "tests.fixtures.demo",
     "tests.fixtures.app",
+    "tests.fixtures.real",
 ]
 
 
@@ -45,10 +45,3 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(skip_browser)
         elif ("slow" in item.keywords or "ray" in item.keywords) and not run_slow:
             item.add_marker(skip_slow)
-
-
-@pytest.fixture(scope="session")
-def shared_fixtures() -> Path:
-    if not SHARED_FIXTURES.is_dir():
-        pytest.fail(f"shared fixtures not found at {SHARED_FIXTURES}")
-    return SHARED_FIXTURES

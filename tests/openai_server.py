@@ -26,7 +26,8 @@ finish_reason "length"), ``refusal`` (``message.refusal``), ``refusal_text`` ("I
 ``filtered`` (finish_reason "content_filter"). Errors: ``429`` (rate limit, with Retry-After and
 retry-after-ms), ``quota`` (429 insufficient_quota), ``500``, ``503``, ``auth`` (401 echoing the
 key it received, to test redaction), ``not_found`` (404), ``content_filter`` (Azure's 400),
-``context_length``, ``image_rejected``, ``bad_request`` (400s), ``slow`` (answers after
+``context_length``, ``image_rejected``, ``bad_request`` (400s), ``no_db`` (LiteLLM's HTTP 400
+"No connected db." for a wrong key), ``slow`` (answers after
 ``slow_seconds``, for timeouts), ``drop`` (closes the connection mid-response).
 
 Answers follow the request: the keys from the system prompt's "exactly these keys: Q, R, A" (or
@@ -251,6 +252,8 @@ def _answer(behaviour: str, body: dict[str, Any], texts: list[str], tag: str,
     if b == "bad_request":
         return _error(400, "Invalid value for 'temperature'.", "invalid_value",
                       "invalid_request_error")
+    if b == "no_db":  # what a LiteLLM proxy without its database answers a wrong key
+        return _error(400, "No connected db.", "400", "no_db_connection")
     return _error(400, f"stub: unknown behaviour {behaviour!r}", "stub_error", "stub")
 
 

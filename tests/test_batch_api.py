@@ -23,6 +23,7 @@ from mminstruct.generate import GenerationConfig, run_async
 from mminstruct.generate.batch_files import STATE_FILE, to_ranges
 from mminstruct.generate.runlog import iter_records, list_runs
 from mminstruct.llm.client import EndpointConfig
+from mminstruct.generate.manifest import manifest_path_for
 from tests.batch_server import BatchConfig, BatchStubServer
 from tests.fixtures.llm import FAKE_KEY, gen_args, make_prompt_workspace, subprocess_env
 from tests.openai_server import StubConfig
@@ -58,7 +59,7 @@ def _samples(path: Path) -> list[dict]:
 
 
 def _manifest(out: Path) -> dict:
-    return json.loads(out.with_name(out.stem + ".manifest.json").read_text())
+    return json.loads(manifest_path_for(out).read_text())
 
 
 def _records(ws, prefix: str) -> list[dict]:
@@ -84,10 +85,10 @@ def test_batch_run_matches_the_online_engine_and_sends_the_dry_run_lines(
     n = 6
     ws = make_prompt_workspace(tmp_path, "vqa", n, min_gen=2, behaviours={
         1: "fenced", 2: "garbage", 3: "refusal", 4: "context_length"})
-    assert main(gen_args(ws, bstub, *FAST, prefix="batch")) == 0
+    assert main(gen_args(ws, bstub, *FAST, prefix="batch")) == 4  # 3 and 4 fail for good
     batch_out = _last_line(capsys)
     assert bstub.batches.stats()["batches"] == 1
-    assert main(gen_args(ws, bstub, prefix="online")) == 0
+    assert main(gen_args(ws, bstub, prefix="online")) == 4
     online_out = _last_line(capsys)
 
     assert _samples(batch_out) == _samples(online_out)
@@ -133,7 +134,7 @@ def test_requests_are_split_within_the_request_and_byte_limits(bstub, tmp_path: 
     # requests of ~8.5 kB, and one of ~26 kB (prompt 6's 2000×1000 image), in 20 kB files
     bstub.batches.reset(BatchConfig(max_bytes=20_000))
     assert main(gen_args(ws, bstub, *FAST, "--batch_max_mb", str(20_000 / 2**20),
-                         prefix="bytes")) == 0
+                         prefix="bytes")) == 4  # the one request over the file limit failed
     out = _last_line(capsys)
     uploads = bstub.batches.stats()["uploads"]
     assert [u["lines"] for u in uploads] == [2, 2, 2]
@@ -172,7 +173,7 @@ def test_failed_lines_are_resubmitted_then_recorded_with_their_class(bstub, tmp_
                                                                     capsys) -> None:
     ws = make_prompt_workspace(tmp_path, "vqa_nr", 5, min_gen=1, behaviours={
         0: "500,ok", 1: "500", 2: "context_length", 3: "429,429,ok", 4: "drop,ok"})
-    assert main(gen_args(ws, bstub, *FAST, "--batch_max_submits", "2", prefix="f")) == 0
+    assert main(gen_args(ws, bstub, *FAST, "--batch_max_submits", "2", prefix="f")) == 4
     out = _last_line(capsys)
     records = _by_idx(_records(ws, "f"))
     assert len(_records(ws, "f")) == 5  # one record each, the final one

@@ -10,6 +10,7 @@ import pytest
 
 from mminstruct.data_generator import main
 from mminstruct.generate.runlog import iter_records, list_runs
+from mminstruct.generate.manifest import manifest_path_for
 from tests.fixtures.llm import FAKE_KEY, gen_args, make_prompt_workspace
 
 # behaviour → (outcome, items or None); "ok" prompts give min_gen (2) items
@@ -67,8 +68,10 @@ def test_every_behaviour_ends_as_success_or_recorded_failure(stub, tmp_path: Pat
     pf["prompts"][n - 1] = {"keyword": "k", "prompt": "not a list"}
     ws.prompt_file.write_text(json.dumps(pf))
     rc = main(gen_args(ws, stub, "--max_retries", "2", "--timeout", "1", concurrency=16))
-    out = Path(capsys.readouterr().out.strip().splitlines()[-1])
-    assert rc == 0
+    captured = capsys.readouterr()
+    out = Path(captured.out.strip().splitlines()[-1])
+    assert rc == 4  # finished, output written, some prompts failed for good
+    assert "prompts failed for good (" in captured.err and "exit status 4" in captured.err
     recs = _records(ws)
     assert sorted(recs) == list(range(n))
     for i, b in enumerate(BEHAVIOURS):
@@ -93,7 +96,7 @@ def test_every_behaviour_ends_as_success_or_recorded_failure(stub, tmp_path: Pat
     assert "raw" in by_b["garbage!"] and "probably blue" in by_b["garbage!"]["raw"]
     assert by_b["fenced"]["parse"] == "fenced" and by_b["malformed"]["parse"] == "repaired"
     # the manifest counts every outcome and every error
-    manifest = json.loads(out.with_name(out.stem + ".manifest.json").read_text())
+    manifest = json.loads(manifest_path_for(out).read_text())
     counts = manifest["counts"]
     expected: dict[str, int] = {}
     for outcome, _ in CASES.values():
@@ -151,11 +154,11 @@ def test_retry_failed_resends_transient_failures_of_a_finished_run(stub, tmp_pat
                                                                    capsys) -> None:
     ws = make_prompt_workspace(tmp_path, "vqa_nr", 4, min_gen=1, behaviours={1: "500,500,ok",
                                                                             2: "garbage!"})
-    assert main(gen_args(ws, stub, "--max_retries", "1")) == 0
+    assert main(gen_args(ws, stub, "--max_retries", "1")) == 4  # prompts 1 and 2 failed
     first = Path(capsys.readouterr().out.strip().splitlines()[-1])
     assert len(json.loads(first.read_text())["samples"]) == 2
     before = dict(stub.stats()["ids"])
-    assert main(gen_args(ws, stub, "--max_retries", "1", "--resume", "--retry_failed")) == 0
+    assert main(gen_args(ws, stub, "--max_retries", "1", "--resume", "--retry_failed")) == 4
     out = Path(capsys.readouterr().out.strip().splitlines()[-1])
     assert out == first  # the same run, its output rewritten
     sent = {k: v - before.get(k, 0) for k, v in stub.stats()["ids"].items()
@@ -163,7 +166,7 @@ def test_retry_failed_resends_transient_failures_of_a_finished_run(stub, tmp_pat
     assert sent == {"1": 1}  # the server error is re-sent (and now succeeds); bad JSON is not
     data = json.loads(out.read_text())
     assert sorted(s["prompt_idx"] for s in data["samples"]) == [0, 1, 3]
-    manifest = json.loads(out.with_name(out.stem + ".manifest.json").read_text())
+    manifest = json.loads(manifest_path_for(out).read_text())
     assert manifest["counts"]["by_outcome"] == {"ok": 3, "bad_json": 1}
 
 
@@ -182,8 +185,8 @@ def test_dry_run_writes_batch_requests_and_calls_nothing(stub, tmp_path: Path, c
     assert all(x["method"] == "POST" and x["url"] == "/v1/chat/completions" for x in lines)
     assert lines[0]["body"]["model"] == "gpt-4o" and lines[0]["body"]["max_tokens"] == 500
     assert stub.stats()["requests"] == 0
-    manifest = json.loads(batch.with_name(batch.name.replace(".batch.jsonl",
-                                                             ".batch.manifest.json")).read_text())
+    sidecar = batch.parent / "manifests" / batch.name.replace(".batch.jsonl", ".batch.manifest.json")
+    manifest = json.loads(sidecar.read_text())
     assert manifest["requests"] == 4 and manifest["skipped_prompts"][0]["prompt_idx"] == 3
     # the dry-run body is exactly what a real run sends
     assert main(gen_args(ws, stub, "--max_tokens", "500", "--num_prompts", "1",

@@ -12,6 +12,7 @@ import pytest
 from mminstruct.data_generator import main
 from mminstruct.records import load_data_file
 from mminstruct.generate.output import CONCISE_SUFFIX, REASONING_SUFFIX
+from mminstruct.generate.manifest import manifest_path_for
 from tests.fixtures.llm import DESCRIPTION, gen_args, make_prompt_workspace
 
 PER_ITEM = {"vqa": 2, "vqa_task_desc": 2, "tqa": 2, "vqa_nr": 1, "descript": 1, "generic": 1,
@@ -69,7 +70,7 @@ def test_mode_end_to_end(mode: str, stub, tmp_path: Path, capsys) -> None:
     # the output reads back as a data file, images resolving under the input folder
     df = load_data_file(out, input_folder=ws.input_folder)
     assert df.report.skipped == 0 and len(df.records) == len(samples)
-    manifest = json.loads(out.with_name(out.stem + ".manifest.json").read_text())
+    manifest = json.loads(manifest_path_for(out).read_text())
     assert manifest["counts"]["by_outcome"] == {"ok": n}
     assert manifest["counts"]["samples"] == len(samples)
     assert manifest["model"] == "gpt-4o" and manifest["tokens"]["total"] > 0

@@ -10,11 +10,12 @@ import pytest
 
 from mminstruct import batch_data_generator as bdg
 from mminstruct.data_generator import main as gen_main
+from mminstruct.export import export_file
+from mminstruct.generate import iter_output, load_output, merge_outputs
 from mminstruct.records import load_data_file
-from mminstruct.generate import (export_llava, export_sharegpt, iter_output, load_output,
-                                 merge_outputs, sharegpt_dataset_info)
 from mminstruct.generate.output import MergeError
 from mminstruct.generate.shards import split_range
+from mminstruct.generate.manifest import manifest_path_for
 from tests.fixtures.llm import gen_args, make_prompt_workspace
 
 
@@ -32,7 +33,7 @@ def test_batch_data_generator_shards_and_merges(stub, tmp_path: Path, capsys) ->
     n = 23
     ws = make_prompt_workspace(tmp_path, "vqa", n, min_gen=2, behaviours={5: "garbage!"})
     args = gen_args(ws, stub, "--num_parallel", "4", prefix="big", concurrency=6)
-    assert bdg.main(args) == 0
+    assert bdg.main(args) == 4  # prompt 5 failed for good: the exit says so
     out = _out(capsys)
     data = json.loads(out.read_text())
     samples = data["samples"]
@@ -43,10 +44,10 @@ def test_batch_data_generator_shards_and_merges(stub, tmp_path: Path, capsys) ->
     assert idx == sorted(idx)  # shard order = prompt order
     assert (data["start_idx"], data["end_idx"], data["num_prompts"]) == (0, n, n)
     assert stub.stats()["max_in_flight"] <= 6  # one concurrency bound across all shards
-    shard_files = sorted((ws.output_folder / "generated_data").glob("big_shard*of04_*.json"))
-    shard_outputs = [f for f in shard_files if not f.name.endswith(".manifest.json")]
+    shard_outputs = sorted((ws.output_folder / "generated_data").glob("big_shard_*_of_04_*.json"))
     assert len(shard_outputs) == 4
-    manifest = json.loads(out.with_name(out.stem + ".manifest.json").read_text())
+    assert not list((ws.output_folder / "generated_data").glob("*.manifest.json"))  # in manifests/
+    manifest = json.loads(manifest_path_for(out).read_text())
     assert manifest["counts"]["by_outcome"] == {"ok": n - 1, "bad_json": 1}
     assert len(manifest["shards"]) == 4
 
@@ -87,32 +88,36 @@ def test_exports(stub, tmp_path: Path, capsys) -> None:
     out = _out(capsys)
     samples = list(iter_output(out))
 
-    llava = tmp_path / "llava.json"
-    assert export_llava(out, llava) == len(samples)
+    llava = tmp_path / "exports" / "llava.json"
+    assert export_file(out, llava, "llava").written == len(samples)
     recs = json.loads(llava.read_text())
     assert set(recs[0]) == {"id", "image", "conversations"}
-    df = load_data_file(llava, input_folder=ws.input_folder)  # LLaVA loader reads it back
+    # the LLaVA loader reads it back, paths resolving from the export's folder
+    df = load_data_file(llava, allow_outside_paths=True)
     assert df.report.skipped == 0 and len(df.records) == len(samples)
 
     share = tmp_path / "sharegpt.json"
-    assert export_sharegpt(out, share, image_root=ws.input_folder) == len(samples)
+    report = export_file(out, share, "sharegpt", absolute_paths=True)
+    assert report.written == len(samples)
     recs = json.loads(share.read_text())
     for r, s in zip(recs, samples):
         assert [m["role"] for m in r["messages"]] == ["user", "assistant"]
         assert r["messages"][0]["content"].count("<image>") == len(r["images"]) == 1
-        assert Path(r["images"][0]).is_file()
+        assert Path(r["images"][0]).is_absolute() and Path(r["images"][0]).is_file()
         assert r["messages"][1]["content"] == s["conversations"][1]["value"]
-    info = sharegpt_dataset_info("synthetic", share.name)
-    assert info["synthetic"]["formatting"] == "sharegpt"
-    assert info["synthetic"]["columns"] == {"messages": "messages", "images": "images"}
+    info = json.loads((tmp_path / "dataset_info.json").read_text())["sharegpt"]
+    assert info["formatting"] == "sharegpt" and info["file_name"] == "sharegpt.json"
+    assert info["columns"] == {"messages": "messages", "images": "images"}
 
 
 def test_text_only_samples_export_without_images(stub, tmp_path: Path, capsys) -> None:
     ws = make_prompt_workspace(tmp_path, "tqa", 2, min_gen=1)
     assert gen_main(gen_args(ws, stub)) == 0
     out = _out(capsys)
-    export_llava(out, tmp_path / "l.json")
-    export_sharegpt(out, tmp_path / "s.json")
+    export_file(out, tmp_path / "l.json", "llava")
+    export_file(out, tmp_path / "s.json", "sharegpt")
     assert all("image" not in r for r in json.loads((tmp_path / "l.json").read_text()))
     for r in json.loads((tmp_path / "s.json").read_text()):
         assert "images" not in r and "<image>" not in r["messages"][0]["content"]
+    info = json.loads((tmp_path / "dataset_info.json").read_text())
+    assert "images" not in info["s"]["columns"] and "images" not in info["l"]["columns"]

@@ -19,6 +19,7 @@ from mminstruct.generate import (GenerationConfig, RunControl, read_status, requ
                                  run_async)
 from mminstruct.generate.runlog import iter_records, list_runs
 from mminstruct.llm.client import EndpointConfig
+from mminstruct.generate.manifest import manifest_path_for
 from tests.fixtures.llm import gen_args, make_prompt_workspace, subprocess_env
 
 
@@ -57,19 +58,19 @@ def test_kill_9_then_resume_loses_and_duplicates_nothing(stub, tmp_path: Path, c
     before = dict(stub.stats()["ids"])
 
     stub.state.config.latency = 0.0
-    assert main(gen_args(ws, stub, "--resume", prefix="killed")) == 0
+    assert main(gen_args(ws, stub, "--resume", prefix="killed")) == 4  # prompt 33 failed for good
     resumed = _out(capsys)
     sent = {int(k) for k, v in stub.stats()["ids"].items() if v != before.get(k, 0)}
     assert sent == set(range(n)) - logged  # only the unfinished prompts were sent again
     records = [r for _, r in iter_records(log_path)]
     assert sorted(r["prompt_idx"] for r in records) == list(range(n))  # once each
 
-    assert main(gen_args(ws, stub, prefix="clean")) == 0
+    assert main(gen_args(ws, stub, prefix="clean")) == 4
     clean = _out(capsys)
     assert _samples(resumed) == _samples(clean)
     assert len(_samples(resumed)) == 2 * 2 * (n - 1) - 2  # prompt 33 failed, 20 gave 1 item
-    m1 = json.loads(resumed.with_name(resumed.stem + ".manifest.json").read_text())
-    m2 = json.loads(clean.with_name(clean.stem + ".manifest.json").read_text())
+    m1 = json.loads(manifest_path_for(resumed).read_text())
+    m2 = json.loads(manifest_path_for(clean).read_text())
     assert m1["counts"]["by_outcome"] == m2["counts"]["by_outcome"] == {"ok": n - 1,
                                                                         "bad_json": 1}
 

@@ -32,7 +32,7 @@ def test_key_is_used_but_never_written(stub, tmp_path: Path) -> None:
                                            4: "500,ok"})
     env = subprocess_env()
     done = _run(gen_args(ws, stub, "--debug"), env)
-    assert done.returncode == 0, done.stderr
+    assert done.returncode == 4, done.stderr  # prompt 3 failed for good
     assert "DEBUG" in done.stderr  # debug logging really was on
     # the key went to the server …
     assert hashlib.sha256(FAKE_KEY.encode()).hexdigest() in stub.stats()["key_sha256"]

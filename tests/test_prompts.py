@@ -184,9 +184,9 @@ def _run(*args, cwd=REPO):
                           capture_output=True, text=True, cwd=cwd, timeout=120)
 
 
-def test_cli_on_a_real_mmgen_task_file(shared_fixtures, tmp_path):
+def test_cli_on_a_real_mmgen_task_file(fixture_tree, tmp_path):
     r = _run("--task_desc", "task_files/chartqa_gen_task_desc_5cap_per_img.json",
-             "--input_folder", str(shared_fixtures / "sjoshi804__MM-Gen"), "--output_folder", str(tmp_path),
+             "--input_folder", str(fixture_tree / "sjoshi804__MM-Gen"), "--output_folder", str(tmp_path),
              "--file_prefix", "chart", "--total_gen", "1000", "--num_icl_samples", "2",
              "--mode", "vqa", "--seed", "0", "--no_check_images")
     assert r.returncode == 0, r.stderr

@@ -209,6 +209,8 @@ def test_odd_records_are_reported_and_nothing_else_is_lost(shapes, tiny_clip,
     _check_accounting(task, 11, set(), shapes.root)
     summary = build.report.summary()
     assert "samples without an image" in summary and "could not be embedded" in summary
+    # named like every other bad record: its record index and id, not a bare "sample N"
+    assert f"record {ids.index('corrupt')} (id 'corrupt'): " in summary
     assert "no candidate pool given" in summary
 
 

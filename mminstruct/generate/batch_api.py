@@ -62,7 +62,7 @@ from .batch_files import (TERMINAL, BatchState, LineResult, Part, PartWriter,
                           load_prompts, load_resubmitted_errors, prompts_from_file, prompts_path,
                           read_result_line, remove_part_files, requests_path, result_path)
 from .config import GenerationConfig
-from .control import RunControl, clear_flags
+from .control import EarlyStop, RunControl, clear_flags
 from .job import ProgressCallback, RunJob, RunResult, Shared
 from .jsonstream import PromptStream
 from .manifest import batch_api_cost, write_manifest
@@ -104,6 +104,7 @@ class BatchJob(RunJob):
     def __init__(self, *args: Any) -> None:
         super().__init__(*args)
         cfg = self.cfg
+        self.early_stop = EarlyStop(0)  # a batch's results arrive together: nothing to save
         self.state = BatchState.load(self.run.path)
         self.client = self.shared.clients[0]
         self.azure = cfg.endpoint.kind == "azure"

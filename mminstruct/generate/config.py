@@ -44,6 +44,8 @@ class GenerationConfig:
     image_cache_mb: int = 256
     temperature: float | None = None
     max_tokens: int | None = None
+    #: The body key of the token limit: auto | max_tokens | max_completion_tokens (o-series).
+    max_tokens_field: str = "auto"
     seed: int | None = None
     structured_outputs: bool = False
     format_fix_attempts: int = 1
@@ -111,6 +113,9 @@ class GenerationConfig:
         for name, ok, rule in checks:
             if not ok:
                 raise ConfigError(f"{name} is {getattr(self, name)!r}; it must be {rule}")
+        from ..llm.requests import max_tokens_key
+
+        max_tokens_key(self.model_name, self.max_tokens_field)  # an unknown field: ConfigError
         # a longer first interval than the default cap raises the cap
         self.batch_poll_max_seconds = max(self.batch_poll_max_seconds, self.batch_poll_seconds)
         if self.ray_address is not None:

@@ -6,6 +6,8 @@
   checks them between requests: a pause stops new requests (those in flight finish and are
   recorded); a cancel stops new requests, lets those in flight finish for ``cancel_grace``
   seconds, then abandons the rest — unrecorded, so ``--resume`` sends them again.
+* ``EarlyStop``: watches the first finished prompts of a session and says when they all failed for
+  good the same way (a wrong key behind a proxy answering HTTP 400, say), so the run stops early.
 * ``RunStatus``: counts, tokens, rate and limits; the engine rewrites ``status.json`` in the run
   folder atomically every ``status_interval`` seconds and passes the same object to the
   ``on_progress`` callback. ``read_status(run_dir)`` reads it back.
@@ -27,6 +29,59 @@ from ..errors import DataFileError
 from .runlog import RunDir
 
 FLAG_CHECK_INTERVAL = 0.25
+
+#: Failures of the request itself (what the server answered, or no answer after the retries) —
+#: not of the model's text or of our own files — that count towards an early stop.
+EARLY_STOP_CLASSES = frozenset({"bad_request", "content_filter", "context_length", "image_rejected",
+                                "server", "connection", "timeout"})
+
+
+class EarlyStop:
+    """The early stop of a run: when the first ``after`` finished prompts of a session all failed
+    for good with the same error class and HTTP status, ``see`` returns the error to stop with,
+    quoting what the server answered. Those prompts — and any that fail the same way while the
+    run stops — are ``resend()``: the engine leaves them for ``--resume`` to send again."""
+
+    def __init__(self, after: int):
+        self.after = after  # 0: off (disabled, or the run's start was not all alike failures)
+        self.first: list[dict[str, Any]] = []
+        self.triggered = False
+        self.error: Any = None  # the LLMError the run stops with, once triggered
+
+    def _same(self, rec: dict[str, Any]) -> bool:
+        if rec.get("outcome") != "failed" or rec.get("error_class") not in EARLY_STOP_CLASSES:
+            return False
+        head = self.first[0] if self.first else rec
+        return (rec["error_class"], rec.get("status")) == (head["error_class"], head.get("status"))
+
+    def see(self, rec: dict[str, Any], *, stopping: bool = False) -> Exception | None:
+        if self.triggered:
+            if self._same(rec):
+                self.first.append(rec)
+            return None
+        if not self.after or stopping:
+            return None
+        if not self._same(rec):
+            self.after = 0
+            return None
+        self.first.append(rec)
+        if len(self.first) < self.after:
+            return None
+        from ..llm.errors import BY_KIND
+
+        self.triggered = True
+        head = self.first[0]
+        self.error = BY_KIND[head["error_class"]](
+            f"the first {len(self.first)} requests all failed the same way; the server "
+            f"answered: {head.get('message', '')}", status=head.get("status"))
+        return self.error
+
+    def resend(self, start: int = 0, end: int | None = None) -> list[int]:
+        """The prompts (of ``[start, end)``) to send again on --resume."""
+        if not self.triggered:
+            return []
+        return sorted(i for i in (r["prompt_idx"] for r in self.first)
+                      if start <= i and (end is None or i < end))
 
 
 class RunControl:

@@ -4,7 +4,7 @@ Each line is ``{"custom_id": "<prompt index>", "method": "POST", "url": "/v1/cha
 "body": {…}}`` with the same body the engine would send (system prompt, prompt list with images as
 data URLs, generation prompt, model and options). The Batch API takes at most 50,000 requests and
 200 MB per file, so larger runs are split into numbered parts. A prompt whose image is missing is
-left out and listed in the sidecar ``….batch.manifest.json``. Files are written atomically.
+left out and listed in the sidecar ``manifests/….batch.manifest.json``. Files are written atomically.
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ from .config import GenerationConfig
 from .control import RunStatus
 from .job import RunResult, Shared, build_request
 from .jsonstream import PromptStream
+from .manifest import MANIFESTS_DIR
 from .runlog import unique_output_path
 
 log = logging.getLogger(__name__)
@@ -40,9 +41,10 @@ async def dry_run(cfg: GenerationConfig, stream: PromptStream, start: int, n: in
     system = system_prompt(mode, pf.dataset_description)
     generate = generation_prompt(mode, pf.min_gen_per_candidate)
     fmt = response_schema(mode) if cfg.structured_outputs else None
-    manifest = unique_output_path(generated_dir(cfg.output_folder), cfg.file_prefix,
-                                  ".batch.manifest.json")
-    base = manifest.with_name(manifest.name.removesuffix(".batch.manifest.json"))
+    data_dir = generated_dir(cfg.output_folder)
+    # the sidecar goes with the manifests, out of MM-Gen merge.py's *.json glob
+    manifest = unique_output_path(data_dir / MANIFESTS_DIR, cfg.file_prefix, ".batch.manifest.json")
+    base = data_dir / manifest.name.removesuffix(".batch.manifest.json")
     skipped: list[dict[str, Any]] = []
     written = 0
     try:

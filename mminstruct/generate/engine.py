@@ -11,7 +11,9 @@ Flow of one run (``run_async``):
    answer (with a format-fix call if needed) and append the outcome to the log. Retries use
    exponential back-off with jitter, or the server's Retry-After on 429/5xx, within
    ``max_retries``. A class that would fail every prompt (quota, auth, unknown model) stops the
-   run, leaving the rest unfinished for ``--resume``.
+   run, leaving the rest unfinished for ``--resume``; so do ``job.EARLY_STOP_AFTER`` first requests
+   (of all shards) failing for good alike (``control.EarlyStop``: a proxy's HTTP 400 for a wrong
+   key, say), quoting the server; ``--resume`` sends those prompts again.
 4. When every prompt of the range has a record, the MM-Gen output file and the manifest are
    written atomically and the run is marked finished.
 
@@ -83,6 +85,7 @@ class OnlineJob(RunJob):
             if done:
                 everything.result()
                 return
+            self.follow_early_stop()
             if not self.stopping and self.control.cancelled:
                 log.warning("cancel requested: no new requests; waiting up to %.0fs for the %d "
                             "in flight", self.cfg.cancel_grace, self.in_flight)

@@ -36,7 +36,7 @@ from ..llm.requests import (BuiltRequest, ImageEncoder, build_messages, candidat
                             system_prompt)
 from ..modes import Mode
 from .config import GenerationConfig
-from .control import RunControl, RunStatus, StatusTracker
+from .control import EarlyStop, RunControl, RunStatus, StatusTracker
 from .jsonstream import PromptStream
 from .manifest import build_manifest, manifest_path_for, summarize_log, write_manifest
 from .output import write_output
@@ -45,19 +45,23 @@ from .runlog import FINISHED, RunDir, RunLog, latest_records, output_path
 log = logging.getLogger(__name__)
 
 RAW_KEEP_CHARS = 4000
+#: A run stops when its first this-many finished requests all failed for good the same way.
+EARLY_STOP_AFTER = 8
 ProgressCallback = Callable[[RunStatus], None]
 
 
 @dataclass
 class Shared:
     """Resources shared by every run in this process: the clients (one connection pool each),
-    one limiter, one image cache, one bound on requests in flight."""
+    one limiter, one image cache, one bound on requests in flight, and one early stop (the first
+    requests of all the shards together)."""
 
     clients: list[Any]
     limiter: RateLimiter
     encoder: ImageEncoder
     semaphore: asyncio.Semaphore
     executor: ThreadPoolExecutor
+    early_stop: EarlyStop = field(default_factory=lambda: EarlyStop(EARLY_STOP_AFTER))
 
     @classmethod
     def build(cls, cfg: GenerationConfig, *, with_client: bool = True) -> Shared:
@@ -98,7 +102,8 @@ async def build_request(cfg: GenerationConfig, mode: Mode, system: str, generate
         raise entry
     built = await build_messages(entry, mode, system, generate, encoder)
     body = request_body(model or cfg.model_name, built.messages, temperature=cfg.temperature,
-                        max_tokens=cfg.max_tokens, seed=cfg.seed, response_format=response_format)
+                        max_tokens=cfg.max_tokens, seed=cfg.seed, response_format=response_format,
+                        max_tokens_field=cfg.max_tokens_field)
     return body, built
 
 
@@ -148,10 +153,11 @@ class RunJob:
                                                mode=self.mode.value, total=n))
         self.runlog: RunLog | None = None
         self.session_done = 0
+        self.early_stop = shared.early_stop
         self.caller = Caller(shared.limiter,
                              RetryPolicy(cfg.max_retries, cfg.retry_base_delay, cfg.retry_max_delay),
                              cfg.timeout, self.stop_event, control.wait_while_paused,
-                             _StatusObserver(self.tracker))
+                             _StatusObserver(self.tracker), self.follow_early_stop)
 
     async def execute(self) -> RunResult:
         raise NotImplementedError
@@ -162,12 +168,15 @@ class RunJob:
         """The prompts of the range that the log already holds as finished (counted into the
         status); with ``retry_failed``, transient failures are left out so they are sent again."""
         latest = latest_records(self.run.log_path)
+        resend = set(self.run.read_meta().get("resend") or ())  # an early stop's failures
         done: set[int] = set()
         st = self.tracker.status
         for idx, rec in latest.items():
             if not self.start <= idx < self.start + self.n:
                 continue
             if self.cfg.retry_failed and not rec.ok and rec.error_class in RETRYABLE_ON_RESUME:
+                continue
+            if idx in resend and not rec.ok:
                 continue
             done.add(idx)
             st.done += 1
@@ -240,6 +249,7 @@ class RunJob:
 
     def failure(self, base: dict, e: LLMError, stats: CallStats, t0: float) -> dict:
         rec = {**base, "outcome": "failed", "error_class": e.kind, "message": redact(e)[:1000],
+               **({"status": e.status} if e.status is not None else {}),
                **self.stats_json(stats, t0)}
         if e.raw:
             rec["raw"] = redact(e.raw[:RAW_KEEP_CHARS])
@@ -258,6 +268,15 @@ class RunJob:
         ok = rec["outcome"] == "ok"
         self.tracker.finished(ok, rec.get("error_class"), rec.get("n_items", 0),
                               ok and rec["n_items"] != self.n_expected, rec.get("dropped", 0))
+        error = self.early_stop.see(rec, stopping=self.stopping)
+        if error is not None:
+            self.begin_stop(error)
+        self.follow_early_stop()
+
+    def follow_early_stop(self) -> None:
+        """Another shard's first requests all failed alike: stop this one too."""
+        if self.early_stop.triggered and not self.stopping:
+            self.begin_stop(self.early_stop.error)
 
     async def parse_answer(self, client: Any, completion: dict[str, Any],
                             stats: CallStats) -> tuple[ParseResult, str]:
@@ -276,7 +295,8 @@ class RunJob:
             fix_body = request_body(self.cfg.model_name, fix_messages(self.mode, text),
                                     temperature=0 if self.cfg.temperature is not None else None,
                                     max_tokens=self.cfg.max_tokens,
-                                    response_format=self.response_format)
+                                    response_format=self.response_format,
+                                    max_tokens_field=self.cfg.max_tokens_field)
             fixed = await self.caller.call(client, fix_body,
                                            self.estimate(len(text) // 3 + 400), stats)
             try:
@@ -320,10 +340,12 @@ class RunJob:
                 state, reason = "stopped", f"{self.stop_error.rule.what}: {self.stop_error}"
             else:
                 state, reason = "cancelled", "cancelled"
-            msg = (f"run {state} ({reason}); {st.done} of {st.total} prompts finished — "
+            resend = self.early_stop.resend(self.start, self.start + self.n)
+            finished = st.done - len(resend)
+            msg = (f"run {state} ({reason}); {finished} of {st.total} prompts finished — "
                    f"continue with --resume (run {run.path.name})")
             st.state, st.message = state, msg
-            run.update_meta(state=state, reason=reason)
+            run.update_meta(state=state, reason=reason, **({"resend": resend} if resend else {}))
             self.publish()
             return RunResult(state, run.path, None, None, st, msg)
         out = output_path(cfg, run.stamp)

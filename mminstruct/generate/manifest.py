@@ -1,5 +1,7 @@
 """A run's manifest: parameters (never the key), model, counts per outcome and error class, token
-usage and an estimated cost — written beside the output as ``{prefix}_{stamp}.manifest.json``.
+usage and an estimated cost — written as ``generated_data/manifests/{prefix}_{stamp}.manifest.json``
+(``manifest_path_for``; ``find_manifest`` also finds one beside its output, as earlier versions
+wrote it).
 
 Counts come from the run log, not from memory, so a run resumed three times reports the same
 numbers as one that ran straight through: outcomes from each prompt's latest record, and tokens,
@@ -216,8 +218,23 @@ def build_manifest(*, output: Path | None, run_dir: Path, meta: dict[str, Any],
     }
 
 
+#: Manifests live in ``generated_data/manifests/``, not beside the outputs: MM-Gen's merge.py
+#: takes every ``*{run_id}*.json`` of the folder as an output (a manifest sorted first broke it).
+MANIFESTS_DIR = "manifests"
+MANIFEST_SUFFIX = ".manifest.json"
+
+
 def manifest_path_for(output: Path) -> Path:
-    return output.with_name(output.stem + ".manifest.json")
+    """Where the manifest of the output file ``output`` is written."""
+    return output.parent / MANIFESTS_DIR / (output.stem + MANIFEST_SUFFIX)
+
+
+def find_manifest(output: Path) -> Path | None:
+    """The manifest of ``output``: in ``manifests/``, or beside it (the name of earlier versions)."""
+    for p in (manifest_path_for(output), output.with_name(output.stem + MANIFEST_SUFFIX)):
+        if p.is_file():
+            return p
+    return None
 
 
 def write_manifest(path: Path, manifest: dict[str, Any]) -> Path:

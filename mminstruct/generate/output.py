@@ -1,5 +1,5 @@
-"""Generated data: MM-Gen's output file from a run's log, the manifest, merging shard outputs, and
-exports to LLaVA JSON and LLaMA-Factory ShareGPT JSON.
+"""Generated data: MM-Gen's output file from a run's log, the manifest, and merging shard outputs
+(exports to other formats: ``mminstruct.export``).
 
 The output file keeps MM-Gen's keys — ``image_folder``, ``len_samples``, ``start_idx``,
 ``end_idx``, ``num_prompts``, ``samples`` — and adds ``mode``, ``model``, ``input_folder``,
@@ -286,76 +286,3 @@ def merge_outputs(paths: list[Path], out_path: Path) -> MergeSummary:
     for w in warnings:
         log.warning("merge: %s", w)
     return MergeSummary(out_path, total, len(paths), dropped, warnings)
-
-
-# ----------------------------------------------------------------------------------------------
-# Exports
-
-
-def _write_json_list(dest: Path, records: Iterator[dict[str, Any]]) -> int:
-    n = 0
-    with atomic_writer(dest, "w") as f:
-        f.write("[")
-        for r in records:
-            f.write("\n" if n == 0 else ",\n")
-            f.write(_dump(r))
-            n += 1
-        f.write("\n]\n")
-    return n
-
-
-def _image_path(sample: dict[str, Any], image_root: str | os.PathLike | None) -> str | None:
-    img = sample.get("image_1") or sample.get("image")
-    if not img:
-        return None
-    return str(Path(image_root) / img) if image_root is not None else img
-
-
-def export_llava(src: str | os.PathLike, dest: str | os.PathLike, *,
-                 image_root: str | os.PathLike | None = None) -> int:
-    """LLaVA JSON: a list of ``{id, image, conversations}`` (no ``image`` for text-only samples).
-    Paths stay relative to the input folder unless ``image_root`` is given to prefix them."""
-    def records() -> Iterator[dict[str, Any]]:
-        for s in iter_output(src):
-            rec: dict[str, Any] = {"id": s.get("id")}
-            img = _image_path(s, image_root)
-            if img:
-                rec["image"] = img
-            rec["conversations"] = s["conversations"]
-            yield rec
-    return _write_json_list(Path(dest), records())
-
-
-_ROLE = {"human": "user", "gpt": "assistant", "system": "system"}
-
-
-def export_sharegpt(src: str | os.PathLike, dest: str | os.PathLike, *,
-                    image_root: str | os.PathLike | None = None) -> int:
-    """LLaMA-Factory ShareGPT JSON: ``{messages: [{role, content}], images: [path]}``, with one
-    ``<image>`` token in the user turn per image (LLaMA-Factory checks the count)."""
-    def records() -> Iterator[dict[str, Any]]:
-        for s in iter_output(src):
-            img = _image_path(s, image_root)
-            messages = []
-            for t in s["conversations"]:
-                content = t["value"]
-                role = _ROLE.get(t["from"], t["from"])
-                if role == "user":
-                    if img and "<image>" not in content:
-                        content = "<image>" + content
-                    if not img:
-                        content = content.replace("<image>\n", "").replace("<image>", "")
-                messages.append({"role": role, "content": content})
-            rec: dict[str, Any] = {"messages": messages}
-            if img:
-                rec["images"] = [img]
-            yield rec
-    return _write_json_list(Path(dest), records())
-
-
-def sharegpt_dataset_info(name: str, file_name: str) -> dict[str, Any]:
-    """The ``dataset_info.json`` entry LLaMA-Factory needs for an ``export_sharegpt`` file."""
-    return {name: {"file_name": file_name, "formatting": "sharegpt",
-                   "columns": {"messages": "messages", "images": "images"},
-                   "tags": {"role_tag": "role", "content_tag": "content",
-                            "user_tag": "user", "assistant_tag": "assistant"}}}

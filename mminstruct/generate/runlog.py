@@ -48,6 +48,29 @@ RUNS_DIR = "runs"
 STAMP_FORMAT = "%Y%m%d_%H%M%S"
 FINISHED = "finished"
 
+# Shard names. A shard's file_prefix is ``{prefix}_shard_{k}_of_{n}`` (k from 1, zero-padded), so
+# its outputs ``{prefix}_shard_01_of_03_{stamp}.json`` are what MM-Gen's merge.py reads with
+# ``--run_id {prefix}_shard``: its sort key, the integer after ``{run_id}_``, is the shard number.
+# Before, shards were ``{prefix}_shard01of03`` (merge.py's int() fails on it); runs and outputs
+# under that name are still found (resume, ``batch_data_generator merge``).
+SHARD_NAME = re.compile(r"^(?P<prefix>.+)_shard(?:_(?P<k>\d+)_of_(?P<n>\d+)|(?P<k_old>\d+)of"
+                        r"(?P<n_old>\d+))$")
+
+
+def shard_prefix(prefix: str, k: int, parts: int) -> str:
+    """The file_prefix of shard ``k`` (from 0) of ``parts``."""
+    width = max(2, len(str(parts)))
+    return f"{prefix}_shard_{k + 1:0{width}d}_of_{parts:0{width}d}"
+
+
+def legacy_shard_prefix(file_prefix: str) -> str | None:
+    """The name an earlier version gave the shard ``file_prefix`` (``P_shard01of03``); None when
+    ``file_prefix`` is not a shard's."""
+    m = SHARD_NAME.match(file_prefix)
+    if not m or m.group("k") is None:
+        return None
+    return f"{m.group('prefix')}_shard{m.group('k')}of{m.group('n')}"
+
 
 def new_stamp(now: datetime | None = None) -> str:
     return (now or datetime.now()).strftime(STAMP_FORMAT)
@@ -279,9 +302,10 @@ def list_runs(output_folder: Path, file_prefix: str) -> list[RunDir]:
     if not root.is_dir():
         return []
     out = []
+    names = {file_prefix, legacy_shard_prefix(file_prefix)}  # a shard's runs under the old name too
     for child in root.iterdir():
         m = _RUN_NAME.match(child.name)
-        if m and m.group("prefix") == file_prefix and RunDir.at(child).is_run():
+        if m and m.group("prefix") in names and RunDir.at(child).is_run():
             out.append(RunDir(child, file_prefix, m.group("stamp")))
     return sorted(out, key=lambda r: _stamp_key(r.stamp))
 

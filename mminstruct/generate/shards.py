@@ -6,7 +6,8 @@ is waiting on the network, which one event loop does for thousands of requests; 
 process lets every shard use the same clients (connection pools), one RPM/TPM limiter — so the
 shards together, not each of them, stay under the provider's limits — one image cache, and one
 semaphore, so ``--concurrency`` bounds the requests in flight across all shards. Each shard is a
-full run (own run folder and log, resumable on its own: ``{prefix}_shard01of04``…); MM-Gen's
+full run (own run folder and log, resumable on its own: ``{prefix}_shard_01_of_04``…, a name
+MM-Gen's ``merge.py --run_id {prefix}_shard`` sorts; see ``runlog.shard_prefix``); MM-Gen's
 chunking bug (an extra shard when the count does not divide evenly) is not reproduced: shard sizes
 differ by at most one.
 """
@@ -27,7 +28,10 @@ from .engine import RunResult, Shared, run_async
 from .jsonstream import PromptStream
 from .manifest import manifest_path_for, write_manifest
 from .output import merge_outputs
-from .runlog import unique_output_path
+from .runlog import shard_prefix, unique_output_path
+
+__all__ = ["ShardedResult", "finish_shards", "run_shards", "run_shards_async", "shard_prefix",
+           "split_range"]
 
 log = logging.getLogger(__name__)
 
@@ -44,11 +48,6 @@ def split_range(start: int, n: int, parts: int) -> list[tuple[int, int]]:
         out.append((s, m))
         s += m
     return out
-
-
-def shard_prefix(prefix: str, k: int, parts: int) -> str:
-    width = max(2, len(str(parts)))
-    return f"{prefix}_shard{k + 1:0{width}d}of{parts:0{width}d}"
 
 
 @dataclass

@@ -88,6 +88,7 @@ class Caller:
     stop_event: asyncio.Event = field(default_factory=asyncio.Event)
     wait_while_paused: Callable[[], Awaitable[None]] = _no_pause
     observer: CallObserver = field(default_factory=CallObserver)
+    before_attempt: Callable[[], None] = lambda: None  # may stop the run (another shard stopped)
 
     @property
     def stopping(self) -> bool:
@@ -98,6 +99,7 @@ class Caller:
         """The completion for ``body`` (``est_tokens``: input + expected output, for the TPM
         limit), retried as the error classes allow; raises the last ``LLMError`` or ``Stopped``."""
         for attempt in range(self.policy.max_retries + 1):
+            self.before_attempt()
             if self.stopping:
                 raise Stopped
             await self.wait_while_paused()

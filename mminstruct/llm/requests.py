@@ -17,13 +17,14 @@ from __future__ import annotations
 import asyncio
 import math
 import os
+import re
 from collections import OrderedDict
 from concurrent.futures import Executor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..errors import ImageError, UnsafePathError
+from ..errors import ConfigError, ImageError, UnsafePathError, choices_message
 from ..formats import PromptEntry, is_prompt_image
 from ..images import data_url, encode_jpeg, resolve_image_path
 from ..modes import Mode
@@ -336,15 +337,40 @@ def _text_tokens(text: str) -> int:
     return len(text) // 4 + 1
 
 
+#: How the answer-token limit is sent: ``max_tokens`` (what most OpenAI-compatible servers read),
+#: ``max_completion_tokens`` (OpenAI's current name; o-series and GPT-5 models accept only it), or
+#: ``auto``: ``max_completion_tokens`` for models that need it (``needs_max_completion_tokens``).
+MAX_TOKENS_FIELDS = ("auto", "max_tokens", "max_completion_tokens")
+
+# o1, o1-mini, o3, o3-pro, o4-mini, gpt-5, gpt-5-mini, … also behind a provider prefix
+# (``openai/o3-mini`` for LiteLLM, ``azure/o1``) or with a date (``o1-2024-12-17``).
+_NEEDS_COMPLETION_TOKENS = re.compile(r"^(o\d+|gpt-5)(-|$)", re.IGNORECASE)
+
+
+def needs_max_completion_tokens(model: str) -> bool:
+    """Whether ``model`` refuses ``max_tokens`` (OpenAI's o-series reasoning models, GPT-5)."""
+    return bool(_NEEDS_COMPLETION_TOKENS.match(model.strip().rsplit("/", 1)[-1]))
+
+
+def max_tokens_key(model: str, field: str = "auto") -> str:
+    """The body key that carries the answer-token limit for ``model`` (see ``MAX_TOKENS_FIELDS``)."""
+    if field not in MAX_TOKENS_FIELDS:
+        raise ConfigError(choices_message("max_tokens_field", field, MAX_TOKENS_FIELDS))
+    if field == "auto":
+        return "max_completion_tokens" if needs_max_completion_tokens(model) else "max_tokens"
+    return field
+
+
 def request_body(model: str, messages: list[dict[str, Any]], *, temperature: float | None = None,
                  max_tokens: int | None = None, seed: int | None = None,
-                 response_format: dict[str, Any] | None = None) -> dict[str, Any]:
+                 response_format: dict[str, Any] | None = None,
+                 max_tokens_field: str = "auto") -> dict[str, Any]:
     """The chat-completions body (also what ``--dry_run`` writes into the Batch API file)."""
     body: dict[str, Any] = {"model": model, "messages": messages}
     if temperature is not None:
         body["temperature"] = temperature
     if max_tokens is not None:
-        body["max_tokens"] = max_tokens
+        body[max_tokens_key(model, max_tokens_field)] = max_tokens
     if seed is not None:
         body["seed"] = seed
     if response_format is not None:
