@@ -47,6 +47,7 @@ from .cli import OneLineParser, run_cli
 from .errors import ConfigError, DataFileError, InputError, choices_message
 from .generate.jsonstream import PromptStream, iter_object
 from .modes import MODE_NAMES, Mode
+from .quality_grounding import GROUNDING_TEXT_CHARS, grounding_scores, histogram, stats
 from .quality_text import (QUESTION_TYPES, answer_matches_options, comparable_type, content_set,
                            final_answer,
                            jaccard, options, question_type, refusal_match, shape_problem,
@@ -59,8 +60,6 @@ FLAGS = ("exact_duplicate", "near_duplicate", "icl_copy", "invalid", "refusal")
 NEAR_DUPLICATE_THRESHOLD = 0.7
 ICL_COPY_THRESHOLD = 0.7
 ANSWER_WORD_EDGES = (0, 1, 2, 3, 5, 10, 20, 50, 100, 200, 500)
-GROUNDING_TEXT_CHARS = 300  # CLIP reads 77 tokens at most; the rest would be cut anyway
-TEXT_BATCH = 2048
 
 
 @dataclass(frozen=True)
@@ -345,7 +344,7 @@ def analyse(cfg: QualityConfig) -> QualityReport:
     _near_duplicates(rows, groups, t_near)
     for r in rows:
         r.qset = None
-    g_summary = _grounding(rows, cfg, header) if grounding else None
+    g_summary = grounding_scores(rows, cfg, header) if grounding else None
     summary = _summary(path, header, mode, rows, cfg, icl is not None, icl_note,
                        (len(q_unigrams), n_uni, len(q_bigrams), n_bi), qtypes, n_mc,
                        answer_words, g_summary)
@@ -404,86 +403,7 @@ def _near_duplicates(rows: list[_Row], groups: dict[Any, list[int]], t: float) -
 
 
 # ----------------------------------------------------------------------------------------------
-# Grounding
-
-
-def _grounding(rows: list[_Row], cfg: QualityConfig, header: dict[str, Any]) -> dict[str, Any]:
-    """CLIP cosine of each sample's image and its question + answer, from the vector cache
-    (``clip.embed_images`` / ``clip.embed_texts``; the model loads only for what is not cached)."""
-    import numpy as np
-
-    from .clip import embed_images, embed_texts, parse_model_spec
-    from .images import resolve_image_path
-
-    spec = parse_model_spec(cfg.model_name or "")
-    root = Path(cfg.input_folder or header.get("input_folder") or ".")
-    images = sorted({r.image for r in rows if r.image})
-    paths, bad = [], {}
-    for img in images:
-        try:
-            paths.append(resolve_image_path(root, img))
-        except InputError as e:
-            bad[img] = str(e)
-            paths.append(None)
-    usable = [(img, p) for img, p in zip(images, paths) if p is not None]
-    res = embed_images([p for _, p in usable], spec, cache=cfg.cache_dir, device=cfg.device,
-                       show_progress=False)
-    img_vec = {usable[int(k)][0]: res.vectors[j].astype(np.float32)
-               for j, k in enumerate(res.ok)}
-    for (img, _), (_, why) in zip([usable[i] for i in res.failed], res.failures):
-        bad[img] = why
-    todo = [r for r in rows if r.image in img_vec and r.text]
-    texts = list(dict.fromkeys(r.text for r in todo))
-    text_vec: dict[str, Any] = {}
-    for start in range(0, len(texts), TEXT_BATCH):
-        chunk = texts[start:start + TEXT_BATCH]
-        vecs = embed_texts(chunk, spec, cache=cfg.cache_dir, device=cfg.device)
-        text_vec.update(zip(chunk, vecs))
-    scores = []
-    for r in todo:
-        r.grounding = float(np.dot(img_vec[r.image], text_vec[r.text]))
-        scores.append(r.grounding)
-    lowest = sorted((i for i, r in enumerate(rows) if r.grounding is not None),
-                    key=lambda i: rows[i].grounding)[: cfg.lowest]
-    out: dict[str, Any] = {"model": cfg.model_name, "scored": len(scores),
-                           "images_not_embedded": len(bad),
-                           **_stats(scores, 4), "histogram": _histogram(scores, 20),
-                           "lowest": [{"index": i, "id": rows[i].id, "keyword": rows[i].keyword,
-                                       "image": rows[i].image, "score": round(rows[i].grounding, 4),
-                                       "text": rows[i].text} for i in lowest]}
-    if bad:
-        out["not_embedded_examples"] = dict(list(sorted(bad.items()))[:5])
-    for r in rows:
-        r.text = None
-    return out
-
-
-# ----------------------------------------------------------------------------------------------
 # Summary
-
-
-def _stats(values: Sequence[float], digits: int = 2) -> dict[str, Any]:
-    if not values:
-        return {"mean": None, "median": None, "p10": None, "p90": None, "min": None, "max": None}
-    v = sorted(values)
-    n = len(v)
-
-    def q(p: float) -> float:
-        return round(float(v[min(n - 1, int(p * (n - 1) + 0.5))]), digits)
-
-    return {"mean": round(sum(v) / n, digits), "median": q(0.5), "p10": q(0.1), "p90": q(0.9),
-            "min": round(float(v[0]), digits), "max": round(float(v[-1]), digits)}
-
-
-def _histogram(values: Sequence[float], bins: int) -> dict[str, list]:
-    if not values:
-        return {"edges": [], "counts": []}
-    lo, hi = min(values), max(values)
-    width = (hi - lo) / bins or 1.0
-    counts = [0] * bins
-    for x in values:
-        counts[min(bins - 1, int((x - lo) / width))] += 1
-    return {"edges": [round(lo + k * width, 4) for k in range(bins + 1)], "counts": counts}
 
 
 def _word_histogram(values: Sequence[int]) -> dict[str, list]:
@@ -531,7 +451,7 @@ def _summary(path: Path, header: dict[str, Any], mode: Mode | None, rows: list[_
                       "distinct_2": round(u2 / n2, 4) if n2 else None,
                       "types": {t: qtypes.get(t, 0) for t in QUESTION_TYPES},
                       "multiple_choice": n_mc},
-        "answer_words": {**_stats(answer_words, 1), "histogram": _word_histogram(answer_words)},
+        "answer_words": {**stats(answer_words, 1), "histogram": _word_histogram(answer_words)},
         "grounding": grounding,
     }
 
