@@ -351,3 +351,59 @@ def test_write_report_is_valid_json(tmp_path: Path) -> None:
     f = _write(tmp_path / "g.json", [_sample(0, "What is it?", "A cat.")])
     p = write_report(analyse(QualityConfig(str(f))), tmp_path / "r.json")
     assert json.loads(p.read_text())["samples"][0]["flags"] == []
+
+
+# ----------------------------------------------------------------------------------------------
+# End to end: a run of every mode through data_generator against the local stub server
+
+MODES = ("vqa", "vqa_task_desc", "tqa", "vqa_nr", "descript", "generic", "descript_task_desc")
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_a_data_generator_run_writes_its_quality_report(mode: str, stub, tmp_path: Path,
+                                                       capsys) -> None:
+    """Every mode's real output passes the shape checks (no sample is invalid), and the report
+    lands beside the output with its counts in the manifest."""
+    from mminstruct.data_generator import main as gen_main
+    from tests.fixtures.llm import gen_args, make_prompt_workspace
+
+    ws = make_prompt_workspace(tmp_path, mode, 4, min_gen=2)
+    assert gen_main(gen_args(ws, stub, prefix=f"q_{mode}")) == 0
+    out = Path(capsys.readouterr().out.strip().splitlines()[-1])
+    report = json.loads(out.with_name(out.stem + ".quality.json").read_text())
+    samples = json.loads(out.read_text())["samples"]
+    assert len(report["samples"]) == len(samples)
+    assert report["summary"]["mode"] == mode
+    assert report["summary"]["flags"]["invalid"] == 0, [
+        e["invalid_reason"] for e in report["samples"] if "invalid" in e["flags"]][:3]
+    assert report["summary"]["icl_checked"] is True
+    manifest = json.loads(out.with_name(out.stem + ".manifest.json").read_text())
+    assert manifest["quality"]["flags"] == report["summary"]["flags"]
+
+
+def test_no_quality_turns_the_report_off(stub, tmp_path: Path, capsys) -> None:
+    from mminstruct.data_generator import main as gen_main
+    from tests.fixtures.llm import gen_args, make_prompt_workspace
+
+    ws = make_prompt_workspace(tmp_path, "vqa_nr", 2)
+    assert gen_main(gen_args(ws, stub, prefix="nq") + ["--no_quality"]) == 0
+    out = Path(capsys.readouterr().out.strip().splitlines()[-1])
+    assert not out.with_name(out.stem + ".quality.json").exists()
+    assert "quality" not in json.loads(out.with_name(out.stem + ".manifest.json").read_text())
+
+
+def test_an_app_run_writes_its_quality_report(stub, monkeypatch, tmp_path: Path) -> None:
+    from mminstruct.runs import start_run
+
+    for var in ("OPENAI_API_KEY", "OPENAI_BASE_URL", "AZURE_OPENAI_API_KEY"):
+        monkeypatch.delenv(var, raising=False)
+    from tests.fixtures.llm import FAKE_KEY, make_prompt_workspace
+    from tests.test_runs import _config, _wait
+
+    ws = make_prompt_workspace(tmp_path, "vqa", 3, min_gen=1)
+    start_run(ws.output_folder, _config(ws, stub, "qrun"), api_key=FAKE_KEY)
+    done = _wait(ws.output_folder, "qrun", lambda i: not i.alive)
+    assert done.state == "finished", done.message
+    report = json.loads(done.output.with_name(done.output.stem + ".quality.json").read_text())
+    assert len(report["samples"]) == 6
+    assert json.loads(done.manifest.read_text())["quality"]["samples"] == 6
