@@ -258,6 +258,13 @@ def analyse(cfg: QualityConfig) -> QualityReport:
     grounding = bool(cfg.model_name)
     t_near, t_icl = cfg.near_duplicate_threshold, cfg.icl_copy_threshold
     description = ""
+    describe = False
+    last_q: str | None = None
+    qtok: list[str] = []
+    qtype: str | None = None
+    qjoined = ""
+    qset_q: frozenset[str] = frozenset()
+    opts: dict[str, str] = {}
 
     for i, s in enumerate(_iter_generated(path, header)):
         if not started:
@@ -265,6 +272,7 @@ def analyse(cfg: QualityConfig) -> QualityReport:
             mode = _mode_of(header, path)
             description = str(header.get("dataset_description") or "")
             icl, icl_note = _open_prompts(cfg, header, mode)
+            describe = mode is not None and mode.is_description
         r = _Row()
         r.id = s.get("id", i)
         r.keyword = str(s.get("keyword", "") or "")
@@ -283,42 +291,44 @@ def analyse(cfg: QualityConfig) -> QualityReport:
             q_raw, a = (q_raw if isinstance(q_raw, str) else ""), (a if isinstance(a, str) else "")
         q = strip_question(q_raw, mode, variant)
         answer = final_answer(a, variant)
-        qtok = words(q)
+        if q != last_q:  # a vqa item's reasoning and concise samples share their question
+            last_q, qtok = q, words(q)
+            qtype = question_type(qtok) if qtok else None
+            qjoined = " ".join(qtok)
+            qset_q = content_set(qtok)
+            opts = options(q) if qtok else {}
         r.answer_words = len(a.split())
-        describe = mode is not None and mode.is_description
         if problem is None and (not qtok or not a.strip() or not answer.strip()):
             problem = "empty question" if not qtok else "empty answer"
-        if problem is None:
-            opts = options(q)
-            if opts:
-                if variant != "reasoning":
-                    n_mc += 1
-                if not answer_matches_options(answer, opts):
-                    problem = (f"answer {answer[:60]!r} is none of the options offered "
-                               f"({', '.join(sorted(opts))})")
+        if problem is None and opts:
+            if variant != "reasoning":
+                n_mc += 1
+            if not answer_matches_options(answer, opts):
+                problem = (f"answer {answer[:60]!r} is none of the options offered "
+                           f"({', '.join(sorted(opts))})")
         if problem:
             r.invalid = problem
             r.flags.append("invalid")
         r.refusal = refusal_match(a) if a else None
         if r.refusal:
             r.flags.append("refusal")
-        r.qtype = question_type(qtok) if qtok else None
+        r.qtype = qtype
         if qtok:
             if variant != "reasoning":
-                qtypes[r.qtype] += 1
+                qtypes[qtype] += 1
                 n_uni += len(qtok)
                 n_bi += max(0, len(qtok) - 1)
                 q_unigrams.update(qtok)
-                q_bigrams.update(hash(bg) for bg in zip(qtok, qtok[1:]))
+                q_bigrams.update(map(hash, zip(qtok, qtok[1:])))
                 answer_words.append(r.answer_words)
-            key = hash((image, variant, " ".join(qtok), " ".join(words(a))))
+            key = hash((image, variant, qjoined, " ".join(words(a))))
             first = exact_seen.get(key)
             if first is None:
                 exact_seen[key] = r.id
             else:
                 r.flags.append("exact_duplicate")
                 r.dup_of = first
-            r.qset = content_set(words(a)) if describe else content_set(qtok)
+            r.qset = content_set(words(a)) if describe else qset_q
             groups[r.group].append(i)
             if icl is not None:
                 ex = icl.get(s.get("prompt_idx")) if isinstance(s.get("prompt_idx"), int) else None
@@ -375,13 +385,14 @@ def _near_duplicates(rows: list[_Row], groups: dict[Any, list[int]], t: float) -
         if len(members) > 1:
             for i in members:
                 df.update(rows[i].qset)
+    rank = {w: k for k, w in enumerate(sorted(df, key=lambda w: (df[w], w)))}  # rarest first
     for members in groups.values():
         if len(members) < 2:
             continue
         index: dict[str, list[int]] = defaultdict(list)
         for i in members:
             r = rows[i]
-            toks = sorted(r.qset, key=lambda w: (df[w], w))
+            toks = sorted(r.qset, key=rank.__getitem__)
             prefix = toks[: len(toks) - math.ceil(t * len(toks)) + 1] if toks else []
             cands: set[int] = set()
             for w in prefix:

@@ -55,10 +55,23 @@ def _stem(w: str) -> str:
     return w[:-1] if len(w) > 3 and w.endswith("s") and not w.endswith("ss") else w
 
 
+_CONTENT: dict[str, str] = {}  # word → its content form ("" for a stop word), memoised
+
+
+def _content_word(w: str) -> str:
+    c = _CONTENT.get(w)
+    if c is None:
+        c = "" if w in STOPWORDS else _stem(w)
+        if len(_CONTENT) < 1_000_000:
+            _CONTENT[w] = c
+    return c
+
+
 def content_set(tokens: list[str]) -> frozenset[str]:
     """The content words of a token list (stop words out, plural 's' off); all the words when
     every one is a stop word, so "What is this?" still has a set."""
-    out = frozenset(_stem(w) for w in tokens if w not in STOPWORDS)
+    out = frozenset(map(_content_word, tokens))
+    out = out - {""} if "" in out else out
     return out if out else frozenset(tokens)
 
 
@@ -78,9 +91,14 @@ _LEAD_INS = (("can", "you", "please", "tell", "me"), ("can", "you", "tell", "me"
              ("looking", "at", "the", "image"), ("based", "on", "the", "image"))
 
 
+_LEAD_FIRST = frozenset(lead[0] for lead in _LEAD_INS)
+
+
 def _lead_in(tokens: list[str]) -> int:
     """How many leading words are a lead-in ("can you tell me", "in the image") to skip."""
     n = 0
+    if not tokens or tokens[0] not in _LEAD_FIRST:
+        return 0
     again = True
     while again:
         again = False
@@ -134,6 +152,8 @@ def options(question: str) -> dict[str, str]:
     """The options a question offers, ``{"A": "text", …}``: lines or runs like ``A. …``,
     ``(B) …``, ``C) …``, ``D: …`` or a JSON object ``{"A": "…"}``. Fewer than two options, or
     letters that do not start at A and run on, mean it is not multiple choice (empty dict)."""
+    if "A" not in question:  # options start at A
+        return {}
     found: dict[str, str] = {}
     for letter, text in _JSON_OPTION_RE.findall(question):
         found.setdefault(letter, text.strip())
@@ -190,11 +210,18 @@ _REFUSAL_RE = re.compile(
     re.IGNORECASE)
 
 
+#: every alternative of _REFUSAL_RE contains one of these (lower case)
+_REFUSAL_TRIGGERS = re.compile("sorry|apolog|as a|not|n't|n’t|unable|no |without|please")
+
+
 def refusal_match(answer: str) -> str | None:
     """The phrase that makes ``answer`` a refusal (declines, apologises, or says it cannot see
     the image), else None. Only the answer's first 300 characters are read: a refusal says so at
     once, while a long answer may quote a sign that reads "sorry"."""
-    m = _REFUSAL_RE.search(answer[:300])
+    head = answer[:300]
+    if not _REFUSAL_TRIGGERS.search(head.lower()):  # the full regex is slow; most answers stop here
+        return None
+    m = _REFUSAL_RE.search(head)
     return m.group(0) if m else None
 
 
