@@ -37,7 +37,7 @@ import os
 import re
 import sys
 from collections import Counter, defaultdict
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -142,9 +142,17 @@ class QualityReport:
         return list(self.sample_entries())
 
     def flagged_ids(self, flag: str) -> list[Any]:
-        if flag not in FLAGS:
-            raise ConfigError(choices_message("flag", flag, FLAGS))
-        return [r.id for r in self.rows if flag in r.flags]
+        return flagged_ids(self.sample_entries(), [flag])
+
+
+def flagged_ids(entries: Iterable[dict[str, Any]], flags: Iterable[str]) -> list[Any]:
+    """The ids of the report entries carrying any of ``flags`` (for "reject every sample
+    flagged …"), in file order."""
+    wanted = set(flags)
+    bad = sorted(wanted - set(FLAGS))
+    if bad:
+        raise ConfigError(choices_message("flag", bad[0], FLAGS))
+    return [e.get("id") for e in entries if wanted.intersection(e.get("flags", ()))]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -366,6 +374,13 @@ def _open_prompts(cfg: QualityConfig, header: dict[str, Any], mode: Mode | None
     pf = cfg.prompt_file or header.get("prompt_file")
     if not pf:
         return None, "icl_copy not checked: no prompt file given (--prompt_file) or named in the file"
+    if not cfg.prompt_file and not Path(pf).is_absolute() and not Path(pf).is_file():
+        # a relative name in the header: beside the generated file, or under the input folder
+        for base in (Path(cfg.generated_file).parent,
+                     Path(cfg.input_folder or header.get("input_folder") or ".")):
+            if (base / pf).is_file():
+                pf = str(base / pf)
+                break
     if not Path(pf).is_file():
         if cfg.prompt_file:
             raise DataFileError(f"{pf}: prompt file not found")
