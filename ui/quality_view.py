@@ -107,7 +107,7 @@ def quality_panel(ws: Workspace, path: Path, name: str, input_folder: str | None
                              _score_histogram(entries, "near_duplicate"))
             g = summary.get("grounding")
             if g:
-                _histogram_chart(f"Grounding (CLIP {g['model']})", g["histogram"])
+                _histogram_chart(md_escape(f"Grounding (CLIP {g['model']})", 120), g["histogram"])
             else:
                 _histogram_chart("In-context copy score", _score_histogram(entries, "icl_copy"))
         picked = st.multiselect("Show only samples flagged", FLAGS, format_func=FLAG_LABELS.get,
