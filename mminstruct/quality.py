@@ -47,7 +47,7 @@ from .cli import OneLineParser, run_cli
 from .errors import ConfigError, DataFileError, InputError, choices_message
 from .generate.jsonstream import PromptStream, iter_object
 from .modes import MODE_NAMES, Mode
-from .quality_grounding import GROUNDING_TEXT_CHARS, grounding_scores, histogram, stats
+from .quality_grounding import GROUNDING_TEXT_CHARS, grounding_scores, stats
 from .quality_text import (QUESTION_TYPES, answer_matches_options, comparable_type, content_set,
                            final_answer,
                            jaccard, options, question_type, refusal_match, shape_problem,
@@ -524,7 +524,7 @@ def quality_after_run(output: str | os.PathLike | None, manifest: str | os.PathL
     """End of a run: write ``run.quality.json`` beside the output and its counts into the
     manifest under ``quality``. A failure is logged and put in the manifest; the run's data stays
     good, so it never fails the run."""
-    from .cache import atomic_write_json
+    from .generate.manifest import write_manifest
     from .records import read_json_file
 
     if not output or not Path(output).is_file():
@@ -547,7 +547,7 @@ def quality_after_run(output: str | os.PathLike | None, manifest: str | os.PathL
             m = read_json_file(Path(manifest))
             if isinstance(m, dict):
                 m["quality"] = section
-                atomic_write_json(Path(manifest), m)
+                write_manifest(Path(manifest), m)
         except (InputError, OSError) as e:
             log.warning("quality summary not added to the manifest: %s", e)
     return dest

@@ -14,7 +14,6 @@ from .modes import Mode
 
 _WORD_RE = re.compile(r"\w+")
 _IMAGE_TOKEN_RE = re.compile(r"<image>\s*", re.IGNORECASE)
-_REFER_RE = re.compile(r"Refer to the \w+ image\.\s*")
 
 #: Words that carry no content for "is this the same question": function words, and the phrases a
 #: model adds or drops when it rewords a question ("in the image", "can you tell me", "shown").

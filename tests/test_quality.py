@@ -407,3 +407,18 @@ def test_an_app_run_writes_its_quality_report(stub, monkeypatch, tmp_path: Path)
     report = json.loads(done.output.with_name(done.output.stem + ".quality.json").read_text())
     assert len(report["samples"]) == 6
     assert json.loads(done.manifest.read_text())["quality"]["samples"] == 6
+
+
+def test_batch_data_generator_reports_on_the_merged_output(stub, tmp_path: Path, capsys) -> None:
+    from mminstruct.batch_data_generator import main as batch_main
+    from tests.fixtures.llm import gen_args, make_prompt_workspace
+
+    ws = make_prompt_workspace(tmp_path, "vqa", 6, min_gen=1)
+    assert batch_main(gen_args(ws, stub, "--num_parallel", "2", prefix="qb")) == 0
+    out = Path(capsys.readouterr().out.strip().splitlines()[-1])
+    report = json.loads(out.with_name(out.stem + ".quality.json").read_text())
+    assert len(report["samples"]) == len(json.loads(out.read_text())["samples"]) == 12
+    assert json.loads(out.with_name(out.stem + ".manifest.json").read_text())["quality"][
+        "samples"] == 12
+    shard_reports = list(out.parent.glob("qb_shard*.quality.json"))
+    assert shard_reports == []  # one report, on the merged file
