@@ -269,6 +269,7 @@ def analyse(cfg: QualityConfig) -> QualityReport:
     describe = False
     last_q: str | None = None
     qtok: list[str] = []
+    ask: list[str] = []
     qtype: str | None = None
     qjoined = ""
     qset_q: frozenset[str] = frozenset()
@@ -301,7 +302,9 @@ def analyse(cfg: QualityConfig) -> QualityReport:
         answer = final_answer(a, variant)
         if q != last_q:  # a vqa item's reasoning and concise samples share their question
             last_q, qtok = q, words(q)
-            qtype = question_type(qtok) if qtok else None
+            # tqa: the imagined image's description comes first, then the question
+            ask = words(q.split("\n", 1)[1]) if mode is Mode.TQA and "\n" in q else qtok
+            qtype = question_type(ask) if ask else None
             qjoined = " ".join(qtok)
             qset_q = content_set(qtok)
             opts = options(q) if qtok else {}
@@ -324,10 +327,10 @@ def analyse(cfg: QualityConfig) -> QualityReport:
         if qtok:
             if variant != "reasoning":
                 qtypes[qtype] += 1
-                n_uni += len(qtok)
-                n_bi += max(0, len(qtok) - 1)
-                q_unigrams.update(qtok)
-                q_bigrams.update(map(hash, zip(qtok, qtok[1:])))
+                n_uni += len(ask)
+                n_bi += max(0, len(ask) - 1)
+                q_unigrams.update(ask)
+                q_bigrams.update(map(hash, zip(ask, ask[1:])))
                 answer_words.append(r.answer_words)
             key = hash((image, variant, qjoined, " ".join(words(a))))
             first = exact_seen.get(key)
@@ -585,9 +588,9 @@ def run(args: argparse.Namespace) -> int:
                         icl_copy_threshold=args.icl_copy_threshold)
     rep = analyse(cfg)
     try:
-        out = write_report(rep, args.output)
+        out = write_report(rep, cfg.output or args.output)
     except OSError as e:
-        raise DataFileError(f"{args.output}: cannot write the report: {e}") from e
+        raise DataFileError(f"{cfg.output}: cannot write the report: {e}") from e
     s = rep.summary
     print(f"{s['flagged']:,} of {s['samples']:,} samples flagged: "
           + ", ".join(f"{k} {v:,}" for k, v in s["flags"].items()), file=sys.stderr)

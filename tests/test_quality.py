@@ -197,6 +197,8 @@ def test_tqa_samples_have_no_image_and_are_valid(tmp_path: Path) -> None:
         _sample(1, "A photo of a cat.\nWhat animal is it?", "A cat.", image="x.jpg",
                 variant="concise")], mode="tqa")
     assert _flags(f) == [[], ["invalid"]]
+    s = analyse(QualityConfig(str(f))).summary
+    assert s["questions"]["types"]["what"] == 2  # the question after the imagined image's text
 
 
 def test_icl_copy_uses_the_samples_own_prompt(tmp_path: Path) -> None:
@@ -273,6 +275,22 @@ def test_broken_or_foreign_files_are_one_line_and_exit_2(tmp_path: Path, capsys,
     lines = [ln for ln in err.splitlines() if ln.startswith("error:")]
     assert len(lines) == 1 and expect in lines[0], err
     assert "Traceback" not in err and not (tmp_path / "r.json").exists()
+
+
+def test_missing_or_broken_inputs_are_one_line_and_exit_2(tmp_path: Path, capsys) -> None:
+    bad = tmp_path / "bad.json"
+    bad.write_text("{oops")
+    for argv, expect in (
+            (["--generated_file", str(tmp_path / "nope.json")], "generated-data file not found"),
+            (["--generated_file", str(DATA / "generated.json"), "--prompt_file",
+              str(tmp_path / "nope.json")], "prompt file not found"),
+            (["--generated_file", str(DATA / "generated.json"), "--prompt_file", str(bad)],
+             "not valid JSON"),
+            (["--generated_file", str(DATA / "generated.json"), "--near_duplicate_threshold", "0"],
+             "near_duplicate_threshold must be a number in (0, 1]")):
+        rc = quality.main([*argv, "--output", str(tmp_path / "r.json")])
+        err = capsys.readouterr().err
+        assert rc == 2 and err.count("\n") == 1 and expect in err, err
 
 
 def test_prompt_file_of_another_mode_is_refused(tmp_path: Path, capsys) -> None:
