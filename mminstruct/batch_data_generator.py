@@ -39,6 +39,7 @@ from .generate.output import merge_outputs
 from .generate.runlog import SHARD_NAME, unique_output_path
 from .generate.shards import ShardedResult, run_shards_async
 from .llm.client import install_log_redaction
+from .quality import quality_after_run
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -116,6 +117,8 @@ def run(args: argparse.Namespace) -> int:
     if result.state != "finished":
         print(result.message, file=sys.stderr)
         return EXIT_STOPPED if result.state == "stopped" else EXIT_CANCELLED
+    if not args.no_quality:
+        quality_after_run(result.output, result.manifest)
     print(f"done: {result.message}; manifest {result.manifest}", file=sys.stderr)
     print(result.output)
     by_class: dict[str, int] = {}

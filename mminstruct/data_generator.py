@@ -28,6 +28,7 @@ from .generate.control import RunControl
 from .generate.engine import RunResult, run_async
 from .llm.client import EndpointConfig, install_log_redaction
 from .llm.requests import MAX_TOKENS_FIELDS
+from .quality import quality_after_run
 
 log = logging.getLogger("mminstruct.generate")
 
@@ -128,6 +129,8 @@ def add_common_args(p: argparse.ArgumentParser) -> None:
                    "with this --file_prefix in --output_folder")
     s.add_argument("--retry_failed", action="store_true", help="with --resume, also re-send "
                    "prompts that failed for a transient reason (rate limit, timeout, server, …)")
+    s.add_argument("--no_quality", action="store_true", help="do not write the quality report "
+                   "(OUTPUT.quality.json beside the output, its counts in the manifest)")
     s.add_argument("--dry_run", action="store_true", help="write the requests as an OpenAI "
                    "Batch API JSONL file and call nothing")
     s.add_argument("--ray_address", default=None, metavar="ADDRESS|auto|local",
@@ -216,8 +219,9 @@ def install_signal_handlers(control: RunControl) -> None:
             pass
 
 
-def report(result: RunResult) -> int:
-    """Summary on stderr, the output path as stdout's last line; the exit status."""
+def report(result: RunResult, quality: bool = True) -> int:
+    """Summary on stderr, the output path as stdout's last line; the exit status. A finished run
+    gets its quality report (``mminstruct.quality``) unless ``quality`` is False."""
     if result.state == "dry_run":
         print(f"dry run: {result.message}; see {result.manifest}", file=sys.stderr)
         for f in result.batch_files:
@@ -227,6 +231,8 @@ def report(result: RunResult) -> int:
         print(result.message, file=sys.stderr)
         return EXIT_STOPPED if result.state == "stopped" else EXIT_CANCELLED
     st = result.status
+    if quality:
+        quality_after_run(result.output, result.manifest)
     print(f"done: {st.message}; manifest {result.manifest}", file=sys.stderr)
     print(result.output)
     failed = failed_summary(st.failed, st.failed_by_class)
@@ -242,14 +248,14 @@ def run(args: argparse.Namespace) -> int:
     if cfg.ray_address:
         from .distributed.generate import run_on_ray  # noqa: PLC0415  (optional dependency)
 
-        return report(run_on_ray(cfg, 1).shards[0])
+        return report(run_on_ray(cfg, 1).shards[0], not args.no_quality)
     control = RunControl()
 
     async def main() -> RunResult:
         install_signal_handlers(control)
         return await run_async(cfg, control=control)
 
-    return report(asyncio.run(main()))
+    return report(asyncio.run(main()), not args.no_quality)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

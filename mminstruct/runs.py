@@ -414,6 +414,10 @@ def _child(launch: Path) -> int:
     try:
         cfg = config_from_dict(record["config"])
         res = run_generation(cfg, control=control)
+        if res.state == "finished" and record.get("quality", True):
+            from .quality import quality_after_run
+
+            quality_after_run(res.output, res.manifest)
         result.update(state=res.state, message=res.message,
                       output=str(res.output) if res.output else None,
                       manifest=str(res.manifest) if res.manifest else None,

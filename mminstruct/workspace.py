@@ -291,11 +291,11 @@ class Workspace:
         return bool(self.settings.data.data_file)
 
     def output_files(self) -> list[Path]:
-        """Generated data files (newest first), not manifests or batch files."""
+        """Generated data files (newest first), not manifests, quality reports or batch files."""
         if not self.generated_dir.is_dir():
             return []
         out = [p for p in self.generated_dir.glob("*.json")
-               if not p.name.endswith((".manifest.json", ".batch.manifest.json"))
+               if not p.name.endswith((".manifest.json", ".batch.manifest.json", ".quality.json"))
                and not p.name.startswith(".")]
         return sorted(out, key=lambda p: p.stat().st_mtime, reverse=True)
 

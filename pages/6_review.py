@@ -12,6 +12,7 @@ from mminstruct.generate.output import GeneratedData, load_output
 from mminstruct.review import (EXPORT_FORMATS, EXPORT_LABELS, export_name, export_reviewed,
                                filter_samples, next_free_name, sources)
 from ui.gallery import thumbnail
+from ui.quality_view import quality_panel
 from ui.safe import md_escape
 from ui.state import require_workspace, through_app
 
@@ -56,12 +57,15 @@ st.caption(md_escape(f"{len(samples):,} samples · mode {h.get('mode', '?')} · 
 if src.note:
     st.caption(md_escape(src.note, 200))
 
+flag_ids = quality_panel(ws, path, name, h.get("input_folder"))  # issue 10: the quality report
 keywords = sorted({str(s.get("keyword", "")) for s in samples})
 c1, c2, c3 = st.columns([2, 2, 1])
 kw_pick = c1.multiselect("Keywords", keywords, key="rv_kw")
 query = c2.text_input("Search the text", key="rv_q")
 show = c3.selectbox("Show", ["all", "kept", "rejected"], key="rv_show")
 shown = filter_samples(samples, keywords=kw_pick, query=query, rejected=rejected, show=show)
+if flag_ids is not None:
+    shown = [s for s in shown if s.get("id") in flag_ids]
 pages = max(1, -(-len(shown) // PAGE_SIZE))
 page = st.number_input(f"Page (of {pages}) · {len(shown):,} sample(s) match", 1, pages, 1,
                        key="rv_page")
