@@ -386,16 +386,24 @@ def export_file(src: str | os.PathLike, dest: str | os.PathLike, fmt: str, *,
                 yield s, prepare(s, input_folder)
 
     dest.parent.mkdir(parents=True, exist_ok=True)
-    if spec.to_record is None:  # MM-Gen: the samples as they are; image_folder makes them resolve
+    if spec.to_record is None:  # MM-Gen: image_folder (from the file's folder) + image_1, …
+        root = base if image_root is not None else input_folder.resolve()
         if absolute_paths:
-            folder = str(input_folder.resolve())
+            folder = str(root)
         else:
-            folder = Path(os.path.relpath(input_folder.resolve(), dest.parent)).as_posix()
+            folder = Path(os.path.relpath(root, dest.parent)).as_posix()
         out_header = {**header, "image_folder": folder, "len_samples": len(kept_ids),
                       "rejected_in_review": n_rejected, "flagged_in_export": len(flagged)}
-        write_samples_file(dest, out_header, (s for s, _ in kept()))
+        within = PathPolicy(False, root)
+
+        def mmgen_samples() -> Iterator[dict[str, Any]]:
+            for s, p in kept():
+                if image_root is not None and "image_1" in s:  # re-rooted under image_root
+                    s = {**s, **{f"image_{k + 1}": within.write(i) for k, i in enumerate(p.images)}}
+                yield s
+        write_samples_file(dest, out_header, mmgen_samples())
         written = len(kept_ids)
-        base = input_folder.resolve()
+        base = root
     else:
         to_record = spec.to_record
 

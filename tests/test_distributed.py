@@ -397,7 +397,7 @@ def test_ray_generation_equals_the_local_engine(ray_cluster, stub, tmp_path: Pat
     manifest = json.loads(manifest_path_for(out).read_text())
     assert len(manifest["shards"]) == 2 and manifest["counts"]["by_outcome"]["ok"] == n - 1
     runs = sorted((ws.output_folder / "generated_data" / "runs").glob("onray_shard*"))
-    assert [r.name.split("_20")[0] for r in runs] == ["onray_shard01of02", "onray_shard02of02"]
+    assert [r.name.split("_20")[0] for r in runs] == ["onray_shard_01_of_02", "onray_shard_02_of_02"]
     assert json.loads((runs[0] / "status.json").read_text())["limits"]["scope"] == "cluster"
     # the key went to the workers in the tasks' arguments, never into a file (Ray's logs and
     # session files included)

@@ -112,3 +112,21 @@ def test_early_stop_counts_the_first_requests_of_all_shards(stub, tmp_path, caps
     stub.state.reset()
     assert bdg.main(gen_args(ws, stub, "--num_parallel", "4", "--resume", concurrency=2)) == 0
     assert sorted(map(int, stub.stats()["ids"])) == list(range(40))
+
+
+def test_a_server_that_is_down_stops_early_too(tmp_path, capsys, monkeypatch):
+    import socket
+
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    monkeypatch.setenv("OPENAI_API_KEY", FAKE_KEY)
+    ws = make_prompt_workspace(tmp_path, "vqa_nr", 30, min_gen=1)
+    args = ["--input_folder", str(ws.input_folder), "--output_folder", str(ws.output_folder),
+            "--prompt_file", ws.prompt_name, "--file_prefix", "down", "--concurrency", "2",
+            "--base_url", f"http://127.0.0.1:{port}/v1", "--max_retries", "0", "--timeout", "2"]
+    assert main(args) == EXIT_STOPPED
+    err = capsys.readouterr().err
+    assert f"the first {EARLY_STOP_AFTER} requests all failed the same way: connection failed" in err
+    [run] = list_runs(ws.output_folder, "down")
+    assert len([r for _, r in iter_records(run.log_path)]) <= EARLY_STOP_AFTER + 2  # not all 30

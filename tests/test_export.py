@@ -254,3 +254,12 @@ def test_formats_registry_is_the_review_pages():
     from mminstruct import review
     assert review.EXPORT_FORMATS == EXPORT_FORMATS == ("llava", "mmgen", "sharegpt")
     assert review.export_reviewed.__module__ == "mminstruct.review"
+
+
+def test_mmgen_export_under_an_image_root(generated, tmp_path):
+    root = generated.parent.parent.parent  # the folder above input/: image_1 gains "input/"
+    dest = tmp_path / "x" / "mm.json"
+    export_file(generated, dest, "mmgen", image_root=root)
+    raw = json.loads(dest.read_text())
+    assert raw["samples"][0]["image_1"] == "input/pool/c0.jpg"
+    assert (dest.parent / raw["image_folder"] / raw["samples"][0]["image_1"]).resolve().is_file()

@@ -9,6 +9,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from tests.conftest import REPO
 
 _IGNORE = shutil.ignore_patterns("__pycache__", "*.pyc", ".pytest_cache")
@@ -37,6 +39,7 @@ def test_copy_runs_its_own_code():
     assert Path(mminstruct.__file__).resolve().parents[1] == Path(tests.__file__).resolve().parents[1]
 
 
+@pytest.mark.slow  # two pytest subprocesses, ~4 s each on a busy 2-core machine
 def test_format_tests_pass_without_shared_fixtures(tmp_path):
     repo = _copy_repo(tmp_path / "clone")
     assert not (repo.parent / "shared").exists()

@@ -71,9 +71,10 @@ class EarlyStop:
 
         self.triggered = True
         head = self.first[0]
+        said = "; the server answered: " if head.get("status") is not None else ": "
         self.error = BY_KIND[head["error_class"]](
-            f"the first {len(self.first)} requests all failed the same way; the server "
-            f"answered: {head.get('message', '')}", status=head.get("status"))
+            f"the first {len(self.first)} requests all failed the same way{said}"
+            f"{head.get('message', '')}", status=head.get("status"))
         return self.error
 
     def resend(self, start: int = 0, end: int | None = None) -> list[int]:
