@@ -1,7 +1,7 @@
 """Numbers for the quality report: CLIP grounding of each sample (image vs question + answer,
 from the project's vector cache through ``clip.embed_images`` / ``clip.embed_texts``) and the
-distribution summaries (``stats``, ``histogram``, ``word_histogram``). numpy and the CLIP code load only when
-grounding is asked for."""
+distribution summaries (``stats``, ``histogram``, ``word_histogram``). numpy and the CLIP code
+load only when grounding is asked for."""
 
 from __future__ import annotations
 
