@@ -47,7 +47,7 @@ from .cli import OneLineParser, run_cli
 from .errors import ConfigError, DataFileError, InputError, choices_message
 from .generate.jsonstream import PromptStream, iter_object
 from .modes import MODE_NAMES, Mode
-from .quality_grounding import GROUNDING_TEXT_CHARS, grounding_scores, stats
+from .quality_grounding import GROUNDING_TEXT_CHARS, grounding_scores, stats, word_histogram
 from .quality_text import (QUESTION_TYPES, answer_matches_options, comparable_type, content_set,
                            final_answer,
                            jaccard, options, question_type, refusal_match, shape_problem,
@@ -59,7 +59,6 @@ FLAGS = ("exact_duplicate", "near_duplicate", "icl_copy", "invalid", "refusal")
 #: chosen on the planted-defect set (tests/make_quality_fixture.py); see the README
 NEAR_DUPLICATE_THRESHOLD = 0.7
 ICL_COPY_THRESHOLD = 0.7
-ANSWER_WORD_EDGES = (0, 1, 2, 3, 5, 10, 20, 50, 100, 200, 500)
 
 
 @dataclass(frozen=True)
@@ -435,18 +434,6 @@ def _near_duplicates(rows: list[_Row], groups: dict[Any, list[int]], t: float) -
 # Summary
 
 
-def _word_histogram(values: Sequence[int]) -> dict[str, list]:
-    counts = [0] * len(ANSWER_WORD_EDGES)
-    for x in values:
-        k = len(ANSWER_WORD_EDGES) - 1
-        while x < ANSWER_WORD_EDGES[k]:
-            k -= 1
-        counts[k] += 1
-    labels = [f"{a}–{b - 1}" if b - 1 > a else str(a)
-              for a, b in zip(ANSWER_WORD_EDGES, ANSWER_WORD_EDGES[1:])]
-    return {"bins": labels + [f"{ANSWER_WORD_EDGES[-1]}+"], "counts": counts}
-
-
 def _summary(path: Path, header: dict[str, Any], mode: Mode | None, rows: list[_Row],
              cfg: QualityConfig, icl_checked: bool, icl_note: str, distinct: tuple,
              qtypes: Counter, n_mc: int, answer_words: list[int],
@@ -480,7 +467,7 @@ def _summary(path: Path, header: dict[str, Any], mode: Mode | None, rows: list[_
                       "distinct_2": round(u2 / n2, 4) if n2 else None,
                       "types": {t: qtypes.get(t, 0) for t in QUESTION_TYPES},
                       "multiple_choice": n_mc},
-        "answer_words": {**stats(answer_words, 1), "histogram": _word_histogram(answer_words)},
+        "answer_words": {**stats(answer_words, 1), "histogram": word_histogram(answer_words)},
         "grounding": grounding,
     }
 

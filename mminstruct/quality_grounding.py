@@ -1,7 +1,7 @@
 """Numbers for the quality report: CLIP grounding of each sample (image vs question + answer,
 from the project's vector cache through ``clip.embed_images`` / ``clip.embed_texts``) and the
-distribution summaries (``stats``, ``histogram``). numpy and the CLIP code load only when
-grounding is asked for."""
+distribution summaries (``stats``, ``histogram``, ``word_histogram``). numpy and the CLIP code
+load only when grounding is asked for."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from .errors import InputError
 
 GROUNDING_TEXT_CHARS = 300  # CLIP reads 77 tokens at most; the rest would be cut anyway
 TEXT_BATCH = 2048
+ANSWER_WORD_EDGES = (0, 1, 2, 3, 5, 10, 20, 50, 100, 200, 500)
 
 
 def grounding_scores(rows: list[Any], cfg: Any, header: dict[str, Any]) -> dict[str, Any]:
@@ -94,3 +95,13 @@ def histogram(values: Sequence[float], bins: int) -> dict[str, list]:
     return {"edges": [round(lo + k * width, 4) for k in range(bins + 1)], "counts": counts}
 
 
+def word_histogram(values: Sequence[int]) -> dict[str, list]:
+    counts = [0] * len(ANSWER_WORD_EDGES)
+    for x in values:
+        k = len(ANSWER_WORD_EDGES) - 1
+        while x < ANSWER_WORD_EDGES[k]:
+            k -= 1
+        counts[k] += 1
+    labels = [f"{a}–{b - 1}" if b - 1 > a else str(a)
+              for a, b in zip(ANSWER_WORD_EDGES, ANSWER_WORD_EDGES[1:])]
+    return {"bins": labels + [f"{ANSWER_WORD_EDGES[-1]}+"], "counts": counts}
