@@ -130,7 +130,7 @@ def add_common_args(p: argparse.ArgumentParser) -> None:
     s.add_argument("--retry_failed", action="store_true", help="with --resume, also re-send "
                    "prompts that failed for a transient reason (rate limit, timeout, server, …)")
     s.add_argument("--no_quality", action="store_true", help="do not write the quality report "
-                   "(OUTPUT.quality.json beside the output, its counts in the manifest)")
+                   "(manifests/RUN.quality.json beside the output, its counts in the manifest)")
     s.add_argument("--dry_run", action="store_true", help="write the requests as an OpenAI "
                    "Batch API JSONL file and call nothing")
     s.add_argument("--ray_address", default=None, metavar="ADDRESS|auto|local",

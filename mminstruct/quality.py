@@ -477,9 +477,10 @@ def _summary(path: Path, header: dict[str, Any], mode: Mode | None, rows: list[_
 
 
 def report_path_for(output: str | os.PathLike) -> Path:
-    """``run.json`` → ``run.quality.json`` (beside the output, like the manifest)."""
-    p = Path(output)
-    return p.with_name(p.stem + ".quality.json")
+    """``run.json`` → ``manifests/run.quality.json`` (with the run's manifest)."""
+    from .generate.manifest import sidecar_path
+
+    return sidecar_path(output, ".quality.json")
 
 
 def write_report(report: QualityReport, path: str | os.PathLike) -> Path:
@@ -511,7 +512,7 @@ def compact_summary(summary: dict[str, Any], report: Path) -> dict[str, Any]:
 def quality_after_run(output: str | os.PathLike | None, manifest: str | os.PathLike | None,
                       prompt_file: str | None = None, input_folder: str | None = None
                       ) -> Path | None:
-    """End of a run: write ``run.quality.json`` beside the output and its counts into the
+    """End of a run: write ``manifests/run.quality.json`` and the report's counts into the
     manifest under ``quality``. A failure is logged and put in the manifest; the run's data stays
     good, so it never fails the run."""
     from .generate.manifest import write_manifest

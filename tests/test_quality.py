@@ -11,7 +11,9 @@ import numpy as np
 import pytest
 
 from mminstruct import quality
-from mminstruct.quality import FLAGS, QualityConfig, analyse, quality_after_run, write_report
+from mminstruct.generate.manifest import manifest_path_for
+from mminstruct.quality import (FLAGS, QualityConfig, analyse, quality_after_run, report_path_for,
+                                write_report)
 from mminstruct.quality_text import (answer_matches_options, options, question_type,
                                      refusal_match, words)
 from tests.fixtures.images import draw_shape, save_jpeg
@@ -317,7 +319,7 @@ def test_a_run_writes_the_report_beside_the_output_and_its_summary_into_the_mani
     manifest = tmp_path / "run.manifest.json"
     manifest.write_text(json.dumps({"counts": {"samples": 2}}))
     dest = quality_after_run(out, manifest)
-    assert dest == tmp_path / "run.quality.json"
+    assert dest == tmp_path / "manifests" / "run.quality.json"
     assert json.loads(dest.read_text())["summary"]["flags"]["exact_duplicate"] == 1
     m = json.loads(manifest.read_text())
     assert m["counts"] == {"samples": 2}
@@ -388,14 +390,14 @@ def test_a_data_generator_run_writes_its_quality_report(mode: str, stub, tmp_pat
     ws = make_prompt_workspace(tmp_path, mode, 4, min_gen=2)
     assert gen_main(gen_args(ws, stub, prefix=f"q_{mode}")) == 0
     out = Path(capsys.readouterr().out.strip().splitlines()[-1])
-    report = json.loads(out.with_name(out.stem + ".quality.json").read_text())
+    report = json.loads(report_path_for(out).read_text())
     samples = json.loads(out.read_text())["samples"]
     assert len(report["samples"]) == len(samples)
     assert report["summary"]["mode"] == mode
     assert report["summary"]["flags"]["invalid"] == 0, [
         e["invalid_reason"] for e in report["samples"] if "invalid" in e["flags"]][:3]
     assert report["summary"]["icl_checked"] is True
-    manifest = json.loads(out.with_name(out.stem + ".manifest.json").read_text())
+    manifest = json.loads(manifest_path_for(out).read_text())
     assert manifest["quality"]["flags"] == report["summary"]["flags"]
 
 
@@ -406,8 +408,8 @@ def test_no_quality_turns_the_report_off(stub, tmp_path: Path, capsys) -> None:
     ws = make_prompt_workspace(tmp_path, "vqa_nr", 2)
     assert gen_main(gen_args(ws, stub, prefix="nq") + ["--no_quality"]) == 0
     out = Path(capsys.readouterr().out.strip().splitlines()[-1])
-    assert not out.with_name(out.stem + ".quality.json").exists()
-    assert "quality" not in json.loads(out.with_name(out.stem + ".manifest.json").read_text())
+    assert not report_path_for(out).exists()
+    assert "quality" not in json.loads(manifest_path_for(out).read_text())
 
 
 def test_an_app_run_writes_its_quality_report(stub, monkeypatch, tmp_path: Path) -> None:
@@ -422,7 +424,7 @@ def test_an_app_run_writes_its_quality_report(stub, monkeypatch, tmp_path: Path)
     start_run(ws.output_folder, _config(ws, stub, "qrun"), api_key=FAKE_KEY)
     done = _wait(ws.output_folder, "qrun", lambda i: not i.alive)
     assert done.state == "finished", done.message
-    report = json.loads(done.output.with_name(done.output.stem + ".quality.json").read_text())
+    report = json.loads(report_path_for(done.output).read_text())
     assert len(report["samples"]) == 6
     assert json.loads(done.manifest.read_text())["quality"]["samples"] == 6
 
@@ -434,9 +436,9 @@ def test_batch_data_generator_reports_on_the_merged_output(stub, tmp_path: Path,
     ws = make_prompt_workspace(tmp_path, "vqa", 6, min_gen=1)
     assert batch_main(gen_args(ws, stub, "--num_parallel", "2", prefix="qb")) == 0
     out = Path(capsys.readouterr().out.strip().splitlines()[-1])
-    report = json.loads(out.with_name(out.stem + ".quality.json").read_text())
+    report = json.loads(report_path_for(out).read_text())
     assert len(report["samples"]) == len(json.loads(out.read_text())["samples"]) == 12
-    assert json.loads(out.with_name(out.stem + ".manifest.json").read_text())["quality"][
+    assert json.loads(manifest_path_for(out).read_text())["quality"][
         "samples"] == 12
-    shard_reports = list(out.parent.glob("qb_shard*.quality.json"))
+    shard_reports = list(report_path_for(out).parent.glob("qb_shard*.quality.json"))
     assert shard_reports == []  # one report, on the merged file

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from mminstruct.quality import report_path_for
 from mminstruct.workspace import Workspace
 from tests.fixtures.app import app_test, no_errors, plain_strings
 
@@ -50,7 +51,7 @@ def test_quality_panel_filters_and_bulk_rejects(app_home: Path) -> None:
     assert len(_questions(at)) == 6
     at.button(key="rv_q_build").click().run()
     no_errors(at)
-    report = ws.generated_dir / "run_20250101_000000.quality.json"
+    report = report_path_for(ws.generated_dir / "run_20250101_000000.json")
     assert report.is_file()
     assert [f.name for f in Workspace.open(ws.root).output_files()] == [NAME]  # not the report
     metrics = {m.label: m.value for m in at.metric}
@@ -89,7 +90,8 @@ def test_quality_panel_filters_and_bulk_rejects(app_home: Path) -> None:
 def test_a_stale_report_offers_a_rebuild(app_home: Path) -> None:
     ws = _workspace(app_home / "workspaces" / "q")
     out = ws.generated_dir / NAME
-    report = ws.generated_dir / "run_20250101_000000.quality.json"
+    report = report_path_for(ws.generated_dir / "run_20250101_000000.json")
+    report.parent.mkdir(parents=True, exist_ok=True)
     report.write_text('{"summary": {}, "samples": []}')
     import os
     st = out.stat()

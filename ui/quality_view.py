@@ -1,7 +1,7 @@
 """The Review page's quality panel: the report's summary (counts per flag and keyword, score and
 length distributions), a filter by flag, and "reject every sample flagged …" per flag.
 
-The report is ``RUN.quality.json`` beside the generated file (runs write it; the panel builds it
+The report is ``manifests/RUN.quality.json`` beside the generated file (runs write it; the panel builds it
 when it is missing or older than the file). Rejections go through the workspace's own list
 (``Workspace.set_rejected``), so the page's exports leave them out like any other rejection.
 """

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 from collections import Counter
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -224,9 +225,16 @@ MANIFESTS_DIR = "manifests"
 MANIFEST_SUFFIX = ".manifest.json"
 
 
+def sidecar_path(output: str | os.PathLike, suffix: str) -> Path:
+    """Where a file about the output ``output`` goes (its manifest, its quality report):
+    ``manifests/{stem}{suffix}`` beside it, out of MM-Gen merge.py's ``*.json`` glob."""
+    p = Path(output)
+    return p.parent / MANIFESTS_DIR / (p.stem + suffix)
+
+
 def manifest_path_for(output: Path) -> Path:
     """Where the manifest of the output file ``output`` is written."""
-    return output.parent / MANIFESTS_DIR / (output.stem + MANIFEST_SUFFIX)
+    return sidecar_path(output, MANIFEST_SUFFIX)
 
 
 def find_manifest(output: Path) -> Path | None:
