@@ -273,3 +273,19 @@ def test_price_table_is_data_with_date_and_source(tmp_path):
     bad.write_text('{"as_of": "x", "models": {}}')
     with pytest.raises(ConfigError, match="price table .*prices.json: cannot be read"):
         price_table(bad)
+
+
+def test_a_prompt_file_with_no_prompts_opens_with_count_zero(tmp_path):
+    import json as _json
+
+    from mminstruct.errors import DataFileError
+    from mminstruct.generate.jsonstream import PromptStream
+
+    p = tmp_path / "p.json"
+    p.write_text(_json.dumps({"mode": "vqa_nr", "dataset_description": "d",
+                              "min_gen_per_candidate": 1, "prompts": []}))
+    stream = PromptStream.open(p)
+    assert stream.count == 0 and list(stream.entries()) == []
+    p.write_text(_json.dumps({"mode": "vqa_nr", "dataset_description": "d"}))
+    with pytest.raises(DataFileError, match="missing 'prompts'"):
+        PromptStream.open(p)

@@ -109,7 +109,8 @@ class _Reader:
 
 def iter_object(path: str | os.PathLike, list_key: str) -> Iterator[tuple[str, Any, bool]]:
     """Yield ``(key, value, False)`` for each top-level key, except ``list_key`` whose elements
-    are yielded one by one as ``(list_key, element, True)``."""
+    are yielded one by one as ``(list_key, element, True)`` (an empty one as ``(list_key, [],
+    False)``)."""
     r = _Reader(Path(path))
     try:
         if r.peek() == "":
@@ -128,6 +129,7 @@ def iter_object(path: str | os.PathLike, list_key: str) -> Iterator[tuple[str, A
                 r.expect("[")
                 if r.peek() == "]":
                     r.pos += 1
+                    yield key, [], False  # an empty list is still there
                 else:
                     while True:
                         yield key, r.value(), True
