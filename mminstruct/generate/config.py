@@ -125,8 +125,6 @@ class GenerationConfig:
         if self.dry_run and self.resume:
             raise ConfigError("--dry_run writes a Batch API file and calls nothing; it cannot "
                               "be combined with --resume")
-        if self.endpoint.max_connections < self.concurrency:
-            self.endpoint.max_connections = self.concurrency
 
     @property
     def prompt_path(self) -> Path:

@@ -115,14 +115,17 @@ def _is_openai_host(url: str) -> bool:
     return host == "api.openai.com" or host.endswith(".openai.com")
 
 
-def build_client(cfg: EndpointConfig, *, timeout: float = 120.0, ssl_context: Any = None) -> Any:
-    """An ``openai.AsyncOpenAI`` / ``AsyncAzureOpenAI`` for ``cfg``, with ``max_retries=0``.
+def build_client(cfg: EndpointConfig, *, timeout: float = 120.0, ssl_context: Any = None,
+                 min_connections: int = 1) -> Any:
+    """An ``openai.AsyncOpenAI`` / ``AsyncAzureOpenAI`` for ``cfg``, with ``max_retries=0`` and a
+    pool of ``max(cfg.max_connections, min_connections)`` connections.
 
     Raises EndpointConfigError (one line, naming the variable to set) when no credential is found.
     """
     import openai
 
-    kwargs_http: dict[str, Any] = {"limits": _limits(cfg.max_connections), "timeout": timeout}
+    kwargs_http: dict[str, Any] = {"limits": _limits(max(cfg.max_connections, min_connections)),
+                                   "timeout": timeout}
     if ssl_context is not None:
         kwargs_http["verify"] = ssl_context
     http_client = openai.DefaultAsyncHttpxClient(**kwargs_http)
@@ -168,12 +171,14 @@ CONNECTIONS_PER_CLIENT = 32
 
 def build_clients(cfg: EndpointConfig, *, concurrency: int, timeout: float = 120.0) -> list[Any]:
     """``ceil(concurrency / 32)`` clients for ``cfg``; the engine binds each worker to one, so a
-    client sees about 32 requests in flight at most."""
+    client sees about 32 requests in flight at most, and its pool holds at least that many."""
     import httpx2
 
     n = max(1, -(-concurrency // CONNECTIONS_PER_CLIENT))
     ssl_context = httpx2.create_ssl_context() if n > 1 else None  # loading CAs once, not n times
-    return [build_client(cfg, timeout=timeout, ssl_context=ssl_context) for _ in range(n)]
+    share = -(-concurrency // n)
+    return [build_client(cfg, timeout=timeout, ssl_context=ssl_context, min_connections=share)
+            for _ in range(n)]
 
 
 def _limits(max_connections: int) -> Any:
