@@ -23,7 +23,7 @@ import sys
 from collections.abc import Sequence
 
 from .cli import OneLineParser, run_cli
-from .generate.config import DEFAULT_MODEL, GenerationConfig
+from .generate.config import DEFAULTS, GenerationConfig
 from .generate.control import RunControl
 from .generate.engine import RunResult, run_async
 from .llm.client import EndpointConfig, install_log_redaction
@@ -78,8 +78,8 @@ def add_common_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--prompt_file", required=True, help="prompt file: a path, or a name under "
                    "INPUT/generated_prompts/")
     g.add_argument("--file_prefix", required=True, help="prefix of the output file's name")
-    g.add_argument("--model_name", default=DEFAULT_MODEL,
-                   help=f"model (Azure: deployment) name (default {DEFAULT_MODEL})")
+    g.add_argument("--model_name", default=DEFAULTS["model_name"],
+                   help="model (Azure: deployment) name (default %(default)s)")
     g.add_argument("--debug", action="store_true", help="debug logging")
     e = p.add_argument_group("endpoint (the key is read from the environment, never a flag)")
     e.add_argument("--base_url", help="OpenAI-compatible base URL, e.g. a local vLLM, Ollama, "
@@ -93,35 +93,38 @@ def add_common_args(p: argparse.ArgumentParser) -> None:
     e.add_argument("--azure_cli_credential", action="store_true",
                    help="authenticate to Azure with `az login` (needs azure-identity)")
     r = p.add_argument_group("throughput and retries")
-    r.add_argument("--concurrency", type=int, default=64, help="requests in flight (default 64)")
+    r.add_argument("--concurrency", type=int, default=DEFAULTS["concurrency"],
+                   help="requests in flight (default %(default)s)")
     r.add_argument("--rpm", type=float, help="requests per minute (default: the provider's "
                    "x-ratelimit-limit-requests header)")
     r.add_argument("--tpm", type=float, help="tokens per minute (default: the provider's "
                    "x-ratelimit-limit-tokens header)")
-    r.add_argument("--max_retries", type=int, default=6, help="retries per request (default 6)")
-    r.add_argument("--timeout", type=float, default=120.0,
-                   help="seconds per request (default 120)")
-    r.add_argument("--retry_base_delay", type=float, default=1.0,
-                   help="first back-off in seconds, doubled per retry (default 1)")
-    r.add_argument("--retry_max_delay", type=float, default=60.0,
-                   help="longest back-off in seconds (default 60)")
+    r.add_argument("--max_retries", type=int, default=DEFAULTS["max_retries"],
+                   help="retries per request (default %(default)s)")
+    r.add_argument("--timeout", type=float, default=DEFAULTS["timeout"],
+                   help="seconds per request (default %(default)s)")
+    r.add_argument("--retry_base_delay", type=float, default=DEFAULTS["retry_base_delay"],
+                   help="first back-off in seconds, doubled per retry (default %(default)s)")
+    r.add_argument("--retry_max_delay", type=float, default=DEFAULTS["retry_max_delay"],
+                   help="longest back-off in seconds (default %(default)s)")
     q = p.add_argument_group("requests")
-    q.add_argument("--max_image_side", type=int, default=1024,
-                   help="downscale images to this longest side (default 1024)")
-    q.add_argument("--jpeg_quality", type=int, default=85, help="JPEG quality (default 85)")
-    q.add_argument("--image_cache_mb", type=int, default=256,
-                   help="memory for encoded images, reused across prompts (default 256)")
+    q.add_argument("--max_image_side", type=int, default=DEFAULTS["max_image_side"],
+                   help="downscale images to this longest side (default %(default)s)")
+    q.add_argument("--jpeg_quality", type=int, default=DEFAULTS["jpeg_quality"],
+                   help="JPEG quality (default %(default)s)")
+    q.add_argument("--image_cache_mb", type=int, default=DEFAULTS["image_cache_mb"],
+                   help="memory for encoded images, reused across prompts (default %(default)s)")
     q.add_argument("--temperature", type=float)
     q.add_argument("--max_tokens", type=int, help="answer token limit (default: the model's)")
-    q.add_argument("--max_tokens_field", default="auto", choices=MAX_TOKENS_FIELDS,
+    q.add_argument("--max_tokens_field", default=DEFAULTS["max_tokens_field"], choices=MAX_TOKENS_FIELDS,
                    help="the request key of --max_tokens: max_completion_tokens for models that "
                    "refuse max_tokens (o1, o3, o4-mini, gpt-5, …: what auto picks by the model "
-                   "name), max_tokens for servers that know only it (default auto)")
+                   "name), max_tokens for servers that know only it (default %(default)s)")
     q.add_argument("--seed", type=int)
     q.add_argument("--structured_outputs", action="store_true",
                    help="send a JSON schema as response_format (models that support it)")
-    q.add_argument("--format_fix_attempts", type=int, default=1,
-                   help="format-fixing calls for an answer that is not valid JSON (default 1)")
+    q.add_argument("--format_fix_attempts", type=int, default=DEFAULTS["format_fix_attempts"],
+                   help="format-fixing calls for an answer that is not valid JSON (default %(default)s)")
     q.add_argument("--allow_outside_paths", action="store_true",
                    help="allow image paths outside --input_folder")
     s = p.add_argument_group("runs")
@@ -142,20 +145,20 @@ def add_common_args(p: argparse.ArgumentParser) -> None:
     b.add_argument("--batch_api", action="store_true", help="send the requests as Batch API "
                    "files (upload, create, poll, download) instead of online calls; "
                    "--resume continues polling after a crash without resubmitting")
-    b.add_argument("--batch_poll_seconds", type=float, default=30.0,
-                   help="seconds between batch status checks (default 30), growing ×1.5 while "
+    b.add_argument("--batch_poll_seconds", type=float, default=DEFAULTS["batch_poll_seconds"],
+                   help="seconds between batch status checks (default %(default)s), growing ×1.5 while "
                    "nothing changes …")
-    b.add_argument("--batch_poll_max_seconds", type=float, default=300.0,
-                   help="… up to this (default 300)")
-    b.add_argument("--batch_completion_window", default="24h",
-                   help="the batches' completion window (default 24h)")
-    b.add_argument("--batch_max_submits", type=int, default=3,
+    b.add_argument("--batch_poll_max_seconds", type=float, default=DEFAULTS["batch_poll_max_seconds"],
+                   help="… up to this (default %(default)s)")
+    b.add_argument("--batch_completion_window", default=DEFAULTS["batch_completion_window"],
+                   help="the batches' completion window (default %(default)s)")
+    b.add_argument("--batch_max_submits", type=int, default=DEFAULTS["batch_max_submits"],
                    help="times a request is submitted before a transient failure (5xx, 429, "
-                   "expired batch) is recorded (default 3)")
-    b.add_argument("--batch_max_requests", type=int, default=50_000,
-                   help="requests per batch file (default and maximum 50000)")
-    b.add_argument("--batch_max_mb", type=float, default=190.0,
-                   help="MiB per batch file (default 190; the API allows 200 MB)")
+                   "expired batch) is recorded (default %(default)s)")
+    b.add_argument("--batch_max_requests", type=int, default=DEFAULTS["batch_max_requests"],
+                   help="requests per batch file (default %(default)s, the maximum)")
+    b.add_argument("--batch_max_mb", type=float, default=DEFAULTS["batch_max_bytes"] / 2**20,
+                   help="MiB per batch file (default %(default)s; the API allows 200 MB)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -165,8 +168,9 @@ def build_parser() -> argparse.ArgumentParser:
                       epilog=exit_codes_epilog(),
                       formatter_class=argparse.RawDescriptionHelpFormatter)
     add_common_args(p)
-    p.add_argument("--start_idx", type=int, default=0, help="first prompt to process")
-    p.add_argument("--num_prompts", type=int, default=-1,
+    p.add_argument("--start_idx", type=int, default=DEFAULTS["start_idx"],
+                   help="first prompt to process")
+    p.add_argument("--num_prompts", type=int, default=DEFAULTS["num_prompts"],
                    help="number of prompts to process (-1: all)")
     return p
 

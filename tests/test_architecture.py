@@ -222,3 +222,18 @@ def test_no_private_names_cross_module_boundaries() -> None:
 def test_the_cycle_finder_finds_a_cycle() -> None:
     """The two checks above must be able to fail."""
     assert _cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
+
+
+# ---------------------------------------------------------------------------- one default a setting
+
+def test_the_command_lines_take_each_default_from_the_config() -> None:
+    from mminstruct import batch_data_generator, data_generator
+    from mminstruct.generate.config import DEFAULTS
+
+    for parser in (data_generator.build_parser(), batch_data_generator.build_parser()):
+        args = vars(parser.parse_args(["--prompt_file", "p.json", "--file_prefix", "x"]))
+        shared = sorted(set(args) & set(DEFAULTS))
+        assert len(shared) >= 15, shared
+        for name in shared:
+            assert args[name] == DEFAULTS[name], (parser.prog, name, args[name], DEFAULTS[name])
+        assert args["batch_max_mb"] * 2**20 == DEFAULTS["batch_max_bytes"]

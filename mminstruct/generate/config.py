@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import os
 import re
-from dataclasses import dataclass, field, fields
+from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -155,6 +155,12 @@ class GenerationConfig:
         params["num_prompts"] = resolved_range(self.start_idx, self.num_prompts, prompt_count)[1]
         return content_key("generation-run-v2", params, file_sha256(self.prompt_path))
 
+
+
+#: Each setting's one default, read from the dataclass: what the command lines show and the app's
+#: settings start from.
+DEFAULTS: dict[str, Any] = {f.name: f.default for f in fields(GenerationConfig)
+                            if f.default is not MISSING}
 
 def resolved_range(start_idx: int, num_prompts: int, count: int) -> tuple[int, int]:
     """(start, n) with n = every remaining prompt for -1 and clipped to the file's end."""
