@@ -216,7 +216,9 @@ def test_failed_and_cancelled_batches_are_recorded_and_resumed(bstub, tmp_path: 
 
     async def cancel_at_provider() -> object:
         task = asyncio.create_task(run_async(_config(ws, bstub, file_prefix="cancel")))
+        deadline = time.monotonic() + 60
         while bstub.batches.retrieves < 2:
+            assert time.monotonic() < deadline, "the run did not poll its batch twice within 60 s"
             await asyncio.sleep(0.01)
         [bid] = bstub.batches.batches
         async with httpx.AsyncClient() as c:
