@@ -53,7 +53,8 @@ def prompt_config(ws: Workspace, task_path: str | os.PathLike) -> PromptConfig:
                         total_gen=p.total_gen, input_folder=str(root), output_folder=str(ws.root),
                         min_gen_per_candidate=p.min_gen_per_candidate,
                         num_icl_samples=p.num_icl_samples, mode=parse_mode(p.mode), seed=p.seed,
-                        allow_outside_paths=ws.settings.data.allow_outside_paths)
+                        allow_outside_paths=ws.settings.data.allow_outside_paths,
+                        budgets=dict(p.budgets) or None)
 
 
 def plan_workspace(ws: Workspace, task: TaskFile, task_path: str | os.PathLike
