@@ -1,0 +1,150 @@
+""""More like these": the candidates of the pool nearest to a selection or a subgroup.
+
+Two ways to say "near a set of images" (``method``):
+
+* ``"members"`` (the default): a candidate's score is its cosine similarity to the *nearest*
+  member (max over the members). Right for a selection spread over several spots of the map: it
+  finds more of each. Exact through a flat index or the brute-force scan: the K best by this score
+  are always among the K nearest of some member (the member a candidate is nearest to ranks it
+  above every candidate of lower score), so searching each member's K (+ the excluded) nearest
+  and keeping each candidate's best is the whole answer.
+* ``"centroid"``: similarity to the members' mean direction (one query). Right for a tight group
+  ("more of this kind"); the cheaper of the two.
+
+The pool is searched by brute force (float32 products in row chunks) unless a
+``retrieval.CandidateIndex`` over it is given — the cached faiss index the app builds for large
+pools (``pool_index``). ``exclude`` (pool rows: the selection's own candidates, the subgroup's
+members, excluded images) never appear in the answer; the search goes deep enough that excluding
+them still leaves K.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from .errors import ConfigError, InputError, choices_message
+from .vectors import CHUNK_ROWS, as_rows, check_finite, iter_chunks, normalise_rows
+
+METHODS = ("members", "centroid")
+#: below this many pool rows the app scans by brute force; above it, a cached faiss index
+INDEX_MIN_ROWS = 200_000
+
+
+@dataclass
+class Neighbours:
+    """Pool rows (best first) and their scores (cosine, float32) under ``method``."""
+
+    ids: np.ndarray
+    scores: np.ndarray
+    method: str
+    searched: str  # "brute force" or the index kind
+
+    def __len__(self) -> int:
+        return int(self.ids.shape[0])
+
+
+def centroid(vectors: Any) -> np.ndarray:
+    """The unit mean direction of some L2-normalised vectors (float32, shape [D])."""
+    v = np.asarray(vectors, dtype=np.float32)
+    if v.ndim != 2 or not len(v):
+        raise InputError(f"a centroid needs a non-empty [N, D] array, got shape {v.shape}")
+    c = v.mean(axis=0)
+    norm = float(np.linalg.norm(c))
+    if norm < 1e-12:
+        raise InputError("the selection's vectors cancel out (their mean is zero); use "
+                         "method='members'")
+    return (c / norm).astype(np.float32)
+
+
+def _check(selection: Any, k: Any, method: str) -> np.ndarray:
+    if method not in METHODS:
+        raise ConfigError(choices_message("method", method, METHODS))
+    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
+        raise ConfigError(f"k must be a positive integer, got {k!r}")
+    sel = np.asarray(selection, dtype=np.float32)
+    if sel.ndim == 1:
+        sel = sel[None, :]
+    if sel.ndim != 2 or not len(sel):
+        raise InputError(f"the selection is empty or not an [N, D] array (shape {sel.shape}); "
+                         "select images first")
+    check_finite(sel, what="selection vector")
+    return normalise_rows(sel)
+
+
+def _best_per_id(ids: np.ndarray, scores: np.ndarray, excluded: np.ndarray,
+                 k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Each id's best score, excluded ids and -1 dropped, the top ``k`` (score desc, id asc)."""
+    ids, scores = ids.reshape(-1), scores.reshape(-1)
+    keep = ids >= 0
+    if len(excluded):
+        keep &= ~np.isin(ids, excluded)
+    ids, scores = ids[keep], scores[keep]
+    if not len(ids):
+        return np.zeros(0, np.int64), np.zeros(0, np.float32)
+    order = np.lexsort((ids, -scores.astype(np.float64)))
+    ids, scores = ids[order], scores[order]
+    _, first = np.unique(ids, return_index=True)  # first occurrence in sorted order = best
+    first = np.sort(first)[:k]
+    return ids[first].astype(np.int64), scores[first].astype(np.float32)
+
+
+def more_like_these(selection: Any, k: int, *, pool: Any = None, index: Any = None,
+                    method: str = "members", exclude: Iterable[int] = (),
+                    nprobe: int | None = None, chunk_rows: int = CHUNK_ROWS // 4) -> Neighbours:
+    """The ``k`` pool rows nearest to ``selection`` ([M, D] vectors, or one [D] vector).
+
+    Give ``pool`` ([N, D] array-like, scanned in chunks) or ``index`` (a ``CandidateIndex`` over
+    the pool; searched with ``nprobe`` cells for IVF kinds). Fewer than ``k`` come back only when
+    the pool (less ``exclude``) is smaller, or an approximate index finds fewer."""
+    sel = _check(selection, k, method)
+    excluded = np.unique(np.fromiter((int(i) for i in exclude), dtype=np.int64))
+    queries = centroid(sel)[None, :] if method == "centroid" else sel
+    if index is not None:
+        if int(index.dim) != sel.shape[1]:
+            raise InputError(f"the selection has dim {sel.shape[1]} but the index dim {index.dim}")
+        depth = int(min(max(1, index.ntotal), int(k) + len(excluded)))
+        scores, ids = index.search(queries, depth, nprobe=nprobe)
+        best_ids, best = _best_per_id(ids, scores, excluded, int(k))
+        return Neighbours(best_ids, best, method, index.kind)
+    if pool is None:
+        raise ConfigError("more_like_these needs the pool's vectors (pool=) or an index (index=)")
+    pool = as_rows(pool)
+    if len(pool) and int(pool.shape[1]) != sel.shape[1]:
+        raise InputError(f"the selection has dim {sel.shape[1]} but the pool dim {pool.shape[1]}")
+    n = int(pool.shape[0])
+    best_all = np.full(n, -np.inf, np.float32)
+    q_t = np.ascontiguousarray(queries.T)
+    for start, block in iter_chunks(pool, chunk_rows):
+        sims = normalise_rows(block) @ q_t  # (rows, queries)
+        best_all[start:start + len(block)] = sims.max(axis=1)
+    if len(excluded):
+        inside = excluded[(excluded >= 0) & (excluded < n)]
+        best_all[inside] = -np.inf
+    valid = np.flatnonzero(np.isfinite(best_all))
+    if not len(valid):
+        return Neighbours(np.zeros(0, np.int64), np.zeros(0, np.float32), method, "brute force")
+    kk = min(int(k), len(valid))
+    cand = valid[np.argpartition(-best_all[valid], kk - 1)[:kk]] if kk < len(valid) else valid
+    # ties at the cut: argpartition may take any of them; the full order below is by (score, id)
+    cut = best_all[cand].min()
+    cand = np.union1d(cand, valid[best_all[valid] == cut])
+    order = np.lexsort((cand, -best_all[cand].astype(np.float64)))[:kk]
+    ids = cand[order].astype(np.int64)
+    return Neighbours(ids, best_all[ids].astype(np.float32), method, "brute force")
+
+
+def pool_index(vectors: Any, cache_dir: str | os.PathLike, *, fingerprint: str | None = None,
+               min_rows: int = INDEX_MIN_ROWS, **build: Any) -> Any:
+    """The cached faiss index over a pool (``CandidateIndex.build_or_load``: "auto" picks exact
+    below 1M vectors, IVF above), or None when the pool is small enough to scan."""
+    vectors = as_rows(vectors)
+    if int(vectors.shape[0]) < min_rows:
+        return None
+    from .retrieval import CandidateIndex  # noqa: PLC0415 (faiss is heavy)
+
+    return CandidateIndex.build_or_load(vectors, cache_dir, fingerprint=fingerprint, **build)
