@@ -76,21 +76,42 @@ def _check(selection: Any, k: Any, method: str) -> np.ndarray:
     return normalise_rows(sel)
 
 
-def _best_per_id(ids: np.ndarray, scores: np.ndarray, excluded: np.ndarray,
-                 k: int) -> tuple[np.ndarray, np.ndarray]:
-    """Each id's best score, excluded ids and -1 dropped, the top ``k`` (score desc, id asc)."""
+def _best_per_id(ids: np.ndarray, scores: np.ndarray, excluded: np.ndarray, k: int,
+                 ntotal: int) -> tuple[np.ndarray, np.ndarray]:
+    """Each id's best score (ids -1 and ``excluded`` dropped), the top ``k`` by (score desc, id
+    asc). A dense per-id array: the ids are rows of a pool of ``ntotal``."""
     ids, scores = ids.reshape(-1), scores.reshape(-1)
     keep = ids >= 0
-    if len(excluded):
-        keep &= ~np.isin(ids, excluded)
     ids, scores = ids[keep], scores[keep]
-    if not len(ids):
+    best = np.full(max(ntotal, 1), -np.inf, np.float32)
+    np.maximum.at(best, ids, scores.astype(np.float32))
+    if len(excluded):
+        best[excluded[(excluded >= 0) & (excluded < len(best))]] = -np.inf
+    return _top(best, k)
+
+
+def _top(best: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """The ``k`` finite entries of ``best`` with the highest values, ties by index."""
+    valid = np.flatnonzero(np.isfinite(best))
+    if not len(valid):
         return np.zeros(0, np.int64), np.zeros(0, np.float32)
-    order = np.lexsort((ids, -scores.astype(np.float64)))
-    ids, scores = ids[order], scores[order]
-    _, first = np.unique(ids, return_index=True)  # first occurrence in sorted order = best
-    first = np.sort(first)[:k]
-    return ids[first].astype(np.int64), scores[first].astype(np.float32)
+    kk = min(int(k), len(valid))
+    cand = valid[np.argpartition(-best[valid], kk - 1)[:kk]] if kk < len(valid) else valid
+    # ties at the cut: argpartition may take any of them; the full order below is by (score, id)
+    cand = np.union1d(cand, valid[best[valid] == best[cand].min()])
+    order = np.lexsort((cand, -best[cand].astype(np.float64)))[:kk]
+    ids = cand[order].astype(np.int64)
+    return ids, best[ids].astype(np.float32)
+
+
+def _search_index(index: Any, queries: np.ndarray, k: int, excluded: np.ndarray,
+                  nprobe: int | None) -> tuple[np.ndarray, np.ndarray]:
+    """One search of every query, ``k`` + the excluded deep (enough for the exact answer: see the
+    module docstring), then each id's best score. One round only: an IVF or flat search costs
+    the scan of its cells whatever the depth, so searching again deeper would pay it twice."""
+    depth = int(min(max(1, int(index.ntotal)), k + len(excluded)))
+    scores, ids = index.search(queries, depth, nprobe=nprobe)
+    return _best_per_id(ids, scores, excluded, k, int(index.ntotal))
 
 
 def more_like_these(selection: Any, k: int, *, pool: Any = None, index: Any = None,
@@ -107,9 +128,7 @@ def more_like_these(selection: Any, k: int, *, pool: Any = None, index: Any = No
     if index is not None:
         if int(index.dim) != sel.shape[1]:
             raise InputError(f"the selection has dim {sel.shape[1]} but the index dim {index.dim}")
-        depth = int(min(max(1, index.ntotal), int(k) + len(excluded)))
-        scores, ids = index.search(queries, depth, nprobe=nprobe)
-        best_ids, best = _best_per_id(ids, scores, excluded, int(k))
+        best_ids, best = _search_index(index, queries, int(k), excluded, nprobe)
         return Neighbours(best_ids, best, method, index.kind)
     if pool is None:
         raise ConfigError("more_like_these needs the pool's vectors (pool=) or an index (index=)")
@@ -123,19 +142,9 @@ def more_like_these(selection: Any, k: int, *, pool: Any = None, index: Any = No
         sims = normalise_rows(block) @ q_t  # (rows, queries)
         best_all[start:start + len(block)] = sims.max(axis=1)
     if len(excluded):
-        inside = excluded[(excluded >= 0) & (excluded < n)]
-        best_all[inside] = -np.inf
-    valid = np.flatnonzero(np.isfinite(best_all))
-    if not len(valid):
-        return Neighbours(np.zeros(0, np.int64), np.zeros(0, np.float32), method, "brute force")
-    kk = min(int(k), len(valid))
-    cand = valid[np.argpartition(-best_all[valid], kk - 1)[:kk]] if kk < len(valid) else valid
-    # ties at the cut: argpartition may take any of them; the full order below is by (score, id)
-    cut = best_all[cand].min()
-    cand = np.union1d(cand, valid[best_all[valid] == cut])
-    order = np.lexsort((cand, -best_all[cand].astype(np.float64)))[:kk]
-    ids = cand[order].astype(np.int64)
-    return Neighbours(ids, best_all[ids].astype(np.float32), method, "brute force")
+        best_all[excluded[(excluded >= 0) & (excluded < n)]] = -np.inf
+    ids, scores = _top(best_all, int(k))
+    return Neighbours(ids, scores, method, "brute force")
 
 
 def pool_index(vectors: Any, cache_dir: str | os.PathLike, *, fingerprint: str | None = None,
