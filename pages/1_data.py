@@ -13,7 +13,9 @@ from mminstruct.uploads import (DATA_SUFFIXES, extract_zip, guess_image_folder, 
                                 server_data_settings)
 from mminstruct.workspace import Workspace, default_workspace_root, demo_size_default, setup_demo
 from ui.gallery import thumbnail_url
-from ui.safe import short
+from ui.model_picker import model_picker
+from ui.safe import md_escape, short
+from ui.settings import bind, show_error, sync
 from ui.state import current_workspace, forget_embeddings, open_workspace, through_app
 
 PAGE_SIZE = 50
@@ -82,12 +84,18 @@ def _upload(ws: Workspace) -> None:
 
 def _server(ws: Workspace) -> None:
     d = ws.settings.data
-    data_file = st.text_input("Data file (path on this machine)", value=d.data_file, key="srv_data")
+    own = not d.demo  # a demo's paths are its own: a new workspace starts empty
+    sync("srv_data", ws, d.data_file if own else "")
+    sync("srv_images", ws, (d.image_folder or "") if own else "")
+    sync("srv_cand", ws, d.candidate_folder if own else "")
+    sync("srv_allow", ws, d.allow_outside_paths)
+    data_file = st.text_input("Data file (path on this machine)", key="srv_data")
     image_folder = st.text_input("Image folder (absolute, or relative to the data file; empty: "
                                  "the file's own image_folder)", key="srv_images")
     cand = st.text_input("Candidate image folder (optional)", key="srv_cand")
     allow = st.checkbox("Allow image paths outside the input folder", key="srv_allow",
-                        value=d.allow_outside_paths)
+                        help="Image paths in the data file that leave its folder (../, absolute "
+                             "paths) are refused unless this is ticked.")
     if not st.button("Load these files", key="srv_go", disabled=not data_file.strip()):
         return
     try:
@@ -167,13 +175,16 @@ st.code(data.report.summary(), language=None, wrap_lines=True)
 st.caption(f"Images resolve under {short(str(data.image_root), 200)}")
 
 st.subheader("Dataset description")
-current = d.dataset_description if d.dataset_description is not None else data.dataset_description
-desc = st.text_area("What the dataset teaches (goes into every system prompt)", value=current,
-                    key="desc_text", height=100)
-if st.button("Save the description", key="desc_save"):
-    ws.settings.data.dataset_description = desc.strip()
-    ws.save()
+st.text_area("What the dataset teaches (goes into every system prompt; saved as you leave the "
+             "field)", height=100, **bind(ws, "desc_text", fallback=data.dataset_description))
+show_error("desc_text")
+if st.button("Save the description", key="desc_save"):  # the field saves on change; this too
     st.success("Saved.")
+
+st.subheader("CLIP model")
+model_picker(ws, "clip_model", find_now=False)
+st.caption("Checked as you change it (syntax, checkpoint file, config); the images are embedded "
+           "with it on the Explore page.")
 
 st.subheader("Records")
 n = len(data.records)

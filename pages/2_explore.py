@@ -15,7 +15,9 @@ from mminstruct.projection import display_sample
 from ui.charts import hover_text, map_figure, selected_row
 from ui.gallery import Item, curation_actions, gallery
 from ui.safe import md_escape
-from ui.state import embeddings_or_stop, require_workspace, through_app
+from ui.model_picker import model_picker, model_ready
+from ui.settings import bind, show_error
+from ui.state import cached_embeddings, embeddings_or_stop, require_workspace, through_app
 
 MAX_POINTS = 20_000  # drawn at most; the rest are sampled away (selections keep theirs)
 SEL_KEY = "explore_sel"
@@ -25,6 +27,12 @@ st.title("Explore")
 ws = require_workspace()
 p = ws.settings.partition
 
+with st.expander("CLIP model", expanded=cached_embeddings(ws) is None):
+    model_picker(ws, "ex_clip_model")
+    st.caption("Changing the model re-embeds every image with it (from that model's cache when "
+               "it embedded them before).")
+if cached_embeddings(ws) is None:
+    model_ready(ws)  # a bad spec, or weights that cannot be downloaded: said now, in full
 emb = embeddings_or_stop(ws)
 
 c1, c2, c3 = st.columns(3)
@@ -51,12 +59,11 @@ group_names = {k: kw for k, kw in enumerate(p.keywords)} | {-1: "unassigned", -2
 # ----------------------------------------------------------------------------------------------
 # The map
 
-method = st.radio("Projection", ["umap", "pca"], horizontal=True, key="proj_method",
-                  index=0 if p.projection == "umap" else 1,
-                  format_func=lambda m: {"umap": "UMAP", "pca": "PCA (fast, linear)"}[m])
-if method != p.projection:
-    p.projection = method
-    ws.save()
+st.radio("Projection", ["umap", "pca"], horizontal=True,
+         format_func=lambda m: {"umap": "UMAP", "pca": "PCA (fast, linear)"}[m],
+         **bind(ws, "proj_method"))
+show_error("proj_method")
+method = p.projection
 
 bar = st.progress(0.0, text="Projecting to 2-D…")
 t0 = time.perf_counter()

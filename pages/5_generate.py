@@ -15,7 +15,9 @@ from mminstruct.runs import (cancel_run, continue_run, dry_run, latest_records, 
                              workspace_config)
 from ui.gallery import thumbnail
 from ui.safe import md_escape, short
-from ui.state import KEY_SESSION, api_key, require_workspace, seed, through_app
+from ui.settings import BOUND, EP_FORM, bind, form_submit, saved_note, show_error
+from ui.state import (api_key, forget_typed_key, require_workspace, set_typed_key,
+                      through_app)
 
 through_app("pages/5_generate.py")
 st.title("Generate")
@@ -26,55 +28,43 @@ e = ws.settings.endpoint
 # Endpoint and key
 
 with st.expander("Endpoint", expanded=not e.base_url):
-    for k, v in (("ep_base", e.base_url), ("ep_model", e.model_name), ("ep_keyenv", e.api_key_env),
-                 ("ep_conc", e.concurrency), ("ep_rpm", e.rpm), ("ep_tpm", e.tpm),
-                 ("ep_maxtok", e.max_tokens), ("ep_timeout", e.timeout),
-                 ("ep_retries", e.max_retries), ("ep_side", e.max_image_side)):
-        seed(k, v)
-    with st.form("endpoint_form"):
+    with st.form(EP_FORM):
         c1, c2 = st.columns(2)
         with c1:
-            base = st.text_input("Base URL (empty: OpenAI; e.g. http://127.0.0.1:8000/v1 for vLLM, "
-                                 "Ollama, LM Studio)", e.base_url, key="ep_base")
-            model = st.text_input("Model", e.model_name, key="ep_model")
-            key_env = st.text_input("Environment variable holding the key", e.api_key_env,
-                                    key="ep_keyenv")
-            side = st.number_input("Downscale images to (longest side, px)", 16, 16384,
-                                   e.max_image_side, key="ep_side")
+            st.text_input("Base URL (empty: OpenAI; e.g. http://127.0.0.1:8000/v1 for vLLM, "
+                          "Ollama, LM Studio)", **bind(ws, "ep_base"))
+            st.text_input("Model", **bind(ws, "ep_model"))
+            st.text_input("Environment variable holding the key", **bind(ws, "ep_keyenv"))
+            st.number_input("Downscale images to (longest side, px)", 16, 16384,
+                            **bind(ws, "ep_side"))
         with c2:
-            conc = st.number_input("Requests in flight", 1, 4096, e.concurrency, key="ep_conc")
-            rpm = st.number_input("Requests per minute (0: from the server's headers)", 0.0,
-                                  1e9, float(e.rpm or 0), key="ep_rpm")
-            tpm = st.number_input("Tokens per minute (0: from the server's headers)", 0.0, 1e12,
-                                  float(e.tpm or 0), key="ep_tpm")
-            maxtok = st.number_input("Answer token limit (0: the model's)", 0, 1_000_000,
-                                     int(e.max_tokens or 0), key="ep_maxtok")
-            timeout = st.number_input("Timeout per request (s)", 1.0, 3600.0, float(e.timeout),
-                                      key="ep_timeout")
-            retries = st.number_input("Retries per request", 0, 100, e.max_retries, key="ep_retries")
-        if st.form_submit_button("Save endpoint settings"):
-            e.base_url, e.model_name, e.api_key_env = base.strip(), model.strip() or "gpt-4o", \
-                key_env.strip() or "OPENAI_API_KEY"
-            e.concurrency, e.rpm, e.tpm = int(conc), float(rpm) or None, float(tpm) or None
-            e.max_tokens, e.timeout, e.max_retries = int(maxtok) or None, float(timeout), int(retries)
-            e.max_image_side = int(side)
-            try:
-                ws.save()
-                st.success("Saved (the key is never saved).")
-            except MMInstructError as err:
-                st.error(str(err))
+            st.number_input("Requests in flight", 1, 4096, **bind(ws, "ep_conc"))
+            st.number_input("Requests per minute (0: from the server's headers)", 0.0, 1e9,
+                            **bind(ws, "ep_rpm"))
+            st.number_input("Tokens per minute (0: from the server's headers)", 0.0, 1e12,
+                            **bind(ws, "ep_tpm"))
+            st.number_input("Answer token limit (0: the model's)", 0, 1_000_000,
+                            **bind(ws, "ep_maxtok"))
+            st.number_input("Timeout per request (s)", 1.0, 3600.0, **bind(ws, "ep_timeout"))
+            st.number_input("Retries per request", 0, 100, **bind(ws, "ep_retries"))
+        st.form_submit_button("Save endpoint settings", **form_submit(ws, EP_FORM))
+    errors = [st.session_state.get(f"_bound_err:{k}") for k, b in BOUND.items() if b.form == EP_FORM]
+    if any(errors):
+        st.error(" · ".join(m for m in errors if m))
+    elif saved_note(EP_FORM):
+        st.success("Saved (the key is never saved; a key typed for another base URL is dropped).")
 
 key, source = api_key(ws)
 st.caption(f"API key: {md_escape(source, 120)}")
 if source.startswith("typed") or key is None:
     with st.form("key_form", clear_on_submit=True):
-        typed = st.text_input("API key for this session (kept in memory, never saved or shown)",
-                              type="password", key="key_input")
+        typed = st.text_input("API key for this session and this base URL (kept in memory, "
+                              "never saved or shown)", type="password", key="key_input")
         if st.form_submit_button("Use this key") and typed.strip():
-            st.session_state[KEY_SESSION] = typed.strip()
+            set_typed_key(ws, typed.strip())
             st.rerun()
     if source.startswith("typed") and st.button("Forget the typed key", key="key_forget"):
-        st.session_state.pop(KEY_SESSION, None)
+        forget_typed_key()
         st.rerun()
 
 # ----------------------------------------------------------------------------------------------
@@ -88,9 +78,11 @@ if not prompts:
     st.info("No prompt file yet: save one on the Prompts page.")
 else:
     names = [p.name for p in prompts]
-    last = Path(ws.settings.prompt_file).name if ws.settings.prompt_file else names[0]
-    pick = st.selectbox("Prompt file", names, index=names.index(last) if last in names else 0,
-                        key="gen_prompt")
+    pick_kwargs = bind(ws, "gen_prompt")
+    if st.session_state.get("gen_prompt") not in names:
+        st.session_state["gen_prompt"] = names[0]  # none saved, or the saved one is gone
+    pick = st.selectbox("Prompt file", names, **pick_kwargs)
+    show_error("gen_prompt")
     prompt_path = prompt_dir / pick
     with st.form("launch_form", clear_on_submit=True):
         typed_name = st.text_input("Run name (the output file's prefix; empty: a new "

@@ -4,7 +4,8 @@ The workspace comes from the session (``st.session_state["ws_path"]``), else the
 (``?ws=/path``), else ``$MMINSTRUCT_WORKSPACE``, else the most recent one. Embeddings are kept in
 memory per process (like ``st.cache_resource``) under ``curation.embedding_key``; their disk cache
 makes a recomputation after a restart a cache read. The API key typed into the app lives only in
-``st.session_state["_api_key"]`` (never in a widget's value after submission, never on disk).
+``st.session_state["_api_key"]`` with the workspace and base URL it was typed for (never in a
+widget's value after submission, never on disk); it is dropped when either changes.
 """
 
 from __future__ import annotations
@@ -46,6 +47,8 @@ def workspace_path() -> str | None:
 def open_workspace(path: str, create: bool = False) -> Workspace:
     ws = Workspace.open(path, create=create)
     remember_workspace(ws.root)
+    if st.session_state.get(WS_KEY) != str(ws.root):
+        st.session_state.pop(KEY_SESSION, None)  # a typed key stays with its workspace
     st.session_state[WS_KEY] = str(ws.root)
     return ws
 
@@ -133,7 +136,9 @@ def forget_embeddings() -> None:
 
 
 def api_key(ws: Workspace) -> tuple[str | None, str]:
-    """(key, where it came from): the environment, ``st.secrets``, or this session."""
+    """(key, where it came from): the environment, ``st.secrets``, or this session. A key typed
+    in this session belongs to the workspace and base URL it was typed for: once either changes
+    it is dropped, never sent elsewhere."""
     var = ws.settings.endpoint.api_key_env or "OPENAI_API_KEY"
     if os.environ.get(var):
         return os.environ[var], f"environment variable ${var}"
@@ -143,21 +148,35 @@ def api_key(ws: Workspace) -> tuple[str | None, str]:
         secret = None
     if secret:
         return str(secret), f"st.secrets[{var!r}]"
-    typed = st.session_state.get(KEY_SESSION)
+    typed = typed_key(ws)
     if typed:
-        return str(typed), "typed in this session (kept in memory only)"
+        return typed, "typed in this session for this base URL (kept in memory only)"
     return None, "none"
 
 
-def seed(key: str, current: Any) -> None:
-    """Before a settings-backed widget with ``value=current``: when the setting changed outside
-    the widget (another page, another workspace), drop the widget's stale state so it shows
-    ``current``."""
-    marker = f"_seed:{key}"
-    token = repr(current)
-    if st.session_state.get(marker) != token:
-        st.session_state.pop(key, None)
-        st.session_state[marker] = token
+def _scope(ws: Workspace) -> tuple[str, str]:
+    return (str(ws.root), ws.settings.endpoint.base_url.strip())
+
+
+def set_typed_key(ws: Workspace, key: str) -> None:
+    """Keep ``key`` in this session for this workspace's current base URL only."""
+    st.session_state[KEY_SESSION] = {"key": key, "scope": _scope(ws)}
+
+
+def typed_key(ws: Workspace) -> str | None:
+    """The key typed for this workspace and base URL; a key typed for another one is dropped."""
+    slot = st.session_state.get(KEY_SESSION)
+    if not isinstance(slot, dict):
+        st.session_state.pop(KEY_SESSION, None)
+        return None
+    if tuple(slot.get("scope", ())) != _scope(ws):
+        st.session_state.pop(KEY_SESSION, None)
+        return None
+    return str(slot["key"])
+
+
+def forget_typed_key() -> None:
+    st.session_state.pop(KEY_SESSION, None)
 
 
 NAV_FLAG = "_nav_ok"
