@@ -31,14 +31,16 @@ with st.expander("CLIP model", expanded=cached_embeddings(ws) is None):
     model_picker(ws, "ex_clip_model")
     st.caption("Changing the model re-embeds every image with it (from that model's cache when "
                "it embedded them before).")
-if cached_embeddings(ws) is None:
+in_memory = cached_embeddings(ws) is not None
+if not in_memory:
     model_ready(ws)  # a bad spec, or weights that cannot be downloaded: said now, in full
 emb = embeddings_or_stop(ws)
 
 c1, c2, c3 = st.columns(3)
 c1.metric("Reference images", f"{len(emb.reference):,}")
 c2.metric("Candidate images", f"{len(emb.candidates):,}")
-c3.metric("Embedded now / from cache", f"{emb.n_computed:,} / {emb.n_cached:,}")
+c3.metric("Embedded now / from cache",
+          f"0 / {emb.n:,}" if in_memory else f"{emb.n_computed:,} / {emb.n_cached:,}")
 problems = emb.reference.failures + emb.problems + emb.candidates.failures
 if problems:
     with st.expander(f"{len(problems)} image(s) could not be used"):
