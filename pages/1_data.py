@@ -14,7 +14,7 @@ from mminstruct.uploads import (DATA_SUFFIXES, extract_zip, guess_image_folder, 
 from mminstruct.workspace import Workspace, default_workspace_root, demo_size_default, setup_demo
 from ui.gallery import thumbnail_url
 from ui.model_picker import model_picker
-from ui.safe import md_escape, short
+from ui.safe import for_browser, short
 from ui.settings import bind, show_error, sync
 from ui.state import current_workspace, forget_embeddings, open_workspace, through_app
 
@@ -50,6 +50,15 @@ def _open_demo(n_ref: int, n_cand: int) -> None:
     st.rerun()
 
 
+def _failed(e: Exception) -> None:
+    """A load that failed: its error, and not the previous data's report under it."""
+    st.error(f"Not loaded: {for_browser(e)}")
+    if ws is not None and ws.has_data:
+        st.caption(f"The workspace still holds {short(ws.settings.data.data_file, 200)}; its "
+                   "report is shown again on the next load or visit.")
+    st.stop()
+
+
 def _upload(ws: Workspace) -> None:
     data_up = st.file_uploader("Data file (JSON or JSONL)", type=[s.lstrip(".") for s in DATA_SUFFIXES],
                                key="up_data")
@@ -75,8 +84,7 @@ def _upload(ws: Workspace) -> None:
         d.dataset_description = None
         ws.save()
     except MMInstructError as e:
-        st.error(str(e))
-        return
+        _failed(e)
     forget_embeddings()
     st.session_state["data_loaded"] = "upload"
     st.rerun()
@@ -102,8 +110,7 @@ def _server(ws: Workspace) -> None:
         ws.settings.data = server_data_settings(data_file, image_folder, cand, allow)
         ws.save()
     except MMInstructError as e:
-        st.error(str(e))
-        return
+        _failed(e)
     forget_embeddings()
     st.session_state["data_loaded"] = "server"
     st.rerun()
@@ -144,8 +151,10 @@ def _load(data_file: str, input_folder: str, image_folder: str | None, allow: bo
           stamp: tuple) -> DataFile:
     from mminstruct.records import load_data_file
 
+    # every image decoded fully, as Explore's embedding does: a record whose image cannot be
+    # embedded is reported here, once, and the counts agree on every page
     return load_data_file(data_file, input_folder=input_folder, image_folder=image_folder,
-                          allow_outside_paths=allow)
+                          allow_outside_paths=allow, check_images="decode")
 
 
 def _stamp(path: str) -> tuple:
@@ -163,7 +172,7 @@ try:
     data = _load(d.data_file, str(ws.input_root), d.image_folder, d.allow_outside_paths,
                  _stamp(d.data_file))
 except MMInstructError as e:
-    st.error(f"The data file cannot be loaded: {e}")
+    st.error(f"The data file cannot be loaded: {for_browser(e)}")
     st.stop()
 
 st.subheader("Validation report")
@@ -171,7 +180,7 @@ m1, m2, m3 = st.columns(3)
 m1.metric("Records loaded", f"{data.report.loaded:,}")
 m2.metric("Skipped", f"{data.report.skipped:,}")
 m3.metric("Total in the file", f"{data.report.total:,}")
-st.code(data.report.summary(), language=None, wrap_lines=True)
+st.code(for_browser(data.report.summary()), language=None, wrap_lines=True)
 st.caption(f"Images resolve under {short(str(data.image_root), 200)}")
 
 st.subheader("Dataset description")

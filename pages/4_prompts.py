@@ -15,7 +15,7 @@ from mminstruct.modes import MODE_NAMES
 from mminstruct.preview import (allocation_rows, estimate_run, plan_workspace, render_request,
                                 samples_note, save_prompts)
 from ui.prompt_view import render_messages
-from ui.safe import md_escape
+from ui.safe import for_browser, md_escape
 from ui.settings import bind, show_error
 from ui.state import require_workspace, session_memo, through_app
 
@@ -71,7 +71,7 @@ plan_key = (str(task_path), task_path.stat().st_mtime_ns, new, str(ws.input_root
 try:
     config, plan, pf = session_memo("plan", plan_key, lambda: plan_workspace(ws, task, task_path))
 except (MMInstructError, ValueError) as e:
-    st.error(f"Cannot plan prompts: {e}")
+    st.error(f"Cannot plan prompts: {for_browser(e)}")
     st.stop()
 
 st.subheader("Allocation per subgroup")
@@ -100,7 +100,7 @@ try:
     built = render_request(pf, idx, ws.input_root, max_image_side=e_side,
                            allow_outside=ws.settings.data.allow_outside_paths)
 except MMInstructError as e:
-    st.error(f"Prompt {idx} cannot be built: {e}")
+    st.error(f"Prompt {idx} cannot be built: {for_browser(e)}")
 else:
     entry = pf.prompts[idx]
     st.caption(f"Prompt {idx} · subgroup {md_escape(entry.keyword, 80)} · in-context samples "

@@ -10,9 +10,9 @@ import streamlit as st
 
 from mminstruct.errors import MMInstructError
 from mminstruct.generate.manifest import estimate_cost
-from mminstruct.runs import (cancel_run, continue_run, dry_run, latest_records, list_app_runs,
-                             new_run_name, pause_run, resume_run, run_info, start_run,
-                             workspace_config)
+from mminstruct.runs import (cancel_run, continue_run, dry_run, eta_label, latest_records,
+                             list_app_runs, new_run_name, pause_run, resume_run, run_info,
+                             runs_table, start_run, workspace_config)
 from ui.gallery import thumbnail
 from ui.safe import md_escape, short
 from ui.settings import BOUND, EP_FORM, bind, form_submit, saved_note, show_error
@@ -125,16 +125,11 @@ infos = list_app_runs(ws.root)
 if not infos:
     st.caption("No run yet.")
     st.stop()
-st.dataframe([{"run": i.name, "state": i.state,
-               "prompts": f"{int(i.status.get('done') or 0):,} / {int(i.status.get('total') or 0):,}",
-               "model": i.model, "started": str(i.record.get("started", ""))} for i in infos],
-             hide_index=True, width="stretch")
 names = [i.name for i in infos]
 current = st.session_state.get("run_pick")
 picked = st.selectbox("Run", names, index=names.index(current) if current in names else 0,
                       key="run_select")
 st.session_state["run_pick"] = picked
-first = run_info(ws.root, picked)
 
 
 def _samples(info) -> None:
@@ -159,11 +154,13 @@ def _samples(info) -> None:
                 st.text(f"{rec.get('error_class')}: {short(rec.get('message'), 300)}")
 
 
-@st.fragment(run_every=1.0 if first.active else None)
+@st.fragment(run_every=1.0 if any(i.active for i in infos) else None)
 def live(name: str, was_active: bool) -> None:
-    info = run_info(ws.root, name)
-    if was_active and not info.active:
-        st.rerun()  # finished: redraw the page, which stops the timer
+    every = list_app_runs(ws.root)
+    st.dataframe(runs_table(every), hide_index=True, width="stretch")
+    info = next((i for i in every if i.name == name), None) or run_info(ws.root, name)
+    if was_active and not any(i.active for i in every):
+        st.rerun()  # every run finished: redraw the page, which stops the timer
     s = info.status
     total, done = int(s.get("total") or 0), int(s.get("done") or 0)
     st.markdown(f"**{md_escape(info.name, 90)}** · state: **{info.state}**")
@@ -172,8 +169,7 @@ def live(name: str, was_active: bool) -> None:
     st.progress(done / total if total else 0.0, text=f"{done:,} / {total:,} prompts")
     m = st.columns(5)
     m[0].metric("Rate", f"{float(s.get('rate_per_s') or 0):.1f}/s")
-    eta = s.get("eta_s")
-    m[1].metric("ETA", f"{eta:,.0f} s" if isinstance(eta, (int, float)) and info.active else "—")
+    m[1].metric("ETA", eta_label(info))
     m[2].metric("OK / failed", f"{int(s.get('ok') or 0):,} / {int(s.get('failed') or 0):,}")
     tin, tout = int(s.get("input_tokens") or 0), int(s.get("output_tokens") or 0)
     m[3].metric("Tokens", f"{tin + tout:,}")
@@ -200,9 +196,9 @@ def live(name: str, was_active: bool) -> None:
     except MMInstructError as err:
         st.error(str(err))
     if info.state == "finished" and info.output:
-        st.success(f"Output: {md_escape(info.output.name, 120)}")
+        st.success(f"Output: {md_escape(str(info.output.resolve()), None)}")
         st.page_link("pages/6_review.py", label="Review the samples →")
     _samples(info)
 
 
-live(picked, first.active)
+live(picked, any(i.active for i in infos))

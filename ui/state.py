@@ -122,7 +122,9 @@ def embeddings_or_stop(ws: Workspace) -> Any:
     try:
         return get_embeddings(ws)
     except MMInstructError as e:
-        st.error(f"Cannot embed this workspace's images: {e}")
+        from .safe import for_browser
+
+        st.error(f"Cannot embed this workspace's images: {for_browser(e)}")
         st.stop()
 
 
