@@ -108,6 +108,12 @@ def test_generate_review_and_export(task_ws: Workspace, stub,
     no_errors(at)
     metrics = {m.label: m.value for m in at.metric}
     assert metrics["OK / failed"] == f"{info.status['total']} / 0"
+    assert metrics["ETA"] == "—"
+    shown = " ".join(s.value for s in at.success).replace("\\", "")
+    assert f"Output: {info.output.resolve()}" in shown  # the whole path, not a bare file name
+    table = at.dataframe[0].value
+    assert list(table["state"]) == ["finished"]
+    assert table["prompts"][0] == f"{info.status['total']} / {info.status['total']}"
     import hashlib
     assert hashlib.sha256(FAKE_KEY.encode()).hexdigest() in stub.stats()["key_sha256"]
     # the key: in no element sent to the browser, in no file of the workspace
@@ -161,8 +167,12 @@ def test_pause_continue_cancel_resume_from_the_page(task_ws: Workspace, stub,
     at.run()
     at.button(key="run_pause").click().run()
     no_errors(at)
-    _wait_run(task_ws, lambda i: i.state == "paused")
+    paused = _wait_run(task_ws, lambda i: i.state == "paused")
     at.run()
+    metrics = {m.label: m.value for m in at.metric}
+    assert metrics["ETA"] == "paused"  # not an estimate that grows while nothing is sent
+    assert at.dataframe[0].value["state"][0] == "paused"  # the table agrees with the status
+    assert paused.status.get("done", 0) >= 1
     at.button(key="run_continue").click().run()
     _wait_run(task_ws, lambda i: i.state == "running")
     at.run()
