@@ -11,7 +11,8 @@ from mminstruct.errors import MMInstructError
 from mminstruct.records import DataFile
 from mminstruct.uploads import (DATA_SUFFIXES, extract_zip, guess_image_folder, save_upload,
                                 server_data_settings)
-from mminstruct.workspace import Workspace, default_workspace_root, demo_size_default, setup_demo
+from mminstruct.workspace import (Workspace, default_workspace_root, demo_pool_progress,
+                                  demo_size_default, setup_demo)
 from ui.gallery import thumbnail_url
 from ui.model_picker import model_picker
 from ui.safe import for_browser, short
@@ -36,10 +37,12 @@ def _open_demo(n_ref: int, n_cand: int) -> None:
     try:
         if target is None:
             target = open_workspace(str(default_workspace_root() / "demo"), create=True)
-        bar = st.progress(0.0, text="Drawing the demo charts…")
-        setup_demo(target, n_ref, n_cand,
-                   progress=lambda d, t: bar.progress(d / t if t else 1.0,
-                                                      text=f"Drawing the demo charts: {d}/{t}"))
+        bar = st.progress(0.0, text="Drawing the demo's reference charts…")
+        # the reference charts now (this page needs them); the candidate pool in the background
+        # (Explore waits for it, usually finished by then)
+        setup_demo(target, n_ref, n_cand, pool_in_background=True,
+                   progress=lambda d, t: bar.progress(
+                       d / t if t else 1.0, text=f"Drawing the demo's reference charts: {d}/{t}"))
         bar.empty()
     except MMInstructError as e:
         st.error(str(e))
@@ -215,7 +218,11 @@ st.dataframe(rows, hide_index=True, width="stretch", row_height=64, column_confi
     "answer": st.column_config.TextColumn("answer", width="medium"),
     "conversation": st.column_config.TextColumn("conversation (every turn)", width="large"),
 })
-if d.candidate_folder or d.candidate_file:
+pool_drawing = demo_pool_progress(ws)
+if pool_drawing:
+    st.caption(f"Candidate pool: the demo's candidate charts are being drawn in the background "
+               f"({pool_drawing[0]:,}/{pool_drawing[1]:,}); Explore starts once they are done")
+elif d.candidate_folder or d.candidate_file:
     st.caption(f"Candidate pool: {short(d.candidate_folder or d.candidate_file, 200)} "
                "(embedded on the Explore page)")
 else:

@@ -95,7 +95,16 @@ def cached_embeddings(ws: Workspace) -> Any | None:
 def get_embeddings(ws: Workspace) -> Any:
     """The workspace's embeddings; computed with a progress bar when not in memory."""
     from mminstruct.curation import embed_workspace, embedding_key
+    from mminstruct.workspace import demo_pool_progress, wait_demo_pool
 
+    if demo_pool_progress(ws) is not None:  # the demo's pool, drawn in the background: wait
+        wait_bar = st.progress(0.0, text="The demo's candidate charts are still being drawn…")
+        try:
+            wait_demo_pool(ws, lambda d, t: wait_bar.progress(
+                min(1.0, d / t) if t else 1.0,
+                text=f"The demo's candidate charts are still being drawn: {d}/{t}"))
+        finally:
+            wait_bar.empty()
     key = embedding_key(ws)
     with _LOCK:
         hit = _EMBEDDINGS.get(key)
