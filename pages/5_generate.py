@@ -27,7 +27,9 @@ e = ws.settings.endpoint
 # ----------------------------------------------------------------------------------------------
 # Endpoint and key
 
-with st.expander("Endpoint", expanded=not e.base_url):
+if st.session_state.get(f"_saved:{EP_FORM}"):
+    st.session_state["_ep_open"] = True  # saved once: kept open for the next edit
+with st.expander("Endpoint", expanded=not e.base_url or st.session_state.get("_ep_open", False)):
     with st.form(EP_FORM):
         c1, c2 = st.columns(2)
         with c1:
