@@ -435,13 +435,25 @@ def test_choosing_a_local_checkpoint_and_embedding_with_it(tmp_path: Path, demo_
             _nav(page, "Explore")
             page.locator("[data-testid=stPlotlyChart]").wait_for(timeout=LONG)
             _idle(page)
-            page.get_by_text("CLIP model", exact=True).first.click()  # the expander
-            page.get_by_text(re.compile(r"^\d+ found")).first.click()
-            page.get_by_role("option", name=re.compile(re.escape(str(other.checkpoint)))).click()
+            found = page.locator("[data-testid=stSelectbox]",
+                                 has_text="Or choose a model found on this machine")
+            if not found.is_visible():
+                page.locator("[data-testid=stExpander] summary", has_text="CLIP model").click()
+            found.click()
+            page.get_by_role("option").filter(has_text=str(other.checkpoint)).first.click()
             _idle(page)
             _wait_setting(home, lambda s: s["partition"]["model_name"], spec)
-            page.locator("[data-testid=stPlotlyChart]").wait_for(timeout=LONG)
+            # embedded with the chosen checkpoint (its own vector cache), then mapped anew
+            cache = home / "workspaces" / "demo" / "cache"
+            deadline = time.monotonic() + LONG / 1000
+            while len(list((cache / "projections").glob("*.npy"))) < 2:
+                assert time.monotonic() < deadline, "no map of the new model's vectors"
+                time.sleep(0.2)
+            assert any(f.name.startswith(other.arch) for f in (cache / "clip").glob("*.sqlite"))
+            page.locator("[data-testid=stProgress]").first.wait_for(state="detached",
+                                                                     timeout=LONG)
             _idle(page)
+            page.locator("[data-testid=stPlotlyChart]").wait_for(timeout=LONG)
             shown = page.get_by_role("textbox", name=re.compile("^CLIP model")).input_value()
             assert shown == spec
             metric = page.locator("[data-testid=stMetric]", has_text="Embedded now / from cache")
