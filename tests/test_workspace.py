@@ -272,3 +272,29 @@ def test_demo_charts_are_drawn_by_worker_processes(tmp_path: Path) -> None:
     assert demo.rendered == 28
     assert len(list(demo.image_folder.glob("*.jpg"))) == 20
     assert len(list(demo.candidate_folder.glob("*.jpg"))) == 8
+
+
+def test_drawing_workers_do_not_rerun_the_callers_main_script(tmp_path: Path) -> None:
+    """Inside the app the caller's ``__main__`` is app.py; a multiprocessing "spawn" child re-ran
+    it (the whole app without a session: slow, ~120 "missing ScriptRunContext" warnings)."""
+    import subprocess
+    import sys
+
+    from tests.fixtures.app import REPO
+
+    marker = tmp_path / "reran.txt"
+    script = tmp_path / "caller.py"
+    script.write_text(
+        "import sys\n"
+        "if __name__ != '__main__':\n"
+        f"    open({str(marker)!r}, 'a').write(__name__ + '\\n')\n"
+        "else:\n"
+        "    from mminstruct.demo import build_demo_workspace\n"
+        f"    build_demo_workspace({str(tmp_path / 'demo')!r}, n_reference=24, n_candidates=8,\n"
+        "                         workers=2)\n")
+    res = subprocess.run([sys.executable, str(script)], cwd=tmp_path, capture_output=True,
+                         text=True, timeout=300, env={**__import__("os").environ,
+                                                      "PYTHONPATH": str(REPO)})
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert len(list((tmp_path / "demo" / "pool").glob("*.jpg"))) == 8
+    assert not marker.exists(), marker.read_text()
