@@ -5,7 +5,6 @@ the token and cost estimate of the whole run; save the prompt file."""
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
 import streamlit as st
 

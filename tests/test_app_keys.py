@@ -24,7 +24,7 @@ class Listener:
         seen = self.requests = []
 
         class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:  # noqa: N802
+            def do_GET(self) -> None:
                 seen.append((self.path, dict(self.headers)))
                 body = json.dumps({"data": [{"id": "m"}]}).encode()
                 self.send_response(200)
@@ -33,7 +33,7 @@ class Listener:
                 self.end_headers()
                 self.wfile.write(body)
 
-            do_POST = do_GET  # noqa: N815
+            do_POST = do_GET
 
             def log_message(self, *args) -> None:
                 pass

@@ -32,8 +32,8 @@ def short(text: object, limit: int = 120) -> str:
 
 _CLI_ADVICE = (
     ("pass --allow_outside_paths to allow it",
-     'tick "Allow image paths outside the input folder" under "Files on this machine" on the '
-     "Data page to allow it"),
+     ('tick "Allow image paths outside the input folder" under "Files on this machine" on the '
+      "Data page to allow it")),
     ("pass that folder as the image folder",
      'give that folder as the "Image folder" under "Files on this machine" on the Data page'),
 )

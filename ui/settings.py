@@ -65,9 +65,12 @@ def _min_sim(ws: Workspace, v: Any) -> None:
 
 
 def _model_spec(ws: Workspace, v: Any) -> None:
-    from mminstruct.model_choice import check_spec
+    from mminstruct.model_choice import check_spec, remember_model
 
-    ws.settings.partition.model_name = check_spec(str(v or "")).spec
+    mc = check_spec(str(v or ""))
+    ws.settings.partition.model_name = mc.spec
+    if mc.kind == "checkpoint":
+        remember_model(mc.spec)  # offered again as a choice ("recently used")
 
 
 def _task_file(ws: Workspace, name: Any) -> None:
