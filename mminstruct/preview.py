@@ -85,7 +85,7 @@ def samples_note(mode: str | Mode, total_gen: int, items_per_prompt: int,
             f"prompts of {items_per_prompt} item(s) (rounded up per subgroup)")
     if n_prompts is None:
         return f"{head}; {m.value} writes {why}."
-    return (f"{head}: {n_prompts:,} prompts × {items_per_prompt} item(s) per prompt × {per} "
+    return (f"{n_prompts:,} prompts × {items_per_prompt} item(s) per prompt × {per} "
             f"sample(s) per item ({m.value}: {why}) = {n_prompts * items_per_prompt * per:,} "
             "samples")
 

@@ -51,7 +51,7 @@ except (MMInstructError, OSError) as e:
 st.subheader("Settings")
 c1, c2, c3 = st.columns(3)
 with c1:
-    st.number_input("Samples to generate (total_gen)", 1, 10_000_000, **bind(ws, "p_total"))
+    st.number_input("Items to generate (total_gen)", 1, 10_000_000, **bind(ws, "p_total"))
     st.number_input("Items per prompt (min_gen_per_candidate)", 1, 100, **bind(ws, "p_min"))
 with c2:
     st.number_input("In-context examples per prompt", 0, 16, **bind(ws, "p_icl"))

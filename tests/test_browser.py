@@ -355,7 +355,7 @@ def test_consecutive_edits_stick_in_a_real_browser(app_server, tmp_path: Path) -
 
             # Prompts: total_gen, three edits in a row; the arithmetic follows each
             _nav(page, "Prompts")
-            total = page.get_by_label("Samples to generate (total_gen)")
+            total = page.get_by_label("Items to generate (total_gen)")
             total.wait_for(timeout=LONG)
             for value in (41, 17, 30):
                 total.fill(str(value))
@@ -386,7 +386,7 @@ def test_consecutive_edits_stick_in_a_real_browser(app_server, tmp_path: Path) -
             page.reload()
             _idle(page)
             _nav(page, "Prompts")
-            assert page.get_by_label("Samples to generate (total_gen)").input_value() == "30"
+            assert page.get_by_label("Items to generate (total_gen)").input_value() == "30"
             _nav(page, "Generate")
             page.get_by_text("Endpoint", exact=True).first.click()  # (a reload: collapsed again)
             assert page.get_by_label("Requests in flight").input_value() == "12"
