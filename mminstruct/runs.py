@@ -207,6 +207,12 @@ class RunInfo:
         return str(self.record.get("config", {}).get("model_name", ""))
 
     @property
+    def base_url(self) -> str:
+        """The base URL the run sends to ("" for the default)."""
+        ep = self.record.get("config", {}).get("endpoint") or {}
+        return str(ep.get("base_url") or "") if isinstance(ep, dict) else ""
+
+    @property
     def prompt_file(self) -> str:
         return str(self.record.get("config", {}).get("prompt_file_resolved", ""))
 

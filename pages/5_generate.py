@@ -193,7 +193,7 @@ def live(name: str, was_active: bool) -> None:
             cancel_run(info)
             st.toast("Cancelling: nothing finished is lost; resume later")
         if b[3].button("Resume", key="run_resume", disabled=not info.can_resume):
-            resume_run(ws.root, info.name, api_key(ws)[0])
+            resume_run(ws.root, info.name, api_key(ws, for_base_url=info.base_url)[0])
             st.rerun()
     except MMInstructError as err:
         st.error(str(err))

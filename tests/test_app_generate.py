@@ -132,9 +132,12 @@ def test_generate_review_and_export(task_ws: Workspace, stub,
     n = len(data.samples)
     assert n == info.status["total"] * 2  # vqa: a reasoning and a concise sample per item
     first = data.samples[0]["id"]
-    at.toggle(key=f"rv_rej_{out.name}_{first}").set_value(True).run()
-    no_errors(at)
-    assert Workspace.open(task_ws.root).settings.rejected == {out.name: [first]}
+    for value in (True, False, True):  # three edits in a row, each saved and kept
+        at.toggle(key=f"rv_rej_{out.name}_{first}").set_value(value).run()
+        no_errors(at)
+        assert Workspace.open(task_ws.root).settings.rejected == ({out.name: [first]} if value
+                                                                  else {})
+        assert at.toggle(key=f"rv_rej_{out.name}_{first}").value is value
     at.selectbox(key="rv_show").set_value("rejected").run()
     assert sum(1 for t in plain_strings(at) if t.startswith("Q: ")) >= 1
     for fmt in ("llava", "sharegpt", "mmgen"):

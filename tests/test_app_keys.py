@@ -150,3 +150,25 @@ def test_a_saved_base_url_is_checked_with_its_own_key(ws_a: Workspace, listeners
     assert any(FAKE_KEY in k for k in a.keys_seen())
     assert b.requests == []
 
+
+
+def test_a_resumed_run_gets_the_typed_key_only_for_its_own_base_url(ws_a: Workspace,
+                                                                     listeners) -> None:
+    """A run started against A, resumed after the base URL became B (and a key was typed for B):
+    the key typed for B is not given to the run (which sends to A)."""
+    from streamlit.testing.v1 import AppTest
+
+    a, b = listeners
+    script = (
+        "import streamlit as st\n"
+        "from mminstruct.workspace import Workspace\n"
+        "from ui.state import api_key, set_typed_key\n"
+        f"ws = Workspace.open({str(ws_a.root)!r})\n"
+        f"ws.settings.endpoint.base_url = {b.url!r}\n"
+        "set_typed_key(ws, 'typed-for-b')\n"
+        f"st.text(repr(api_key(ws, for_base_url={a.url!r})[0]))\n"
+        f"st.text(repr(api_key(ws, for_base_url={b.url!r})[0]))\n"
+        "st.text(repr(api_key(ws)[0]))\n")
+    at = AppTest.from_string(script).run()
+    no_errors(at)
+    assert [t.value for t in at.text] == ["None", "'typed-for-b'", "'typed-for-b'"]

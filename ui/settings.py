@@ -189,6 +189,11 @@ def sync(key: str, ws: Workspace, value: Any, widget_value: Any = None) -> None:
         ss[_marker(key)] = token
 
 
+def mark_synced(key: str, ws: Workspace, value: Any) -> None:
+    """After a callback saved ``value`` for a ``sync``-ed widget: the widget keeps its state."""
+    st.session_state[_marker(key)] = (str(ws.root), repr(value))
+
+
 def bind(ws: Workspace, key: str, *, fallback: Any = None) -> dict[str, Any]:
     """The keyword arguments of the widget bound as ``BOUND[key]``: its key and, outside a
     form, its ``on_change``. ``fallback`` is shown when the setting is None (a description the

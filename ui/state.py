@@ -146,10 +146,11 @@ def forget_embeddings() -> None:
 # The API key
 
 
-def api_key(ws: Workspace) -> tuple[str | None, str]:
+def api_key(ws: Workspace, for_base_url: str | None = None) -> tuple[str | None, str]:
     """(key, where it came from): the environment, ``st.secrets``, or this session. A key typed
     in this session belongs to the workspace and base URL it was typed for: once either changes
-    it is dropped, never sent elsewhere."""
+    it is dropped, never sent elsewhere. ``for_base_url``: the endpoint the key would go to when
+    it is not the workspace's current one (a run started earlier): a typed key is not offered."""
     var = ws.settings.endpoint.api_key_env or "OPENAI_API_KEY"
     if os.environ.get(var):
         return os.environ[var], f"environment variable ${var}"
@@ -160,6 +161,8 @@ def api_key(ws: Workspace) -> tuple[str | None, str]:
     if secret:
         return str(secret), f"st.secrets[{var!r}]"
     typed = typed_key(ws)
+    if typed and for_base_url is not None and for_base_url.strip() != _scope(ws)[1]:
+        return None, "none (the key typed here is for another base URL)"
     if typed:
         return typed, "typed in this session for this base URL (kept in memory only)"
     return None, "none"
