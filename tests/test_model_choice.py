@@ -165,3 +165,19 @@ def test_choosing_a_model_found_on_this_machine(demo_ws: Workspace, tiny_clip, t
     assert Workspace.open(demo_ws.root).settings.partition.model_name == spec
     assert at.text_input(key="ex_clip_model").value == spec
     shutil.rmtree(tmp_path / "found_clip")
+
+
+def test_a_checkpoint_that_fails_to_load_shows_the_whole_error(demo_ws: Workspace, tmp_path: Path,
+                                                               tiny_clip,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    bad = tmp_path / "broken.pt"
+    bad.write_bytes(b"not a checkpoint " * 40)
+    demo_ws.settings.partition.model_name = f"{tiny_clip.config_path}:{bad}"
+    demo_ws.settings.partition.projection = "pca"
+    demo_ws.save()
+    at = app_test(demo_ws).run()
+    at.switch_page("pages/2_explore.py").run()
+    assert any("Cannot embed this workspace's images" in e.value for e in at.error)
+    whole = [c.value for c in at.code]
+    assert whole and all(not v.endswith("…") for v in whole)

@@ -134,6 +134,10 @@ def embeddings_or_stop(ws: Workspace) -> Any:
         from .safe import for_browser
 
         st.error(f"Cannot embed this workspace's images: {for_browser(e)}")
+        cause = e.__cause__
+        if cause is not None and str(cause).strip() and str(cause) not in str(e):
+            with st.expander("The whole error"):  # (the message above may quote a shortened one)
+                st.code(f"{type(cause).__name__}: {cause}", language=None, wrap_lines=True)
         st.stop()
 
 
