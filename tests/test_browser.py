@@ -319,7 +319,7 @@ def _open_demo(page, url: str) -> None:
 
 @pytest.mark.slow
 def test_consecutive_edits_stick_in_a_real_browser(app_server, tmp_path: Path) -> None:
-    from playwright.sync_api import sync_playwright
+    from playwright.sync_api import expect, sync_playwright
 
     url, home = app_server
     shots = tmp_path / "screenshots"
@@ -349,7 +349,7 @@ def test_consecutive_edits_stick_in_a_real_browser(app_server, tmp_path: Path) -
             area = page.get_by_label("One keyword per line (add, remove or rename a line)")
             area.wait_for(timeout=LONG)
             _idle(page)
-            assert area.input_value() == "bar chart\npie chart\nscatter plot"
+            expect(area).to_have_value("bar chart\npie chart\nscatter plot")
             page.get_by_role("button", name="Save the task file").click()
             page.get_by_text(re.compile(r"Saved task_file_")).wait_for(timeout=LONG)
 
@@ -386,10 +386,10 @@ def test_consecutive_edits_stick_in_a_real_browser(app_server, tmp_path: Path) -
             page.reload()
             _idle(page)
             _nav(page, "Prompts")
-            assert page.get_by_label("Items to generate (total_gen)").input_value() == "30"
+            expect(page.get_by_label("Items to generate (total_gen)")).to_have_value("30")
             _nav(page, "Generate")
             page.get_by_text("Endpoint", exact=True).first.click()  # (a reload: collapsed again)
-            assert page.get_by_label("Requests in flight").input_value() == "12"
+            expect(page.get_by_label("Requests in flight")).to_have_value("12")
 
             # another workspace: its own settings, and none of the demo's paths
             page.get_by_text("Open or create a workspace", exact=True).click()
