@@ -230,3 +230,19 @@ def test_a_demo_workspace_does_not_prefill_its_paths(demo_ws: Workspace) -> None
     at = app_test(demo_ws).run()
     no_errors(at)
     assert at.text_input(key="srv_data").value == ""
+
+
+def test_another_data_file_shows_its_own_description(app_home: Path, tmp_path: Path) -> None:
+    ws = Workspace.open(app_home / "workspaces" / "desc", create=True)
+    at = app_test(ws).run()
+    files = []
+    for name, desc in (("a", "charts of type A"), ("b", "photos of type B")):
+        f = _data_folder(tmp_path / name, n=2)
+        raw = json.loads(f.read_text())
+        raw["dataset_description"] = desc
+        f.write_text(json.dumps(raw))
+        files.append((f, desc))
+    for f, desc in files:
+        _load_files(at, f)
+        no_errors(at)
+        assert at.text_area(key="desc_text").value == desc

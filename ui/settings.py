@@ -201,6 +201,8 @@ def bind(ws: Workspace, key: str, *, fallback: Any = None) -> dict[str, Any]:
     b = BOUND[key]
     ss = st.session_state
     token = _token(ws, b)
+    if fallback is not None and _get(ws.settings, b.path) is None:
+        token = (*token, repr(fallback))  # another data file's own description is shown anew
     if key not in ss or ss.get(_marker(key)) != token:
         value = _get(ws.settings, b.path)
         ss[key] = b.to_widget(value) if value is not None or fallback is None else fallback
