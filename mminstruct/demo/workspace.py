@@ -153,7 +153,7 @@ def _draw_all(jobs: list[tuple[int, str]], workers: int, progress: Progress | No
         lines.put(0)  # this worker is done
 
     threads = [threading.Thread(target=pump, args=(proc, part), daemon=True)
-               for proc, part in zip(procs, parts)]
+               for proc, part in zip(procs, parts, strict=True)]
     try:
         for t in threads:
             t.start()
