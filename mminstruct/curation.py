@@ -126,7 +126,9 @@ class _PoolSpec:
     allow_outside_paths: bool
 
 
-def load_workspace_data(ws: Workspace, check_images: bool = True) -> DataFile:
+def load_workspace_data(ws: Workspace, check_images: bool | str = "decode") -> DataFile:
+    """The workspace's data file, every image decoded (as the Data page loads it: a record whose
+    image cannot be embedded is skipped and reported there, and the counts agree)."""
     d = ws.settings.data
     if not d.data_file:
         raise DataFileError("no data file in this workspace yet: open the demo, upload a data "

@@ -27,7 +27,8 @@ from pathlib import Path
 from typing import Any
 
 from .errors import ConfigError, ImageError
-from .formats import PromptFile, TaskFile, is_prompt_image, save_prompt_file
+from .cache import atomic_write_json
+from .formats import PromptFile, TaskFile, is_prompt_image, prompt_file_name, save_prompt_file
 from .generate.manifest import CostEstimate, estimate_cost
 from .generate.output import samples_per_item
 from .images import probe_image, resolve_image_path
@@ -73,9 +74,44 @@ def allocation_rows(plan: PromptPlan, config: PromptConfig) -> list[dict[str, An
             for s in plan.subgroups]
 
 
+def samples_note(mode: str | Mode, total_gen: int, items_per_prompt: int,
+                 n_prompts: int | None = None) -> str:
+    """The sample arithmetic in words: total_gen counts items the model writes; prompts ×
+    items per prompt × samples per item (by mode) = samples."""
+    m = parse_mode(mode)
+    per = samples_per_item(m)
+    why = ("a reasoning sample and a concise sample per item" if per == 2
+           else "one sample per item")
+    head = (f"total_gen = {total_gen:,} items → about {-(-total_gen // items_per_prompt):,} "
+            f"prompts of {items_per_prompt} item(s) (rounded up per subgroup)")
+    if n_prompts is None:
+        return f"{head}; {m.value} writes {why}."
+    return (f"{n_prompts:,} prompts × {items_per_prompt} item(s) per prompt × {per} "
+            f"sample(s) per item ({m.value}: {why}) = {n_prompts * items_per_prompt * per:,} "
+            "samples")
+
+
+def prompt_file_prefix(prefix: str) -> str:
+    """The prefix without a trailing "prompts" (the file name adds ``_prompts_``), so the
+    default prefix gives ``prompts_YYYYmmdd_HHMMSS.json``, not ``prompts_prompts_…``."""
+    clean = prefix.strip()
+    for tail in ("_prompts", "-prompts", "prompts"):
+        if clean.lower().endswith(tail):
+            clean = clean[: -len(tail)]
+            break
+    return clean
+
+
 def save_prompts(ws: Workspace, pf: PromptFile) -> Path:
-    """Write ``generated_prompts/{prefix}_prompts_{stamp}.json`` and remember it (saved)."""
-    path = save_prompt_file(pf, ws.root, ws.settings.prompts.file_prefix)
+    """Write ``generated_prompts/{prefix}_prompts_{stamp}.json`` (``prompts_{stamp}.json`` for
+    the default prefix) and remember it (saved)."""
+    prefix = prompt_file_prefix(ws.settings.prompts.file_prefix)
+    if prefix:
+        path = save_prompt_file(pf, ws.root, prefix)
+    else:
+        path = ws.root / "generated_prompts" / prompt_file_name("").lstrip("_")
+        atomic_write_json(path, pf.to_json(), indent=None)
+        pf.path = path
     ws.settings.prompt_file = str(path)
     ws.save()
     return path

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import DataFileError, ImageError, UnsafePathError
-from .images import DEFAULT_MAX_PIXELS, probe_image, resolve_image_path
+from .images import DEFAULT_MAX_PIXELS, open_image, probe_image, resolve_image_path
 
 ROLE_ALIASES: dict[str, str] = {
     "human": "human", "user": "human",
@@ -337,7 +337,7 @@ def load_data_file(
     input_folder: str | os.PathLike | None = None,
     image_folder: str | None = None,
     allow_outside_paths: bool = False,
-    check_images: bool = True,
+    check_images: bool | str = True,
     max_pixels: int = DEFAULT_MAX_PIXELS,
 ) -> DataFile:
     """Load and validate a LLaVA-style data file.
@@ -374,8 +374,9 @@ def load_data_file(
             report.problems.append(Problem(index, rid, str(e)))
             format_reasons[_reason_kind(str(e))] += 1
             continue
-        if check_images:
-            bad = _check_record_images(rec, image_root, allow_outside_paths, max_pixels, missing)
+        if check_images and check_images != "off":
+            bad = _check_record_images(rec, image_root, allow_outside_paths, max_pixels, missing,
+                                       decode=check_images == "decode")
             if bad:
                 report.problems.append(Problem(index, rec.id, bad))
                 continue
@@ -394,7 +395,8 @@ def load_data_file(
 
 
 def _check_record_images(
-    rec: Record, root: Path, allow_outside: bool, max_pixels: int, missing: list[str]
+    rec: Record, root: Path, allow_outside: bool, max_pixels: int, missing: list[str],
+    decode: bool = False,
 ) -> str | None:
     for rel in rec.images:
         try:
@@ -407,7 +409,7 @@ def _check_record_images(
             missing.append(rel)
             return f"image missing: {rel!r} not found under {root}"
         try:
-            probe_image(full, max_pixels=max_pixels)
+            (open_image if decode else probe_image)(full, max_pixels=max_pixels)
         except ImageError as e:
             return f"image unreadable: {e}"
     return None

@@ -207,6 +207,12 @@ class RunInfo:
         return str(self.record.get("config", {}).get("model_name", ""))
 
     @property
+    def base_url(self) -> str:
+        """The base URL the run sends to ("" for the default)."""
+        ep = self.record.get("config", {}).get("endpoint") or {}
+        return str(ep.get("base_url") or "") if isinstance(ep, dict) else ""
+
+    @property
     def prompt_file(self) -> str:
         return str(self.record.get("config", {}).get("prompt_file_resolved", ""))
 
@@ -308,6 +314,24 @@ def list_app_runs(ws_root: str | os.PathLike) -> list[RunInfo]:
         except DataFileError:
             continue
     return sorted(infos, key=lambda i: str(i.record.get("created", "")), reverse=True)
+
+
+def runs_table(infos: list[RunInfo]) -> list[dict[str, Any]]:
+    """The app's Runs table: one row per run, from the same reads as each run's status."""
+    return [{"run": i.name, "state": i.state,
+             "prompts": f"{int(i.status.get('done') or 0):,} / {int(i.status.get('total') or 0):,}",
+             "model": i.model, "started": str(i.record.get("started", ""))} for i in infos]
+
+
+def eta_label(info: RunInfo) -> str:
+    """The ETA shown for a run: only while it is running; a paused run is not counting down
+    (the engine's estimate grows with the pause), a finished one has none."""
+    if info.state == "paused":
+        return "paused"
+    eta = info.status.get("eta_s")
+    if info.state == "running" and isinstance(eta, (int, float)) and not isinstance(eta, bool):
+        return f"{eta:,.0f} s"
+    return "—"
 
 
 def pause_run(info: RunInfo) -> None:

@@ -11,9 +11,12 @@ from mminstruct.errors import MMInstructError
 from mminstruct.records import DataFile
 from mminstruct.uploads import (DATA_SUFFIXES, extract_zip, guess_image_folder, save_upload,
                                 server_data_settings)
-from mminstruct.workspace import Workspace, default_workspace_root, demo_size_default, setup_demo
+from mminstruct.workspace import (Workspace, default_workspace_root, demo_pool_progress,
+                                  demo_size_default, setup_demo)
 from ui.gallery import thumbnail_url
-from ui.safe import short
+from ui.model_picker import model_picker
+from ui.safe import for_browser, short
+from ui.settings import bind, show_error, sync
 from ui.state import current_workspace, forget_embeddings, open_workspace, through_app
 
 PAGE_SIZE = 50
@@ -34,10 +37,12 @@ def _open_demo(n_ref: int, n_cand: int) -> None:
     try:
         if target is None:
             target = open_workspace(str(default_workspace_root() / "demo"), create=True)
-        bar = st.progress(0.0, text="Drawing the demo charts…")
-        setup_demo(target, n_ref, n_cand,
-                   progress=lambda d, t: bar.progress(d / t if t else 1.0,
-                                                      text=f"Drawing the demo charts: {d}/{t}"))
+        bar = st.progress(0.0, text="Drawing the demo's reference charts…")
+        # the reference charts now (this page needs them); the candidate pool in the background
+        # (Explore waits for it, usually finished by then)
+        setup_demo(target, n_ref, n_cand, pool_in_background=True,
+                   progress=lambda d, t: bar.progress(
+                       d / t if t else 1.0, text=f"Drawing the demo's reference charts: {d}/{t}"))
         bar.empty()
     except MMInstructError as e:
         st.error(str(e))
@@ -46,6 +51,15 @@ def _open_demo(n_ref: int, n_cand: int) -> None:
     forget_embeddings()
     st.session_state["data_loaded"] = "demo"
     st.rerun()
+
+
+def _failed(e: Exception) -> None:
+    """A load that failed: its error, and not the previous data's report under it."""
+    st.error(f"Not loaded: {for_browser(e)}")
+    if ws is not None and ws.has_data:
+        st.caption(f"The workspace still holds {short(ws.settings.data.data_file, 200)}; its "
+                   "report is shown again on the next load or visit.")
+    st.stop()
 
 
 def _upload(ws: Workspace) -> None:
@@ -73,8 +87,7 @@ def _upload(ws: Workspace) -> None:
         d.dataset_description = None
         ws.save()
     except MMInstructError as e:
-        st.error(str(e))
-        return
+        _failed(e)
     forget_embeddings()
     st.session_state["data_loaded"] = "upload"
     st.rerun()
@@ -82,20 +95,25 @@ def _upload(ws: Workspace) -> None:
 
 def _server(ws: Workspace) -> None:
     d = ws.settings.data
-    data_file = st.text_input("Data file (path on this machine)", value=d.data_file, key="srv_data")
+    own = not d.demo  # a demo's paths are its own: a new workspace starts empty
+    sync("srv_data", ws, d.data_file if own else "")
+    sync("srv_images", ws, (d.image_folder or "") if own else "")
+    sync("srv_cand", ws, d.candidate_folder if own else "")
+    sync("srv_allow", ws, d.allow_outside_paths)
+    data_file = st.text_input("Data file (path on this machine)", key="srv_data")
     image_folder = st.text_input("Image folder (absolute, or relative to the data file; empty: "
                                  "the file's own image_folder)", key="srv_images")
     cand = st.text_input("Candidate image folder (optional)", key="srv_cand")
     allow = st.checkbox("Allow image paths outside the input folder", key="srv_allow",
-                        value=d.allow_outside_paths)
+                        help="Image paths in the data file that leave its folder (../, absolute "
+                             "paths) are refused unless this is ticked.")
     if not st.button("Load these files", key="srv_go", disabled=not data_file.strip()):
         return
     try:
         ws.settings.data = server_data_settings(data_file, image_folder, cand, allow)
         ws.save()
     except MMInstructError as e:
-        st.error(str(e))
-        return
+        _failed(e)
     forget_embeddings()
     st.session_state["data_loaded"] = "server"
     st.rerun()
@@ -136,8 +154,10 @@ def _load(data_file: str, input_folder: str, image_folder: str | None, allow: bo
           stamp: tuple) -> DataFile:
     from mminstruct.records import load_data_file
 
+    # every image decoded fully, as Explore's embedding does: a record whose image cannot be
+    # embedded is reported here, once, and the counts agree on every page
     return load_data_file(data_file, input_folder=input_folder, image_folder=image_folder,
-                          allow_outside_paths=allow)
+                          allow_outside_paths=allow, check_images="decode")
 
 
 def _stamp(path: str) -> tuple:
@@ -155,7 +175,7 @@ try:
     data = _load(d.data_file, str(ws.input_root), d.image_folder, d.allow_outside_paths,
                  _stamp(d.data_file))
 except MMInstructError as e:
-    st.error(f"The data file cannot be loaded: {e}")
+    st.error(f"The data file cannot be loaded: {for_browser(e)}")
     st.stop()
 
 st.subheader("Validation report")
@@ -163,17 +183,20 @@ m1, m2, m3 = st.columns(3)
 m1.metric("Records loaded", f"{data.report.loaded:,}")
 m2.metric("Skipped", f"{data.report.skipped:,}")
 m3.metric("Total in the file", f"{data.report.total:,}")
-st.code(data.report.summary(), language=None, wrap_lines=True)
+st.code(for_browser(data.report.summary()), language=None, wrap_lines=True)
 st.caption(f"Images resolve under {short(str(data.image_root), 200)}")
 
 st.subheader("Dataset description")
-current = d.dataset_description if d.dataset_description is not None else data.dataset_description
-desc = st.text_area("What the dataset teaches (goes into every system prompt)", value=current,
-                    key="desc_text", height=100)
-if st.button("Save the description", key="desc_save"):
-    ws.settings.data.dataset_description = desc.strip()
-    ws.save()
+st.text_area("What the dataset teaches (goes into every system prompt; saved as you leave the "
+             "field)", height=100, **bind(ws, "desc_text", fallback=data.dataset_description))
+show_error("desc_text")
+if st.button("Save the description", key="desc_save"):  # the field saves on change; this too
     st.success("Saved.")
+
+st.subheader("CLIP model")
+model_picker(ws, "clip_model", find_now=False)
+st.caption("Checked as you change it (syntax, checkpoint file, config); the images are embedded "
+           "with it on the Explore page.")
 
 st.subheader("Records")
 n = len(data.records)
@@ -195,7 +218,11 @@ st.dataframe(rows, hide_index=True, width="stretch", row_height=64, column_confi
     "answer": st.column_config.TextColumn("answer", width="medium"),
     "conversation": st.column_config.TextColumn("conversation (every turn)", width="large"),
 })
-if d.candidate_folder or d.candidate_file:
+pool_drawing = demo_pool_progress(ws)
+if pool_drawing:
+    st.caption(f"Candidate pool: the demo's candidate charts are being drawn in the background "
+               f"({pool_drawing[0]:,}/{pool_drawing[1]:,}); Explore starts once they are done")
+elif d.candidate_folder or d.candidate_file:
     st.caption(f"Candidate pool: {short(d.candidate_folder or d.candidate_file, 200)} "
                "(embedded on the Explore page)")
 else:

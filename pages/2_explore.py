@@ -12,10 +12,12 @@ import streamlit as st
 from mminstruct.curation import curate, keyword_vectors, projection, search
 from mminstruct.errors import MMInstructError
 from mminstruct.projection import display_sample
-from ui.charts import hover_text, map_figure, selected_row
+from ui.charts import hover_text, map_figure, select_from_map, selected_row
 from ui.gallery import Item, curation_actions, gallery
-from ui.safe import md_escape
-from ui.state import embeddings_or_stop, require_workspace, through_app
+from ui.safe import for_browser, md_escape
+from ui.model_picker import model_picker, model_ready
+from ui.settings import bind, show_error
+from ui.state import cached_embeddings, embeddings_or_stop, require_workspace, through_app
 
 MAX_POINTS = 20_000  # drawn at most; the rest are sampled away (selections keep theirs)
 SEL_KEY = "explore_sel"
@@ -25,16 +27,28 @@ st.title("Explore")
 ws = require_workspace()
 p = ws.settings.partition
 
+with st.expander("CLIP model", expanded=cached_embeddings(ws) is None):
+    model_picker(ws, "ex_clip_model")
+    st.caption("Changing the model re-embeds every image with it (from that model's cache when "
+               "it embedded them before).")
+in_memory = cached_embeddings(ws) is not None
+if not in_memory:
+    model_ready(ws)  # a bad spec, or weights that cannot be downloaded: said now, in full
 emb = embeddings_or_stop(ws)
 
 c1, c2, c3 = st.columns(3)
 c1.metric("Reference images", f"{len(emb.reference):,}")
 c2.metric("Candidate images", f"{len(emb.candidates):,}")
-c3.metric("Embedded now / from cache", f"{emb.n_computed:,} / {emb.n_cached:,}")
+computed = 0 if in_memory else min(emb.n_computed, emb.n)
+c3.metric("Embedded now / from cache", f"{computed:,} / {emb.n - computed:,}")
 problems = emb.reference.failures + emb.problems + emb.candidates.failures
+st.caption(f"{emb.n:,} images on the map = {len(emb.reference):,} reference + "
+           f"{len(emb.candidates):,} candidates" + (f"; {len(problems):,} could not be used "
+                                                    "(listed below)" if problems else ""))
 if problems:
     with st.expander(f"{len(problems)} image(s) could not be used"):
-        st.code("\n".join(f"{a}: {b}" for a, b in problems[:200]), language=None, wrap_lines=True)
+        st.code(for_browser("\n".join(f"{a}: {b}" for a, b in problems[:200])), language=None,
+                wrap_lines=True)
 if not emb.n:
     st.warning("No image could be embedded.")
     st.stop()
@@ -51,17 +65,25 @@ group_names = {k: kw for k, kw in enumerate(p.keywords)} | {-1: "unassigned", -2
 # ----------------------------------------------------------------------------------------------
 # The map
 
-method = st.radio("Projection", ["umap", "pca"], horizontal=True, key="proj_method",
-                  index=0 if p.projection == "umap" else 1,
-                  format_func=lambda m: {"umap": "UMAP", "pca": "PCA (fast, linear)"}[m])
-if method != p.projection:
-    p.projection = method
-    ws.save()
+st.radio("Projection", ["umap", "pca"], horizontal=True,
+         format_func=lambda m: {"umap": "UMAP", "pca": "PCA (fast, linear)"}[m],
+         **bind(ws, "proj_method"))
+show_error("proj_method")
+method = p.projection
 
 bar = st.progress(0.0, text="Projecting to 2-D…")
 t0 = time.perf_counter()
+from_cache: list[bool] = []
+
+
+def _progress(f: float, msg: str) -> None:
+    if "from cache" in msg:
+        from_cache.append(True)
+    bar.progress(min(1.0, f), text=msg)
+
+
 try:
-    xy = projection(ws, emb, progress=lambda f, msg: bar.progress(min(1.0, f), text=msg))
+    xy = projection(ws, emb, progress=_progress)
 except MMInstructError as e:
     bar.empty()
     st.error(f"Projection failed: {e}")
@@ -78,7 +100,7 @@ hover = [hover_text("reference" if r < n_ref else "candidate", emb.rel_path(int(
                     emb.question(int(r)), group_names.get(int(groups[r]), "?")) for r in rows]
 fig = map_figure(xy[rows], rows, groups[rows], is_ref, p.keywords, hover, selected)
 st.caption(f"{len(rows):,} of {emb.n:,} points drawn · {method.upper()} "
-           f"{'from cache' if proj_s < 0.5 else f'in {proj_s:.1f} s'} · pick the box or lasso "
+           f"{'from cache' if from_cache else f'computed in {proj_s:.1f} s'} · pick the box or lasso "
            "tool (top right of the chart), or click a point")
 event = st.plotly_chart(fig, key="map", on_select="rerun", selection_mode=("points", "box", "lasso"),
                         width="stretch")
@@ -89,7 +111,7 @@ signature = ",".join(map(str, picked))
 if signature != st.session_state.get("explore_sig", ""):
     st.session_state["explore_sig"] = signature
     if picked:
-        sel_state.update(rows=picked, source="map selection")
+        select_from_map(sel_state, picked)
         selected = picked
 
 # ----------------------------------------------------------------------------------------------
@@ -117,7 +139,7 @@ if sel_state.get("source"):
     st.caption(md_escape(sel_state["source"], 120))
 if selected:
     if st.button("Clear the selection", key="sel_clear"):
-        sel_state.update(rows=[], source="")
+        sel_state.update(rows=[], source="", scores={})
         st.rerun()
     scores = sel_state.get("scores") or {}
     items = []

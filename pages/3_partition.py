@@ -10,10 +10,10 @@ import streamlit as st
 
 from mminstruct.curation import build_task, curate, keyword_vectors, save_task
 from mminstruct.errors import MMInstructError
-from mminstruct.workspace import normalise_keywords
 from ui.gallery import Item, curation_actions, gallery
 from ui.safe import md_escape
-from ui.state import embeddings_or_stop, require_workspace, seed, through_app
+from ui.settings import bind, show_error
+from ui.state import embeddings_or_stop, require_workspace, through_app
 
 through_app("pages/3_partition.py")
 st.title("Partition")
@@ -25,33 +25,19 @@ emb = embeddings_or_stop(ws)
 left, right = st.columns([1, 2])
 with left:
     st.subheader("Keywords")
-    seed("kw_text", "\n".join(p.keywords))
-    text = st.text_area("One keyword per line (add, remove or rename a line)",
-                        value="\n".join(p.keywords), height=180, key="kw_text")
-    try:
-        edited = normalise_keywords(text.splitlines())
-    except MMInstructError as e:
-        st.error(str(e))
-        edited = p.keywords
-    if edited != p.keywords:
-        ws.set_keywords(edited)
-        ws.save()
-    for key, value in (("use_min", p.min_similarity is not None), ("min_sim", p.min_similarity),
-                       ("low_margin", p.low_margin), ("top_k", p.candidates_per_keyword)):
-        seed(key, value)
+    st.text_area("One keyword per line (add, remove or rename a line)", height=180,
+                 **bind(ws, "kw_text"))
+    show_error("kw_text")
     use_min = st.checkbox("Leave images under a minimum similarity unassigned",
-                          value=p.min_similarity is not None, key="use_min")
-    min_sim = st.slider("Minimum similarity", -0.2, 1.0,
-                        float(p.min_similarity if p.min_similarity is not None else 0.2), 0.005,
-                        key="min_sim", disabled=not use_min)
-    low = st.slider("Flag as uncertain when the margin to the runner-up keyword is under",
-                    0.0, 0.2, float(p.low_margin), 0.001, key="low_margin", format="%.3f")
-    top_k = st.number_input("Candidates per keyword (0: every candidate to its best keyword)",
-                            0, 1_000_000, int(p.candidates_per_keyword or 0), key="top_k")
-    new = (float(min_sim) if use_min else None, float(low), int(top_k) or None)
-    if new != (p.min_similarity, p.low_margin, p.candidates_per_keyword):
-        p.min_similarity, p.low_margin, p.candidates_per_keyword = new
-        ws.save()
+                          **bind(ws, "use_min"))
+    st.slider("Minimum similarity", -0.2, 1.0, step=0.005, disabled=not use_min,
+              **bind(ws, "min_sim"))
+    st.slider("Flag as uncertain when the margin to the runner-up keyword is under",
+              0.0, 0.2, step=0.001, format="%.3f", **bind(ws, "low_margin"))
+    st.number_input("Candidates per keyword (0: every candidate to its best keyword)",
+                    0, 1_000_000, **bind(ws, "top_k"))
+    for key in ("use_min", "min_sim", "low_margin", "top_k"):
+        show_error(key)
 
 if not p.keywords:
     with right:

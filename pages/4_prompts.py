@@ -5,7 +5,6 @@ the token and cost estimate of the whole run; save the prompt file."""
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
 import streamlit as st
 
@@ -13,10 +12,11 @@ from mminstruct.errors import MMInstructError
 from mminstruct.formats import TaskFile, load_task_file
 from mminstruct.modes import MODE_NAMES
 from mminstruct.preview import (allocation_rows, estimate_run, plan_workspace, render_request,
-                                save_prompts)
+                                samples_note, save_prompts)
 from ui.prompt_view import render_messages
-from ui.safe import md_escape
-from ui.state import require_workspace, seed, session_memo, through_app
+from ui.safe import for_browser, md_escape
+from ui.settings import bind, show_error
+from ui.state import require_workspace, session_memo, through_app
 
 through_app("pages/4_prompts.py")
 st.title("Prompts")
@@ -30,9 +30,10 @@ if not tasks:
     st.page_link("pages/3_partition.py", label="Go to the Partition page")
     st.stop()
 names = [t.name for t in tasks]
-default = Path(ws.settings.task_file).name if ws.settings.task_file else names[0]
-task_name = st.selectbox("Task file", names, index=names.index(default) if default in names else 0,
-                         key="task_pick")
+task_kwargs = bind(ws, "task_pick")
+if st.session_state.get("task_pick") not in names:
+    st.session_state["task_pick"] = names[0]  # none saved, or the saved one is gone: the newest
+task_name = st.selectbox("Task file", names, **task_kwargs)
 task_path = ws.tasks_dir / task_name
 
 
@@ -49,46 +50,34 @@ except (MMInstructError, OSError) as e:
 
 st.subheader("Settings")
 c1, c2, c3 = st.columns(3)
-for key, value in (("p_total", ps.total_gen), ("p_min", ps.min_gen_per_candidate),
-                   ("p_icl", ps.num_icl_samples), ("p_mode", ps.mode), ("p_seed", ps.seed),
-                   ("p_prefix", ps.file_prefix)):
-    seed(key, value)
 with c1:
-    total = st.number_input("Samples to generate (total_gen)", 1, 10_000_000, ps.total_gen, key="p_total")
-    min_gen = st.number_input("Items per prompt (min_gen_per_candidate)", 1, 100,
-                              ps.min_gen_per_candidate, key="p_min")
+    st.number_input("Items to generate (total_gen)", 1, 10_000_000, **bind(ws, "p_total"))
+    st.number_input("Items per prompt (min_gen_per_candidate)", 1, 100, **bind(ws, "p_min"))
 with c2:
-    icl = st.number_input("In-context examples per prompt", 0, 16, ps.num_icl_samples, key="p_icl")
-    mode = st.selectbox("Mode", MODE_NAMES, index=MODE_NAMES.index(ps.mode), key="p_mode")
+    st.number_input("In-context examples per prompt", 0, 16, **bind(ws, "p_icl"))
+    st.selectbox("Mode", MODE_NAMES, **bind(ws, "p_mode"))
 with c3:
-    seed_v = st.number_input("Seed", 0, 2**31 - 1, ps.seed, key="p_seed")
-    prefix = st.text_input("File prefix", ps.file_prefix, key="p_prefix")
-new = (int(total), int(min_gen), int(icl), mode, int(seed_v), prefix.strip() or "prompts")
-if new != (ps.total_gen, ps.min_gen_per_candidate, ps.num_icl_samples, ps.mode, ps.seed,
-           ps.file_prefix):
-    old = ws.settings.prompts
-    (old.total_gen, old.min_gen_per_candidate, old.num_icl_samples, old.mode, old.seed,
-     old.file_prefix) = new
-    try:
-        ws.save()
-    except MMInstructError as e:
-        st.error(str(e))
-        st.stop()
+    st.number_input("Seed", 0, 2**31 - 1, **bind(ws, "p_seed"))
+    st.text_input("File prefix", **bind(ws, "p_prefix"))
+for key in ("p_total", "p_min", "p_icl", "p_mode", "p_seed", "p_prefix"):
+    show_error(key)
+mode = ps.mode
+new = (ps.total_gen, ps.min_gen_per_candidate, ps.num_icl_samples, ps.mode, ps.seed, ps.file_prefix)
+st.caption(samples_note(ps.mode, ps.total_gen, ps.min_gen_per_candidate))
 
 plan_key = (str(task_path), task_path.stat().st_mtime_ns, new, str(ws.input_root),
             ws.settings.data.allow_outside_paths, ws.settings.data.dataset_description)
 try:
     config, plan, pf = session_memo("plan", plan_key, lambda: plan_workspace(ws, task, task_path))
 except (MMInstructError, ValueError) as e:
-    st.error(f"Cannot plan prompts: {e}")
+    st.error(f"Cannot plan prompts: {for_browser(e)}")
     st.stop()
 
 st.subheader("Allocation per subgroup")
 rows = allocation_rows(plan, config)
 st.dataframe(rows, hide_index=True, width="stretch")
-n_samples = sum(r["expected samples"] for r in rows)
-st.caption(f"{len(pf.prompts):,} prompts → about {n_samples:,} samples "
-           f"({md_escape(mode)}: {config.min_gen_per_candidate} item(s) per prompt)")
+st.caption(samples_note(config.mode, config.total_gen, config.min_gen_per_candidate,
+                        len(pf.prompts)))
 if plan.excluded_samples:
     with st.expander(f"{len(plan.excluded_samples)} reference sample(s) not usable as examples"):
         st.code("\n".join(str(x) for x in plan.excluded_samples[:200]), language=None,
@@ -110,7 +99,7 @@ try:
     built = render_request(pf, idx, ws.input_root, max_image_side=e_side,
                            allow_outside=ws.settings.data.allow_outside_paths)
 except MMInstructError as e:
-    st.error(f"Prompt {idx} cannot be built: {e}")
+    st.error(f"Prompt {idx} cannot be built: {for_browser(e)}")
 else:
     entry = pf.prompts[idx]
     st.caption(f"Prompt {idx} · subgroup {md_escape(entry.keyword, 80)} · in-context samples "
@@ -118,12 +107,10 @@ else:
     render_messages(built.messages, candidate_last=pf.mode.carries_candidate)
 
 st.subheader("Estimate for the whole run")
-seed("est_model", ws.settings.endpoint.model_name)
-model = st.text_input("Model (prices from the table in mminstruct.generate.manifest)",
-                      ws.settings.endpoint.model_name, key="est_model")
-if model.strip() and model.strip() != ws.settings.endpoint.model_name:
-    ws.settings.endpoint.model_name = model.strip()
-    ws.save()
+st.text_input("Model (prices from the table in mminstruct.generate.manifest)",
+              **bind(ws, "est_model"))
+show_error("est_model")
+model = ws.settings.endpoint.model_name
 est = session_memo("estimate", (plan_key, model.strip(), e_side), lambda: estimate_run(
     pf, ws.input_root, model.strip() or "gpt-4o", max_image_side=e_side,
     allow_outside=ws.settings.data.allow_outside_paths))

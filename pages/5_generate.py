@@ -10,12 +10,14 @@ import streamlit as st
 
 from mminstruct.errors import MMInstructError
 from mminstruct.generate.manifest import estimate_cost
-from mminstruct.runs import (cancel_run, continue_run, dry_run, latest_records, list_app_runs,
-                             new_run_name, pause_run, resume_run, run_info, start_run,
-                             workspace_config)
+from mminstruct.runs import (cancel_run, continue_run, dry_run, eta_label, latest_records,
+                             list_app_runs, new_run_name, pause_run, resume_run, run_info,
+                             runs_table, start_run, workspace_config)
 from ui.gallery import thumbnail
 from ui.safe import md_escape, short
-from ui.state import KEY_SESSION, api_key, require_workspace, seed, through_app
+from ui.settings import BOUND, EP_FORM, bind, form_submit, saved_note, show_error
+from ui.state import (api_key, forget_typed_key, require_workspace, set_typed_key,
+                      through_app)
 
 through_app("pages/5_generate.py")
 st.title("Generate")
@@ -25,56 +27,46 @@ e = ws.settings.endpoint
 # ----------------------------------------------------------------------------------------------
 # Endpoint and key
 
-with st.expander("Endpoint", expanded=not e.base_url):
-    for k, v in (("ep_base", e.base_url), ("ep_model", e.model_name), ("ep_keyenv", e.api_key_env),
-                 ("ep_conc", e.concurrency), ("ep_rpm", e.rpm), ("ep_tpm", e.tpm),
-                 ("ep_maxtok", e.max_tokens), ("ep_timeout", e.timeout),
-                 ("ep_retries", e.max_retries), ("ep_side", e.max_image_side)):
-        seed(k, v)
-    with st.form("endpoint_form"):
+if st.session_state.get(f"_saved:{EP_FORM}"):
+    st.session_state["_ep_open"] = True  # saved once: kept open for the next edit
+with st.expander("Endpoint", expanded=not e.base_url or st.session_state.get("_ep_open", False)):
+    with st.form(EP_FORM):
         c1, c2 = st.columns(2)
         with c1:
-            base = st.text_input("Base URL (empty: OpenAI; e.g. http://127.0.0.1:8000/v1 for vLLM, "
-                                 "Ollama, LM Studio)", e.base_url, key="ep_base")
-            model = st.text_input("Model", e.model_name, key="ep_model")
-            key_env = st.text_input("Environment variable holding the key", e.api_key_env,
-                                    key="ep_keyenv")
-            side = st.number_input("Downscale images to (longest side, px)", 16, 16384,
-                                   e.max_image_side, key="ep_side")
+            st.text_input("Base URL (empty: OpenAI; e.g. http://127.0.0.1:8000/v1 for vLLM, "
+                          "Ollama, LM Studio)", **bind(ws, "ep_base"))
+            st.text_input("Model", **bind(ws, "ep_model"))
+            st.text_input("Environment variable holding the key", **bind(ws, "ep_keyenv"))
+            st.number_input("Downscale images to (longest side, px)", 16, 16384,
+                            **bind(ws, "ep_side"))
         with c2:
-            conc = st.number_input("Requests in flight", 1, 4096, e.concurrency, key="ep_conc")
-            rpm = st.number_input("Requests per minute (0: from the server's headers)", 0.0,
-                                  1e9, float(e.rpm or 0), key="ep_rpm")
-            tpm = st.number_input("Tokens per minute (0: from the server's headers)", 0.0, 1e12,
-                                  float(e.tpm or 0), key="ep_tpm")
-            maxtok = st.number_input("Answer token limit (0: the model's)", 0, 1_000_000,
-                                     int(e.max_tokens or 0), key="ep_maxtok")
-            timeout = st.number_input("Timeout per request (s)", 1.0, 3600.0, float(e.timeout),
-                                      key="ep_timeout")
-            retries = st.number_input("Retries per request", 0, 100, e.max_retries, key="ep_retries")
-        if st.form_submit_button("Save endpoint settings"):
-            e.base_url, e.model_name, e.api_key_env = base.strip(), model.strip() or "gpt-4o", \
-                key_env.strip() or "OPENAI_API_KEY"
-            e.concurrency, e.rpm, e.tpm = int(conc), float(rpm) or None, float(tpm) or None
-            e.max_tokens, e.timeout, e.max_retries = int(maxtok) or None, float(timeout), int(retries)
-            e.max_image_side = int(side)
-            try:
-                ws.save()
-                st.success("Saved (the key is never saved).")
-            except MMInstructError as err:
-                st.error(str(err))
+            st.number_input("Requests in flight", 1, 4096, **bind(ws, "ep_conc"))
+            st.number_input("Requests per minute (0: from the server's headers)", 0.0, 1e9,
+                            **bind(ws, "ep_rpm"))
+            st.number_input("Tokens per minute (0: from the server's headers)", 0.0, 1e12,
+                            **bind(ws, "ep_tpm"))
+            st.number_input("Answer token limit (0: the model's)", 0, 1_000_000,
+                            **bind(ws, "ep_maxtok"))
+            st.number_input("Timeout per request (s)", 1.0, 3600.0, **bind(ws, "ep_timeout"))
+            st.number_input("Retries per request", 0, 100, **bind(ws, "ep_retries"))
+        st.form_submit_button("Save endpoint settings", **form_submit(ws, EP_FORM))
+    errors = [st.session_state.get(f"_bound_err:{k}") for k, b in BOUND.items() if b.form == EP_FORM]
+    if any(errors):
+        st.error(" · ".join(m for m in errors if m))
+    elif saved_note(EP_FORM):
+        st.success("Saved (the key is never saved; a key typed for another base URL is dropped).")
 
 key, source = api_key(ws)
 st.caption(f"API key: {md_escape(source, 120)}")
 if source.startswith("typed") or key is None:
     with st.form("key_form", clear_on_submit=True):
-        typed = st.text_input("API key for this session (kept in memory, never saved or shown)",
-                              type="password", key="key_input")
+        typed = st.text_input("API key for this session and this base URL (kept in memory, "
+                              "never saved or shown)", type="password", key="key_input")
         if st.form_submit_button("Use this key") and typed.strip():
-            st.session_state[KEY_SESSION] = typed.strip()
+            set_typed_key(ws, typed.strip())
             st.rerun()
     if source.startswith("typed") and st.button("Forget the typed key", key="key_forget"):
-        st.session_state.pop(KEY_SESSION, None)
+        forget_typed_key()
         st.rerun()
 
 # ----------------------------------------------------------------------------------------------
@@ -88,9 +80,11 @@ if not prompts:
     st.info("No prompt file yet: save one on the Prompts page.")
 else:
     names = [p.name for p in prompts]
-    last = Path(ws.settings.prompt_file).name if ws.settings.prompt_file else names[0]
-    pick = st.selectbox("Prompt file", names, index=names.index(last) if last in names else 0,
-                        key="gen_prompt")
+    pick_kwargs = bind(ws, "gen_prompt")
+    if st.session_state.get("gen_prompt") not in names:
+        st.session_state["gen_prompt"] = names[0]  # none saved, or the saved one is gone
+    pick = st.selectbox("Prompt file", names, **pick_kwargs)
+    show_error("gen_prompt")
     prompt_path = prompt_dir / pick
     with st.form("launch_form", clear_on_submit=True):
         typed_name = st.text_input("Run name (the output file's prefix; empty: a new "
@@ -133,16 +127,11 @@ infos = list_app_runs(ws.root)
 if not infos:
     st.caption("No run yet.")
     st.stop()
-st.dataframe([{"run": i.name, "state": i.state,
-               "prompts": f"{int(i.status.get('done') or 0):,} / {int(i.status.get('total') or 0):,}",
-               "model": i.model, "started": str(i.record.get("started", ""))} for i in infos],
-             hide_index=True, width="stretch")
 names = [i.name for i in infos]
 current = st.session_state.get("run_pick")
 picked = st.selectbox("Run", names, index=names.index(current) if current in names else 0,
                       key="run_select")
 st.session_state["run_pick"] = picked
-first = run_info(ws.root, picked)
 
 
 def _samples(info) -> None:
@@ -167,11 +156,13 @@ def _samples(info) -> None:
                 st.text(f"{rec.get('error_class')}: {short(rec.get('message'), 300)}")
 
 
-@st.fragment(run_every=1.0 if first.active else None)
+@st.fragment(run_every=1.0 if any(i.active for i in infos) else None)
 def live(name: str, was_active: bool) -> None:
-    info = run_info(ws.root, name)
-    if was_active and not info.active:
-        st.rerun()  # finished: redraw the page, which stops the timer
+    every = list_app_runs(ws.root)
+    st.dataframe(runs_table(every), hide_index=True, width="stretch")
+    info = next((i for i in every if i.name == name), None) or run_info(ws.root, name)
+    if was_active and not any(i.active for i in every):
+        st.rerun()  # every run finished: redraw the page, which stops the timer
     s = info.status
     total, done = int(s.get("total") or 0), int(s.get("done") or 0)
     st.markdown(f"**{md_escape(info.name, 90)}** · state: **{info.state}**")
@@ -180,8 +171,7 @@ def live(name: str, was_active: bool) -> None:
     st.progress(done / total if total else 0.0, text=f"{done:,} / {total:,} prompts")
     m = st.columns(5)
     m[0].metric("Rate", f"{float(s.get('rate_per_s') or 0):.1f}/s")
-    eta = s.get("eta_s")
-    m[1].metric("ETA", f"{eta:,.0f} s" if isinstance(eta, (int, float)) and info.active else "—")
+    m[1].metric("ETA", eta_label(info))
     m[2].metric("OK / failed", f"{int(s.get('ok') or 0):,} / {int(s.get('failed') or 0):,}")
     tin, tout = int(s.get("input_tokens") or 0), int(s.get("output_tokens") or 0)
     m[3].metric("Tokens", f"{tin + tout:,}")
@@ -203,14 +193,14 @@ def live(name: str, was_active: bool) -> None:
             cancel_run(info)
             st.toast("Cancelling: nothing finished is lost; resume later")
         if b[3].button("Resume", key="run_resume", disabled=not info.can_resume):
-            resume_run(ws.root, info.name, api_key(ws)[0])
+            resume_run(ws.root, info.name, api_key(ws, for_base_url=info.base_url)[0])
             st.rerun()
     except MMInstructError as err:
         st.error(str(err))
     if info.state == "finished" and info.output:
-        st.success(f"Output: {md_escape(info.output.name, 120)}")
+        st.success(f"Output: {md_escape(str(info.output.resolve()), None)}")
         st.page_link("pages/6_review.py", label="Review the samples →")
     _samples(info)
 
 
-live(picked, first.active)
+live(picked, any(i.active for i in infos))

@@ -11,9 +11,11 @@ from mminstruct.errors import MMInstructError
 from mminstruct.generate.output import GeneratedData, load_output
 from mminstruct.review import (EXPORT_FORMATS, EXPORT_LABELS, export_name, export_reviewed,
                                filter_samples, next_free_name, sources)
+from mminstruct.workspace import Workspace
 from ui.gallery import thumbnail
 from ui.quality_view import quality_panel
 from ui.safe import md_escape
+from ui.settings import mark_synced, sync
 from ui.state import require_workspace, through_app
 
 PAGE_SIZE = 10
@@ -49,6 +51,8 @@ except (MMInstructError, OSError) as e:
     st.error(f"Cannot read {name}: {e}")
     st.stop()
 
+if st.session_state.get("rv_error"):
+    st.error(st.session_state.pop("rv_error"))
 samples = data.samples
 rejected = set(ws.settings.rejected.get(name, []))
 h = data.header
@@ -73,6 +77,18 @@ start = (int(page) - 1) * PAGE_SIZE
 root = Path(h["input_folder"]) if h.get("input_folder") else ws.input_root
 
 
+def _set_rejected(root: str, output: str, sid: int, key: str) -> None:
+    """The toggle's callback: saved once, before the page redraws."""
+    try:
+        w = Workspace.open(root)
+        w.set_rejected(output, [sid], bool(st.session_state.get(key)))
+        w.save()
+    except MMInstructError as e:
+        st.session_state["rv_error"] = f"Not saved: {e}"
+        return
+    mark_synced(key, w, sid in w.settings.rejected.get(output, []))
+
+
 def _card(s: dict) -> None:
     sid = s.get("id")
     with st.container(border=True):
@@ -89,11 +105,10 @@ def _card(s: dict) -> None:
             for turn in s.get("conversations", []):
                 st.text(f"{'Q' if turn.get('from') == 'human' else 'A'}: {turn.get('value', '')}")
         with c_act:
-            is_rej = sid in rejected
-            if st.toggle("Rejected", value=is_rej, key=f"rv_rej_{name}_{sid}") != is_rej:
-                ws.set_rejected(name, [sid], not is_rej)
-                ws.save()
-                st.rerun()
+            key = f"rv_rej_{name}_{sid}"
+            sync(key, ws, sid in rejected)  # as workspace.json holds it (another tab, a restart)
+            st.toggle("Rejected", key=key, on_change=_set_rejected,
+                      args=(str(ws.root), name, sid, key))
         icl = s.get("icl_indices") or []
         if icl:
             with st.expander(f"In-context sources ({len(icl)})"):

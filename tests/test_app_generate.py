@@ -108,6 +108,12 @@ def test_generate_review_and_export(task_ws: Workspace, stub,
     no_errors(at)
     metrics = {m.label: m.value for m in at.metric}
     assert metrics["OK / failed"] == f"{info.status['total']} / 0"
+    assert metrics["ETA"] == "—"
+    shown = " ".join(s.value for s in at.success).replace("\\", "")
+    assert f"Output: {info.output.resolve()}" in shown  # the whole path, not a bare file name
+    table = at.dataframe[0].value
+    assert list(table["state"]) == ["finished"]
+    assert table["prompts"][0] == f"{info.status['total']} / {info.status['total']}"
     import hashlib
     assert hashlib.sha256(FAKE_KEY.encode()).hexdigest() in stub.stats()["key_sha256"]
     # the key: in no element sent to the browser, in no file of the workspace
@@ -126,9 +132,12 @@ def test_generate_review_and_export(task_ws: Workspace, stub,
     n = len(data.samples)
     assert n == info.status["total"] * 2  # vqa: a reasoning and a concise sample per item
     first = data.samples[0]["id"]
-    at.toggle(key=f"rv_rej_{out.name}_{first}").set_value(True).run()
-    no_errors(at)
-    assert Workspace.open(task_ws.root).settings.rejected == {out.name: [first]}
+    for value in (True, False, True):  # three edits in a row, each saved and kept
+        at.toggle(key=f"rv_rej_{out.name}_{first}").set_value(value).run()
+        no_errors(at)
+        assert Workspace.open(task_ws.root).settings.rejected == ({out.name: [first]} if value
+                                                                  else {})
+        assert at.toggle(key=f"rv_rej_{out.name}_{first}").value is value
     at.selectbox(key="rv_show").set_value("rejected").run()
     assert sum(1 for t in plain_strings(at) if t.startswith("Q: ")) >= 1
     for fmt in ("llava", "sharegpt", "mmgen"):
@@ -161,8 +170,12 @@ def test_pause_continue_cancel_resume_from_the_page(task_ws: Workspace, stub,
     at.run()
     at.button(key="run_pause").click().run()
     no_errors(at)
-    _wait_run(task_ws, lambda i: i.state == "paused")
+    paused = _wait_run(task_ws, lambda i: i.state == "paused")
     at.run()
+    metrics = {m.label: m.value for m in at.metric}
+    assert metrics["ETA"] == "paused"  # not an estimate that grows while nothing is sent
+    assert at.dataframe[0].value["state"][0] == "paused"  # the table agrees with the status
+    assert paused.status.get("done", 0) >= 1
     at.button(key="run_continue").click().run()
     _wait_run(task_ws, lambda i: i.state == "running")
     at.run()

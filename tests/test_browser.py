@@ -9,6 +9,7 @@ never ``playwright install``.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -52,16 +53,18 @@ def _demo_model_available() -> bool:
         return False
 
 
-@pytest.fixture
-def app_server(tmp_path: Path, demo_data: Path, tiny_clip):
+@contextlib.contextmanager
+def serve(tmp_path: Path, demo_data: Path, tiny_clip, extra_env: dict[str, str] | None = None):
+    """``streamlit run app.py`` on 127.0.0.1 with a private home (the demo drawn already)."""
     home = tmp_path / "home"
     shutil.copytree(demo_data, home / "workspaces" / "demo" / DEMO_FOLDER)  # drawn once per session
     env = {k: v for k, v in os.environ.items()
            if k not in ("OPENAI_API_KEY", "OPENAI_BASE_URL", "MMINSTRUCT_WORKSPACE")}
     env.update(MMINSTRUCT_HOME=str(home), MMINSTRUCT_DEMO_SIZE=f"{DEMO_SIZE[0]}x{DEMO_SIZE[1]}",
-               MMINSTRUCT_CACHE_DIR=str(tmp_path / "cache"))
+               MMINSTRUCT_CACHE_DIR=str(tmp_path / "cache"), PYTHONPATH=str(REPO))
     if not _demo_model_available():  # the demo checkpoint is not in this checkout: the tiny CLIP
         env["MMINSTRUCT_DEMO_MODEL"] = tiny_clip.spec
+    env.update(extra_env or {})
     port = _free_port()
     log = open(tmp_path / "streamlit.log", "w")
     proc = subprocess.Popen(
@@ -79,13 +82,21 @@ def app_server(tmp_path: Path, demo_data: Path, tiny_clip):
             if proc.poll() is not None:
                 raise RuntimeError((tmp_path / "streamlit.log").read_text()[-3000:]) from None
             time.sleep(0.1)
-    yield url, home
-    proc.terminate()
     try:
-        proc.wait(timeout=10)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-    log.close()
+        yield url, home
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        log.close()
+
+
+@pytest.fixture
+def app_server(tmp_path: Path, demo_data: Path, tiny_clip):
+    with serve(tmp_path, demo_data, tiny_clip) as served:
+        yield served
 
 
 @pytest.fixture
@@ -180,7 +191,7 @@ def test_demo_to_export_in_a_real_browser(app_server, stub_llm, tmp_path: Path) 
             page.get_by_role("textbox", name=re.compile("^Base URL")).fill(stub_llm.url)
             page.get_by_role("textbox", name="Model", exact=True).fill("gpt-4o-mini")
             page.get_by_role("button", name="Save endpoint settings").click()
-            page.get_by_text("Saved (the key is never saved).").wait_for()
+            page.get_by_text("Saved (the key is never saved;").wait_for()
             page.get_by_label(re.compile("^API key for this session")).fill(FAKE_KEY)
             page.get_by_role("button", name="Use this key").click()
             page.get_by_text(re.compile("typed in this session")).first.wait_for()
@@ -268,3 +279,266 @@ def test_markup_in_a_data_file_stays_text_in_the_browser(app_server, tmp_path: P
         browser.close()
     assert pwned is None and dialogs == [] and injected == 0
     assert shown == records["dataset_description"]  # the text itself, intact, as text
+
+
+# ----------------------------------------------------------------------------------------------
+# Settings edited as a person does: three times in a row, reload, switch pages, other workspace
+
+
+def _browser(pw):
+    return pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=[
+        "--no-sandbox", "--disable-background-networking", "--disable-gpu",
+        "--disable-dev-shm-usage"])
+
+
+def _settings(home: Path, name: str = "demo") -> dict:
+    return json.loads((home / "workspaces" / name / "workspace.json").read_text())
+
+
+def _wait_setting(home: Path, get, expected, name: str = "demo", timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = get(_settings(home, name))
+        if value == expected:
+            return
+        if time.monotonic() > deadline:
+            raise AssertionError(f"workspace.json holds {value!r}, expected {expected!r}")
+        time.sleep(0.1)
+
+
+def _sidebar(page):
+    return page.locator("[data-testid=stSidebar]")
+
+
+def _open_demo(page, url: str) -> None:
+    page.goto(url)
+    page.get_by_role("button", name="Open the demo").click()
+    page.get_by_text("Validation report").wait_for(timeout=LONG)
+    _idle(page)
+
+
+@pytest.mark.slow
+def test_consecutive_edits_stick_in_a_real_browser(app_server, tmp_path: Path) -> None:
+    from playwright.sync_api import expect, sync_playwright
+
+    url, home = app_server
+    shots = tmp_path / "screenshots"
+    shots.mkdir()
+    with sync_playwright() as pw:
+        browser = _browser(pw)
+        page = browser.new_page(viewport={"width": 1400, "height": 1000})
+        page.set_default_timeout(60_000)
+        try:
+            _open_demo(page, url)
+            # Partition: the keyword list, three edits in a row
+            _nav(page, "Partition")
+            area = page.get_by_label("One keyword per line (add, remove or rename a line)")
+            area.wait_for(timeout=LONG)
+            for kws in (["bar chart", "line chart", "pie chart", "scatter plot", "table"],
+                        ["bar chart", "line chart", "pie chart", "scatter plot", "table", "map"],
+                        ["bar chart", "pie chart", "scatter plot"]):
+                area.fill("\n".join(kws))
+                area.press("Control+Enter")
+                page.get_by_text(re.compile(rf"Partition of \d+ images by {len(kws)} keywords")) \
+                    .wait_for(timeout=LONG)
+                _idle(page)
+                _wait_setting(home, lambda s: s["partition"]["keywords"], kws)
+                assert area.input_value() == "\n".join(kws)
+            page.screenshot(path=shots / "partition.png", full_page=True)
+            page.reload()
+            area = page.get_by_label("One keyword per line (add, remove or rename a line)")
+            area.wait_for(timeout=LONG)
+            _idle(page)
+            expect(area).to_have_value("bar chart\npie chart\nscatter plot")
+            page.get_by_role("button", name="Save the task file").click()
+            page.get_by_text(re.compile(r"Saved task_file_")).wait_for(timeout=LONG)
+
+            # Prompts: total_gen, three edits in a row; the arithmetic follows each
+            _nav(page, "Prompts")
+            total = page.get_by_label("Items to generate (total_gen)")
+            total.wait_for(timeout=LONG)
+            for value in (41, 17, 30):
+                total.fill(str(value))
+                total.press("Enter")
+                page.get_by_text(f"total_gen = {value} items").first.wait_for(timeout=LONG)
+                _idle(page)
+                _wait_setting(home, lambda s: s["prompts"]["total_gen"], value)
+                assert total.input_value() == str(value)
+            page.screenshot(path=shots / "prompts.png", full_page=True)
+
+            # Generate: the endpoint form, three saves in a row; the sidebar follows each
+            _nav(page, "Generate")
+            base = page.get_by_role("textbox", name=re.compile("^Base URL"))
+            conc = page.get_by_label("Requests in flight")
+            for port, n in ((9, 7), (10, 3), (11, 12)):
+                endpoint = f"http://127.0.0.1:{port}/v1"
+                base.fill(endpoint)
+                conc.fill(str(n))
+                page.get_by_role("button", name="Save endpoint settings").click()
+                page.get_by_text("Saved (the key is never saved;").wait_for()
+                _idle(page)
+                _wait_setting(home, lambda s: (s["endpoint"]["base_url"],
+                                               s["endpoint"]["concurrency"]), (endpoint, n))
+                assert (base.input_value(), conc.input_value()) == (endpoint, str(n))
+                _sidebar(page).get_by_text(endpoint, exact=False).first.wait_for()
+            page.screenshot(path=shots / "generate.png", full_page=True)
+            # reload, another page and back: the saved values are shown
+            page.reload()
+            _idle(page)
+            _nav(page, "Prompts")
+            expect(page.get_by_label("Items to generate (total_gen)")).to_have_value("30")
+            _nav(page, "Generate")
+            page.get_by_text("Endpoint", exact=True).first.click()  # (a reload: collapsed again)
+            expect(page.get_by_label("Requests in flight")).to_have_value("12")
+
+            # another workspace: its own settings, and none of the demo's paths
+            page.get_by_text("Open or create a workspace", exact=True).click()
+            page.get_by_role("textbox", name="Folder").fill(str(home / "workspaces" / "other"))
+            page.get_by_role("button", name="Open / create").click()
+            _sidebar(page).get_by_text(str(home / "workspaces" / "other"), exact=True).wait_for()
+            _idle(page)
+            _nav(page, "Data")
+            page.get_by_role("tab", name="Files on this machine").click()
+            assert page.get_by_role("textbox", name="Data file (path on this machine)") \
+                .input_value() == ""
+            page.screenshot(path=shots / "other_workspace.png", full_page=True)
+            assert _settings(home, "other")["endpoint"]["concurrency"] == 16
+        except Exception:
+            page.screenshot(path=shots / "failure.png", full_page=True)
+            (shots / "failure.txt").write_text(page.inner_text("body"))
+            raise
+        browser.close()
+    assert _settings(home)["partition"]["keywords"] == ["bar chart", "pie chart", "scatter plot"]
+    assert _settings(home)["prompts"]["total_gen"] == 30
+    assert _settings(home)["endpoint"]["concurrency"] == 12
+
+
+@pytest.mark.slow
+def test_choosing_a_local_checkpoint_and_embedding_with_it(tmp_path: Path, demo_data: Path,
+                                                           tiny_clip) -> None:
+    from playwright.sync_api import sync_playwright
+
+    from tests.fixtures.clip import make_tiny_clip
+
+    other = make_tiny_clip(tmp_path / "my_checkpoints", seed=5)
+    spec = f"{other.config_path}:{other.checkpoint}"
+    home = tmp_path / "home"
+    home.mkdir()
+    (home / "recent_models.json").write_text(json.dumps({"recent": [spec]}))  # used before
+    with serve(tmp_path, demo_data, tiny_clip, {"HF_HUB_OFFLINE": "1"}) as (url, home), \
+            sync_playwright() as pw:
+        browser = _browser(pw)
+        page = browser.new_page(viewport={"width": 1400, "height": 1000})
+        page.set_default_timeout(60_000)
+        try:
+            _open_demo(page, url)
+            _nav(page, "Explore")
+            page.locator("[data-testid=stPlotlyChart]").wait_for(timeout=LONG)
+            _idle(page)
+            found = page.locator("[data-testid=stSelectbox]",
+                                 has_text="Or choose a model found on this machine")
+            if not found.is_visible():
+                page.locator("[data-testid=stExpander] summary", has_text="CLIP model").click()
+            found.click()
+            page.get_by_role("option").filter(has_text=str(other.checkpoint)).first.click()
+            _idle(page)
+            _wait_setting(home, lambda s: s["partition"]["model_name"], spec)
+            # embedded with the chosen checkpoint (its own vector cache), then mapped anew
+            cache = home / "workspaces" / "demo" / "cache"
+            deadline = time.monotonic() + LONG / 1000
+            while len(list((cache / "projections").glob("*.npy"))) < 2:
+                assert time.monotonic() < deadline, "no map of the new model's vectors"
+                time.sleep(0.2)
+            assert any(f.name.startswith(other.arch) for f in (cache / "clip").glob("*.sqlite"))
+            page.locator("[data-testid=stProgress]").first.wait_for(state="detached",
+                                                                     timeout=LONG)
+            _idle(page)
+            page.locator("[data-testid=stPlotlyChart]").wait_for(timeout=LONG)
+            shown = page.get_by_role("textbox", name=re.compile("^CLIP model")).input_value()
+            assert shown == spec
+            metric = page.locator("[data-testid=stMetric]", has_text="Embedded now / from cache")
+            assert metric.inner_text().split("\n")[-1].strip() == f"{DEMO_SIZE[0] + DEMO_SIZE[1]} / 0"
+            _sidebar(page).get_by_text(str(other.checkpoint), exact=False).first.wait_for()
+            page.screenshot(path=tmp_path / "explore_model.png", full_page=True)
+            # a bad path is refused at once, in full, and nothing is embedded with it
+            box = page.get_by_role("textbox", name=re.compile("^CLIP model"))
+            box.fill(f"{other.arch}:/no/such/checkpoint.pt")
+            box.press("Enter")
+            page.get_by_text(re.compile("checkpoint file .*/no/such/checkpoint.pt.* not found")) \
+                .first.wait_for()
+            assert _settings(home)["partition"]["model_name"] == spec
+        except Exception:
+            page.screenshot(path=tmp_path / "failure.png", full_page=True)
+            (tmp_path / "failure.txt").write_text(page.inner_text("body"))
+            raise
+        browser.close()
+
+
+@pytest.mark.slow
+def test_a_typed_key_never_reaches_another_endpoint(tmp_path: Path, demo_data: Path,
+                                                    tiny_clip) -> None:
+    from playwright.sync_api import sync_playwright
+
+    from tests.test_app_keys import Listener
+
+    a, b = Listener(), Listener()  # A: where the key is typed for; B: any other endpoint
+    try:
+        with serve(tmp_path, demo_data, tiny_clip, {"OPENAI_BASE_URL": b.url}) as (url, home), \
+                sync_playwright() as pw:
+            browser = _browser(pw)
+            page = browser.new_page(viewport={"width": 1400, "height": 1000})
+            page.set_default_timeout(60_000)
+            try:
+                _open_demo(page, url)
+                _nav(page, "Generate")
+                base = page.get_by_role("textbox", name=re.compile("^Base URL"))
+                base.fill(a.url)
+                page.get_by_role("button", name="Save endpoint settings").click()
+                page.get_by_text("Saved (the key is never saved;").wait_for()
+                page.get_by_label(re.compile("^API key for this session")).fill(FAKE_KEY)
+                page.get_by_role("button", name="Use this key").click()
+                page.get_by_text(re.compile("typed in this session")).first.wait_for()
+                _idle(page)
+                deadline = time.monotonic() + 20
+                while not any(FAKE_KEY in k for k in a.keys_seen()) and time.monotonic() < deadline:
+                    time.sleep(0.2)
+                assert any(FAKE_KEY in k for k in a.keys_seen())  # its own endpoint: yes
+                # the base URL changes to B: the key is dropped; B is checked without it
+                base = page.get_by_role("textbox", name=re.compile("^Base URL"))
+                base.fill(b.url)
+                page.get_by_role("button", name="Save endpoint settings").click()
+                page.get_by_text("API key: none").wait_for()
+                _idle(page)
+                # back to A, the key typed again; then a new workspace (default URL = B here)
+                page.get_by_role("textbox", name=re.compile("^Base URL")).fill(a.url)
+                page.get_by_role("button", name="Save endpoint settings").click()
+                page.get_by_label(re.compile("^API key for this session")).fill(FAKE_KEY)
+                page.get_by_role("button", name="Use this key").click()
+                page.get_by_text(re.compile("typed in this session")).first.wait_for()
+                page.get_by_text("Open or create a workspace", exact=True).click()
+                page.get_by_role("textbox", name="Folder").fill(str(home / "workspaces" / "new"))
+                page.get_by_role("button", name="Open / create").click()
+                _sidebar(page).get_by_text(str(home / "workspaces" / "new"), exact=True).wait_for()
+                _idle(page)
+                n_b = len(b.requests)
+                assert n_b >= 1  # B was checked once, when it was the saved endpoint
+                # the default URL (B) is contacted only on a click, and then without the key
+                _sidebar(page).get_by_role("button", name="Check the endpoint").click()
+                _idle(page)
+                deadline = time.monotonic() + 20
+                while len(b.requests) == n_b and time.monotonic() < deadline:
+                    time.sleep(0.2)
+                assert len(b.requests) == n_b + 1
+                page.screenshot(path=tmp_path / "keys.png", full_page=True)
+                assert FAKE_KEY not in page.content()
+            except Exception:
+                page.screenshot(path=tmp_path / "failure.png", full_page=True)
+                (tmp_path / "failure.txt").write_text(page.inner_text("body"))
+                raise
+            browser.close()
+        assert b.requests and all(FAKE_KEY not in k for k in b.keys_seen()), b.keys_seen()
+        files = [f for f in home.rglob("*") if f.is_file()]
+        assert not [f for f in files if FAKE_KEY.encode() in f.read_bytes()]
+    finally:
+        a.close()
+        b.close()

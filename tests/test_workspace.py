@@ -230,3 +230,71 @@ def test_guess_image_folder_and_server_paths(tmp_path: Path) -> None:
         server_data_settings(str(data_file), "../pics", "nowhere")
     with pytest.raises(DataFileError, match="data file .* not found"):
         server_data_settings(str(root / "missing.json"))
+
+
+def test_the_demo_pool_is_drawn_in_the_background(tmp_path: Path, monkeypatch) -> None:
+    import threading
+
+    from mminstruct.demo import workspace as demo_ws
+    from mminstruct.workspace import demo_pool_progress, setup_demo, wait_demo_pool
+
+    gate = threading.Event()
+    real = demo_ws._draw_all
+
+    def gated(jobs, workers, progress):  # the pool's drawing waits until the test lets it go
+        if any("cand_" in p for _, p in jobs):
+            gate.wait(30)
+        return real(jobs, workers, progress)
+
+    monkeypatch.setattr(demo_ws, "_draw_all", gated)
+    ws = Workspace.open(tmp_path / "ws", create=True)
+    demo = setup_demo(ws, 6, 5, workers=1, pool_in_background=True)
+    assert demo.pool_pending == 5
+    assert len(list(demo.image_folder.glob("*.jpg"))) == 6  # the reference set is there now
+    assert not list(demo.candidate_folder.glob("*.jpg"))  # the pool is not, yet
+    assert demo_pool_progress(ws) == (0, 5)
+    assert ws.has_data and Workspace.open(ws.root).settings.data.candidate_folder == "pool"
+    gate.set()
+    seen: list[tuple[int, int]] = []
+    wait_demo_pool(ws, lambda d, t: seen.append((d, t)))
+    assert len(list(demo.candidate_folder.glob("*.jpg"))) == 5
+    assert demo_pool_progress(ws) is None
+    manifest = json.loads((demo.root / ".demo_manifest.json").read_text())
+    assert manifest["complete"] is True
+    again = setup_demo(ws, 6, 5, workers=1, pool_in_background=True)  # complete: nothing drawn
+    assert again.rendered == 0 and again.pool_pending == 0
+
+
+def test_demo_charts_are_drawn_by_worker_processes(tmp_path: Path) -> None:
+    from mminstruct.demo import build_demo_workspace
+
+    demo = build_demo_workspace(tmp_path / "d", n_reference=20, n_candidates=8, workers=2)
+    assert demo.rendered == 28
+    assert len(list(demo.image_folder.glob("*.jpg"))) == 20
+    assert len(list(demo.candidate_folder.glob("*.jpg"))) == 8
+
+
+def test_drawing_workers_do_not_rerun_the_callers_main_script(tmp_path: Path) -> None:
+    """Inside the app the caller's ``__main__`` is app.py; a multiprocessing "spawn" child re-ran
+    it (the whole app without a session: slow, ~120 "missing ScriptRunContext" warnings)."""
+    import subprocess
+    import sys
+
+    from tests.fixtures.app import REPO
+
+    marker = tmp_path / "reran.txt"
+    script = tmp_path / "caller.py"
+    script.write_text(
+        "import sys\n"
+        "if __name__ != '__main__':\n"
+        f"    open({str(marker)!r}, 'a').write(__name__ + '\\n')\n"
+        "else:\n"
+        "    from mminstruct.demo import build_demo_workspace\n"
+        f"    build_demo_workspace({str(tmp_path / 'demo')!r}, n_reference=24, n_candidates=8,\n"
+        "                         workers=2)\n")
+    res = subprocess.run([sys.executable, str(script)], cwd=tmp_path, capture_output=True,
+                         text=True, timeout=300, env={**__import__("os").environ,
+                                                      "PYTHONPATH": str(REPO)})
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert len(list((tmp_path / "demo" / "pool").glob("*.jpg"))) == 8
+    assert not marker.exists(), marker.read_text()

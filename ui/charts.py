@@ -57,8 +57,10 @@ def map_figure(xy: np.ndarray, rows: np.ndarray, groups: np.ndarray, is_referenc
         fig.add_trace(go.Scattergl(x=[None], y=[None], mode="markers", name=label,
                                    marker=dict(color="#868e96", symbol=symbol, size=8),
                                    hoverinfo="skip", showlegend=True))
-    fig.update_layout(height=height, dragmode="lasso", margin=dict(l=10, r=10, t=30, b=10),
-                      legend=dict(orientation="h", y=1.06, x=0), uirevision="map",
+    # the legend under the plot: the toolbar (top right) never covers it
+    fig.update_layout(height=height, dragmode="lasso", margin=dict(l=10, r=10, t=40, b=10),
+                      legend=dict(orientation="h", yanchor="top", y=-0.02, x=0,
+                                  xanchor="left"), uirevision="map",
                       xaxis=dict(showticklabels=False, title=None, zeroline=False),
                       yaxis=dict(showticklabels=False, title=None, zeroline=False),
                       plot_bgcolor="#fafbfd")
@@ -77,3 +79,9 @@ def selected_row(point: dict) -> int | None:
         return int(cd) if cd is not None else None
     except (TypeError, ValueError):
         return None
+
+
+def select_from_map(sel_state: dict, rows: list[int]) -> None:
+    """A box, lasso or click selection on the map replaces the selection: its rows, its source,
+    and no similarity scores (those belong to a text query's selection)."""
+    sel_state.update(rows=list(rows), source="map selection", scores={})

@@ -88,8 +88,8 @@ def gallery(items: Sequence[Item], key: str, *, columns: int = 6, page_size: int
                 if item.flag:
                     st.caption(f":orange[{md_escape(item.flag, 60)}]")
                 if selectable:
-                    ticked = st.checkbox("select", key=f"{key}:sel:{item.key}",
-                                         label_visibility="collapsed", disabled=every)
+                    ticked = st.checkbox(f"Select {md_escape(item.path.name, 60)}",
+                                         key=f"{key}:sel:{item.key}", disabled=every)
                     if ticked or every:
                         chosen.append(item.key)
     return chosen

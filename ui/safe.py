@@ -28,3 +28,21 @@ def short(text: object, limit: int = 120) -> str:
     """Plain text, one line, cut to ``limit`` (for ``st.text`` and table cells)."""
     s = " ".join(("" if text is None else str(text)).split())
     return s if len(s) <= limit else s[: limit - 1] + "…"
+
+
+_CLI_ADVICE = (
+    ("pass --allow_outside_paths to allow it",
+     ('tick "Allow image paths outside the input folder" under "Files on this machine" on the '
+      "Data page to allow it")),
+    ("pass that folder as the image folder",
+     'give that folder as the "Image folder" under "Files on this machine" on the Data page'),
+)
+
+
+def for_browser(message: object) -> str:
+    """An error message from the core with its command-line advice ("pass --flag") replaced by
+    what a browser user does instead."""
+    s = str(message)
+    for cli, ui in _CLI_ADVICE:
+        s = s.replace(cli, ui)
+    return s

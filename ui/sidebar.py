@@ -59,14 +59,17 @@ def sidebar() -> None:
         if ws is None:
             return
         st.subheader("CLIP model")
-        st.caption(md_escape(ws.settings.partition.model_name, 120))
+        st.caption(md_escape(ws.settings.partition.model_name, 200))
         st.subheader("Endpoint")
         ep = ws.settings.endpoint
-        st.caption(md_escape(f"{ep.base_url or 'OpenAI (default URL)'} · model {ep.model_name}", 160))
+        st.caption(md_escape(f"{ep.base_url or 'OpenAI (default URL)'} · model {ep.model_name}", 200))
         key, source = api_key(ws)
         st.caption(md_escape(f"key: {source}", 120))
-        if ep.base_url or key:
+        # Checked by itself only when the user saved a base URL; the default (OpenAI) URL only
+        # on a click. The key goes to that endpoint only (it is scoped to it: ui.state.api_key).
+        asked = st.button("Check the endpoint", key="sb_check") if not ep.base_url else False
+        if ep.base_url or asked:
             ok, message = _check(ep.base_url, hashlib.sha256((key or "").encode()).hexdigest(), key)
-            (st.success if ok else st.warning)(md_escape(message, 160), icon=None)
+            (st.success if ok else st.warning)(md_escape(message, 300), icon=None)
         else:
-            st.caption("Not checked: set a base URL or an API key on the Generate page.")
+            st.caption("Not checked: the default OpenAI URL is contacted only when you ask.")

@@ -4,7 +4,8 @@ The workspace comes from the session (``st.session_state["ws_path"]``), else the
 (``?ws=/path``), else ``$MMINSTRUCT_WORKSPACE``, else the most recent one. Embeddings are kept in
 memory per process (like ``st.cache_resource``) under ``curation.embedding_key``; their disk cache
 makes a recomputation after a restart a cache read. The API key typed into the app lives only in
-``st.session_state["_api_key"]`` (never in a widget's value after submission, never on disk).
+``st.session_state["_api_key"]`` with the workspace and base URL it was typed for (never in a
+widget's value after submission, never on disk); it is dropped when either changes.
 """
 
 from __future__ import annotations
@@ -46,6 +47,8 @@ def workspace_path() -> str | None:
 def open_workspace(path: str, create: bool = False) -> Workspace:
     ws = Workspace.open(path, create=create)
     remember_workspace(ws.root)
+    if st.session_state.get(WS_KEY) != str(ws.root):
+        st.session_state.pop(KEY_SESSION, None)  # a typed key stays with its workspace
     st.session_state[WS_KEY] = str(ws.root)
     return ws
 
@@ -92,7 +95,16 @@ def cached_embeddings(ws: Workspace) -> Any | None:
 def get_embeddings(ws: Workspace) -> Any:
     """The workspace's embeddings; computed with a progress bar when not in memory."""
     from mminstruct.curation import embed_workspace, embedding_key
+    from mminstruct.workspace import demo_pool_progress, wait_demo_pool
 
+    if demo_pool_progress(ws) is not None:  # the demo's pool, drawn in the background: wait
+        wait_bar = st.progress(0.0, text="The demo's candidate charts are still being drawn…")
+        try:
+            wait_demo_pool(ws, lambda d, t: wait_bar.progress(
+                min(1.0, d / t) if t else 1.0,
+                text=f"The demo's candidate charts are still being drawn: {d}/{t}"))
+        finally:
+            wait_bar.empty()
     key = embedding_key(ws)
     with _LOCK:
         hit = _EMBEDDINGS.get(key)
@@ -119,7 +131,13 @@ def embeddings_or_stop(ws: Workspace) -> Any:
     try:
         return get_embeddings(ws)
     except MMInstructError as e:
-        st.error(f"Cannot embed this workspace's images: {e}")
+        from .safe import for_browser
+
+        st.error(f"Cannot embed this workspace's images: {for_browser(e)}")
+        cause = e.__cause__
+        if cause is not None and str(cause).strip() and str(cause) not in str(e):
+            with st.expander("The whole error"):  # (the message above may quote a shortened one)
+                st.code(f"{type(cause).__name__}: {cause}", language=None, wrap_lines=True)
         st.stop()
 
 
@@ -132,8 +150,11 @@ def forget_embeddings() -> None:
 # The API key
 
 
-def api_key(ws: Workspace) -> tuple[str | None, str]:
-    """(key, where it came from): the environment, ``st.secrets``, or this session."""
+def api_key(ws: Workspace, for_base_url: str | None = None) -> tuple[str | None, str]:
+    """(key, where it came from): the environment, ``st.secrets``, or this session. A key typed
+    in this session belongs to the workspace and base URL it was typed for: once either changes
+    it is dropped, never sent elsewhere. ``for_base_url``: the endpoint the key would go to when
+    it is not the workspace's current one (a run started earlier): a typed key is not offered."""
     var = ws.settings.endpoint.api_key_env or "OPENAI_API_KEY"
     if os.environ.get(var):
         return os.environ[var], f"environment variable ${var}"
@@ -143,21 +164,37 @@ def api_key(ws: Workspace) -> tuple[str | None, str]:
         secret = None
     if secret:
         return str(secret), f"st.secrets[{var!r}]"
-    typed = st.session_state.get(KEY_SESSION)
+    typed = typed_key(ws)
+    if typed and for_base_url is not None and for_base_url.strip() != _scope(ws)[1]:
+        return None, "none (the key typed here is for another base URL)"
     if typed:
-        return str(typed), "typed in this session (kept in memory only)"
+        return typed, "typed in this session for this base URL (kept in memory only)"
     return None, "none"
 
 
-def seed(key: str, current: Any) -> None:
-    """Before a settings-backed widget with ``value=current``: when the setting changed outside
-    the widget (another page, another workspace), drop the widget's stale state so it shows
-    ``current``."""
-    marker = f"_seed:{key}"
-    token = repr(current)
-    if st.session_state.get(marker) != token:
-        st.session_state.pop(key, None)
-        st.session_state[marker] = token
+def _scope(ws: Workspace) -> tuple[str, str]:
+    return (str(ws.root), ws.settings.endpoint.base_url.strip())
+
+
+def set_typed_key(ws: Workspace, key: str) -> None:
+    """Keep ``key`` in this session for this workspace's current base URL only."""
+    st.session_state[KEY_SESSION] = {"key": key, "scope": _scope(ws)}
+
+
+def typed_key(ws: Workspace) -> str | None:
+    """The key typed for this workspace and base URL; a key typed for another one is dropped."""
+    slot = st.session_state.get(KEY_SESSION)
+    if not isinstance(slot, dict):
+        st.session_state.pop(KEY_SESSION, None)
+        return None
+    if tuple(slot.get("scope", ())) != _scope(ws):
+        st.session_state.pop(KEY_SESSION, None)
+        return None
+    return str(slot["key"])
+
+
+def forget_typed_key() -> None:
+    st.session_state.pop(KEY_SESSION, None)
 
 
 NAV_FLAG = "_nav_ok"

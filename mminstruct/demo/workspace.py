@@ -23,7 +23,7 @@ import shlex
 import time
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from ..cache import atomic_write_bytes, atomic_write_json, atomic_write_text
@@ -65,6 +65,7 @@ class DemoWorkspace:
     rendered: int  # charts drawn by this call (0 when the workspace was already complete)
     seconds: float
     keywords: tuple[str, ...] = KEYWORDS
+    pool_pending: int = 0  # candidate charts left to draw (``draw_pool=False``)
 
     def labels(self) -> dict[str, str]:
         """Image path (relative to ``root``) → chart type."""
@@ -124,19 +125,63 @@ def _draw_all(jobs: list[tuple[int, str]], workers: int, progress: Progress | No
             if progress:
                 progress(k + 1, total)
         return
-    import multiprocessing
-    from concurrent.futures import ProcessPoolExecutor, as_completed
+    # Worker processes started as ``python -c`` (not multiprocessing): a spawned multiprocessing
+    # child re-runs the parent's ``__main__``, which inside the app is app.py itself (it then runs
+    # the whole app without a session: slow, and ~60 "missing ScriptRunContext" warnings each).
+    import subprocess
+    import sys
 
-    size = max(4, min(32, total // (workers * 4)))
-    chunks = [jobs[k:k + size] for k in range(0, total, size)]
-    done = 0
-    # spawn: safe from a threaded parent (the Streamlit app); workers import only matplotlib + PIL.
-    ctx = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
-        for fut in as_completed([pool.submit(_draw_chunk, c) for c in chunks]):
-            done += fut.result()
-            if progress:
-                progress(done, total)
+    slices = [jobs[w::workers] for w in range(workers)]
+    pkg_root = str(Path(__file__).resolve().parents[2])
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([pkg_root, *filter(None, [env.get("PYTHONPATH")])])
+    parts = [part for part in slices if part]
+    procs = [subprocess.Popen(
+        [sys.executable, "-c", "from mminstruct.demo.workspace import _draw_worker; _draw_worker()"],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env, text=True) for _ in parts]
+    import queue
+    import threading
+
+    lines: queue.Queue[int] = queue.Queue()
+
+    def pump(proc: subprocess.Popen, part: list[tuple[int, str]]) -> None:
+        with proc.stdin, proc.stdout:  # type: ignore[union-attr]
+            proc.stdin.write(json.dumps(part))  # type: ignore[union-attr]
+            proc.stdin.close()  # type: ignore[union-attr]
+            for _ in proc.stdout:  # type: ignore[union-attr]
+                lines.put(1)
+        lines.put(0)  # this worker is done
+
+    threads = [threading.Thread(target=pump, args=(proc, part), daemon=True)
+               for proc, part in zip(procs, parts, strict=True)]
+    try:
+        for t in threads:
+            t.start()
+        done, running = 0, len(threads)
+        while running:
+            if lines.get():
+                done += 1
+                if progress:
+                    progress(done, total)  # in the caller's thread (the app's script thread)
+            else:
+                running -= 1
+        codes = [proc.wait() for proc in procs]
+        if any(codes) or done != total:
+            raise ConfigError(f"drawing the demo charts failed: {done}/{total} drawn, worker exit "
+                              f"codes {codes}")
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+
+
+def _draw_worker() -> None:
+    """A drawing process: reads its jobs (JSON) on stdin, prints a line per chart written."""
+    import sys
+
+    for chart, path in json.loads(sys.stdin.read()):
+        _draw_chunk([(int(chart), str(path))])
+        print(1, flush=True)
 
 
 def _validate(seed: int, n_reference: int, n_candidates: int, workers: int | None) -> None:
@@ -168,11 +213,14 @@ def _remove_stale(folder: Path, prefix: str, keep: set[str]) -> None:
 
 def build_demo_workspace(output_folder: str | os.PathLike, seed: int = 0, n_reference: int = 150,
                          n_candidates: int = 600, progress: Progress | None = None,
-                         workers: int | None = None) -> DemoWorkspace:
+                         workers: int | None = None, draw_pool: bool = True) -> DemoWorkspace:
     """Build (or finish, or just find) the demo workspace in ``output_folder``.
 
     ``progress(done, total)`` is called as charts are drawn. ``workers`` defaults to 2 processes
-    (at most the number of CPUs)."""
+    (at most the number of CPUs). With ``draw_pool`` False only the reference charts are drawn
+    (the data file, labels and readme are written; the workspace stays incomplete): a second
+    call with the same parameters draws the candidate pool (the app does it in the background
+    so the Data page is usable sooner)."""
     _validate(seed, n_reference, n_candidates, workers)
     start = time.perf_counter()
     root = Path(output_folder)
@@ -202,9 +250,13 @@ def build_demo_workspace(output_folder: str | os.PathLike, seed: int = 0, n_refe
     for i, name in enumerate(ref_names):
         if not (image_dir / name).is_file():
             jobs.append((chart_seed(seed, "reference", i), str(image_dir / name)))
+    pending = 0
     for j, name in enumerate(cand_names):
         if not (pool_dir / name).is_file():
-            jobs.append((chart_seed(seed, "candidate", j), str(pool_dir / name)))
+            if draw_pool:
+                jobs.append((chart_seed(seed, "candidate", j), str(pool_dir / name)))
+            else:
+                pending += 1
     n_workers = workers or max(1, min(2, os.cpu_count() or 1))
     _draw_all(jobs, n_workers, progress)
 
@@ -219,8 +271,9 @@ def build_demo_workspace(output_folder: str | os.PathLike, seed: int = 0, n_refe
                    for n, s in zip(cand_names, cand_specs)})
     atomic_write_json(root / LABELS_NAME, labels, indent=1)
     atomic_write_text(root / README_NAME, readme_text(root, seed, ref_specs, cand_specs))
-    atomic_write_json(manifest_path, {**params, "complete": True})
-    return _workspace(root, seed, n_reference, n_candidates, len(jobs), time.perf_counter() - start)
+    atomic_write_json(manifest_path, {**params, "complete": not pending})
+    ws = _workspace(root, seed, n_reference, n_candidates, len(jobs), time.perf_counter() - start)
+    return replace(ws, pool_pending=pending)
 
 
 def _workspace(root: Path, seed: int, n_ref: int, n_cand: int, rendered: int,

@@ -1,0 +1,266 @@
+"""One state pattern for every settings-backed widget.
+
+A widget bound to a workspace setting has a fixed ``key``. Each run, before the widget is drawn,
+``bind`` compares the setting (as ``workspace.json`` holds it now) with the value this session
+last wrote or showed for that key: when they differ — the setting was changed elsewhere (another
+page, another workspace, another tab, a restart) — the widget's state is set to the setting;
+otherwise the widget keeps what the user typed. An edit is written by the widget's ``on_change``
+callback (or, for the fields of a form, by the form's submit callback), which runs before the
+page's script: the setting is saved exactly once, the marker is moved to the saved value, and the
+page (sidebar included) draws from the saved settings.
+
+``BOUND`` lists every bound widget (its page, its AppTest accessor, its settings path): the
+parametrised test in ``tests/test_app_settings.py`` edits each of them three times in a row.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import streamlit as st
+
+from mminstruct.errors import MMInstructError
+from mminstruct.workspace import Workspace
+
+
+def _same(v: Any) -> Any:
+    return v
+
+
+def _get(settings: Any, path: str) -> Any:
+    obj = settings
+    for part in path.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+def _set_path(ws: Workspace, path: str, value: Any) -> None:
+    *head, last = path.split(".")
+    obj = ws.settings
+    for part in head:
+        obj = getattr(obj, part)
+    setattr(obj, last, value)
+
+
+def _setter(path: str, convert: Callable[[Any], Any] = _same) -> Callable[[Workspace, Any], None]:
+    def apply(ws: Workspace, value: Any) -> None:
+        _set_path(ws, path, convert(value))
+    return apply
+
+
+def _keywords(ws: Workspace, text: Any) -> None:
+    ws.set_keywords(str(text or "").splitlines())
+
+
+def _use_min(ws: Workspace, on: Any) -> None:
+    p = ws.settings.partition
+    p.min_similarity = float(st.session_state.get("min_sim", 0.2)) if on else None
+
+
+def _min_sim(ws: Workspace, v: Any) -> None:
+    ws.settings.partition.min_similarity = float(v)
+
+
+def _model_spec(ws: Workspace, v: Any) -> None:
+    from mminstruct.model_choice import check_spec, remember_model
+
+    mc = check_spec(str(v or ""))
+    ws.settings.partition.model_name = mc.spec
+    if mc.kind == "checkpoint":
+        remember_model(mc.spec)  # offered again as a choice ("recently used")
+
+
+def _task_file(ws: Workspace, name: Any) -> None:
+    ws.settings.task_file = str(ws.tasks_dir / str(name)) if name else ""
+
+
+def _prompt_file(ws: Workspace, name: Any) -> None:
+    ws.settings.prompt_file = str(ws.root / "generated_prompts" / str(name)) if name else ""
+
+
+def _name(v: Any) -> Any:
+    return Path(v).name if v else None
+
+
+def _opt_float(v: Any) -> float | None:
+    return float(v) or None
+
+
+def _opt_int(v: Any) -> int | None:
+    return int(v) or None
+
+
+def _stripped(default: str) -> Callable[[Any], str]:
+    return lambda v: str(v or "").strip() or default
+
+
+@dataclass(frozen=True)
+class Bound:
+    key: str  # the widget's key
+    path: str  # the setting, dotted, in workspace.json (``partition.keywords``)
+    page: str  # the page file, or "sidebar"
+    widget: str  # AppTest's accessor (text_area, number_input, …)
+    apply: Callable[[Workspace, Any], None]  # widget value → settings (may raise MMInstructError)
+    to_widget: Callable[[Any], Any] = _same  # setting → widget value
+    form: str = ""  # the form holding the widget ("" = saved on change)
+
+
+DATA, EXPLORE, PARTITION, PROMPTS, GENERATE = (
+    "pages/1_data.py", "pages/2_explore.py", "pages/3_partition.py", "pages/4_prompts.py",
+    "pages/5_generate.py")
+EP_FORM = "endpoint_form"
+
+BOUND: dict[str, Bound] = {b.key: b for b in (
+    Bound("desc_text", "data.dataset_description", DATA, "text_area",
+          _setter("data.dataset_description", lambda v: str(v or "").strip())),
+    Bound("clip_model", "partition.model_name", DATA, "text_input", _model_spec),
+    Bound("ex_clip_model", "partition.model_name", EXPLORE, "text_input", _model_spec),
+    Bound("proj_method", "partition.projection", EXPLORE, "radio",
+          _setter("partition.projection")),
+    Bound("kw_text", "partition.keywords", PARTITION, "text_area", _keywords,
+          lambda v: "\n".join(v)),
+    Bound("use_min", "partition.min_similarity", PARTITION, "checkbox", _use_min,
+          lambda v: v is not None),
+    Bound("min_sim", "partition.min_similarity", PARTITION, "slider", _min_sim,
+          lambda v: float(v) if v is not None else 0.2),
+    Bound("low_margin", "partition.low_margin", PARTITION, "slider",
+          _setter("partition.low_margin", float), float),
+    Bound("top_k", "partition.candidates_per_keyword", PARTITION, "number_input",
+          _setter("partition.candidates_per_keyword", _opt_int), lambda v: int(v or 0)),
+    Bound("task_pick", "task_file", PROMPTS, "selectbox", _task_file, _name),
+    Bound("p_total", "prompts.total_gen", PROMPTS, "number_input",
+          _setter("prompts.total_gen", int), int),
+    Bound("p_min", "prompts.min_gen_per_candidate", PROMPTS, "number_input",
+          _setter("prompts.min_gen_per_candidate", int), int),
+    Bound("p_icl", "prompts.num_icl_samples", PROMPTS, "number_input",
+          _setter("prompts.num_icl_samples", int), int),
+    Bound("p_mode", "prompts.mode", PROMPTS, "selectbox", _setter("prompts.mode")),
+    Bound("p_seed", "prompts.seed", PROMPTS, "number_input", _setter("prompts.seed", int), int),
+    Bound("p_prefix", "prompts.file_prefix", PROMPTS, "text_input",
+          _setter("prompts.file_prefix", _stripped("prompts"))),
+    Bound("est_model", "endpoint.model_name", PROMPTS, "text_input",
+          _setter("endpoint.model_name", _stripped("gpt-4o"))),
+    Bound("gen_prompt", "prompt_file", GENERATE, "selectbox", _prompt_file, _name),
+    Bound("ep_base", "endpoint.base_url", GENERATE, "text_input",
+          _setter("endpoint.base_url", lambda v: str(v or "").strip()), form=EP_FORM),
+    Bound("ep_model", "endpoint.model_name", GENERATE, "text_input",
+          _setter("endpoint.model_name", _stripped("gpt-4o")), form=EP_FORM),
+    Bound("ep_keyenv", "endpoint.api_key_env", GENERATE, "text_input",
+          _setter("endpoint.api_key_env", _stripped("OPENAI_API_KEY")), form=EP_FORM),
+    Bound("ep_side", "endpoint.max_image_side", GENERATE, "number_input",
+          _setter("endpoint.max_image_side", int), int, form=EP_FORM),
+    Bound("ep_conc", "endpoint.concurrency", GENERATE, "number_input",
+          _setter("endpoint.concurrency", int), int, form=EP_FORM),
+    Bound("ep_rpm", "endpoint.rpm", GENERATE, "number_input",
+          _setter("endpoint.rpm", _opt_float), lambda v: float(v or 0), form=EP_FORM),
+    Bound("ep_tpm", "endpoint.tpm", GENERATE, "number_input",
+          _setter("endpoint.tpm", _opt_float), lambda v: float(v or 0), form=EP_FORM),
+    Bound("ep_maxtok", "endpoint.max_tokens", GENERATE, "number_input",
+          _setter("endpoint.max_tokens", _opt_int), lambda v: int(v or 0), form=EP_FORM),
+    Bound("ep_timeout", "endpoint.timeout", GENERATE, "number_input",
+          _setter("endpoint.timeout", float), float, form=EP_FORM),
+    Bound("ep_retries", "endpoint.max_retries", GENERATE, "number_input",
+          _setter("endpoint.max_retries", int), int, form=EP_FORM),
+)}
+
+
+def _marker(key: str) -> str:
+    return f"_bound:{key}"
+
+
+def _error_slot(key: str) -> str:
+    return f"_bound_err:{key}"
+
+
+def _token(ws: Workspace, b: Bound) -> tuple[str, str]:
+    return (str(ws.root), repr(_get(ws.settings, b.path)))
+
+
+def sync(key: str, ws: Workspace, value: Any, widget_value: Any = None) -> None:
+    """For a widget that is not saved on change (a draft applied by a button): show ``value``'s
+    widget form when the workspace or the setting changed since this session last showed it."""
+    ss = st.session_state
+    token = (str(ws.root), repr(value))
+    if key not in ss or ss.get(_marker(key)) != token:
+        ss[key] = value if widget_value is None else widget_value
+        ss[_marker(key)] = token
+
+
+def mark_synced(key: str, ws: Workspace, value: Any) -> None:
+    """After a callback saved ``value`` for a ``sync``-ed widget: the widget keeps its state."""
+    st.session_state[_marker(key)] = (str(ws.root), repr(value))
+
+
+def bind(ws: Workspace, key: str, *, fallback: Any = None) -> dict[str, Any]:
+    """The keyword arguments of the widget bound as ``BOUND[key]``: its key and, outside a
+    form, its ``on_change``. ``fallback`` is shown when the setting is None (a description the
+    data file provides, say)."""
+    b = BOUND[key]
+    ss = st.session_state
+    token = _token(ws, b)
+    if fallback is not None and _get(ws.settings, b.path) is None:
+        token = (*token, repr(fallback))  # another data file's own description is shown anew
+    if key not in ss or ss.get(_marker(key)) != token:
+        value = _get(ws.settings, b.path)
+        ss[key] = b.to_widget(value) if value is not None or fallback is None else fallback
+        ss[_marker(key)] = token
+        ss.pop(_error_slot(key), None)
+    kwargs: dict[str, Any] = {"key": key}
+    if not b.form:
+        kwargs.update(on_change=_save, args=(str(ws.root), (key,)))
+    return kwargs
+
+
+def show_error(key: str) -> None:
+    """The reason the last edit of ``key`` was not saved (the widget keeps the edit)."""
+    msg = st.session_state.get(_error_slot(key))
+    if msg:
+        st.error(msg)
+
+
+def form_submit(ws: Workspace, form: str) -> dict[str, Any]:
+    """The keyword arguments of a form's submit button: saves every field bound to the form."""
+    keys = tuple(k for k, b in BOUND.items() if b.form == form)
+    return {"on_click": _save, "args": (str(ws.root), keys, form)}
+
+
+def _save(root: str, keys: Sequence[str], form: str = "") -> None:
+    """The callback: apply the widgets' values to the workspace on disk and save it once."""
+    ss = st.session_state
+    try:
+        ws = Workspace.open(root)
+    except MMInstructError as e:
+        for key in keys:
+            ss[_error_slot(key)] = f"Not saved: {e}"
+        return
+    failed = False
+    for key in keys:
+        ss.pop(_error_slot(key), None)
+        if key not in ss:
+            continue
+        try:
+            BOUND[key].apply(ws, ss[key])
+        except (MMInstructError, ValueError, TypeError) as e:
+            ss[_error_slot(key)] = f"Not saved: {e}"
+            failed = True
+    if failed:
+        return
+    try:
+        ws.save()
+    except MMInstructError as e:
+        for key in keys:
+            ss[_error_slot(key)] = f"Not saved: {e}"
+        return
+    for key in keys:
+        if _error_slot(key) not in ss:
+            ss[_marker(key)] = _token(ws, BOUND[key])
+    if form:
+        ss[f"_saved:{form}"] = True
+
+
+def saved_note(form: str) -> bool:
+    """True once after the form was saved (to show "Saved")."""
+    return bool(st.session_state.pop(f"_saved:{form}", False))
