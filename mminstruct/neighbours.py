@@ -114,6 +114,43 @@ def _search_index(index: Any, queries: np.ndarray, k: int, excluded: np.ndarray,
     return _best_per_id(ids, scores, excluded, k, int(index.ntotal))
 
 
+def _search_ivf_cells(index: Any, queries: np.ndarray, k: int, excluded: np.ndarray,
+                      nprobe: int | None) -> tuple[np.ndarray, np.ndarray]:
+    """Many queries over an IVF-flat index, cell by cell: each query picks its ``nprobe`` cells
+    (as faiss would), then every probed cell is read once and scored against all the queries that
+    probed it in one matrix product. Each candidate gets the best score among the queries that
+    probed its cell — exactly what per-query faiss searches with unlimited depth would give, at
+    a fraction of the memory traffic (faiss re-reads a cell for every query probing it)."""
+    import faiss  # noqa: PLC0415 (heavy import)
+
+    ivf = faiss.extract_index_ivf(index.index)
+    probe = index.nprobe if nprobe is None else min(max(1, int(nprobe)), index.params.nlist)
+    _, cells = ivf.quantizer.search(np.ascontiguousarray(queries, dtype=np.float32), probe)
+    flat_cells = cells.reshape(-1)
+    owner = np.repeat(np.arange(len(queries)), cells.shape[1])
+    keep = flat_cells >= 0
+    flat_cells, owner = flat_cells[keep], owner[keep]
+    order = np.argsort(flat_cells, kind="stable")
+    flat_cells, owner = flat_cells[order], owner[order]
+    starts = np.flatnonzero(np.r_[True, flat_cells[1:] != flat_cells[:-1]])
+    ends = np.r_[starts[1:], len(flat_cells)]
+    invlists, dim = ivf.invlists, int(index.dim)
+    best = np.full(max(int(index.ntotal), 1), -np.inf, np.float32)
+    for a, b in zip(starts.tolist(), ends.tolist()):
+        cell = int(flat_cells[a])
+        size = int(invlists.list_size(cell))
+        if not size:
+            continue
+        ids = faiss.rev_swig_ptr(invlists.get_ids(cell), size).copy()
+        codes = faiss.rev_swig_ptr(invlists.get_codes(cell), size * dim * 4)
+        vecs = np.frombuffer(codes, dtype=np.float32, count=size * dim).reshape(size, dim)
+        sims = vecs @ queries[owner[a:b]].T  # (size, queries probing this cell)
+        best[ids] = sims.max(axis=1)
+    if len(excluded):
+        best[excluded[(excluded >= 0) & (excluded < len(best))]] = -np.inf
+    return _top(best, k)
+
+
 def more_like_these(selection: Any, k: int, *, pool: Any = None, index: Any = None,
                     method: str = "members", exclude: Iterable[int] = (),
                     nprobe: int | None = None, chunk_rows: int = CHUNK_ROWS // 4) -> Neighbours:
@@ -128,7 +165,10 @@ def more_like_these(selection: Any, k: int, *, pool: Any = None, index: Any = No
     if index is not None:
         if int(index.dim) != sel.shape[1]:
             raise InputError(f"the selection has dim {sel.shape[1]} but the index dim {index.dim}")
-        best_ids, best = _search_index(index, queries, int(k), excluded, nprobe)
+        if index.kind == "ivf" and len(queries) > 1:
+            best_ids, best = _search_ivf_cells(index, queries, int(k), excluded, nprobe)
+        else:
+            best_ids, best = _search_index(index, queries, int(k), excluded, nprobe)
         return Neighbours(best_ids, best, method, index.kind)
     if pool is None:
         raise ConfigError("more_like_these needs the pool's vectors (pool=) or an index (index=)")
