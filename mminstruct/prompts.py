@@ -378,7 +378,8 @@ def prepare_plan(task: TaskFile, config: PromptConfig) -> PromptPlan:
         if n_prompts and mode.carries_candidate and not cands:
             raise InputError(
                 f"subgroup {sg.keyword!r} needs {n_prompts} prompts but has no usable candidate "
-                "images; add a candidate pool in step 1 (--candidate_folder) or drop the keyword")
+                "images; add a candidate pool in step 1 (--candidate_folder), drop the keyword, "
+                f"or give it a budget of 0 (--budgets '{sg.keyword}=0')")
         if n_prompts and mode.carries_icl and config.num_icl_samples and not pool:
             missing_refs = sum(1 for p in excluded if p.index in set(sg.reference_sample_idx)
                                and "not found under" in p.reason)

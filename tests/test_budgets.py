@@ -114,3 +114,12 @@ def test_cli_budgets_and_only(tmp_path):
     assert {p["keyword"] for p in raw["prompts"]} == {"square"} and len(raw["prompts"]) == 6
     r = _run(*common[:-1], "pie=3")
     assert r.returncode != 0 and "unknown keyword 'pie'; choose one of: circle, square" in r.stderr
+
+
+def test_a_subgroup_left_without_candidates_can_be_given_a_budget_of_0(tmp_path):
+    task = _task(tmp_path)
+    task.subgroups[1].candidate_image_paths = []  # e.g. all moved to a subgroup of their own
+    with pytest.raises(Exception, match=r"or give it a budget of 0 \(--budgets 'square=0'\)"):
+        prepare_plan(task, _config(tmp_path))
+    plan = prepare_plan(task, _config(tmp_path, budgets="square=0"))
+    assert plan.allocation() == {"circle": 12, "square": 0}  # circle takes all of total_gen
