@@ -81,8 +81,8 @@ def main() -> None:
         print(f"{method:<10} {'brute force (exact)':<22} {t_exact[method]:>9.3f} {1.0:>9.3f}")
         for probe in args.nprobe.split(","):
             nprobe = None if probe == "default" else int(probe)
-            t, got = timed(lambda: more_like_these(sel, args.k, index=index, method=method,
-                                                   exclude=sel_rows, nprobe=nprobe))
+            t, got = timed(lambda m=method, npb=nprobe: more_like_these(
+                sel, args.k, index=index, method=m, exclude=sel_rows, nprobe=npb))
             rec = len(set(got.ids.tolist()) & set(exact[method].tolist())) / args.k
             label = f"ivf nprobe={nprobe or index.nprobe}"
             print(f"{method:<10} {label:<22} {t:>9.3f} {rec:>9.3f}")

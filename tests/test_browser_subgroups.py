@@ -21,7 +21,7 @@ pytestmark = [pytest.mark.browser,
 
 
 def _lasso(page, path) -> None:
-    for attempt in range(5):  # the chart is drawn anew after the projection changed
+    for _ in range(5):  # the chart is drawn anew after the projection changed
         try:
             _idle(page)
             page.locator("[data-testid=stPlotlyChart]").first.scroll_into_view_if_needed()

@@ -3,8 +3,6 @@ flagging regions no keyword fits; on the demo charts with the demo CLIP (slow)."
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pytest
 
