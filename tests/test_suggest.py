@@ -112,7 +112,7 @@ def test_hdbscan_finds_tight_groups_itself(blobs):
 
 
 @pytest.mark.slow
-def test_demo_charts_are_named_by_their_chart_types(small_demo_workspace, tmp_path):
+def test_demo_charts_are_named_by_their_chart_types(tmp_path):
     """The demo CLIP knows charts only: the clusters of 48 demo charts carry the four chart types
     among their top three words, with k given and with k chosen by silhouette."""
     from mminstruct.clip import embed_images, embed_keywords

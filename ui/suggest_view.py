@@ -43,7 +43,7 @@ def suggestions_panel(ws: Any, emb: Any, key: str = "suggest") -> None:
                        "fit": round(c.keyword_fit, 3) if c.keyword else None,
                        "no keyword fits": "⚠ yes" if c.uncovered else ""} for c in s.clusters],
                      hide_index=True, width="stretch")
-        offer = s.keywords(p.keywords)
+        offer = s.keywords(ws.subgroup_names())
         if not offer:
             st.caption("Every suggested name is a keyword already.")
             return
