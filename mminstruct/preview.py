@@ -108,7 +108,7 @@ def save_prompts(ws: Workspace, pf: PromptFile) -> Path:
     if prefix:
         path = save_prompt_file(pf, ws.root, prefix)
     else:
-        path = ws.root / "generated_prompts" / prompt_file_name("").lstrip("_")
+        path = ws.prompts_dir / prompt_file_name("").lstrip("_")
         atomic_write_json(path, pf.to_json(), indent=None)
         pf.path = path
     ws.settings.prompt_file = str(path)

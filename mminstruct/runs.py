@@ -43,7 +43,7 @@ from .cache import atomic_write_json
 from .errors import ConfigError, DataFileError, InputError, MMInstructError
 from .generate.config import GenerationConfig, config_from_dict
 from .generate.control import read_status, request_cancel, request_pause
-from .generate.runlog import list_runs
+from .generate.runlog import RunDir, list_runs
 from .llm.client import EndpointConfig
 
 log = logging.getLogger(__name__)
@@ -273,7 +273,7 @@ def run_info(ws_root: str | os.PathLike, name: str) -> RunInfo:
             status = read_status(run_dir)
         except DataFileError:
             status = {}
-        meta = _read_json(run_dir / "run.json") or {}
+        meta = _read_json(RunDir.at(run_dir).meta_path) or {}
     ended = _read_json(exit_path)
     if ended is not None and ended.get("token") != record.get("token"):
         ended = None
@@ -282,7 +282,7 @@ def run_info(ws_root: str | os.PathLike, name: str) -> RunInfo:
         state = status.get("state") or "starting"
         if state not in ACTIVE:  # the engine is done; the process is writing its last files
             state = "finishing" if state in ("finished", "cancelled", "stopped") else "starting"
-        if state == "running" and run_dir is not None and (run_dir / "PAUSE").exists():
+        if state == "running" and run_dir is not None and RunDir.at(run_dir).pause_flag.exists():
             message = "pausing: the requests in flight finish first"
     elif ended is not None:
         state, message = ended.get("state", "failed"), ended.get("message", "")
@@ -353,10 +353,11 @@ def cancel_run(info: RunInfo) -> None:
         os.killpg(info.pid, signal.SIGTERM)  # still starting: its own session, its own group
 
 
-def latest_records(run_dir: str | os.PathLike, n: int = 6, tail_bytes: int = 1 << 19
+def recent_records(run_dir: str | os.PathLike, n: int = 6, tail_bytes: int = 1 << 19
                    ) -> list[dict[str, Any]]:
-    """The last ``n`` finished prompts of a run's log (newest first), read from its end."""
-    path = Path(run_dir) / "log.jsonl"
+    """The last ``n`` finished prompts of a run's log (newest first), read from its end (what the
+    Generate page shows; ``generate.runlog.latest_records`` is each prompt's latest record)."""
+    path = RunDir.at(run_dir).log_path
     try:
         with open(path, "rb") as f:
             f.seek(0, os.SEEK_END)

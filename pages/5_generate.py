@@ -10,7 +10,7 @@ import streamlit as st
 
 from mminstruct.errors import MMInstructError
 from mminstruct.generate.manifest import estimate_cost
-from mminstruct.runs import (cancel_run, continue_run, dry_run, eta_label, latest_records,
+from mminstruct.runs import (cancel_run, continue_run, dry_run, eta_label, recent_records,
                              list_app_runs, new_run_name, pause_run, resume_run, run_info,
                              runs_table, start_run, workspace_config)
 from ui.gallery import thumbnail
@@ -73,7 +73,7 @@ if source.startswith("typed") or key is None:
 # Starting a run
 
 st.subheader("New run")
-prompt_dir = ws.root / "generated_prompts"
+prompt_dir = ws.prompts_dir
 prompts = sorted(prompt_dir.glob("*.json"), key=lambda q: q.stat().st_mtime, reverse=True) \
     if prompt_dir.is_dir() else []
 if not prompts:
@@ -135,7 +135,7 @@ st.session_state["run_pick"] = picked
 
 
 def _samples(info) -> None:
-    recs = latest_records(info.run_dir, 4) if info.run_dir else []
+    recs = recent_records(info.run_dir, 4) if info.run_dir else []
     if not recs:
         return
     st.markdown("**Latest prompts**")

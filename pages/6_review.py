@@ -139,7 +139,7 @@ fmt = c1.radio("Format", EXPORT_FORMATS, format_func=EXPORT_LABELS.get, horizont
                key="rv_fmt")
 absolute = c2.checkbox("Absolute image paths", key="rv_abs",
                        help="Otherwise paths are relative to the export file's folder")
-dest = next_free_name(ws.root / "exports" / export_name(path, fmt))  # never overwrites
+dest = next_free_name(ws.exports_dir / export_name(path, fmt))  # never overwrites
 st.caption(f"Writes {md_escape(dest.name, 200)}")
 if st.button("Export", type="primary", key="rv_export"):
     try:

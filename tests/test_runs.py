@@ -18,7 +18,7 @@ from mminstruct.errors import ConfigError
 from mminstruct.generate import GenerationConfig
 from mminstruct.generate.runlog import iter_records
 from mminstruct.llm.client import EndpointConfig
-from mminstruct.runs import (cancel_run, check_endpoint, continue_run, dry_run, latest_records,
+from mminstruct.runs import (cancel_run, check_endpoint, continue_run, dry_run, recent_records,
                              list_app_runs, pause_run, resume_run, run_info, start_run)
 from tests.fixtures.llm import FAKE_KEY, make_prompt_workspace
 
@@ -79,7 +79,7 @@ def test_start_watch_finish_and_the_key_stays_in_the_environment(stub, no_key_en
     assert sorted(_logged(done)) == list(range(12))
     assert hashlib.sha256(FAKE_KEY.encode()).hexdigest() in stub.stats()["key_sha256"]
     assert _leaks(tmp_path) == []
-    latest = latest_records(done.run_dir, 3)
+    latest = recent_records(done.run_dir, 3)
     assert len(latest) == 3 and all(r["outcome"] == "ok" for r in latest)
     assert [i.name for i in list_app_runs(root)] == ["first"]
     with pytest.raises(ConfigError, match="run name"):

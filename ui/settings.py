@@ -78,7 +78,7 @@ def _task_file(ws: Workspace, name: Any) -> None:
 
 
 def _prompt_file(ws: Workspace, name: Any) -> None:
-    ws.settings.prompt_file = str(ws.root / "generated_prompts" / str(name)) if name else ""
+    ws.settings.prompt_file = str(ws.prompts_dir / str(name)) if name else ""
 
 
 def _name(v: Any) -> Any:

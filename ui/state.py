@@ -95,7 +95,7 @@ def cached_embeddings(ws: Workspace) -> Any | None:
 def get_embeddings(ws: Workspace) -> Any:
     """The workspace's embeddings; computed with a progress bar when not in memory."""
     from mminstruct.curation import embed_workspace, embedding_key
-    from mminstruct.workspace import demo_pool_progress, wait_demo_pool
+    from mminstruct.demo.setup import demo_pool_progress, wait_demo_pool
 
     if demo_pool_progress(ws) is not None:  # the demo's pool, drawn in the background: wait
         wait_bar = st.progress(0.0, text="The demo's candidate charts are still being drawn…")
