@@ -32,8 +32,8 @@ from .formats import PromptFile, TaskFile, is_prompt_image, prompt_file_name, sa
 from .generate.manifest import CostEstimate, estimate_cost
 from .generate.output import samples_per_item
 from .images import probe_image, resolve_image_path
-from .llm.requests import (BuiltRequest, EncodedImage, ImageEncoder, build_messages,
-                           generation_prompt, system_prompt)
+from .llm.requests import (REQUEST_OVERHEAD_TOKENS, BuiltRequest, EncodedImage, ImageEncoder,
+                           build_messages, generation_prompt, system_prompt, text_tokens)
 from .modes import Mode, parse_mode
 from .prompts import PromptConfig, PromptPlan, plan_prompts, prepare_plan
 from .workspace import Workspace
@@ -43,7 +43,6 @@ OUTPUT_TOKENS_PER_ITEM: dict[Mode, int] = {
     Mode.VQA: 200, Mode.VQA_NR: 70, Mode.TQA: 260, Mode.DESCRIPT: 220, Mode.GENERIC: 200,
     Mode.VQA_TASK_DESC: 200, Mode.DESCRIPT_TASK_DESC: 220,
 }
-REQUEST_OVERHEAD_TOKENS = 12  # role and message framing, as the engine counts it
 
 
 def prompt_config(ws: Workspace, task_path: str | os.PathLike) -> PromptConfig:
@@ -154,10 +153,6 @@ class RunEstimate:
         return self.input_tokens / self.prompts if self.prompts else 0.0
 
 
-def _text_tokens(text: str) -> int:
-    return len(text) // 4 + 1  # the engine's rule (llm.requests)
-
-
 def image_tokens(width: int, height: int, max_side: int) -> int:
     """Tokens of an image sent after downscaling to ``max_side`` (OpenAI's high-detail rule)."""
     scale = min(1.0, max_side / max(width, height, 1))
@@ -172,8 +167,8 @@ def estimate_run(pf: PromptFile, input_root: str | os.PathLike, model: str, *,
     if n == 0:
         return RunEstimate(0, 0, True, 0, 0, 0, estimate_cost(model, 0, 0))
     mode = pf.mode
-    fixed = (_text_tokens(system_prompt(mode, pf.dataset_description))
-             + _text_tokens(generation_prompt(mode, pf.min_gen_per_candidate))
+    fixed = (text_tokens(system_prompt(mode, pf.dataset_description))
+             + text_tokens(generation_prompt(mode, pf.min_gen_per_candidate))
              + REQUEST_OVERHEAD_TOKENS)
     idx = range(n) if n <= sample else sorted(random.Random(seed).sample(range(n), sample))
     sizes: dict[str, int | None] = {}
@@ -196,7 +191,7 @@ def estimate_run(pf: PromptFile, input_root: str | os.PathLike, model: str, *,
                 else:
                     img += t
             else:
-                text += _text_tokens(part)
+                text += text_tokens(part)
     scale = n / measured
     image_total = math.ceil(img * scale)
     input_total = math.ceil((text + img) * scale) + fixed * n
