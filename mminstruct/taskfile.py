@@ -39,15 +39,11 @@ from .errors import ConfigError, DataFileError, ImageError, InputError, UnsafePa
 from .formats import Subgroup, TaskFile, save_task_file
 from .records import DataFile, load_data_file
 from .images import list_image_files, resolve_image_path
-from .partition import Partition, TopK, assign_keywords, top_k_per_keyword
+from .partition import Partition, TopK, assign_keywords, normalise_keywords, top_k_per_keyword
 
 log = logging.getLogger(__name__)
 
 Progress = Callable[[str, int, int], None]  # (stage, done, total)
-
-
-def _norm_keyword(k: str) -> str:
-    return " ".join(k.split()).casefold()
 
 
 def _int_field(name: str, value: Any, minimum: int, optional: bool = False) -> int | None:
@@ -114,23 +110,10 @@ class TaskFileConfig:
 
     @staticmethod
     def _check_keywords(keywords: Any) -> list[str]:
-        if isinstance(keywords, str) or not isinstance(keywords, Sequence):
-            raise ConfigError(f"keywords must be a list of strings, got {keywords!r}")
-        if not keywords:
+        out = normalise_keywords(keywords)
+        if not out:
             raise ConfigError("the keyword list is empty; give at least one keyword "
                               "(e.g. --keywords 'bar chart' 'pie chart')")
-        out: list[str] = []
-        seen: dict[str, str] = {}
-        for k in keywords:
-            if not isinstance(k, str) or not k.strip():
-                raise ConfigError(f"keyword {k!r} is empty or not a string")
-            k = " ".join(k.split())
-            norm = _norm_keyword(k)
-            if norm in seen:
-                raise ConfigError(f"keyword {k!r} is given twice (also as {seen[norm]!r}); "
-                                  "keywords are compared ignoring case and spaces")
-            seen[norm] = k
-            out.append(k)
         return out
 
 

@@ -32,6 +32,7 @@ from typing import Any
 from .cache import atomic_write_json
 from .errors import ConfigError, choices_message
 from .formats import generated_dir, prompts_dir
+from .partition import normalise_keywords
 from .modes import MODE_NAMES
 
 HOME_ENV = "MMINSTRUCT_HOME"
@@ -336,9 +337,10 @@ class Workspace:
                 table[norm(k)] = keyword
 
     def set_keywords(self, new: Sequence[str]) -> list[str]:
-        """Replace the keyword list. When the list keeps its length, a changed line is a rename
-        and manual assignments follow it; assignments to removed keywords are dropped."""
-        clean = normalise_keywords(new)
+        """Replace the keyword list (blank lines dropped). When the list keeps its length, a
+        changed line is a rename and manual assignments follow it; assignments to removed keywords
+        are dropped."""
+        clean = normalise_keywords([k for k in new if not isinstance(k, str) or k.strip()])
         p = self.settings.partition
         old = list(p.keywords)
         renames = {o: n for o, n in zip(old, clean) if o != n} if len(old) == len(clean) else {}
@@ -360,25 +362,6 @@ class Workspace:
             self.settings.rejected[output_name] = sorted(cur)
         else:
             self.settings.rejected.pop(output_name, None)
-
-
-def normalise_keywords(keywords: Sequence[str]) -> list[str]:
-    """Blank lines dropped, spaces collapsed; a duplicate (ignoring case and spaces) is an error."""
-    out: list[str] = []
-    seen: dict[str, str] = {}
-    for k in keywords:
-        if not isinstance(k, str):
-            raise ConfigError(f"keyword {k!r} is not a string")
-        k = " ".join(k.split())
-        if not k:
-            continue
-        norm = k.casefold()
-        if norm in seen:
-            raise ConfigError(f"keyword {k!r} is given twice (also as {seen[norm]!r}); keywords "
-                              "are compared ignoring case and spaces")
-        seen[norm] = k
-        out.append(k)
-    return out
 
 
 def _refuse_secrets(obj: Any, path: str = "") -> None:
