@@ -49,11 +49,8 @@ def prompt_config(ws: Workspace, task_path: str | os.PathLike) -> PromptConfig:
     p, root = ws.settings.prompts, ws.input_root
     if root is None:
         raise ConfigError("no data in this workspace yet: load a data file first")
-    return PromptConfig(task_desc=str(Path(task_path).resolve()), file_prefix=p.file_prefix,
-                        total_gen=p.total_gen, input_folder=str(root), output_folder=str(ws.root),
-                        min_gen_per_candidate=p.min_gen_per_candidate,
-                        num_icl_samples=p.num_icl_samples, mode=parse_mode(p.mode), seed=p.seed,
-                        allow_outside_paths=ws.settings.data.allow_outside_paths)
+    return p.to_config(str(Path(task_path).resolve()), str(root), str(ws.root),
+                       ws.settings.data.allow_outside_paths)
 
 
 def plan_workspace(ws: Workspace, task: TaskFile, task_path: str | os.PathLike

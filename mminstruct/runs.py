@@ -95,11 +95,9 @@ def workspace_config(ws: Any, name: str, prompt_file: str | os.PathLike, *,
         raise ConfigError("no data in this workspace yet: load a data file first")
     return GenerationConfig(
         input_folder=ws.input_root, output_folder=ws.root, prompt_file=str(prompt_file),
-        file_prefix=check_name(name), model_name=e.model_name,
-        endpoint=endpoint_config(e.base_url, e.api_key_env), concurrency=e.concurrency,
-        rpm=e.rpm, tpm=e.tpm, max_retries=e.max_retries, timeout=e.timeout,
-        max_image_side=e.max_image_side, temperature=e.temperature, max_tokens=e.max_tokens,
-        dry_run=dry_run, allow_outside_paths=ws.settings.data.allow_outside_paths)
+        file_prefix=check_name(name), endpoint=endpoint_config(e.base_url, e.api_key_env),
+        dry_run=dry_run, allow_outside_paths=ws.settings.data.allow_outside_paths,
+        **e.generation_values())
 
 
 # ----------------------------------------------------------------------------------------------

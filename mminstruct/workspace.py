@@ -32,8 +32,11 @@ from typing import Any
 from .cache import atomic_write_json
 from .errors import ConfigError, choices_message
 from .formats import generated_dir, prompts_dir
+from .generate.config import DEFAULTS as GEN_DEFAULTS
+from .generate.config import GenerationConfig, check_values
+from .modes import MODE_NAMES, parse_mode
 from .partition import normalise_keywords
-from .modes import MODE_NAMES
+from .prompts import PROMPT_DEFAULTS, PROMPT_MINIMUMS, PromptConfig, check_prompt_values
 
 HOME_ENV = "MMINSTRUCT_HOME"
 SETTINGS_NAME = "workspace.json"
@@ -92,12 +95,24 @@ class PartitionSettings:
 
 @dataclass
 class PromptSettings:
+    """Step 2's settings; defaults from ``prompts.PROMPT_DEFAULTS`` except where the app needs a
+    value the command line leaves open (a total to start from, a fixed seed, a file prefix)."""
+
     total_gen: int = 100
-    min_gen_per_candidate: int = 2
-    num_icl_samples: int = 2
-    mode: str = "vqa_nr"
+    min_gen_per_candidate: int = PROMPT_DEFAULTS["min_gen_per_candidate"]
+    num_icl_samples: int = PROMPT_DEFAULTS["num_icl_samples"]
+    mode: str = PROMPT_DEFAULTS["mode"].value
     seed: int = 0
     file_prefix: str = "prompts"
+
+    def to_config(self, task_desc: str, input_folder: str, output_folder: str,
+                  allow_outside_paths: bool = False) -> PromptConfig:
+        return PromptConfig(task_desc=task_desc, file_prefix=self.file_prefix,
+                            total_gen=self.total_gen, input_folder=input_folder,
+                            output_folder=output_folder,
+                            min_gen_per_candidate=self.min_gen_per_candidate,
+                            num_icl_samples=self.num_icl_samples, mode=parse_mode(self.mode),
+                            seed=self.seed, allow_outside_paths=allow_outside_paths)
 
 
 @dataclass
@@ -105,16 +120,21 @@ class EndpointSettings:
     """Where generation requests go. No key: it comes from the environment or the session."""
 
     base_url: str = ""
-    model_name: str = "gpt-4o"
+    model_name: str = GEN_DEFAULTS["model_name"]
     api_key_env: str = "OPENAI_API_KEY"
-    concurrency: int = 16
-    rpm: float | None = None
-    tpm: float | None = None
-    max_tokens: int | None = None
-    temperature: float | None = None
-    timeout: float = 120.0
-    max_retries: int = 6
-    max_image_side: int = 1024
+    concurrency: int = GEN_DEFAULTS["concurrency"]
+    rpm: float | None = GEN_DEFAULTS["rpm"]
+    tpm: float | None = GEN_DEFAULTS["tpm"]
+    max_tokens: int | None = GEN_DEFAULTS["max_tokens"]
+    temperature: float | None = GEN_DEFAULTS["temperature"]
+    timeout: float = GEN_DEFAULTS["timeout"]
+    max_retries: int = GEN_DEFAULTS["max_retries"]
+    max_image_side: int = GEN_DEFAULTS["max_image_side"]
+
+    def generation_values(self) -> dict[str, Any]:
+        """The settings that are ``GenerationConfig`` fields, under their names there."""
+        names = {f.name for f in fields(GenerationConfig)}
+        return {k: v for k, v in asdict(self).items() if k in names}
 
 
 @dataclass
@@ -200,13 +220,8 @@ def validate_settings(s: WorkspaceSettings) -> None:
     p, e = s.prompts, s.endpoint
     if p.mode not in MODE_NAMES:
         raise ConfigError(choices_message("mode", p.mode, MODE_NAMES))
-    for name, value, low in (("total_gen", p.total_gen, 1),
-                             ("min_gen_per_candidate", p.min_gen_per_candidate, 1),
-                             ("num_icl_samples", p.num_icl_samples, 0), ("seed", p.seed, 0),
-                             ("concurrency", e.concurrency, 1), ("max_retries", e.max_retries, 0),
-                             ("max_image_side", e.max_image_side, 16)):
-        if value < low:
-            raise ConfigError(f"{name} is {value!r}; it must be ≥ {low}")
+    check_prompt_values({k: v for k, v in asdict(p).items() if k in PROMPT_MINIMUMS})
+    check_values(e.generation_values())  # the generation config's own rules
     ms = s.partition.min_similarity
     if ms is not None and not -1.0 <= ms <= 1.0:
         raise ConfigError(f"min_similarity is {ms!r}; it must be between -1 and 1")
