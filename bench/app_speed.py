@@ -159,8 +159,8 @@ def open_demo(home: Path, size: str = "") -> dict[str, float]:
 
 
 def keyword_edit(n: int, k: int, dim: int = 512, repeats: int = 7) -> dict[str, float]:
-    from mminstruct.curation import Embeddings, ImageSet, curate
-    from mminstruct.workspace import Workspace
+    from mminstruct.app.curation import Embeddings, ImageSet, curate
+    from mminstruct.app.workspace import Workspace
 
     rng = np.random.default_rng(0)
     n_ref = min(2_000, n // 10)

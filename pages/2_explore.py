@@ -9,7 +9,7 @@ import time
 import numpy as np
 import streamlit as st
 
-from mminstruct.curation import curate, keyword_vectors, projection, search
+from mminstruct.app.curation import curate, keyword_vectors, projection, search
 from mminstruct.errors import MMInstructError
 from mminstruct.projection import display_sample
 from ui.charts import hover_text, map_figure, select_from_map, selected_row

@@ -10,7 +10,7 @@ import streamlit as st
 
 from mminstruct.errors import MMInstructError
 from mminstruct.generate.manifest import estimate_cost
-from mminstruct.runs import (cancel_run, continue_run, dry_run, eta_label, recent_records,
+from mminstruct.app.runs import (cancel_run, continue_run, dry_run, eta_label, recent_records,
                              list_app_runs, new_run_name, pause_run, resume_run, run_info,
                              runs_table, start_run, workspace_config)
 from ui.gallery import thumbnail

@@ -9,9 +9,9 @@ import streamlit as st
 
 from mminstruct.errors import MMInstructError
 from mminstruct.generate.output import GeneratedData, load_output
-from mminstruct.review import (EXPORT_FORMATS, EXPORT_LABELS, export_name, export_reviewed,
+from mminstruct.app.review import (EXPORT_FORMATS, EXPORT_LABELS, export_name, export_reviewed,
                                filter_samples, next_free_name, sources)
-from mminstruct.workspace import Workspace
+from mminstruct.app.workspace import Workspace
 from ui.gallery import thumbnail
 from ui.quality_view import quality_panel
 from ui.safe import md_escape

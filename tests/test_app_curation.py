@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from mminstruct.formats import load_task_file
-from mminstruct.workspace import Workspace
+from mminstruct.app.workspace import Workspace
 from tests.fixtures.app import app_test, markdown_strings, no_errors
 from ui.state import forget_embeddings
 

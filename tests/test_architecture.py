@@ -243,7 +243,7 @@ def test_the_app_settings_take_their_defaults_and_rules_from_the_core_configs() 
     from mminstruct.errors import ConfigError
     from mminstruct.generate.config import DEFAULTS
     from mminstruct.prompts import PROMPT_DEFAULTS
-    from mminstruct.workspace import EndpointSettings, PromptSettings, WorkspaceSettings, validate_settings
+    from mminstruct.app.workspace import EndpointSettings, PromptSettings, WorkspaceSettings, validate_settings
 
     e, p = EndpointSettings(), PromptSettings()
     shared = e.generation_values()

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from mminstruct.formats import load_prompt_file
-from mminstruct.preview import estimate_run, render_request
+from mminstruct.app.preview import estimate_run, render_request
 from tests.fixtures.llm import make_prompt_workspace
 
 

@@ -413,7 +413,7 @@ def test_no_quality_turns_the_report_off(stub, tmp_path: Path, capsys) -> None:
 
 
 def test_an_app_run_writes_its_quality_report(stub, monkeypatch, tmp_path: Path) -> None:
-    from mminstruct.runs import start_run
+    from mminstruct.app.runs import start_run
 
     for var in ("OPENAI_API_KEY", "OPENAI_BASE_URL", "AZURE_OPENAI_API_KEY"):
         monkeypatch.delenv(var, raising=False)

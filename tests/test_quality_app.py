@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 
 from mminstruct.quality import report_path_for
-from mminstruct.workspace import Workspace
+from mminstruct.app.workspace import Workspace
 from tests.fixtures.app import app_test, no_errors, plain_strings
 
 NAME = "run_20250101_000000.json"

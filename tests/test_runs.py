@@ -18,7 +18,7 @@ from mminstruct.errors import ConfigError
 from mminstruct.generate import GenerationConfig
 from mminstruct.generate.runlog import iter_records
 from mminstruct.llm.client import EndpointConfig
-from mminstruct.runs import (cancel_run, check_endpoint, continue_run, dry_run, recent_records,
+from mminstruct.app.runs import (cancel_run, check_endpoint, continue_run, dry_run, recent_records,
                              list_app_runs, pause_run, resume_run, run_info, start_run)
 from tests.fixtures.llm import FAKE_KEY, make_prompt_workspace
 
@@ -67,7 +67,7 @@ def test_start_watch_finish_and_the_key_stays_in_the_environment(stub, no_key_en
     info = start_run(root, _config(ws, stub, "first"), api_key=FAKE_KEY)
     assert info.pid and info.alive and info.state in ("starting", "running")
     cmdline = Path(f"/proc/{info.pid}/cmdline").read_bytes()
-    assert b"mminstruct.runs" in cmdline and SECRET_PART.encode() not in cmdline
+    assert b"mminstruct.app.runs" in cmdline and SECRET_PART.encode() not in cmdline
     environ = Path(f"/proc/{info.pid}/environ").read_bytes()
     assert f"OPENAI_API_KEY={FAKE_KEY}".encode() in environ.split(b"\0")
     running = _wait(root, "first", lambda i: i.status.get("done", 0) >= 1)
@@ -181,7 +181,7 @@ def test_a_restarted_app_finds_the_run_still_going(stub, no_key_env, tmp_path: P
     info = start_run(root, _config(ws, stub, "detached"), api_key=FAKE_KEY)
     assert os.getsid(info.pid) == info.pid != os.getsid(0)  # a session of its own
     _wait(root, "detached", lambda i: i.status.get("done", 0) >= 1)
-    code = ("import sys; from mminstruct.runs import run_info, pause_run\n"
+    code = ("import sys; from mminstruct.app.runs import run_info, pause_run\n"
             f"i = run_info({str(root)!r}, 'detached'); print(i.state, i.alive)\n"
             "pause_run(i)\n")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)

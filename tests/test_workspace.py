@@ -1,5 +1,5 @@
 """The workspace (settings round trip and validation, curation edits, the recent list) and getting
-data in (mminstruct.uploads: safe zip extraction — zip-slip, absolute names, symlinks, size and
+data in (mminstruct.app.uploads: safe zip extraction — zip-slip, absolute names, symlinks, size and
 count limits — upload names, files on this machine)."""
 
 from __future__ import annotations
@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 
 from mminstruct.errors import ConfigError, DataFileError, UnsafePathError
-from mminstruct.uploads import (extract_zip, guess_image_folder, safe_file_name, save_upload,
+from mminstruct.app.uploads import (extract_zip, guess_image_folder, safe_file_name, save_upload,
                                 server_data_settings)
-from mminstruct.workspace import (SETTINGS_NAME, Workspace, forget_workspace, recent_workspaces,
+from mminstruct.app.workspace import (SETTINGS_NAME, Workspace, forget_workspace, recent_workspaces,
                                   remember_workspace, settings_from_json)
 from tests.fixtures.images import draw_shape, save_jpeg
 

@@ -15,7 +15,7 @@ import threading
 from typing import Any
 
 from ..errors import ConfigError
-from ..workspace import DataSettings, PartitionSettings, PromptSettings, Workspace
+from ..app.workspace import DataSettings, PartitionSettings, PromptSettings, Workspace
 
 DEMO_FOLDER = "demo_data"
 

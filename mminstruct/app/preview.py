@@ -26,16 +26,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .errors import ConfigError, ImageError
-from .cache import atomic_write_json
-from .formats import PromptFile, TaskFile, is_prompt_image, prompt_file_name, save_prompt_file
-from .generate.manifest import CostEstimate, estimate_cost
-from .generate.output import samples_per_item
-from .images import probe_image, resolve_image_path
-from .llm.requests import (REQUEST_OVERHEAD_TOKENS, BuiltRequest, EncodedImage, ImageEncoder,
+from ..errors import ConfigError, ImageError
+from ..cache import atomic_write_json
+from ..formats import PromptFile, TaskFile, is_prompt_image, prompt_file_name, save_prompt_file
+from ..generate.manifest import CostEstimate, estimate_cost
+from ..generate.output import samples_per_item
+from ..images import probe_image, resolve_image_path
+from ..llm.requests import (REQUEST_OVERHEAD_TOKENS, BuiltRequest, EncodedImage, ImageEncoder,
                            build_messages, generation_prompt, system_prompt, text_tokens)
-from .modes import Mode, parse_mode
-from .prompts import PromptConfig, PromptPlan, plan_prompts, prepare_plan
+from ..modes import Mode, parse_mode
+from ..prompts import PromptConfig, PromptPlan, plan_prompts, prepare_plan
 from .workspace import Workspace
 
 #: Output tokens per generated item, by mode (an allowance, not a measurement; see the docstring).

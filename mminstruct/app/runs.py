@@ -39,17 +39,17 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from .cache import atomic_write_json
-from .errors import ConfigError, DataFileError, InputError, MMInstructError
-from .generate.config import GenerationConfig, config_from_dict
-from .generate.control import read_status, request_cancel, request_pause
-from .generate.runlog import RunDir, list_runs
-from .llm.client import EndpointConfig
+from ..cache import atomic_write_json
+from ..errors import ConfigError, DataFileError, InputError, MMInstructError
+from ..generate.config import GenerationConfig, config_from_dict
+from ..generate.control import read_status, request_cancel, request_pause
+from ..generate.runlog import RunDir, list_runs
+from ..llm.client import EndpointConfig
 
 log = logging.getLogger(__name__)
 
 LAUNCHES = "launches"
-ENTRY_MODULE = "mminstruct.runs"
+ENTRY_MODULE = "mminstruct.app.runs"
 ACTIVE = ("starting", "running", "paused", "cancelling", "finishing")
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,80}$")
 _CHILDREN: dict[int, subprocess.Popen] = {}  # started by this process: polled so none stays a zombie
@@ -157,7 +157,7 @@ def resume_run(ws_root: str | os.PathLike, name: str, api_key: str | None = None
 def dry_run(cfg: GenerationConfig) -> Any:
     """Write the OpenAI Batch API JSONL for ``cfg`` in this process (nothing is sent; no key is
     needed). Returns the engine's ``RunResult`` (``batch_files``, ``manifest``, ``message``)."""
-    from .generate.engine import run_generation
+    from ..generate.engine import run_generation
 
     return run_generation(replace(cfg, dry_run=True, resume=False))
 
@@ -416,10 +416,10 @@ def check_endpoint(base_url: str | None, api_key: str | None, timeout: float = 2
 
 
 def _child(launch: Path) -> int:
-    from .cli import setup_logging
-    from .generate.control import RunControl
-    from .generate.engine import run_generation
-    from .llm.client import install_log_redaction
+    from ..cli import setup_logging
+    from ..generate.control import RunControl
+    from ..generate.engine import run_generation
+    from ..llm.client import install_log_redaction
 
     record = _read_json(launch)
     if record is None:
@@ -438,7 +438,7 @@ def _child(launch: Path) -> int:
         cfg = config_from_dict(record["config"])
         res = run_generation(cfg, control=control)
         if res.state == "finished" and record.get("quality", True):
-            from .quality import quality_after_run
+            from ..quality import quality_after_run
 
             quality_after_run(res.output, res.manifest)
         result.update(state=res.state, message=res.message,

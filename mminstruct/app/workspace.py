@@ -29,14 +29,14 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from .cache import atomic_write_json
-from .errors import ConfigError, choices_message
-from .formats import generated_dir, prompts_dir
-from .generate.config import DEFAULTS as GEN_DEFAULTS
-from .generate.config import GenerationConfig, check_values
-from .modes import MODE_NAMES, parse_mode
-from .partition import normalise_keywords
-from .prompts import PROMPT_DEFAULTS, PROMPT_MINIMUMS, PromptConfig, check_prompt_values
+from ..cache import atomic_write_json
+from ..errors import ConfigError, choices_message
+from ..formats import generated_dir, prompts_dir
+from ..generate.config import DEFAULTS as GEN_DEFAULTS
+from ..generate.config import GenerationConfig, check_values
+from ..modes import MODE_NAMES, parse_mode
+from ..partition import normalise_keywords
+from ..prompts import PROMPT_DEFAULTS, PROMPT_MINIMUMS, PromptConfig, check_prompt_values
 
 HOME_ENV = "MMINSTRUCT_HOME"
 SETTINGS_NAME = "workspace.json"

@@ -25,16 +25,16 @@ from typing import Any
 
 import numpy as np
 
-from . import __version__
-from .clip import embed_images, embed_keywords, embed_texts, parse_model_spec, resolve_device
-from .errors import ConfigError, DataFileError, InputError
-from .formats import Subgroup, TaskFile, save_task_file
-from .partition import (UNASSIGNED, Partition, assign_keywords, partition_from_scores,
+from .. import __version__
+from ..clip import embed_images, embed_keywords, embed_texts, parse_model_spec, resolve_device
+from ..errors import ConfigError, DataFileError, InputError
+from ..formats import Subgroup, TaskFile, save_task_file
+from ..partition import (UNASSIGNED, Partition, assign_keywords, partition_from_scores,
                         top_k_from_scores)
-from .projection import project_2d
-from .vectors import array_fingerprint
-from .records import DataFile, load_data_file
-from .taskfile import collect_candidates
+from ..projection import project_2d
+from ..vectors import array_fingerprint
+from ..records import DataFile, load_data_file
+from ..taskfile import collect_candidates
 from .workspace import Workspace
 
 EXCLUDED = -2
@@ -394,7 +394,7 @@ def projection(ws: Workspace, emb: Embeddings,
 def embedding_key(ws: Workspace) -> str:
     """What the app's in-memory copy of ``embed_workspace`` depends on: the data settings, the
     model, and the data file's fingerprint (a changed file is re-read)."""
-    from .cache import content_key, file_fingerprint
+    from ..cache import content_key, file_fingerprint
 
     d = ws.settings.data
     try:

@@ -24,9 +24,9 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 
-from .cache import atomic_write_json
-from .clip import DEMO_MODEL, HF_HUB_PREFIX, parse_model_spec
-from .errors import ModelSpecError
+from ..cache import atomic_write_json
+from ..clip import DEMO_MODEL, HF_HUB_PREFIX, parse_model_spec
+from ..errors import ModelSpecError
 
 OFFLINE_ENV = ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "MMINSTRUCT_OFFLINE")
 RECENT_MODELS = "recent_models.json"
