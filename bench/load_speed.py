@@ -55,7 +55,7 @@ def build(folder: Path, n: int, distinct: int) -> Path:
         os.link(first, images / name)
         names.append(name)
     answer = ("The image shows a busy street with people walking on the sidewalk, cars parked "
-              "along the road and a red bus approaching the intersection. ") * 3
+              "along the road and a red bus approaching the intersection. ") * 6
     path = folder / "llava_instruct_150k.json"
     with path.open("w") as f:
         f.write("[")
