@@ -195,20 +195,25 @@ def _to_rgb(img: Image.Image) -> Image.Image:
     return img.convert("RGB")  # L, 1, CMYK, YCbCr, LAB, HSV
 
 
-def open_image(path: str | os.PathLike, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
+def open_image(path: str | os.PathLike, *, max_pixels: int = DEFAULT_MAX_PIXELS,
+               draft: tuple[int, int] | None = None) -> Image.Image:
     """Decode fully to RGB: first frame, EXIF orientation applied, transparency on white.
+    ``draft=(w, h)``: a JPEG at least twice that size on both sides is decoded at the smallest of
+    1/2, 1/4 or 1/8 scale that keeps both sides ≥ ``(w, h)`` (PIL's draft mode: DCT scaling).
 
     Raises ImageError (never a bare PIL/OSError) naming the file and the problem.
     """
     p = Path(path)
-    return _decode(_open_raw(p, max_pixels), str(p))
+    return _decode(_open_raw(p, max_pixels), str(p), draft)
 
 
-def _decode(img: Image.Image, name: str) -> Image.Image:
+def _decode(img: Image.Image, name: str, draft: tuple[int, int] | None = None) -> Image.Image:
     """First frame, pixels loaded, EXIF orientation applied, RGB; errors name the image."""
     try:
         if getattr(img, "n_frames", 1) > 1:
             img.seek(0)
+        if draft and img.format == "JPEG":
+            img.draft(None, draft)
         img.load()
         img = ImageOps.exif_transpose(img) or img
         return _to_rgb(img)
