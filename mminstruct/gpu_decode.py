@@ -27,6 +27,7 @@ import io
 import logging
 import queue
 import threading
+import warnings
 from collections.abc import Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -134,7 +135,7 @@ def apply_orientation(img: Any, orientation: int) -> Any:
     if orientation == 6:
         return torch.rot90(img, -1, dims=(-2, -1))
     if orientation == 7:
-        return torch.rot90(img, 1, dims=(-2, -1)).flip(-2)
+        return torch.rot90(img, 1, dims=(-2, -1)).flip(-1)
     if orientation == 8:
         return torch.rot90(img, 1, dims=(-2, -1))
     return img
@@ -191,7 +192,10 @@ def _read(p: Path, preprocess: Any, max_pixels: int, gpu_ok: bool) -> _Item:
         # everywhere), where a GPU decoder might fill the rest with grey
         if data[:3] == b"\xff\xd8\xff" and data.rstrip(b"\x00\r\n ")[-2:] == b"\xff\xd9":
             try:
-                with Image.open(io.BytesIO(data)) as img:
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+                    img = Image.open(io.BytesIO(data))
+                with img:
                     w, h = img.size
                     if (img.format == "JPEG" and img.mode in ("RGB", "L")
                             and w * h <= min(max_pixels, GPU_MAX_PIXELS)):
@@ -208,16 +212,18 @@ def _decode_on(datas: list[bytes], device: str) -> list[Any]:
     from torchvision.io import ImageReadMode, decode_jpeg
 
     tensors = [torch.frombuffer(bytearray(d), dtype=torch.uint8) for d in datas]
-    try:
-        return list(decode_jpeg(tensors, mode=ImageReadMode.RGB, device=device))
-    except RuntimeError:
-        out = []
-        for t in tensors:  # one bad file fails the whole call: find it
-            try:
-                out.append(decode_jpeg(t, mode=ImageReadMode.RGB, device=device))
-            except RuntimeError:
-                out.append(None)
-        return out
+    with warnings.catch_warnings():  # torchvision ≥ 0.29 points to TorchCodec on every call
+        warnings.simplefilter("ignore", DeprecationWarning)
+        try:
+            return list(decode_jpeg(tensors, mode=ImageReadMode.RGB, device=device))
+        except RuntimeError:
+            out = []
+            for t in tensors:  # one bad file fails the whole call: find it
+                try:
+                    out.append(decode_jpeg(t, mode=ImageReadMode.RGB, device=device))
+                except RuntimeError:
+                    out.append(None)
+            return out
 
 
 class _Batcher:
