@@ -436,7 +436,8 @@ def generate_task_file(config: Any, progress: Any = None, **pool_options: Any) -
                  len(missing), len(cand_abs))
         use_gpu = None if config.gpu is not None and config.gpu >= 0 else False
         result = embed_pool(missing, model=spec, cache_dir=cache, batch_size=config.batch_size,
-                            ray_address=config.ray_address, use_gpu=use_gpu, **pool_options)
+                            ray_address=config.ray_address, use_gpu=use_gpu,
+                            precision=config.precision, **pool_options)
         if ec is not None:
             import_to_cache(result.output_dir, cache, identity)
     return taskfile.generate_task_file(config, progress)
