@@ -211,9 +211,9 @@ def main() -> int:
                      f"{cosines[prec].min():.5f}; {each(rates)}"))
     rows += [("(c) MM-Gen way: main process, fp32", c_rate, each(c_rates)),
              ("(d) mminstruct pipeline, cache hit", d_rate, f"{d.n_cached} cached")]
-    print(f"{'':48s} {'img/s':>10s} {'vs (c)':>9s}")
+    print(f"{'':54s} {'img/s':>10s} {'vs (c)':>9s}")
     for name, rate, note in rows:
-        print(f"{name:48s} {rate:10.1f} {rate / c_rate:8.2f}x  {note}")
+        print(f"{name:54s} {rate:10.1f} {rate / c_rate:8.2f}x  {note}")
     print(f"cache hit: {d_secs * 1000:.0f} ms vs {b_secs:.1f} s cold = {b_secs / d_secs:.0f}x faster")
     best = max(max(r) for r in b_rates.values())
     need = 2.0 if clip.bf16_supported("cpu") else 1.3
