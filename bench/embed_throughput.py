@@ -157,7 +157,6 @@ def main() -> int:
         ref = fwd.encode_image_batch(tensors, "fp32")
         a_cos = {name: float((ref * fwd.encode_image_batch(tensors, p)).sum(dim=1).min())
                  for name, p in (("bf16 weights", "bf16"), ("int8 dynamic (Linear)", "int8"))}
-        del fwd
 
         # (c) and each (b) alternate, `repeat` times each, and the best of each counts: other
         # processes on a shared machine then hurt all alike. Every (b) starts cold: a new cache and

@@ -106,7 +106,8 @@ def cuda_main(args: Any, make_jpegs: Any, mm_gen_way: Any) -> int:
             net.eval()
             tok = open_clip.get_tokenizer(arch)
 
-            def fresh(tag: str, precision: str = "auto") -> Any:
+            def fresh(tag: str, precision: str = "auto", net: Any = net, pp: Any = pp,
+                      tok: Any = tok, arch: str = arch) -> Any:
                 return clip.ClipModel(net, pp, tok, f"bench:{arch}:{tag}", "cuda:0", precision)
 
             def pipeline(tag: str, **kw: Any) -> tuple[float, Any]:
@@ -131,8 +132,8 @@ def cuda_main(args: Any, make_jpegs: Any, mm_gen_way: Any) -> int:
                 short = short if isinstance(short, int) else min(short)
                 for draft in (None, (2 * short, 2 * short)):
                     rate = decode_alone(paths, pp, cores, draft)
-                    rows.append((arch, f"CPU decode + preprocess alone, {cores} processes (PIL)"
-                                 + (", draft mode" if draft else ""), rate, ""))
+                    name = f"CPU decode + preprocess alone, {cores} processes (PIL)"
+                    rows.append((arch, name + (", draft mode" if draft else ""), rate, ""))
                     print(rows[-1], flush=True)
             rate, res = pipeline("gpu")
             vec_ok = res.vectors.astype(np.float32)

@@ -39,9 +39,8 @@ QUESTIONS = ["What is the man doing in the picture?", "Describe the scene in det
 
 def build(folder: Path, n: int, distinct: int) -> Path:
     """The data file and its images; ~2 KB a record, several turns, LLaVA-Instruct's layout."""
-    from PIL import Image
-
     import numpy as np
+    from PIL import Image
 
     images = folder / "coco" / "train2017"
     images.mkdir(parents=True)

@@ -78,9 +78,8 @@ def preprocess_spec(preprocess: Any) -> PreprocessSpec | None:
             antialias = getattr(t, "antialias", True) is not False
         elif name == "CenterCrop" and crop is None and not to_tensor:
             crop = tuple(int(v) for v in t.size)
-        elif name == "MaybeConvertMode" and getattr(t, "mode", "RGB") == "RGB":
-            continue
-        elif name == "function" and getattr(t, "__name__", "") == "_convert_to_rgb":
+        elif (name == "MaybeConvertMode" and getattr(t, "mode", "RGB") == "RGB") or \
+                (name == "function" and getattr(t, "__name__", "") == "_convert_to_rgb"):
             continue
         elif name in ("ToTensor", "MaybeToTensor") and not to_tensor:
             to_tensor = True

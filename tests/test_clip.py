@@ -16,7 +16,6 @@ from mminstruct.errors import ConfigError, InputError, ModelSpecError
 from tests.fixtures.images import draw_shape, save_jpeg
 
 
-
 @pytest.fixture(autouse=True)
 def _private_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """No test writes to ~/.cache: the default cache folder is this test's own."""

@@ -132,7 +132,7 @@ def test_repeated_paths_are_checked_once_with_progress(tmp_path: Path, monkeypat
     save_jpeg(draw_shape("square", 0), tmp_path / "b.jpg")
     calls: list[tuple[int, int]] = []
     opened: list[str] = []
-    import mminstruct.records as records
+    from mminstruct import records
 
     real = records.probe_image
     monkeypatch.setattr(records, "probe_image", lambda p, **k: opened.append(os.fspath(p)) or real(p, **k))
