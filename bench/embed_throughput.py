@@ -107,7 +107,8 @@ def main() -> int:
     ap.add_argument("--repeat", type=int, default=2,
                     help="(b) and (c) each run this many times, alternating; the best counts")
     ap.add_argument("--batch-size", type=int, default=None, help="default 32; cuda 256")
-    ap.add_argument("--workers", type=int, default=None, help="DataLoader workers for (b)")
+    ap.add_argument("--workers", type=int, nargs="+", default=[None],
+                    help="DataLoader workers for (b), one (b) per value (default: cpu_workers)")
     ap.add_argument("--forward-n", type=int, default=64, help="images for (a) (default 64)")
     ap.add_argument("--size", default=None, help="JPEG size WxH (default 500x400; cuda 640x480)")
     ap.add_argument("--precision", nargs="+", default=["auto"],
@@ -162,39 +163,40 @@ def main() -> int:
         # processes on a shared machine then hurt all alike. Every (b) starts cold: a new cache and
         # a new model wrapper (so its precision check runs again).
         c_rates: list[float] = []
-        b_rates: dict[str, list[float]] = {p: [] for p in args.precision}
-        b_res: dict[str, object] = {}
+        variants = [(p, wk) for p in args.precision for wk in args.workers]
+        b_rates: dict[tuple, list[float]] = {v: [] for v in variants}
+        b_res: dict[tuple, object] = {}
         for r in range(args.repeat):
             c_rate, c_vecs = mm_gen_way(net, preprocess, paths, bs)
             c_rates.append(c_rate)
-            for prec in args.precision:
+            for prec, wk in variants:
                 model = clip.ClipModel(net, preprocess, tokenizer, precision=prec,
-                                       identity=f"bench:ViT-B-32:random:{prec}:{r}")
-                cache = tmp_path / f"cache-{prec}-{r}"
+                                       identity=f"bench:ViT-B-32:random:{prec}:{wk}:{r}")
+                cache = tmp_path / f"cache-{prec}-{wk}-{r}"
                 t = time.perf_counter()
-                b = clip.embed_images(paths, model, batch_size=bs, num_workers=args.workers,
+                b = clip.embed_images(paths, model, batch_size=bs, num_workers=wk,
                                       cache=cache, show_progress=False)
                 b_secs = time.perf_counter() - t
-                b_rates[prec].append(len(paths) / b_secs)
-                b_res[prec] = b
+                b_rates[(prec, wk)].append(len(paths) / b_secs)
+                b_res[(prec, wk)] = b
                 if b.failures:
                     print(f"unexpected: {len(b.failures)} failures", file=sys.stderr)
                     return 1
         t = time.perf_counter()
-        d = clip.embed_images(paths, model, batch_size=bs, num_workers=args.workers, cache=cache,
+        d = clip.embed_images(paths, model, batch_size=bs, num_workers=wk, cache=cache,
                               show_progress=False)
         d_secs = time.perf_counter() - t
     if d.n_computed:
         print(f"unexpected: {d.n_computed} recomputed on the cached run", file=sys.stderr)
         return 1
     c_rate, d_rate = max(c_rates), len(paths) / d_secs
-    workers = args.workers if args.workers is not None else clip.cpu_workers("cpu")
+    workers = clip.cpu_workers("cpu")
     flags = sorted(set(re.findall(r"avx512_bf16|amx_bf16|avx512f\b|avx2",
                                   Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists()
                                   else "")))
 
     print(f"\nembedding throughput: ViT-B-32 (random weights), {len(paths)} JPEGs {w}x{h}, batch {bs}, "
-          f"torch threads {torch.get_num_threads()}, CPU cores {os.cpu_count()}, workers {workers}, "
+          f"torch threads {torch.get_num_threads()}, CPU cores {os.cpu_count()}, default workers {workers}, "
           f"native bf16 {clip.bf16_supported('cpu')} ({', '.join(flags) or 'no flags read'}), "
           f"load average {load0:.1f} → {os.getloadavg()[0]:.1f}")
     each = lambda rates: "runs: " + ", ".join(f"{x:.1f}" for x in rates)  # noqa: E731
@@ -202,12 +204,12 @@ def main() -> int:
              f"min cosine to fp32 {a_cos[name]:.5f}" if name in a_cos else "")
             for name, rate in a_rates.items()]
     cosines = {}
-    for prec, rates in b_rates.items():
-        b = b_res[prec]
-        cosines[prec] = (b.vectors.astype(np.float32) * c_vecs).sum(axis=1)
-        rows.append((f"(b) mminstruct pipeline, --precision {prec}", max(rates),
-                     f"ran {b.precision}, decode {b.decode}; cosine to (c) min "
-                     f"{cosines[prec].min():.5f}; {each(rates)}"))
+    for (prec, wk), rates in b_rates.items():
+        b = b_res[(prec, wk)]
+        cosines[(prec, wk)] = (b.vectors.astype(np.float32) * c_vecs).sum(axis=1)
+        rows.append((f"(b) pipeline, --precision {prec}, workers {workers if wk is None else wk}",
+                     max(rates), f"ran {b.precision}, decode {b.decode}; cosine to (c) min "
+                     f"{cosines[(prec, wk)].min():.5f}; {each(rates)}"))
     rows += [("(c) MM-Gen way: main process, fp32", c_rate, each(c_rates)),
              ("(d) mminstruct pipeline, cache hit", d_rate, f"{d.n_cached} cached")]
     print(f"{'':54s} {'img/s':>10s} {'vs (c)':>9s}")
