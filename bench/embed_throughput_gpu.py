@@ -46,7 +46,12 @@ _PP: Any = None
 
 
 def _init(preprocess: Any) -> None:
+    """A forked decode process: one intra-op thread, as DataLoader workers do (a forked copy of the
+    parent's OpenMP pool deadlocks on the first tensor op)."""
+    import torch
+
     global _PP
+    torch.set_num_threads(1)
     _PP = preprocess
 
 
@@ -85,11 +90,12 @@ def cuda_main(args: Any, make_jpegs: Any, mm_gen_way: Any) -> int:
     if not torch.cuda.is_available():
         print("--device cuda: no CUDA device here", file=sys.stderr)
         return 2
+    dev = args.device if ":" in args.device else "cuda:0"
     n, bs = args.n or 8192, args.batch_size or 256
     w, h = (int(v) for v in (args.size or "640x480").lower().split("x"))
     cores = available_cpus()
     load0 = os.getloadavg()[0]
-    print(f"GPU table: {torch.cuda.get_device_name(0)}, {cores} CPU cores, {n} JPEGs {w}x{h}, "
+    print(f"GPU table: {torch.cuda.get_device_name(dev)}, {cores} CPU cores, {n} JPEGs {w}x{h}, "
           f"batch {bs}, load average {load0:.1f}", flush=True)
     rows: list[tuple[str, str, float, str]] = []
     with tempfile.TemporaryDirectory(prefix="mmi_gpu_bench_") as tmp:
@@ -102,13 +108,13 @@ def cuda_main(args: Any, make_jpegs: Any, mm_gen_way: Any) -> int:
         print(f"generated {len(paths)} JPEGs in {time.perf_counter() - t0:.1f} s", flush=True)
         for m, arch in enumerate(args.models):
             torch.manual_seed(0)
-            net, _, pp = open_clip.create_model_and_transforms(arch, pretrained=None, device="cuda")
+            net, _, pp = open_clip.create_model_and_transforms(arch, pretrained=None, device=dev)
             net.eval()
             tok = open_clip.get_tokenizer(arch)
 
             def fresh(tag: str, precision: str = "auto", net: Any = net, pp: Any = pp,
                       tok: Any = tok, arch: str = arch) -> Any:
-                return clip.ClipModel(net, pp, tok, f"bench:{arch}:{tag}", "cuda:0", precision)
+                return clip.ClipModel(net, pp, tok, f"bench:{arch}:{tag}", dev, precision)
 
             def pipeline(tag: str, **kw: Any) -> tuple[float, Any]:
                 t = time.perf_counter()
@@ -124,13 +130,13 @@ def cuda_main(args: Any, make_jpegs: Any, mm_gen_way: Any) -> int:
                          f"precision {res.precision}"))
             print(rows[-1], flush=True)
             rate, res = pipeline("cpuN", gpu_decode=False)
-            rows.append((arch, f"embed_images, CPU decode, {cpu_workers('cuda:0')} workers", rate,
+            rows.append((arch, f"embed_images, CPU decode, {cpu_workers(dev)} workers", rate,
                          f"precision {res.precision}, decode {res.decode}"))
             print(rows[-1], flush=True)
             if m == 0:
                 short = pp.transforms[0].size if hasattr(pp.transforms[0], "size") else 224
                 short = short if isinstance(short, int) else min(short)
-                for draft in (None, (2 * short, 2 * short)):
+                for draft in (None, (short, short)):  # as image_embed.choose_draft asks
                     rate = decode_alone(paths, pp, cores, draft)
                     name = f"CPU decode + preprocess alone, {cores} processes (PIL)"
                     rows.append((arch, name + (", draft mode" if draft else ""), rate, ""))
@@ -142,7 +148,7 @@ def cuda_main(args: Any, make_jpegs: Any, mm_gen_way: Any) -> int:
                          rate, f"precision {res.precision}, decode {res.decode}, min cosine to "
                          f"MM-Gen's {cos.min():.5f}, failures {len(res.failures)}"))
             print(rows[-1], flush=True)
-            x = torch.stack([preprocess_file(p, pp)[0] for p in paths[:bs * 2]]).cuda()
+            x = torch.stack([preprocess_file(p, pp)[0] for p in paths[:bs * 2]]).to(dev)
             cm = fresh("fwd")
             for prec in ("bf16", "fp32"):
                 rows.append((arch, f"model forward alone, {prec}, ready tensors",

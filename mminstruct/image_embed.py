@@ -239,7 +239,7 @@ def _embed_cpu(todo: list[tuple[str, Path]], paths: list[Path], cm: ClipModel, r
     workers = min(workers, n_batches - 1)  # one batch: nothing to overlap with
     draft_size = None
     if draft is not False and spec is not None:
-        draft_size = choose_draft(paths, cm, (2 * spec.short_side, 2 * spec.short_side))
+        draft_size = choose_draft(paths, cm, (spec.short_side, spec.short_side))
     dataset = _ImageDataset(paths, cm.preprocess, draft_size)
     loader = DataLoader(dataset, batch_size=batch_size, num_workers=workers, collate_fn=_collate,
                         pin_memory=cm.device.startswith("cuda"),
@@ -260,9 +260,10 @@ def _encode_into(run: _Run, cm: ClipModel, todo: list[tuple[str, Path]], idx: li
 
 def choose_draft(paths: Sequence[Path], cm: ClipModel, size: tuple[int, int],
                  scan: int = 64) -> tuple[int, int] | None:
-    """``size`` for draft-mode decoding if, among the first ``scan`` paths, there are JPEGs large
-    enough for it to matter (≥ 2 × ``size`` on both sides) and on up to 8 of them the drafted
-    image's vector agrees with the full decode's (fp32, min cosine ≥ ``MIN_COSINE``); else None."""
+    """``size`` (the model's input side) for draft-mode decoding if, among the first ``scan`` paths,
+    there are JPEGs large enough for it to matter (≥ 2 × ``size`` on both sides: decoded at 1/2 or
+    less, never below ``size``) and on up to 8 of them the drafted image's vector agrees with the
+    full decode's (fp32, min cosine ≥ ``MIN_COSINE``); else None."""
     import torch
     from PIL import Image
 

@@ -417,9 +417,9 @@ def test_draft_mode_is_used_for_large_jpegs_when_it_agrees(tiny_clip_model, tmp_
     assert (on.decode, off.decode) == ("cpu+draft", "cpu")
     cos = (on.vectors.astype(np.float32) * off.vectors.astype(np.float32)).sum(axis=1)
     assert cos.min() >= image_embed.MIN_COSINE - 1e-3
-    with Image.open(big[0]) as img:  # the tiny model's input is 64 px: drafts of 2 × 64 or more
-        img.draft(None, (128, 128))
-        assert img.size == (160, 128)  # 1/4 scale: the largest that keeps both sides ≥ 128
+    with Image.open(big[0]) as img:  # the tiny model's input is 64 px: drafts of 64 or more
+        img.draft(None, (64, 64))
+        assert img.size == (80, 64)  # 1/8 scale: the largest that keeps both sides ≥ 64
     assert clip.embed_images(small, model, cache=False, num_workers=0).decode == "cpu"  # none large
     monkeypatch.setattr(image_embed, "MIN_COSINE", 1.0 + 1e-6)
     assert clip.embed_images(big, model, cache=False, num_workers=0).decode == "cpu"
