@@ -12,7 +12,8 @@
 * ``encode_batch(cm, batch)``: a batch in the model's precision. ``auto`` decides on the first
   batch: bf16 where the device runs it natively, else int8 (dynamic quantisation of the Linear
   layers) on the CPU, each kept only if its vectors agree with fp32 on a probe of the batch
-  (min cosine ≥ ``MIN_COSINE``); otherwise fp32.
+  (min cosine ≥ ``MIN_COSINE``); otherwise fp32. int8 quantises activations with one scale per
+  batch, so an image's int8 vector varies slightly with the batch it is in (within that cosine).
 """
 
 from __future__ import annotations
