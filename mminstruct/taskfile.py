@@ -33,8 +33,8 @@ from typing import Any
 import numpy as np
 
 from . import __version__
-from .clip import (DEFAULT_MODEL, ModelSpec, embed_images, embed_keywords, parse_model_spec,
-                   parse_templates, resolve_device)
+from .clip import (DEFAULT_MODEL, ModelSpec, check_precision, embed_images, embed_keywords,
+                   parse_model_spec, parse_templates, resolve_device)
 from .errors import ConfigError, DataFileError, ImageError, InputError, UnsafePathError
 from .formats import Subgroup, TaskFile, save_task_file
 from .records import DataFile, load_data_file
@@ -75,6 +75,8 @@ class TaskFileConfig:
     allow_outside_paths: bool = False
     cache_dir: str | os.PathLike | None = None  # default: $MMINSTRUCT_CACHE_DIR or ~/.cache/mminstruct
     num_workers: int | None = None
+    #: Image embedding precision: fp32, bf16, int8 (CPU) or auto (see ``image_embed.encode_batch``).
+    precision: str = "auto"
     #: Embed the candidate pool on Ray (``local``, ``auto`` or ``HOST:PORT``): callers hand the
     #: config to ``mminstruct.distributed.embed.generate_task_file``; None embeds here.
     ray_address: str | None = None
@@ -93,6 +95,9 @@ class TaskFileConfig:
         self.candidates_per_keyword = _int_field("candidates_per_keyword",
                                                  self.candidates_per_keyword, 1, optional=True)
         self.num_workers = _int_field("num_workers", self.num_workers, 0, optional=True)
+        if not isinstance(self.precision, str):
+            raise ConfigError(f"precision must be a string, got {self.precision!r}")
+        self.precision = check_precision(self.precision.strip().lower())
         if self.min_similarity is not None:
             v = self.min_similarity
             if isinstance(v, bool) or not isinstance(v, (int, float)) or math.isnan(v) \
@@ -272,7 +277,7 @@ def build_task_file(config: TaskFileConfig, progress: Progress | None = None) ->
 
     device = resolve_device(config.gpu)
     common = dict(batch_size=config.batch_size, num_workers=config.num_workers,
-                  cache=config.cache_dir, device=device)
+                  cache=config.cache_dir, device=device, precision=config.precision)
 
     def stage(name: str) -> Callable[[int, int], None] | None:
         return (lambda done, total: progress(name, done, total)) if progress else None

@@ -11,10 +11,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from mminstruct import clip
+from mminstruct import clip, image_embed
 from mminstruct.errors import ConfigError, InputError, ModelSpecError
 from tests.fixtures.images import draw_shape, save_jpeg
-
 
 
 @pytest.fixture(autouse=True)
@@ -213,7 +212,7 @@ def test_second_run_computes_nothing_and_never_calls_the_model(odd_images, tiny_
         raise AssertionError("the model was called on a cache hit")
 
     monkeypatch.setattr(model, "encode_image_batch", boom)
-    monkeypatch.setattr(clip, "open_image", boom)  # decode failures are cached too
+    monkeypatch.setattr(image_embed, "open_image", boom)  # decode failures are cached too
     second = clip.embed_images(paths, model, batch_size=4, num_workers=0, cache=tmp_path)
     assert second.n_computed == 0 and second.n_cached == len(paths)
     assert np.array_equal(first.vectors, second.vectors) and first.failures == second.failures
@@ -313,12 +312,13 @@ def test_bf16_is_kept_when_it_agrees_with_fp32(shapes_dataset, tiny_clip_model,
 def test_bf16_is_dropped_when_it_disagrees(shapes_dataset, tiny_clip_model,
                                            monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(clip, "bf16_supported", lambda device: True)
+    monkeypatch.setattr(clip, "int8_supported", lambda device: False)
     model = fresh_model(tiny_clip_model, "bf16-bad")
     real = model.encode_image_batch
 
-    def lossy(batch, bf16):  # a device whose bf16 path drifts
-        out = real(batch, False)
-        if bf16:
+    def lossy(batch, precision):  # a device whose bf16 path drifts
+        out = real(batch, "fp32")
+        if precision == "bf16":
             out = out.roll(1, dims=1)
             out = out / out.norm(dim=1, keepdim=True)
         return out
@@ -336,12 +336,93 @@ def test_bf16_is_not_tried_where_unsupported(shapes_dataset, tiny_clip_model,
                                              monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(clip, "bf16_supported", lambda device: False)
     model = fresh_model(tiny_clip_model, "no-bf16")
-    seen: list[bool] = []
+    seen: list[str] = []
     real = model.encode_image_batch
-    monkeypatch.setattr(model, "encode_image_batch", lambda b, bf16: seen.append(bf16) or real(b, bf16))
+    monkeypatch.setattr(model, "encode_image_batch", lambda b, p: seen.append(p) or real(b, p))
     res = clip.embed_images(sorted(shapes_dataset.image_dir.glob("*.jpg")), model, cache=False,
                             num_workers=0)
-    assert res.precision == "fp32" and seen and not any(seen)
+    assert res.precision in ("fp32", "int8") and seen and "bf16" not in seen
+
+
+# ----------------------------------------------------------------------------------------------
+# int8 (CPUs without native bf16)
+
+
+def test_auto_picks_int8_on_a_cpu_without_bf16_when_it_agrees(shapes_dataset, tiny_clip_model,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(clip, "bf16_supported", lambda device: False)
+    paths = sorted(shapes_dataset.image_dir.glob("*.jpg"))
+    model = fresh_model(tiny_clip_model, "int8-ok")
+    auto = clip.embed_images(paths, model, cache=False, num_workers=0)
+    fp32 = clip.embed_images(paths, fresh_model(tiny_clip_model, "fp32", "fp32"), cache=False,
+                             num_workers=0)
+    assert auto.precision == "int8" and model.precision_cosine >= image_embed.MIN_COSINE
+    cos = (auto.vectors.astype(np.float32) * fp32.vectors.astype(np.float32)).sum(axis=1)
+    assert cos.min() >= image_embed.MIN_COSINE - 1e-3  # float16 storage rounding on top
+    assert not np.array_equal(auto.vectors, fp32.vectors)  # int8 really ran
+    assert model._int8 is not None and model._visual_bf16 is None
+
+
+def test_int8_is_not_chosen_when_its_check_fails(shapes_dataset, tiny_clip_model,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(clip, "bf16_supported", lambda device: False)
+    monkeypatch.setattr(image_embed, "MIN_COSINE", 1.0 + 1e-6)  # no lower precision can pass
+    paths = sorted(shapes_dataset.image_dir.glob("*.jpg"))
+    model = fresh_model(tiny_clip_model, "int8-bad")
+    tried: list[str] = []
+    real = model.encode_image_batch
+    monkeypatch.setattr(model, "encode_image_batch", lambda b, p: tried.append(p) or real(b, p))
+    res = clip.embed_images(paths, model, cache=False, num_workers=0)
+    assert "int8" in tried and res.precision == "fp32" and model.decided_precision == "fp32"
+    assert model._int8 is None  # the quantised copy is freed
+    fp32 = clip.embed_images(paths, fresh_model(tiny_clip_model, "ref8", "fp32"), cache=False,
+                             num_workers=0)
+    np.testing.assert_array_equal(res.vectors, fp32.vectors)
+
+
+def test_precision_flag_values(tiny_clip, tiny_clip_model, tmp_path: Path) -> None:
+    m = fresh_model(tiny_clip_model, "forced-int8", "int8")
+    paths = [save_jpeg(draw_shape("circle", k), tmp_path / f"{k}.jpg") for k in range(3)]
+    assert clip.embed_images(paths, m, cache=False, num_workers=0).precision == "int8"
+    res = clip.embed_images(paths, tiny_clip.spec, cache=False, num_workers=0, precision="fp32")
+    assert res.precision == "fp32"
+    with pytest.raises(ConfigError, match="unknown precision 'fp8'; choose one of: fp32, bf16, int8, auto"):
+        clip.embed_images(paths, tiny_clip.spec, cache=False, precision="fp8")
+    with pytest.raises(ConfigError, match="int8.*CPU only"):
+        clip.check_precision("int8", "cuda:0")
+
+
+# ----------------------------------------------------------------------------------------------
+# Worker sizing and draft mode
+
+
+def test_worker_sizing() -> None:
+    assert image_embed.cpu_workers("cuda:0", cpus=16) == 15  # every core but the feeder's
+    assert image_embed.cpu_workers("cuda:0", cpus=1) == 1
+    assert image_embed.cpu_workers("cpu", cpus=16) == 4  # the model needs the cores too
+    assert image_embed.cpu_workers("cpu", cpus=4) == 3
+    assert image_embed.cpu_workers("cpu", cpus=2) == 0  # decode in the main process
+    assert image_embed.cpu_workers() == image_embed.cpu_workers("cpu", image_embed.available_cpus())
+
+
+def test_draft_mode_is_used_for_large_jpegs_when_it_agrees(tiny_clip_model, tmp_path: Path,
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    from PIL import Image
+
+    big = [save_jpeg(draw_shape("circle", k, size=(640, 512)), tmp_path / f"b{k}.jpg") for k in range(3)]
+    small = [save_jpeg(draw_shape("square", k), tmp_path / f"s{k}.jpg") for k in range(2)]
+    model = fresh_model(tiny_clip_model, "draft", "fp32")
+    on = clip.embed_images(big + small, model, cache=False, num_workers=0)
+    off = clip.embed_images(big + small, model, cache=False, num_workers=0, draft=False)
+    assert (on.decode, off.decode) == ("cpu+draft", "cpu")
+    cos = (on.vectors.astype(np.float32) * off.vectors.astype(np.float32)).sum(axis=1)
+    assert cos.min() >= image_embed.MIN_COSINE - 1e-3
+    with Image.open(big[0]) as img:  # the tiny model's input is 64 px: drafts of 64 or more
+        img.draft(None, (64, 64))
+        assert img.size == (80, 64)  # 1/8 scale: the largest that keeps both sides ≥ 64
+    assert clip.embed_images(small, model, cache=False, num_workers=0).decode == "cpu"  # none large
+    monkeypatch.setattr(image_embed, "MIN_COSINE", 1.0 + 1e-6)
+    assert clip.embed_images(big, model, cache=False, num_workers=0).decode == "cpu"
 
 
 def test_unknown_precision_is_refused(tiny_clip_model) -> None:
