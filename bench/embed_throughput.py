@@ -10,7 +10,7 @@ about 500×400 px. Printed side by side, in images/s, with ratios to (c):
   (a) the model's forward alone on ready tensors: fp32, a bf16 copy of the image tower (what (b)
       uses when bf16 passes its check), fp32 weights under bf16 autocast (slower on CPUs), and the
       int8 copy (dynamic quantisation of the Linear layers), with their min cosine to fp32;
-  (b) mminstruct.clip.embed_images from the JPEG files, cold cache, once per ``--precision``
+  (b) mminstruct.image_embed.embed_images from the JPEG files, cold cache, once per ``--precision``
       (default workers: see ``image_embed.cpu_workers``; auto = bf16 where native, else int8,
       each only when the first-batch check keeps cosine ≥ 0.999);
   (c) MM-Gen's way: open, preprocess and encode one batch at a time in the main process, fp32;
@@ -38,7 +38,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from mminstruct import clip  # noqa: E402
+from mminstruct import clip, image_embed  # noqa: E402
 
 
 def make_jpegs(folder: Path, n: int, size: tuple[int, int], seed: int = 0) -> list[Path]:
@@ -174,7 +174,7 @@ def main() -> int:
                                        identity=f"bench:ViT-B-32:random:{prec}:{wk}:{r}")
                 cache = tmp_path / f"cache-{prec}-{wk}-{r}"
                 t = time.perf_counter()
-                b = clip.embed_images(paths, model, batch_size=bs, num_workers=wk,
+                b = image_embed.embed_images(paths, model, batch_size=bs, num_workers=wk,
                                       cache=cache, show_progress=False)
                 b_secs = time.perf_counter() - t
                 b_rates[(prec, wk)].append(len(paths) / b_secs)
@@ -183,14 +183,14 @@ def main() -> int:
                     print(f"unexpected: {len(b.failures)} failures", file=sys.stderr)
                     return 1
         t = time.perf_counter()
-        d = clip.embed_images(paths, model, batch_size=bs, num_workers=wk, cache=cache,
+        d = image_embed.embed_images(paths, model, batch_size=bs, num_workers=wk, cache=cache,
                               show_progress=False)
         d_secs = time.perf_counter() - t
     if d.n_computed:
         print(f"unexpected: {d.n_computed} recomputed on the cached run", file=sys.stderr)
         return 1
     c_rate, d_rate = max(c_rates), len(paths) / d_secs
-    workers = clip.cpu_workers("cpu")
+    workers = image_embed.cpu_workers("cpu")
     flags = sorted(set(re.findall(r"avx512_bf16|amx_bf16|avx512f\b|avx2",
                                   Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists()
                                   else "")))

@@ -31,8 +31,9 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from mminstruct import clip  # noqa: E402
-from mminstruct.image_embed import available_cpus, cpu_workers, preprocess_file  # noqa: E402
+from mminstruct import clip, image_embed  # noqa: E402
+from mminstruct.image_embed import available_cpus, cpu_workers  # noqa: E402
+from mminstruct.images import preprocess_file  # noqa: E402
 
 
 def _make_part(args: tuple[Any, str, int, tuple[int, int], int]) -> list[Path]:
@@ -118,7 +119,7 @@ def cuda_main(args: Any, make_jpegs: Any, mm_gen_way: Any) -> int:
 
             def pipeline(tag: str, **kw: Any) -> tuple[float, Any]:
                 t = time.perf_counter()
-                res = clip.embed_images(paths, fresh(tag), batch_size=bs, cache=False,
+                res = image_embed.embed_images(paths, fresh(tag), batch_size=bs, cache=False,
                                         show_progress=False, **kw)
                 return len(paths) / (time.perf_counter() - t), res
 

@@ -485,19 +485,3 @@ def embed_keywords(keywords: Sequence[str], model: ClipModel | ModelSpec | str, 
     vecs = embed_texts(sentences, model, cache=cache, device=device)
     mean = vecs.reshape(len(keywords), len(temps), -1).mean(axis=1)
     return (mean / np.maximum(np.linalg.norm(mean, axis=1, keepdims=True), 1e-12)).astype(np.float32)
-
-
-# ----------------------------------------------------------------------------------------------
-# Image embeddings live in ``image_embed`` (the pipeline) and ``gpu_decode`` (the GPU path); their
-# public names stay importable from here, loaded on first use (no import cycle, no import cost).
-
-_IMAGE_EMBED_NAMES = frozenset({"EmbedResult", "embed_images", "encode_batch", "cpu_workers",
-                                "MIN_COSINE"})
-
-
-def __getattr__(name: str) -> Any:
-    if name in _IMAGE_EMBED_NAMES:
-        from . import image_embed
-
-        return getattr(image_embed, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -11,11 +11,11 @@
   headers parsed (format, mode, size, EXIF orientation), by ``threads`` threads; baseline RGB or
   grayscale JPEGs are decoded together on ``device`` (``torchvision.io.decode_jpeg``) and
   EXIF-oriented there; anything else (PNG, WebP, CMYK, over the pixel limit, one the decoder
-  refuses) goes through the CPU path (``image_embed.preprocess_file``: ``images.open_image``),
+  refuses) goes through the CPU path (``images.preprocess_file``),
   whose failures are reported as everywhere else. A producer thread prepares the next batches (on
   its own CUDA stream) while the model runs on the current one. On the first batch, the GPU
   path's vectors are compared with the CPU path's on up to 8 images (``encoder``, fp32): below
-  ``image_embed.MIN_COSINE`` everything goes through the CPU path.
+  ``min_cosine`` everything goes through the CPU path.
 
 Everything here also runs with ``device="cpu"`` (torchvision's libjpeg decoder), which is how the
 tests check it without a GPU.
@@ -34,7 +34,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .images import DEFAULT_MAX_PIXELS
+from .clip import BF16_MIN_COSINE
+from .images import DEFAULT_MAX_PIXELS, preprocess_file
 
 log = logging.getLogger(__name__)
 
@@ -180,8 +181,6 @@ def _read(p: Path, preprocess: Any, max_pixels: int, gpu_ok: bool) -> _Item:
     """Read a file; a plain JPEG is left for the GPU, anything else goes the CPU path here."""
     from PIL import Image
 
-    from .image_embed import preprocess_file
-
     if gpu_ok:
         try:
             data = p.read_bytes()
@@ -229,12 +228,10 @@ class _Batcher:
     """Turns a batch of paths into (indices, tensor, failures) on ``device``."""
 
     def __init__(self, paths: Sequence[Path], preprocess: Any, device: str, threads: int,
-                 max_pixels: int, encoder: Any):
-        from .image_embed import MIN_COSINE
-
+                 max_pixels: int, encoder: Any, min_cosine: float):
         self.paths, self.preprocess, self.device = list(paths), preprocess, device
         self.spec = preprocess_spec(preprocess)
-        self.max_pixels, self.encoder, self.min_cosine = max_pixels, encoder, MIN_COSINE
+        self.max_pixels, self.encoder, self.min_cosine = max_pixels, encoder, min_cosine
         self.gpu_ok = self.spec is not None
         self.pool = ThreadPoolExecutor(max(1, threads), thread_name_prefix="gpu-read")
         self.checked = encoder is None
@@ -244,7 +241,6 @@ class _Batcher:
                                  self.gpu_ok) for i in range(start, stop)]
 
     def make(self, start: int, futures: list[Future]) -> tuple[list[int], Any, list[tuple[int, str]]]:
-        from .image_embed import preprocess_file
 
         items = [f.result() for f in futures]
         gpu = [k for k, it in enumerate(items) if it.data is not None]
@@ -282,8 +278,6 @@ class _Batcher:
         """First batch: the GPU path's vectors against the CPU path's; off below the threshold."""
         import torch
 
-        from .image_embed import preprocess_file
-
         self.checked = True
         probe = []
         for k in gpu[:_CHECK_IMAGES]:
@@ -308,13 +302,15 @@ class _Batcher:
 
 def gpu_batches(paths: Sequence[str | Path], preprocess: Any, device: str, batch_size: int, *,
                 threads: int = 8, encoder: Any = None, max_pixels: int = DEFAULT_MAX_PIXELS,
-                prefetch: int = 2) -> Iterator[tuple[list[int], Any, list[tuple[int, str]]]]:
+                prefetch: int = 2, min_cosine: float = BF16_MIN_COSINE
+                ) -> Iterator[tuple[list[int], Any, list[tuple[int, str]]]]:
     """Batches of (indices into ``paths``, model input on ``device``, failures); see the module
     docstring. ``encoder`` (a ``ClipModel``) enables the first-batch check against the CPU path.
     Reading runs ``prefetch`` batches ahead; batch preparation in a producer thread."""
     import torch
 
-    batcher = _Batcher([Path(p) for p in paths], preprocess, device, threads, max_pixels, encoder)
+    batcher = _Batcher([Path(p) for p in paths], preprocess, device, threads, max_pixels, encoder,
+                       min_cosine)
     n = len(batcher.paths)
     q: queue.Queue = queue.Queue(maxsize=max(1, prefetch))
     stop = threading.Event()

@@ -33,8 +33,8 @@ import numpy as np
 from . import clip as _clip
 from .cache import file_fingerprint
 from .clip import ClipModel, EmbeddingCache, ModelSpec, cache_folder, open_cache, parse_model_spec
-from .errors import ConfigError, ImageError
-from .images import open_image
+from .errors import ConfigError
+from .images import preprocess_file
 
 log = logging.getLogger(__name__)
 
@@ -91,17 +91,6 @@ class _ImageDataset:
 
     def __getitem__(self, i: int) -> tuple[int, Any, str | None]:
         return (i, *preprocess_file(self.paths[i], self.preprocess, self.draft))
-
-
-def preprocess_file(p: Path, preprocess: Callable, draft: tuple[int, int] | None = None
-                    ) -> tuple[Any, str | None]:
-    """(the model's input tensor, None) or (None, the reason): the CPU path for one image file."""
-    try:
-        return preprocess(open_image(p, draft=draft)), None
-    except ImageError as e:
-        return None, str(e)
-    except Exception as e:  # noqa: BLE001 — a preprocessing failure is this image's, not the run's
-        return None, f"image {p} cannot be preprocessed: {type(e).__name__}: {e}"
 
 
 def _collate(items: list[tuple[int, Any, str | None]]) -> tuple[list[int], Any, list[tuple[int, str]]]:
@@ -222,7 +211,8 @@ def _embed_todo(todo: list[tuple[str, Path]], cm: ClipModel, run: _Run, batch_si
     if use_gpu and spec is not None and gd.gpu_decode_available(cm.device):
         workers = cpu_workers(cm.device) if num_workers is None else int(num_workers)
         for idx, batch, failed in gd.gpu_batches(paths, cm.preprocess, cm.device, batch_size,
-                                                 threads=max(1, workers), encoder=cm):
+                                                 threads=max(1, workers), encoder=cm,
+                                                 min_cosine=MIN_COSINE):
             _encode_into(run, cm, todo, idx, batch, failed)
         return "gpu"
     if use_gpu:

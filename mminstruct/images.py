@@ -23,8 +23,10 @@ import io
 import os
 import stat
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -276,3 +278,14 @@ def list_image_files(folder: str | os.PathLike) -> list[Path]:
         if not name.startswith(".") and Path(name).suffix.lower() in IMAGE_EXTENSIONS
     ]
     return sorted(out)
+
+
+def preprocess_file(p: Path, preprocess: Callable, draft: tuple[int, int] | None = None
+                    ) -> tuple[Any, str | None]:
+    """(the model's input tensor, None) or (None, the reason): the CPU path for one image file."""
+    try:
+        return preprocess(open_image(p, draft=draft)), None
+    except ImageError as e:
+        return None, str(e)
+    except Exception as e:  # noqa: BLE001 — a preprocessing failure is this image's, not the run's
+        return None, f"image {p} cannot be preprocessed: {type(e).__name__}: {e}"

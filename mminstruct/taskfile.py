@@ -33,8 +33,8 @@ from typing import Any
 import numpy as np
 
 from . import __version__
-from .clip import (DEFAULT_MODEL, ModelSpec, check_precision, embed_images, embed_keywords,
-                   parse_model_spec, parse_templates, resolve_device)
+from .clip import (DEFAULT_MODEL, ModelSpec, check_precision, embed_keywords, parse_model_spec, parse_templates, resolve_device)
+from .image_embed import embed_images
 from .errors import ConfigError, DataFileError, ImageError, InputError, UnsafePathError
 from .formats import Subgroup, TaskFile, save_task_file
 from .records import DataFile, load_data_file

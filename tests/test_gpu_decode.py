@@ -83,7 +83,7 @@ def test_exif_orientation_matches_pil(orientation: int) -> None:
 
 def _cpu_reference(paths, cm):
     """Vectors and failures of the CPU path (embed_images, no cache, GPU decoding off)."""
-    res = clip.embed_images(paths, cm, cache=False, num_workers=0, gpu_decode=False, draft=False)
+    res = image_embed.embed_images(paths, cm, cache=False, num_workers=0, gpu_decode=False, draft=False)
     return {res.paths[i]: res.vectors[j] for j, i in enumerate(res.ok.tolist())}, dict(res.failures)
 
 
@@ -122,7 +122,7 @@ def test_embed_images_takes_the_gpu_path_where_available(odd_images, tiny_clip_m
     decoded: list[int] = []
     real = gpu_decode._decode_on
     monkeypatch.setattr(gpu_decode, "_decode_on", lambda d, dev: decoded.append(len(d)) or real(d, dev))
-    res = clip.embed_images(paths, model, cache=False, num_workers=2, batch_size=4, gpu_decode=True)
+    res = image_embed.embed_images(paths, model, cache=False, num_workers=2, batch_size=4, gpu_decode=True)
     ref_vecs, ref_fail = _cpu_reference(paths, model)
     assert res.decode == "gpu" and dict(res.failures) == ref_fail
     assert sum(decoded) == 7  # the six photos and the EXIF-rotated JPEG; not WebP, not corrupt
@@ -133,12 +133,12 @@ def test_embed_images_takes_the_gpu_path_where_available(odd_images, tiny_clip_m
 
 def test_first_batch_check_sends_everything_to_the_cpu_path_when_it_fails(
         tiny_clip_model, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(image_embed, "MIN_COSINE", 1.0 + 1e-6)  # no two decoders agree that well
     paths = [save_jpeg(_photo((200, 150), k), tmp_path / f"q{k}.jpg") for k in range(5)]
     model = clip.ClipModel(tiny_clip_model.model, tiny_clip_model.preprocess,
                            tiny_clip_model.tokenizer, "gpu-check", "cpu", "fp32")
     vecs = {}
-    for idx, x, _ in gpu_decode.gpu_batches(paths, model.preprocess, "cpu", 2, encoder=model):
+    for idx, x, _ in gpu_decode.gpu_batches(paths, model.preprocess, "cpu", 2, encoder=model,
+                                            min_cosine=1.0 + 1e-6):  # no two decoders agree so well
         vecs.update(zip(idx, model.encode_image_batch(x, "fp32").numpy().astype(np.float16)))
     ref, _ = _cpu_reference(paths, model)
     for i, p in enumerate(paths):  # bit for bit the CPU path's

@@ -336,7 +336,8 @@ def test_a_broken_output_puts_the_error_in_the_manifest_not_the_run(tmp_path: Pa
 
 
 def test_grounding_is_the_cosine_of_cached_image_and_text_vectors(tmp_path: Path, tiny_clip) -> None:
-    from mminstruct.clip import embed_images, embed_texts
+    from mminstruct.clip import embed_texts
+    from mminstruct.image_embed import embed_images
 
     root = tmp_path / "in"
     for k, kind in enumerate(("circle", "square", "circle")):

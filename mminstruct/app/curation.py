@@ -3,7 +3,7 @@ pool, a keyword partition that honours the user's exclusions and manual assignme
 built from it, text search and the 2-D map. No streamlit; the pages call these.
 
 The split follows what the app recomputes when: ``embed_workspace`` is slow the first time and
-cached on disk (``clip.embed_images``, keyed by model and file fingerprint), so the app keeps its
+cached on disk (``image_embed.embed_images``, keyed by model and file fingerprint), so the app keeps its
 result in memory; ``keyword_vectors`` is cached text embeddings; ``curate`` (the partition with
 overrides) is one float32 matrix product and runs on every keyword edit; ``build_task`` assembles
 the MM-Gen task file from exactly what the user sees.
@@ -26,7 +26,8 @@ from typing import Any
 import numpy as np
 
 from .. import __version__
-from ..clip import embed_images, embed_keywords, embed_texts, parse_model_spec, resolve_device
+from ..clip import embed_keywords, embed_texts, parse_model_spec, resolve_device
+from ..image_embed import embed_images
 from ..errors import ConfigError, DataFileError, InputError
 from ..formats import Subgroup, TaskFile, save_task_file
 from ..partition import (UNASSIGNED, Partition, assign_keywords, partition_from_scores,

@@ -25,7 +25,7 @@ A second run over the same folder embeds only what is not there yet (resume).
 
 Readers: ``read_pool(output_dir)`` (names, vectors, failures), ``retrieval.parquet_vectors``
 (``PoolEmbedding.vector_shards``) for the faiss index, and ``import_to_cache`` which puts every
-vector and failure into the local embedding cache, after which ``clip.embed_images`` (and so the
+vector and failure into the local embedding cache, after which ``image_embed.embed_images`` (and so the
 task-file builder) finds them without loading a model. ``generate_task_file`` (in
 ``distributed.taskfile``) is step 1 with the candidate pool embedded this way.
 """
