@@ -162,12 +162,41 @@ def parse_model_spec(s: str | ModelSpec) -> ModelSpec:
                          + "; or give a checkpoint file path")
 
 
-def _demo_spec() -> ModelSpec:
+#: Models shipped inside the package, by name: an open_clip config and a checkpoint (paths relative
+#: to the package) and the command that makes the checkpoint. Data, so clip imports no demo code.
+NAMED_MODELS_FILE = Path(__file__).with_name("named_models.json")
+
+
+def _named_model(name: str) -> dict[str, Any]:
     try:
-        from . import demo
-    except ImportError as e:
-        raise ModelSpecError(f"the {DEMO_MODEL!r} model is not available in this install ({e})") from e
-    config_json, checkpoint = (Path(p) for p in demo.model_files())  # ModelSpecError if missing
+        table = json.loads(NAMED_MODELS_FILE.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise ModelSpecError(f"{NAMED_MODELS_FILE} cannot be read ({e})") from e
+    if name not in table:
+        raise ModelSpecError(choices_message("shipped model", name, sorted(table)))
+    return table[name]
+
+
+def named_model_paths(name: str) -> tuple[Path, Path]:
+    """Where a shipped model's (open_clip config JSON, checkpoint) are, whether or not they exist
+    yet (its trainer writes them there)."""
+    entry, base = _named_model(name), NAMED_MODELS_FILE.parent
+    return base / entry["config"], base / entry["checkpoint"]
+
+
+def named_model_files(name: str) -> tuple[Path, Path]:
+    """(open_clip config JSON, checkpoint) of a shipped model; ModelSpecError naming what is
+    missing (and how to make it) otherwise."""
+    config, checkpoint = named_model_paths(name)
+    missing = [str(p) for p in (config, checkpoint) if not p.is_file()]
+    if missing:
+        raise ModelSpecError(f"{name} model files missing: {', '.join(missing)} (make them with "
+                             f"`{_named_model(name).get('make', '?')}`)")
+    return config, checkpoint
+
+
+def _demo_spec() -> ModelSpec:
+    config_json, checkpoint = named_model_files(DEMO_MODEL)
     arch = _register_config(config_json.resolve())
     return ModelSpec(DEMO_MODEL, "demo", arch, str(checkpoint.resolve()), str(config_json.resolve()))
 

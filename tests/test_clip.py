@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import os
 import shutil
@@ -110,10 +111,12 @@ def test_a_json_that_is_not_a_model_config_is_refused(tmp_path: Path) -> None:
         clip.parse_model_spec(f"{cfg}:{cfg}")
 
 
-def test_demo_charts_spec_uses_the_demo_modules_files(tiny_clip, tmp_path: Path,
-                                                      monkeypatch: pytest.MonkeyPatch) -> None:
-    demo = pytest.importorskip("mminstruct.demo")
-    monkeypatch.setattr(demo, "model_files", lambda: (tiny_clip.config_path, tiny_clip.checkpoint))
+def test_demo_charts_spec_uses_the_shipped_models_table(tiny_clip, tmp_path: Path,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    table = tmp_path / "named_models.json"
+    table.write_text(json.dumps({"demo-charts": {"config": str(tiny_clip.config_path),
+                                                 "checkpoint": str(tiny_clip.checkpoint)}}))
+    monkeypatch.setattr(clip, "NAMED_MODELS_FILE", table)
     spec = clip.parse_model_spec("demo-charts")
     assert (spec.kind, spec.arch) == ("demo", tiny_clip.arch)
     assert spec.identity(tmp_path) == clip.parse_model_spec(tiny_clip.spec).identity(tmp_path)
@@ -301,7 +304,8 @@ def test_bf16_is_kept_when_it_agrees_with_fp32(shapes_dataset, tiny_clip_model,
                                                monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(clip, "bf16_supported", lambda device: True)
     paths = sorted(shapes_dataset.image_dir.glob("*.jpg"))
-    auto = image_embed.embed_images(paths, fresh_model(tiny_clip_model, "bf16-ok"), cache=False, num_workers=0)
+    auto = image_embed.embed_images(paths, fresh_model(tiny_clip_model, "bf16-ok"), cache=False,
+                                    num_workers=0)
     fp32 = image_embed.embed_images(paths, fresh_model(tiny_clip_model, "fp32", "fp32"), cache=False,
                              num_workers=0)
     assert auto.precision == "bf16" and fp32.precision == "fp32"
