@@ -8,9 +8,9 @@ from pathlib import Path
 import streamlit as st
 
 from mminstruct.errors import MMInstructError
-from mminstruct.generate.output import GeneratedData, load_output
-from mminstruct.app.review import (EXPORT_FORMATS, EXPORT_LABELS, export_name, export_reviewed,
-                               filter_samples, next_free_name, sources)
+from mminstruct.app.review import (EXPORT_FORMATS, EXPORT_LABELS, GeneratedData, export_name,
+                                   export_reviewed, filter_samples, load_generated, next_free_name,
+                                   sources)
 from mminstruct.app.workspace import Workspace
 from ui.gallery import thumbnail
 from ui.quality_view import quality_panel
@@ -35,7 +35,7 @@ path = ws.generated_dir / name
 
 @st.cache_data(max_entries=3, show_spinner="Reading the generated samples…")
 def _load(p: str, mtime: int) -> GeneratedData:
-    return load_output(p)
+    return load_generated(p)
 
 
 @st.cache_resource(max_entries=3, show_spinner=False)

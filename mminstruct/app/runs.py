@@ -43,6 +43,7 @@ from ..cache import atomic_write_json
 from ..errors import ConfigError, DataFileError, InputError, MMInstructError
 from ..generate.config import GenerationConfig, config_from_dict
 from ..generate.control import read_status, request_cancel, request_pause
+from ..generate.manifest import CostEstimate, estimate_cost
 from ..generate.runlog import RunDir, list_runs
 from ..llm.client import EndpointConfig
 
@@ -319,6 +320,13 @@ def runs_table(infos: list[RunInfo]) -> list[dict[str, Any]]:
     return [{"run": i.name, "state": i.state,
              "prompts": f"{int(i.status.get('done') or 0):,} / {int(i.status.get('total') or 0):,}",
              "model": i.model, "started": str(i.record.get("started", ""))} for i in infos]
+
+
+def cost_so_far(info: RunInfo, model: str) -> CostEstimate:
+    """The run's tokens so far at the price of its model (``model`` when the run names none)."""
+    s = info.status
+    return estimate_cost(info.model or model, int(s.get("input_tokens") or 0),
+                         int(s.get("output_tokens") or 0))
 
 
 def eta_label(info: RunInfo) -> str:
