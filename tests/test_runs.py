@@ -18,8 +18,9 @@ from mminstruct.errors import ConfigError
 from mminstruct.generate import GenerationConfig
 from mminstruct.generate.runlog import iter_records
 from mminstruct.llm.client import EndpointConfig
-from mminstruct.app.runs import (cancel_run, check_endpoint, continue_run, dry_run, recent_records,
-                             list_app_runs, pause_run, resume_run, run_info, start_run)
+from mminstruct.app.runs import (LAUNCHES, cancel_run, check_endpoint, continue_run, dry_run,
+                                 list_app_runs, pause_run, recent_records, resume_run, run_info,
+                                 start_run)
 from tests.fixtures.llm import FAKE_KEY, make_prompt_workspace
 
 SECRET_PART = FAKE_KEY.split("SECRET-")[1]
@@ -84,6 +85,19 @@ def test_start_watch_finish_and_the_key_stays_in_the_environment(stub, no_key_en
     assert [i.name for i in list_app_runs(root)] == ["first"]
     with pytest.raises(ConfigError, match="run name"):
         start_run(root, _config(ws, stub, "bad name"))
+
+
+def test_a_run_with_prompts_failed_for_good_ends_with_the_command_lines_exit_status(
+        stub, no_key_env, tmp_path: Path) -> None:
+    from mminstruct.data_generator import EXIT_FAILED_PROMPTS
+
+    ws = make_prompt_workspace(tmp_path, "vqa_nr", 4, min_gen=1, behaviours={2: "400"})
+    root = ws.output_folder
+    start_run(root, _config(ws, stub, "partly"), api_key=FAKE_KEY)
+    done = _wait(root, "partly", lambda i: not i.alive)
+    assert done.state == "finished" and done.status["failed"] == 1, done.message
+    ended = json.loads((root / LAUNCHES / "partly.exit.json").read_text())
+    assert ended["exit_code"] == EXIT_FAILED_PROMPTS
 
 
 @pytest.mark.slow

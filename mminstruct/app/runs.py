@@ -1,7 +1,7 @@
 """Background generation runs for the app: start, watch, pause, continue, cancel, resume.
 
 A run the app starts is a detached child process (``start_new_session=True``) running
-``python -m mminstruct.runs run --launch WS/launches/NAME.json``, so it outlives page reloads,
+``python -m mminstruct.app.runs run --launch WS/launches/NAME.json``, so it outlives page reloads,
 closed tabs and a restart of the app itself. The run's name is its ``file_prefix``; the engine
 keeps its durable state in ``generated_data/runs/NAME_{stamp}/`` (run log, ``run.json``,
 ``status.json``, the ``PAUSE`` / ``CANCEL`` flags), so everything here is read back from files:
@@ -425,6 +425,7 @@ def check_endpoint(base_url: str | None, api_key: str | None, timeout: float = 2
 
 def _child(launch: Path) -> int:
     from ..cli import setup_logging
+    from ..data_generator import run_exit_code
     from ..generate.control import RunControl
     from ..generate.engine import run_generation
     from ..llm.client import install_log_redaction
@@ -453,7 +454,7 @@ def _child(launch: Path) -> int:
                       output=str(res.output) if res.output else None,
                       manifest=str(res.manifest) if res.manifest else None,
                       run_dir=str(res.run_dir) if res.run_dir else None)
-        code = {"finished": 0, "stopped": 3}.get(res.state, 130)
+        code = run_exit_code(res.state, res.status.failed)
     except InputError as e:
         result.update(state="failed", message=str(e))
         code = 2
