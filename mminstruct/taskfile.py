@@ -33,9 +33,10 @@ from typing import Any
 import numpy as np
 
 from . import __version__
-from .clip import (DEFAULT_MODEL, ModelSpec, check_precision, embed_keywords, parse_model_spec, parse_templates, resolve_device)
-from .image_embed import embed_images
+from .clip import (DEFAULT_MODEL, ModelSpec, check_precision, embed_keywords, parse_model_spec,
+                   parse_templates, resolve_device)
 from .errors import ConfigError, DataFileError, ImageError, InputError, UnsafePathError
+from .image_embed import embed_images
 from .formats import Subgroup, TaskFile, save_task_file
 from .records import DataFile, load_data_file
 from .images import list_image_files, resolve_image_path
@@ -386,31 +387,47 @@ def _subgroups(config: TaskFileConfig, ref_part: Partition, ref_rows: list[int],
     return out
 
 
-def _meta_block(config: TaskFileConfig, data: DataFile, input_root: Path, report: BuildReport,
-                dim: int) -> dict[str, Any]:
+def task_metadata(*, source: str, model: str, keywords: Sequence[str], templates: Sequence[str],
+                  min_similarity: float | None, candidates_per_keyword: int | None, data: DataFile,
+                  input_root: str | os.PathLike, skipped_reference: list[dict[str, Any]],
+                  skipped_candidates: list[dict[str, Any]], **more: Any) -> dict[str, Any]:
+    """The task file's ``mminstruct`` block — one layout for the command line and the app:
+    what built it (``source``, model, keywords, templates, thresholds), from which files, what was
+    skipped and why, plus what only one builder knows (``more``: the model identity, unassigned
+    items, the app's exclusions and manual choices)."""
     return {
         "version": __version__,
         "created": datetime.now().isoformat(timespec="seconds"),
-        "model": config.spec.raw,
-        "model_identity": config.spec.identity(config.cache_dir),
-        "embedding_dim": int(dim),
-        "keywords": list(config.keywords),
-        "templates": list(config.templates),
-        "min_similarity": config.min_similarity,
-        "candidates_per_keyword": config.candidates_per_keyword,
+        "source": source,
+        "model": model,
+        "keywords": list(keywords),
+        "templates": list(templates),
+        "min_similarity": min_similarity,
+        "candidates_per_keyword": candidates_per_keyword,
         "data_file": str(data.path),
         "input_folder": str(input_root),
-        "unassigned": {"reference_sample_idx": report.unassigned_reference,
-                       "candidate_image_paths": report.unassigned_candidates},
+        **more,
         "skipped": {
             "records": [{"index": p.index, "id": p.id, "reason": p.reason}
                         for p in data.report.problems],
-            "samples_without_image": report.no_image,
-            "reference_images": [{"sample_idx": i, "reason": why}
-                                 for i, why in report.reference_failures],
-            "candidates": [{"path": e, "reason": why} for e, why in report.candidate_problems],
+            "samples_without_image": [i for i, r in enumerate(data.records) if not r.images],
+            "reference_images": skipped_reference,
+            "candidates": skipped_candidates,
         },
     }
+
+
+def _meta_block(config: TaskFileConfig, data: DataFile, input_root: Path, report: BuildReport,
+                dim: int) -> dict[str, Any]:
+    return task_metadata(
+        source="task_file_generator", model=config.spec.raw, keywords=config.keywords,
+        templates=config.templates, min_similarity=config.min_similarity,
+        candidates_per_keyword=config.candidates_per_keyword, data=data, input_root=input_root,
+        skipped_reference=[{"sample_idx": i, "reason": why} for i, why in report.reference_failures],
+        skipped_candidates=[{"path": e, "reason": why} for e, why in report.candidate_problems],
+        model_identity=config.spec.identity(config.cache_dir), embedding_dim=int(dim),
+        unassigned={"reference_sample_idx": report.unassigned_reference,
+                    "candidate_image_paths": report.unassigned_candidates})
 
 
 def generate_task_file(config: TaskFileConfig, progress: Progress | None = None,

@@ -117,6 +117,12 @@ def test_partition_follows_keyword_edits_and_saves_the_task_file(pca_ws: Workspa
     assert 5 in task.subgroups[3].reference_sample_idx  # the manual choice
     assert len(task.samples) == 24
     assert sum(len(g.candidate_image_paths) for g in task.subgroups) == 48
+    # the same metadata layout as the command line's task file (taskfile.task_metadata)
+    meta = task.extra["mminstruct"]
+    assert meta["source"] == "app" and meta["keywords"] == s.keywords
+    assert meta["excluded"]["reference_sample_idx"] == [3]
+    assert set(meta["skipped"]) == {"records", "samples_without_image", "reference_images",
+                                    "candidates"}
 
 
 def test_a_map_selection_event_maps_back_to_the_drawn_rows() -> None:

@@ -19,13 +19,11 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from .. import __version__
 from ..clip import embed_keywords, embed_texts, parse_model_spec, resolve_device
 from ..image_embed import embed_images
 from ..errors import ConfigError, DataFileError, InputError
@@ -35,7 +33,7 @@ from ..partition import (UNASSIGNED, Partition, assign_keywords, partition_from_
 from ..projection import project_2d
 from ..vectors import array_fingerprint
 from ..records import DataFile, load_data_file
-from ..taskfile import collect_candidates
+from ..taskfile import collect_candidates, task_metadata
 from .workspace import Workspace
 
 EXCLUDED = -2
@@ -340,22 +338,16 @@ def build_task(ws: Workspace, emb: Embeddings, cur: Curation) -> TaskFile:
             extra["candidate_scores"] = []
         subgroups.append(Subgroup(kw, [emb.reference.sample_idx[r] for r in rows], cand_paths,
                                   extra))
-    meta = {
-        "version": __version__, "created": datetime.now().isoformat(timespec="seconds"),
-        "source": "app", "model": p.model_name, "keywords": list(cur.keywords),
-        "templates": list(p.templates), "min_similarity": p.min_similarity,
-        "candidates_per_keyword": p.candidates_per_keyword, "data_file": str(data.path),
-        "input_folder": str(emb.input_root),
-        "excluded": {"reference_sample_idx": sorted(p.excluded_reference),
-                     "candidate_image_paths": sorted(p.excluded_candidates)},
-        "manual": {"reference": dict(p.manual_reference), "candidates": dict(p.manual_candidates)},
-        "skipped": {"records": [{"index": pr.index, "id": pr.id, "reason": pr.reason}
-                                for pr in data.report.problems],
-                    "reference_images": [{"path": a, "reason": b}
-                                         for a, b in emb.reference.failures],
-                    "candidates": [{"path": a, "reason": b}
-                                   for a, b in emb.problems + emb.candidates.failures]},
-    }
+    meta = task_metadata(
+        source="app", model=p.model_name, keywords=cur.keywords, templates=p.templates,
+        min_similarity=p.min_similarity, candidates_per_keyword=p.candidates_per_keyword,
+        data=data, input_root=emb.input_root,
+        skipped_reference=[{"path": a, "reason": b} for a, b in emb.reference.failures],
+        skipped_candidates=[{"path": a, "reason": b}
+                            for a, b in emb.problems + emb.candidates.failures],
+        excluded={"reference_sample_idx": sorted(p.excluded_reference),
+                  "candidate_image_paths": sorted(p.excluded_candidates)},
+        manual={"reference": dict(p.manual_reference), "candidates": dict(p.manual_candidates)})
     return TaskFile(image_folder=data.image_folder, dataset_description=dataset_description(ws, data),
                     subgroups=subgroups, samples=data.samples(), extra={"mminstruct": meta})
 
