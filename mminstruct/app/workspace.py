@@ -396,36 +396,41 @@ def recent_path() -> Path:
     return app_home() / RECENT_NAME
 
 
-def recent_workspaces() -> list[Path]:
-    """Remembered workspaces that still exist, most recent first."""
+def read_recent(path: Path) -> list[str]:
+    """A recent list (``{"recent": [...]}``, most recent first): its non-empty strings."""
     try:
-        raw = json.loads(recent_path().read_text(encoding="utf-8"))
+        raw = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return []
     items = raw.get("recent", []) if isinstance(raw, dict) else []
-    out = []
-    for item in items:
-        if isinstance(item, str) and (Path(item) / SETTINGS_NAME).is_file():
-            out.append(Path(item))
-    return out
+    return [s for s in items if isinstance(s, str) and s.strip()]
+
+
+def write_recent(path: Path, first: str | None, rest: list[str], limit: int) -> list[str]:
+    """``first`` (if any) then ``rest`` without it, at most ``limit``, written atomically (an
+    unwritable home only costs the list)."""
+    items = ([first] if first is not None else []) + [r for r in rest if r != first]
+    items = items[:limit]
+    try:
+        atomic_write_json(path, {"recent": items})
+    except OSError:
+        pass
+    return items
+
+
+def recent_workspaces() -> list[Path]:
+    """Remembered workspaces that still exist, most recent first."""
+    return [Path(s) for s in read_recent(recent_path()) if (Path(s) / SETTINGS_NAME).is_file()]
 
 
 def remember_workspace(path: str | os.PathLike) -> list[Path]:
     """Put ``path`` first in the recent list (at most ``MAX_RECENT``), written atomically."""
-    p = Path(path).expanduser().resolve()
-    items = [p] + [r for r in recent_workspaces() if r != p]
-    items = items[:MAX_RECENT]
-    try:
-        atomic_write_json(recent_path(), {"recent": [str(i) for i in items]})
-    except OSError:
-        pass  # an unwritable home only costs the list
-    return items
+    p = str(Path(path).expanduser().resolve())
+    items = write_recent(recent_path(), p, [str(r) for r in recent_workspaces()], MAX_RECENT)
+    return [Path(s) for s in items]
 
 
 def forget_workspace(path: str | os.PathLike) -> None:
-    p = Path(path).expanduser().resolve()
-    items = [r for r in recent_workspaces() if r != p]
-    try:
-        atomic_write_json(recent_path(), {"recent": [str(i) for i in items]})
-    except OSError:
-        pass
+    p = str(Path(path).expanduser().resolve())
+    write_recent(recent_path(), None, [str(r) for r in recent_workspaces() if str(r) != p],
+                 MAX_RECENT)
