@@ -43,6 +43,19 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def _wait_healthy(url: str, poll: float, timeout: float = 300.0) -> None:
+    """Until the streamlit server at ``url`` answers its health check."""
+    deadline = time.perf_counter() + timeout
+    while True:
+        try:
+            urllib.request.urlopen(url + "/_stcore/health", timeout=1).read()
+            return
+        except OSError:
+            if time.perf_counter() > deadline:
+                raise RuntimeError(f"no streamlit server at {url} after {timeout:.0f} s") from None
+            time.sleep(poll)
+
+
 def first_page(home: Path, script: str = "app.py", label: str = "") -> dict[str, float]:
     """``streamlit run script`` → its "Open the demo" button in Chromium."""
     env = {k: v for k, v in os.environ.items() if k != "MMINSTRUCT_WORKSPACE"}
@@ -66,12 +79,7 @@ def first_page(home: Path, script: str = "app.py", label: str = "") -> dict[str,
     proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL, start_new_session=True)
     try:
-        while True:
-            try:
-                urllib.request.urlopen(url + "/_stcore/health", timeout=1).read()
-                break
-            except OSError:
-                time.sleep(0.02)
+        _wait_healthy(url, 0.02)
         out[f"{label}server healthy"] = time.perf_counter() - t0
         if browser is not None:
             page.goto(url)
@@ -131,12 +139,7 @@ def open_demo(home: Path, size: str = "") -> dict[str, float]:
              "--browser.gatherUsageStats", "false"],
             cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         try:
-            while True:
-                try:
-                    urllib.request.urlopen(url + "/_stcore/health", timeout=1).read()
-                    break
-                except OSError:
-                    time.sleep(0.05)
+            _wait_healthy(url, 0.05)
             page = browser.new_page()
             page.goto(url)
             button = page.get_by_role("button", name="Open the demo")
@@ -159,8 +162,8 @@ def open_demo(home: Path, size: str = "") -> dict[str, float]:
 
 
 def keyword_edit(n: int, k: int, dim: int = 512, repeats: int = 7) -> dict[str, float]:
-    from mminstruct.curation import Embeddings, ImageSet, curate
-    from mminstruct.workspace import Workspace
+    from mminstruct.app.curation import Embeddings, ImageSet, curate
+    from mminstruct.app.workspace import Workspace
 
     rng = np.random.default_rng(0)
     n_ref = min(2_000, n // 10)

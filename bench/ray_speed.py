@@ -5,7 +5,7 @@
 
 (1) Embedding N generated JPEGs (~500×400 px) with ViT-B-32 (seeded random weights, saved as a
     local checkpoint; speed does not depend on the weights):
-    (a) the local pipeline, ``clip.embed_images`` (DataLoader decode workers + torch threads);
+    (a) the local pipeline, ``image_embed.embed_images`` (DataLoader decode workers + torch threads);
     (b) ``distributed.embed_pool`` on a local Ray instance laid out like (a) — one decode task
         slot and an encoder actor with as many torch threads as (a) uses — writing Parquet shards.
         With a CUDA GPU: (a) on the GPU with a DataLoader worker per core, (b) one GPU encoder
@@ -42,7 +42,7 @@ sys.path.insert(0, str(REPO / "bench"))
 
 from embed_throughput import make_jpegs  # noqa: E402
 
-from mminstruct import clip  # noqa: E402
+from mminstruct import clip, image_embed  # noqa: E402
 
 
 def make_model(folder: Path, which: str) -> str:
@@ -77,7 +77,7 @@ def bench_embedding(args: argparse.Namespace, work: Path) -> list[tuple[str, str
     for r in range(args.repeats):
         clip._MODELS.clear()  # a cold start each time: loading the model is part of the work
         t0 = time.perf_counter()
-        res = clip.embed_images(paths, spec, cache=False, batch_size=args.batch_size,
+        res = image_embed.embed_images(paths, spec, cache=False, batch_size=args.batch_size,
                                 show_progress=False, device=device, num_workers=workers)
         best_local = min(best_local, time.perf_counter() - t0)
         local_vecs = {str(res.paths[i]): res.vectors[j] for j, i in enumerate(res.ok.tolist())}

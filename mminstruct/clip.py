@@ -5,11 +5,12 @@
   config whose file stem is the architecture), ``hf-hub:org/name``, or ``demo-charts`` (the project's
   tiny demo CLIP). Bad specs raise ``ModelSpecError`` naming the valid choices.
 * ``load_clip(spec, device=)``: a ``ClipModel`` (``identity``, ``dim``, ``encode_texts``), cached.
-* ``embed_images(paths, model, …)``: L2-normalised float16 vectors for the images that decode, and
-  ``(path, reason)`` for those that do not. Decoding and preprocessing run in DataLoader workers,
-  overlapping with the model; bf16 is used where the hardware supports it and the first batch
-  shows it agrees with fp32 (cosine ≥ 0.999). Vectors (and decode failures) are cached on disk
-  by model identity and file fingerprint; when every image is cached the model is never loaded.
+* ``embed_images(paths, model, …)`` (from ``image_embed``, re-exported here): L2-normalised
+  float16 vectors for the images that decode, and ``(path, reason)`` for those that do not; on a
+  GPU the JPEGs are decoded there (``gpu_decode``). ``precision`` is ``fp32``, ``bf16``, ``int8``
+  (dynamic quantisation of the Linear layers, CPU) or ``auto`` (bf16, else int8 on the CPU, where
+  the first batch shows it agrees with fp32, cosine ≥ 0.999). Vectors (and decode failures) are
+  cached on disk by model identity and file fingerprint (``EmbeddingCache``).
 * ``embed_texts`` / ``embed_keywords``: text vectors, optionally averaged over prompt templates.
 """
 
@@ -20,21 +21,19 @@ import logging
 import os
 import pickle
 import sqlite3
-import sys
 import threading
 import time
 import zipfile
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from .cache import VectorStore, atomic_write_json, content_key, file_fingerprint, file_sha256
-from .errors import ConfigError, ImageError, ModelSpecError, choices_message
-from .images import open_image
+from .errors import ConfigError, ModelSpecError, choices_message
 
 log = logging.getLogger(__name__)
 
@@ -47,8 +46,10 @@ DEFAULT_TEMPLATES: tuple[str, ...] = (
     "a photo of a {}.", "a picture of a {}.", "an image of a {}.", "a close-up photo of a {}.",
     "a rendering of a {}.", "a diagram of a {}.", "a screenshot of a {}.",
 )
-BF16_MIN_COSINE = 0.999  # bf16 only if every probed image agrees with fp32 at least this well
-_BF16_CHECK_IMAGES = 8
+#: bf16 / int8 only if every probed image agrees with fp32 at least this well (first batch).
+BF16_MIN_COSINE = 0.999
+#: ``--precision`` values; ``auto`` decides on the first batch (see ``image_embed.encode_batch``).
+PRECISIONS: tuple[str, ...] = ("fp32", "bf16", "int8", "auto")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -161,12 +162,41 @@ def parse_model_spec(s: str | ModelSpec) -> ModelSpec:
                          + "; or give a checkpoint file path")
 
 
-def _demo_spec() -> ModelSpec:
+#: Models shipped inside the package, by name: an open_clip config and a checkpoint (paths relative
+#: to the package) and the command that makes the checkpoint. Data, so clip imports no demo code.
+NAMED_MODELS_FILE = Path(__file__).with_name("named_models.json")
+
+
+def _named_model(name: str) -> dict[str, Any]:
     try:
-        from . import demo
-    except ImportError as e:
-        raise ModelSpecError(f"the {DEMO_MODEL!r} model is not available in this install ({e})") from e
-    config_json, checkpoint = (Path(p) for p in demo.model_files())  # ModelSpecError if missing
+        table = json.loads(NAMED_MODELS_FILE.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise ModelSpecError(f"{NAMED_MODELS_FILE} cannot be read ({e})") from e
+    if name not in table:
+        raise ModelSpecError(choices_message("shipped model", name, sorted(table)))
+    return table[name]
+
+
+def named_model_paths(name: str) -> tuple[Path, Path]:
+    """Where a shipped model's (open_clip config JSON, checkpoint) are, whether or not they exist
+    yet (its trainer writes them there)."""
+    entry, base = _named_model(name), NAMED_MODELS_FILE.parent
+    return base / entry["config"], base / entry["checkpoint"]
+
+
+def named_model_files(name: str) -> tuple[Path, Path]:
+    """(open_clip config JSON, checkpoint) of a shipped model; ModelSpecError naming what is
+    missing (and how to make it) otherwise."""
+    config, checkpoint = named_model_paths(name)
+    missing = [str(p) for p in (config, checkpoint) if not p.is_file()]
+    if missing:
+        raise ModelSpecError(f"{name} model files missing: {', '.join(missing)} (make them with "
+                             f"`{_named_model(name).get('make', '?')}`)")
+    return config, checkpoint
+
+
+def _demo_spec() -> ModelSpec:
+    config_json, checkpoint = named_model_files(DEMO_MODEL)
     arch = _register_config(config_json.resolve())
     return ModelSpec(DEMO_MODEL, "demo", arch, str(checkpoint.resolve()), str(config_json.resolve()))
 
@@ -211,48 +241,104 @@ def bf16_supported(device: str) -> bool:
         return False
 
 
+def int8_supported(device: str) -> bool:
+    """Whether dynamic int8 quantisation (``torch.ao.quantization.quantize_dynamic``) runs here:
+    CPU only, with a quantised engine (fbgemm/x86 or qnnpack) built in."""
+    if not device.startswith("cpu"):
+        return False
+    import torch
+
+    return any(e in ("fbgemm", "x86", "qnnpack", "onednn")
+               for e in torch.backends.quantized.supported_engines)
+
+
+def check_precision(precision: str, device: str = "cpu") -> str:
+    """``precision`` if valid on ``device``; else ConfigError naming the choices."""
+    if precision not in PRECISIONS:
+        raise ConfigError(choices_message("precision", precision, PRECISIONS))
+    if precision == "int8" and not device.startswith("cpu"):
+        raise ConfigError(f"precision 'int8' (dynamic quantisation) runs on the CPU only, not on "
+                          f"{device}; choose one of: fp32, bf16, auto")
+    return precision
+
+
 class ClipModel:
     """A loaded open_clip model with its preprocess and tokenizer, on one device."""
 
     def __init__(self, model: Any, preprocess: Callable, tokenizer: Callable, identity: str,
                  device: str = "cpu", precision: str = "auto", name: str = ""):
-        if precision not in ("auto", "fp32", "bf16"):
-            raise ConfigError(choices_message("precision", precision, ("auto", "fp32", "bf16")))
+        check_precision(precision, device)
         self.model, self.preprocess, self.tokenizer = model.eval(), preprocess, tokenizer
         self.identity, self.device, self.precision = identity, device, precision
         self.name = name or identity
-        #: fp32 or bf16 once decided (by ``precision`` or by the first batch's check).
+        #: fp32, bf16 or int8 once decided (by ``precision`` or by the first batch's check).
         self.decided_precision: str | None = None if precision == "auto" else precision
-        self._lock, self._visual_bf16 = threading.Lock(), None
+        #: the first batch's min cosine to fp32 of the precision chosen (auto mode), for reports.
+        self.precision_cosine: float | None = None
+        self._lock, self._visual_bf16, self._int8 = threading.Lock(), None, None
         self.dim = int(getattr(model, "embed_dim", 0) or self.encode_texts(["a"]).shape[1])
 
-    def encode_image_batch(self, batch: Any, bf16: bool) -> Any:
-        """Preprocessed images (N,3,H,W) → L2-normalised float32 (N, dim) on the CPU. bf16 uses bf16
-        weights (on CPUs ~2× fp32, while autocast is slower than fp32), else autocast."""
+    def encode_image_batch(self, batch: Any, precision: str | bool = "fp32") -> Any:
+        """Preprocessed images (N,3,H,W) → L2-normalised float32 (N, dim) on the CPU, in
+        ``precision``: ``fp32``; ``bf16`` (bf16 copies of the weights: on CPUs ~2× fp32, while
+        autocast is slower than fp32; else autocast); ``int8`` (a dynamically quantised copy of the
+        Linear layers, CPU). ``True``/``False`` mean bf16/fp32."""
         import torch
 
+        prec = {True: "bf16", False: "fp32"}.get(precision, precision)  # type: ignore[call-overload]
         with torch.inference_mode():
             x = batch.to(self.device, non_blocking=True)
-            visual = self._bf16_visual() if bf16 else None
-            if visual is not None:
-                f = visual(x.to(torch.bfloat16))
+            if prec == "int8":
+                f = self._int8_encoder()(x)
+            elif prec == "bf16" and self._bf16_visual() is not None:
+                f = self._visual_bf16(x.to(torch.bfloat16))
             else:
-                with torch.autocast(self.device.split(":")[0], dtype=torch.bfloat16, enabled=bf16):
+                with torch.autocast(self.device.split(":")[0], dtype=torch.bfloat16,
+                                    enabled=prec == "bf16"):
                     f = self.model.encode_image(x)
             return torch.nn.functional.normalize(f.float(), dim=-1).cpu()
+
+    def _plain_encode_image(self) -> bool:
+        from open_clip.model import CLIP, CustomTextCLIP
+
+        return type(self.model).encode_image in (CLIP.encode_image, CustomTextCLIP.encode_image)
 
     def _bf16_visual(self) -> Any:
         """``visual`` on bf16 copies of its weights (functional_call), if encode_image is just that."""
         import torch
-        from open_clip.model import CLIP, CustomTextCLIP
 
-        if self._visual_bf16 is None and type(self.model).encode_image in (CLIP.encode_image,
-                                                                           CustomTextCLIP.encode_image):
+        if self._visual_bf16 is None and self._plain_encode_image():
             visual = self.model.visual
             state = {k: v.to(torch.bfloat16) if v.is_floating_point() else v
                      for k, v in [*visual.named_parameters(), *visual.named_buffers()]}
             self._visual_bf16 = lambda x: torch.func.functional_call(visual, state, (x,))
         return self._visual_bf16
+
+    def _int8_encoder(self) -> Callable[[Any], Any]:
+        """A copy of the image tower (or of the model, when encode_image is more than ``visual``)
+        with its Linear layers dynamically quantised to int8; made once, on first use."""
+        if self._int8 is None:
+            import copy
+            import warnings
+
+            import torch
+            from torch.ao.quantization import quantize_dynamic
+
+            part = self.model.visual if self._plain_encode_image() else self.model
+            with warnings.catch_warnings():  # torch.ao's deprecation notices, once per model
+                warnings.simplefilter("ignore", DeprecationWarning)
+                warnings.simplefilter("ignore", UserWarning)
+                q = quantize_dynamic(copy.deepcopy(part).float().cpu(), {torch.nn.Linear},
+                                     dtype=torch.qint8)
+            self._int8 = q if part is self.model.visual else q.encode_image
+        return self._int8
+
+    def drop_copies(self, keep: str | None = None) -> None:
+        """Free the bf16 / int8 copies of the weights except ``keep``'s."""
+        if keep != "bf16":
+            self._visual_bf16 = None
+        if keep != "int8":
+            self._int8 = None
 
     def encode_texts(self, texts: Sequence[str]) -> np.ndarray:
         """Texts → L2-normalised float32 array (N, dim), in fp32."""
@@ -276,6 +362,7 @@ def load_clip(spec: str | ModelSpec = DEFAULT_MODEL, device: str | int | None = 
     """Load (or reuse from this process's cache of the last two) a CLIP model.
     ``device`` is a device string or a GPU number (see ``resolve_device``)."""
     ms, dev = parse_model_spec(spec), resolve_device(device)
+    check_precision(precision, dev)
     identity = ms.identity(cache_dir)
     key = (identity, dev, precision)
     with _MODELS_LOCK:
@@ -359,8 +446,10 @@ class EmbeddingCache:
                 con.executemany("INSERT OR REPLACE INTO clip_failures VALUES (?, ?)", list(items))
 
 
-def _store_dir(cache: Any) -> Any:
+def cache_folder(cache: Any) -> Any:
+    """The folder a ``cache`` argument names, or None (default folder, no cache, a cache object)."""
     return None if cache in (None, True, False) or isinstance(cache, EmbeddingCache) else cache
+
 
 
 def open_cache(cache: Any, identity: str) -> EmbeddingCache | None:
@@ -370,179 +459,6 @@ def open_cache(cache: Any, identity: str) -> EmbeddingCache | None:
     if isinstance(cache, EmbeddingCache):
         return cache
     return EmbeddingCache(default_cache_dir() if cache is None or cache is True else cache, identity)
-
-
-class _ImageDataset:
-    """Decode (mminstruct.images.open_image) + preprocess; failures come back as reasons."""
-
-    def __init__(self, paths: Sequence[Path], preprocess: Callable):
-        self.paths, self.preprocess = list(paths), preprocess
-
-    def __len__(self) -> int:
-        return len(self.paths)
-
-    def __getitem__(self, i: int) -> tuple[int, Any, str | None]:
-        p = self.paths[i]
-        try:
-            return i, self.preprocess(open_image(p)), None
-        except ImageError as e:
-            return i, None, str(e)
-        except Exception as e:  # noqa: BLE001 — a preprocessing failure is this image's, not the run's
-            return i, None, f"image {p} cannot be preprocessed: {type(e).__name__}: {e}"
-
-
-def _collate(items: list[tuple[int, Any, str | None]]) -> tuple[list[int], Any, list[tuple[int, str]]]:
-    import torch
-
-    ok = [(i, t) for i, t, err in items if err is None]
-    return ([i for i, _ in ok], torch.stack([t for _, t in ok]) if ok else None,
-            [(i, err) for i, _, err in items if err is not None])
-
-
-@dataclass
-class EmbedResult:
-    """``vectors[j]`` belongs to ``paths[ok[j]]``; ``failures`` are the paths that did not embed."""
-
-    paths: list[Path]
-    vectors: np.ndarray  # float16 (len(ok), dim), L2-normalised
-    ok: np.ndarray  # int64 indices into paths, ascending
-    failures: list[tuple[Path, str]] = field(default_factory=list)
-    n_cached: int = 0
-    n_computed: int = 0
-    failed: list[int] = field(default_factory=list)  # indices into paths of ``failures``
-    precision: str | None = None  # fp32 / bf16 when anything was computed
-    seconds: float = 0.0
-
-
-def _cpu_workers() -> int:
-    return max(1, min(4, (os.cpu_count() or 2) - 1))
-
-
-def embed_images(paths: Sequence[str | os.PathLike], model: ClipModel | ModelSpec | str, *,
-                 batch_size: int = 64, num_workers: int | None = None, cache: Any = None,
-                 progress: Callable[[int, int], None] | None = None, show_progress: bool | None = None,
-                 device: str | int | None = "cpu") -> EmbedResult:
-    """Embed image files; see the module docstring. ``model`` may be a spec: it is then loaded (on
-    ``device``) only if some image is not cached. ``show_progress`` None = a tqdm bar on a terminal."""
-    if not isinstance(batch_size, int) or batch_size < 1:
-        raise ConfigError(f"batch_size must be a positive integer, got {batch_size!r}")
-    t0 = time.perf_counter()
-    all_paths = [Path(p) for p in paths]
-    clip_model = model if isinstance(model, ClipModel) else None
-    spec = None if clip_model else parse_model_spec(model)
-    store_dir = _store_dir(cache)
-    identity = clip_model.identity if clip_model else spec.identity(store_dir)
-    ec = open_cache(cache, identity)
-
-    keys: list[str | None] = []
-    failures: dict[int, str] = {}
-    for i, p in enumerate(all_paths):
-        try:
-            keys.append(ec.image_key(file_fingerprint(p)) if ec else f"#{i}")
-        except OSError:
-            keys.append(None)
-            failures[i] = f"image {p} does not exist" if not p.exists() else f"image {p} cannot be read"
-    first = {k: i for i, k in reversed(list(enumerate(keys))) if k is not None}  # unique, in order
-    found = ec.vectors.get_many(list(first)) if ec else {}
-    known_bad = ec.get_failures([k for k in first if k not in found]) if ec else {}
-    todo = [(k, all_paths[i]) for k, i in sorted(first.items(), key=lambda kv: kv[1])
-            if k not in found and k not in known_bad]
-    n_cached = len(first) - len(todo)
-    done = len(all_paths) - len(todo)
-    if progress:
-        progress(done, len(all_paths))
-
-    computed: dict[str, np.ndarray] = {}
-    new_bad: dict[str, str] = {}
-    precision = None
-    if todo:
-        if clip_model is None:
-            clip_model = load_clip(spec, device, cache_dir=store_dir)
-        precision = _embed_todo(todo, clip_model, ec, computed, new_bad, batch_size, num_workers,
-                                show_progress, progress, done, len(all_paths))
-
-    dim = clip_model.dim if clip_model else (ec.vectors.dim if ec and ec.vectors.dim else 0)
-    ok, rows = [], []
-    for i, k in enumerate(keys):
-        vec = found.get(k, computed.get(k)) if k is not None else None
-        if vec is not None:
-            ok.append(i)
-            rows.append(vec)
-        elif k is not None:
-            failures[i] = known_bad.get(k) or new_bad.get(k) or f"image {all_paths[i]} was not embedded"
-    vectors = np.stack(rows).astype(np.float16) if rows else np.zeros((0, dim), np.float16)
-    failed = sorted(failures)
-    fails = [(all_paths[i], failures[i]) for i in failed]
-    return EmbedResult(all_paths, vectors, np.asarray(ok, dtype=np.int64), fails, n_cached,
-                       len(todo), failed, precision, time.perf_counter() - t0)
-
-
-def _embed_todo(todo: list[tuple[str, Path]], cm: ClipModel, ec: EmbeddingCache | None,
-                computed: dict[str, np.ndarray], bad: dict[str, str], batch_size: int,
-                num_workers: int | None, show_progress: bool | None,
-                progress: Callable[[int, int], None] | None, done: int, total: int) -> str:
-    from torch.utils.data import DataLoader
-    from tqdm.auto import tqdm
-
-    n_batches = -(-len(todo) // batch_size)
-    workers = _cpu_workers() if num_workers is None else int(num_workers)
-    if workers < 0:
-        raise ConfigError(f"num_workers must be ≥ 0, got {num_workers!r}")
-    workers = min(workers, n_batches - 1)  # one batch: nothing to overlap with
-    dataset = _ImageDataset([p for _, p in todo], cm.preprocess)
-    loader = DataLoader(dataset, batch_size=batch_size, num_workers=workers, collate_fn=_collate,
-                        pin_memory=cm.device.startswith("cuda"),
-                        prefetch_factor=2 if workers else None)
-    show = sys.stderr.isatty() if show_progress is None else show_progress
-    bar = tqdm(total=len(todo), desc="embedding images", unit="img", disable=not show, file=sys.stderr)
-    try:
-        for idx, batch, failed in loader:
-            new_vecs: list[tuple[str, np.ndarray]] = []
-            if batch is not None:
-                with cm._lock:
-                    feats = _encode_auto(cm, batch)
-                vecs = feats.numpy().astype(np.float16)
-                for j, i in enumerate(idx):
-                    computed[todo[i][0]] = vecs[j]
-                    new_vecs.append((todo[i][0], vecs[j]))
-            new_bad = [(todo[i][0], why) for i, why in failed]
-            bad.update(new_bad)
-            if ec:  # each batch lands on disk before the next starts: a kill loses no finished work
-                ec.vectors.put_many(new_vecs)
-                ec.put_failures(new_bad)
-            n = len(idx) + len(failed)
-            bar.update(n)
-            done += n
-            if progress:
-                progress(done, total)
-    finally:
-        bar.close()
-    return cm.decided_precision or "fp32"
-
-
-def _encode_auto(cm: ClipModel, batch: Any) -> Any:
-    """Encode a batch in the model's precision. Undecided (auto): bf16 only if the device supports
-    it and, on this first batch, bf16 agrees with fp32 (min cosine ≥ BF16_MIN_COSINE) on a probe
-    of its first images; the check costs one fp32 pass over the probe, nothing more."""
-    import torch
-
-    if cm.decided_precision is not None:
-        return cm.encode_image_batch(batch, cm.decided_precision == "bf16")
-    if not bf16_supported(cm.device):
-        cm.decided_precision = "fp32"
-        log.info("bf16 not supported on %s: embedding in fp32", cm.device)
-        return cm.encode_image_batch(batch, False)
-    n = min(len(batch), _BF16_CHECK_IMAGES)
-    ref = cm.encode_image_batch(batch[:n], False)
-    low = cm.encode_image_batch(batch, True)
-    cos = float((ref * low[:n]).sum(dim=1).min())
-    cm.decided_precision = "bf16" if cos >= BF16_MIN_COSINE else "fp32"
-    log.info("bf16 check on %d images: min cosine to fp32 %.5f → embedding in %s",
-             n, cos, cm.decided_precision)
-    if cm.decided_precision == "bf16":
-        return low
-    cm._visual_bf16 = None  # free the bf16 copy
-    return torch.cat([ref, cm.encode_image_batch(batch[n:], False)]) if len(batch) > n else ref
 
 
 # ----------------------------------------------------------------------------------------------
@@ -568,7 +484,7 @@ def embed_texts(texts: Sequence[str], model: ClipModel | ModelSpec | str, *, cac
     """Texts → L2-normalised float32 (N, dim), cached like images (the model loads only on a miss)."""
     texts = list(texts)
     cm = model if isinstance(model, ClipModel) else None
-    spec, store_dir = None if cm else parse_model_spec(model), _store_dir(cache)
+    spec, store_dir = None if cm else parse_model_spec(model), cache_folder(cache)
     ec = open_cache(cache, cm.identity if cm else spec.identity(store_dir))
     vecs = ec.vectors.get_many([ec.text_key(t) for t in texts]) if ec else {}
     found = {t: vecs[ec.text_key(t)] for t in texts if ec and ec.text_key(t) in vecs}

@@ -52,6 +52,14 @@ EXIT_CODES = {
 }
 
 
+def run_exit_code(state: str, failed: int) -> int:
+    """The exit status of a run that ended in ``state`` with ``failed`` prompts failed for good
+    (the command lines' and the app's background runs')."""
+    if state == "finished":
+        return EXIT_FAILED_PROMPTS if failed else EXIT_OK
+    return EXIT_STOPPED if state == "stopped" else EXIT_CANCELLED
+
+
 def exit_codes_epilog() -> str:
     import textwrap
 
@@ -233,7 +241,7 @@ def report(result: RunResult, quality: bool = True) -> int:
         return 0
     if result.state != "finished":
         print(result.message, file=sys.stderr)
-        return EXIT_STOPPED if result.state == "stopped" else EXIT_CANCELLED
+        return run_exit_code(result.state, 0)
     st = result.status
     if quality:
         quality_after_run(result.output, result.manifest)

@@ -5,6 +5,8 @@ palette, RGBA, animated) and decompression bombs are handled once and the same w
 
 * ``resolve_image_path(root, rel)``: ``root/rel``, refusing absolute paths and ``..`` / symlink
   escapes unless ``allow_outside=True``.
+* ``ImageRoot(root).resolve(rel)``: the same check for many paths under one root, resolving the
+  root once and each path lexically where no ``..`` or symlink is involved (data-file loading).
 * ``probe_image(path)``: header-only check (format, size, pixel limit) — cheap, used at load time.
 * ``open_image(path)``: a fully decoded RGB ``PIL.Image`` (first frame, EXIF-rotated, transparency
   composited on white, 16-bit scaled to 8-bit); ``open_image_bytes(data, name)`` the same for
@@ -19,9 +21,12 @@ from __future__ import annotations
 import base64
 import io
 import os
+import stat
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -64,6 +69,52 @@ def resolve_image_path(
             f"image path {str(rel)!r} escapes {root_path} (pass --allow_outside_paths to allow it)"
         )
     return full
+
+
+class ImageRoot:
+    """``resolve_image_path`` for many paths under one root: the root is resolved once, and a
+    relative path without ``..`` whose folders and file are no symlinks is checked lexically (one
+    ``lstat`` per file, one ``islink`` per distinct folder) instead of by a ``realpath`` per file.
+    Anything else (``..``, a symlink on the way, an absolute path) goes through
+    ``resolve_image_path``, so escapes and symlinks leaving the root are refused exactly as there.
+    Safe to share between threads."""
+
+    def __init__(self, root: str | os.PathLike, *, allow_outside: bool = False):
+        self.root = Path(root).resolve()
+        self.allow_outside = allow_outside
+        self._root_s = str(self.root)
+        self._plain_dirs: dict[str, bool] = {self._root_s: True}  # folder → no symlink up to root
+
+    def _plain_dir(self, d: str) -> bool:
+        known = self._plain_dirs.get(d)
+        if known is None:
+            parent = os.path.dirname(d)
+            known = (parent != d and len(parent) >= len(self._root_s) and self._plain_dir(parent)
+                     and not os.path.islink(d))
+            self._plain_dirs[d] = known
+        return known
+
+    def resolve(self, rel: str | os.PathLike) -> tuple[Path, os.stat_result | None]:
+        """(the resolved path, its ``stat`` or None when it does not exist); raises as
+        ``resolve_image_path`` does."""
+        if isinstance(rel, str) and rel.strip() and not os.path.isabs(rel):
+            parts = rel.replace(os.sep, "/").split("/")
+            if ".." not in parts:
+                full = os.path.normpath(os.path.join(self._root_s, rel))
+                if self._plain_dir(os.path.dirname(full)):
+                    try:
+                        st = os.lstat(full)
+                    except (FileNotFoundError, NotADirectoryError):
+                        return Path(full), None
+                    except OSError:
+                        st = None
+                    if st is not None and not stat.S_ISLNK(st.st_mode):
+                        return Path(full), st
+        full_path = resolve_image_path(self.root, rel, allow_outside=self.allow_outside)
+        try:
+            return full_path, full_path.stat()
+        except OSError:
+            return full_path, None
 
 
 @dataclass(frozen=True)
@@ -146,20 +197,25 @@ def _to_rgb(img: Image.Image) -> Image.Image:
     return img.convert("RGB")  # L, 1, CMYK, YCbCr, LAB, HSV
 
 
-def open_image(path: str | os.PathLike, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
+def open_image(path: str | os.PathLike, *, max_pixels: int = DEFAULT_MAX_PIXELS,
+               draft: tuple[int, int] | None = None) -> Image.Image:
     """Decode fully to RGB: first frame, EXIF orientation applied, transparency on white.
+    ``draft=(w, h)``: a JPEG at least twice that size on both sides is decoded at the smallest of
+    1/2, 1/4 or 1/8 scale that keeps both sides ≥ ``(w, h)`` (PIL's draft mode: DCT scaling).
 
     Raises ImageError (never a bare PIL/OSError) naming the file and the problem.
     """
     p = Path(path)
-    return _decode(_open_raw(p, max_pixels), str(p))
+    return _decode(_open_raw(p, max_pixels), str(p), draft)
 
 
-def _decode(img: Image.Image, name: str) -> Image.Image:
+def _decode(img: Image.Image, name: str, draft: tuple[int, int] | None = None) -> Image.Image:
     """First frame, pixels loaded, EXIF orientation applied, RGB; errors name the image."""
     try:
         if getattr(img, "n_frames", 1) > 1:
             img.seek(0)
+        if draft and img.format == "JPEG":
+            img.draft(None, draft)
         img.load()
         img = ImageOps.exif_transpose(img) or img
         return _to_rgb(img)
@@ -222,3 +278,14 @@ def list_image_files(folder: str | os.PathLike) -> list[Path]:
         if not name.startswith(".") and Path(name).suffix.lower() in IMAGE_EXTENSIONS
     ]
     return sorted(out)
+
+
+def preprocess_file(p: Path, preprocess: Callable, draft: tuple[int, int] | None = None
+                    ) -> tuple[Any, str | None]:
+    """(the model's input tensor, None) or (None, the reason): the CPU path for one image file."""
+    try:
+        return preprocess(open_image(p, draft=draft)), None
+    except ImageError as e:
+        return None, str(e)
+    except Exception as e:  # noqa: BLE001 — a preprocessing failure is this image's, not the run's
+        return None, f"image {p} cannot be preprocessed: {type(e).__name__}: {e}"

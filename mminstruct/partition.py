@@ -51,6 +51,26 @@ def similarity_matrix(image_vecs: np.ndarray, keyword_vecs: np.ndarray) -> np.nd
     return out
 
 
+
+def normalise_keywords(keywords: Sequence[str]) -> list[str]:
+    """Spaces collapsed; an empty or non-string keyword, or one given twice (ignoring case and
+    spaces), is a ConfigError naming it. The one rule for the command line and the app."""
+    if isinstance(keywords, str) or not isinstance(keywords, Sequence):
+        raise ConfigError(f"keywords must be a list of strings, got {keywords!r}")
+    out: list[str] = []
+    seen: dict[str, str] = {}
+    for k in keywords:
+        if not isinstance(k, str) or not k.strip():
+            raise ConfigError(f"keyword {k!r} is empty or not a string")
+        k = " ".join(k.split())
+        norm = k.casefold()
+        if norm in seen:
+            raise ConfigError(f"keyword {k!r} is given twice (also as {seen[norm]!r}); keywords "
+                              "are compared ignoring case and spaces")
+        seen[norm] = k
+        out.append(k)
+    return out
+
 @dataclass
 class Partition:
     """Per image: ``assignment`` (keyword index, -1 = unassigned), ``best`` score, ``margin`` to

@@ -34,7 +34,8 @@ import numpy as np
 
 from .cache import atomic_write_bytes, content_key
 from .errors import ConfigError, InputError, choices_message
-from .vectors import CHUNK_ROWS, array_fingerprint, as_rows, check_finite, iter_chunks, normalise_rows, take_rows
+from .vectors import (CHUNK_ROWS, array_fingerprint, as_rows, check_finite, iter_chunks, normalise_rows,
+                      take_rows)
 
 Progress = Callable[[float, str], None]
 """``progress(fraction_done, message)`` — the shape of ``st.progress(value, text)``."""

@@ -18,7 +18,7 @@ import time
 
 from .cli import OneLineParser, run_cli
 from .modes import MODE_NAMES
-from .prompts import PromptConfig, generate_prompt_file
+from .prompts import PROMPT_DEFAULTS, PromptConfig, generate_prompt_file
 
 log = logging.getLogger("mminstruct.prompt_generator")
 
@@ -31,11 +31,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output_folder", default="", help="prompt file goes to OUTPUT/generated_prompts/")
     p.add_argument("--file_prefix", required=True, help="prefix of the prompt file's name")
     p.add_argument("--total_gen", type=int, required=True, help="total samples to generate")
-    p.add_argument("--min_gen_per_candidate", type=int, default=1,
-                   help="samples the model writes per prompt (per candidate image)")
-    p.add_argument("--num_icl_samples", type=int, default=1, help="in-context examples per prompt")
-    p.add_argument("--mode", default="vqa_nr", help=f"one of: {', '.join(MODE_NAMES)}")
-    p.add_argument("--seed", type=int, default=None, help="makes the prompt file reproducible")
+    p.add_argument("--min_gen_per_candidate", type=int,
+                   default=PROMPT_DEFAULTS["min_gen_per_candidate"],
+                   help="items the model writes per prompt (per candidate image; default %(default)s)")
+    p.add_argument("--num_icl_samples", type=int, default=PROMPT_DEFAULTS["num_icl_samples"],
+                   help="in-context examples per prompt (default %(default)s)")
+    p.add_argument("--mode", default=PROMPT_DEFAULTS["mode"].value,
+                   help=f"one of: {', '.join(MODE_NAMES)} (default %(default)s)")
+    p.add_argument("--seed", type=int, default=PROMPT_DEFAULTS["seed"],
+                   help="makes the prompt file reproducible")
     p.add_argument("--budgets", default=None,
                    help="per-subgroup budgets, 'KEYWORD=PROMPTS' or 'KEYWORD=SHARE%%' separated by "
                         "commas (e.g. 'bar chart=4000,pie chart=25%%'); the other subgroups share "

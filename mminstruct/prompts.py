@@ -32,7 +32,7 @@ import random
 import re
 from collections import deque
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +42,21 @@ from .formats import (PromptEntry, PromptFile, TaskFile, load_task_file, save_pr
 from .records import IMAGE_TOKEN_RE, Problem, Record
 from .images import resolve_image_path
 from .modes import Mode, parse_mode
+
+
+#: The least value of each count of step 2 (one rule for the command line, the app and the config).
+PROMPT_MINIMUMS = {"total_gen": 1, "min_gen_per_candidate": 1, "num_icl_samples": 0, "seed": 0}
+
+
+def check_prompt_values(values: dict[str, Any]) -> None:
+    """Check the counts in ``values`` (any subset; a seed may be None); ConfigError names the
+    first bad one."""
+    for name, value in values.items():
+        low = PROMPT_MINIMUMS.get(name)
+        if low is None or (name == "seed" and value is None):
+            continue
+        if not isinstance(value, int) or isinstance(value, bool) or value < low:
+            raise ConfigError(f"{name} must be an integer ≥ {low}, got {value!r}")
 
 
 @dataclass(frozen=True)
@@ -150,10 +165,7 @@ class PromptConfig:
         if isinstance(self.only, str):
             raise ConfigError(f"only must be a list of keywords, got the string {self.only!r}")
         object.__setattr__(self, "only", tuple(" ".join(str(k).split()) for k in self.only))
-        for name, low in (("total_gen", 1), ("min_gen_per_candidate", 1), ("num_icl_samples", 0)):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < low:
-                raise ConfigError(f"{name} must be an integer ≥ {low}, got {value!r}")
+        check_prompt_values({n: getattr(self, n) for n in PROMPT_MINIMUMS})
         if not self.file_prefix or os.sep in self.file_prefix:
             raise ConfigError(f"file_prefix {self.file_prefix!r} must be a non-empty name without '/'")
         if not self.task_desc:
@@ -166,6 +178,12 @@ class PromptConfig:
         if not os.path.exists(under) and os.path.exists(self.task_desc):
             return self.task_desc
         return under
+
+
+#: Each step-2 setting's one default, read from ``PromptConfig``: what the command line shows and
+#: the app's settings start from.
+PROMPT_DEFAULTS: dict[str, Any] = {f.name: f.default for f in fields(PromptConfig)
+                                   if f.default is not MISSING}
 
 
 class CyclicSampler:

@@ -1,5 +1,5 @@
 """Numbers for the quality report: CLIP grounding of each sample (image vs question + answer,
-from the project's vector cache through ``clip.embed_images`` / ``clip.embed_texts``) and the
+from the project's vector cache through ``image_embed.embed_images`` / ``clip.embed_texts``) and the
 distribution summaries (``stats``, ``histogram``, ``word_histogram``). numpy and the CLIP code
 load only when grounding is asked for."""
 
@@ -18,10 +18,12 @@ ANSWER_WORD_EDGES = (0, 1, 2, 3, 5, 10, 20, 50, 100, 200, 500)
 
 def grounding_scores(rows: list[Any], cfg: Any, header: dict[str, Any]) -> dict[str, Any]:
     """CLIP cosine of each sample's image and its question + answer, from the vector cache
-    (``clip.embed_images`` / ``clip.embed_texts``; the model loads only for what is not cached)."""
+    (``image_embed.embed_images`` / ``clip.embed_texts``; the model loads only for what is not cached)."""
     import numpy as np
 
-    from .clip import embed_images, embed_texts, parse_model_spec
+    from .clip import embed_texts, parse_model_spec
+
+    from .image_embed import embed_images
     from .images import resolve_image_path
 
     spec = parse_model_spec(cfg.model_name or "")

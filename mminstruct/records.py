@@ -21,12 +21,14 @@ import json
 import os
 import re
 from collections import Counter
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .errors import DataFileError, ImageError, UnsafePathError
-from .images import DEFAULT_MAX_PIXELS, open_image, probe_image, resolve_image_path
+from .errors import ConfigError, DataFileError, ImageError, UnsafePathError, choices_message
+from .images import DEFAULT_MAX_PIXELS, ImageRoot, open_image, probe_image, resolve_image_path
 
 ROLE_ALIASES: dict[str, str] = {
     "human": "human", "user": "human",
@@ -339,13 +341,20 @@ def load_data_file(
     allow_outside_paths: bool = False,
     check_images: bool | str = True,
     max_pixels: int = DEFAULT_MAX_PIXELS,
+    progress: Callable[[int, int], None] | None = None,
+    workers: int | None = None,
 ) -> DataFile:
     """Load and validate a LLaVA-style data file.
 
     Images resolve under ``input_folder / image_folder``: ``input_folder`` defaults to the data
-    file's folder, ``image_folder`` to the file's own ``image_folder`` key (or none). With
-    ``check_images`` each image's header is read (existence, format, pixel limit).
+    file's folder, ``image_folder`` to the file's own ``image_folder`` key (or none).
+    ``check_images``: ``True`` / ``"header"`` (the default) reads each distinct image's header
+    (existence, format, pixel limit); ``"decode"`` decodes each fully (``images.open_image``:
+    truncated or corrupt pixel data is caught too); ``False`` / ``"off"`` checks nothing. Images
+    are checked by a pool of ``workers`` threads (default: sized to the machine), each distinct path
+    once; ``progress(done, total)`` is called as distinct images are checked.
     """
+    mode = check_images_mode(check_images)
     p = Path(path)
     report = LoadReport(str(p))
     items, extra = _read_records(p, report)
@@ -363,24 +372,30 @@ def load_data_file(
     if not isinstance(description, str):
         description = str(description)
 
-    records: list[Record] = []
+    parsed: list[Record] = []
     format_reasons: Counter = Counter()
     missing: list[str] = []
     for index, raw in items:
         try:
-            rec = _parse_record(index, raw)
+            parsed.append(_parse_record(index, raw))
         except _Bad as e:
             rid = raw.get("id") if isinstance(raw, dict) else None
             report.problems.append(Problem(index, rid, str(e)))
             format_reasons[_reason_kind(str(e))] += 1
-            continue
-        if check_images and check_images != "off":
-            bad = _check_record_images(rec, image_root, allow_outside_paths, max_pixels, missing,
-                                       decode=check_images == "decode")
-            if bad:
-                report.problems.append(Problem(index, rec.id, bad))
+    records: list[Record] = parsed
+    if mode != "off":
+        checked = check_image_paths((rel for rec in parsed for rel in rec.images), image_root,
+                                    allow_outside=allow_outside_paths, max_pixels=max_pixels,
+                                    decode=mode == "decode", workers=workers, progress=progress)
+        records = []
+        for rec in parsed:
+            bad = next((checked[rel] for rel in rec.images if checked[rel] is not None), None)
+            if bad is None:
+                records.append(rec)
                 continue
-        records.append(rec)
+            if bad.startswith(_MISSING) and bad.endswith(f" not found under {image_root}"):
+                missing.append(next(r for r in rec.images if checked[r] is not None))
+            report.problems.append(Problem(rec.index, rec.id, bad))
     report.problems.sort(key=lambda pr: pr.index)
 
     if not records and format_reasons and sum(format_reasons.values()) == len(items):
@@ -394,25 +409,85 @@ def load_data_file(
     return DataFile(p, records, image_root, folder, description, report, allow_outside_paths, extra)
 
 
-def _check_record_images(
-    rec: Record, root: Path, allow_outside: bool, max_pixels: int, missing: list[str],
+CHECK_IMAGES_MODES: tuple[str, ...] = ("header", "decode", "off")
+_MISSING = "image missing: "
+
+
+def check_images_mode(value: bool | str) -> str:
+    """``True``/``"header"`` → header, ``"decode"``, ``False``/``"off"`` → off; else ConfigError."""
+    if value is True:
+        return "header"
+    if value is False or value is None:
+        return "off"
+    if isinstance(value, str) and value.strip().lower() in CHECK_IMAGES_MODES:
+        return value.strip().lower()
+    raise ConfigError(choices_message("check_images value", value, CHECK_IMAGES_MODES + (True, False)))
+
+
+def image_check_workers(decode: bool) -> int:
+    """Threads for checking images: headers are I/O (waiting on the disk), so a few per core;
+    decoding is CPU work in PIL (which releases the GIL), so one per core."""
+    cpus = os.cpu_count() or 2
+    return cpus if decode else min(32, 4 * cpus)
+
+
+def check_image_paths(
+    rels: Iterable[str],
+    root: str | os.PathLike,
+    *,
+    allow_outside: bool = False,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
     decode: bool = False,
-) -> str | None:
-    for rel in rec.images:
+    workers: int | None = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> dict[str, str | None]:
+    """Check each distinct image path (relative to ``root``) once, in a thread pool: → ``{rel:
+    None}`` when it is fine, else ``{rel: reason}`` with the reason a record is skipped for
+    (``unsafe path: …``, ``image missing: …``, ``image unreadable: …``). ``decode`` decodes fully
+    instead of reading the header."""
+    where = ImageRoot(root, allow_outside=allow_outside)
+    distinct = list(dict.fromkeys(rels))
+    total = len(distinct)
+    if progress:
+        progress(0, total)
+    if not distinct:
+        return {}
+
+    def one(rel: str) -> str | None:
         try:
-            full = resolve_image_path(root, rel, allow_outside=allow_outside)
+            full, st = where.resolve(rel)
         except UnsafePathError as e:
             return f"unsafe path: {e}"
         except ImageError as e:
-            return f"image missing: {e}"
-        if not full.exists():
-            missing.append(rel)
-            return f"image missing: {rel!r} not found under {root}"
+            return f"{_MISSING}{e}"
+        if st is None:
+            return f"{_MISSING}{rel!r} not found under {where.root}"
         try:
-            (open_image if decode else probe_image)(full, max_pixels=max_pixels)
+            if decode:
+                open_image(full, max_pixels=max_pixels).close()
+            else:
+                probe_image(full, max_pixels=max_pixels)
         except ImageError as e:
             return f"image unreadable: {e}"
-    return None
+        return None
+
+    n_threads = max(1, min(total, workers if workers else image_check_workers(decode)))
+    if n_threads == 1:
+        out: dict[str, str | None] = {}
+        for k, rel in enumerate(distinct, start=1):
+            out[rel] = one(rel)
+            if progress and (k == total or k % 256 == 0):
+                progress(k, total)
+        return out
+    size = max(1, min(64, total // (n_threads * 4)))  # a task per chunk: no 150k futures
+    chunks = [distinct[i:i + size] for i in range(0, total, size)]
+    results: list[str | None] = []
+    with ThreadPoolExecutor(n_threads, thread_name_prefix="image-check") as pool:
+        for part in pool.map(lambda chunk: [one(rel) for rel in chunk], chunks):
+            results.extend(part)
+            if progress:
+                progress(len(results), total)
+    return dict(zip(distinct, results))
 
 
 def _image_root_hint(p: Path, root: Path, missing: list[str]) -> str | None:

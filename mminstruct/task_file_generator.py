@@ -61,7 +61,12 @@ def build_parser() -> argparse.ArgumentParser:
                      help="embedding cache folder (default $MMINSTRUCT_CACHE_DIR or "
                           "~/.cache/mminstruct)")
     new.add_argument("--num_workers", type=int, default=None,
-                     help="image decoding worker processes (default: CPU cores − 1, at most 4)")
+                     help="image decoding workers (default: with the model on a GPU, CPU cores − 1; "
+                          "on the CPU, cores − 1 up to 4, none on 2 cores)")
+    new.add_argument("--precision", default="auto", type=str.lower,
+                     help="image embedding precision: fp32, bf16, int8 (CPU: dynamic int8 Linear "
+                          "layers) or auto (default: bf16 where native, else int8 on the CPU, "
+                          "each only if the first batch agrees with fp32, cosine ≥ 0.999)")
     new.add_argument("--ray_address", default=None, metavar="ADDRESS|auto|local",
                      help="embed the candidate pool with Ray Data (needs requirements-ray.txt): "
                           "'local' starts a private instance, 'auto' joins this machine's "
@@ -81,7 +86,7 @@ def run(args: argparse.Namespace) -> int:
         candidates_per_keyword=args.candidates_per_keyword,
         min_similarity=args.min_similarity, templates=args.templates or (),
         allow_outside_paths=args.allow_outside_paths, cache_dir=args.cache_dir,
-        num_workers=args.num_workers, ray_address=args.ray_address)
+        num_workers=args.num_workers, precision=args.precision, ray_address=args.ray_address)
     if config.ray_address:
         from .distributed.embed import generate_task_file as on_ray  # noqa: PLC0415
 

@@ -33,21 +33,18 @@ from typing import Any
 import numpy as np
 
 from . import __version__
-from .clip import (DEFAULT_MODEL, ModelSpec, embed_images, embed_keywords, parse_model_spec,
+from .clip import (DEFAULT_MODEL, ModelSpec, check_precision, embed_keywords, parse_model_spec,
                    parse_templates, resolve_device)
 from .errors import ConfigError, DataFileError, ImageError, InputError, UnsafePathError
+from .image_embed import embed_images
 from .formats import Subgroup, TaskFile, save_task_file
 from .records import DataFile, load_data_file
 from .images import list_image_files, resolve_image_path
-from .partition import Partition, TopK, assign_keywords, top_k_per_keyword
+from .partition import Partition, TopK, assign_keywords, normalise_keywords, top_k_per_keyword
 
 log = logging.getLogger(__name__)
 
 Progress = Callable[[str, int, int], None]  # (stage, done, total)
-
-
-def _norm_keyword(k: str) -> str:
-    return " ".join(k.split()).casefold()
 
 
 def _int_field(name: str, value: Any, minimum: int, optional: bool = False) -> int | None:
@@ -79,6 +76,8 @@ class TaskFileConfig:
     allow_outside_paths: bool = False
     cache_dir: str | os.PathLike | None = None  # default: $MMINSTRUCT_CACHE_DIR or ~/.cache/mminstruct
     num_workers: int | None = None
+    #: Image embedding precision: fp32, bf16, int8 (CPU) or auto (see ``image_embed.encode_batch``).
+    precision: str = "auto"
     #: Embed the candidate pool on Ray (``local``, ``auto`` or ``HOST:PORT``): callers hand the
     #: config to ``mminstruct.distributed.embed.generate_task_file``; None embeds here.
     ray_address: str | None = None
@@ -97,6 +96,9 @@ class TaskFileConfig:
         self.candidates_per_keyword = _int_field("candidates_per_keyword",
                                                  self.candidates_per_keyword, 1, optional=True)
         self.num_workers = _int_field("num_workers", self.num_workers, 0, optional=True)
+        if not isinstance(self.precision, str):
+            raise ConfigError(f"precision must be a string, got {self.precision!r}")
+        self.precision = check_precision(self.precision.strip().lower())
         if self.min_similarity is not None:
             v = self.min_similarity
             if isinstance(v, bool) or not isinstance(v, (int, float)) or math.isnan(v) \
@@ -114,23 +116,10 @@ class TaskFileConfig:
 
     @staticmethod
     def _check_keywords(keywords: Any) -> list[str]:
-        if isinstance(keywords, str) or not isinstance(keywords, Sequence):
-            raise ConfigError(f"keywords must be a list of strings, got {keywords!r}")
-        if not keywords:
+        out = normalise_keywords(keywords)
+        if not out:
             raise ConfigError("the keyword list is empty; give at least one keyword "
                               "(e.g. --keywords 'bar chart' 'pie chart')")
-        out: list[str] = []
-        seen: dict[str, str] = {}
-        for k in keywords:
-            if not isinstance(k, str) or not k.strip():
-                raise ConfigError(f"keyword {k!r} is empty or not a string")
-            k = " ".join(k.split())
-            norm = _norm_keyword(k)
-            if norm in seen:
-                raise ConfigError(f"keyword {k!r} is given twice (also as {seen[norm]!r}); "
-                                  "keywords are compared ignoring case and spaces")
-            seen[norm] = k
-            out.append(k)
         return out
 
 
@@ -289,7 +278,7 @@ def build_task_file(config: TaskFileConfig, progress: Progress | None = None) ->
 
     device = resolve_device(config.gpu)
     common = dict(batch_size=config.batch_size, num_workers=config.num_workers,
-                  cache=config.cache_dir, device=device)
+                  cache=config.cache_dir, device=device, precision=config.precision)
 
     def stage(name: str) -> Callable[[int, int], None] | None:
         return (lambda done, total: progress(name, done, total)) if progress else None
@@ -398,31 +387,47 @@ def _subgroups(config: TaskFileConfig, ref_part: Partition, ref_rows: list[int],
     return out
 
 
-def _meta_block(config: TaskFileConfig, data: DataFile, input_root: Path, report: BuildReport,
-                dim: int) -> dict[str, Any]:
+def task_metadata(*, source: str, model: str, keywords: Sequence[str], templates: Sequence[str],
+                  min_similarity: float | None, candidates_per_keyword: int | None, data: DataFile,
+                  input_root: str | os.PathLike, skipped_reference: list[dict[str, Any]],
+                  skipped_candidates: list[dict[str, Any]], **more: Any) -> dict[str, Any]:
+    """The task file's ``mminstruct`` block — one layout for the command line and the app:
+    what built it (``source``, model, keywords, templates, thresholds), from which files, what was
+    skipped and why, plus what only one builder knows (``more``: the model identity, unassigned
+    items, the app's exclusions and manual choices)."""
     return {
         "version": __version__,
         "created": datetime.now().isoformat(timespec="seconds"),
-        "model": config.spec.raw,
-        "model_identity": config.spec.identity(config.cache_dir),
-        "embedding_dim": int(dim),
-        "keywords": list(config.keywords),
-        "templates": list(config.templates),
-        "min_similarity": config.min_similarity,
-        "candidates_per_keyword": config.candidates_per_keyword,
+        "source": source,
+        "model": model,
+        "keywords": list(keywords),
+        "templates": list(templates),
+        "min_similarity": min_similarity,
+        "candidates_per_keyword": candidates_per_keyword,
         "data_file": str(data.path),
         "input_folder": str(input_root),
-        "unassigned": {"reference_sample_idx": report.unassigned_reference,
-                       "candidate_image_paths": report.unassigned_candidates},
+        **more,
         "skipped": {
             "records": [{"index": p.index, "id": p.id, "reason": p.reason}
                         for p in data.report.problems],
-            "samples_without_image": report.no_image,
-            "reference_images": [{"sample_idx": i, "reason": why}
-                                 for i, why in report.reference_failures],
-            "candidates": [{"path": e, "reason": why} for e, why in report.candidate_problems],
+            "samples_without_image": [i for i, r in enumerate(data.records) if not r.images],
+            "reference_images": skipped_reference,
+            "candidates": skipped_candidates,
         },
     }
+
+
+def _meta_block(config: TaskFileConfig, data: DataFile, input_root: Path, report: BuildReport,
+                dim: int) -> dict[str, Any]:
+    return task_metadata(
+        source="task_file_generator", model=config.spec.raw, keywords=config.keywords,
+        templates=config.templates, min_similarity=config.min_similarity,
+        candidates_per_keyword=config.candidates_per_keyword, data=data, input_root=input_root,
+        skipped_reference=[{"sample_idx": i, "reason": why} for i, why in report.reference_failures],
+        skipped_candidates=[{"path": e, "reason": why} for e, why in report.candidate_problems],
+        model_identity=config.spec.identity(config.cache_dir), embedding_dim=int(dim),
+        unassigned={"reference_sample_idx": report.unassigned_reference,
+                    "candidate_image_paths": report.unassigned_candidates})
 
 
 def generate_task_file(config: TaskFileConfig, progress: Progress | None = None,

@@ -9,10 +9,10 @@ import streamlit as st
 
 from mminstruct.errors import MMInstructError
 from mminstruct.records import DataFile
-from mminstruct.uploads import (DATA_SUFFIXES, extract_zip, guess_image_folder, save_upload,
+from mminstruct.app.uploads import (DATA_SUFFIXES, extract_zip, guess_image_folder, save_upload,
                                 server_data_settings)
-from mminstruct.workspace import (Workspace, default_workspace_root, demo_pool_progress,
-                                  demo_size_default, setup_demo)
+from mminstruct.demo.setup import demo_pool_progress, demo_size_default, setup_demo
+from mminstruct.app.workspace import Workspace, default_workspace_root
 from ui.gallery import thumbnail_url
 from ui.model_picker import model_picker
 from ui.safe import for_browser, short

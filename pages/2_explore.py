@@ -9,10 +9,10 @@ import time
 import numpy as np
 import streamlit as st
 
-from mminstruct.curation import curate, keyword_vectors, projection, search
+from mminstruct.app.curation import curate, keyword_vectors, projection, search
 from mminstruct.errors import MMInstructError
 from mminstruct.projection import display_sample
-from ui.charts import hover_text, map_figure, select_from_map, selected_row
+from ui.charts import hover_text, map_figure, picked_rows, select_from_map
 from ui.gallery import Item, curation_actions, gallery
 from ui.more_like import more_like_these_panel, new_subgroup_form, show_toast
 from ui.safe import for_browser, md_escape
@@ -107,8 +107,7 @@ st.caption(f"{len(rows):,} of {emb.n:,} points drawn · {method.upper()} "
 event = st.plotly_chart(fig, key="map", on_select="rerun", selection_mode=("points", "box", "lasso"),
                         width="stretch")
 
-points = (event or {}).get("selection", {}).get("points", []) if event else []
-picked = sorted({r for r in (selected_row(pt) for pt in points) if r is not None and r < emb.n})
+picked = picked_rows(event, emb.n)
 signature = ",".join(map(str, picked))
 if signature != st.session_state.get("explore_sig", ""):
     st.session_state["explore_sig"] = signature

@@ -8,7 +8,7 @@ import time
 
 import streamlit as st
 
-from mminstruct.curation import build_task, curate, keyword_vectors, save_task
+from mminstruct.app.curation import build_task, curate, keyword_vectors, save_task
 from mminstruct.errors import MMInstructError
 from ui.gallery import Item, curation_actions, gallery
 from ui.more_like import more_like_these_panel, new_subgroup_form, show_toast

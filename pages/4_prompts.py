@@ -11,7 +11,7 @@ import streamlit as st
 from mminstruct.errors import MMInstructError
 from mminstruct.formats import TaskFile, load_task_file
 from mminstruct.modes import MODE_NAMES
-from mminstruct.preview import (allocation_rows, estimate_run, plan_workspace, render_request,
+from mminstruct.app.preview import (allocation_rows, estimate_run, plan_workspace, render_request,
                                 samples_note, save_prompts)
 from ui.prompt_view import render_messages
 from ui.subgroup_run import subgroup_run

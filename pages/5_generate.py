@@ -9,10 +9,9 @@ from pathlib import Path
 import streamlit as st
 
 from mminstruct.errors import MMInstructError
-from mminstruct.generate.manifest import estimate_cost
-from mminstruct.runs import (cancel_run, continue_run, dry_run, eta_label, latest_records,
-                             list_app_runs, new_run_name, pause_run, resume_run, run_info,
-                             runs_table, start_run, workspace_config)
+from mminstruct.app.runs import (cancel_run, continue_run, cost_so_far, dry_run, eta_label,
+                                 list_app_runs, new_run_name, pause_run, recent_records, resume_run,
+                                 run_info, runs_table, start_run, workspace_config)
 from ui.gallery import thumbnail
 from ui.safe import md_escape, short
 from ui.settings import BOUND, EP_FORM, bind, form_submit, saved_note, show_error
@@ -73,7 +72,7 @@ if source.startswith("typed") or key is None:
 # Starting a run
 
 st.subheader("New run")
-prompt_dir = ws.root / "generated_prompts"
+prompt_dir = ws.prompts_dir
 prompts = sorted(prompt_dir.glob("*.json"), key=lambda q: q.stat().st_mtime, reverse=True) \
     if prompt_dir.is_dir() else []
 if not prompts:
@@ -135,7 +134,7 @@ st.session_state["run_pick"] = picked
 
 
 def _samples(info) -> None:
-    recs = latest_records(info.run_dir, 4) if info.run_dir else []
+    recs = recent_records(info.run_dir, 4) if info.run_dir else []
     if not recs:
         return
     st.markdown("**Latest prompts**")
@@ -175,7 +174,7 @@ def live(name: str, was_active: bool) -> None:
     m[2].metric("OK / failed", f"{int(s.get('ok') or 0):,} / {int(s.get('failed') or 0):,}")
     tin, tout = int(s.get("input_tokens") or 0), int(s.get("output_tokens") or 0)
     m[3].metric("Tokens", f"{tin + tout:,}")
-    cost = estimate_cost(info.model or e.model_name, tin, tout)
+    cost = cost_so_far(info, e.model_name)
     m[4].metric("Cost so far", f"${cost.usd:,.4f}" if cost.usd is not None else "unknown")
     fails, errs = s.get("failed_by_class") or {}, s.get("errors_by_class") or {}
     if fails or errs:

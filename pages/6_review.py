@@ -8,10 +8,10 @@ from pathlib import Path
 import streamlit as st
 
 from mminstruct.errors import MMInstructError
-from mminstruct.generate.output import GeneratedData, load_output
-from mminstruct.review import (EXPORT_FORMATS, EXPORT_LABELS, export_name, export_reviewed,
-                               filter_samples, next_free_name, sources)
-from mminstruct.workspace import Workspace
+from mminstruct.app.review import (EXPORT_FORMATS, EXPORT_LABELS, GeneratedData, export_name,
+                                   export_reviewed, filter_samples, load_generated, next_free_name,
+                                   sources)
+from mminstruct.app.workspace import Workspace
 from ui.gallery import thumbnail
 from ui.quality_view import quality_panel
 from ui.safe import md_escape
@@ -35,7 +35,7 @@ path = ws.generated_dir / name
 
 @st.cache_data(max_entries=3, show_spinner="Reading the generated samples…")
 def _load(p: str, mtime: int) -> GeneratedData:
-    return load_output(p)
+    return load_generated(p)
 
 
 @st.cache_resource(max_entries=3, show_spinner=False)
@@ -139,7 +139,7 @@ fmt = c1.radio("Format", EXPORT_FORMATS, format_func=EXPORT_LABELS.get, horizont
                key="rv_fmt")
 absolute = c2.checkbox("Absolute image paths", key="rv_abs",
                        help="Otherwise paths are relative to the export file's folder")
-dest = next_free_name(ws.root / "exports" / export_name(path, fmt))  # never overwrites
+dest = next_free_name(ws.exports_dir / export_name(path, fmt))  # never overwrites
 st.caption(f"Writes {md_escape(dest.name, 200)}")
 if st.button("Export", type="primary", key="rv_export"):
     try:

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from mminstruct.formats import load_task_file
-from mminstruct.workspace import Workspace
+from mminstruct.app.workspace import Workspace
 from tests.fixtures.app import app_test, markdown_strings, no_errors
 from ui.state import forget_embeddings
 
@@ -117,3 +117,36 @@ def test_partition_follows_keyword_edits_and_saves_the_task_file(pca_ws: Workspa
     assert 5 in task.subgroups[3].reference_sample_idx  # the manual choice
     assert len(task.samples) == 24
     assert sum(len(g.candidate_image_paths) for g in task.subgroups) == 48
+    # the same metadata layout as the command line's task file (taskfile.task_metadata)
+    meta = task.extra["mminstruct"]
+    assert meta["source"] == "app" and meta["keywords"] == s.keywords
+    assert meta["excluded"]["reference_sample_idx"] == [3]
+    assert set(meta["skipped"]) == {"records", "samples_without_image", "reference_images",
+                                    "candidates"}
+
+
+def test_a_map_selection_event_maps_back_to_the_drawn_rows() -> None:
+    """What ``st.plotly_chart(on_select=…)`` returns for a box/lasso selection — per point its
+    trace's ``customdata`` (a one-element list from the figure's [N, 1] array) — maps back to the
+    rows of the full set, not to positions within a trace (AppTest cannot make plotly events)."""
+    import numpy as np
+
+    from ui.charts import map_figure, picked_rows, selected_row
+
+    rows = np.array([3, 7, 8, 20, 21, 40])  # a subsample of a 50-row set
+    groups = np.array([0, 1, 0, 1, -1, 0])
+    fig = map_figure(np.random.default_rng(0).random((6, 2)), rows, groups,
+                     np.array([True, False, True, False, False, True]), ["a", "b"], ["h"] * 6)
+    points = []
+    for curve, trace in enumerate(fig.data):
+        if trace.customdata is None:
+            continue
+        for k in range(len(trace.customdata)):  # select every drawn point of every trace
+            points.append({"curve_number": curve, "point_index": k,
+                           "customdata": [int(trace.customdata[k][0])]})
+    event = {"selection": {"points": points, "box": [], "lasso": []}}
+    assert picked_rows(event, 50) == [3, 7, 8, 20, 21, 40]
+    assert picked_rows(event, 21) == [3, 7, 8, 20]  # rows past the set are dropped
+    assert picked_rows({"selection": {"points": []}}, 50) == [] == picked_rows(None, 50)
+    # the other shapes plotly sends customdata in
+    assert [selected_row({"customdata": v}) for v in (5, [5], {"0": 5}, None, "x")] == [5, 5, 5, None, None]

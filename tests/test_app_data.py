@@ -11,7 +11,7 @@ import sys
 import zipfile
 from pathlib import Path
 
-from mminstruct.workspace import Workspace, recent_workspaces
+from mminstruct.app.workspace import Workspace, recent_workspaces
 from tests.fixtures.app import (REPO, app_test, copy_demo, live_markup, markdown_strings,
                                 no_errors, plain_strings)
 from tests.fixtures.images import draw_shape

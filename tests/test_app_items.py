@@ -13,11 +13,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from mminstruct.curation import build_task, curate, embed_workspace, keyword_vectors, save_task
+from mminstruct.app.curation import build_task, curate, embed_workspace, keyword_vectors, save_task
 from mminstruct.formats import load_task_file
-from mminstruct.preview import plan_workspace, samples_note, save_prompts
-from mminstruct.runs import RunInfo, eta_label
-from mminstruct.workspace import Workspace
+from mminstruct.app.preview import plan_workspace, samples_note, save_prompts
+from mminstruct.app.runs import RunInfo, eta_label
+from mminstruct.app.workspace import Workspace
 from tests.fixtures.app import app_test, markdown_strings, no_errors, plain_strings
 from tests.fixtures.images import draw_shape
 from ui.state import forget_embeddings

@@ -10,7 +10,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from mminstruct.workspace import Workspace
+from mminstruct.app.workspace import Workspace
 from tests.fixtures.app import app_test, make_demo_workspace, no_errors
 from tests.fixtures.llm import FAKE_KEY
 
@@ -161,7 +161,7 @@ def test_a_resumed_run_gets_the_typed_key_only_for_its_own_base_url(ws_a: Worksp
     a, b = listeners
     script = (
         "import streamlit as st\n"
-        "from mminstruct.workspace import Workspace\n"
+        "from mminstruct.app.workspace import Workspace\n"
         "from ui.state import api_key, set_typed_key\n"
         f"ws = Workspace.open({str(ws_a.root)!r})\n"
         f"ws.settings.endpoint.base_url = {b.url!r}\n"

@@ -13,10 +13,10 @@ from typing import Any
 
 import pytest
 
-from mminstruct.curation import build_task, curate, embed_workspace, keyword_vectors, save_task
-from mminstruct.preview import plan_workspace, save_prompts
+from mminstruct.app.curation import build_task, curate, embed_workspace, keyword_vectors, save_task
+from mminstruct.app.preview import plan_workspace, save_prompts
 from mminstruct.formats import load_task_file
-from mminstruct.workspace import Workspace
+from mminstruct.app.workspace import EndpointSettings, Workspace
 from tests.fixtures.app import app_test, make_demo_workspace, markdown_strings, no_errors
 from ui.settings import BOUND, EP_FORM, _get
 
@@ -228,7 +228,9 @@ def test_another_workspace_shows_its_own_settings(full_ws: Workspace, app_home: 
     at.session_state["ws_path"] = str(other.root)
     at.run()
     no_errors(at)
-    assert at.number_input(key="ep_conc").value == other.settings.endpoint.concurrency == 16
+    default = EndpointSettings().concurrency  # the generation config's one default
+    assert default != 9
+    assert at.number_input(key="ep_conc").value == other.settings.endpoint.concurrency == default
 
 
 def test_a_bad_keyword_list_is_kept_in_the_box_and_not_saved(full_ws: Workspace) -> None:

@@ -13,10 +13,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from mminstruct.curation import embed_workspace
+from mminstruct.app.curation import embed_workspace
 from mminstruct.formats import load_prompt_file, load_task_file
-from mminstruct.runs import list_app_runs, run_info
-from mminstruct.workspace import Workspace
+from mminstruct.app.runs import list_app_runs, run_info
+from mminstruct.app.workspace import Workspace
 from tests.fixtures.app import app_test, markdown_strings, no_errors
 
 LASSO = [0, 2, 5, 25, 27, 32, 38]  # 3 reference rows (0–23) and 4 candidate rows (24–71)
@@ -140,7 +140,7 @@ def test_suggestions_are_offered_and_added_as_keywords(pca_ws: Workspace) -> Non
 
 
 def test_a_run_for_one_subgroup_from_prompts_sends_only_its_prompts(pca_ws: Workspace, stub) -> None:
-    from mminstruct.curation import build_task, curate, keyword_vectors, save_task
+    from mminstruct.app.curation import build_task, curate, keyword_vectors, save_task
 
     pca_ws.new_subgroup("my picks", [0, 2, 5], embed_workspace(pca_ws).candidates.paths[:3])
     pca_ws.settings.prompts.budgets = {"my picks": "4"}

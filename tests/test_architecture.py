@@ -237,3 +237,21 @@ def test_the_command_lines_take_each_default_from_the_config() -> None:
         for name in shared:
             assert args[name] == DEFAULTS[name], (parser.prog, name, args[name], DEFAULTS[name])
         assert args["batch_max_mb"] * 2**20 == DEFAULTS["batch_max_bytes"]
+
+
+def test_the_app_settings_take_their_defaults_and_rules_from_the_core_configs() -> None:
+    from mminstruct.errors import ConfigError
+    from mminstruct.generate.config import DEFAULTS
+    from mminstruct.prompts import PROMPT_DEFAULTS
+    from mminstruct.app.workspace import EndpointSettings, PromptSettings, WorkspaceSettings, validate_settings
+
+    e, p = EndpointSettings(), PromptSettings()
+    shared = e.generation_values()
+    assert len(shared) >= 9 and all(v == DEFAULTS[k] for k, v in shared.items())
+    assert (p.min_gen_per_candidate, p.num_icl_samples, p.mode) == (
+        PROMPT_DEFAULTS["min_gen_per_candidate"], PROMPT_DEFAULTS["num_icl_samples"],
+        PROMPT_DEFAULTS["mode"].value)
+    s = WorkspaceSettings()
+    s.endpoint.temperature = 3.0  # the generation config's rule: between 0 and 2
+    with pytest.raises(ConfigError, match="temperature is 3.0; it must be between 0 and 2"):
+        validate_settings(s)

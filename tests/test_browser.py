@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pytest
 
-from mminstruct.workspace import DEMO_FOLDER
+from mminstruct.demo.setup import DEMO_FOLDER
 from tests.fixtures.app import DEMO_SIZE, REPO
 from tests.fixtures.llm import FAKE_KEY
 from tests.openai_server import StubConfig, StubServer

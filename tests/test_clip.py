@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import os
 import shutil
@@ -11,10 +12,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from mminstruct import clip
+from mminstruct import clip, image_embed
 from mminstruct.errors import ConfigError, InputError, ModelSpecError
 from tests.fixtures.images import draw_shape, save_jpeg
-
 
 
 @pytest.fixture(autouse=True)
@@ -111,10 +111,12 @@ def test_a_json_that_is_not_a_model_config_is_refused(tmp_path: Path) -> None:
         clip.parse_model_spec(f"{cfg}:{cfg}")
 
 
-def test_demo_charts_spec_uses_the_demo_modules_files(tiny_clip, tmp_path: Path,
-                                                      monkeypatch: pytest.MonkeyPatch) -> None:
-    demo = pytest.importorskip("mminstruct.demo")
-    monkeypatch.setattr(demo, "model_files", lambda: (tiny_clip.config_path, tiny_clip.checkpoint))
+def test_demo_charts_spec_uses_the_shipped_models_table(tiny_clip, tmp_path: Path,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    table = tmp_path / "named_models.json"
+    table.write_text(json.dumps({"demo-charts": {"config": str(tiny_clip.config_path),
+                                                 "checkpoint": str(tiny_clip.checkpoint)}}))
+    monkeypatch.setattr(clip, "NAMED_MODELS_FILE", table)
     spec = clip.parse_model_spec("demo-charts")
     assert (spec.kind, spec.arch) == ("demo", tiny_clip.arch)
     assert spec.identity(tmp_path) == clip.parse_model_spec(tiny_clip.spec).identity(tmp_path)
@@ -186,7 +188,7 @@ def test_decodable_images_embed_and_broken_ones_are_reported(odd_images, tiny_cl
                                                              tmp_path: Path) -> None:
     missing = tmp_path / "missing.jpg"
     paths = odd_images.decodable + odd_images.broken + [missing]
-    res = clip.embed_images(paths, tiny_clip_model, batch_size=4, num_workers=0, cache=tmp_path)
+    res = image_embed.embed_images(paths, tiny_clip_model, batch_size=4, num_workers=0, cache=tmp_path)
     n_ok = len(odd_images.decodable)
     assert res.ok.tolist() == list(range(n_ok))
     assert res.vectors.dtype == np.float16 and res.vectors.shape == (n_ok, tiny_clip_model.dim)
@@ -206,15 +208,15 @@ def test_second_run_computes_nothing_and_never_calls_the_model(odd_images, tiny_
                                                                monkeypatch: pytest.MonkeyPatch) -> None:
     model = fresh_model(tiny_clip_model, "cache-test")
     paths = odd_images.decodable + odd_images.broken
-    first = clip.embed_images(paths, model, batch_size=4, num_workers=0, cache=tmp_path)
+    first = image_embed.embed_images(paths, model, batch_size=4, num_workers=0, cache=tmp_path)
     assert first.n_computed == len(paths) and first.n_cached == 0
 
     def boom(*a, **k):
         raise AssertionError("the model was called on a cache hit")
 
     monkeypatch.setattr(model, "encode_image_batch", boom)
-    monkeypatch.setattr(clip, "open_image", boom)  # decode failures are cached too
-    second = clip.embed_images(paths, model, batch_size=4, num_workers=0, cache=tmp_path)
+    monkeypatch.setattr(image_embed, "preprocess_file", boom)  # decode failures are cached too
+    second = image_embed.embed_images(paths, model, batch_size=4, num_workers=0, cache=tmp_path)
     assert second.n_computed == 0 and second.n_cached == len(paths)
     assert np.array_equal(first.vectors, second.vectors) and first.failures == second.failures
 
@@ -223,9 +225,9 @@ def test_a_cached_run_from_a_spec_does_not_load_the_model(shapes_dataset, tiny_c
                                                           tmp_path: Path,
                                                           monkeypatch: pytest.MonkeyPatch) -> None:
     paths = sorted(shapes_dataset.image_dir.glob("*.jpg"))[:5]
-    first = clip.embed_images(paths, tiny_clip.spec, cache=tmp_path, num_workers=0)
+    first = image_embed.embed_images(paths, tiny_clip.spec, cache=tmp_path, num_workers=0)
     monkeypatch.setattr(clip, "load_clip", lambda *a, **k: pytest.fail("model loaded on a cache hit"))
-    second = clip.embed_images(paths, tiny_clip.spec, cache=tmp_path, num_workers=0)
+    second = image_embed.embed_images(paths, tiny_clip.spec, cache=tmp_path, num_workers=0)
     assert second.n_computed == 0 and np.array_equal(first.vectors, second.vectors)
 
 
@@ -233,11 +235,11 @@ def test_cache_key_changes_when_the_file_changes(tiny_clip_model, tmp_path: Path
     model = fresh_model(tiny_clip_model, "change-test", "fp32")
     img = save_jpeg(draw_shape("circle", 1), tmp_path / "img" / "x.jpg")
     other = save_jpeg(draw_shape("square", 2), tmp_path / "img" / "y.jpg")
-    before = clip.embed_images([img, other], model, cache=tmp_path / "c", num_workers=0)
+    before = image_embed.embed_images([img, other], model, cache=tmp_path / "c", num_workers=0)
     save_jpeg(draw_shape("square", 7), img)  # rewritten: new size/mtime
     st = img.stat()
     os.utime(img, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000))
-    after = clip.embed_images([img, other], model, cache=tmp_path / "c", num_workers=0)
+    after = image_embed.embed_images([img, other], model, cache=tmp_path / "c", num_workers=0)
     assert after.n_computed == 1 and after.n_cached == 1
     assert not np.array_equal(before.vectors[0], after.vectors[0])
     assert np.array_equal(before.vectors[1], after.vectors[1])
@@ -245,21 +247,21 @@ def test_cache_key_changes_when_the_file_changes(tiny_clip_model, tmp_path: Path
 
 def test_cache_false_writes_nothing(shapes_dataset, tiny_clip_model, _private_cache: Path) -> None:
     paths = sorted(shapes_dataset.image_dir.glob("*.jpg"))[:3]
-    res = clip.embed_images(paths, fresh_model(tiny_clip_model, "nocache"), cache=False, num_workers=0)
+    res = image_embed.embed_images(paths, fresh_model(tiny_clip_model, "nocache"), cache=False, num_workers=0)
     assert res.vectors.shape[0] == 3 and not (_private_cache / "clip").exists()
 
 
 def test_default_cache_folder_comes_from_the_environment(shapes_dataset, tiny_clip_model,
                                                          _private_cache: Path) -> None:
     paths = sorted(shapes_dataset.image_dir.glob("*.jpg"))[:2]
-    clip.embed_images(paths, fresh_model(tiny_clip_model, "env-cache"), num_workers=0)
+    image_embed.embed_images(paths, fresh_model(tiny_clip_model, "env-cache"), num_workers=0)
     assert clip.default_cache_dir() == _private_cache
     assert list((_private_cache / "clip").glob("*.sqlite"))
 
 
 def test_duplicate_paths_are_computed_once(shapes_dataset, tiny_clip_model, tmp_path: Path) -> None:
     a, b = sorted(shapes_dataset.image_dir.glob("*.jpg"))[:2]
-    res = clip.embed_images([a, b, a], fresh_model(tiny_clip_model, "dup"), cache=tmp_path,
+    res = image_embed.embed_images([a, b, a], fresh_model(tiny_clip_model, "dup"), cache=tmp_path,
                             num_workers=0)
     assert res.n_computed == 2 and res.ok.tolist() == [0, 1, 2]
     assert np.array_equal(res.vectors[0], res.vectors[2])
@@ -269,8 +271,8 @@ def test_worker_processes_give_the_same_vectors(shapes_dataset, tiny_clip_model)
     paths = sorted(shapes_dataset.image_dir.glob("*.jpg"))
     paths += sorted(shapes_dataset.candidate_dir.rglob("*.jpg"))
     model = fresh_model(tiny_clip_model, "workers", "fp32")
-    main = clip.embed_images(paths, model, batch_size=8, num_workers=0, cache=False)
-    workers = clip.embed_images(paths, model, batch_size=8, num_workers=2, cache=False)
+    main = image_embed.embed_images(paths, model, batch_size=8, num_workers=0, cache=False)
+    workers = image_embed.embed_images(paths, model, batch_size=8, num_workers=2, cache=False)
     assert workers.ok.tolist() == main.ok.tolist()
     np.testing.assert_array_equal(workers.vectors, main.vectors)
 
@@ -278,7 +280,7 @@ def test_worker_processes_give_the_same_vectors(shapes_dataset, tiny_clip_model)
 def test_progress_callback_reaches_the_total(shapes_dataset, tiny_clip_model, tmp_path: Path) -> None:
     paths = sorted(shapes_dataset.image_dir.glob("*.jpg"))
     calls: list[tuple[int, int]] = []
-    clip.embed_images(paths, fresh_model(tiny_clip_model, "progress"), batch_size=5, num_workers=0,
+    image_embed.embed_images(paths, fresh_model(tiny_clip_model, "progress"), batch_size=5, num_workers=0,
                       cache=tmp_path, progress=lambda d, t: calls.append((d, t)))
     assert calls[0] == (0, len(paths)) and calls[-1] == (len(paths), len(paths))
     assert [d for d, _ in calls] == sorted(d for d, _ in calls)
@@ -286,11 +288,11 @@ def test_progress_callback_reaches_the_total(shapes_dataset, tiny_clip_model, tm
 
 def test_bad_batch_size_is_a_config_error(tiny_clip_model) -> None:
     with pytest.raises(ConfigError, match="batch_size"):
-        clip.embed_images([], tiny_clip_model, batch_size=0)
+        image_embed.embed_images([], tiny_clip_model, batch_size=0)
 
 
 def test_no_paths_gives_an_empty_result(tiny_clip_model) -> None:
-    res = clip.embed_images([], tiny_clip_model, cache=False)
+    res = image_embed.embed_images([], tiny_clip_model, cache=False)
     assert res.vectors.shape == (0, tiny_clip_model.dim) and res.failures == []
 
 
@@ -302,8 +304,9 @@ def test_bf16_is_kept_when_it_agrees_with_fp32(shapes_dataset, tiny_clip_model,
                                                monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(clip, "bf16_supported", lambda device: True)
     paths = sorted(shapes_dataset.image_dir.glob("*.jpg"))
-    auto = clip.embed_images(paths, fresh_model(tiny_clip_model, "bf16-ok"), cache=False, num_workers=0)
-    fp32 = clip.embed_images(paths, fresh_model(tiny_clip_model, "fp32", "fp32"), cache=False,
+    auto = image_embed.embed_images(paths, fresh_model(tiny_clip_model, "bf16-ok"), cache=False,
+                                    num_workers=0)
+    fp32 = image_embed.embed_images(paths, fresh_model(tiny_clip_model, "fp32", "fp32"), cache=False,
                              num_workers=0)
     assert auto.precision == "bf16" and fp32.precision == "fp32"
     cos = (auto.vectors.astype(np.float32) * fp32.vectors.astype(np.float32)).sum(axis=1)
@@ -313,21 +316,22 @@ def test_bf16_is_kept_when_it_agrees_with_fp32(shapes_dataset, tiny_clip_model,
 def test_bf16_is_dropped_when_it_disagrees(shapes_dataset, tiny_clip_model,
                                            monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(clip, "bf16_supported", lambda device: True)
+    monkeypatch.setattr(clip, "int8_supported", lambda device: False)
     model = fresh_model(tiny_clip_model, "bf16-bad")
     real = model.encode_image_batch
 
-    def lossy(batch, bf16):  # a device whose bf16 path drifts
-        out = real(batch, False)
-        if bf16:
+    def lossy(batch, precision):  # a device whose bf16 path drifts
+        out = real(batch, "fp32")
+        if precision == "bf16":
             out = out.roll(1, dims=1)
             out = out / out.norm(dim=1, keepdim=True)
         return out
 
     monkeypatch.setattr(model, "encode_image_batch", lossy)
     paths = sorted(shapes_dataset.image_dir.glob("*.jpg"))  # 12 > the 8-image probe
-    res = clip.embed_images(paths, model, cache=False, num_workers=0)
+    res = image_embed.embed_images(paths, model, cache=False, num_workers=0)
     assert res.precision == "fp32" and model.decided_precision == "fp32"
-    fp32 = clip.embed_images(paths, fresh_model(tiny_clip_model, "ref", "fp32"), cache=False,
+    fp32 = image_embed.embed_images(paths, fresh_model(tiny_clip_model, "ref", "fp32"), cache=False,
                              num_workers=0)
     np.testing.assert_array_equal(res.vectors, fp32.vectors)  # no bf16 row slipped through
 
@@ -336,12 +340,93 @@ def test_bf16_is_not_tried_where_unsupported(shapes_dataset, tiny_clip_model,
                                              monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(clip, "bf16_supported", lambda device: False)
     model = fresh_model(tiny_clip_model, "no-bf16")
-    seen: list[bool] = []
+    seen: list[str] = []
     real = model.encode_image_batch
-    monkeypatch.setattr(model, "encode_image_batch", lambda b, bf16: seen.append(bf16) or real(b, bf16))
-    res = clip.embed_images(sorted(shapes_dataset.image_dir.glob("*.jpg")), model, cache=False,
+    monkeypatch.setattr(model, "encode_image_batch", lambda b, p: seen.append(p) or real(b, p))
+    res = image_embed.embed_images(sorted(shapes_dataset.image_dir.glob("*.jpg")), model, cache=False,
                             num_workers=0)
-    assert res.precision == "fp32" and seen and not any(seen)
+    assert res.precision in ("fp32", "int8") and seen and "bf16" not in seen
+
+
+# ----------------------------------------------------------------------------------------------
+# int8 (CPUs without native bf16)
+
+
+def test_auto_picks_int8_on_a_cpu_without_bf16_when_it_agrees(shapes_dataset, tiny_clip_model,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(clip, "bf16_supported", lambda device: False)
+    paths = sorted(shapes_dataset.image_dir.glob("*.jpg"))
+    model = fresh_model(tiny_clip_model, "int8-ok")
+    auto = image_embed.embed_images(paths, model, cache=False, num_workers=0)
+    fp32 = image_embed.embed_images(paths, fresh_model(tiny_clip_model, "fp32", "fp32"), cache=False,
+                             num_workers=0)
+    assert auto.precision == "int8" and model.precision_cosine >= image_embed.MIN_COSINE
+    cos = (auto.vectors.astype(np.float32) * fp32.vectors.astype(np.float32)).sum(axis=1)
+    assert cos.min() >= image_embed.MIN_COSINE - 1e-3  # float16 storage rounding on top
+    assert not np.array_equal(auto.vectors, fp32.vectors)  # int8 really ran
+    assert model._int8 is not None and model._visual_bf16 is None
+
+
+def test_int8_is_not_chosen_when_its_check_fails(shapes_dataset, tiny_clip_model,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(clip, "bf16_supported", lambda device: False)
+    monkeypatch.setattr(image_embed, "MIN_COSINE", 1.0 + 1e-6)  # no lower precision can pass
+    paths = sorted(shapes_dataset.image_dir.glob("*.jpg"))
+    model = fresh_model(tiny_clip_model, "int8-bad")
+    tried: list[str] = []
+    real = model.encode_image_batch
+    monkeypatch.setattr(model, "encode_image_batch", lambda b, p: tried.append(p) or real(b, p))
+    res = image_embed.embed_images(paths, model, cache=False, num_workers=0)
+    assert "int8" in tried and res.precision == "fp32" and model.decided_precision == "fp32"
+    assert model._int8 is None  # the quantised copy is freed
+    fp32 = image_embed.embed_images(paths, fresh_model(tiny_clip_model, "ref8", "fp32"), cache=False,
+                             num_workers=0)
+    np.testing.assert_array_equal(res.vectors, fp32.vectors)
+
+
+def test_precision_flag_values(tiny_clip, tiny_clip_model, tmp_path: Path) -> None:
+    m = fresh_model(tiny_clip_model, "forced-int8", "int8")
+    paths = [save_jpeg(draw_shape("circle", k), tmp_path / f"{k}.jpg") for k in range(3)]
+    assert image_embed.embed_images(paths, m, cache=False, num_workers=0).precision == "int8"
+    res = image_embed.embed_images(paths, tiny_clip.spec, cache=False, num_workers=0, precision="fp32")
+    assert res.precision == "fp32"
+    with pytest.raises(ConfigError, match="unknown precision 'fp8'; choose one of: fp32, bf16, int8, auto"):
+        image_embed.embed_images(paths, tiny_clip.spec, cache=False, precision="fp8")
+    with pytest.raises(ConfigError, match="int8.*CPU only"):
+        clip.check_precision("int8", "cuda:0")
+
+
+# ----------------------------------------------------------------------------------------------
+# Worker sizing and draft mode
+
+
+def test_worker_sizing() -> None:
+    assert image_embed.cpu_workers("cuda:0", cpus=16) == 15  # every core but the feeder's
+    assert image_embed.cpu_workers("cuda:0", cpus=1) == 1
+    assert image_embed.cpu_workers("cpu", cpus=16) == 4  # the model needs the cores too
+    assert image_embed.cpu_workers("cpu", cpus=4) == 3
+    assert image_embed.cpu_workers("cpu", cpus=2) == 0  # decode in the main process
+    assert image_embed.cpu_workers() == image_embed.cpu_workers("cpu", image_embed.available_cpus())
+
+
+def test_draft_mode_is_used_for_large_jpegs_when_it_agrees(tiny_clip_model, tmp_path: Path,
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    from PIL import Image
+
+    big = [save_jpeg(draw_shape("circle", k, size=(640, 512)), tmp_path / f"b{k}.jpg") for k in range(3)]
+    small = [save_jpeg(draw_shape("square", k), tmp_path / f"s{k}.jpg") for k in range(2)]
+    model = fresh_model(tiny_clip_model, "draft", "fp32")
+    on = image_embed.embed_images(big + small, model, cache=False, num_workers=0)
+    off = image_embed.embed_images(big + small, model, cache=False, num_workers=0, draft=False)
+    assert (on.decode, off.decode) == ("cpu+draft", "cpu")
+    cos = (on.vectors.astype(np.float32) * off.vectors.astype(np.float32)).sum(axis=1)
+    assert cos.min() >= image_embed.MIN_COSINE - 1e-3
+    with Image.open(big[0]) as img:  # the tiny model's input is 64 px: drafts of 64 or more
+        img.draft(None, (64, 64))
+        assert img.size == (80, 64)  # 1/8 scale: the largest that keeps both sides ≥ 64
+    assert image_embed.embed_images(small, model, cache=False, num_workers=0).decode == "cpu"  # none large
+    monkeypatch.setattr(image_embed, "MIN_COSINE", 1.0 + 1e-6)
+    assert image_embed.embed_images(big, model, cache=False, num_workers=0).decode == "cpu"
 
 
 def test_unknown_precision_is_refused(tiny_clip_model) -> None:

@@ -19,7 +19,8 @@ import pytest
 from mminstruct import batch_data_generator as bdg
 from mminstruct import data_generator as dg
 from mminstruct import task_file_generator
-from mminstruct.clip import embed_images, embed_keywords
+from mminstruct.clip import embed_keywords
+from mminstruct.image_embed import embed_images
 from mminstruct.distributed.cluster import (RayUnavailableError, check_address,
                                             connect, shutdown)
 from mminstruct.distributed.decode import PilHead, split_transform

@@ -251,9 +251,9 @@ def test_cli_errors_are_one_line(generated, tmp_path, capsys, extra, match):
 
 
 def test_formats_registry_is_the_review_pages():
-    from mminstruct import review
+    from mminstruct.app import review
     assert review.EXPORT_FORMATS == EXPORT_FORMATS == ("llava", "mmgen", "sharegpt")
-    assert review.export_reviewed.__module__ == "mminstruct.review"
+    assert review.export_reviewed.__module__ == "mminstruct.app.review"
 
 
 def test_mmgen_export_under_an_image_root(generated, tmp_path):

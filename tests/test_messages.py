@@ -14,7 +14,7 @@ import pytest
 
 from mminstruct.errors import DataFileError
 from mminstruct.records import load_data_file
-from mminstruct.uploads import entry_name, extract_zip
+from mminstruct.app.uploads import entry_name, extract_zip
 from tests.conftest import REPO
 
 DEBIAN_ZIP = REPO / "tests" / "data" / "zip" / "utf8_names_debian_zip.zip"

@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 
 from mminstruct.errors import ModelSpecError
-from mminstruct.model_choice import (check_spec, found_checkpoints, ready_to_load, recent_models,
+from mminstruct.app.model_choice import (check_spec, found_checkpoints, ready_to_load, recent_models,
                                      remember_model)
-from mminstruct.workspace import Workspace
+from mminstruct.app.workspace import Workspace
 from tests.fixtures.app import app_test, no_errors
 from tests.fixtures.clip import make_tiny_clip
 

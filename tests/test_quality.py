@@ -336,7 +336,8 @@ def test_a_broken_output_puts_the_error_in_the_manifest_not_the_run(tmp_path: Pa
 
 
 def test_grounding_is_the_cosine_of_cached_image_and_text_vectors(tmp_path: Path, tiny_clip) -> None:
-    from mminstruct.clip import embed_images, embed_texts
+    from mminstruct.clip import embed_texts
+    from mminstruct.image_embed import embed_images
 
     root = tmp_path / "in"
     for k, kind in enumerate(("circle", "square", "circle")):
@@ -413,7 +414,7 @@ def test_no_quality_turns_the_report_off(stub, tmp_path: Path, capsys) -> None:
 
 
 def test_an_app_run_writes_its_quality_report(stub, monkeypatch, tmp_path: Path) -> None:
-    from mminstruct.runs import start_run
+    from mminstruct.app.runs import start_run
 
     for var in ("OPENAI_API_KEY", "OPENAI_BASE_URL", "AZURE_OPENAI_API_KEY"):
         monkeypatch.delenv(var, raising=False)

@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 
 from mminstruct.quality import report_path_for
-from mminstruct.workspace import Workspace
+from mminstruct.app.workspace import Workspace
 from tests.fixtures.app import app_test, no_errors, plain_strings
 
 NAME = "run_20250101_000000.json"
@@ -103,3 +103,21 @@ def test_a_stale_report_offers_a_rebuild(app_home: Path) -> None:
     at.button(key="rv_q_build").click().run()
     no_errors(at)
     assert json.loads(report.read_text())["summary"]["samples"] == 6
+
+
+def test_review_filters_by_keyword_and_searches_the_text(app_home: Path) -> None:
+    ws = _workspace(app_home / "workspaces" / "f")
+    at = app_test(ws).run()
+    at.switch_page("pages/6_review.py").run()
+    no_errors(at)
+    assert len(_questions(at)) == 6
+    at.multiselect(key="rv_kw").set_value(["tables"]).run()  # even ids
+    no_errors(at)
+    assert sorted(_questions(at)) == sorted(["Q: <image>\nWhat is the highest bar?",
+                                             "Q: <image>\nHow many bars are shown?",
+                                             "Q: <image>\nWhat is the title of the chart?"])
+    at.text_input(key="rv_q").set_value("title").run()  # within the keyword filter
+    assert _questions(at) == ["Q: <image>\nWhat is the title of the chart?"]
+    at.multiselect(key="rv_kw").set_value([]).run()
+    at.text_input(key="rv_q").set_value("2019 BAR").run()  # answers too, any case
+    assert len(_questions(at)) == 3

@@ -18,8 +18,9 @@ from mminstruct.errors import ConfigError
 from mminstruct.generate import GenerationConfig
 from mminstruct.generate.runlog import iter_records
 from mminstruct.llm.client import EndpointConfig
-from mminstruct.runs import (cancel_run, check_endpoint, continue_run, dry_run, latest_records,
-                             list_app_runs, pause_run, resume_run, run_info, start_run)
+from mminstruct.app.runs import (LAUNCHES, cancel_run, check_endpoint, continue_run, dry_run,
+                                 list_app_runs, pause_run, recent_records, resume_run, run_info,
+                                 start_run)
 from tests.fixtures.llm import FAKE_KEY, make_prompt_workspace
 
 SECRET_PART = FAKE_KEY.split("SECRET-")[1]
@@ -67,7 +68,7 @@ def test_start_watch_finish_and_the_key_stays_in_the_environment(stub, no_key_en
     info = start_run(root, _config(ws, stub, "first"), api_key=FAKE_KEY)
     assert info.pid and info.alive and info.state in ("starting", "running")
     cmdline = Path(f"/proc/{info.pid}/cmdline").read_bytes()
-    assert b"mminstruct.runs" in cmdline and SECRET_PART.encode() not in cmdline
+    assert b"mminstruct.app.runs" in cmdline and SECRET_PART.encode() not in cmdline
     environ = Path(f"/proc/{info.pid}/environ").read_bytes()
     assert f"OPENAI_API_KEY={FAKE_KEY}".encode() in environ.split(b"\0")
     running = _wait(root, "first", lambda i: i.status.get("done", 0) >= 1)
@@ -79,11 +80,24 @@ def test_start_watch_finish_and_the_key_stays_in_the_environment(stub, no_key_en
     assert sorted(_logged(done)) == list(range(12))
     assert hashlib.sha256(FAKE_KEY.encode()).hexdigest() in stub.stats()["key_sha256"]
     assert _leaks(tmp_path) == []
-    latest = latest_records(done.run_dir, 3)
+    latest = recent_records(done.run_dir, 3)
     assert len(latest) == 3 and all(r["outcome"] == "ok" for r in latest)
     assert [i.name for i in list_app_runs(root)] == ["first"]
     with pytest.raises(ConfigError, match="run name"):
         start_run(root, _config(ws, stub, "bad name"))
+
+
+def test_a_run_with_prompts_failed_for_good_ends_with_the_command_lines_exit_status(
+        stub, no_key_env, tmp_path: Path) -> None:
+    from mminstruct.data_generator import EXIT_FAILED_PROMPTS
+
+    ws = make_prompt_workspace(tmp_path, "vqa_nr", 4, min_gen=1, behaviours={2: "400"})
+    root = ws.output_folder
+    start_run(root, _config(ws, stub, "partly"), api_key=FAKE_KEY)
+    done = _wait(root, "partly", lambda i: not i.alive)
+    assert done.state == "finished" and done.status["failed"] == 1, done.message
+    ended = json.loads((root / LAUNCHES / "partly.exit.json").read_text())
+    assert ended["exit_code"] == EXIT_FAILED_PROMPTS
 
 
 @pytest.mark.slow
@@ -181,7 +195,7 @@ def test_a_restarted_app_finds_the_run_still_going(stub, no_key_env, tmp_path: P
     info = start_run(root, _config(ws, stub, "detached"), api_key=FAKE_KEY)
     assert os.getsid(info.pid) == info.pid != os.getsid(0)  # a session of its own
     _wait(root, "detached", lambda i: i.status.get("done", 0) >= 1)
-    code = ("import sys; from mminstruct.runs import run_info, pause_run\n"
+    code = ("import sys; from mminstruct.app.runs import run_info, pause_run\n"
             f"i = run_info({str(root)!r}, 'detached'); print(i.state, i.alive)\n"
             "pause_run(i)\n")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)

@@ -11,14 +11,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from mminstruct.curation import build_task, curate, embed_workspace, keyword_vectors, save_task
+from mminstruct.app.curation import build_task, curate, embed_workspace, keyword_vectors, save_task
 from mminstruct.errors import ConfigError
 from mminstruct.formats import load_prompt_file, load_task_file
-from mminstruct.preview import plan_workspace, save_prompts
-from mminstruct.runs import run_info
-from mminstruct.subgroups import (select_prompts, selection_keys, start_subgroup_run,
+from mminstruct.app.preview import plan_workspace, save_prompts
+from mminstruct.app.runs import run_info
+from mminstruct.app.subgroups import (select_prompts, selection_keys, start_subgroup_run,
                                   subgroup_from_selection, subgroup_rows)
-from mminstruct.workspace import Workspace
+from mminstruct.app.workspace import Workspace
 from tests.fixtures.llm import FAKE_KEY
 
 

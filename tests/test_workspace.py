@@ -1,5 +1,5 @@
 """The workspace (settings round trip and validation, curation edits, the recent list) and getting
-data in (mminstruct.uploads: safe zip extraction — zip-slip, absolute names, symlinks, size and
+data in (mminstruct.app.uploads: safe zip extraction — zip-slip, absolute names, symlinks, size and
 count limits — upload names, files on this machine)."""
 
 from __future__ import annotations
@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 
 from mminstruct.errors import ConfigError, DataFileError, UnsafePathError
-from mminstruct.uploads import (extract_zip, guess_image_folder, safe_file_name, save_upload,
+from mminstruct.app.uploads import (extract_zip, guess_image_folder, safe_file_name, save_upload,
                                 server_data_settings)
-from mminstruct.workspace import (SETTINGS_NAME, Workspace, forget_workspace, recent_workspaces,
+from mminstruct.app.workspace import (SETTINGS_NAME, Workspace, forget_workspace, recent_workspaces,
                                   remember_workspace, settings_from_json)
 from tests.fixtures.images import draw_shape, save_jpeg
 
@@ -236,7 +236,7 @@ def test_the_demo_pool_is_drawn_in_the_background(tmp_path: Path, monkeypatch) -
     import threading
 
     from mminstruct.demo import workspace as demo_ws
-    from mminstruct.workspace import demo_pool_progress, setup_demo, wait_demo_pool
+    from mminstruct.demo.setup import demo_pool_progress, setup_demo, wait_demo_pool
 
     gate = threading.Event()
     real = demo_ws._draw_all

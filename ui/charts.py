@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import html
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
@@ -79,6 +80,13 @@ def selected_row(point: dict) -> int | None:
         return int(cd) if cd is not None else None
     except (TypeError, ValueError):
         return None
+
+
+def picked_rows(event: Any, n_rows: int) -> list[int]:
+    """The rows (sorted, distinct, < ``n_rows``) of the points a ``st.plotly_chart(on_select=…)``
+    event selected: ``{"selection": {"points": [{"customdata": …}, …]}}``."""
+    points = (event or {}).get("selection", {}).get("points", []) if event else []
+    return sorted({r for r in (selected_row(pt) for pt in points) if r is not None and r < n_rows})
 
 
 def select_from_map(sel_state: dict, rows: list[int]) -> None:

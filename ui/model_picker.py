@@ -1,5 +1,5 @@
 """The CLIP model as a setting (Data and Explore pages): a field for the spec, the checkpoints found
-on this machine as choices, and the check before any embedding (``mminstruct.model_choice``)."""
+on this machine as choices, and the check before any embedding (``mminstruct.app.model_choice``)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from typing import Any
 import streamlit as st
 
 from mminstruct.errors import MMInstructError
-from mminstruct.workspace import Workspace
+from mminstruct.app.workspace import Workspace
 
 from .safe import md_escape
 from .settings import bind, show_error
@@ -18,14 +18,14 @@ FOUND_TTL = 60.0
 
 @st.cache_data(ttl=FOUND_TTL, show_spinner=False)
 def _found() -> list[tuple[str, str]]:
-    from mminstruct.model_choice import found_checkpoints
+    from mminstruct.app.model_choice import found_checkpoints
 
     return found_checkpoints()
 
 
 def _choose(root: str, pick_key: str) -> None:
     """The callback of the "found on this machine" list: the chosen spec becomes the setting."""
-    from mminstruct.model_choice import check_spec, remember_model
+    from mminstruct.app.model_choice import check_spec, remember_model
 
     spec = st.session_state.get(pick_key)
     if not spec:
@@ -73,7 +73,7 @@ def model_picker(ws: Workspace, key: str, *, find_now: bool = True) -> None:
 def model_ready(ws: Workspace) -> Any:
     """The model's check before embedding; an error box (the whole message) and a stop when the
     spec is bad or its weights cannot be had. Remembered per spec for this session."""
-    from mminstruct.model_choice import ready_to_load, remember_model
+    from mminstruct.app.model_choice import ready_to_load, remember_model
 
     spec = ws.settings.partition.model_name
     slot = st.session_state.get("_model_ready")

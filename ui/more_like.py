@@ -16,7 +16,7 @@ import streamlit as st
 
 from mminstruct.errors import MMInstructError
 from mminstruct.neighbours import more_like_these, pool_index
-from mminstruct.subgroups import subgroup_from_selection
+from mminstruct.app.subgroups import subgroup_from_selection
 
 from .gallery import Item, gallery
 from .safe import md_escape

@@ -17,7 +17,7 @@ import streamlit as st
 from mminstruct.errors import MMInstructError
 from mminstruct.quality import (FLAGS, QualityConfig, analyse, flagged_ids, report_path_for,
                                 write_report)
-from mminstruct.workspace import Workspace
+from mminstruct.app.workspace import Workspace
 from ui.safe import md_escape
 
 FLAG_LABELS = {"exact_duplicate": "exact duplicate", "near_duplicate": "near duplicate",

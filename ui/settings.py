@@ -23,7 +23,7 @@ from typing import Any
 import streamlit as st
 
 from mminstruct.errors import MMInstructError
-from mminstruct.workspace import Workspace
+from mminstruct.app.workspace import Workspace
 
 
 def _same(v: Any) -> Any:
@@ -65,7 +65,7 @@ def _min_sim(ws: Workspace, v: Any) -> None:
 
 
 def _model_spec(ws: Workspace, v: Any) -> None:
-    from mminstruct.model_choice import check_spec, remember_model
+    from mminstruct.app.model_choice import check_spec, remember_model
 
     mc = check_spec(str(v or ""))
     ws.settings.partition.model_name = mc.spec
@@ -78,7 +78,7 @@ def _task_file(ws: Workspace, name: Any) -> None:
 
 
 def _prompt_file(ws: Workspace, name: Any) -> None:
-    ws.settings.prompt_file = str(ws.root / "generated_prompts" / str(name)) if name else ""
+    ws.settings.prompt_file = str(ws.prompts_dir / str(name)) if name else ""
 
 
 def _name(v: Any) -> Any:

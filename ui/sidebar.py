@@ -8,7 +8,7 @@ import hashlib
 import streamlit as st
 
 from mminstruct.errors import MMInstructError
-from mminstruct.workspace import default_workspace_root, recent_workspaces
+from mminstruct.app.workspace import default_workspace_root, recent_workspaces
 
 from .safe import md_escape
 from .state import WS_KEY, api_key, current_workspace, forget_embeddings, open_workspace
@@ -16,7 +16,7 @@ from .state import WS_KEY, api_key, current_workspace, forget_embeddings, open_w
 
 @st.cache_data(ttl=30, show_spinner=False)
 def _check(base_url: str, key_hash: str, _key: str | None) -> tuple[bool, str]:
-    from mminstruct.runs import check_endpoint
+    from mminstruct.app.runs import check_endpoint
 
     res = check_endpoint(base_url or None, _key)
     return res.ok, res.message

@@ -18,7 +18,7 @@ from typing import Any
 import streamlit as st
 
 from mminstruct.errors import MMInstructError
-from mminstruct.workspace import Workspace, recent_workspaces, remember_workspace
+from mminstruct.app.workspace import Workspace, recent_workspaces, remember_workspace
 
 WS_KEY = "ws_path"
 KEY_SESSION = "_api_key"
@@ -86,7 +86,7 @@ def require_workspace(need_data: bool = True) -> Workspace:
 
 
 def cached_embeddings(ws: Workspace) -> Any | None:
-    from mminstruct.curation import embedding_key
+    from mminstruct.app.curation import embedding_key
 
     with _LOCK:
         return _EMBEDDINGS.get(embedding_key(ws))
@@ -94,8 +94,8 @@ def cached_embeddings(ws: Workspace) -> Any | None:
 
 def get_embeddings(ws: Workspace) -> Any:
     """The workspace's embeddings; computed with a progress bar when not in memory."""
-    from mminstruct.curation import embed_workspace, embedding_key
-    from mminstruct.workspace import demo_pool_progress, wait_demo_pool
+    from mminstruct.app.curation import embed_workspace, embedding_key
+    from mminstruct.demo.setup import demo_pool_progress, wait_demo_pool
 
     if demo_pool_progress(ws) is not None:  # the demo's pool, drawn in the background: wait
         wait_bar = st.progress(0.0, text="The demo's candidate charts are still being drawn…")

@@ -8,7 +8,7 @@ from typing import Any
 import streamlit as st
 
 from mminstruct.errors import MMInstructError
-from mminstruct.subgroups import start_subgroup_run
+from mminstruct.app.subgroups import start_subgroup_run
 
 from .safe import md_escape
 from .state import api_key

@@ -18,26 +18,22 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..errors import ModelSpecError
+from ..clip import DEMO_MODEL, named_model_files, named_model_paths
 from .workspace import KEYWORDS as DEMO_KEYWORDS
 from .workspace import DemoWorkspace, build_demo_workspace, read_labels
 
-DEMO_MODEL = "demo-charts"
-MODEL_DIR = Path(__file__).resolve().parent / "model"
-CONFIG_PATH = MODEL_DIR / f"{DEMO_MODEL}.json"
-CHECKPOINT_PATH = MODEL_DIR / f"{DEMO_MODEL}.pt"
+def model_paths() -> tuple[Path, Path]:
+    """Where the demo CLIP's (config, checkpoint) go, made or not (``mminstruct/named_models.json``,
+    the one table of shipped models)."""
+    return named_model_paths(DEMO_MODEL)
 
 
 def model_files() -> tuple[Path, Path]:
     """(open_clip model config JSON, checkpoint) of the demo CLIP; the config's file stem is the
     architecture name ``demo-charts``. Raises ModelSpecError when either file is missing."""
-    missing = [str(p) for p in (CONFIG_PATH, CHECKPOINT_PATH) if not p.is_file()]
-    if missing:
-        raise ModelSpecError(
-            f"demo model files missing: {', '.join(missing)} (train them with "
-            "`python -m mminstruct.demo.train`)")
-    return CONFIG_PATH, CHECKPOINT_PATH
+    return named_model_files(DEMO_MODEL)
 
 
 __all__ = ["DEMO_MODEL", "DEMO_KEYWORDS", "DemoWorkspace", "build_demo_workspace", "model_files",
+           "model_paths",
            "read_labels"]

@@ -27,7 +27,7 @@ from typing import Any
 
 from ..cache import atomic_write_bytes, atomic_write_text
 from ..errors import ConfigError, InputError
-from . import CHECKPOINT_PATH, CONFIG_PATH, DEMO_MODEL
+from . import DEMO_MODEL, model_paths
 from .captions import TYPE_KEYWORDS, make_caption
 from .charts import CHART_TYPES, ChartSpec, chart_seed, make_spec, render_chart
 
@@ -52,8 +52,8 @@ class TrainConfig:
     eval_every: int = 250
     n_eval: int = 80
     eval_seed: int = 7
-    config_path: Path = CONFIG_PATH
-    checkpoint_path: Path = CHECKPOINT_PATH
+    config_path: Path = field(default_factory=lambda: model_paths()[0])
+    checkpoint_path: Path = field(default_factory=lambda: model_paths()[1])
     notes_path: Path | None = field(default=None)
 
     def validate(self) -> None:

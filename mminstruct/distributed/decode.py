@@ -192,7 +192,7 @@ class _Rows:
 def _preprocessed(img: Any, transform: Transform, name: str) -> tuple[Any, str]:
     try:
         return transform.pixels(img), ""
-    except Exception as e:  # noqa: BLE001 — as clip._ImageDataset: this image's failure
+    except Exception as e:  # noqa: BLE001 — as image_embed.preprocess_file: this image's failure
         return None, f"image {name} cannot be preprocessed: {type(e).__name__}: {e}"
 
 

@@ -10,7 +10,9 @@
 2. **encode** in an actor pool (``map_batches`` with a class holding the open_clip model): one
    actor per GPU when the cluster has GPUs, else CPU actors; the transform's last steps (scaling
    and Normalize) run there on the batch — bit for bit what the whole transform gives — and
-   precision is decided as locally (``clip._encode_auto``: bf16 only where it agrees with fp32);
+   precision is decided as locally (``image_embed.encode_batch``: bf16 / int8 only where they
+   agree with fp32); on GPU actors, a pool of image files skips step 1: the actors read the files
+   and decode them on the GPU (``gpu_decode.gpu_batches``, the local pipeline's GPU path);
 3. **write**: each bundle an encoder takes (up to ``shard_rows`` images) becomes one
    ``emb-*.parquet`` shard, written atomically before the next is taken (a crash loses no
    finished shard), and its decode failures one ``fail-*.parquet`` shard.
@@ -23,7 +25,7 @@ A second run over the same folder embeds only what is not there yet (resume).
 
 Readers: ``read_pool(output_dir)`` (names, vectors, failures), ``retrieval.parquet_vectors``
 (``PoolEmbedding.vector_shards``) for the faiss index, and ``import_to_cache`` which puts every
-vector and failure into the local embedding cache, after which ``clip.embed_images`` (and so the
+vector and failure into the local embedding cache, after which ``image_embed.embed_images`` (and so the
 task-file builder) finds them without loading a model. ``generate_task_file`` (in
 ``distributed.taskfile``) is step 1 with the candidate pool embedded this way.
 """
@@ -204,14 +206,18 @@ def import_to_cache(folder: str | os.PathLike, cache: Any = None, identity: str 
 class Encoder:
     """A Ray Data actor: the open_clip model on this actor's GPU (or CPU threads). It takes
     shard-sized bundles, encodes them ``batch_size`` images at a time, and writes each bundle as
-    one shard before taking the next."""
+    one shard before taking the next. Bundles of decoded ``pixels`` (from the CPU decode tasks) are
+    finished with the transform's tail; bundles of bare ``path``s (image files, when the actor is
+    on a GPU: ``decode_on_device``) are read by threads and decoded on the GPU, exactly as the
+    local pipeline does (``gpu_decode.gpu_batches``, with its CPU fallback and first-batch check)."""
 
     def __init__(self, spec: ModelSpec, identity: str, out_dir: str, transform: Transform,
                  use_gpu: bool, threads: int, batch_size: int, precision: str = "auto",
-                 cache_dir: str | None = None):
+                 cache_dir: str | None = None, decode_on_device: bool | None = None):
         import torch
 
         from ..clip import load_clip
+        from ..image_embed import cpu_workers
 
         if not use_gpu:
             torch.set_num_threads(max(1, threads))
@@ -222,23 +228,72 @@ class Encoder:
                               f"{identity!r}: every node must see the same checkpoint file")
         self.identity, self.out_dir, self.transform = identity, Path(out_dir), transform
         self.batch_size = batch_size
+        self.decode_on_device = device.startswith("cuda") if decode_on_device is None \
+            else decode_on_device
+        self.read_threads = cpu_workers(device if self.decode_on_device else "cpu") or 1
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         import torch
 
-        from ..clip import _encode_auto
+        from ..image_embed import encode_batch
 
+        if "pixels" not in batch:
+            return self._files(batch)
         ok = np.asarray([e == "" for e in batch["error"]], bool)
-        shards: list[str] = []
-        fp = {c: batch[c] for c in FP_COLS}
+        vectors = np.zeros((0, self.cm.dim), np.float16)
         if ok.any():
             pixels, parts = batch["pixels"][ok], []
             with self.cm._lock, torch.inference_mode():
                 for i in range(0, len(pixels), self.batch_size):
                     x = self.transform.to_model_input(pixels[i:i + self.batch_size],
                                                       self.cm.device)
-                    parts.append(_encode_auto(self.cm, x).numpy().astype(np.float16))
-            cols = {"path": list(batch["path"][ok]), "embedding": np.concatenate(parts),
+                    parts.append(encode_batch(self.cm, x).numpy().astype(np.float16))
+            vectors = np.concatenate(parts)
+        return self._write(batch, ok, vectors)
+
+    def _files(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Image files by path: fingerprints here, pixels decoded on the device."""
+        from ..gpu_decode import gpu_batches
+        from ..image_embed import encode_batch
+
+        names = [str(n) for n in batch["path"]]
+        fps: list[tuple[str, int, int] | None] = []
+        errors: list[str] = []
+        for name in names:
+            p = Path(name)
+            try:
+                fps.append(file_fingerprint(p))
+                errors.append("")
+            except OSError:
+                fps.append(None)
+                errors.append(f"image {p} does not exist" if not p.exists()
+                              else f"image {p} cannot be read")
+        todo = [i for i, e in enumerate(errors) if not e]
+        vecs: dict[int, np.ndarray] = {}
+        for idx, x, failed in gpu_batches([names[i] for i in todo], self.cm.preprocess,
+                                          self.cm.device, self.batch_size,
+                                          threads=self.read_threads, encoder=self.cm):
+            if x is not None:
+                with self.cm._lock:
+                    out = encode_batch(self.cm, x).numpy().astype(np.float16)
+                vecs.update((todo[j], v) for j, v in zip(idx, out))
+            for j, why in failed:
+                errors[todo[j]] = why
+        full = {"path": np.asarray(names, dtype=object), "error": np.asarray(errors, dtype=object),
+                "fp_path": np.asarray([fp[0] if fp else "" for fp in fps], dtype=object),
+                "fp_size": np.asarray([fp[1] if fp else -1 for fp in fps], np.int64),
+                "fp_mtime_ns": np.asarray([fp[2] if fp else -1 for fp in fps], np.int64)}
+        ok = np.asarray([e == "" for e in errors], bool)
+        vectors = np.stack([vecs[i] for i in np.flatnonzero(ok)]) if ok.any() \
+            else np.zeros((0, self.cm.dim), np.float16)
+        return self._write(full, ok, vectors)
+
+    def _write(self, batch: dict[str, np.ndarray], ok: np.ndarray,
+               vectors: np.ndarray) -> dict[str, np.ndarray]:
+        shards: list[str] = []
+        fp = {c: batch[c] for c in FP_COLS}
+        if ok.any():
+            cols = {"path": list(batch["path"][ok]), "embedding": vectors,
                     **{c: list(v[ok]) for c, v in fp.items()}}
             shards.append(str(write_shard(self.out_dir, EMB_PREFIX, cols, self.cm.dim,
                                           self.identity)))
@@ -320,7 +375,13 @@ def embed_pool(files: Sequence[str | os.PathLike] = (), tars: Sequence[str | os.
     decode_args = {"num_cpus": decode_cpus, "batch_format": "numpy",
                    "memory": max(chunk, batch_size) * pixel_bytes * 2 + (1 << 30)}
     datasets = []
-    if todo:
+    # On GPU actors, image files go to the actors as paths and are decoded there, on the GPU (the
+    # local pipeline's GPU path); tars, and files in a pool with tars (one row layout), as pixels.
+    files_on_gpu = bool(gpus) and bool(todo) and not tar_list
+    if todo and files_on_gpu:
+        datasets.append(ray.data.from_arrow([_arrow({"path": todo[i:i + batch_size]})
+                                             for i in range(0, len(todo), batch_size)]))
+    elif todo:
         blocks = [_arrow({"path": todo[i:i + chunk]}) for i in range(0, len(todo), chunk)]
         datasets.append(ray.data.from_arrow(blocks).map_batches(
             decode_files, fn_kwargs={"transform": transform}, batch_size=chunk, **decode_args))
@@ -436,7 +497,8 @@ def generate_task_file(config: Any, progress: Any = None, **pool_options: Any) -
                  len(missing), len(cand_abs))
         use_gpu = None if config.gpu is not None and config.gpu >= 0 else False
         result = embed_pool(missing, model=spec, cache_dir=cache, batch_size=config.batch_size,
-                            ray_address=config.ray_address, use_gpu=use_gpu, **pool_options)
+                            ray_address=config.ray_address, use_gpu=use_gpu,
+                            precision=config.precision, **pool_options)
         if ec is not None:
             import_to_cache(result.output_dir, cache, identity)
     return taskfile.generate_task_file(config, progress)

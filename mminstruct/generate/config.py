@@ -7,6 +7,7 @@ import os
 import re
 from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from ..cache import content_key, file_sha256
@@ -20,6 +21,59 @@ DEFAULT_MODEL = "gpt-4o"
 CONTENT_PARAMS = ("prompt_file", "start_idx", "num_prompts", "model_name", "max_image_side",
                   "jpeg_quality", "temperature", "max_tokens", "seed", "structured_outputs",
                   "format_fix_attempts")
+
+
+def _number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+#: The range rule of each numeric setting: (test, what it must be). One table for the command
+#: lines, the app's settings and the config itself.
+RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
+    "start_idx": (lambda v: v >= 0, "≥ 0"),
+    "num_prompts": (lambda v: v == -1 or v >= 0, "-1 (all) or ≥ 0"),
+    "concurrency": (lambda v: 1 <= v <= 100_000, "between 1 and 100000"),
+    "rpm": (lambda v: v is None or v > 0, "> 0"),
+    "tpm": (lambda v: v is None or v > 0, "> 0"),
+    "max_retries": (lambda v: 0 <= v <= 100, "between 0 and 100"),
+    "timeout": (lambda v: v > 0, "> 0 seconds"),
+    "retry_base_delay": (lambda v: v >= 0, "≥ 0"),
+    "max_image_side": (lambda v: 16 <= v <= 16384, "between 16 and 16384"),
+    "jpeg_quality": (lambda v: 1 <= v <= 100, "between 1 and 100"),
+    "image_cache_mb": (lambda v: v >= 0, "≥ 0"),
+    "temperature": (lambda v: v is None or 0 <= v <= 2, "between 0 and 2"),
+    "max_tokens": (lambda v: v is None or v > 0, "> 0"),
+    "format_fix_attempts": (lambda v: 0 <= v <= 5, "between 0 and 5"),
+    "fsync_interval": (lambda v: v >= 0, "≥ 0"),
+    "status_interval": (lambda v: v > 0, "> 0"),
+    "cancel_grace": (lambda v: v >= 0, "≥ 0"),
+    "batch_poll_seconds": (lambda v: v > 0, "> 0 seconds"),
+    "batch_completion_window": (lambda v: bool(re.fullmatch(r"[1-9]\d*[hd]", str(v))),
+                                "a duration such as 24h (what the provider accepts)"),
+    "batch_max_submits": (lambda v: 1 <= v <= 20, "between 1 and 20"),
+    "batch_max_requests": (lambda v: 1 <= v <= 50_000,
+                           "between 1 and 50000 (the Batch API's limit per file)"),
+    "batch_max_bytes": (lambda v: 1024 <= v <= 200 * 1024 * 1024,
+                        "between 1 KiB and 200 MiB (the Batch API's limit per file)"),
+}
+
+
+def check_values(values: Mapping[str, Any]) -> None:
+    """Check the settings in ``values`` (any subset) against ``RULES``; ConfigError names the
+    first bad one and what it must be."""
+    for name, value in values.items():
+        rule = RULES.get(name)
+        if rule is None:
+            continue
+        test, what = rule
+        if value is not None and name != "batch_completion_window" and not _number(value):
+            raise ConfigError(f"{name} is {value!r}; it must be a number {what}")
+        if not test(value):
+            raise ConfigError(f"{name} is {value!r}; it must be {what}")
+    if {"retry_base_delay", "retry_max_delay"} <= values.keys() \
+            and values["retry_max_delay"] < values["retry_base_delay"]:
+        raise ConfigError(f"retry_max_delay is {values['retry_max_delay']!r}; it must be "
+                          "≥ retry_base_delay")
 
 
 @dataclass
@@ -79,40 +133,7 @@ class GenerationConfig:
             raise ConfigError(f"input_folder {str(self.input_folder)!r} is not a folder")
         if not str(self.model_name).strip():
             raise ConfigError("model_name is empty")
-        checks: list[tuple[str, bool, str]] = [
-            ("start_idx", self.start_idx >= 0, "≥ 0"),
-            ("num_prompts", self.num_prompts == -1 or self.num_prompts >= 0, "-1 (all) or ≥ 0"),
-            ("concurrency", 1 <= self.concurrency <= 100_000, "between 1 and 100000"),
-            ("rpm", self.rpm is None or self.rpm > 0, "> 0"),
-            ("tpm", self.tpm is None or self.tpm > 0, "> 0"),
-            ("max_retries", 0 <= self.max_retries <= 100, "between 0 and 100"),
-            ("timeout", self.timeout > 0, "> 0 seconds"),
-            ("retry_base_delay", self.retry_base_delay >= 0, "≥ 0"),
-            ("retry_max_delay", self.retry_max_delay >= self.retry_base_delay,
-             "≥ retry_base_delay"),
-            ("max_image_side", 16 <= self.max_image_side <= 16384, "between 16 and 16384"),
-            ("jpeg_quality", 1 <= self.jpeg_quality <= 100, "between 1 and 100"),
-            ("image_cache_mb", self.image_cache_mb >= 0, "≥ 0"),
-            ("temperature", self.temperature is None or 0 <= self.temperature <= 2,
-             "between 0 and 2"),
-            ("max_tokens", self.max_tokens is None or self.max_tokens > 0, "> 0"),
-            ("format_fix_attempts", 0 <= self.format_fix_attempts <= 5, "between 0 and 5"),
-            ("fsync_interval", self.fsync_interval >= 0, "≥ 0"),
-            ("status_interval", self.status_interval > 0, "> 0"),
-            ("cancel_grace", self.cancel_grace >= 0, "≥ 0"),
-            ("batch_poll_seconds", self.batch_poll_seconds > 0, "> 0 seconds"),
-            ("batch_completion_window", bool(re.fullmatch(r"[1-9]\d*[hd]",
-                                                          str(self.batch_completion_window))),
-             "a duration such as 24h (what the provider accepts)"),
-            ("batch_max_submits", 1 <= self.batch_max_submits <= 20, "between 1 and 20"),
-            ("batch_max_requests", 1 <= self.batch_max_requests <= 50_000,
-             "between 1 and 50000 (the Batch API's limit per file)"),
-            ("batch_max_bytes", 1024 <= self.batch_max_bytes <= 200 * 1024 * 1024,
-             "between 1 KiB and 200 MiB (the Batch API's limit per file)"),
-        ]
-        for name, ok, rule in checks:
-            if not ok:
-                raise ConfigError(f"{name} is {getattr(self, name)!r}; it must be {rule}")
+        check_values({f.name: getattr(self, f.name) for f in fields(self)})
         from ..llm.requests import max_tokens_key
 
         max_tokens_key(self.model_name, self.max_tokens_field)  # an unknown field: ConfigError

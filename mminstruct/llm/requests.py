@@ -315,7 +315,7 @@ async def build_messages(entry: PromptEntry, mode: Mode, system: str, generate: 
     if not entry.prompt:
         raise BadPromptError("the prompt list is empty")
     content: list[dict[str, Any]] = []
-    tokens = _text_tokens(system) + _text_tokens(generate) + 12
+    tokens = text_tokens(system) + text_tokens(generate) + REQUEST_OVERHEAD_TOKENS
     for part in entry.prompt:
         if is_prompt_image(part):
             enc = await encoder.encode(part)
@@ -323,7 +323,7 @@ async def build_messages(entry: PromptEntry, mode: Mode, system: str, generate: 
             tokens += enc.token_estimate()
         else:
             content.append({"type": "text", "text": part})
-            tokens += _text_tokens(part)
+            tokens += text_tokens(part)
     content.append({"type": "text", "text": generate})
     cand = candidate_image(entry, mode)
     if mode.carries_candidate and cand is None:
@@ -333,7 +333,13 @@ async def build_messages(entry: PromptEntry, mode: Mode, system: str, generate: 
                          {"role": "user", "content": content}], tokens, cand)
 
 
-def _text_tokens(text: str) -> int:
+#: Role and message framing of one request, in tokens (an approximation).
+REQUEST_OVERHEAD_TOKENS = 12
+
+
+def text_tokens(text: str) -> int:
+    """The project's one estimate of a text's tokens (about 4 characters a token): what the
+    engine's TPM limiter and the app's cost estimate both count."""
     return len(text) // 4 + 1
 
 

@@ -22,8 +22,8 @@ from typing import Any
 
 import numpy as np
 
-from .errors import ConfigError, choices_message
-from .formats import PromptFile, save_prompt_file
+from ..errors import ConfigError, choices_message
+from ..formats import PromptFile, save_prompt_file
 
 
 def selection_keys(emb: Any, rows: Iterable[int]) -> tuple[list[int], list[str]]:

@@ -1,7 +1,7 @@
 """Background generation runs for the app: start, watch, pause, continue, cancel, resume.
 
 A run the app starts is a detached child process (``start_new_session=True``) running
-``python -m mminstruct.runs run --launch WS/launches/NAME.json``, so it outlives page reloads,
+``python -m mminstruct.app.runs run --launch WS/launches/NAME.json``, so it outlives page reloads,
 closed tabs and a restart of the app itself. The run's name is its ``file_prefix``; the engine
 keeps its durable state in ``generated_data/runs/NAME_{stamp}/`` (run log, ``run.json``,
 ``status.json``, the ``PAUSE`` / ``CANCEL`` flags), so everything here is read back from files:
@@ -39,17 +39,18 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from .cache import atomic_write_json
-from .errors import ConfigError, DataFileError, InputError, MMInstructError
-from .generate.config import GenerationConfig, config_from_dict
-from .generate.control import read_status, request_cancel, request_pause
-from .generate.runlog import list_runs
-from .llm.client import EndpointConfig
+from ..cache import atomic_write_json
+from ..errors import ConfigError, DataFileError, InputError, MMInstructError
+from ..generate.config import GenerationConfig, config_from_dict
+from ..generate.control import read_status, request_cancel, request_pause
+from ..generate.manifest import CostEstimate, estimate_cost
+from ..generate.runlog import RunDir, list_runs
+from ..llm.client import EndpointConfig
 
 log = logging.getLogger(__name__)
 
 LAUNCHES = "launches"
-ENTRY_MODULE = "mminstruct.runs"
+ENTRY_MODULE = "mminstruct.app.runs"
 ACTIVE = ("starting", "running", "paused", "cancelling", "finishing")
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,80}$")
 _CHILDREN: dict[int, subprocess.Popen] = {}  # started by this process: polled so none stays a zombie
@@ -95,11 +96,9 @@ def workspace_config(ws: Any, name: str, prompt_file: str | os.PathLike, *,
         raise ConfigError("no data in this workspace yet: load a data file first")
     return GenerationConfig(
         input_folder=ws.input_root, output_folder=ws.root, prompt_file=str(prompt_file),
-        file_prefix=check_name(name), model_name=e.model_name,
-        endpoint=endpoint_config(e.base_url, e.api_key_env), concurrency=e.concurrency,
-        rpm=e.rpm, tpm=e.tpm, max_retries=e.max_retries, timeout=e.timeout,
-        max_image_side=e.max_image_side, temperature=e.temperature, max_tokens=e.max_tokens,
-        dry_run=dry_run, allow_outside_paths=ws.settings.data.allow_outside_paths)
+        file_prefix=check_name(name), endpoint=endpoint_config(e.base_url, e.api_key_env),
+        dry_run=dry_run, allow_outside_paths=ws.settings.data.allow_outside_paths,
+        **e.generation_values())
 
 
 # ----------------------------------------------------------------------------------------------
@@ -159,7 +158,7 @@ def resume_run(ws_root: str | os.PathLike, name: str, api_key: str | None = None
 def dry_run(cfg: GenerationConfig) -> Any:
     """Write the OpenAI Batch API JSONL for ``cfg`` in this process (nothing is sent; no key is
     needed). Returns the engine's ``RunResult`` (``batch_files``, ``manifest``, ``message``)."""
-    from .generate.engine import run_generation
+    from ..generate.engine import run_generation
 
     return run_generation(replace(cfg, dry_run=True, resume=False))
 
@@ -273,7 +272,7 @@ def run_info(ws_root: str | os.PathLike, name: str) -> RunInfo:
             status = read_status(run_dir)
         except DataFileError:
             status = {}
-        meta = _read_json(run_dir / "run.json") or {}
+        meta = _read_json(RunDir.at(run_dir).meta_path) or {}
     ended = _read_json(exit_path)
     if ended is not None and ended.get("token") != record.get("token"):
         ended = None
@@ -282,7 +281,7 @@ def run_info(ws_root: str | os.PathLike, name: str) -> RunInfo:
         state = status.get("state") or "starting"
         if state not in ACTIVE:  # the engine is done; the process is writing its last files
             state = "finishing" if state in ("finished", "cancelled", "stopped") else "starting"
-        if state == "running" and run_dir is not None and (run_dir / "PAUSE").exists():
+        if state == "running" and run_dir is not None and RunDir.at(run_dir).pause_flag.exists():
             message = "pausing: the requests in flight finish first"
     elif ended is not None:
         state, message = ended.get("state", "failed"), ended.get("message", "")
@@ -323,6 +322,13 @@ def runs_table(infos: list[RunInfo]) -> list[dict[str, Any]]:
              "model": i.model, "started": str(i.record.get("started", ""))} for i in infos]
 
 
+def cost_so_far(info: RunInfo, model: str) -> CostEstimate:
+    """The run's tokens so far at the price of its model (``model`` when the run names none)."""
+    s = info.status
+    return estimate_cost(info.model or model, int(s.get("input_tokens") or 0),
+                         int(s.get("output_tokens") or 0))
+
+
 def eta_label(info: RunInfo) -> str:
     """The ETA shown for a run: only while it is running; a paused run is not counting down
     (the engine's estimate grows with the pause), a finished one has none."""
@@ -353,10 +359,11 @@ def cancel_run(info: RunInfo) -> None:
         os.killpg(info.pid, signal.SIGTERM)  # still starting: its own session, its own group
 
 
-def latest_records(run_dir: str | os.PathLike, n: int = 6, tail_bytes: int = 1 << 19
+def recent_records(run_dir: str | os.PathLike, n: int = 6, tail_bytes: int = 1 << 19
                    ) -> list[dict[str, Any]]:
-    """The last ``n`` finished prompts of a run's log (newest first), read from its end."""
-    path = Path(run_dir) / "log.jsonl"
+    """The last ``n`` finished prompts of a run's log (newest first), read from its end (what the
+    Generate page shows; ``generate.runlog.latest_records`` is each prompt's latest record)."""
+    path = RunDir.at(run_dir).log_path
     try:
         with open(path, "rb") as f:
             f.seek(0, os.SEEK_END)
@@ -417,10 +424,11 @@ def check_endpoint(base_url: str | None, api_key: str | None, timeout: float = 2
 
 
 def _child(launch: Path) -> int:
-    from .cli import setup_logging
-    from .generate.control import RunControl
-    from .generate.engine import run_generation
-    from .llm.client import install_log_redaction
+    from ..cli import setup_logging
+    from ..data_generator import run_exit_code
+    from ..generate.control import RunControl
+    from ..generate.engine import run_generation
+    from ..llm.client import install_log_redaction
 
     record = _read_json(launch)
     if record is None:
@@ -439,14 +447,14 @@ def _child(launch: Path) -> int:
         cfg = config_from_dict(record["config"])
         res = run_generation(cfg, control=control)
         if res.state == "finished" and record.get("quality", True):
-            from .quality import quality_after_run
+            from ..quality import quality_after_run
 
             quality_after_run(res.output, res.manifest)
         result.update(state=res.state, message=res.message,
                       output=str(res.output) if res.output else None,
                       manifest=str(res.manifest) if res.manifest else None,
                       run_dir=str(res.run_dir) if res.run_dir else None)
-        code = {"finished": 0, "stopped": 3}.get(res.state, 130)
+        code = run_exit_code(res.state, res.status.failed)
     except InputError as e:
         result.update(state="failed", message=str(e))
         code = 2

@@ -15,15 +15,20 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .errors import ConfigError, DataFileError, choices_message
-from .formats import TaskFile, load_task_file
-from .export import (EXPORT_FORMATS, EXPORT_LABELS, ExportReport, export_file, export_name,
+from ..errors import ConfigError, DataFileError, choices_message
+from ..formats import TaskFile, load_task_file
+from ..export import (EXPORT_FORMATS, EXPORT_LABELS, ExportReport, export_file, export_name,
                      next_free_name)
-from .generate.jsonstream import PromptStream
-from .generate.output import output_header
+from ..generate.jsonstream import PromptStream
+from ..generate.output import GeneratedData, load_output, output_header
 
 __all__ = ["EXPORT_FORMATS", "EXPORT_LABELS", "ExportReport", "Sources", "export_name",
            "export_reviewed", "filter_samples", "next_free_name", "sample_text", "sources"]
+
+
+def load_generated(path: str | os.PathLike) -> GeneratedData:
+    """A generated-data file for the Review page (``generate.output.load_output``)."""
+    return load_output(path)
 
 
 def sample_text(sample: dict[str, Any]) -> str:

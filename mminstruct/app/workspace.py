@@ -23,16 +23,21 @@ from __future__ import annotations
 import json
 import os
 import re
-import threading
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field, fields
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from .cache import atomic_write_json
-from .errors import ConfigError, choices_message
-from .modes import MODE_NAMES
+from ..cache import atomic_write_json
+from ..errors import ConfigError, choices_message
+from ..formats import generated_dir, prompts_dir
+from ..generate.config import DEFAULTS as GEN_DEFAULTS
+from ..generate.config import GenerationConfig, check_values
+from ..modes import MODE_NAMES, parse_mode
+from ..partition import normalise_keywords
+from ..prompts import (PROMPT_DEFAULTS, PROMPT_MINIMUMS, PromptConfig, check_prompt_values,
+                       parse_budgets)
 
 HOME_ENV = "MMINSTRUCT_HOME"
 SETTINGS_NAME = "workspace.json"
@@ -95,15 +100,28 @@ class PartitionSettings:
 
 @dataclass
 class PromptSettings:
+    """Step 2's settings; defaults from ``prompts.PROMPT_DEFAULTS`` except where the app needs a
+    value the command line leaves open (a total to start from, a fixed seed, a file prefix)."""
+
     total_gen: int = 100
-    min_gen_per_candidate: int = 2
-    num_icl_samples: int = 2
-    mode: str = "vqa_nr"
+    min_gen_per_candidate: int = PROMPT_DEFAULTS["min_gen_per_candidate"]
+    num_icl_samples: int = PROMPT_DEFAULTS["num_icl_samples"]
+    mode: str = PROMPT_DEFAULTS["mode"].value
     seed: int = 0
     file_prefix: str = "prompts"
     #: subgroup → budget: a number of prompts ("4000") or a share of total_gen ("25%"); the
     #: subgroups without one share the rest by MM-Gen's rule (``prompts.allocate``)
     budgets: dict[str, str] = field(default_factory=dict)
+
+    def to_config(self, task_desc: str, input_folder: str, output_folder: str,
+                  allow_outside_paths: bool = False) -> PromptConfig:
+        return PromptConfig(task_desc=task_desc, file_prefix=self.file_prefix,
+                            total_gen=self.total_gen, input_folder=input_folder,
+                            output_folder=output_folder,
+                            min_gen_per_candidate=self.min_gen_per_candidate,
+                            num_icl_samples=self.num_icl_samples, mode=parse_mode(self.mode),
+                            seed=self.seed, allow_outside_paths=allow_outside_paths,
+                            budgets=dict(self.budgets) or None)
 
 
 @dataclass
@@ -111,16 +129,21 @@ class EndpointSettings:
     """Where generation requests go. No key: it comes from the environment or the session."""
 
     base_url: str = ""
-    model_name: str = "gpt-4o"
+    model_name: str = GEN_DEFAULTS["model_name"]
     api_key_env: str = "OPENAI_API_KEY"
-    concurrency: int = 16
-    rpm: float | None = None
-    tpm: float | None = None
-    max_tokens: int | None = None
-    temperature: float | None = None
-    timeout: float = 120.0
-    max_retries: int = 6
-    max_image_side: int = 1024
+    concurrency: int = GEN_DEFAULTS["concurrency"]
+    rpm: float | None = GEN_DEFAULTS["rpm"]
+    tpm: float | None = GEN_DEFAULTS["tpm"]
+    max_tokens: int | None = GEN_DEFAULTS["max_tokens"]
+    temperature: float | None = GEN_DEFAULTS["temperature"]
+    timeout: float = GEN_DEFAULTS["timeout"]
+    max_retries: int = GEN_DEFAULTS["max_retries"]
+    max_image_side: int = GEN_DEFAULTS["max_image_side"]
+
+    def generation_values(self) -> dict[str, Any]:
+        """The settings that are ``GenerationConfig`` fields, under their names there."""
+        names = {f.name for f in fields(GenerationConfig)}
+        return {k: v for k, v in asdict(self).items() if k in names}
 
 
 @dataclass
@@ -206,21 +229,14 @@ def validate_settings(s: WorkspaceSettings) -> None:
     p, e = s.prompts, s.endpoint
     if p.mode not in MODE_NAMES:
         raise ConfigError(choices_message("mode", p.mode, MODE_NAMES))
-    for name, value, low in (("total_gen", p.total_gen, 1),
-                             ("min_gen_per_candidate", p.min_gen_per_candidate, 1),
-                             ("num_icl_samples", p.num_icl_samples, 0), ("seed", p.seed, 0),
-                             ("concurrency", e.concurrency, 1), ("max_retries", e.max_retries, 0),
-                             ("max_image_side", e.max_image_side, 16)):
-        if value < low:
-            raise ConfigError(f"{name} is {value!r}; it must be ≥ {low}")
+    check_prompt_values({k: v for k, v in asdict(p).items() if k in PROMPT_MINIMUMS})
+    check_values(e.generation_values())  # the generation config's own rules
     ms = s.partition.min_similarity
     if ms is not None and not -1.0 <= ms <= 1.0:
         raise ConfigError(f"min_similarity is {ms!r}; it must be between -1 and 1")
     if s.partition.projection not in ("umap", "pca"):
         raise ConfigError(choices_message("projection", s.partition.projection, ("umap", "pca")))
     if p.budgets:
-        from .prompts import parse_budgets  # noqa: PLC0415 (prompts is light; kept out of import time)
-
         parse_budgets(p.budgets)
 
 
@@ -282,12 +298,16 @@ class Workspace:
         return self.root
 
     @property
-    def launches_dir(self) -> Path:
-        return self.root / "launches"
+    def generated_dir(self) -> Path:
+        return generated_dir(self.output_folder)
 
     @property
-    def generated_dir(self) -> Path:
-        return self.root / "generated_data"
+    def prompts_dir(self) -> Path:
+        return prompts_dir(self.output_folder)
+
+    @property
+    def exports_dir(self) -> Path:
+        return self.root / "exports"
 
     @property
     def input_root(self) -> Path | None:
@@ -348,9 +368,10 @@ class Workspace:
                 table[norm(k)] = keyword
 
     def set_keywords(self, new: Sequence[str]) -> list[str]:
-        """Replace the keyword list. When the list keeps its length, a changed line is a rename
-        and manual assignments follow it; assignments to removed keywords are dropped."""
-        clean = normalise_keywords(new)
+        """Replace the keyword list (blank lines dropped). When the list keeps its length, a
+        changed line is a rename and manual assignments follow it; assignments to removed keywords
+        are dropped."""
+        clean = normalise_keywords([k for k in new if not isinstance(k, str) or k.strip()])
         p = self.settings.partition
         taken = {m.casefold(): m for m in p.manual_subgroups}
         clash = [k for k in clean if k.casefold() in taken]
@@ -422,25 +443,6 @@ class Workspace:
             self.settings.rejected.pop(output_name, None)
 
 
-def normalise_keywords(keywords: Sequence[str]) -> list[str]:
-    """Blank lines dropped, spaces collapsed; a duplicate (ignoring case and spaces) is an error."""
-    out: list[str] = []
-    seen: dict[str, str] = {}
-    for k in keywords:
-        if not isinstance(k, str):
-            raise ConfigError(f"keyword {k!r} is not a string")
-        k = " ".join(k.split())
-        if not k:
-            continue
-        norm = k.casefold()
-        if norm in seen:
-            raise ConfigError(f"keyword {k!r} is given twice (also as {seen[norm]!r}); keywords "
-                              "are compared ignoring case and spaces")
-        seen[norm] = k
-        out.append(k)
-    return out
-
-
 def _refuse_secrets(obj: Any, path: str = "") -> None:
     """A guard: settings must never carry a key (no field exists; this catches a future one)."""
     if isinstance(obj, dict):
@@ -458,137 +460,41 @@ def recent_path() -> Path:
     return app_home() / RECENT_NAME
 
 
-def recent_workspaces() -> list[Path]:
-    """Remembered workspaces that still exist, most recent first."""
+def read_recent(path: Path) -> list[str]:
+    """A recent list (``{"recent": [...]}``, most recent first): its non-empty strings."""
     try:
-        raw = json.loads(recent_path().read_text(encoding="utf-8"))
+        raw = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return []
     items = raw.get("recent", []) if isinstance(raw, dict) else []
-    out = []
-    for item in items:
-        if isinstance(item, str) and (Path(item) / SETTINGS_NAME).is_file():
-            out.append(Path(item))
-    return out
+    return [s for s in items if isinstance(s, str) and s.strip()]
+
+
+def write_recent(path: Path, first: str | None, rest: list[str], limit: int) -> list[str]:
+    """``first`` (if any) then ``rest`` without it, at most ``limit``, written atomically (an
+    unwritable home only costs the list)."""
+    items = ([first] if first is not None else []) + [r for r in rest if r != first]
+    items = items[:limit]
+    try:
+        atomic_write_json(path, {"recent": items})
+    except OSError:
+        pass
+    return items
+
+
+def recent_workspaces() -> list[Path]:
+    """Remembered workspaces that still exist, most recent first."""
+    return [Path(s) for s in read_recent(recent_path()) if (Path(s) / SETTINGS_NAME).is_file()]
 
 
 def remember_workspace(path: str | os.PathLike) -> list[Path]:
     """Put ``path`` first in the recent list (at most ``MAX_RECENT``), written atomically."""
-    p = Path(path).expanduser().resolve()
-    items = [p] + [r for r in recent_workspaces() if r != p]
-    items = items[:MAX_RECENT]
-    try:
-        atomic_write_json(recent_path(), {"recent": [str(i) for i in items]})
-    except OSError:
-        pass  # an unwritable home only costs the list
-    return items
+    p = str(Path(path).expanduser().resolve())
+    items = write_recent(recent_path(), p, [str(r) for r in recent_workspaces()], MAX_RECENT)
+    return [Path(s) for s in items]
 
 
 def forget_workspace(path: str | os.PathLike) -> None:
-    p = Path(path).expanduser().resolve()
-    items = [r for r in recent_workspaces() if r != p]
-    try:
-        atomic_write_json(recent_path(), {"recent": [str(i) for i in items]})
-    except OSError:
-        pass
-
-
-# ----------------------------------------------------------------------------------------------
-# Setting up a workspace's data
-
-
-DEMO_FOLDER = "demo_data"
-
-
-def demo_size_default() -> tuple[int, int]:
-    """(reference charts, candidate charts) for the demo: ``$MMINSTRUCT_DEMO_SIZE`` as ``RxC``
-    (e.g. ``24x48`` for a quick try), else the demo's own 150 × 600."""
-    raw = os.environ.get("MMINSTRUCT_DEMO_SIZE", "")
-    m = re.fullmatch(r"\s*(\d+)\s*[x,]\s*(\d+)\s*", raw)
-    return (int(m.group(1)), int(m.group(2))) if m else (150, 600)
-
-
-_POOL_JOBS: dict[str, dict[str, Any]] = {}
-_POOL_LOCK = threading.Lock()
-
-
-def setup_demo(ws: Workspace, n_reference: int = 150, n_candidates: int = 600,
-               progress: Any = None, model_name: str | None = None,
-               workers: int | None = None, pool_in_background: bool = False) -> Any:
-    """Build the offline demo (synthetic charts) inside the workspace and point the settings at
-    it: the demo CLIP (``model_name``, else ``$MMINSTRUCT_DEMO_MODEL``, else ``demo-charts``), the
-    four chart keywords, vqa prompts. Returns the ``DemoWorkspace``.
-
-    With ``pool_in_background`` only the reference charts are drawn before this returns; the
-    candidate pool is drawn by a background thread (``demo_pool_progress``, ``wait_demo_pool``):
-    the Data page needs only the reference set, the embedding waits for the pool."""
-    from .demo import DEMO_KEYWORDS, DEMO_MODEL, build_demo_workspace
-
-    folder = ws.root / DEMO_FOLDER
-    wait_demo_pool(ws)  # a pool still being drawn for this folder finishes first
-    demo = build_demo_workspace(folder, seed=0, n_reference=n_reference,
-                                n_candidates=n_candidates, progress=progress, workers=workers,
-                                draw_pool=not pool_in_background)
-    if demo.pool_pending:
-        _start_pool(ws, n_reference, n_candidates, workers)
-    s = ws.settings
-    s.data = DataSettings(input_folder=str(demo.root.resolve()),
-                          data_file=str(demo.data_file.resolve()), image_folder=None,
-                          candidate_folder=demo.candidate_folder.name, demo=True)
-    model = model_name or os.environ.get("MMINSTRUCT_DEMO_MODEL") or DEMO_MODEL
-    s.partition = PartitionSettings(model_name=model,
-                                    keywords=list(DEMO_KEYWORDS))
-    s.prompts = PromptSettings(total_gen=40, min_gen_per_candidate=2, num_icl_samples=2,
-                               mode="vqa", seed=0, file_prefix="demo")
-    s.task_file = s.prompt_file = ""
-    ws.save()
-    return demo
-
-
-def _start_pool(ws: Workspace, n_reference: int, n_candidates: int, workers: int | None) -> None:
-    from .demo import build_demo_workspace
-
-    key = str(ws.root)
-    job: dict[str, Any] = {"done": 0, "total": n_candidates, "error": None}
-
-    def draw() -> None:
-        try:
-            build_demo_workspace(ws.root / DEMO_FOLDER, seed=0, n_reference=n_reference,
-                                 n_candidates=n_candidates, workers=workers,
-                                 progress=lambda d, t: job.update(done=d, total=t))
-        except (OSError, ValueError, ConfigError) as e:  # reported by wait_demo_pool
-            job["error"] = f"drawing the demo's candidate charts failed: {e}"
-
-    thread = threading.Thread(target=draw, name=f"demo-pool:{ws.root.name}", daemon=True)
-    job["thread"] = thread
-    with _POOL_LOCK:
-        _POOL_JOBS[key] = job
-    thread.start()
-
-
-def demo_pool_progress(ws: Workspace) -> tuple[int, int] | None:
-    """(drawn, total) while this workspace's demo pool is drawn in the background, else None."""
-    with _POOL_LOCK:
-        job = _POOL_JOBS.get(str(ws.root))
-    if job is None or not job["thread"].is_alive():
-        return None
-    return int(job["done"]), int(job["total"])
-
-
-def wait_demo_pool(ws: Workspace, progress: Any = None, poll: float = 0.25) -> None:
-    """Wait for this workspace's background demo pool (``progress(done, total)`` meanwhile, in
-    the caller's thread); ConfigError when drawing it failed."""
-    with _POOL_LOCK:
-        job = _POOL_JOBS.get(str(ws.root))
-    if job is None:
-        return
-    thread = job["thread"]
-    while thread.is_alive():
-        if progress:
-            progress(int(job["done"]), int(job["total"]))
-        thread.join(poll)
-    with _POOL_LOCK:
-        if _POOL_JOBS.get(str(ws.root)) is job:
-            del _POOL_JOBS[str(ws.root)]
-    if job["error"]:
-        raise ConfigError(job["error"])
+    p = str(Path(path).expanduser().resolve())
+    write_recent(recent_path(), None, [str(r) for r in recent_workspaces() if str(r) != p],
+                 MAX_RECENT)

@@ -26,8 +26,8 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import IO
 
-from .cache import atomic_write_bytes
-from .errors import DataFileError, UnsafePathError
+from ..cache import atomic_write_bytes
+from ..errors import DataFileError, UnsafePathError
 from .workspace import DataSettings
 
 #: Upload limits: bytes after decompression and number of files in one archive.
@@ -209,7 +209,7 @@ def guess_image_folder(input_root: Path, data_file: Path, sample: int = 20) -> s
     """The image folder (relative to ``input_root``) under which most of the data file's first
     images exist: "" (the root itself), the file's own ``image_folder``, or a top-level folder.
     None when nothing matches."""
-    from .records import load_data_file
+    from ..records import load_data_file
 
     try:
         data = load_data_file(data_file, input_folder=input_root, image_folder="",
@@ -268,7 +268,7 @@ def server_data_settings(data_file: str, image_folder: str = "", candidate_folde
 
 def _own_image_folder(data_file: Path) -> Path:
     """The data file's own ``image_folder`` key as a folder (relative to the file), or its folder."""
-    from .records import load_data_file
+    from ..records import load_data_file
 
     own = load_data_file(data_file, check_images=False).raw_extra.get("image_folder")
     return data_file.parent / own if isinstance(own, str) and own else data_file.parent

@@ -17,16 +17,15 @@ No streamlit here; ``open_clip`` and ``huggingface_hub`` are imported when calle
 
 from __future__ import annotations
 
-import json
 import os
 import socket
 import threading
 from dataclasses import dataclass
 from pathlib import Path
 
-from .cache import atomic_write_json
-from .clip import DEMO_MODEL, HF_HUB_PREFIX, parse_model_spec
-from .errors import ModelSpecError
+from ..clip import DEMO_MODEL, HF_HUB_PREFIX, parse_model_spec
+from ..errors import ModelSpecError
+from .workspace import app_home, read_recent, write_recent
 
 OFFLINE_ENV = ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "MMINSTRUCT_OFFLINE")
 RECENT_MODELS = "recent_models.json"
@@ -167,28 +166,16 @@ def ready_to_load(spec: str, *, probe: bool = True) -> ModelCheck:
 
 
 def _recent_file() -> Path:
-    from .workspace import app_home
-
     return app_home() / RECENT_MODELS
 
 
 def recent_models() -> list[str]:
-    try:
-        raw = json.loads(_recent_file().read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return []
-    items = raw.get("recent", []) if isinstance(raw, dict) else []
-    return [s for s in items if isinstance(s, str) and s.strip()]
+    return read_recent(_recent_file())
 
 
 def remember_model(spec: str) -> None:
     """Put ``spec`` first in the recently used models (an unwritable home only costs the list)."""
-    spec = spec.strip()
-    items = [spec] + [s for s in recent_models() if s != spec]
-    try:
-        atomic_write_json(_recent_file(), {"recent": items[:MAX_RECENT_MODELS]})
-    except OSError:
-        pass
+    write_recent(_recent_file(), spec.strip(), recent_models(), MAX_RECENT_MODELS)
 
 
 def _cached_tags() -> list[tuple[str, str]]:

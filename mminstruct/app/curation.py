@@ -3,7 +3,7 @@ pool, a keyword partition that honours the user's exclusions and manual assignme
 built from it, text search and the 2-D map. No streamlit; the pages call these.
 
 The split follows what the app recomputes when: ``embed_workspace`` is slow the first time and
-cached on disk (``clip.embed_images``, keyed by model and file fingerprint), so the app keeps its
+cached on disk (``image_embed.embed_images``, keyed by model and file fingerprint), so the app keeps its
 result in memory; ``keyword_vectors`` is cached text embeddings; ``curate`` (the partition with
 overrides) is one float32 matrix product and runs on every keyword edit; ``build_task`` assembles
 the MM-Gen task file from exactly what the user sees.
@@ -23,22 +23,21 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from . import __version__
-from .clip import embed_images, embed_keywords, embed_texts, parse_model_spec, resolve_device
-from .errors import ConfigError, DataFileError, InputError
-from .formats import Subgroup, TaskFile, save_task_file
-from .partition import (UNASSIGNED, Partition, assign_keywords, partition_from_scores,
+from ..clip import embed_keywords, embed_texts, parse_model_spec, resolve_device
+from ..image_embed import embed_images
+from ..errors import ConfigError, DataFileError, InputError
+from ..formats import Subgroup, TaskFile, save_task_file
+from ..partition import (UNASSIGNED, Partition, assign_keywords, partition_from_scores,
                         top_k_from_scores)
-from .projection import project_2d
-from .vectors import array_fingerprint
-from .records import DataFile, load_data_file
-from .taskfile import collect_candidates
+from ..projection import project_2d
+from ..vectors import array_fingerprint
+from ..records import DataFile, load_data_file
+from ..taskfile import collect_candidates, task_metadata
 from .workspace import Workspace
 
 EXCLUDED = -2
@@ -362,24 +361,18 @@ def build_task(ws: Workspace, emb: Embeddings, cur: Curation) -> TaskFile:
                      if cur.candidates is not None else []}
         subgroups.append(Subgroup(kw, [emb.reference.sample_idx[r] for r in rows], cand_paths,
                                   extra))
-    meta = {
-        "version": __version__, "created": datetime.now().isoformat(timespec="seconds"),
-        "source": "app", "model": p.model_name,
-        "keywords": list(cur.keywords[:cur.n_keywords] if cur.n_keywords >= 0 else cur.keywords),
-        "templates": list(p.templates), "min_similarity": p.min_similarity,
-        "candidates_per_keyword": p.candidates_per_keyword, "data_file": str(data.path),
-        "input_folder": str(emb.input_root),
-        "excluded": {"reference_sample_idx": sorted(p.excluded_reference),
-                     "candidate_image_paths": sorted(p.excluded_candidates)},
-        "manual": {"reference": dict(p.manual_reference), "candidates": dict(p.manual_candidates)},
-        "manual_subgroups": list(cur.keywords[cur.n_keywords:]) if cur.n_keywords >= 0 else [],
-        "skipped": {"records": [{"index": pr.index, "id": pr.id, "reason": pr.reason}
-                                for pr in data.report.problems],
-                    "reference_images": [{"path": a, "reason": b}
-                                         for a, b in emb.reference.failures],
-                    "candidates": [{"path": a, "reason": b}
-                                   for a, b in emb.problems + emb.candidates.failures]},
-    }
+    n_kw = cur.n_keywords if cur.n_keywords >= 0 else len(cur.keywords)
+    meta = task_metadata(
+        source="app", model=p.model_name, keywords=cur.keywords[:n_kw], templates=p.templates,
+        min_similarity=p.min_similarity, candidates_per_keyword=p.candidates_per_keyword,
+        data=data, input_root=emb.input_root,
+        skipped_reference=[{"path": a, "reason": b} for a, b in emb.reference.failures],
+        skipped_candidates=[{"path": a, "reason": b}
+                            for a, b in emb.problems + emb.candidates.failures],
+        excluded={"reference_sample_idx": sorted(p.excluded_reference),
+                  "candidate_image_paths": sorted(p.excluded_candidates)},
+        manual={"reference": dict(p.manual_reference), "candidates": dict(p.manual_candidates)},
+        manual_subgroups=list(cur.keywords[n_kw:]))
     return TaskFile(image_folder=data.image_folder, dataset_description=dataset_description(ws, data),
                     subgroups=subgroups, samples=data.samples(), extra={"mminstruct": meta})
 
@@ -419,7 +412,7 @@ def projection(ws: Workspace, emb: Embeddings,
 def embedding_key(ws: Workspace) -> str:
     """What the app's in-memory copy of ``embed_workspace`` depends on: the data settings, the
     model, and the data file's fingerprint (a changed file is re-read)."""
-    from .cache import content_key, file_fingerprint
+    from ..cache import content_key, file_fingerprint
 
     d = ws.settings.data
     try:

@@ -26,16 +26,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .errors import ConfigError, ImageError
-from .cache import atomic_write_json
-from .formats import PromptFile, TaskFile, is_prompt_image, prompt_file_name, save_prompt_file
-from .generate.manifest import CostEstimate, estimate_cost
-from .generate.output import samples_per_item
-from .images import probe_image, resolve_image_path
-from .llm.requests import (BuiltRequest, EncodedImage, ImageEncoder, build_messages,
-                           generation_prompt, system_prompt)
-from .modes import Mode, parse_mode
-from .prompts import PromptConfig, PromptPlan, plan_prompts, prepare_plan
+from ..errors import ConfigError, ImageError
+from ..cache import atomic_write_json
+from ..formats import PromptFile, TaskFile, is_prompt_image, prompt_file_name, save_prompt_file
+from ..generate.manifest import CostEstimate, estimate_cost
+from ..generate.output import samples_per_item
+from ..images import probe_image, resolve_image_path
+from ..llm.requests import (REQUEST_OVERHEAD_TOKENS, BuiltRequest, EncodedImage, ImageEncoder,
+                           build_messages, generation_prompt, system_prompt, text_tokens)
+from ..modes import Mode, parse_mode
+from ..prompts import PromptConfig, PromptPlan, plan_prompts, prepare_plan
 from .workspace import Workspace
 
 #: Output tokens per generated item, by mode (an allowance, not a measurement; see the docstring).
@@ -43,19 +43,14 @@ OUTPUT_TOKENS_PER_ITEM: dict[Mode, int] = {
     Mode.VQA: 200, Mode.VQA_NR: 70, Mode.TQA: 260, Mode.DESCRIPT: 220, Mode.GENERIC: 200,
     Mode.VQA_TASK_DESC: 200, Mode.DESCRIPT_TASK_DESC: 220,
 }
-REQUEST_OVERHEAD_TOKENS = 12  # role and message framing, as the engine counts it
 
 
 def prompt_config(ws: Workspace, task_path: str | os.PathLike) -> PromptConfig:
     p, root = ws.settings.prompts, ws.input_root
     if root is None:
         raise ConfigError("no data in this workspace yet: load a data file first")
-    return PromptConfig(task_desc=str(Path(task_path).resolve()), file_prefix=p.file_prefix,
-                        total_gen=p.total_gen, input_folder=str(root), output_folder=str(ws.root),
-                        min_gen_per_candidate=p.min_gen_per_candidate,
-                        num_icl_samples=p.num_icl_samples, mode=parse_mode(p.mode), seed=p.seed,
-                        allow_outside_paths=ws.settings.data.allow_outside_paths,
-                        budgets=dict(p.budgets) or None)
+    return p.to_config(str(Path(task_path).resolve()), str(root), str(ws.root),
+                       ws.settings.data.allow_outside_paths)
 
 
 def plan_workspace(ws: Workspace, task: TaskFile, task_path: str | os.PathLike
@@ -112,7 +107,7 @@ def save_prompts(ws: Workspace, pf: PromptFile) -> Path:
     if prefix:
         path = save_prompt_file(pf, ws.root, prefix)
     else:
-        path = ws.root / "generated_prompts" / prompt_file_name("").lstrip("_")
+        path = ws.prompts_dir / prompt_file_name("").lstrip("_")
         atomic_write_json(path, pf.to_json(), indent=None)
         pf.path = path
     ws.settings.prompt_file = str(path)
@@ -158,10 +153,6 @@ class RunEstimate:
         return self.input_tokens / self.prompts if self.prompts else 0.0
 
 
-def _text_tokens(text: str) -> int:
-    return len(text) // 4 + 1  # the engine's rule (llm.requests)
-
-
 def image_tokens(width: int, height: int, max_side: int) -> int:
     """Tokens of an image sent after downscaling to ``max_side`` (OpenAI's high-detail rule)."""
     scale = min(1.0, max_side / max(width, height, 1))
@@ -176,8 +167,8 @@ def estimate_run(pf: PromptFile, input_root: str | os.PathLike, model: str, *,
     if n == 0:
         return RunEstimate(0, 0, True, 0, 0, 0, estimate_cost(model, 0, 0))
     mode = pf.mode
-    fixed = (_text_tokens(system_prompt(mode, pf.dataset_description))
-             + _text_tokens(generation_prompt(mode, pf.min_gen_per_candidate))
+    fixed = (text_tokens(system_prompt(mode, pf.dataset_description))
+             + text_tokens(generation_prompt(mode, pf.min_gen_per_candidate))
              + REQUEST_OVERHEAD_TOKENS)
     idx = range(n) if n <= sample else sorted(random.Random(seed).sample(range(n), sample))
     sizes: dict[str, int | None] = {}
@@ -200,7 +191,7 @@ def estimate_run(pf: PromptFile, input_root: str | os.PathLike, model: str, *,
                 else:
                     img += t
             else:
-                text += _text_tokens(part)
+                text += text_tokens(part)
     scale = n / measured
     image_total = math.ceil(img * scale)
     input_total = math.ceil((text + img) * scale) + fixed * n
