@@ -115,7 +115,8 @@ def test_hdbscan_finds_tight_groups_itself(blobs):
 def test_demo_charts_are_named_by_their_chart_types(tmp_path):
     """The demo CLIP knows charts only: the clusters of 48 demo charts carry the four chart types
     among their top three words, with k given and with k chosen by silhouette."""
-    from mminstruct.clip import embed_images, embed_keywords
+    from mminstruct.clip import embed_keywords
+    from mminstruct.image_embed import embed_images
     from mminstruct.demo import build_demo_workspace
     from mminstruct.records import load_data_file
 
