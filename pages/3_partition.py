@@ -12,6 +12,7 @@ from mminstruct.app.curation import build_task, curate, keyword_vectors, save_ta
 from mminstruct.errors import MMInstructError
 from ui.gallery import Item, curation_actions, gallery
 from ui.more_like import more_like_these_panel, new_subgroup_form, show_toast
+from ui.subgroup_run import subgroup_run_from_task
 from ui.suggest_view import suggestions_panel
 from ui.safe import md_escape
 from ui.settings import bind, show_error
@@ -118,6 +119,7 @@ if kw in p.manual_subgroups and st.button(f"Remove the subgroup {kw!r} (its imag
     ws.remove_subgroup(kw)
     ws.save()
     st.rerun()
+subgroup_run_from_task(ws, kw)
 st.caption("More like these: the ticked images, or the whole subgroup when none is ticked.")
 if more_like_these_panel(ws, emb, ticked or members, "part_more"):
     st.rerun()

@@ -168,3 +168,32 @@ def test_a_run_for_one_subgroup_from_prompts_sends_only_its_prompts(pca_ws: Work
     assert stub.stats()["requests"] == 4
     samples = json.loads(Path(done.output).read_text())["samples"]
     assert samples and {s["keyword"] for s in samples} == {"my picks"}
+
+
+def test_a_run_for_one_subgroup_from_partition(pca_ws: Workspace, stub) -> None:
+    from mminstruct.app.curation import build_task, curate, keyword_vectors, save_task
+
+    emb = embed_workspace(pca_ws)
+    pca_ws.new_subgroup("my picks", [0, 2, 5], emb.candidates.paths[:3])
+    pca_ws.settings.prompts.budgets = {"my picks": "3"}
+    pca_ws.settings.prompts.min_gen_per_candidate = 1
+    pca_ws.settings.endpoint.base_url = stub.url
+    pca_ws.save()
+    save_task(pca_ws, build_task(pca_ws, emb, curate(pca_ws, emb, keyword_vectors(
+        pca_ws, pca_ws.settings.partition.keywords))))
+    at = app_test(pca_ws).run()
+    at.switch_page("pages/3_partition.py").run()
+    at.selectbox(key="gal_kw").set_value("my picks").run()
+    no_errors(at)
+    at.button(key="sgrun_part:go").click().run()
+    no_errors(at)
+    runs = list_app_runs(pca_ws.root)
+    assert len(runs) == 1 and runs[0].name.startswith(f"{pca_ws.settings.prompts.file_prefix}-my-picks_")
+    deadline = time.monotonic() + 90
+    while time.monotonic() < deadline and run_info(pca_ws.root, runs[0].name).alive:
+        time.sleep(0.1)
+    done = run_info(pca_ws.root, runs[0].name)
+    assert done.state == "finished", done.message
+    assert stub.stats()["requests"] == 3
+    samples = json.loads(Path(done.output).read_text())["samples"]
+    assert {s["keyword"] for s in samples} == {"my picks"}
