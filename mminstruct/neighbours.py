@@ -188,12 +188,14 @@ def more_like_these(selection: Any, k: int, *, pool: Any = None, index: Any = No
 
 
 def pool_index(vectors: Any, cache_dir: str | os.PathLike, *, fingerprint: str | None = None,
-               min_rows: int = INDEX_MIN_ROWS, **build: Any) -> Any:
-    """The cached faiss index over a pool (``CandidateIndex.build_or_load``: "auto" picks exact
-    below 1M vectors, IVF above), or None when the pool is small enough to scan."""
+               min_rows: int = INDEX_MIN_ROWS, kind: str = "ivf", **build: Any) -> Any:
+    """The cached faiss index over a pool (``CandidateIndex.build_or_load``), or None when the
+    pool is small enough to scan. IVF by default: a selection of many images is then scored cell
+    by cell (``_search_ivf_cells``); an exact flat index would cost a full scan per member."""
     vectors = as_rows(vectors)
     if int(vectors.shape[0]) < min_rows:
         return None
     from .retrieval import CandidateIndex  # noqa: PLC0415 (faiss is heavy)
 
-    return CandidateIndex.build_or_load(vectors, cache_dir, fingerprint=fingerprint, **build)
+    return CandidateIndex.build_or_load(vectors, cache_dir, fingerprint=fingerprint, kind=kind,
+                                        **build)

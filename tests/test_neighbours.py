@@ -93,7 +93,8 @@ def test_small_pools_are_scanned_and_bad_input_is_named(data, tmp_path):
     pool, sel = data
     assert pool_index(pool, tmp_path) is None
     idx = pool_index(pool, tmp_path, min_rows=100)
-    assert idx is not None and idx.ntotal == len(pool)
+    assert idx is not None and idx.ntotal == len(pool) and idx.kind == "ivf"
+    assert pool_index(pool, tmp_path, min_rows=100).from_cache  # built once, then read
     assert sorted(more_like_these(sel, 3, pool=pool[:2]).ids.tolist()) == [0, 1]  # all there is
     assert len(more_like_these(sel, 5, pool=pool[:3], exclude=[0, 1, 2])) == 0
     with pytest.raises(ConfigError, match="unknown method 'mean'; choose one of: members, centroid"):
