@@ -2,7 +2,8 @@
 
     python -m mminstruct.prompt_generator --task_desc TASK.json --input_folder IN --output_folder OUT \
         --file_prefix chart --total_gen 1000 [--min_gen_per_candidate 1] [--num_icl_samples 1] \
-        [--mode vqa_nr] [--seed 0]
+        [--mode vqa_nr] [--seed 0] [--budgets "bar chart=4000,pie chart=25%"] \
+        [--only "bar chart"]
 
 Writes ``OUT/generated_prompts/{file_prefix}_prompts_{YYYYmmdd_HHMMSS}.json`` and prints its path
 on the last line.
@@ -39,6 +40,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"one of: {', '.join(MODE_NAMES)} (default %(default)s)")
     p.add_argument("--seed", type=int, default=PROMPT_DEFAULTS["seed"],
                    help="makes the prompt file reproducible")
+    p.add_argument("--budgets", default=None,
+                   help="per-subgroup budgets, 'KEYWORD=PROMPTS' or 'KEYWORD=SHARE%%' separated by "
+                        "commas (e.g. 'bar chart=4000,pie chart=25%%'); the other subgroups share "
+                        "what is left of --total_gen in proportion to their reference samples")
+    p.add_argument("--only", default=None,
+                   help="plan only these subgroups (comma-separated keywords), each with the "
+                        "prompts it gets in the full plan")
     p.add_argument("--no_check_images", action="store_true",
                    help="do not check that ICL and candidate images exist")
     p.add_argument("--allow_outside_paths", action="store_true",
@@ -53,7 +61,8 @@ def run(args: argparse.Namespace) -> int:
         input_folder=args.input_folder, output_folder=args.output_folder,
         min_gen_per_candidate=args.min_gen_per_candidate, num_icl_samples=args.num_icl_samples,
         mode=args.mode, seed=args.seed, check_images=not args.no_check_images,
-        allow_outside_paths=args.allow_outside_paths)
+        allow_outside_paths=args.allow_outside_paths, budgets=args.budgets,
+        only=tuple(k for k in (args.only or "").split(",") if k.strip()))
     t0 = time.perf_counter()
     result = generate_prompt_file(config)
     plan = result.plan
@@ -63,8 +72,11 @@ def run(args: argparse.Namespace) -> int:
         log.warning("%d candidate image(s) not found and left out (first: %s)",
                     len(plan.missing_candidates), plan.missing_candidates[0])
     for s in plan.subgroups:
-        log.info("subgroup %r: %d reference samples, %d candidates → %d prompts",
-                 s.keyword, s.n_reference, len(s.candidates), s.n_prompts)
+        log.info("subgroup %r: %d reference samples, %d candidates → %d prompts%s",
+                 s.keyword, s.n_reference, len(s.candidates), s.n_prompts,
+                 f" (budget {s.budget})" if s.budget is not None else "")
+        if s.reuse_note():
+            log.info("subgroup %r: %s", s.keyword, s.reuse_note())
     log.info("%d prompts (mode %s) in %.2f s", len(result.prompt_file.prompts), config.mode,
              time.perf_counter() - t0)
     print(result.path)

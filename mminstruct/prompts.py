@@ -12,6 +12,14 @@ MM-Gen's semantics, with its sampler's short batches fixed and a seed added:
   image in the prompt; the prompt list is ``["Example 1", image, "Q: …\\n A: …", …, candidate]``;
 * only vqa, vqa_nr, tqa and descript carry ICL examples, and tqa carries no candidate image.
 
+Budgets per subgroup (``PromptConfig.budgets``, ``--budgets "bar chart=4000,pie chart=25%"``): a
+subgroup may be given a number of prompts (``4000``) or a share of ``total_gen`` (``25%``); the
+subgroups without a budget share what is left of ``total_gen`` by MM-Gen's rule (in proportion to
+their reference samples). ``PromptConfig.only`` plans the prompts of some subgroups only (a run for
+one subgroup): each keeps the allocation and the random stream it has in the full plan, so its
+prompts are the same ones. The prompt file records both (``budgets``, ``only``) beside
+``allocation``.
+
 ``CyclicSampler`` is the project's one sampler; ``plan_prompts`` is pure (no I/O) and fast: 150,000
 prompts take about a second.
 """
@@ -21,13 +29,14 @@ from __future__ import annotations
 import math
 import os
 import random
+import re
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from .errors import ConfigError, InputError
+from .errors import ConfigError, InputError, choices_message
 from .formats import (PromptEntry, PromptFile, TaskFile, load_task_file, save_prompt_file,
                       task_records)
 from .records import IMAGE_TOKEN_RE, Problem, Record
@@ -51,6 +60,86 @@ def check_prompt_values(values: dict[str, Any]) -> None:
 
 
 @dataclass(frozen=True)
+class Budget:
+    """A subgroup's budget: a number of ``prompts``, or a ``share`` (0–1) of ``total_gen``."""
+
+    prompts: int | None = None
+    share: float | None = None
+
+    def __post_init__(self) -> None:
+        if (self.prompts is None) == (self.share is None):
+            raise ConfigError("a budget is either a number of prompts or a share, not both or neither")
+        if self.prompts is not None and (not isinstance(self.prompts, int)
+                                         or isinstance(self.prompts, bool) or self.prompts < 0):
+            raise ConfigError(f"a budget's number of prompts must be an integer ≥ 0, got {self.prompts!r}")
+        if self.share is not None and (isinstance(self.share, bool)
+                                       or not isinstance(self.share, (int, float))
+                                       or not 0.0 <= float(self.share) <= 1.0):
+            raise ConfigError(f"a budget's share must be between 0% and 100%, got {self.share!r}")
+
+    def __str__(self) -> str:
+        if self.prompts is not None:
+            return str(self.prompts)
+        return f"{float(self.share) * 100:g}%"  # type: ignore[arg-type]
+
+
+_BUDGET_ITEM = re.compile(r"\s*(?P<kw>[^=]*?)\s*=\s*(?P<val>[^,=]*?)\s*(?:,|$)")
+
+
+def parse_budget(value: Any, keyword: str = "") -> Budget:
+    """``4000`` (prompts), ``"4000"``, ``"25%"`` (share of total_gen) or a ``Budget``."""
+    if isinstance(value, Budget):
+        return value
+    where = f" for {keyword!r}" if keyword else ""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return Budget(prompts=value)
+    text = str(value).strip() if isinstance(value, str) else None
+    if text and re.fullmatch(r"\d+", text):
+        return Budget(prompts=int(text))
+    if text and re.fullmatch(r"\d+(\.\d*)?%", text):
+        return Budget(share=float(text[:-1]) / 100.0)
+    raise ConfigError(f"budget {value!r}{where} is neither a number of prompts (e.g. 4000) nor a "
+                      "share of total_gen (e.g. 25%)")
+
+
+def parse_budgets(spec: str | Mapping[str, Any] | None) -> dict[str, Budget]:
+    """``"bar chart=4000,pie chart=25%"`` or a mapping → keyword → ``Budget`` (keywords as given;
+    whether they exist is checked against the task file by ``prepare_plan``)."""
+    if spec is None:
+        return {}
+    if isinstance(spec, Mapping):
+        items = list(spec.items())
+    elif isinstance(spec, str):
+        items, pos, text = [], 0, spec.strip()
+        while pos < len(text):
+            m = _BUDGET_ITEM.match(text, pos)
+            if m is None or m.end() == pos or not m.group("kw"):
+                raise ConfigError(f"budgets {spec!r}: expected KEYWORD=PROMPTS or KEYWORD=SHARE% "
+                                  f"items separated by commas, e.g. 'bar chart=4000,pie chart=25%'")
+            items.append((m.group("kw"), m.group("val")))
+            pos = m.end()
+    else:
+        raise ConfigError(f"budgets must be a 'keyword=value,…' string or a mapping, got {spec!r}")
+    out: dict[str, Budget] = {}
+    for kw, value in items:
+        if not isinstance(kw, str) or not " ".join(kw.split()):
+            raise ConfigError(f"budgets: keyword {kw!r} is empty or not a string")
+        kw = " ".join(kw.split())
+        if kw in out:
+            raise ConfigError(f"budgets: keyword {kw!r} is given twice")
+        out[kw] = parse_budget(value, kw)
+    shares = sum(b.share for b in out.values() if b.share is not None)
+    if shares > 1.0 + 1e-9:
+        raise ConfigError(f"budgets: the shares add up to {shares * 100:g}%, more than 100%")
+    return out
+
+
+def format_budgets(budgets: Mapping[str, Budget]) -> str:
+    """The ``--budgets`` form of a budget table (``parse_budgets`` reads it back)."""
+    return ",".join(f"{kw}={b}" for kw, b in budgets.items())
+
+
+@dataclass(frozen=True)
 class PromptConfig:
     """Everything step 2 needs. ``task_desc`` resolves under ``input_folder`` as in MM-Gen."""
 
@@ -65,9 +154,17 @@ class PromptConfig:
     seed: int | None = None
     check_images: bool = True
     allow_outside_paths: bool = False
+    #: keyword → Budget (or "4000" / "25%"), or the "kw=4000,kw2=25%" string; see ``allocate``
+    budgets: Mapping[str, Budget] | str | None = None
+    #: plan only these subgroups (each with the prompts it gets in the full plan); () = all
+    only: Sequence[str] = ()
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "mode", parse_mode(self.mode))
+        object.__setattr__(self, "budgets", parse_budgets(self.budgets))
+        if isinstance(self.only, str):
+            raise ConfigError(f"only must be a list of keywords, got the string {self.only!r}")
+        object.__setattr__(self, "only", tuple(" ".join(str(k).split()) for k in self.only))
         check_prompt_values({n: getattr(self, n) for n in PROMPT_MINIMUMS})
         if not self.file_prefix or os.sep in self.file_prefix:
             raise ConfigError(f"file_prefix {self.file_prefix!r} must be a non-empty name without '/'")
@@ -131,12 +228,49 @@ class CyclicSampler:
         return self._queue.popleft()
 
 
-def allocate(reference_counts: Sequence[int], total_gen: int, min_gen_per_candidate: int) -> list[int]:
-    """Prompts per subgroup: ceil(total_gen × share / min_gen_per_candidate) (MM-Gen's rule)."""
-    total = sum(reference_counts)
-    if total == 0:
-        return [0 for _ in reference_counts]
-    return [math.ceil(total_gen * c / total / min_gen_per_candidate) for c in reference_counts]
+def allocate(reference_counts: Sequence[int], total_gen: int, min_gen_per_candidate: int,
+             budgets: Sequence[Budget | None] | None = None) -> list[int]:
+    """Prompts per subgroup: ceil(total_gen × share / min_gen_per_candidate) (MM-Gen's rule).
+
+    With ``budgets`` (one entry per subgroup, None = no budget): a number of prompts is taken as
+    is; a share gives ceil(total_gen × share / min_gen_per_candidate); the subgroups without a
+    budget split what is left of total_gen (never below 0) by MM-Gen's rule among themselves."""
+    if budgets is None or all(b is None for b in budgets):
+        total = sum(reference_counts)
+        if total == 0:
+            return [0 for _ in reference_counts]
+        return [math.ceil(total_gen * c / total / min_gen_per_candidate) for c in reference_counts]
+    if len(budgets) != len(reference_counts):
+        raise ConfigError(f"{len(budgets)} budgets for {len(reference_counts)} subgroups")
+    out = [0] * len(reference_counts)
+    used = 0.0  # samples of total_gen the budgeted subgroups take
+    for i, b in enumerate(budgets):
+        if b is None:
+            continue
+        if b.prompts is not None:
+            out[i] = b.prompts
+            used += b.prompts * min_gen_per_candidate
+        else:
+            out[i] = math.ceil(total_gen * float(b.share) / min_gen_per_candidate)  # type: ignore[arg-type]
+            used += total_gen * float(b.share)  # type: ignore[arg-type]
+    rest = [i for i, b in enumerate(budgets) if b is None]
+    left = max(0, math.floor(total_gen - used + 1e-9))
+    if rest and left:
+        shares = allocate([reference_counts[i] for i in rest], left, min_gen_per_candidate)
+        for i, n in zip(rest, shares):
+            out[i] = n
+    return out
+
+
+def reuse_note(n_prompts: int, n_candidates: int) -> str:
+    """How often each candidate image is shown when a subgroup's prompts outnumber them ("" when
+    they do not): the cyclic sampler shows each ⌊n/c⌋ or ⌈n/c⌉ times."""
+    if n_candidates <= 0 or n_prompts <= n_candidates:
+        return ""
+    low, high = divmod(n_prompts, n_candidates)
+    times = f"{low}×" if high == 0 else f"{low}–{low + 1}×"
+    return (f"{n_prompts:,} prompts for {n_candidates:,} candidate images: each image is used "
+            f"{times} (about {n_prompts / n_candidates:.1f}×)")
 
 
 _ORDINALS = ("first", "second", "third", "fourth", "fifth", "sixth", "seventh", "eighth", "ninth",
@@ -177,6 +311,16 @@ class SubgroupPlan:
     n_prompts: int
     icl_pool: list[int]
     candidates: list[str]
+    budget: Budget | None = None  # None: MM-Gen's proportional rule
+    index: int = -1  # position in the task file (the subgroup's random stream)
+
+    @property
+    def reuse(self) -> float:
+        """Prompts per candidate image (0 without candidates)."""
+        return self.n_prompts / len(self.candidates) if self.candidates else 0.0
+
+    def reuse_note(self) -> str:
+        return reuse_note(self.n_prompts, len(self.candidates))
 
 
 @dataclass
@@ -190,6 +334,10 @@ class PromptPlan:
 
     def allocation(self) -> dict[str, int]:
         return {s.keyword: s.n_prompts for s in self.subgroups}
+
+    def budgets(self) -> dict[str, str]:
+        """keyword → its budget as given ("4000", "25%"), for the budgeted subgroups only."""
+        return {s.keyword: str(s.budget) for s in self.subgroups if s.budget is not None}
 
 
 def prepare_plan(task: TaskFile, config: PromptConfig) -> PromptPlan:
@@ -215,9 +363,17 @@ def prepare_plan(task: TaskFile, config: PromptConfig) -> PromptPlan:
                     break
     missing: list[str] = []
     plans: list[SubgroupPlan] = []
+    names = [sg.keyword for sg in task.subgroups]
+    budgets: dict[str, Budget] = dict(config.budgets)  # type: ignore[arg-type]
+    for kw in list(budgets) + list(config.only):
+        if kw not in names:
+            raise ConfigError(choices_message("keyword", kw, names))
+    per_sg = [budgets.get(kw) for kw in names]
     counts = allocate([len(sg.reference_sample_idx) for sg in task.subgroups], config.total_gen,
-                      config.min_gen_per_candidate)
-    for sg, n_prompts in zip(task.subgroups, counts):
+                      config.min_gen_per_candidate, per_sg)
+    for sg_index, (sg, n_prompts) in enumerate(zip(task.subgroups, counts)):
+        if config.only and sg.keyword not in config.only:
+            continue
         pool = [i for i in sg.reference_sample_idx if i in records]
         cands = list(sg.candidate_image_paths)
         if config.check_images and mode.carries_candidate:
@@ -240,7 +396,8 @@ def prepare_plan(task: TaskFile, config: PromptConfig) -> PromptPlan:
         if n_prompts and mode.carries_candidate and not cands:
             raise InputError(
                 f"subgroup {sg.keyword!r} needs {n_prompts} prompts but has no usable candidate "
-                "images; add a candidate pool in step 1 (--candidate_folder) or drop the keyword")
+                "images; add a candidate pool in step 1 (--candidate_folder), drop the keyword, "
+                f"or give it a budget of 0 (--budgets '{sg.keyword}=0')")
         if n_prompts and mode.carries_icl and config.num_icl_samples and not pool:
             missing_refs = sum(1 for p in excluded if p.index in set(sg.reference_sample_idx)
                                and "not found under" in p.reason)
@@ -249,7 +406,8 @@ def prepare_plan(task: TaskFile, config: PromptConfig) -> PromptPlan:
                     "pass --no_check_images)" if missing_refs else "")
             raise InputError(f"subgroup {sg.keyword!r} needs {n_prompts} prompts but none of its "
                              f"reference samples is usable as an in-context example{hint}")
-        plans.append(SubgroupPlan(sg.keyword, len(sg.reference_sample_idx), n_prompts, pool, cands))
+        plans.append(SubgroupPlan(sg.keyword, len(sg.reference_sample_idx), n_prompts, pool, cands,
+                                  per_sg[sg_index], sg_index))
     return PromptPlan(plans, records, excluded, missing)
 
 
@@ -275,9 +433,10 @@ def plan_prompts(task: TaskFile, config: PromptConfig, plan: PromptPlan | None =
             hit = parts_cache[key] = (parts, len(rec.images))
         return hit
 
-    for sg_index, sp in enumerate(plan.subgroups):
+    for position, sp in enumerate(plan.subgroups):
         if sp.n_prompts == 0:
             continue
+        sg_index = sp.index if sp.index >= 0 else position  # the stream of the full plan
         rng = random.Random(f"{base_seed}:{sg_index}:{sp.keyword}")
         use_icl = mode.carries_icl and config.num_icl_samples > 0
         icl_sampler = CyclicSampler(sp.icl_pool, rng) if use_icl else None
@@ -293,7 +452,12 @@ def plan_prompts(task: TaskFile, config: PromptConfig, plan: PromptPlan | None =
             if cand_sampler:
                 prompt.append(cand_sampler.draw_one())
             prompts.append(PromptEntry(sp.keyword, prompt, icl))
-    extra = {"seed": config.seed, "num_prompts": len(prompts), "allocation": plan.allocation()}
+    extra: dict[str, Any] = {"seed": config.seed, "num_prompts": len(prompts),
+                             "allocation": plan.allocation()}
+    if plan.budgets():
+        extra["budgets"] = plan.budgets()
+    if config.only:
+        extra["only"] = list(config.only)
     return PromptFile(config.task_desc_path, task.dataset_description, config.num_icl_samples, mode,
                       config.min_gen_per_candidate, config.total_gen, prompts, extra)
 

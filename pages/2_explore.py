@@ -14,6 +14,7 @@ from mminstruct.errors import MMInstructError
 from mminstruct.projection import display_sample
 from ui.charts import hover_text, map_figure, picked_rows, select_from_map
 from ui.gallery import Item, curation_actions, gallery
+from ui.more_like import more_like_these_panel, new_subgroup_form, show_toast
 from ui.safe import for_browser, md_escape
 from ui.model_picker import model_picker, model_ready
 from ui.settings import bind, show_error
@@ -60,7 +61,8 @@ if p.keywords:
     except MMInstructError as e:
         st.error(str(e))
 groups = cur.group_of_all() if cur is not None else np.full(emb.n, -1, np.int64)
-group_names = {k: kw for k, kw in enumerate(p.keywords)} | {-1: "unassigned", -2: "excluded"}
+subgroups = cur.keywords if cur is not None else list(p.keywords)  # + subgroups from selections
+group_names = {k: kw for k, kw in enumerate(subgroups)} | {-1: "unassigned", -2: "excluded"}
 
 # ----------------------------------------------------------------------------------------------
 # The map
@@ -98,7 +100,7 @@ n_ref = len(emb.reference)
 is_ref = rows < n_ref
 hover = [hover_text("reference" if r < n_ref else "candidate", emb.rel_path(int(r)),
                     emb.question(int(r)), group_names.get(int(groups[r]), "?")) for r in rows]
-fig = map_figure(xy[rows], rows, groups[rows], is_ref, p.keywords, hover, selected)
+fig = map_figure(xy[rows], rows, groups[rows], is_ref, subgroups, hover, selected)
 st.caption(f"{len(rows):,} of {emb.n:,} points drawn · {method.upper()} "
            f"{'from cache' if from_cache else f'computed in {proj_s:.1f} s'} · pick the box or lasso "
            "tool (top right of the chart), or click a point")
@@ -151,6 +153,13 @@ if selected:
     st.caption(f"{len(chosen)} ticked; the buttons act on the ticked images")
     if curation_actions(ws, emb, chosen, "explore_actions"):
         st.rerun()
+    # a subgroup of their own, and more like them: the ticked images, or the whole selection
+    acting = chosen or selected
+    if new_subgroup_form(ws, emb, acting, "explore_new"):
+        st.rerun()
+    if more_like_these_panel(ws, emb, acting, "explore_more"):
+        st.rerun()
+    show_toast()
 else:
     st.caption("Select points on the map (box or lasso) or search by text to see images here.")
 st.page_link("pages/3_partition.py", label="Edit the keywords on the Partition page →")

@@ -11,6 +11,9 @@ import streamlit as st
 from mminstruct.app.curation import build_task, curate, keyword_vectors, save_task
 from mminstruct.errors import MMInstructError
 from ui.gallery import Item, curation_actions, gallery
+from ui.more_like import more_like_these_panel, new_subgroup_form, show_toast
+from ui.subgroup_run import subgroup_run_from_task
+from ui.suggest_view import suggestions_panel
 from ui.safe import md_escape
 from ui.settings import bind, show_error
 from ui.state import embeddings_or_stop, require_workspace, through_app
@@ -58,20 +61,25 @@ with right:
     st.subheader("Subgroups")
     counts = cur.counts()
     st.bar_chart({"reference": [c["reference"] for c in counts],
-                  "candidates": [c["candidates"] for c in counts]} | {"keyword": p.keywords},
+                  "candidates": [c["candidates"] for c in counts]} | {"keyword": cur.keywords},
                  x="keyword", y=["reference", "candidates"], stack=False, height=260)
     excl_r, excl_c = int(cur.reference.excluded.sum()), \
         int(cur.candidates.excluded.sum()) if cur.candidates else 0
     unas_r = int((cur.reference.group == -1).sum())
     unas_c = int((cur.candidates.group == -1).sum()) if cur.candidates else 0
-    st.caption(f"Partition of {emb.n:,} images by {len(p.keywords)} keywords in "
+    st.caption(f"Partition of {emb.n:,} images by {len(p.keywords)} keywords"
+               + (f" and {len(cur.keywords) - len(p.keywords)} subgroup(s) from selections"
+                  if len(cur.keywords) > len(p.keywords) else "") + " in "
                f"{(t2 - t1) * 1000:.0f} ms (keyword vectors {(t1 - t0) * 1000:.0f} ms) · "
                f"unassigned {unas_r} ref / {unas_c} cand · excluded {excl_r} ref / {excl_c} cand")
     st.dataframe(counts, hide_index=True, width="stretch")
 
 st.subheader("Galleries")
-kw = st.selectbox("Keyword", p.keywords, key="gal_kw")
-k = p.keywords.index(kw)
+if st.session_state.get("gal_kw") not in cur.keywords:
+    st.session_state.pop("gal_kw", None)  # renamed or removed elsewhere
+kw = st.selectbox("Subgroup", cur.keywords, key="gal_kw",
+                  format_func=lambda x: f"{x} (from a selection)" if x in p.manual_subgroups else x)
+k = cur.keywords.index(kw)
 tab_ref, tab_cand = st.tabs([f"Reference ({cur.reference.count(k)})",
                              f"Candidates ({cur.candidates.count(k) if cur.candidates else 0})"])
 
@@ -86,20 +94,38 @@ def _items(kind: str) -> list[Item]:
         margin = float(g.partition.margin[r])
         note = "manual" if g.manual[r] else f"margin {margin:.3f}"
         flag = f"uncertain: margin {margin:.3f}" if cur.flagged(kind, int(r)) else ""
-        out.append(Item(row, emb.abs_path(row),
-                        f"{float(g.partition.scores[r, k]):.3f} · {note} · {emb.rel_path(row)}", flag))
+        score = "" if cur.is_manual(k) else f"{float(g.partition.scores[r, k]):.3f} · "
+        out.append(Item(row, emb.abs_path(row), f"{score}{note} · {emb.rel_path(row)}", flag))
     return out
 
 
+ticked: list[int] = []
+members: list[int] = []
 for tab, kind in ((tab_ref, "reference"), (tab_cand, "candidate")):
     with tab:
         items = _items(kind)
+        members += [int(it.key) for it in items]
         n_flag = sum(1 for it in items if it.flag)
         if n_flag:
             st.caption(f":orange[{n_flag} uncertain] (sorted last): most confident first")
         chosen = gallery(items, f"part_{kind}_{k}", columns=6, page_size=24)
+        ticked += chosen
         if curation_actions(ws, emb, chosen, f"part_act_{kind}"):
             st.rerun()
+        if new_subgroup_form(ws, emb, chosen, f"part_new_{kind}"):
+            st.rerun()
+if kw in p.manual_subgroups and st.button(f"Remove the subgroup {kw!r} (its images go back to "
+                                          "the keywords)", key="part_remove_sg"):
+    ws.remove_subgroup(kw)
+    ws.save()
+    st.rerun()
+subgroup_run_from_task(ws, kw)
+st.caption("More like these: the ticked images, or the whole subgroup when none is ticked.")
+if more_like_these_panel(ws, emb, ticked or members, "part_more"):
+    st.rerun()
+show_toast()
+
+suggestions_panel(ws, emb)
 
 st.subheader("Task file")
 st.caption("MM-Gen's task file of exactly this partition: keyword subgroups with reference sample "

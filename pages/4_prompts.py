@@ -14,6 +14,7 @@ from mminstruct.modes import MODE_NAMES
 from mminstruct.app.preview import (allocation_rows, estimate_run, plan_workspace, render_request,
                                 samples_note, save_prompts)
 from ui.prompt_view import render_messages
+from ui.subgroup_run import subgroup_run
 from ui.safe import for_browser, md_escape
 from ui.settings import bind, show_error
 from ui.state import require_workspace, session_memo, through_app
@@ -61,8 +62,15 @@ with c3:
     st.text_input("File prefix", **bind(ws, "p_prefix"))
 for key in ("p_total", "p_min", "p_icl", "p_mode", "p_seed", "p_prefix"):
     show_error(key)
+st.text_input("Budgets per subgroup (empty: MM-Gen's proportional rule for all)",
+              placeholder="e.g. bar chart=400, pie chart=25%", **bind(ws, "p_budgets"),
+              help="SUBGROUP=PROMPTS (a number of prompts) or SUBGROUP=SHARE% (a share of the "
+                   "items to generate), separated by commas; the subgroups not named share "
+                   "what is left in proportion to their reference samples")
+show_error("p_budgets")
 mode = ps.mode
-new = (ps.total_gen, ps.min_gen_per_candidate, ps.num_icl_samples, ps.mode, ps.seed, ps.file_prefix)
+new = (ps.total_gen, ps.min_gen_per_candidate, ps.num_icl_samples, ps.mode, ps.seed, ps.file_prefix,
+       tuple(ps.budgets.items()))
 st.caption(samples_note(ps.mode, ps.total_gen, ps.min_gen_per_candidate))
 
 plan_key = (str(task_path), task_path.stat().st_mtime_ns, new, str(ws.input_root),
@@ -76,6 +84,9 @@ except (MMInstructError, ValueError) as e:
 st.subheader("Allocation per subgroup")
 rows = allocation_rows(plan, config)
 st.dataframe(rows, hide_index=True, width="stretch")
+for sp in plan.subgroups:
+    if sp.reuse_note():
+        st.caption(f"{md_escape(sp.keyword, 80)}: {md_escape(sp.reuse_note(), 200)}")
 st.caption(samples_note(config.mode, config.total_gen, config.min_gen_per_candidate,
                         len(pf.prompts)))
 if plan.excluded_samples:
@@ -139,3 +150,5 @@ if st.button("Save the prompt file", type="primary", key="save_prompts"):
 if ws.settings.prompt_file and os.path.exists(ws.settings.prompt_file):
     st.caption(f"Last saved: {md_escape(ws.settings.prompt_file, 200)}")
     st.page_link("pages/5_generate.py", label="Generate →")
+
+subgroup_run(ws, pf, [s.keyword for s in plan.subgroups if s.n_prompts])

@@ -35,6 +35,16 @@ def _same3(*values: Any) -> list[tuple[Any, Any]]:
     return [(v, v) for v in values]
 
 
+def _budget_edits(ws: Workspace) -> list[tuple[Any, Any]]:
+    """Budgets for subgroups that can have prompts (reference samples and candidates: with the
+    tiny random CLIP, which ones is fixed but not chosen by us)."""
+    task = load_task_file(ws.settings.task_file)
+    ok = [s.keyword for s in task.subgroups if s.candidate_image_paths and s.reference_sample_idx]
+    assert len(ok) >= 2, ok
+    a, b = ok[0], ok[-1]
+    return [(f"{a}=3", {a: "3"}), (f"{b} = 50%, {a}=2", {b: "50%", a: "2"}), ("", {})]
+
+
 def _edits(key: str, ws: Workspace, tiny) -> list[tuple[Any, Any]]:
     tasks = sorted(p.name for p in ws.tasks_dir.glob("*.json"))
     prompts = sorted(p.name for p in (ws.root / "generated_prompts").glob("*.json"))
@@ -59,6 +69,7 @@ def _edits(key: str, ws: Workspace, tiny) -> list[tuple[Any, Any]]:
         "p_mode": _same3("vqa_nr", "descript", "vqa"),
         "p_seed": _same3(1, 2, 3),
         "p_prefix": [("alpha", "alpha"), (" beta ", "beta"), ("gamma", "gamma")],
+        "p_budgets": _budget_edits(ws),
         "est_model": _same3("gpt-4o-mini", "gpt-4.1", "gpt-4o"),
         "gen_prompt": [(n, str(ws.root / "generated_prompts" / n))
                        for n in (prompts[1], prompts[2], prompts[0])],
@@ -78,7 +89,7 @@ def _edits(key: str, ws: Workspace, tiny) -> list[tuple[Any, Any]]:
 
 EDITED = {"desc_text", "clip_model", "ex_clip_model", "proj_method", "kw_text", "use_min",
           "min_sim", "low_margin", "top_k", "task_pick", "p_total", "p_min", "p_icl", "p_mode",
-          "p_seed", "p_prefix", "est_model", "gen_prompt", "ep_base", "ep_model", "ep_keyenv",
+          "p_seed", "p_prefix", "p_budgets", "est_model", "gen_prompt", "ep_base", "ep_model", "ep_keyenv",
           "ep_side", "ep_conc", "ep_rpm", "ep_tpm", "ep_maxtok", "ep_timeout", "ep_retries"}
 
 
@@ -141,6 +152,10 @@ def _page_shows(at, key: str, stored: Any) -> None:
         assert list(at.dataframe[0].value["keyword"]) == stored
     elif key == "p_total":
         assert f"total_gen = {stored:,} items" in text
+    elif key == "p_budgets":  # the allocation table's budget column follows
+        table = at.dataframe[0].value
+        shown_budgets = dict(zip(table["keyword"], table["budget"]))
+        assert {k: v for k, v in shown_budgets.items() if v != "proportional"} == stored
     elif key == "est_model":
         assert stored in text  # the estimate's price line names the model
     # (the sidebar, which shows the CLIP model and the endpoint, is empty in AppTest after the

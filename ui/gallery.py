@@ -99,7 +99,7 @@ def curation_actions(ws: Any, emb: Any, rows: Sequence[int], key: str) -> bool:
     """Buttons acting on rows of ``emb.all_vectors``; returns True when the workspace changed."""
     if not rows:
         return False
-    keywords = ws.settings.partition.keywords
+    keywords = ws.subgroup_names()  # the keywords, then the subgroups made from selections
     by_kind: dict[str, list[Any]] = {"reference": [], "candidate": []}
     for r in rows:
         by_kind[emb.locate(int(r))[0]].append(emb.item_key(int(r)))

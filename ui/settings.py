@@ -93,6 +93,16 @@ def _opt_int(v: Any) -> int | None:
     return int(v) or None
 
 
+def _budgets(ws: Workspace, text: Any) -> None:
+    from mminstruct.prompts import parse_budgets
+
+    ws.settings.prompts.budgets = {kw: str(b) for kw, b in parse_budgets(str(text or "")).items()}
+
+
+def _budgets_text(v: Any) -> str:
+    return ", ".join(f"{kw}={b}" for kw, b in (v or {}).items())
+
+
 def _stripped(default: str) -> Callable[[Any], str]:
     return lambda v: str(v or "").strip() or default
 
@@ -141,6 +151,7 @@ BOUND: dict[str, Bound] = {b.key: b for b in (
     Bound("p_seed", "prompts.seed", PROMPTS, "number_input", _setter("prompts.seed", int), int),
     Bound("p_prefix", "prompts.file_prefix", PROMPTS, "text_input",
           _setter("prompts.file_prefix", _stripped("prompts"))),
+    Bound("p_budgets", "prompts.budgets", PROMPTS, "text_input", _budgets, _budgets_text),
     Bound("est_model", "endpoint.model_name", PROMPTS, "text_input",
           _setter("endpoint.model_name", _stripped("gpt-4o"))),
     Bound("gen_prompt", "prompt_file", GENERATE, "selectbox", _prompt_file, _name),

@@ -12,6 +12,10 @@ Overrides: an excluded reference sample stays in the task file's ``samples`` (in
 shift) but joins no subgroup; an excluded candidate is left out. A manual assignment puts an item
 in the chosen subgroup whatever its scores say. In ``curate``'s arrays, group ``-1`` is
 "unassigned" (under ``min_similarity``, or not among a keyword's top K) and ``-2`` "excluded".
+
+Manual subgroups (``PartitionSettings.manual_subgroups``, made from a selection) come after the
+keywords (group ``len(keywords) + j``): they hold only the items assigned to them by hand, and
+go to the task file like a keyword's subgroup, their name as the keyword.
 """
 
 from __future__ import annotations
@@ -224,10 +228,15 @@ class Grouped:
 
 @dataclass
 class Curation:
-    keywords: list[str]
+    keywords: list[str]  # every subgroup: the keywords, then the manual subgroups
     reference: Grouped
     candidates: Grouped | None
     low_margin: float
+    n_keywords: int = -1  # how many of ``keywords`` are keywords (-1: all)
+
+    def is_manual(self, k: int) -> bool:
+        """Whether subgroup ``k`` is a manual subgroup (no keyword column in the scores)."""
+        return 0 <= self.n_keywords <= k
 
     def counts(self) -> list[dict[str, Any]]:
         out = []
@@ -262,7 +271,7 @@ def _row_index(keys: list[Any]) -> dict[Any, int]:
 
 def _grouped(vectors: np.ndarray, kw_vecs: np.ndarray, keywords: list[str], keys: list[Any],
              excluded_keys: set, manual: dict[Any, str], min_similarity: float | None,
-             top_k: int | None) -> Grouped:
+             top_k: int | None, manual_groups: Sequence[str] = ()) -> Grouped:
     if vectors.dtype == np.float32 and vectors.shape[1] == kw_vecs.shape[1]:
         # one BLAS product: row-chunked small products cost 1.5–6× more under thread contention
         scores = vectors @ np.ascontiguousarray(kw_vecs, dtype=np.float32).T
@@ -273,7 +282,7 @@ def _grouped(vectors: np.ndarray, kw_vecs: np.ndarray, keywords: list[str], keys
     excluded = np.zeros(n, bool)
     manual_mask = np.zeros(n, bool)
     forced = np.full(n, UNASSIGNED, np.int64)
-    index = {kw: j for j, kw in enumerate(keywords)}
+    index = {kw: j for j, kw in enumerate([*keywords, *manual_groups])}
     if excluded_keys or manual:
         row = _row_index(keys)
         excluded[[row[k] for k in excluded_keys if k in row]] = True
@@ -303,19 +312,30 @@ def curate(ws: Workspace, emb: Embeddings, kw_vecs: np.ndarray,
     kws = list(keywords if keywords is not None else p.keywords)
     if len(kws) != kw_vecs.shape[0]:
         raise ConfigError(f"{len(kws)} keywords but {kw_vecs.shape[0]} keyword vectors")
+    manual_groups = [m for m in p.manual_subgroups if m not in kws]
     ref = _grouped(emb.reference.float32(), kw_vecs, kws, emb.reference.sample_idx,
                    set(p.excluded_reference), {int(k): v for k, v in p.manual_reference.items()},
-                   p.min_similarity, None)
+                   p.min_similarity, None, manual_groups)
     cand = None
     if len(emb.candidates):
         cand = _grouped(emb.candidates.float32(), kw_vecs, kws, emb.candidates.paths,
                         set(p.excluded_candidates), dict(p.manual_candidates), p.min_similarity,
-                        p.candidates_per_keyword)
-    return Curation(kws, ref, cand, p.low_margin)
+                        p.candidates_per_keyword, manual_groups)
+    return Curation(kws + manual_groups, ref, cand, p.low_margin, len(kws))
 
 
 def _round(xs: Any) -> list[float]:
     return [round(float(x), 4) for x in xs]
+
+
+def _centroid_scores(ref: np.ndarray, cand: np.ndarray) -> dict[str, list[float]]:
+    """Cosine similarity of each member to the members' mean direction."""
+    both = np.concatenate([ref, cand]) if len(cand) else ref
+    if not len(both):
+        return {"reference_scores": [], "candidate_scores": []}
+    c = both.mean(axis=0)
+    c = c / max(float(np.linalg.norm(c)), 1e-12)
+    return {"reference_scores": _round(ref @ c), "candidate_scores": _round(cand @ c)}
 
 
 def build_task(ws: Workspace, emb: Embeddings, cur: Curation) -> TaskFile:
@@ -326,20 +346,24 @@ def build_task(ws: Workspace, emb: Embeddings, cur: Curation) -> TaskFile:
         rows = cur.reference.members(k)
         rows = rows[np.argsort(np.asarray([emb.reference.sample_idx[r] for r in rows]),
                                kind="stable")] if len(rows) else rows
-        extra: dict[str, Any] = {
-            "reference_scores": _round(cur.reference.partition.scores[rows, k]),
-            "reference_margins": _round(cur.reference.partition.margin[rows])}
         cand_paths: list[str] = []
-        if cur.candidates is not None:
-            c_rows = cur.candidates.members(k)
-            cand_paths = [emb.candidates.paths[r] for r in c_rows]
-            extra["candidate_scores"] = _round(cur.candidates.partition.scores[c_rows, k])
+        c_rows = cur.candidates.members(k) if cur.candidates is not None else np.zeros(0, np.int64)
+        cand_paths = [emb.candidates.paths[r] for r in c_rows]
+        extra: dict[str, Any]
+        if cur.is_manual(k):  # no keyword column: the members' similarity to their centroid
+            extra = {"manual_subgroup": True,
+                     **_centroid_scores(emb.reference.float32()[rows],
+                                        emb.candidates.float32()[c_rows])}
         else:
-            extra["candidate_scores"] = []
+            extra = {"reference_scores": _round(cur.reference.partition.scores[rows, k]),
+                     "reference_margins": _round(cur.reference.partition.margin[rows]),
+                     "candidate_scores": _round(cur.candidates.partition.scores[c_rows, k])
+                     if cur.candidates is not None else []}
         subgroups.append(Subgroup(kw, [emb.reference.sample_idx[r] for r in rows], cand_paths,
                                   extra))
+    n_kw = cur.n_keywords if cur.n_keywords >= 0 else len(cur.keywords)
     meta = task_metadata(
-        source="app", model=p.model_name, keywords=cur.keywords, templates=p.templates,
+        source="app", model=p.model_name, keywords=cur.keywords[:n_kw], templates=p.templates,
         min_similarity=p.min_similarity, candidates_per_keyword=p.candidates_per_keyword,
         data=data, input_root=emb.input_root,
         skipped_reference=[{"path": a, "reason": b} for a, b in emb.reference.failures],
@@ -347,7 +371,8 @@ def build_task(ws: Workspace, emb: Embeddings, cur: Curation) -> TaskFile:
                             for a, b in emb.problems + emb.candidates.failures],
         excluded={"reference_sample_idx": sorted(p.excluded_reference),
                   "candidate_image_paths": sorted(p.excluded_candidates)},
-        manual={"reference": dict(p.manual_reference), "candidates": dict(p.manual_candidates)})
+        manual={"reference": dict(p.manual_reference), "candidates": dict(p.manual_candidates)},
+        manual_subgroups=list(cur.keywords[n_kw:]))
     return TaskFile(image_folder=data.image_folder, dataset_description=dataset_description(ws, data),
                     subgroups=subgroups, samples=data.samples(), extra={"mminstruct": meta})
 

@@ -65,7 +65,10 @@ def allocation_rows(plan: PromptPlan, config: PromptConfig) -> list[dict[str, An
     per = config.min_gen_per_candidate * samples_per_item(config.mode)
     return [{"keyword": s.keyword, "reference samples": s.n_reference,
              "usable as ICL": len(s.icl_pool), "candidate images": len(s.candidates),
-             "prompts": s.n_prompts, "expected samples": s.n_prompts * per}
+             "budget": str(s.budget) if s.budget is not None else "proportional",
+             "prompts": s.n_prompts, "expected samples": s.n_prompts * per,
+             "each candidate used": (f"{s.reuse:.1f}×" if s.n_prompts > len(s.candidates)
+                                     and s.candidates else "≤ 1×")}
             for s in plan.subgroups]
 
 

@@ -36,7 +36,8 @@ from ..generate.config import DEFAULTS as GEN_DEFAULTS
 from ..generate.config import GenerationConfig, check_values
 from ..modes import MODE_NAMES, parse_mode
 from ..partition import normalise_keywords
-from ..prompts import PROMPT_DEFAULTS, PROMPT_MINIMUMS, PromptConfig, check_prompt_values
+from ..prompts import (PROMPT_DEFAULTS, PROMPT_MINIMUMS, PromptConfig, check_prompt_values,
+                       parse_budgets)
 
 HOME_ENV = "MMINSTRUCT_HOME"
 SETTINGS_NAME = "workspace.json"
@@ -91,6 +92,10 @@ class PartitionSettings:
     excluded_candidates: list[str] = field(default_factory=list)  # paths as in the task file
     manual_reference: dict[str, str] = field(default_factory=dict)  # str(sample idx) → keyword
     manual_candidates: dict[str, str] = field(default_factory=dict)  # path → keyword
+    #: subgroups made by hand from a selection: written to the task file like a keyword's (their
+    #: name as the keyword) but with only the items the manual tables send them; kept across
+    #: keyword edits (``Workspace.new_subgroup``)
+    manual_subgroups: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -104,6 +109,9 @@ class PromptSettings:
     mode: str = PROMPT_DEFAULTS["mode"].value
     seed: int = 0
     file_prefix: str = "prompts"
+    #: subgroup → budget: a number of prompts ("4000") or a share of total_gen ("25%"); the
+    #: subgroups without one share the rest by MM-Gen's rule (``prompts.allocate``)
+    budgets: dict[str, str] = field(default_factory=dict)
 
     def to_config(self, task_desc: str, input_folder: str, output_folder: str,
                   allow_outside_paths: bool = False) -> PromptConfig:
@@ -112,7 +120,8 @@ class PromptSettings:
                             output_folder=output_folder,
                             min_gen_per_candidate=self.min_gen_per_candidate,
                             num_icl_samples=self.num_icl_samples, mode=parse_mode(self.mode),
-                            seed=self.seed, allow_outside_paths=allow_outside_paths)
+                            seed=self.seed, allow_outside_paths=allow_outside_paths,
+                            budgets=dict(self.budgets) or None)
 
 
 @dataclass
@@ -227,6 +236,8 @@ def validate_settings(s: WorkspaceSettings) -> None:
         raise ConfigError(f"min_similarity is {ms!r}; it must be between -1 and 1")
     if s.partition.projection not in ("umap", "pca"):
         raise ConfigError(choices_message("projection", s.partition.projection, ("umap", "pca")))
+    if p.budgets:
+        parse_budgets(p.budgets)
 
 
 class Workspace:
@@ -334,11 +345,16 @@ class Workspace:
         else:
             raise ConfigError(choices_message("image kind", kind, ("reference", "candidate")))
 
+    def subgroup_names(self) -> list[str]:
+        """Every subgroup of the task file, in its order: the keywords, then the manual subgroups."""
+        p = self.settings.partition
+        return list(p.keywords) + [m for m in p.manual_subgroups if m not in p.keywords]
+
     def assign(self, kind: str, keys: Iterable[Any], keyword: str | None) -> None:
         """Send items to a keyword's subgroup by hand (``None`` removes the manual assignment)."""
         p = self.settings.partition
-        if keyword is not None and keyword not in p.keywords:
-            raise ConfigError(choices_message("keyword", keyword, p.keywords))
+        if keyword is not None and keyword not in self.subgroup_names():
+            raise ConfigError(choices_message("keyword", keyword, self.subgroup_names()))
         if kind == "reference":
             table, norm = p.manual_reference, (lambda k: str(int(k)))
         elif kind == "candidate":
@@ -357,17 +373,65 @@ class Workspace:
         are dropped."""
         clean = normalise_keywords([k for k in new if not isinstance(k, str) or k.strip()])
         p = self.settings.partition
+        taken = {m.casefold(): m for m in p.manual_subgroups}
+        clash = [k for k in clean if k.casefold() in taken]
+        if clash:
+            raise ConfigError(f"keyword {clash[0]!r} is the name of a manual subgroup "
+                              f"({taken[clash[0].casefold()]!r}); rename or remove that subgroup "
+                              "first")
         old = list(p.keywords)
         renames = {o: n for o, n in zip(old, clean) if o != n} if len(old) == len(clean) else {}
+        keep = set(clean) | set(p.manual_subgroups)  # manual subgroups survive keyword edits
         for table in (p.manual_reference, p.manual_candidates):
             for k, kw in list(table.items()):
-                kw = renames.get(kw, kw)
-                if kw in clean:
+                kw = kw if kw in p.manual_subgroups else renames.get(kw, kw)
+                if kw in keep:
                     table[k] = kw
                 else:
                     del table[k]
+        budgets = self.settings.prompts.budgets
+        for kw in list(budgets):
+            if kw in p.manual_subgroups:
+                continue
+            new_kw = renames.get(kw, kw)
+            value = budgets.pop(kw)
+            if new_kw in clean:
+                budgets[new_kw] = value
         p.keywords = clean
         return clean
+
+    def new_subgroup(self, name: str, reference: Iterable[Any] = (),
+                     candidates: Iterable[Any] = ()) -> str:
+        """A subgroup of its own from a selection: ``reference`` sample indices and ``candidates``
+        paths become its members by hand (taken from whatever subgroup they were in). The name is
+        its keyword in the task file; it must not be a keyword or another subgroup's name."""
+        clean = " ".join(str(name).split()) if isinstance(name, str) else ""
+        if not clean:
+            raise ConfigError(f"a subgroup needs a name, got {name!r}")
+        taken = {n.casefold(): n for n in self.subgroup_names()}
+        if clean.casefold() in taken:
+            raise ConfigError(f"subgroup name {clean!r} is taken (by {taken[clean.casefold()]!r}); "
+                              "choose another name or add the items to that subgroup")
+        reference, candidates = list(reference), list(candidates)
+        if not reference and not candidates:
+            raise ConfigError(f"subgroup {clean!r}: the selection is empty; select images first")
+        p = self.settings.partition
+        p.manual_subgroups = [*p.manual_subgroups, clean]
+        self.assign("reference", reference, clean)
+        self.assign("candidate", candidates, clean)
+        return clean
+
+    def remove_subgroup(self, name: str) -> None:
+        """Drop a manual subgroup; its items go back to the keyword partition."""
+        p = self.settings.partition
+        if name not in p.manual_subgroups:
+            raise ConfigError(choices_message("manual subgroup", name, p.manual_subgroups))
+        p.manual_subgroups = [m for m in p.manual_subgroups if m != name]
+        for table in (p.manual_reference, p.manual_candidates):
+            for k, kw in list(table.items()):
+                if kw == name:
+                    del table[k]
+        self.settings.prompts.budgets.pop(name, None)
 
     def set_rejected(self, output_name: str, ids: Iterable[int], rejected: bool = True) -> None:
         cur = set(self.settings.rejected.get(output_name, []))

@@ -1,0 +1,112 @@
+"""A selection's own subgroup and "more like these", under the galleries of Explore and Partition.
+
+* ``new_subgroup_form(ws, emb, rows, key)``: name the ticked images as a subgroup of their own
+  (manual membership, kept across keyword edits, written to the task file under that name).
+* ``more_like_these_panel(ws, emb, rows, key)``: the K candidates nearest the ticked images (by
+  nearest member or by centroid; the cached faiss index for large pools), previewed in a gallery,
+  added to a subgroup with one click.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import streamlit as st
+
+from mminstruct.errors import MMInstructError
+from mminstruct.neighbours import more_like_these, pool_index
+from mminstruct.app.subgroups import subgroup_from_selection
+
+from .gallery import Item, gallery
+from .safe import md_escape
+
+
+def new_subgroup_form(ws: Any, emb: Any, rows: list[int], key: str) -> bool:
+    """Returns True when a subgroup was made (the workspace is saved)."""
+    if not rows:
+        return False
+    with st.form(f"{key}:form", clear_on_submit=True):
+        name = st.text_input(f"Name a new subgroup of these {len(rows)} image(s)",
+                             key=f"{key}:name", placeholder="e.g. charts with a dark theme")
+        go = st.form_submit_button("New subgroup from these")
+    if not go:
+        return False
+    try:
+        made = subgroup_from_selection(ws, emb, rows, name)
+        ws.save()
+    except MMInstructError as e:
+        st.error(str(e))
+        return False
+    st.session_state["_toast"] = f"Subgroup {made!r} made from {len(rows)} image(s)"
+    return True
+
+
+def _pool(ws: Any, emb: Any) -> tuple[Any, Any]:
+    vecs = emb.candidates.float32()
+    try:
+        index = pool_index(vecs, ws.cache_dir / "index", fingerprint=emb.fingerprint or None)
+    except MMInstructError:
+        index = None  # scanned instead
+    return vecs, index
+
+
+def more_like_these_panel(ws: Any, emb: Any, rows: list[int], key: str) -> bool:
+    """Returns True when candidates were added to a subgroup (the workspace is saved)."""
+    state = st.session_state.setdefault(f"{key}:found", {"sig": "", "rows": [], "scores": []})
+    if not len(emb.candidates):
+        return False
+    n_ref = len(emb.reference)
+    with st.expander("More like these: the nearest candidates of the pool", expanded=bool(state["rows"])):
+        c1, c2, c3 = st.columns([1, 2, 1])
+        k = int(c1.number_input("How many", 1, 10_000, 24, key=f"{key}:k"))
+        method = c2.radio("Near", ["members", "centroid"], horizontal=True, key=f"{key}:method",
+                          format_func=lambda m: {"members": "any of them (nearest member)",
+                                                 "centroid": "their centre (mean)"}[m])
+        if c3.button("Find", key=f"{key}:find", disabled=not rows):
+            p = ws.settings.partition
+            sel = np.asarray(sorted(rows), dtype=np.int64)
+            vecs = np.concatenate([emb.reference.float32()[sel[sel < n_ref]],
+                                   emb.candidates.float32()[sel[sel >= n_ref] - n_ref]])
+            excluded_paths = set(p.excluded_candidates)
+            exclude = [r - n_ref for r in sel.tolist() if r >= n_ref]
+            exclude += [i for i, c in enumerate(emb.candidates.paths) if c in excluded_paths]
+            pool, index = _pool(ws, emb)
+            try:
+                found = more_like_these(vecs, k, pool=pool, index=index, method=method,
+                                        exclude=exclude)
+            except MMInstructError as e:
+                st.error(str(e))
+            else:
+                state.update(sig=",".join(map(str, sel.tolist())),
+                             rows=[n_ref + int(i) for i in found.ids],
+                             scores=[float(s) for s in found.scores], searched=found.searched)
+        if not state["rows"]:
+            st.caption("Tick images above, then Find: the candidates nearest to them, best first.")
+            return False
+        st.caption(f"{len(state['rows'])} candidate(s), best first ({state.get('searched', '')})")
+        items = [Item(r, emb.abs_path(r), f"sim {s:.3f} · {emb.rel_path(r)}")
+                 for r, s in zip(state["rows"], state["scores"])]
+        ticked = gallery(items, f"{key}:gal", columns=6, page_size=24)
+        names = ws.subgroup_names()
+        c1, c2 = st.columns([2, 1])
+        target = c1.selectbox("Add to subgroup", names, key=f"{key}:target") if names else None
+        todo = ticked or state["rows"]
+        if c2.button(f"Add {len(todo)} to the subgroup", key=f"{key}:add", disabled=not names):
+            try:
+                ws.assign("candidate", [emb.item_key(int(r)) for r in todo], target)
+                ws.save()
+            except MMInstructError as e:
+                st.error(str(e))
+                return False
+            state.update(rows=[], scores=[])
+            st.session_state["_toast"] = f"Added {len(todo)} candidate(s) to {target!r}"
+            return True
+        st.caption("Adds the ticked ones, or all of them when none is ticked.")
+    return False
+
+
+def show_toast() -> None:
+    msg = st.session_state.pop("_toast", None)
+    if msg:
+        st.toast(md_escape(msg, 200))
