@@ -25,6 +25,7 @@ pytest_plugins = [
     "tests.fixtures.demo",
     "tests.fixtures.app",
     "tests.fixtures.real",
+    "tests.fixtures.browser",
 ]
 
 

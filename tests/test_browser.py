@@ -9,112 +9,23 @@ never ``playwright install``.
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
 import re
-import shutil
-import socket
-import subprocess
-import sys
 import time
-import urllib.request
 from pathlib import Path
 
 import pytest
 
-from mminstruct.demo.setup import DEMO_FOLDER
-from tests.fixtures.app import DEMO_SIZE, REPO
+from mminstruct.app.workspace import EndpointSettings
+from tests.fixtures.app import DEMO_SIZE
+from tests.fixtures.browser import (CHROMIUM, LONG, idle, launch_browser, nav, open_demo,
+                                    read_settings, serve, sidebar, wait_setting)
 from tests.fixtures.llm import FAKE_KEY
-from tests.openai_server import StubConfig, StubServer
 
-CHROMIUM = "/usr/bin/chromium"
 pytestmark = [pytest.mark.browser,
               pytest.mark.skipif(not Path(CHROMIUM).exists(),
                                  reason=f"{CHROMIUM} is missing: apt-get install chromium "
                                         "(scripts/setup.sh does it as root)")]
-LONG = 150_000  # ms: the first embedding and UMAP (numba compiles) in a busy 2-core machine
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _demo_model_available() -> bool:
-    from mminstruct.demo import model_files
-    from mminstruct.errors import ModelSpecError
-
-    try:
-        model_files()
-        return True
-    except ModelSpecError:
-        return False
-
-
-@contextlib.contextmanager
-def serve(tmp_path: Path, demo_data: Path, tiny_clip, extra_env: dict[str, str] | None = None):
-    """``streamlit run app.py`` on 127.0.0.1 with a private home (the demo drawn already)."""
-    home = tmp_path / "home"
-    shutil.copytree(demo_data, home / "workspaces" / "demo" / DEMO_FOLDER)  # drawn once per session
-    env = {k: v for k, v in os.environ.items()
-           if k not in ("OPENAI_API_KEY", "OPENAI_BASE_URL", "MMINSTRUCT_WORKSPACE")}
-    env.update(MMINSTRUCT_HOME=str(home), MMINSTRUCT_DEMO_SIZE=f"{DEMO_SIZE[0]}x{DEMO_SIZE[1]}",
-               MMINSTRUCT_CACHE_DIR=str(tmp_path / "cache"), PYTHONPATH=str(REPO))
-    if not _demo_model_available():  # the demo checkpoint is not in this checkout: the tiny CLIP
-        env["MMINSTRUCT_DEMO_MODEL"] = tiny_clip.spec
-    env.update(extra_env or {})
-    port = _free_port()
-    log = open(tmp_path / "streamlit.log", "w")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "streamlit", "run", "app.py", "--server.port", str(port),
-         "--server.address", "127.0.0.1", "--server.headless", "true",
-         "--browser.gatherUsageStats", "false"],
-        cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        try:
-            urllib.request.urlopen(url + "/_stcore/health", timeout=1).read()
-            break
-        except OSError:
-            if proc.poll() is not None:
-                raise RuntimeError((tmp_path / "streamlit.log").read_text()[-3000:]) from None
-            time.sleep(0.1)
-    try:
-        yield url, home
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-        log.close()
-
-
-@pytest.fixture
-def app_server(tmp_path: Path, demo_data: Path, tiny_clip):
-    with serve(tmp_path, demo_data, tiny_clip) as served:
-        yield served
-
-
-@pytest.fixture
-def stub_llm():
-    server = StubServer(StubConfig(latency=0.05)).start()
-    yield server
-    server.stop()
-
-
-def _nav(page, title: str) -> None:
-    page.get_by_role("link", name=title, exact=True).click()
-    page.get_by_role("heading", name=title, exact=True).first.wait_for(timeout=LONG)
-
-
-def _idle(page, timeout: int = LONG) -> None:
-    """Wait until Streamlit has finished running the script (no "Running…" status widget)."""
-    page.wait_for_timeout(300)
-    page.locator("[data-testid=stStatusWidget]").wait_for(state="detached", timeout=timeout)
 
 
 def test_demo_to_export_in_a_real_browser(app_server, stub_llm, tmp_path: Path) -> None:
@@ -140,15 +51,15 @@ def test_demo_to_export_in_a_real_browser(app_server, stub_llm, tmp_path: Path) 
             page.goto(url)
             page.get_by_role("button", name="Open the demo").click()
             page.get_by_text("Validation report").wait_for(timeout=LONG)
-            _idle(page)
+            idle(page)
             page.screenshot(path=shots / "1_data.png", full_page=True)
             page.get_by_text(f"{DEMO_SIZE[0]} of {DEMO_SIZE[0]} records loaded").first.wait_for()
 
             # Explore: embeddings, UMAP, then a lasso selection drawn with the mouse
-            _nav(page, "Explore")
+            nav(page, "Explore")
             chart = page.locator("[data-testid=stPlotlyChart]")
             chart.wait_for(timeout=LONG)
-            _idle(page)
+            idle(page)
             page.locator(".modebar-btn[data-title='Lasso Select']").first.click()
             box = page.locator(".nsewdrag").first.bounding_box()
             cx, cy, w, h = box["x"], box["y"], box["width"], box["height"]
@@ -159,35 +70,35 @@ def test_demo_to_export_in_a_real_browser(app_server, stub_llm, tmp_path: Path) 
                 page.mouse.move(cx + w * fx, cy + h * fy, steps=12)
             page.mouse.up()
             page.get_by_text(re.compile(r"Selection · [1-9][0-9]* image\(s\)")).wait_for(timeout=LONG)
-            _idle(page)
+            idle(page)
             page.screenshot(path=shots / "2_explore.png", full_page=True)
             n_sel = int(re.search(r"Selection · (\d+)", page.get_by_text(
                 re.compile(r"Selection · \d+ image")).inner_text()).group(1))
             assert n_sel >= 10  # the lasso went round (nearly) the whole plot
 
             # Partition: edit the keywords (rename one, add one)
-            _nav(page, "Partition")
+            nav(page, "Partition")
             area = page.get_by_label("One keyword per line (add, remove or rename a line)")
             area.wait_for(timeout=LONG)
             area.fill("bar chart\nline chart\npie charts\nscatter plot\ntable")
             area.press("Control+Enter")
             page.get_by_text(re.compile(r"Partition of \d+ images by 5 keywords")).wait_for(timeout=LONG)
-            _idle(page)
+            idle(page)
             page.get_by_role("button", name="Save the task file").click()
             page.get_by_text(re.compile(r"Saved task_file_")).wait_for(timeout=LONG)
             page.screenshot(path=shots / "3_partition.png", full_page=True)
 
             # Prompts: the allocation, a preview, save
-            _nav(page, "Prompts")
+            nav(page, "Prompts")
             page.get_by_text("Preview: what the model sees").wait_for(timeout=LONG)
             page.get_by_text("Candidate image (the new image to write about)").first.wait_for(timeout=LONG)
-            _idle(page)
+            idle(page)
             page.get_by_role("button", name="Save the prompt file").click()
             page.get_by_text(re.compile(r"Saved demo_prompts_")).wait_for(timeout=LONG)
             page.screenshot(path=shots / "4_prompts.png", full_page=True)
 
             # Generate: the local server, a typed key, a background run
-            _nav(page, "Generate")
+            nav(page, "Generate")
             page.get_by_role("textbox", name=re.compile("^Base URL")).fill(stub_llm.url)
             page.get_by_role("textbox", name="Model", exact=True).fill("gpt-4o-mini")
             page.get_by_role("button", name="Save endpoint settings").click()
@@ -198,13 +109,13 @@ def test_demo_to_export_in_a_real_browser(app_server, stub_llm, tmp_path: Path) 
             page.get_by_role("button", name="Start the run").click()
             page.get_by_text(re.compile(r"state: finished")).wait_for(timeout=60_000)
             page.get_by_text("Latest prompts").wait_for()
-            _idle(page)
+            idle(page)
             page.screenshot(path=shots / "5_generate.png", full_page=True)
             assert FAKE_KEY not in page.content()
             assert stub_llm.stats()["requests"] > 0
 
             # Review: reject nothing, export LLaVA JSON and download it
-            _nav(page, "Review")
+            nav(page, "Review")
             page.get_by_text("In-context sources", exact=False).first.wait_for(timeout=LONG)
             page.get_by_text("LLaVA JSON").click()
             page.get_by_role("button", name="Export", exact=True).click()
@@ -261,15 +172,15 @@ def test_markup_in_a_data_file_stays_text_in_the_browser(app_server, tmp_path: P
         page.get_by_role("textbox", name="Folder").fill(str(tmp_path / "ws_evil"))
         page.get_by_role("button", name="Open / create").click()
         page.get_by_text(str(tmp_path / "ws_evil"), exact=True).wait_for()  # the sidebar
-        _idle(page)
+        idle(page)
         page.get_by_role("tab", name="Files on this machine").click()
         box = page.get_by_role("textbox", name="Data file (path on this machine)")
         box.fill(str(project / "evil.json"))
         box.press("Enter")
-        _idle(page)
+        idle(page)
         page.get_by_role("button", name="Load these files").click()
         page.get_by_text("Validation report").wait_for(timeout=60_000)
-        _idle(page)
+        idle(page)
         page.wait_for_timeout(1500)  # let any injected handler fire
         page.screenshot(path=tmp_path / "evil.png", full_page=True)
         pwned = page.evaluate("window.__pwned")
@@ -285,38 +196,6 @@ def test_markup_in_a_data_file_stays_text_in_the_browser(app_server, tmp_path: P
 # Settings edited as a person does: three times in a row, reload, switch pages, other workspace
 
 
-def _browser(pw):
-    return pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=[
-        "--no-sandbox", "--disable-background-networking", "--disable-gpu",
-        "--disable-dev-shm-usage"])
-
-
-def _settings(home: Path, name: str = "demo") -> dict:
-    return json.loads((home / "workspaces" / name / "workspace.json").read_text())
-
-
-def _wait_setting(home: Path, get, expected, name: str = "demo", timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = get(_settings(home, name))
-        if value == expected:
-            return
-        if time.monotonic() > deadline:
-            raise AssertionError(f"workspace.json holds {value!r}, expected {expected!r}")
-        time.sleep(0.1)
-
-
-def _sidebar(page):
-    return page.locator("[data-testid=stSidebar]")
-
-
-def _open_demo(page, url: str) -> None:
-    page.goto(url)
-    page.get_by_role("button", name="Open the demo").click()
-    page.get_by_text("Validation report").wait_for(timeout=LONG)
-    _idle(page)
-
-
 @pytest.mark.slow
 def test_consecutive_edits_stick_in_a_real_browser(app_server, tmp_path: Path) -> None:
     from playwright.sync_api import expect, sync_playwright
@@ -325,13 +204,13 @@ def test_consecutive_edits_stick_in_a_real_browser(app_server, tmp_path: Path) -
     shots = tmp_path / "screenshots"
     shots.mkdir()
     with sync_playwright() as pw:
-        browser = _browser(pw)
+        browser = launch_browser(pw)
         page = browser.new_page(viewport={"width": 1400, "height": 1000})
         page.set_default_timeout(60_000)
         try:
-            _open_demo(page, url)
+            open_demo(page, url)
             # Partition: the keyword list, three edits in a row
-            _nav(page, "Partition")
+            nav(page, "Partition")
             area = page.get_by_label("One keyword per line (add, remove or rename a line)")
             area.wait_for(timeout=LONG)
             for kws in (["bar chart", "line chart", "pie chart", "scatter plot", "table"],
@@ -341,33 +220,33 @@ def test_consecutive_edits_stick_in_a_real_browser(app_server, tmp_path: Path) -
                 area.press("Control+Enter")
                 page.get_by_text(re.compile(rf"Partition of \d+ images by {len(kws)} keywords")) \
                     .wait_for(timeout=LONG)
-                _idle(page)
-                _wait_setting(home, lambda s: s["partition"]["keywords"], kws)
+                idle(page)
+                wait_setting(home, lambda s: s["partition"]["keywords"], kws)
                 assert area.input_value() == "\n".join(kws)
             page.screenshot(path=shots / "partition.png", full_page=True)
             page.reload()
             area = page.get_by_label("One keyword per line (add, remove or rename a line)")
             area.wait_for(timeout=LONG)
-            _idle(page)
+            idle(page)
             expect(area).to_have_value("bar chart\npie chart\nscatter plot")
             page.get_by_role("button", name="Save the task file").click()
             page.get_by_text(re.compile(r"Saved task_file_")).wait_for(timeout=LONG)
 
             # Prompts: total_gen, three edits in a row; the arithmetic follows each
-            _nav(page, "Prompts")
+            nav(page, "Prompts")
             total = page.get_by_label("Items to generate (total_gen)")
             total.wait_for(timeout=LONG)
             for value in (41, 17, 30):
                 total.fill(str(value))
                 total.press("Enter")
                 page.get_by_text(f"total_gen = {value} items").first.wait_for(timeout=LONG)
-                _idle(page)
-                _wait_setting(home, lambda s: s["prompts"]["total_gen"], value)
+                idle(page)
+                wait_setting(home, lambda s: s["prompts"]["total_gen"], value)
                 assert total.input_value() == str(value)
             page.screenshot(path=shots / "prompts.png", full_page=True)
 
             # Generate: the endpoint form, three saves in a row; the sidebar follows each
-            _nav(page, "Generate")
+            nav(page, "Generate")
             base = page.get_by_role("textbox", name=re.compile("^Base URL"))
             conc = page.get_by_label("Requests in flight")
             for port, n in ((9, 7), (10, 3), (11, 12)):
@@ -376,18 +255,18 @@ def test_consecutive_edits_stick_in_a_real_browser(app_server, tmp_path: Path) -
                 conc.fill(str(n))
                 page.get_by_role("button", name="Save endpoint settings").click()
                 page.get_by_text("Saved (the key is never saved;").wait_for()
-                _idle(page)
-                _wait_setting(home, lambda s: (s["endpoint"]["base_url"],
+                idle(page)
+                wait_setting(home, lambda s: (s["endpoint"]["base_url"],
                                                s["endpoint"]["concurrency"]), (endpoint, n))
                 assert (base.input_value(), conc.input_value()) == (endpoint, str(n))
-                _sidebar(page).get_by_text(endpoint, exact=False).first.wait_for()
+                sidebar(page).get_by_text(endpoint, exact=False).first.wait_for()
             page.screenshot(path=shots / "generate.png", full_page=True)
             # reload, another page and back: the saved values are shown
             page.reload()
-            _idle(page)
-            _nav(page, "Prompts")
+            idle(page)
+            nav(page, "Prompts")
             expect(page.get_by_label("Items to generate (total_gen)")).to_have_value("30")
-            _nav(page, "Generate")
+            nav(page, "Generate")
             page.get_by_text("Endpoint", exact=True).first.click()  # (a reload: collapsed again)
             expect(page.get_by_label("Requests in flight")).to_have_value("12")
 
@@ -395,22 +274,24 @@ def test_consecutive_edits_stick_in_a_real_browser(app_server, tmp_path: Path) -
             page.get_by_text("Open or create a workspace", exact=True).click()
             page.get_by_role("textbox", name="Folder").fill(str(home / "workspaces" / "other"))
             page.get_by_role("button", name="Open / create").click()
-            _sidebar(page).get_by_text(str(home / "workspaces" / "other"), exact=True).wait_for()
-            _idle(page)
-            _nav(page, "Data")
+            sidebar(page).get_by_text(str(home / "workspaces" / "other"), exact=True).wait_for()
+            idle(page)
+            nav(page, "Data")
             page.get_by_role("tab", name="Files on this machine").click()
             assert page.get_by_role("textbox", name="Data file (path on this machine)") \
                 .input_value() == ""
             page.screenshot(path=shots / "other_workspace.png", full_page=True)
-            assert _settings(home, "other")["endpoint"]["concurrency"] == 16
+            # the other workspace keeps the one default, not this workspace's edits
+            assert read_settings(home, "other")["endpoint"]["concurrency"] == \
+                EndpointSettings().concurrency != 12
         except Exception:
             page.screenshot(path=shots / "failure.png", full_page=True)
             (shots / "failure.txt").write_text(page.inner_text("body"))
             raise
         browser.close()
-    assert _settings(home)["partition"]["keywords"] == ["bar chart", "pie chart", "scatter plot"]
-    assert _settings(home)["prompts"]["total_gen"] == 30
-    assert _settings(home)["endpoint"]["concurrency"] == 12
+    assert read_settings(home)["partition"]["keywords"] == ["bar chart", "pie chart", "scatter plot"]
+    assert read_settings(home)["prompts"]["total_gen"] == 30
+    assert read_settings(home)["endpoint"]["concurrency"] == 12
 
 
 @pytest.mark.slow
@@ -427,22 +308,22 @@ def test_choosing_a_local_checkpoint_and_embedding_with_it(tmp_path: Path, demo_
     (home / "recent_models.json").write_text(json.dumps({"recent": [spec]}))  # used before
     with serve(tmp_path, demo_data, tiny_clip, {"HF_HUB_OFFLINE": "1"}) as (url, home), \
             sync_playwright() as pw:
-        browser = _browser(pw)
+        browser = launch_browser(pw)
         page = browser.new_page(viewport={"width": 1400, "height": 1000})
         page.set_default_timeout(60_000)
         try:
-            _open_demo(page, url)
-            _nav(page, "Explore")
+            open_demo(page, url)
+            nav(page, "Explore")
             page.locator("[data-testid=stPlotlyChart]").wait_for(timeout=LONG)
-            _idle(page)
+            idle(page)
             found = page.locator("[data-testid=stSelectbox]",
                                  has_text="Or choose a model found on this machine")
             if not found.is_visible():
                 page.locator("[data-testid=stExpander] summary", has_text="CLIP model").click()
             found.click()
             page.get_by_role("option").filter(has_text=str(other.checkpoint)).first.click()
-            _idle(page)
-            _wait_setting(home, lambda s: s["partition"]["model_name"], spec)
+            idle(page)
+            wait_setting(home, lambda s: s["partition"]["model_name"], spec)
             # embedded with the chosen checkpoint (its own vector cache), then mapped anew
             cache = home / "workspaces" / "demo" / "cache"
             deadline = time.monotonic() + LONG / 1000
@@ -452,13 +333,13 @@ def test_choosing_a_local_checkpoint_and_embedding_with_it(tmp_path: Path, demo_
             assert any(f.name.startswith(other.arch) for f in (cache / "clip").glob("*.sqlite"))
             page.locator("[data-testid=stProgress]").first.wait_for(state="detached",
                                                                      timeout=LONG)
-            _idle(page)
+            idle(page)
             page.locator("[data-testid=stPlotlyChart]").wait_for(timeout=LONG)
             shown = page.get_by_role("textbox", name=re.compile("^CLIP model")).input_value()
             assert shown == spec
             metric = page.locator("[data-testid=stMetric]", has_text="Embedded now / from cache")
             assert metric.inner_text().split("\n")[-1].strip() == f"{DEMO_SIZE[0] + DEMO_SIZE[1]} / 0"
-            _sidebar(page).get_by_text(str(other.checkpoint), exact=False).first.wait_for()
+            sidebar(page).get_by_text(str(other.checkpoint), exact=False).first.wait_for()
             page.screenshot(path=tmp_path / "explore_model.png", full_page=True)
             # a bad path is refused at once, in full, and nothing is embedded with it
             box = page.get_by_role("textbox", name=re.compile("^CLIP model"))
@@ -466,7 +347,7 @@ def test_choosing_a_local_checkpoint_and_embedding_with_it(tmp_path: Path, demo_
             box.press("Enter")
             page.get_by_text(re.compile("checkpoint file .*/no/such/checkpoint.pt.* not found")) \
                 .first.wait_for()
-            assert _settings(home)["partition"]["model_name"] == spec
+            assert read_settings(home)["partition"]["model_name"] == spec
         except Exception:
             page.screenshot(path=tmp_path / "failure.png", full_page=True)
             (tmp_path / "failure.txt").write_text(page.inner_text("body"))
@@ -485,12 +366,12 @@ def test_a_typed_key_never_reaches_another_endpoint(tmp_path: Path, demo_data: P
     try:
         with serve(tmp_path, demo_data, tiny_clip, {"OPENAI_BASE_URL": b.url}) as (url, home), \
                 sync_playwright() as pw:
-            browser = _browser(pw)
+            browser = launch_browser(pw)
             page = browser.new_page(viewport={"width": 1400, "height": 1000})
             page.set_default_timeout(60_000)
             try:
-                _open_demo(page, url)
-                _nav(page, "Generate")
+                open_demo(page, url)
+                nav(page, "Generate")
                 base = page.get_by_role("textbox", name=re.compile("^Base URL"))
                 base.fill(a.url)
                 page.get_by_role("button", name="Save endpoint settings").click()
@@ -498,7 +379,7 @@ def test_a_typed_key_never_reaches_another_endpoint(tmp_path: Path, demo_data: P
                 page.get_by_label(re.compile("^API key for this session")).fill(FAKE_KEY)
                 page.get_by_role("button", name="Use this key").click()
                 page.get_by_text(re.compile("typed in this session")).first.wait_for()
-                _idle(page)
+                idle(page)
                 deadline = time.monotonic() + 20
                 while not any(FAKE_KEY in k for k in a.keys_seen()) and time.monotonic() < deadline:
                     time.sleep(0.2)
@@ -508,7 +389,7 @@ def test_a_typed_key_never_reaches_another_endpoint(tmp_path: Path, demo_data: P
                 base.fill(b.url)
                 page.get_by_role("button", name="Save endpoint settings").click()
                 page.get_by_text("API key: none").wait_for()
-                _idle(page)
+                idle(page)
                 # back to A, the key typed again; then a new workspace (default URL = B here)
                 page.get_by_role("textbox", name=re.compile("^Base URL")).fill(a.url)
                 page.get_by_role("button", name="Save endpoint settings").click()
@@ -518,13 +399,13 @@ def test_a_typed_key_never_reaches_another_endpoint(tmp_path: Path, demo_data: P
                 page.get_by_text("Open or create a workspace", exact=True).click()
                 page.get_by_role("textbox", name="Folder").fill(str(home / "workspaces" / "new"))
                 page.get_by_role("button", name="Open / create").click()
-                _sidebar(page).get_by_text(str(home / "workspaces" / "new"), exact=True).wait_for()
-                _idle(page)
+                sidebar(page).get_by_text(str(home / "workspaces" / "new"), exact=True).wait_for()
+                idle(page)
                 n_b = len(b.requests)
                 assert n_b >= 1  # B was checked once, when it was the saved endpoint
                 # the default URL (B) is contacted only on a click, and then without the key
-                _sidebar(page).get_by_role("button", name="Check the endpoint").click()
-                _idle(page)
+                sidebar(page).get_by_role("button", name="Check the endpoint").click()
+                idle(page)
                 deadline = time.monotonic() + 20
                 while len(b.requests) == n_b and time.monotonic() < deadline:
                     time.sleep(0.2)

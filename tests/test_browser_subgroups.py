@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 
 from tests.fixtures.llm import FAKE_KEY
-from tests.test_browser import (CHROMIUM, LONG, _browser, _idle, _open_demo,  # noqa: F401
-                                _settings, _wait_setting, app_server, stub_llm)
+from tests.fixtures.browser import (CHROMIUM, LONG, idle, launch_browser, open_demo, read_settings,
+                                    wait_setting)
 
 pytestmark = [pytest.mark.browser,
               pytest.mark.skipif(not Path(CHROMIUM).exists(), reason=f"{CHROMIUM} is missing")]
@@ -23,7 +23,7 @@ pytestmark = [pytest.mark.browser,
 def _lasso(page, path) -> None:
     for _ in range(5):  # the chart is drawn anew after the projection changed
         try:
-            _idle(page)
+            idle(page)
             page.locator("[data-testid=stPlotlyChart]").first.scroll_into_view_if_needed()
             break
         except Exception:  # noqa: BLE001 — playwright's "not attached": wait and look again
@@ -43,7 +43,7 @@ def _click_until(page, button, shown, tries: int = 3) -> None:
     """Click ``button`` until ``shown`` appears: a click that lands while Streamlit is still
     rerunning for the previous edit can be dropped by the frontend."""
     for attempt in range(tries):
-        _idle(page)
+        idle(page)
         button.click()
         try:
             shown.wait_for(timeout=20_000)
@@ -77,29 +77,29 @@ def test_lasso_to_subgroup_budget_and_a_run_for_it_alone(app_server, stub_llm,
     shots = tmp_path / "screenshots"
     shots.mkdir()
     with sync_playwright() as pw:
-        browser = _browser(pw)
+        browser = launch_browser(pw)
         page = browser.new_page(viewport={"width": 1400, "height": 1000})
         page.set_default_timeout(60_000)
         try:
-            _open_demo(page, url)
+            open_demo(page, url)
             # Explore: PCA (no UMAP compile), then a lasso over the left half of the map
             _go(page, "Explore")
             page.locator("[data-testid=stPlotlyChart]").wait_for(timeout=LONG)
-            _idle(page)
+            idle(page)
             page.get_by_text("PCA (fast, linear)").click()
-            _idle(page)
+            idle(page)
             _lasso(page, [(0.01, 0.01), (0.5, 0.01), (0.5, 0.99), (0.01, 0.99), (0.01, 0.02)])
             page.get_by_text(re.compile(r"Selection · [1-9][0-9]* image\(s\)")).wait_for(timeout=30_000)
-            _idle(page)
+            idle(page)
             n_sel = int(re.search(r"Selection · (\d+)", page.get_by_text(
                 re.compile(r"Selection · \d+ image")).inner_text()).group(1))
             assert n_sel >= 3
             # a subgroup of its own
             page.get_by_label(f"Name a new subgroup of these {n_sel} image(s)").fill("lasso picks")
             page.get_by_role("button", name="New subgroup from these").click()
-            _wait_setting(home, lambda s: s["partition"]["manual_subgroups"], ["lasso picks"])
-            _idle(page)
-            s = _settings(home)["partition"]
+            wait_setting(home, lambda s: s["partition"]["manual_subgroups"], ["lasso picks"])
+            idle(page)
+            s = read_settings(home)["partition"]
             members = [k for k, v in s["manual_reference"].items() if v == "lasso picks"] + \
                 [k for k, v in s["manual_candidates"].items() if v == "lasso picks"]
             assert len(members) == n_sel
@@ -110,27 +110,27 @@ def test_lasso_to_subgroup_budget_and_a_run_for_it_alone(app_server, stub_llm,
             box = page.get_by_label("How many")
             box.fill("5")
             box.press("Enter")
-            _idle(page)
+            idle(page)
             _click_until(page, page.get_by_role("button", name="Find", exact=True),
                          page.get_by_text(re.compile(r"5 candidate\(s\), best first")))
-            _idle(page)
+            idle(page)
             _pick(page, "stSelectbox", "Add to subgroup", "lasso picks")
-            _idle(page)
+            idle(page)
             page.get_by_role("button", name="Add 5 to the subgroup").click()
-            _wait_setting(home, lambda s: sum(v == "lasso picks" for v in
+            wait_setting(home, lambda s: sum(v == "lasso picks" for v in
                                               s["partition"]["manual_candidates"].values()),
                           sum(not k.isdigit() for k in members) + 5)
-            _idle(page)
+            idle(page)
             page.screenshot(path=shots / "2_explore_more.png", full_page=True)
 
             # Partition: the subgroup is listed; save the task file
             _go(page, "Partition")
             page.get_by_text(re.compile(r"and 1 subgroup\(s\) from selections")).wait_for(timeout=LONG)
-            _idle(page)
+            idle(page)
             page.get_by_role("button", name="Save the task file").click()
             page.get_by_text(re.compile(r"Saved task_file_")).wait_for(timeout=LONG)
             page.screenshot(path=shots / "3_partition.png", full_page=True)
-            task = json.loads(Path(_settings(home)["task_file"]).read_text())
+            task = json.loads(Path(read_settings(home)["task_file"]).read_text())
             sg = {g["keyword"]: g for g in task["subgroups"]}
             assert "lasso picks" in sg and sg["lasso picks"].get("manual_subgroup") is True
             assert len(sg["lasso picks"]["reference_sample_idx"]) + \
@@ -148,14 +148,14 @@ def test_lasso_to_subgroup_budget_and_a_run_for_it_alone(app_server, stub_llm,
             # Prompts: a budget for the subgroup; the table and the prompt file follow
             _go(page, "Prompts")
             page.get_by_text("Task file").first.wait_for(timeout=LONG)
-            _idle(page)
+            idle(page)
             field = page.get_by_label(re.compile("^Budgets per subgroup"))
             budgets = {"lasso picks": "6"}
             for _ in range(5):
                 field.fill(", ".join(f"{k}={v}" for k, v in budgets.items()))
                 field.press("Enter")
-                _wait_setting(home, lambda s: s["prompts"]["budgets"], budgets)
-                _idle(page)
+                wait_setting(home, lambda s: s["prompts"]["budgets"], budgets)
+                idle(page)
                 # a keyword whose candidates all went to the new subgroup cannot be planned:
                 # the page says so and how to go on (a budget of 0), as a person would read it
                 err = page.get_by_text(re.compile(r"Cannot plan prompts: subgroup '([^']+)' needs"))
@@ -167,14 +167,14 @@ def test_lasso_to_subgroup_budget_and_a_run_for_it_alone(app_server, stub_llm,
             page.get_by_text("Allocation per subgroup").wait_for(timeout=LONG)
             page.get_by_role("button", name="Save the prompt file").click()
             page.get_by_text(re.compile(r"Saved demo_prompts_")).wait_for(timeout=LONG)
-            pf = json.loads(Path(_settings(home)["prompt_file"]).read_text())
+            pf = json.loads(Path(read_settings(home)["prompt_file"]).read_text())
             assert pf["budgets"] == budgets and pf["allocation"]["lasso picks"] == 6
             assert sum(p["keyword"] == "lasso picks" for p in pf["prompts"]) == 6
             page.screenshot(path=shots / "4_prompts.png", full_page=True)
             # a run for that subgroup alone
             _pick(page, "stMultiSelect", "Subgroups to generate", "lasso picks")
             page.keyboard.press("Escape")
-            _idle(page)
+            idle(page)
             before = stub_llm.stats()["requests"]
             page.get_by_role("button", name="Generate 6 prompt(s) of 1 subgroup(s)").click()
             page.get_by_text(re.compile(r"Run demo-lasso-picks_\d+_\d+ started")).wait_for(timeout=LONG)
