@@ -31,6 +31,11 @@ def subgroup_run(ws: Any, pf: Any, keywords: list[str], key: str = "sgrun") -> N
         else:
             st.session_state["run_pick"] = info.name
             st.session_state[f"{key}:started"] = info.name
+    _show_started(key)
+
+
+def _show_started(key: str) -> None:
+    """The run this control started, and where to watch it."""
     started = st.session_state.get(f"{key}:started")
     if started:
         st.success(f"Run {md_escape(started, 100)} started")
@@ -65,7 +70,4 @@ def subgroup_run_from_task(ws: Any, keyword: str, key: str = "sgrun_part") -> No
             else:
                 st.session_state["run_pick"] = info.name
                 st.session_state[f"{key}:started"] = info.name
-        started = st.session_state.get(f"{key}:started")
-        if started:
-            st.success(f"Run {md_escape(started, 100)} started")
-            st.page_link("pages/5_generate.py", label="Watch it on the Generate page →")
+        _show_started(key)
