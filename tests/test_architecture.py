@@ -255,3 +255,17 @@ def test_the_app_settings_take_their_defaults_and_rules_from_the_core_configs() 
     s.endpoint.temperature = 3.0  # the generation config's rule: between 0 and 2
     with pytest.raises(ConfigError, match="temperature is 3.0; it must be between 0 and 2"):
         validate_settings(s)
+
+
+def test_each_on_disk_name_is_spelled_once() -> None:
+    """A folder or file name of the layout appears as a literal in one place only (its owner)."""
+    names = ["generated_data", "generated_prompts", "manifests", "launches", "exports",
+             "log.jsonl", "run.json", "status.json", "CANCEL", "PAUSE", "workspace.json"]
+    sources = [p for d in ("mminstruct", "pages", "ui") for p in (REPO / d).rglob("*.py")]
+    sources.append(REPO / "app.py")
+    counts = {n: 0 for n in names}
+    for p in sources:
+        text = p.read_text()
+        for n in names:
+            counts[n] += text.count(f'"{n}"') + text.count(f"'{n}'")
+    assert counts == {n: 1 for n in names}

@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from ..cache import atomic_write_json
+from ..clip import DEFAULT_MODEL as DEFAULT_CLIP_MODEL
 from ..errors import ConfigError, choices_message
 from ..formats import generated_dir, prompts_dir
 from ..generate.config import DEFAULTS as GEN_DEFAULTS
@@ -44,7 +45,6 @@ SETTINGS_NAME = "workspace.json"
 RECENT_NAME = "recent.json"
 SETTINGS_VERSION = 1
 MAX_RECENT = 10
-DEFAULT_CLIP = "ViT-B-32:laion2b_s34b_b79k"
 
 
 def app_home() -> Path:
@@ -81,7 +81,7 @@ class DataSettings:
 
 @dataclass
 class PartitionSettings:
-    model_name: str = DEFAULT_CLIP
+    model_name: str = DEFAULT_CLIP_MODEL  # the task-file builder's default too
     keywords: list[str] = field(default_factory=list)
     templates: list[str] = field(default_factory=list)
     min_similarity: float | None = None
