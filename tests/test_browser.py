@@ -18,8 +18,8 @@ import pytest
 
 from mminstruct.app.workspace import EndpointSettings
 from tests.fixtures.app import DEMO_SIZE
-from tests.fixtures.browser import (CHROMIUM, LONG, idle, launch_browser, nav, open_demo,
-                                    read_settings, serve, sidebar, wait_setting)
+from tests.fixtures.browser import (CHROMIUM, LONG, idle, nav, open_demo, open_page, read_settings,
+                                    serve, sidebar, wait_setting)
 from tests.fixtures.llm import FAKE_KEY
 
 pytestmark = [pytest.mark.browser,
@@ -204,9 +204,7 @@ def test_consecutive_edits_stick_in_a_real_browser(app_server, tmp_path: Path) -
     shots = tmp_path / "screenshots"
     shots.mkdir()
     with sync_playwright() as pw:
-        browser = launch_browser(pw)
-        page = browser.new_page(viewport={"width": 1400, "height": 1000})
-        page.set_default_timeout(60_000)
+        browser, page = open_page(pw)
         try:
             open_demo(page, url)
             # Partition: the keyword list, three edits in a row
@@ -308,9 +306,7 @@ def test_choosing_a_local_checkpoint_and_embedding_with_it(tmp_path: Path, demo_
     (home / "recent_models.json").write_text(json.dumps({"recent": [spec]}))  # used before
     with serve(tmp_path, demo_data, tiny_clip, {"HF_HUB_OFFLINE": "1"}) as (url, home), \
             sync_playwright() as pw:
-        browser = launch_browser(pw)
-        page = browser.new_page(viewport={"width": 1400, "height": 1000})
-        page.set_default_timeout(60_000)
+        browser, page = open_page(pw)
         try:
             open_demo(page, url)
             nav(page, "Explore")
@@ -366,9 +362,7 @@ def test_a_typed_key_never_reaches_another_endpoint(tmp_path: Path, demo_data: P
     try:
         with serve(tmp_path, demo_data, tiny_clip, {"OPENAI_BASE_URL": b.url}) as (url, home), \
                 sync_playwright() as pw:
-            browser = launch_browser(pw)
-            page = browser.new_page(viewport={"width": 1400, "height": 1000})
-            page.set_default_timeout(60_000)
+            browser, page = open_page(pw)
             try:
                 open_demo(page, url)
                 nav(page, "Generate")

@@ -13,8 +13,7 @@ from pathlib import Path
 import pytest
 
 from tests.fixtures.llm import FAKE_KEY
-from tests.fixtures.browser import (CHROMIUM, LONG, idle, launch_browser, open_demo, read_settings,
-                                    wait_setting)
+from tests.fixtures.browser import CHROMIUM, LONG, idle, open_demo, open_page, read_settings, wait_setting
 
 pytestmark = [pytest.mark.browser,
               pytest.mark.skipif(not Path(CHROMIUM).exists(), reason=f"{CHROMIUM} is missing")]
@@ -77,9 +76,7 @@ def test_lasso_to_subgroup_budget_and_a_run_for_it_alone(app_server, stub_llm,
     shots = tmp_path / "screenshots"
     shots.mkdir()
     with sync_playwright() as pw:
-        browser = launch_browser(pw)
-        page = browser.new_page(viewport={"width": 1400, "height": 1000})
-        page.set_default_timeout(60_000)
+        browser, page = open_page(pw)
         try:
             open_demo(page, url)
             # Explore: PCA (no UMAP compile), then a lasso over the left half of the map
