@@ -358,6 +358,17 @@ def needs_max_completion_tokens(model: str) -> bool:
     return bool(_NEEDS_COMPLETION_TOKENS.match(model.strip().rsplit("/", 1)[-1]))
 
 
+#: Sampling parameters reasoning models (o-series, GPT-5) refuse: HTTP 400 "Unsupported parameter"
+#: or "Unsupported value … Only the default (1) value is supported". Not sent to those models.
+REASONING_MODEL_REFUSES = ("temperature", "top_p")
+
+
+def refused_params(model: str) -> tuple[str, ...]:
+    """The body parameters ``model``'s family refuses (``REASONING_MODEL_REFUSES`` for o-series and
+    GPT-5 models, nothing for others)."""
+    return REASONING_MODEL_REFUSES if needs_max_completion_tokens(model) else ()
+
+
 def max_tokens_key(model: str, field: str = "auto") -> str:
     """The body key that carries the answer-token limit for ``model`` (see ``MAX_TOKENS_FIELDS``)."""
     if field not in MAX_TOKENS_FIELDS:
@@ -370,11 +381,15 @@ def max_tokens_key(model: str, field: str = "auto") -> str:
 def request_body(model: str, messages: list[dict[str, Any]], *, temperature: float | None = None,
                  max_tokens: int | None = None, seed: int | None = None,
                  response_format: dict[str, Any] | None = None,
-                 max_tokens_field: str = "auto") -> dict[str, Any]:
-    """The chat-completions body (also what ``--dry_run`` writes into the Batch API file)."""
+                 max_tokens_field: str = "auto", top_p: float | None = None) -> dict[str, Any]:
+    """The chat-completions body (also what ``--dry_run`` writes into the Batch API file).
+    Parameters the model's family refuses (``refused_params``) are left out."""
     body: dict[str, Any] = {"model": model, "messages": messages}
-    if temperature is not None:
+    refused = refused_params(model)
+    if temperature is not None and "temperature" not in refused:
         body["temperature"] = temperature
+    if top_p is not None and "top_p" not in refused:
+        body["top_p"] = top_p
     if max_tokens is not None:
         body[max_tokens_key(model, max_tokens_field)] = max_tokens
     if seed is not None:
