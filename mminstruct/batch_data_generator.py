@@ -70,23 +70,32 @@ def build_merge_parser() -> argparse.ArgumentParser:
 
 
 def _progress_printer(num: int):
+    import time
+
     statuses: dict[int, RunStatus] = {}
+    first = time.monotonic()
     last = [0.0]
 
     def on_progress(k: int, st: RunStatus) -> None:
-        import time
-
         statuses[k] = st
-        if time.monotonic() - last[0] < 10:
+        now = time.monotonic()
+        if len(statuses) < num and now - first < 10:
+            return  # a line over some shards would understate the range
+        if now - last[0] < 10:
             return
-        last[0] = time.monotonic()
-        done = sum(s.done for s in statuses.values())
-        total = sum(s.total for s in statuses.values())
-        rate = sum(s.rate_per_s for s in statuses.values())
-        failed = sum(s.failed for s in statuses.values())
-        print(f"{done}/{total} prompts in {num} shards, {failed} failed, {rate:.1f}/s",
-              file=sys.stderr)
+        last[0] = now
+        print(progress_line(statuses, num), file=sys.stderr)
     return on_progress
+
+
+def progress_line(statuses: dict[int, RunStatus], num: int) -> str:
+    """One line over the shards' statuses (``generate.shards`` reports every shard's total before
+    the first runs): prompts done of the whole range, failures, rate."""
+    done = sum(s.done for s in statuses.values())
+    total = sum(s.total for s in statuses.values())
+    rate = sum(s.rate_per_s for s in statuses.values())
+    failed = sum(s.failed for s in statuses.values())
+    return f"{done}/{total} prompts in {num} shards, {failed} failed, {rate:.1f}/s"
 
 
 def run(args: argparse.Namespace) -> int:
