@@ -17,7 +17,7 @@ from mminstruct import export_hf as hf  # noqa: E402
 from mminstruct.errors import DataFileError  # noqa: E402
 from mminstruct.export import DATASET_INFO, ExportExistsError, export_file, main  # noqa: E402
 from mminstruct.generate.manifest import sidecar_path  # noqa: E402
-from mminstruct.generate.output import item_samples, write_samples_file  # noqa: E402
+from mminstruct.generate.output import record_samples, write_samples_file  # noqa: E402
 from mminstruct.modes import MODE_NAMES, Mode  # noqa: E402
 from tests.fixtures.images import draw_shape, save_jpeg  # noqa: E402
 
@@ -26,15 +26,18 @@ COLUMNS = ["id", "image", "conversations", "messages", "subgroup", "mode", "sour
 
 
 def _generated(root: Path, mode: Mode, n_items: int = 3) -> Path:
-    """A generated file of ``mode``: ``n_items`` items over two keywords, each its own image."""
+    """A generated file of ``mode``: ``n_items`` prompts over two keywords, each its own image; one
+    item a prompt (the conversation mode: two turns, one sample)."""
     inp = root / "input"
     samples = []
     for i in range(n_items):
         img = f"pool/c{i}.jpg"
         save_jpeg(draw_shape("circle" if i % 2 else "square", i), inp / img)
-        item = {k: f"{k} text {i}" for k in mode.keys}
-        samples += item_samples(mode, item, image=img, keyword=["round", "square"][i % 2],
-                                icl_indices=[0], prompt_idx=i, dataset_description="shapes")
+        turns = 2 if mode.one_sample_per_prompt else 1
+        items = [{k: f"{k} text {i}.{t}" for k in mode.keys} for t in range(turns)]
+        samples += record_samples(mode, {"items": items, "image": img, "prompt_idx": i,
+                                         "keyword": ["round", "square"][i % 2],
+                                         "icl_indices": [0]}, "shapes")
     samples = [{"id": k, **s} for k, s in enumerate(samples)]
     header = {"image_folder": "", "len_samples": len(samples), "start_idx": 0,
               "end_idx": n_items, "num_prompts": n_items, "mode": mode.value,
@@ -77,6 +80,8 @@ def test_load_dataset_reads_every_prompt_modes_export(tmp_path, mode):
             assert row["messages"][0]["content"].startswith("<image>")
         else:  # tqa: the model imagined the image; the row has none
             assert row["image"] is None and "<image>" not in row["messages"][0]["content"]
+        turns = 4 if m.one_sample_per_prompt else 2  # conversation: two turns in one row
+        assert len(row["conversations"]) == len(row["messages"]) == turns
         assert row["mode"] == mode and row["source_run"] == f"{mode}_run"
         assert row["subgroup"] in ("round", "square")
     assert "0" not in set(ds["id"])  # rejected

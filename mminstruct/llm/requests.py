@@ -104,6 +104,16 @@ _SYSTEM: dict[Mode, str] = {
         "Each description is several sentences long, accurate to the image, and different from "
         "the others."
     ),
+    Mode.CONVERSATION: (
+        "You write training data for a vision-language model that specialises in {desc}. "
+        "You are shown worked examples from a reference dataset — each an image with its "
+        "question and answer — and then one new image. Write one multi-turn conversation between "
+        "a user and an assistant about the new image, in the style of the examples. Each turn is "
+        "a user question and the assistant's answer. The first question is about the image "
+        "itself; every later question builds on the previous answers (a follow-up, a detail, a "
+        "comparison, a why) and never repeats an earlier question. Every answer must be correct "
+        "for the new image and consistent with the earlier answers."
+    ),
 }
 
 _GENERATE: dict[Mode, str] = {
@@ -119,6 +129,9 @@ _GENERATE: dict[Mode, str] = {
     Mode.VQA_TASK_DESC: "Now write exactly {n} question–answer pairs, with reasoning, about the "
                         "image above.",
     Mode.DESCRIPT_TASK_DESC: "Now write exactly {n} detailed descriptions of the image above.",
+    Mode.CONVERSATION: "Now write one conversation of exactly {n} turns about the last image above "
+                       "(the new image), in order: each object is one turn, its question building "
+                       "on the answers before it.",
 }
 
 _FIX_SYSTEM = (
