@@ -324,6 +324,8 @@ def canonical_command(src: Path, out_dir: Path, *, rejected_file: str | None, li
 def place(tmp: Path, out_dir: Path, overwrite: bool) -> None:
     """Move the finished folder ``tmp`` to ``out_dir`` (the old one removed only after)."""
     old = None
+    if out_dir.is_dir() and not any(out_dir.iterdir()):
+        out_dir.rmdir()  # an empty folder made for the export
     if out_dir.exists():
         if not overwrite:
             raise ConfigError(f"{out_dir} exists; pass --overwrite to replace it")

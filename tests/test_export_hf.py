@@ -227,6 +227,9 @@ def test_an_existing_export_is_replaced_only_when_asked_and_a_failure_keeps_it(t
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".hf")] == []
     export_file(src, dest, "hf", overwrite=True, rejected=[0])
     assert len(_load(dest)) == 2
+    empty = tmp_path / "made_for_it"
+    empty.mkdir()  # an empty folder is not an export to protect
+    assert export_file(src, empty, "hf").written == 3
 
 
 def test_missing_image_files_are_left_out_and_reported(tmp_path):
