@@ -408,7 +408,8 @@ def export_file(src: str | os.PathLike, dest: str | os.PathLike, fmt: str, *,
     if spec.folder:
         return _export_hf(src, dest, header, input_folder, kept, n_rejected, flagged,
                           overwrite=overwrite, license=license, scores=scores,
-                          rejected_file=rejected_file, with_images=with_images)
+                          rejected_file=rejected_file, with_images=with_images,
+                          dataset_info=dataset_info)
     if spec.to_record is None:  # MM-Gen: image_folder (from the file's folder) + image_1, …
         root = base if image_root is not None else input_folder.resolve()
         if absolute_paths:
@@ -453,7 +454,7 @@ def _export_hf(src: Path, dest: Path, header: dict[str, Any], input_folder: Path
                kept: Callable[[], Iterator[tuple[dict[str, Any], Prepared]]], n_rejected: int,
                flagged: list[tuple[Any, str]], *, overwrite: bool, license: str | None,
                scores: str | os.PathLike | None, rejected_file: str | None,
-               with_images: bool) -> ExportReport:
+               with_images: bool, dataset_info: bool = True) -> ExportReport:
     """The ``hf`` folder (``export_hf``): built beside ``dest``, then renamed into place."""
     import shutil
     import tempfile
@@ -517,14 +518,16 @@ def _export_hf(src: Path, dest: Path, header: dict[str, Any], input_folder: Path
                             scores_summary=result.score_means(), pretty_name=dest.name)
         (tmp / hf.CARD).write_text(card, encoding="utf-8")
         name = _dataset_name(dest)
-        atomic_write_json(tmp / DATASET_INFO, {name: hf.llamafactory_entry()})
+        if dataset_info:
+            atomic_write_json(tmp / DATASET_INFO, {name: hf.llamafactory_entry()})
         os.chmod(tmp, 0o755)
         hf.place(tmp, dest, overwrite)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     report = ExportReport(dest, "hf", result.rows, n_rejected, left_out, with_images, "embedded",
-                          None, dest / DATASET_INFO, name)
+                          None, dest / DATASET_INFO if dataset_info else None,
+                          name if dataset_info else None)
     report.note = (f"{len(result.shards)} Parquet shard(s) and a dataset card; publish with: "
                    f"hf upload USER/NAME {dest} --repo-type dataset")
     return report

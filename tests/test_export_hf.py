@@ -239,3 +239,10 @@ def test_missing_image_files_are_left_out_and_reported(tmp_path):
     assert report.written == 2 and [i for i, _ in report.flagged] == [1]
     assert "cannot be read" in report.summary()
     assert len(_load(tmp_path / "hf")) == 2
+
+
+def test_no_dataset_info_leaves_llamafactorys_entry_out(tmp_path):
+    src = _generated(tmp_path, Mode.VQA_NR)
+    report = export_file(src, tmp_path / "hf", "hf", dataset_info=False)
+    assert not (tmp_path / "hf" / DATASET_INFO).exists() and report.llamafactory_args == {}
+    assert len(_load(tmp_path / "hf")) == 3
