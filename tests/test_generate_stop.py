@@ -45,7 +45,7 @@ def test_a_wrong_key_at_concurrency_64_costs_at_most_72_requests(stub, tmp_path,
     assert FAKE_KEY not in r.stderr
 
 
-def test_a_user_cancel_still_gives_requests_in_flight_their_grace(stub, tmp_path):
+def test_a_quota_stop_is_not_doomed_and_prints_no_traceback(stub, tmp_path):
     # Only a doomed stop skips the grace: a quota stop lets the requests in flight finish.
     stub.state.config.quota_after = 4
     stub.state.config.latency = 0.05
