@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import glob
 import re
 import sys
 from collections.abc import Sequence
@@ -62,31 +63,61 @@ def build_merge_parser() -> argparse.ArgumentParser:
     p.add_argument("files", nargs="*", help="output files to merge, in order (default: the "
                    "latest output of each shard of --file_prefix)")
     p.add_argument("--output_folder", default="", help="merged file goes to "
-                   "OUTPUT/generated_data/")
-    p.add_argument("--file_prefix", required=True, help="prefix of the merged file (and of the "
+                   "OUTPUT/generated_data/ (with --run_id: to OUTPUT/RUN_ID.json)")
+    p.add_argument("--file_prefix", default=None, help="prefix of the merged file (and of the "
                    "shards to find when no files are given)")
+    p.add_argument("--run_id", default=None,
+                   help="MM-Gen merge.py's flag: merge the files of --folder_path named "
+                        "RUN_ID_N… .json in the order of N (exactly RUN_ID: run a1 does not take "
+                        "a10's files), into OUTPUT/RUN_ID.json")
+    p.add_argument("--folder_path", default=None,
+                   help="with --run_id: the folder of the files (default OUTPUT/generated_data)")
     p.add_argument("--debug", action="store_true")
     return p
 
 
+def mmgen_run_files(folder: Path, run_id: str) -> list[Path]:
+    """The files MM-Gen's ``merge.py --run_id RUN_ID`` merges, in its order (by the integer after
+    ``RUN_ID_``), but matched exactly: ``RUN_ID_<N>.json`` or ``RUN_ID_<N>_….json``. merge.py's glob
+    ``*RUN_ID*.json`` also takes run ``a10``'s files for run ``a1``."""
+    pattern = re.compile(rf"^{re.escape(run_id)}_(\d+)(?:_.*)?\.json$")
+    found = []
+    for f in folder.glob(f"{glob.escape(run_id)}_*.json"):
+        m = pattern.match(f.name)
+        if m and f.is_file():
+            found.append((int(m.group(1)), f.name, f))
+    if not found:
+        raise ConfigError(f"no files named {run_id}_<N>….json in {folder}")
+    return [f for _, _, f in sorted(found)]
+
+
 def _progress_printer(num: int):
+    import time
+
     statuses: dict[int, RunStatus] = {}
+    first = time.monotonic()
     last = [0.0]
 
     def on_progress(k: int, st: RunStatus) -> None:
-        import time
-
         statuses[k] = st
-        if time.monotonic() - last[0] < 10:
+        now = time.monotonic()
+        if len(statuses) < num and now - first < 10:
+            return  # a line over some shards would understate the range
+        if now - last[0] < 10:
             return
-        last[0] = time.monotonic()
-        done = sum(s.done for s in statuses.values())
-        total = sum(s.total for s in statuses.values())
-        rate = sum(s.rate_per_s for s in statuses.values())
-        failed = sum(s.failed for s in statuses.values())
-        print(f"{done}/{total} prompts in {num} shards, {failed} failed, {rate:.1f}/s",
-              file=sys.stderr)
+        last[0] = now
+        print(progress_line(statuses, num), file=sys.stderr)
     return on_progress
+
+
+def progress_line(statuses: dict[int, RunStatus], num: int) -> str:
+    """One line over the shards' statuses (``generate.shards`` reports every shard's total before
+    the first runs): prompts done of the whole range, failures, rate."""
+    done = sum(s.done for s in statuses.values())
+    total = sum(s.total for s in statuses.values())
+    rate = sum(s.rate_per_s for s in statuses.values())
+    failed = sum(s.failed for s in statuses.values())
+    return f"{done}/{total} prompts in {num} shards, {failed} failed, {rate:.1f}/s"
 
 
 def run(args: argparse.Namespace) -> int:
@@ -163,6 +194,10 @@ def find_shard_outputs(folder: Path, prefix: str) -> list[Path]:
 
 def run_merge(args: argparse.Namespace) -> int:
     folder = generated_dir(args.output_folder or ".")
+    if args.run_id is not None:
+        return _merge_run_id(args, folder)
+    if not args.file_prefix:
+        raise ConfigError("merge needs --file_prefix (our shard names) or --run_id (MM-Gen's)")
     if args.files:
         files = [Path(f) for f in args.files]
         missing = [str(f) for f in files if not f.is_file()]
@@ -173,6 +208,26 @@ def run_merge(args: argparse.Namespace) -> int:
     out = unique_output_path(folder, args.file_prefix)
     summary = merge_outputs(files, out)
     print(f"merged {summary.files} file(s): {summary.len_samples} samples"
+          + (f"; {'; '.join(summary.warnings)}" if summary.warnings else ""), file=sys.stderr)
+    print(out)
+    return 0
+
+
+def _merge_run_id(args: argparse.Namespace, folder: Path) -> int:
+    if args.files or args.file_prefix:
+        raise ConfigError("--run_id finds its files itself: give no files and no --file_prefix")
+    run_id = args.run_id.strip()
+    if not run_id or "/" in run_id or run_id in (".", ".."):
+        raise ConfigError(f"--run_id {args.run_id!r} is not a file name prefix")
+    source = Path(args.folder_path) if args.folder_path else folder
+    files = mmgen_run_files(source, run_id)
+    out = Path(args.output_folder) / f"{run_id}.json" if args.output_folder \
+        else source / f"{run_id}.json"
+    if out.exists():
+        raise ConfigError(f"{out} exists; move it away or pass another --output_folder")
+    summary = merge_outputs(files, out)
+    print(f"merged {summary.files} file(s) ({', '.join(f.name for f in files)}): "
+          f"{summary.len_samples} samples"
           + (f"; {'; '.join(summary.warnings)}" if summary.warnings else ""), file=sys.stderr)
     print(out)
     return 0

@@ -42,9 +42,9 @@ EXIT_CODES = {
     EXIT_OK: "finished: every prompt succeeded",
     1: "failed (an error other than the arguments)",
     2: "bad arguments or input files (one line on stderr)",
-    EXIT_STOPPED: "stopped before the end: quota, auth, unknown model, or the first "
-                  "requests all failed the same way (the server's answer is printed); fix it "
-                  "and rerun with --resume",
+    EXIT_STOPPED: "stopped before the end: quota, auth, unknown model, the first "
+                  "requests all failed the same way, or 24 attempts failed (5xx, timeouts) with "
+                  "no success (the server's answer is printed); fix it and rerun with --resume",
     EXIT_FAILED_PROMPTS: "finished, output written, but some prompts failed for good (the "
                          "summary on stderr and the manifest count them by class; "
                          "--resume --retry_failed re-sends the transient ones)",

@@ -13,6 +13,9 @@ Formats:
   ``--image_root`` (pass it to the trainer as ``--image_folder``), or absolute.
 * ``sharegpt`` — LLaMA-Factory's ShareGPT JSON: ``[{messages: [{role: user|assistant, content}],
   images: [path]}]``.
+* ``hf`` — a Hugging Face dataset folder (``--output`` is the folder): Parquet shards with the
+  images embedded and a dataset card; ``datasets.load_dataset(OUT_DIR)`` reads it, ``hf upload``
+  publishes it (``export_hf``).
 
 Rules every exported record follows (what LLaVA's and LLaMA-Factory's loaders check):
 
@@ -24,9 +27,10 @@ Rules every exported record follows (what LLaVA's and LLaMA-Factory's loaders ch
   assistant; other samples are flagged.
 * image paths resolve from where the file is written (relative to its folder, or to
   ``image_root``), or are absolute.
-* ``dataset_info.json`` beside the export (merged into an existing one) gets an entry whose
-  declared columns are in every row: no ``images`` column when no row has an image, and
-  ``images: []`` in text-only rows of a mixed file. LLaMA-Factory joins relative paths to its
+* ``dataset_info.json`` beside the export (merged into an existing one) gets an entry for every
+  LLaVA and ShareGPT export: no ``images`` column when no row has an image; ``images: []`` in
+  text-only rows of a mixed ShareGPT file; a mixed LLaVA file's text-only rows have no ``image``
+  key (LLaVA's rule), which ``datasets`` — LLaMA-Factory's reader — reads as None. LLaMA-Factory joins relative paths to its
   ``media_dir`` training argument, which defaults to ``dataset_dir``: train with
   ``dataset_dir`` = the export's folder (or ``media_dir`` = ``image_root``) — the report's
   ``llamafactory_args`` says which.
@@ -79,8 +83,7 @@ def next_free_name(path: str | os.PathLike) -> Path:
 
 def export_name(output_path: str | os.PathLike, fmt: str) -> str:
     """The default file name of an export of ``output_path``."""
-    get_format(fmt)
-    return f"{Path(output_path).stem}.reviewed.{fmt}.json"
+    return Path(output_path).stem + get_format(fmt).default_name
 
 
 # ----------------------------------------------------------------------------------------------
@@ -173,8 +176,14 @@ class PathPolicy:
 class ExportFormat:
     name: str
     label: str
-    to_record: Callable[[Prepared, PathPolicy], dict[str, Any]] | None  # None: MM-Gen (own writer)
+    to_record: Callable[[Prepared, PathPolicy], dict[str, Any]] | None  # None: its own writer
     dataset_info: Callable[[str, bool], dict[str, Any]] | None  # (file name, with images)
+    folder: bool = False  # the export is a folder (hf), not one file
+
+    @property
+    def default_name(self) -> str:
+        """What ``export_name`` appends to the generated file's stem."""
+        return f".reviewed.{self.name}" + ("" if self.folder else ".json")
 
 
 def _llava_record(p: Prepared, paths: PathPolicy) -> dict[str, Any]:
@@ -220,6 +229,7 @@ FORMATS: dict[str, ExportFormat] = {
     "llava": ExportFormat("llava", "LLaVA JSON", _llava_record, llava_dataset_info),
     "sharegpt": ExportFormat("sharegpt", "LLaMA-Factory ShareGPT JSON", _sharegpt_record,
                              sharegpt_dataset_info),
+    "hf": ExportFormat("hf", "Hugging Face dataset (Parquet + card)", None, None, folder=True),
 }
 EXPORT_FORMATS: tuple[str, ...] = tuple(sorted(FORMATS))
 EXPORT_LABELS: dict[str, str] = {k: f.label for k, f in FORMATS.items()}
@@ -254,7 +264,8 @@ class ExportReport:
         """LLaMA-Factory training arguments that load this export (empty for mmgen)."""
         if self.dataset_name is None:
             return {}
-        args = {"dataset": self.dataset_name, "dataset_dir": str(self.dest.parent)}
+        args = {"dataset": self.dataset_name,
+                "dataset_dir": str(self.dest if self.format == "hf" else self.dest.parent)}
         if self.with_images and self.paths == "relative" and self.base is not None:
             args["media_dir"] = str(self.base)
         return args
@@ -269,8 +280,8 @@ class ExportReport:
             parts.append(f"{len(self.flagged):,} flagged and left out (ids {ids}{more}; "
                          f"first: {self.flagged[0][1]})")
         if self.with_images:
-            parts.append("image paths absolute" if self.paths == "absolute"
-                         else f"image paths relative to {self.base}")
+            parts.append({"absolute": "image paths absolute", "embedded": "images embedded"}.get(
+                self.paths, f"image paths relative to {self.base}"))
         if self.note:
             parts.append(self.note)
         if self.dataset_info is not None:
@@ -342,19 +353,27 @@ def load_rejected(path: str | os.PathLike, generated_file: str | os.PathLike) ->
 def export_file(src: str | os.PathLike, dest: str | os.PathLike, fmt: str, *,
                 rejected: Iterable[int] = (), absolute_paths: bool = False,
                 image_root: str | os.PathLike | None = None, overwrite: bool = False,
-                dataset_info: bool = True) -> ExportReport:
-    """Export the kept samples of the generated-data file ``src`` to ``dest`` in ``fmt``."""
+                dataset_info: bool = True, license: str | None = None,
+                scores: str | os.PathLike | None = None, rejected_file: str | None = None,
+                ) -> ExportReport:
+    """Export the kept samples of the generated-data file ``src`` to ``dest`` in ``fmt``
+    (``license``, ``scores``: the ``hf`` format's; ``rejected_file``: named in its card)."""
     spec = get_format(fmt)
     src, dest = Path(src), Path(os.path.abspath(dest))
     if absolute_paths and image_root is not None:
         raise ConfigError("choose absolute image paths or an image root, not both")
+    if not spec.folder and (license is not None or scores is not None):
+        raise ConfigError(f"--license and --scores are the hf format's; {fmt} has no card")
     if not src.is_file():
         raise DataFileError(f"{src}: file not found")
-    if dest.exists() and not overwrite:
+    if dest.exists() and not overwrite and not (spec.folder and dest.is_dir()
+                                                and not any(dest.iterdir())):
         raise ExportExistsError(f"{dest} exists; pass --overwrite to replace it, or write to "
                                 f"{next_free_name(dest).name}")
-    if dest.is_dir():
+    if dest.is_dir() and not spec.folder:
         raise ConfigError(f"{dest} is a folder; give the export's file name")
+    if dest.is_file() and spec.folder:
+        raise ConfigError(f"{dest} is a file; the {fmt} export is a folder")
     header = output_header(src)
     input_folder = Path(header.get("input_folder") or src.parent)
     base = Path(os.path.abspath(image_root)) if image_root is not None else dest.parent
@@ -386,6 +405,11 @@ def export_file(src: str | os.PathLike, dest: str | os.PathLike, fmt: str, *,
                 yield s, prepare(s, input_folder)
 
     dest.parent.mkdir(parents=True, exist_ok=True)
+    if spec.folder:
+        return _export_hf(src, dest, header, input_folder, kept, n_rejected, flagged,
+                          overwrite=overwrite, license=license, scores=scores,
+                          rejected_file=rejected_file, with_images=with_images,
+                          dataset_info=dataset_info)
     if spec.to_record is None:  # MM-Gen: image_folder (from the file's folder) + image_1, …
         root = base if image_root is not None else input_folder.resolve()
         if absolute_paths:
@@ -417,12 +441,95 @@ def export_file(src: str | os.PathLike, dest: str | os.PathLike, fmt: str, *,
     report = ExportReport(dest, fmt, written, n_rejected, flagged, with_images,
                           "absolute" if absolute_paths else "relative", base)
     if fmt == "llava" and with_images and text_only:
-        report.note = ("no dataset_info.json entry: LLaVA JSON has no 'image' key on text-only rows, "
-                       "so an images column cannot be in every row; export sharegpt for LLaMA-Factory")
-    elif dataset_info and spec.dataset_info is not None:
+        report.note = ("text-only rows have no 'image' key (LLaVA's rule); LLaMA-Factory reads "
+                       "them as rows without images")
+    if dataset_info and spec.dataset_info is not None:
         entry = spec.dataset_info(dest.name, with_images)
         report.dataset_info, report.dataset_name = _update_dataset_info(
             dest.parent, _dataset_name(dest), entry)
+    return report
+
+
+def _export_hf(src: Path, dest: Path, header: dict[str, Any], input_folder: Path,
+               kept: Callable[[], Iterator[tuple[dict[str, Any], Prepared]]], n_rejected: int,
+               flagged: list[tuple[Any, str]], *, overwrite: bool, license: str | None,
+               scores: str | os.PathLike | None, rejected_file: str | None,
+               with_images: bool, dataset_info: bool = True) -> ExportReport:
+    """The ``hf`` folder (``export_hf``): built beside ``dest``, then renamed into place."""
+    import shutil
+    import tempfile
+
+    from . import export_hf as hf
+    from .generate.manifest import find_manifest
+    from .quality import report_path_for
+    from .records import read_json_file
+
+    license = (license or hf.DEFAULT_LICENSE).strip()
+    if not license or any(c.isspace() for c in license):
+        raise ConfigError(f"--license {license!r} is not a licence id (e.g. cc-by-4.0, mit, other)")
+    scores_path = Path(scores) if scores is not None else hf.scores_path_for(src)
+    by_id = hf.read_scores(scores_path) if scores_path is not None else {}
+    aspects = sorted({a for r in by_id.values() for a in (r.get("scores") or {})})
+    run = str(header.get("run") or src.stem)
+    mode = str(header.get("mode") or "")
+    multi: list[tuple[Any, str]] = []
+
+    def rows() -> Iterator[tuple[dict[str, Any], Path | None, Any]]:
+        for s, p in kept():
+            if len(p.images) > 1:
+                multi.append((p.id, f"{len(p.images)} images: the hf export holds one per row"))
+                continue
+            llava = _llava_record(p, PathPolicy(True, input_folder))
+            share = _sharegpt_record(p, PathPolicy(True, input_folder))
+            row: dict[str, Any] = {
+                "id": str(p.id), "conversations": llava["conversations"],
+                "messages": share["messages"], "subgroup": str(s.get("keyword") or ""),
+                "mode": mode, "source_run": run,
+                "prompt_idx": s.get("prompt_idx") if isinstance(s.get("prompt_idx"), int) else None}
+            if aspects:
+                line = by_id.get(str(p.id)) or {}
+                sc = line.get("scores") or {}
+                row["scores"] = {a: (int(sc[a]) if a in sc else None) for a in aspects}
+                overall = line.get("overall")
+                row["overall"] = float(overall) if isinstance(overall, (int, float)) else None
+            yield row, (p.images[0] if p.images else None), p.id
+
+    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", dir=dest.parent))
+    try:
+        result = hf.write_hf(rows(), tmp, aspects)
+        result.scores = scores_path
+        left_out = flagged + multi + result.unreadable
+        manifest_path = find_manifest(src)
+        manifest = read_json_file(manifest_path) if manifest_path is not None else None
+        qpath = report_path_for(src)
+        quality = None
+        if qpath.is_file():
+            try:
+                with open(qpath, encoding="utf-8") as f:
+                    quality = json.load(f).get("summary")
+            except (OSError, ValueError) as e:
+                raise DataFileError(f"{qpath}: the quality report cannot be read: {e}") from e
+        command = hf.canonical_command(src, dest, rejected_file=rejected_file, license=license,
+                                       scores=scores_path)
+        card = hf.card_text(rows=result.rows, result=result, license=license, header=header,
+                            manifest=manifest if isinstance(manifest, dict) else None,
+                            quality=quality, per_subgroup=result.per_subgroup,
+                            rejected=n_rejected, flagged=len(left_out), command=command,
+                            scores_summary=result.score_means(), pretty_name=dest.name)
+        (tmp / hf.CARD).write_text(card, encoding="utf-8")
+        name = _dataset_name(dest)
+        if dataset_info:
+            atomic_write_json(tmp / DATASET_INFO, {name: hf.llamafactory_entry()})
+        os.chmod(tmp, 0o755)
+        hf.place(tmp, dest, overwrite)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    report = ExportReport(dest, "hf", result.rows, n_rejected, left_out, with_images, "embedded",
+                          None, dest / DATASET_INFO if dataset_info else None,
+                          name if dataset_info else None)
+    report.note = (f"{len(result.shards)} Parquet shard(s) and a dataset card; publish with: "
+                   f"hf upload USER/NAME {dest} --repo-type dataset")
     return report
 
 
@@ -434,10 +541,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = OneLineParser(prog="python -m mminstruct.export",
                       description="Export a generated-data file (rejected samples left out) to "
                                   "MM-Gen, LLaVA or LLaMA-Factory ShareGPT JSON, with a "
-                                  "dataset_info.json entry for LLaMA-Factory beside it.")
+                                  "dataset_info.json entry for LLaMA-Factory beside it, or to a "
+                                  "Hugging Face dataset folder (hf: Parquet + dataset card).")
     p.add_argument("--generated_file", required=True, help="an output of data_generator")
     p.add_argument("--format", required=True, help=f"one of: {', '.join(EXPORT_FORMATS)}")
-    p.add_argument("--output", required=True, help="the export file to write")
+    p.add_argument("--output", required=True, help="the export file to write (hf: the folder)")
     where = p.add_mutually_exclusive_group()
     where.add_argument("--absolute_paths", action="store_true", help="write absolute image paths")
     where.add_argument("--image_root", help="write image paths relative to this folder (the "
@@ -447,6 +555,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="replace --output if it exists")
     p.add_argument("--no_dataset_info", action="store_true",
                    help="do not write the dataset_info.json entry")
+    hf = p.add_argument_group("hf (a Hugging Face dataset folder: --output is the folder)")
+    hf.add_argument("--license", default=None,
+                    help="the dataset card's licence id (Hub ids: cc-by-4.0, mit, …; default other)")
+    hf.add_argument("--scores", default=None,
+                    help="a judge's scores file (JSONL) to add as columns; default: "
+                         "manifests/<run>.scores.jsonl beside the run, if there")
     p.add_argument("--debug", action="store_true", help="debug logging")
     return p
 
@@ -456,7 +570,8 @@ def run(args: argparse.Namespace) -> int:
     rejected = load_rejected(args.rejected, args.generated_file) if args.rejected else set()
     report = export_file(args.generated_file, args.output, args.format, rejected=rejected,
                          absolute_paths=args.absolute_paths, image_root=args.image_root,
-                         overwrite=args.overwrite, dataset_info=not args.no_dataset_info)
+                         overwrite=args.overwrite, dataset_info=not args.no_dataset_info,
+                         license=args.license, scores=args.scores, rejected_file=args.rejected)
     print(report.summary(), file=sys.stderr)
     print(report.dest)
     return 0

@@ -69,8 +69,10 @@ def run(args: argparse.Namespace) -> int:
     for p in plan.excluded_samples[:20]:
         log.warning("reference sample left out of ICL: %s", p)
     if plan.missing_candidates:
-        log.warning("%d candidate image(s) not found and left out (first: %s)",
-                    len(plan.missing_candidates), plan.missing_candidates[0])
+        log.warning("%d candidate image(s) not found under %s and left out (first: %s); "
+                    "--no_check_images writes them into the prompt file unchecked",
+                    len(plan.missing_candidates), config.input_folder or ".",
+                    plan.missing_candidates[0])
     for s in plan.subgroups:
         log.info("subgroup %r: %d reference samples, %d candidates → %d prompts%s",
                  s.keyword, s.n_reference, len(s.candidates), s.n_prompts,

@@ -346,6 +346,7 @@ def prepare_plan(task: TaskFile, config: PromptConfig) -> PromptPlan:
     root = Path(config.input_folder or ".")
     mode = config.mode
     excluded = list(problems)
+    image_excluded: set[int] = set()  # samples left out by the image check (--no_check_images)
     if config.check_images and mode.carries_icl:
         for i, rec in list(records.items()):
             for img in rec.images:
@@ -354,9 +355,11 @@ def prepare_plan(task: TaskFile, config: PromptConfig) -> PromptPlan:
                                             allow_outside=config.allow_outside_paths).is_file()
                 except InputError as e:
                     excluded.append(Problem(i, rec.id, str(e)))
+                    image_excluded.add(i)
                     del records[i]
                     break
                 if not ok:
+                    image_excluded.add(i)
                     excluded.append(Problem(i, rec.id, f"ICL image {_join(task.image_folder, img)!r} "
                                                        f"not found under {root}"))
                     del records[i]
@@ -400,7 +403,7 @@ def prepare_plan(task: TaskFile, config: PromptConfig) -> PromptPlan:
                 f"or give it a budget of 0 (--budgets '{sg.keyword}=0')")
         if n_prompts and mode.carries_icl and config.num_icl_samples and not pool:
             missing_refs = sum(1 for p in excluded if p.index in set(sg.reference_sample_idx)
-                               and "not found under" in p.reason)
+                               and p.index in image_excluded)
             hint = (f" ({missing_refs:,} of their images are not on disk under {root.resolve()}; "
                     "set --input_folder to the folder the task file's paths are relative to, or "
                     "pass --no_check_images)" if missing_refs else "")

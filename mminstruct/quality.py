@@ -319,7 +319,11 @@ def analyse(cfg: QualityConfig) -> QualityReport:
         if problem:
             r.invalid = problem
             r.flags.append("invalid")
-        r.refusal = refusal_match(a) if a else None
+        if problem is None and mode is not None and mode.one_sample_per_prompt:
+            answers = [t["value"] for t in conv[1::2]]  # every turn's answer may refuse
+        else:
+            answers = [a]
+        r.refusal = next((m for m in (refusal_match(x) for x in answers if x) if m), None)
         if r.refusal:
             r.flags.append("refusal")
         r.qtype = qtype

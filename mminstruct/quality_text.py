@@ -247,6 +247,30 @@ def final_answer(answer: str, variant: str | None) -> str:
     return answer
 
 
+def conversation_problem(sample: dict[str, Any], conv: list[dict[str, Any]]) -> str | None:
+    """The multi-turn (``conversation``) rules: an image; an even number of turns alternating
+    human/gpt; ``<image>`` in the first question only; no empty turn; no question asked twice (the
+    turns must build on each other, not repeat)."""
+    if not (sample.get("image_1") or sample.get("image")):
+        return "no image on a conversation sample"
+    if len(conv) % 2:
+        return f"{len(conv)} turns: a conversation ends with the assistant's answer"
+    roles = [t.get("from") for t in conv]
+    if roles != ["human", "gpt"] * (len(conv) // 2):
+        return "turns do not alternate human/gpt"
+    if any(_IMAGE_TOKEN_RE.search(t["value"]) for t in conv[1:]):
+        return "an <image> token after the first question"
+    seen: dict[str, int] = {}
+    for k in range(0, len(conv), 2):
+        q = " ".join(words(_IMAGE_TOKEN_RE.sub("", conv[k]["value"])))
+        if not q or not conv[k + 1]["value"].strip():
+            return f"turn {k // 2 + 1} has an empty {'question' if not q else 'answer'}"
+        if q in seen:
+            return f"turn {k // 2 + 1} repeats the question of turn {seen[q]}"
+        seen[q] = k // 2 + 1
+    return None
+
+
 def shape_problem(sample: dict[str, Any], mode: Mode | None, description: str) -> str | None:
     """Why the sample breaks its mode's shape (None when it does not): two turns, human then gpt,
     string values; an image for every mode but tqa and none for tqa; vqa-style samples marked
@@ -260,6 +284,8 @@ def shape_problem(sample: dict[str, Any], mode: Mode | None, description: str) -
         return "turns are not human then gpt"
     if mode is None:
         return None
+    if mode.one_sample_per_prompt:
+        return conversation_problem(sample, conv)
     if len(conv) != 2:
         return f"{len(conv)} turns; mode {mode.value} writes exactly 2"
     image = sample.get("image_1") or sample.get("image")

@@ -9,7 +9,7 @@ import streamlit as st
 
 from mminstruct.errors import MMInstructError
 from mminstruct.app.review import (EXPORT_FORMATS, EXPORT_LABELS, GeneratedData, export_name,
-                                   export_reviewed, filter_samples, load_generated, next_free_name,
+                                   export_reviewed, get_format, filter_samples, load_generated, next_free_name,
                                    sources)
 from mminstruct.app.workspace import Workspace
 from ui.gallery import thumbnail
@@ -137,19 +137,31 @@ st.caption(f"{len(samples) - len(rejected):,} kept of {len(samples):,} (rejected
 c1, c2 = st.columns([2, 1])
 fmt = c1.radio("Format", EXPORT_FORMATS, format_func=EXPORT_LABELS.get, horizontal=True,
                key="rv_fmt")
-absolute = c2.checkbox("Absolute image paths", key="rv_abs",
-                       help="Otherwise paths are relative to the export file's folder")
+is_folder = get_format(fmt).folder
+if is_folder:  # hf: images embedded; the card's licence instead of a path choice
+    absolute = False
+    licence = c2.text_input("Licence (Hub id)", value="other", key="rv_license",
+                            help="The dataset card's license: e.g. cc-by-4.0, mit, apache-2.0")
+else:
+    licence = None
+    absolute = c2.checkbox("Absolute image paths", key="rv_abs",
+                           help="Otherwise paths are relative to the export file's folder")
 dest = next_free_name(ws.exports_dir / export_name(path, fmt))  # never overwrites
-st.caption(f"Writes {md_escape(dest.name, 200)}")
+st.caption(f"Writes {md_escape(dest.name, 200)}" + ("/ (Parquet + dataset card)" if is_folder else ""))
 if st.button("Export", type="primary", key="rv_export"):
     try:
-        report = export_reviewed(path, dest, fmt, rejected=rejected, absolute_paths=absolute)
+        report = export_reviewed(path, dest, fmt, rejected=rejected, absolute_paths=absolute,
+                                 license=licence)
     except (MMInstructError, OSError) as e:
         st.error(f"Export failed: {e}")
     else:
         st.session_state["rv_last_export"] = (str(report.dest), report.written, report.summary())
 last = st.session_state.get("rv_last_export")
-if last and Path(last[0]).is_file():
+if last and Path(last[0]).is_dir():  # the hf folder: load it with datasets, publish it with hf upload
+    st.success(f"Wrote {last[1]:,} samples to {md_escape(last[0], 200)}")
+    st.caption(md_escape(last[2], 1000))
+    st.code(f"hf upload USER/NAME {last[0]} --repo-type dataset", language="bash")
+elif last and Path(last[0]).is_file():
     p = Path(last[0])
     st.success(f"Wrote {last[1]:,} samples to {md_escape(str(p), 200)}")
     st.caption(md_escape(last[2], 1000))

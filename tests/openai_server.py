@@ -27,7 +27,8 @@ finish_reason "length"), ``refusal`` (``message.refusal``), ``refusal_text`` ("I
 retry-after-ms), ``quota`` (429 insufficient_quota), ``500``, ``503``, ``auth`` (401 echoing the
 key it received, to test redaction), ``not_found`` (404), ``content_filter`` (Azure's 400),
 ``context_length``, ``image_rejected``, ``bad_request`` (400s), ``no_db`` (LiteLLM's HTTP 400
-"No connected db." for a wrong key), ``slow`` (answers after
+"No connected db." for a wrong key), ``auth400`` (LiteLLM's HTTP 400 "Authentication Error" for a
+wrong proxy key), ``slow`` (answers after
 ``slow_seconds``, for timeouts), ``drop`` (closes the connection mid-response).
 
 Answers follow the request: the keys from the system prompt's "exactly these keys: Q, R, A" (or
@@ -72,6 +73,9 @@ class StubConfig:
     quota_after: int | None = None  # answer insufficient_quota after this many successes
     default_behaviour: str = "ok"
     keep_requests: int = 20
+    # body parameters answered with OpenAI's 400 "Unsupported parameter" (an o-series model's
+    # answer to ``temperature``), whatever the behaviour
+    reject_params: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -252,6 +256,9 @@ def _answer(behaviour: str, body: dict[str, Any], texts: list[str], tag: str,
     if b == "bad_request":
         return _error(400, "Invalid value for 'temperature'.", "invalid_value",
                       "invalid_request_error")
+    if b == "auth400":  # what a LiteLLM proxy answers a wrong virtual key
+        return _error(400, "Authentication Error, Invalid proxy server token passed. Received "
+                           f"API Key = {api_key[:3]}...{api_key[-4:]}", "400", "auth_error")
     if b == "no_db":  # what a LiteLLM proxy without its database answers a wrong key
         return _error(400, "No connected db.", "400", "no_db_connection")
     return _error(400, f"stub: unknown behaviour {behaviour!r}", "stub_error", "stub")
@@ -301,6 +308,9 @@ async def chat_completions(request: Request) -> Response:
     state.window.append(time.monotonic())
     if cfg.enforce_rpm and len(state.window) > cfg.rpm_limit:
         behaviour = "429"
+    refused = [p for p in cfg.reject_params if p in body]
+    if refused:
+        behaviour = "unsupported"
     state.by_behaviour[behaviour] += 1
     state.in_flight += 1
     state.max_in_flight = max(state.max_in_flight, state.in_flight)
@@ -313,6 +323,10 @@ async def chat_completions(request: Request) -> Response:
         if behaviour == "drop":
             raise _Drop
         prompt_tokens = len(joined) // 4 + 85 * _images(body)
+        if refused:
+            return _error(400, f"Unsupported parameter: '{refused[0]}' is not supported with "
+                               "this model.", "unsupported_parameter", "invalid_request_error",
+                          param=refused[0])
         out = _answer(behaviour, body, texts, tag, prompt_tokens, state, api_key)
     finally:
         state.in_flight -= 1

@@ -155,6 +155,17 @@ def test_generate_review_and_export(task_ws: Workspace, stub,
         else:
             assert exported["len_samples"] == n - 1 == len(exported["samples"])
     assert at.get("download_button")
+    # the same export as the command line's hf: a folder datasets loads, its card's licence set here
+    at.radio(key="rv_fmt").set_value("hf").run()
+    at.text_input(key="rv_license").set_value("cc-by-4.0").run()
+    at.button(key="rv_export").click().run()
+    no_errors(at)
+    folder = task_ws.root / "exports" / f"{out.stem}.reviewed.hf"
+    assert "license: cc-by-4.0" in (folder / "README.md").read_text()
+    assert any("hf upload" in c.value for c in at.code)
+    datasets = pytest.importorskip("datasets")
+    ds = datasets.load_dataset(str(folder), split="train", cache_dir=str(task_ws.root / "hfc"))
+    assert len(ds) == n - 1 and ds[0]["image"] is not None
 
 
 @pytest.mark.slow

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import re
 import signal
 import subprocess
 import sys
@@ -359,3 +360,16 @@ def test_batch_settings_are_validated(tmp_path: Path, capsys) -> None:
 def test_index_runs() -> None:
     assert to_ranges([]) == []
     assert to_ranges([0, 1, 2, 5, 7, 8]) == [[0, 3], [5, 6], [7, 9]]
+
+
+def test_the_sharded_progress_line_counts_every_shards_prompts(bstub, tmp_path: Path,
+                                                               capsys) -> None:
+    # It said "11/11 prompts in 4 shards" for 42 prompts: the first shard's status alone.
+    from mminstruct.batch_data_generator import main as batch_main
+
+    ws = make_prompt_workspace(tmp_path, "vqa_nr", 42, min_gen=1)
+    args = gen_args(ws, bstub, *FAST, prefix="pl")
+    args[args.index("--concurrency"):args.index("--concurrency") + 2] = ["--num_parallel", "4"]
+    assert batch_main(args) == 0
+    lines = re.findall(r"^\d+/(\d+) prompts in 4 shards, ", capsys.readouterr().err, re.MULTILINE)
+    assert lines and set(lines) == {"42"}, lines

@@ -49,6 +49,28 @@ def llamafactory_rules(export: Path, entry: dict, media_dir: Path | None = None)
     return rows
 
 
+def llamafactory_rules_via_datasets(export: Path, entry: dict, media_dir: Path) -> list[dict]:
+    """LLaMA-Factory reads a JSON file with ``datasets.load_dataset("json")`` (a key missing from a
+    row is None there), then applies the converter's rules to every row."""
+    datasets = pytest.importorskip("datasets")
+    ds = datasets.load_dataset("json", data_files=str(export), split="train",
+                               cache_dir=str(export.parent / f".hf_cache_{export.stem}"))
+    cols = entry["columns"]
+    rows = list(ds)
+    for r in rows:
+        for col in cols.values():
+            assert col in r
+        msgs = r[cols["messages"]]
+        assert msgs and len(msgs) % 2 == 0
+        assert [m["from"] for m in msgs] == ["human", "gpt"] * (len(msgs) // 2)
+        images = r[cols["images"]]
+        images = [] if images is None else images if isinstance(images, list) else [images]
+        assert sum(m["value"].count("<image>") for m in msgs) == len(images)
+        for img in images:
+            assert os.path.isfile(os.path.join(media_dir, img)), img
+    return rows
+
+
 def llava_rules(export: Path, image_folder: Path) -> list[dict]:
     """What LLaVA's LazySupervisedDataset requires: image joined to --image_folder, human/gpt
     alternating from the human, one <image> in the first human turn for an image sample."""
@@ -165,9 +187,13 @@ def test_llava_export_follows_llava_rules(generated, tmp_path, paths):
     assert sum("image" not in r for r in rows) == 2
     end_token = next(r for r in rows if r["id"] == 7)  # "Q\n<image>" moved to the front
     assert end_token["conversations"][0]["value"] == "<image>\nHow many shapes?"
-    # A LLaVA file mixing image and text-only rows cannot declare an image column present in
-    # every row (LLaVA wants no 'image' key on text rows): no entry, and the report says why.
-    assert report.dataset_info is None and "export sharegpt for LLaMA-Factory" in report.summary()
+    # A LLaVA file mixing image and text-only rows gets its entry too: the text rows have no
+    # 'image' key (LLaVA's rule), which datasets — LLaMA-Factory's reader — loads as None.
+    assert report.dataset_info == dest.parent / DATASET_INFO
+    entry = _info(dest.parent)[report.dataset_name]
+    assert entry["columns"] == {"messages": "conversations", "images": "image"}
+    mixed = llamafactory_rules_via_datasets(dest, entry, image_folder)
+    assert sum(r["image"] is None for r in mixed) == 2
     # With image rows only, LLaMA-Factory reads the LLaVA file through its entry (from/value).
     only = tmp_path / "exports" / "only.json"
     export_file(generated, only, "llava", rejected={3, 4}, **kw)
@@ -237,7 +263,7 @@ def test_cli_exports_and_refuses_to_overwrite(generated, tmp_path):
 
 
 @pytest.mark.parametrize("extra,match", [
-    (["--format", "csv"], "unknown format 'csv'; choose one of: llava, mmgen, sharegpt"),
+    (["--format", "csv"], "unknown format 'csv'; choose one of: hf, llava, mmgen, sharegpt"),
     (["--format", "llava", "--absolute_paths", "--image_root", "x"], "not allowed with argument"),
     (["--format", "llava", "--rejected", "nope.json"], "nope.json: file not found"),
 ])
@@ -252,7 +278,7 @@ def test_cli_errors_are_one_line(generated, tmp_path, capsys, extra, match):
 
 def test_formats_registry_is_the_review_pages():
     from mminstruct.app import review
-    assert review.EXPORT_FORMATS == EXPORT_FORMATS == ("llava", "mmgen", "sharegpt")
+    assert review.EXPORT_FORMATS == EXPORT_FORMATS == ("hf", "llava", "mmgen", "sharegpt")
     assert review.export_reviewed.__module__ == "mminstruct.app.review"
 
 

@@ -1,4 +1,7 @@
-"""The format tests pass from a copy of the repository with nothing beside it (no ``../shared``)."""
+"""The README's promise: a fresh clone's tests pass with nothing beside it (no ``../shared``), also
+under ``CI=true``. The clone is what ``git clone`` gives — the files git tracks (plus new files
+not yet committed, so the check runs on the code under review) — in a folder with nothing beside
+it; the tests that read fixtures run there with and without ``CI=true``."""
 
 from __future__ import annotations
 
@@ -12,24 +15,33 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import REPO
+from tests.fixtures.real import REQUIRE_SHARED
 
-_IGNORE = shutil.ignore_patterns("__pycache__", "*.pyc", ".pytest_cache")
+#: Every test module that reads the real-world fixtures (``real_fixtures``, ``shared_fixtures``,
+#: ``fixture_tree``); ``test_every_fixture_user_is_listed`` keeps the list whole.
+FIXTURE_TESTS = ("tests/test_formats.py", "tests/test_records_load.py", "tests/test_messages.py",
+                 "tests/test_prompts.py")
 
 
-def _copy_repo(dest: Path) -> Path:
+def _clone(dest: Path) -> Path:
+    """The repository's files as a clone has them: ``git ls-files`` (tracked and new, not ignored)."""
+    listed = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+                            cwd=REPO, capture_output=True, check=True).stdout.decode()
     dest.mkdir()
-    for name in ("mminstruct", "tests"):
-        shutil.copytree(REPO / name, dest / name, ignore=_IGNORE)
-    shutil.copy(REPO / "pyproject.toml", dest / "pyproject.toml")
+    for rel in filter(None, listed.split("\0")):
+        src = REPO / rel
+        if src.is_file():
+            (dest / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(src, dest / rel)
     return dest
 
 
-def _pytest(repo: Path, **env_extra: str) -> subprocess.CompletedProcess:
-    env = {k: v for k, v in os.environ.items() if k not in {"CI", "PYTHONPATH"}}
+def _pytest(repo: Path, *tests: str, **env_extra: str) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if k not in {"CI", "PYTHONPATH", REQUIRE_SHARED}}
     env.update(PYTHONPATH=str(repo), **env_extra)
-    return subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
-                           "tests/test_formats.py", "tests/test_fresh_clone.py::test_copy_runs_its_own_code"],
-                          cwd=repo, env=env, capture_output=True, text=True, timeout=300)
+    return subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *tests,
+                           "tests/test_fresh_clone.py::test_copy_runs_its_own_code"],
+                          cwd=repo, env=env, capture_output=True, text=True, timeout=600)
 
 
 def test_copy_runs_its_own_code():
@@ -39,18 +51,30 @@ def test_copy_runs_its_own_code():
     assert Path(mminstruct.__file__).resolve().parents[1] == Path(tests.__file__).resolve().parents[1]
 
 
-@pytest.mark.slow  # two pytest subprocesses, ~4 s each on a busy 2-core machine
-def test_format_tests_pass_without_shared_fixtures(tmp_path):
-    repo = _copy_repo(tmp_path / "clone")
-    assert not (repo.parent / "shared").exists()
-    r = _pytest(repo)
-    out = r.stdout + r.stderr
-    assert r.returncode == 0, out[-3000:]
-    passed = int(re.search(r"(\d+) passed", out).group(1))
-    skipped = int(re.search(r"(\d+) skipped", out).group(1))
-    assert passed >= 30 and skipped >= 10 and "failed" not in out and "error" not in out.lower()
-    assert "no shared fixtures at" in out  # the skips say why
+def test_every_fixture_user_is_listed():
+    users = {f"tests/{p.name}" for p in (REPO / "tests").glob("test_*.py")
+             if re.search(r"\b(real_fixtures|shared_fixtures|fixture_tree)\b", p.read_text())
+             and p.name != "test_fresh_clone.py"}
+    assert users <= set(FIXTURE_TESTS), sorted(users - set(FIXTURE_TESTS))
 
-    # Under CI=true the shared-fixture half must run, so its absence fails.
-    r = _pytest(repo, CI="true")
-    assert r.returncode == 1 and "CI=true but the shared fixtures are not at" in r.stdout
+
+def _counts(out: str) -> dict[str, int]:
+    return {k: int(n) for n, k in re.findall(r"(\d+) (passed|failed|errors?|skipped)", out)}
+
+
+@pytest.mark.slow  # pytest subprocesses over the fixture tests, ~30 s on a busy 2-core machine
+def test_fixture_tests_pass_in_a_fresh_clone_with_and_without_ci(tmp_path):
+    repo = _clone(tmp_path / "clone")
+    assert not (repo.parent / "shared").exists() and not (repo / ".venv").exists()
+    for env in ({}, {"CI": "true"}):
+        r = _pytest(repo, *FIXTURE_TESTS, **env)
+        out = r.stdout + r.stderr
+        counts = _counts(r.stdout.strip().splitlines()[-1] if r.stdout.strip() else out)
+        assert r.returncode == 0, (env, out[-3000:])
+        assert counts.get("passed", 0) >= 40 and counts.get("skipped", 0) >= 10, (env, counts)
+        assert "failed" not in counts and "error" not in counts and "errors" not in counts
+        assert "no shared fixtures at" in out  # the skips say why
+
+    # A CI job that provides the originals asks for them, and then their absence fails.
+    r = _pytest(repo, "tests/test_formats.py", CI="true", **{REQUIRE_SHARED: "1"})
+    assert r.returncode == 1 and f"{REQUIRE_SHARED}=1 but the shared fixtures are not at" in r.stdout

@@ -76,3 +76,38 @@ def test_runs_and_outputs_under_the_old_shard_names_still_resume_and_merge(stub,
     assert json.loads(remerged.read_text())["samples"] == json.loads(merged.read_text())["samples"]
     manifest_path_for(merged).rename(merged.with_name(merged.stem + ".manifest.json"))
     assert find_manifest(merged) == merged.with_name(merged.stem + ".manifest.json")
+
+
+def test_merge_run_id_takes_exactly_that_run(stub, tmp_path, capsys):
+    # MM-Gen's merge.py globs *{run_id}*.json: run a1 also takes run a10's output. Ours matches
+    # exactly and gives the samples of a1's files alone, in merge.py's order.
+    ws = make_prompt_workspace(tmp_path, "vqa_nr", 6, min_gen=1)
+    for prefix in ("a1", "a10"):
+        assert gen_main(gen_args(ws, stub, prefix=prefix)) == 0
+    for prefix in ("b1", "b10"):
+        assert bdg.main(gen_args(ws, stub, "--num_parallel", "2", prefix=prefix)) == 0
+    capsys.readouterr()
+    folder = ws.output_folder / "generated_data"
+    glob_a1 = [p.name for p in folder.glob("*a1*.json")]  # merge.py's glob
+    assert any(n.startswith("a10_") for n in glob_a1)
+    mmgen_merge = tmp_path / "merged"
+    for run_id, n_files in (("a1", 1), ("a10", 1), ("b1_shard", 2), ("b10_shard", 2)):
+        assert bdg.main(["merge", "--run_id", run_id, "--folder_path", str(folder),
+                         "--output_folder", str(mmgen_merge)]) == 0
+        err = capsys.readouterr().err
+        assert f"merged {n_files} file(s)" in err
+        out = mmgen_merge / f"{run_id}.json"
+        expected = sorted((p for p in folder.glob(f"{run_id}_*.json")
+                           if p.name[len(run_id) + 1].isdigit()),
+                          key=lambda p: int(p.name.split(f"{run_id}_")[-1].split("_")[0]))
+        assert len(expected) == n_files
+        theirs = [s for f in expected for s in json.loads(f.read_text())["samples"]]
+        ours = json.loads(out.read_text())["samples"]
+        assert len(ours) == len(theirs) == 6
+        assert [(s["prompt_idx"], s["conversations"]) for s in ours] == \
+            [(s["prompt_idx"], s["conversations"]) for s in theirs]
+    assert bdg.main(["merge", "--run_id", "a", "--folder_path", str(folder)]) == 2
+    assert "no files named a_<N>….json" in capsys.readouterr().err
+    assert bdg.main(["merge", "--run_id", "a1", "--folder_path", str(folder),
+                     "--output_folder", str(mmgen_merge)]) == 2  # never overwritten
+    assert "exists" in capsys.readouterr().err

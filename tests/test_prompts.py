@@ -213,3 +213,23 @@ def test_cli_errors_are_one_line(tmp_path, args, match):
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1 and "Traceback" not in r.stderr
     assert pytest.importorskip("re").search(match, lines[0])
+
+
+def test_the_command_line_names_no_check_images_for_missing_images(tmp_path):
+    # Some candidates missing: the warning says how to keep them; every reference refused (an
+    # absolute path) or missing: the error says it too.
+    task = _task(tmp_path)
+    (tmp_path / "pool" / "c0.jpg").unlink()
+    (tmp_path / "task.json").write_text(json.dumps(task.to_json()))
+    r = _run("--task_desc", "task.json", "--input_folder", str(tmp_path), "--output_folder",
+             str(tmp_path), "--file_prefix", "t", "--total_gen", "6", "--mode", "vqa", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    [warning] = [ln for ln in r.stderr.splitlines() if "candidate image(s) not found" in ln]
+    assert "pool/c0.jpg" in warning and "--no_check_images" in warning
+    raw = task.to_json()
+    for s in raw["samples"]:
+        s["image_1"] = "/elsewhere/" + s["image_1"]
+    (tmp_path / "task.json").write_text(json.dumps(raw))
+    r = _run("--task_desc", "task.json", "--input_folder", str(tmp_path), "--output_folder",
+             str(tmp_path), "--file_prefix", "t", "--total_gen", "6", "--mode", "vqa", cwd=tmp_path)
+    assert r.returncode == 2 and "--no_check_images" in r.stderr.strip().splitlines()[-1], r.stderr

@@ -30,7 +30,7 @@ from ..errors import ConfigError, ImageError
 from ..cache import atomic_write_json
 from ..formats import PromptFile, TaskFile, is_prompt_image, prompt_file_name, save_prompt_file
 from ..generate.manifest import CostEstimate, estimate_cost
-from ..generate.output import samples_per_item
+from ..generate.output import samples_per_item, samples_per_prompt
 from ..images import probe_image, resolve_image_path
 from ..llm.requests import (REQUEST_OVERHEAD_TOKENS, BuiltRequest, EncodedImage, ImageEncoder,
                            build_messages, generation_prompt, system_prompt, text_tokens)
@@ -42,6 +42,7 @@ from .workspace import Workspace
 OUTPUT_TOKENS_PER_ITEM: dict[Mode, int] = {
     Mode.VQA: 200, Mode.VQA_NR: 70, Mode.TQA: 260, Mode.DESCRIPT: 220, Mode.GENERIC: 200,
     Mode.VQA_TASK_DESC: 200, Mode.DESCRIPT_TASK_DESC: 220,
+    Mode.CONVERSATION: 90,  # one turn
 }
 
 
@@ -62,7 +63,7 @@ def plan_workspace(ws: Workspace, task: TaskFile, task_path: str | os.PathLike
 
 def allocation_rows(plan: PromptPlan, config: PromptConfig) -> list[dict[str, Any]]:
     """One row per subgroup: references, ICL pool, candidates, prompts and expected samples."""
-    per = config.min_gen_per_candidate * samples_per_item(config.mode)
+    per = samples_per_prompt(config.mode, config.min_gen_per_candidate)
     return [{"keyword": s.keyword, "reference samples": s.n_reference,
              "usable as ICL": len(s.icl_pool), "candidate images": len(s.candidates),
              "budget": str(s.budget) if s.budget is not None else "proportional",
@@ -77,6 +78,13 @@ def samples_note(mode: str | Mode, total_gen: int, items_per_prompt: int,
     """The sample arithmetic in words: total_gen counts items the model writes; prompts ×
     items per prompt × samples per item (by mode) = samples."""
     m = parse_mode(mode)
+    if m.one_sample_per_prompt:
+        head = (f"total_gen = {total_gen:,} turns → about {-(-total_gen // items_per_prompt):,} "
+                f"prompts of one {items_per_prompt}-turn conversation (rounded up per subgroup)")
+        if n_prompts is None:
+            return f"{head}; {m.value} writes one multi-turn sample per prompt."
+        return (f"{n_prompts:,} prompts × 1 conversation of {items_per_prompt} turn(s) "
+                f"({m.value}: one multi-turn sample per prompt) = {n_prompts:,} samples")
     per = samples_per_item(m)
     why = ("a reasoning sample and a concise sample per item" if per == 2
            else "one sample per item")

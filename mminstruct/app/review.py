@@ -18,12 +18,12 @@ from typing import Any
 from ..errors import ConfigError, DataFileError, choices_message
 from ..formats import TaskFile, load_task_file
 from ..export import (EXPORT_FORMATS, EXPORT_LABELS, ExportReport, export_file, export_name,
-                     next_free_name)
+                     get_format, next_free_name)
 from ..generate.jsonstream import PromptStream
 from ..generate.output import GeneratedData, load_output, output_header
 
 __all__ = ["EXPORT_FORMATS", "EXPORT_LABELS", "ExportReport", "Sources", "export_name",
-           "export_reviewed", "filter_samples", "next_free_name", "sample_text", "sources"]
+           "export_reviewed", "get_format", "filter_samples", "next_free_name", "sample_text", "sources"]
 
 
 def load_generated(path: str | os.PathLike) -> GeneratedData:
@@ -102,10 +102,12 @@ def sources(output_path: str | os.PathLike) -> Sources:
 
 def export_reviewed(src: str | os.PathLike, dest: str | os.PathLike, fmt: str, *,
                     rejected: Iterable[int] = (), absolute_paths: bool = False,
-                    image_root: str | os.PathLike | None = None, overwrite: bool = False
-                    ) -> ExportReport:
+                    image_root: str | os.PathLike | None = None, overwrite: bool = False,
+                    license: str | None = None) -> ExportReport:
     """Export the kept samples of ``src`` to ``dest`` (``mminstruct.export.export_file``: image
-    paths relative to ``dest``'s folder, or ``image_root``, or absolute; never overwriting unless
-    asked — offer ``next_free_name(dest)`` instead)."""
+    paths relative to ``dest``'s folder, or ``image_root``, or absolute; the ``hf`` format a folder
+    with its card's ``license``; never overwriting unless asked — offer ``next_free_name(dest)``
+    instead)."""
     return export_file(src, dest, fmt, rejected=rejected, absolute_paths=absolute_paths,
-                       image_root=image_root, overwrite=overwrite)
+                       image_root=image_root, overwrite=overwrite,
+                       license=license if get_format(fmt).folder else None)

@@ -104,7 +104,7 @@ class BatchJob(RunJob):
     def __init__(self, *args: Any) -> None:
         super().__init__(*args)
         cfg = self.cfg
-        self.early_stop = EarlyStop(0)  # a batch's results arrive together: nothing to save
+        self.early_stop = EarlyStop(0, 0)  # a batch's results arrive together: nothing to save
         self.state = BatchState.load(self.run.path)
         self.client = self.shared.clients[0]
         self.azure = cfg.endpoint.kind == "azure"

@@ -7,7 +7,10 @@
   recorded); a cancel stops new requests, lets those in flight finish for ``cancel_grace``
   seconds, then abandons the rest — unrecorded, so ``--resume`` sends them again.
 * ``EarlyStop``: watches the first finished prompts of a session and says when they all failed for
-  good the same way (a wrong key behind a proxy answering HTTP 400, say), so the run stops early.
+  good the same way (a wrong key behind a proxy answering HTTP 400, say), so the run stops early;
+  and watches every attempt: ``TRANSIENT_STOP_AFTER`` failed attempts (5xx, timeouts, dropped
+  connections) before the session's first success stop the run too, rather than each prompt
+  spending its retries (an endpoint answering 500 to everything spent 400 requests before).
 * ``RunStatus``: counts, tokens, rate and limits; the engine rewrites ``status.json`` in the run
   folder atomically every ``status_interval`` seconds and passes the same object to the
   ``on_progress`` callback. ``read_status(run_dir)`` reads it back.
@@ -36,17 +39,47 @@ EARLY_STOP_CLASSES = frozenset({"bad_request", "content_filter", "context_length
                                 "server", "connection", "timeout"})
 
 
+#: Failed attempts (of ``TRANSIENT_CLASSES``, retried or not) before any success of the session
+#: after which the run stops: a run against an endpoint that fails everything spends at most this
+#: many requests plus those already in flight (≤ ``concurrency``) when it stops.
+TRANSIENT_STOP_AFTER = 24
+TRANSIENT_CLASSES = frozenset({"server", "connection", "timeout"})
+
+
 class EarlyStop:
     """The early stop of a run: when the first ``after`` finished prompts of a session all failed
     for good with the same error class and HTTP status, ``see`` returns the error to stop with,
     quoting what the server answered. Those prompts — and any that fail the same way while the
     run stops — are ``resend()``: the engine leaves them for ``--resume`` to send again."""
 
-    def __init__(self, after: int):
+    def __init__(self, after: int, transient_after: int = TRANSIENT_STOP_AFTER):
         self.after = after  # 0: off (disabled, or the run's start was not all alike failures)
         self.first: list[dict[str, Any]] = []
         self.triggered = False
         self.error: Any = None  # the LLMError the run stops with, once triggered
+        self.transient_after = transient_after  # 0: off
+        self.transient_failures = 0
+        self.succeeded = False
+
+    def attempt(self, error: Any | None) -> Exception | None:
+        """One request's end (``error`` None: a success): the error to stop the run with once
+        ``transient_after`` attempts failed transiently before any success, else None."""
+        if error is None:
+            self.succeeded = True
+            return None
+        if self.triggered or self.succeeded or not self.transient_after \
+                or error.kind not in TRANSIENT_CLASSES:
+            return None
+        self.transient_failures += 1
+        if self.transient_failures < self.transient_after:
+            return None
+        from ..llm.errors import BY_KIND
+
+        self.triggered = True
+        self.error = BY_KIND[error.kind](
+            f"{self.transient_failures} requests failed and none succeeded; the server "
+            f"answered: {error}", status=error.status)
+        return self.error
 
     def _same(self, rec: dict[str, Any]) -> bool:
         if rec.get("outcome") != "failed" or rec.get("error_class") not in EARLY_STOP_CLASSES:

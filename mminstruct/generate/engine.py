@@ -13,7 +13,11 @@ Flow of one run (``run_async``):
    ``max_retries``. A class that would fail every prompt (quota, auth, unknown model) stops the
    run, leaving the rest unfinished for ``--resume``; so do ``job.EARLY_STOP_AFTER`` first requests
    (of all shards) failing for good alike (``control.EarlyStop``: a proxy's HTTP 400 for a wrong
-   key, say), quoting the server; ``--resume`` sends those prompts again.
+   key, say), quoting the server, and ``control.TRANSIENT_STOP_AFTER`` attempts failing with 5xx /
+   timeouts / connection errors before any success; ``--resume`` sends those prompts again. On
+   a wrong key, an unknown model or an early stop, dispatch stops at once and the requests in
+   flight are cancelled (at most ``concurrency`` more are spent); a user's cancel gives them
+   ``cancel_grace`` seconds.
 4. When every prompt of the range has a record, the MM-Gen output file and the manifest are
    written atomically and the run is marked finished.
 
@@ -67,6 +71,9 @@ class OnlineJob(RunJob):
         ticker = asyncio.create_task(self.tick())
         tasks = [producer, *workers]
         everything = asyncio.gather(*tasks)
+        # Cancelled workers leave their CancelledError on the gathering future; read it, or asyncio
+        # logs "_GatheringFuture exception was never retrieved" at exit.
+        everything.add_done_callback(lambda f: f.cancelled() or f.exception())
         try:
             await self._supervise(everything, tasks)
         except BaseException:
@@ -91,7 +98,8 @@ class OnlineJob(RunJob):
                             "in flight", self.cfg.cancel_grace, self.in_flight)
                 self.begin_stop()
             if self.stopping:  # requests in flight may still succeed: give them the grace
-                done, _ = await asyncio.wait({everything}, timeout=self.cfg.cancel_grace)
+                grace = 0.0 if self.doomed() else self.cfg.cancel_grace
+                done, _ = await asyncio.wait({everything}, timeout=grace) if grace else (set(), None)
                 if not done:
                     for t in tasks:
                         t.cancel()
@@ -99,6 +107,12 @@ class OnlineJob(RunJob):
                 else:
                     everything.result()
                 return
+
+    def doomed(self) -> bool:
+        """Whether the requests in flight will fail like the one that stopped the run (a wrong key,
+        an unknown model, the early stop): they are cancelled at once, not given the grace."""
+        err = self.stop_error
+        return err is not None and (err.kind in ("auth", "not_found") or self.early_stop.triggered)
 
     async def _produce(self, queue: asyncio.Queue, done: set[int], n_workers: int) -> None:
         try:

@@ -32,8 +32,8 @@ from ..llm.errors import (RETRYABLE_ON_RESUME, BadJSONError, BadPromptError, Con
 from ..llm.limiter import RateLimiter
 from ..llm.parse import ParseResult, parse_items
 from ..llm.requests import (BuiltRequest, ImageEncoder, build_messages, candidate_image,
-                            fix_messages, generation_prompt, request_body, response_schema,
-                            system_prompt)
+                            fix_messages, generation_prompt, refused_params, request_body,
+                            response_schema, system_prompt)
 from ..modes import Mode
 from .config import GenerationConfig
 from .control import EarlyStop, RunControl, RunStatus, StatusTracker
@@ -108,10 +108,19 @@ async def build_request(cfg: GenerationConfig, mode: Mode, system: str, generate
 
 
 class _StatusObserver(CallObserver):
-    """Counts every call's events into the run's live status."""
+    """Counts every call's events into the run's live status; each attempt's end goes to
+    ``on_attempt`` (the early stop on transient failures)."""
 
-    def __init__(self, tracker: StatusTracker):
+    def __init__(self, tracker: StatusTracker,
+                 on_attempt: Callable[[LLMError | None], None] = lambda e: None):
         self.tracker = tracker
+        self.on_attempt = on_attempt
+
+    def on_success(self) -> None:
+        self.on_attempt(None)
+
+    def on_failure(self, error: LLMError) -> None:
+        self.on_attempt(error)
 
     def on_request(self) -> None:
         self.tracker.status.requests += 1
@@ -157,7 +166,13 @@ class RunJob:
         self.caller = Caller(shared.limiter,
                              RetryPolicy(cfg.max_retries, cfg.retry_base_delay, cfg.retry_max_delay),
                              cfg.timeout, self.stop_event, control.wait_while_paused,
-                             _StatusObserver(self.tracker), self.follow_early_stop)
+                             _StatusObserver(self.tracker, self.attempt_ended),
+                             self.follow_early_stop)
+        refused = [p for p in refused_params(cfg.model_name)
+                   if getattr(cfg, p, None) is not None]
+        if refused:
+            log.warning("%s not sent: model %r does not take %s", ", ".join(
+                f"--{p}" for p in refused), cfg.model_name, " or ".join(refused))
 
     async def execute(self) -> RunResult:
         raise NotImplementedError
@@ -272,6 +287,12 @@ class RunJob:
         if error is not None:
             self.begin_stop(error)
         self.follow_early_stop()
+
+    def attempt_ended(self, error: LLMError | None) -> None:
+        """One request's end: stops the run once the early stop's transient-failure bound is met."""
+        stop = self.early_stop.attempt(error)
+        if stop is not None:
+            self.begin_stop(stop)
 
     def follow_early_stop(self) -> None:
         """Another shard's first requests all failed alike: stop this one too."""

@@ -53,6 +53,30 @@ def samples_per_item(mode: Mode) -> int:
     return 2 if mode in TWO_SAMPLE_MODES else 1
 
 
+def samples_per_prompt(mode: Mode, items: int) -> int:
+    """Samples a prompt whose answer has ``items`` items becomes: one multi-turn sample in the
+    ``conversation`` mode, else ``items × samples_per_item``."""
+    if mode.one_sample_per_prompt:
+        return 1 if items else 0
+    return items * samples_per_item(mode)
+
+
+def conversation_sample(items: list[dict[str, str]], *, image: str | None, keyword: str,
+                        icl_indices: list[int], prompt_idx: int) -> dict[str, Any]:
+    """The ``conversation`` mode's one sample of a prompt: its items, in order, as the turns of one
+    conversation (``<image>`` in the first question only)."""
+    turns: list[dict[str, str]] = []
+    for k, item in enumerate(items):
+        tag = "<image>\n" if image and k == 0 else ""
+        turns += _turns(f"{tag}{item['Q']}", item["A"])
+    sample: dict[str, Any] = {}
+    if image:
+        sample["image_1"] = image
+    sample.update(conversations=turns, icl_indices=list(icl_indices), keyword=keyword,
+                  prompt_idx=prompt_idx)
+    return sample
+
+
 def describe_question(mode: Mode, dataset_description: str) -> str:
     desc = dataset_description.strip().rstrip(".")
     if mode is Mode.GENERIC or not desc:
@@ -98,6 +122,11 @@ def item_samples(mode: Mode, item: dict[str, str], *, image: str | None, keyword
 
 def record_samples(mode: Mode, rec: dict[str, Any], dataset_description: str
                    ) -> list[dict[str, Any]]:
+    if mode.one_sample_per_prompt:
+        items = rec.get("items", [])
+        return [conversation_sample(items, image=rec.get("image"), keyword=rec.get("keyword", ""),
+                                    icl_indices=rec.get("icl_indices", []),
+                                    prompt_idx=rec["prompt_idx"])] if items else []
     out: list[dict[str, Any]] = []
     for item in rec.get("items", []):
         out.extend(item_samples(mode, item, image=rec.get("image"), keyword=rec.get("keyword", ""),
@@ -151,7 +180,8 @@ def write_output(log_path: Path, path: Path, *, mode: Mode, dataset_description:
     latest = latest_records(log_path)
     ok = sorted(i for i, r in latest.items() if r.ok and start_idx <= i < start_idx + num_prompts)
     n_items = sum(latest[i].n_items for i in ok)
-    header = {"image_folder": "", "len_samples": n_items * samples_per_item(mode),
+    n_samples = sum(samples_per_prompt(mode, latest[i].n_items) for i in ok)
+    header = {"image_folder": "", "len_samples": n_samples,
               "start_idx": start_idx, "end_idx": start_idx + num_prompts,
               "num_prompts": num_prompts, **extra}
 

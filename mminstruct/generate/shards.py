@@ -78,6 +78,10 @@ async def run_shards_async(cfg: GenerationConfig, num_parallel: int, *,
             return None
         return lambda st: on_progress(k, st)
 
+    if on_progress is not None:  # every shard's total is known before the first reports
+        for k, (_, m) in enumerate(ranges):
+            on_progress(k, RunStatus(total=m))
+
     try:
         results = await asyncio.gather(*(run_async(c, control=control, shared=shared,
                                                    on_progress=progress(k))

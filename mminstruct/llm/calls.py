@@ -5,7 +5,9 @@ the RPM/TPM limiter, POSTs ``/chat/completions`` through the ``openai`` client a
 completion as a dict. Every failure is classified (``llm.errors.classify``); retryable classes are
 retried within ``RetryPolicy.max_retries`` with exponential back-off and jitter, or the server's
 Retry-After (which also cools the limiter down for every worker). A run that is stopping raises
-``Stopped`` instead of sending. ``CallStats`` counts one prompt's attempts, retries, format fixes,
+``Stopped`` instead of sending. An HTTP 400 that names a parameter the model does not take
+(``unsupported_parameter``: ``temperature`` for o-series models, say) is retried once without it,
+with a warning, and the parameter is left out of this caller's later requests. ``CallStats`` counts one prompt's attempts, retries, format fixes,
 errors and tokens; ``CallObserver`` sees the same events for a run's live totals.
 
 The online engine and the Batch API path (its format-fix calls) share this one implementation.
@@ -58,6 +60,12 @@ class CallObserver:
     def on_retry(self) -> None:
         pass
 
+    def on_success(self) -> None:
+        pass
+
+    def on_failure(self, error: Any) -> None:
+        """Every failed attempt's ``LLMError`` (after ``on_error``), retried or not."""
+
 
 @dataclass(frozen=True)
 class RetryPolicy:
@@ -72,6 +80,15 @@ class RetryPolicy:
             return min(retry_after, 600.0) * random.uniform(1.0, 1.1)
         cap = min(self.max_delay, self.base_delay * 2 ** attempt)
         return random.uniform(cap / 2, cap)
+
+
+def without_params(body: dict[str, Any], dropped: set[str]) -> dict[str, Any]:
+    """``body`` less the refused parameters; a refused ``max_tokens`` is sent as
+    ``max_completion_tokens`` (its name for o-series and GPT-5 models) rather than lost."""
+    out = {k: v for k, v in body.items() if k not in dropped}
+    if "max_tokens" in dropped and "max_tokens" in body and "max_completion_tokens" not in dropped:
+        out.setdefault("max_completion_tokens", body["max_tokens"])
+    return out
 
 
 async def _no_pause() -> None:
@@ -89,6 +106,8 @@ class Caller:
     wait_while_paused: Callable[[], Awaitable[None]] = _no_pause
     observer: CallObserver = field(default_factory=CallObserver)
     before_attempt: Callable[[], None] = lambda: None  # may stop the run (another shard stopped)
+    #: Parameters the endpoint refused as unsupported: left out of every later body.
+    dropped_params: set[str] = field(default_factory=set)
 
     @property
     def stopping(self) -> bool:
@@ -98,7 +117,12 @@ class Caller:
                    stats: CallStats) -> dict[str, Any]:
         """The completion for ``body`` (``est_tokens``: input + expected output, for the TPM
         limit), retried as the error classes allow; raises the last ``LLMError`` or ``Stopped``."""
-        for attempt in range(self.policy.max_retries + 1):
+        dropped_retry = False
+        attempt = -1
+        while attempt < self.policy.max_retries:
+            attempt += 1
+            if self.dropped_params:
+                body = without_params(body, self.dropped_params)
             self.before_attempt()
             if self.stopping:
                 raise Stopped
@@ -117,6 +141,7 @@ class Caller:
                 stats.output_tokens += used_out
                 self.observer.on_usage(used_in, used_out)
                 self.limiter.settle(est_tokens, used_in + used_out if usage else None)
+                self.observer.on_success()
                 return completion
             except asyncio.CancelledError:
                 raise
@@ -127,6 +152,19 @@ class Caller:
                     self.limiter.observe_headers(response.headers)
             stats.errors[err.kind] += 1
             self.observer.on_error(err.kind)
+            self.observer.on_failure(err)
+            if err.param and err.param in body and not dropped_retry:
+                # Once per prompt, and not counted against max_retries: the body was wrong, not
+                # the server.
+                dropped_retry = True
+                if err.param not in self.dropped_params:
+                    log.warning("the endpoint refused the parameter %r for model %r (%s); "
+                                "sending again without it", err.param, body.get("model"), err)
+                self.dropped_params.add(err.param)
+                attempt -= 1
+                stats.retries += 1
+                self.observer.on_retry()
+                continue
             if not err.retryable or attempt >= self.policy.max_retries:
                 raise err
             if err.kind == "rate_limit" and err.retry_after:
@@ -140,7 +178,7 @@ class Caller:
                 raise Stopped
             except asyncio.TimeoutError:
                 pass
-        raise RuntimeError("unreachable: the retry loop returns or raises")
+        raise RuntimeError("unreachable: the retry loop returns or raises")  # pragma: no cover
 
     async def post(self, client: Any, body: dict[str, Any]) -> dict[str, Any]:
         """POST /chat/completions through the openai client (its auth, base URL, Azure routing,

@@ -8,7 +8,8 @@ class (counter)    what                                                       re
 =================  =========================================================  ==========  =======
 rate_limit         HTTP 429 (Retry-After / retry-after-ms honoured)           yes         no
 quota              HTTP 429 ``insufficient_quota`` (billing, not pacing)      no          the run
-auth               HTTP 401/403, a missing or wrong key                       no          the run
+auth               HTTP 401/403, a missing or wrong key (also a gateway's 400  no          the run
+                   whose body says the key is invalid)
 not_found          HTTP 404, an unknown model / deployment / URL              no          the run
 content_filter     the provider's content filter (400 code or finish_reason)  no          no
 context_length     the prompt is longer than the model's context window       no          no
@@ -84,11 +85,13 @@ class LLMError(GenerationError):
     kind: ClassVar[str] = "bad_request"
 
     def __init__(self, message: str, *, retry_after: float | None = None,
-                 status: int | None = None, raw: str | None = None):
+                 status: int | None = None, raw: str | None = None,
+                 param: str | None = None):
         super().__init__(redact(message))
         self.retry_after = retry_after
         self.status = status
         self.raw = raw  # the model's text, for parse failures
+        self.param = param  # a 400's unsupported request parameter (``unsupported_param``)
 
     @property
     def rule(self) -> Rule:
@@ -285,6 +288,30 @@ def parse_retry_after(headers: Any) -> float | None:
     return max(0.0, (when - datetime.now(timezone.utc)).total_seconds())
 
 
+#: A gateway's HTTP 400 that is really a wrong key (LiteLLM's "Authentication Error", a proxy's
+#: "invalid api key"): read from the error's code, type or message.
+_AUTH_CODES = {"invalid_api_key", "authentication_error", "auth_error", "invalid_authentication",
+               "unauthorized", "permission_denied"}
+_AUTH_MESSAGE = re.compile(r"authentication error|(invalid|incorrect|wrong|missing)\s+(api[\s_-]?)?"
+                           r"(key|token)|api key (is )?(not valid|invalid)|unauthori[sz]ed")
+#: OpenAI's answer to a parameter a model does not take: code ``unsupported_parameter`` /
+#: ``unsupported_value`` with the parameter in ``param``, or "Unsupported parameter: 'temperature'".
+_UNSUPPORTED_CODES = {"unsupported_parameter", "unsupported_value"}
+_UNSUPPORTED_MESSAGE = re.compile(r"unsupported (?:parameter|value):\s*'([a-z_]+)'|'([a-z_]+)' is not "
+                                  r"supported with this model|does not support (?:the )?'?"
+                                  r"([a-z_]+)'? parameter", re.IGNORECASE)
+
+
+def unsupported_param(body: Any, message: str) -> str | None:
+    """The request parameter an HTTP 400 says the model does not support (None when it names none)."""
+    err = body.get("error", body) if isinstance(body, dict) else {}
+    if isinstance(err, dict) and str(err.get("code") or "").lower() in _UNSUPPORTED_CODES \
+            and isinstance(err.get("param"), str) and err["param"]:
+        return err["param"]
+    m = _UNSUPPORTED_MESSAGE.search(message or "")
+    return next((g for g in m.groups() if g), None) if m else None
+
+
 def _body_fields(body: Any) -> tuple[str, str, str]:
     """(code, type, message) from an error body, lower-cased; both OpenAI's ``{"error": {…}}`` and a
     bare object are read, and Azure's ``innererror.code``."""
@@ -327,6 +354,11 @@ def classify(exc: BaseException) -> LLMError:
             return NotFoundError(text, status=status)
         if status >= 500 or status in (408, 409):
             return ServerError(text, retry_after=parse_retry_after(headers), status=status)
+        if code in _AUTH_CODES or etype in _AUTH_CODES or _AUTH_MESSAGE.search(msg):
+            return AuthError(text, status=status)
+        param = unsupported_param(exc.body, msg)
+        if param is not None:
+            return BadRequestError(text, status=status, param=param)
         if code in _CONTENT_FILTER_CODES or "content management policy" in msg \
                 or "content filter" in msg:
             return ContentFilterError(text, status=status)

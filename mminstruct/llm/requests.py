@@ -104,6 +104,16 @@ _SYSTEM: dict[Mode, str] = {
         "Each description is several sentences long, accurate to the image, and different from "
         "the others."
     ),
+    Mode.CONVERSATION: (
+        "You write training data for a vision-language model that specialises in {desc}. "
+        "You are shown worked examples from a reference dataset — each an image with its "
+        "question and answer — and then one new image. Write one multi-turn conversation between "
+        "a user and an assistant about the new image, in the style of the examples. Each turn is "
+        "a user question and the assistant's answer. The first question is about the image "
+        "itself; every later question builds on the previous answers (a follow-up, a detail, a "
+        "comparison, a why) and never repeats an earlier question. Every answer must be correct "
+        "for the new image and consistent with the earlier answers."
+    ),
 }
 
 _GENERATE: dict[Mode, str] = {
@@ -119,6 +129,9 @@ _GENERATE: dict[Mode, str] = {
     Mode.VQA_TASK_DESC: "Now write exactly {n} question–answer pairs, with reasoning, about the "
                         "image above.",
     Mode.DESCRIPT_TASK_DESC: "Now write exactly {n} detailed descriptions of the image above.",
+    Mode.CONVERSATION: "Now write one conversation of exactly {n} turns about the last image above "
+                       "(the new image), in order: each object is one turn, its question building "
+                       "on the answers before it.",
 }
 
 _FIX_SYSTEM = (
@@ -358,6 +371,17 @@ def needs_max_completion_tokens(model: str) -> bool:
     return bool(_NEEDS_COMPLETION_TOKENS.match(model.strip().rsplit("/", 1)[-1]))
 
 
+#: Sampling parameters reasoning models (o-series, GPT-5) refuse: HTTP 400 "Unsupported parameter"
+#: or "Unsupported value … Only the default (1) value is supported". Not sent to those models.
+REASONING_MODEL_REFUSES = ("temperature", "top_p")
+
+
+def refused_params(model: str) -> tuple[str, ...]:
+    """The body parameters ``model``'s family refuses (``REASONING_MODEL_REFUSES`` for o-series and
+    GPT-5 models, nothing for others)."""
+    return REASONING_MODEL_REFUSES if needs_max_completion_tokens(model) else ()
+
+
 def max_tokens_key(model: str, field: str = "auto") -> str:
     """The body key that carries the answer-token limit for ``model`` (see ``MAX_TOKENS_FIELDS``)."""
     if field not in MAX_TOKENS_FIELDS:
@@ -370,11 +394,15 @@ def max_tokens_key(model: str, field: str = "auto") -> str:
 def request_body(model: str, messages: list[dict[str, Any]], *, temperature: float | None = None,
                  max_tokens: int | None = None, seed: int | None = None,
                  response_format: dict[str, Any] | None = None,
-                 max_tokens_field: str = "auto") -> dict[str, Any]:
-    """The chat-completions body (also what ``--dry_run`` writes into the Batch API file)."""
+                 max_tokens_field: str = "auto", top_p: float | None = None) -> dict[str, Any]:
+    """The chat-completions body (also what ``--dry_run`` writes into the Batch API file).
+    Parameters the model's family refuses (``refused_params``) are left out."""
     body: dict[str, Any] = {"model": model, "messages": messages}
-    if temperature is not None:
+    refused = refused_params(model)
+    if temperature is not None and "temperature" not in refused:
         body["temperature"] = temperature
+    if top_p is not None and "top_p" not in refused:
+        body["top_p"] = top_p
     if max_tokens is not None:
         body[max_tokens_key(model, max_tokens_field)] = max_tokens
     if seed is not None:
