@@ -855,8 +855,13 @@ def run(args: argparse.Namespace) -> int:
         return EXIT_BUDGET
     if result.state != FINISHED:
         return run_exit_code(result.state, 0)
-    failed = result.status.failed
-    return run_exit_code(FINISHED, failed)
+    from .data_generator import failed_summary
+
+    st = result.status
+    failed = failed_summary(st.failed, st.failed_by_class)
+    if failed:
+        print(f"{failed} (unjudged in the scores file)", file=sys.stderr)
+    return run_exit_code(FINISHED, st.failed)
 
 
 def _print_summary(path: Path) -> None:

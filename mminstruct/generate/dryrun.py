@@ -35,9 +35,9 @@ WINDOW = 64
 
 async def dry_run(cfg: GenerationConfig, stream: PromptStream, start: int, n: int,
                   shared: Shared | None,
-                  build: Callable[[Any, Any], Awaitable[dict[str, Any]]] | None = None
+                  body_of: Callable[[Any, Any], Awaitable[dict[str, Any]]] | None = None
                   ) -> RunResult:
-    """``build(entry, encoder)`` → body replaces ``build_request`` for another kind of run (the
+    """``body_of(entry, encoder)`` → body replaces ``build_request`` for another kind of run (the
     judge's); the files, their parts and the sidecar are the same."""
     own = shared is None
     shared = shared or Shared.build(cfg, with_client=False)
@@ -55,8 +55,8 @@ async def dry_run(cfg: GenerationConfig, stream: PromptStream, start: int, n: in
     try:
         async def build(idx: int, entry: Any) -> tuple[int, str | None, dict | None]:
             try:  # a malformed entry arrives as its BadPromptError, which build_request raises
-                if build is not None:
-                    body = await build(entry, shared.encoder)
+                if body_of is not None:
+                    body = await body_of(entry, shared.encoder)
                 else:
                     body, _ = await build_request(cfg, mode, system, generate, entry,
                                                   shared.encoder, fmt)

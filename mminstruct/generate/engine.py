@@ -192,7 +192,7 @@ async def run_async(cfg: GenerationConfig, *, control: RunControl | None = None,
         from .dryrun import dry_run
 
         return await dry_run(cfg, stream, start, n, shared,
-                             build=kind.dry_build if kind is not None else None)
+                             body_of=kind.dry_build if kind is not None else None)
     own = shared is None
     if shared is None:
         shared = Shared.build(cfg)  # first: a missing key fails before a run folder exists
