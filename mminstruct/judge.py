@@ -70,6 +70,7 @@ from .llm.requests import (REQUEST_OVERHEAD_TOKENS, BuiltRequest, EncodedImage, 
                            request_body, text_tokens)
 from .modes import Mode
 from .judge_rubric import DEFAULT_RUBRIC, Rubric, load_rubric
+from .judge_scores import read_scores
 
 log = logging.getLogger("mminstruct.judge")
 
@@ -690,28 +691,6 @@ def summarize(lines: list[dict[str, Any]], rubric: Rubric, stream: JudgeStream,
                               [ln["scores"][a] for ln in judged if str(ln["id"]) in truth],
                               [ln["scores"][a] for ln in judged if str(ln["id"]) not in truth])
                               for a in rubric.aspects}}
-    return out
-
-
-def read_scores(path: str | Path) -> dict[Any, dict[str, Any]]:
-    """A scores file: sample id → its line (the last line of an id wins); DataFileError names the
-    file and line of a bad one."""
-    out: dict[Any, dict[str, Any]] = {}
-    p = Path(path)
-    try:
-        with open(p, encoding="utf-8") as f:
-            for n, line in enumerate(f, 1):
-                if not line.strip():
-                    continue
-                try:
-                    rec = json.loads(line)
-                except json.JSONDecodeError as e:
-                    raise DataFileError(f"{p}: line {n} is not JSON ({e.msg})") from e
-                if not isinstance(rec, dict) or "id" not in rec:
-                    raise DataFileError(f"{p}: line {n} has no 'id'")
-                out[rec["id"]] = rec
-    except OSError as e:
-        raise DataFileError(f"{p}: cannot read the scores file ({e})") from e
     return out
 
 
