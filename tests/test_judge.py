@@ -275,3 +275,24 @@ def test_read_scores_names_a_bad_line(tmp_path):
 
     with pytest.raises(DataFileError, match=r"s.jsonl: line 2 is not JSON"):
         read_scores(p)
+
+
+def test_export_min_score_drops_exactly_the_planted_samples(judge_stub, judge_set, tmp_path,
+                                                            capsys):
+    from mminstruct.export import main as export_main
+
+    js = judge_set
+    out = tmp_path / "scores.jsonl"
+    assert main(args(js, judge_stub, out)) == 0
+    dest = tmp_path / "export.json"
+    assert export_main(["--generated_file", str(js.generated), "--format", "mmgen",
+                        "--output", str(dest), "--scores", str(out), "--min_score", "3"]) == 0
+    assert f"{len(js.bad)} sample(s) scored below 3 left out" in capsys.readouterr().err
+    kept = {s["id"] for s in json.loads(dest.read_text())["samples"]}
+    all_ids = {s["id"] for s in json.loads(js.generated.read_text())["samples"]}
+    assert kept == all_ids - js.bad
+    # --min_score without the scores: one line
+    assert export_main(["--generated_file", str(js.generated), "--format", "mmgen", "--output",
+                        str(tmp_path / "e2.json"), "--min_score", "3"]) == 2
+    assert capsys.readouterr().err.strip() == "error: --min_score needs --scores (the judge's " \
+                                              "scores file)"
