@@ -549,6 +549,14 @@ def _logged_cost(cfg: JudgeConfig, log_path: Path) -> float:
 # Scores and summary
 
 
+def default_scores_path(generated: str | Path) -> Path:
+    """``manifests/RUN.scores.jsonl`` beside a generated file: where the app's judge runs write
+    and Review looks."""
+    from .generate.manifest import sidecar_path
+
+    return sidecar_path(generated, ".scores.jsonl")
+
+
 def summary_path(scores: str | Path) -> Path:
     p = Path(scores)
     return p.with_name(p.name.removesuffix(".jsonl") + SUMMARY_SUFFIX)
@@ -742,7 +750,7 @@ def config_from_namespace(args: argparse.Namespace) -> JudgeConfig:
                 break
             header[key] = value
         input_folder = str(header.get("input_folder") or ".")
-    output = Path(args.output)
+    output = Path(args.output) if args.output else default_scores_path(generated)
     prefix = args.file_prefix or RUN_PREFIX + re.sub(r"[^A-Za-z0-9_.-]+", "_",
                                                      output.name.removesuffix(".jsonl"))
     cfg = config_from_args(
@@ -775,8 +783,9 @@ def build_parser() -> argparse.ArgumentParser:
     j = p.add_argument_group("judge")
     j.add_argument("--generated_file", required=True, help="the generated-data file to judge "
                    "(never modified)")
-    j.add_argument("--output", required=True, help="the scores file (JSONL); its summary goes "
-                   "beside it as S.summary.json")
+    j.add_argument("--output", help="the scores file (JSONL; default manifests/RUN.scores.jsonl "
+                   "beside the generated file, where Review looks); its summary goes beside it "
+                   "as S.summary.json")
     j.add_argument("--rubric", help="rubric file (JSON or YAML: aspects, scale, overall); "
                    "default: visual_faithfulness, correctness, task_fit, 1-5")
     j.add_argument("--sample", type=float, help="judge a stratified sample: this fraction of "
