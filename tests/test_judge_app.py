@@ -86,4 +86,4 @@ def test_review_sorts_by_score_shows_the_rationale_rejects_below_3_and_exports(a
     [export] = [p for p in Workspace.open(ws.root).exports_dir.iterdir() if p.suffix == ".json"
                 and p.name != "dataset_info.json"]
     kept = {r["id"] for r in json.loads(export.read_text())}  # LLaVA JSON, the default
-    assert kept == {0, 1, 5}  # 2 and 4 rejected by score; 3 (an empty answer) flagged by export
+    assert kept == {0, 1, 3, 5}  # 2 and 4 rejected by their scores
