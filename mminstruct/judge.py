@@ -729,6 +729,16 @@ def run_judge(cfg: JudgeConfig, *, control: RunControl | None = None,
     return asyncio.run(judge_async(cfg, control=control, on_progress=on_progress))
 
 
+def judge_config_from_dict(d: dict[str, Any]) -> JudgeConfig:
+    """A ``JudgeConfig`` from its ``public_json`` (what the app's launch record keeps)."""
+    from .generate.config import config_from_dict
+    from .judge_rubric import rubric_from_json
+
+    data = dict(d)
+    data["rubric"] = rubric_from_json(d.get("rubric") or DEFAULT_RUBRIC.to_json(), "the rubric")
+    return config_from_dict(data, JudgeConfig)  # type: ignore[return-value]
+
+
 def runs_folder_for(generated: Path) -> Path:
     """The output folder whose ``generated_data/runs/`` holds the judge's run folders: the
     generation's own when the file sits in a ``generated_data`` folder."""

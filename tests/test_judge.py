@@ -296,3 +296,35 @@ def test_export_min_score_drops_exactly_the_planted_samples(judge_stub, judge_se
                         str(tmp_path / "e2.json"), "--min_score", "3"]) == 2
     assert capsys.readouterr().err.strip() == "error: --min_score needs --scores (the judge's " \
                                               "scores file)"
+
+
+@pytest.mark.slow
+def test_the_app_launches_the_judge_as_a_background_run(judge_stub, judge_set, tmp_path):
+    """The Generate page's "Judge a finished run": a detached run with the generation runs'
+    status, its scores where Review looks, resumable like them."""
+    import shutil
+
+    from mminstruct.app.review import load_scores, scores_path_for
+    from mminstruct.app.runs import judge_config, list_app_runs, run_info, start_run
+    from mminstruct.app.workspace import Workspace
+
+    js = judge_set
+    ws = Workspace.open(tmp_path / "ws", create=True)
+    ws.settings.endpoint.base_url = judge_stub.url
+    ws.settings.endpoint.model_name = "gpt-4o-mini"
+    ws.save()
+    ws.generated_dir.mkdir(parents=True, exist_ok=True)
+    gen = ws.generated_dir / "run_20260101_000000.json"
+    shutil.copy(js.generated, gen)
+    cfg = judge_config(ws, gen, "judge_one", sample=0.5)
+    info = start_run(ws.root, cfg, api_key=FAKE_KEY)
+    assert info.record["kind"] == "judge"
+    deadline = time.monotonic() + 90
+    while time.monotonic() < deadline and run_info(ws.root, "judge_one").state != "finished":
+        time.sleep(0.1)
+    info = run_info(ws.root, "judge_one")
+    assert info.state == "finished", info.message
+    assert info.status["done"] == info.status["total"] > 0 and info.status["mode"] == "judge"
+    scores = load_scores(scores_path_for(gen))
+    assert len(scores) == info.status["total"]
+    assert [i.name for i in list_app_runs(ws.root)] == ["judge_one"]
