@@ -119,6 +119,10 @@ def test_max_cost_stops_early_and_resume_judges_each_sample_once(judge_stub, jud
     assert s["complete"] is False and s["cost_usd"] <= 0.002
     assert sum(judge_stub.stats()["ids"].values()) == len(first)  # nothing sent unrecorded
 
+    # the cap counts what the run spent before: resuming under the same cap sends nothing
+    sent = sum(judge_stub.stats()["ids"].values())
+    assert main(args(js, judge_stub, out, "--resume", "--max_cost", "0.002")) == EXIT_BUDGET
+    assert sum(judge_stub.stats()["ids"].values()) == sent and len(lines(out)) == len(first)
     assert main(args(js, judge_stub, out, "--resume", "--max_cost", "10")) == 0
     done = lines(out)
     assert len(done) == js.n and summary(out)["complete"] is True
@@ -328,3 +332,20 @@ def test_the_app_launches_the_judge_as_a_background_run(judge_stub, judge_set, t
     scores = load_scores(scores_path_for(gen))
     assert len(scores) == info.status["total"]
     assert [i.name for i in list_app_runs(ws.root)] == ["judge_one"]
+
+
+def test_the_rubric_reads_what_judges_send_and_refuses_off_scale_scores():
+    from mminstruct.llm.errors import BadJSONError, SchemaMismatchError
+
+    r = DEFAULT_RUBRIC
+    got = r.parse('Sure. {"scores": {"visual_faithfulness": "4", "correctness": 5.0, '
+                  '"task_fit": {"score": 3, "rationale": "close"}}, '
+                  '"rationale": {"visual_faithfulness": "ok", "correctness": "right"}}')
+    assert got["scores"] == {"visual_faithfulness": 4, "correctness": 5, "task_fit": 3}
+    assert got["overall"] == 4.0 and got["rationale"]["task_fit"] == "close"
+    with pytest.raises(SchemaMismatchError, match="off the scale 1-5"):
+        r.parse('{"scores": {"visual_faithfulness": 7, "correctness": 5, "task_fit": 5}}')
+    with pytest.raises(SchemaMismatchError, match="no score for 'task_fit'"):
+        r.parse('{"scores": {"visual_faithfulness": 3, "correctness": 5}}')
+    with pytest.raises(BadJSONError):
+        r.parse("I rate it highly.")
