@@ -87,3 +87,19 @@ def test_review_sorts_by_score_shows_the_rationale_rejects_below_3_and_exports(a
                 and p.name != "dataset_info.json"]
     kept = {r["id"] for r in json.loads(export.read_text())}  # LLaVA JSON, the default
     assert kept == {0, 1, 3, 5}  # 2 and 4 rejected by their scores
+
+
+def test_review_builds_the_report_with_cross_image_duplicates_when_asked(app_home) -> None:
+    ws = _workspace(app_home / "workspaces" / "x")
+    at = app_test(ws).run()
+    at.switch_page("pages/6_review.py").run()
+    at.checkbox(key="rv_q_cross").check().run()
+    at.button(key="rv_q_build").click().run()
+    no_errors(at)
+    metrics = {m.label: m.value for m in at.metric}
+    # "What is the highest bar? / The 2019 bar." on a.jpg (twice) and d.jpg: all but the first
+    assert metrics["same Q/A on other images"] == "2"
+    at.selectbox(key="rv_q_reject_flag").set_value("cross_image_duplicate").run()
+    at.button(key="rv_q_reject").click().run()
+    no_errors(at)
+    assert Workspace.open(ws.root).settings.rejected == {NAME: [1, 5]}
