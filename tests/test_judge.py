@@ -349,3 +349,25 @@ def test_the_rubric_reads_what_judges_send_and_refuses_off_scale_scores():
         r.parse('{"scores": {"visual_faithfulness": 3, "correctness": 5}}')
     with pytest.raises(BadJSONError):
         r.parse("I rate it highly.")
+
+
+def test_the_quality_report_carries_the_score_distributions(judge_stub, judge_set, tmp_path):
+    from mminstruct.quality import main as quality_main
+
+    js = judge_set
+    out = tmp_path / "scores.jsonl"
+    assert main(args(js, judge_stub, out)) == 0
+    rep = tmp_path / "q.json"
+    assert quality_main(["--generated_file", str(js.generated), "--output", str(rep),
+                         "--scores", str(out)]) == 0
+    j = json.loads(rep.read_text())["summary"]["judge"]
+    got = lines(out)
+    assert j["all"]["judged"] == js.n
+    assert sum(j["all"]["overall_counts"].values()) == js.n
+    assert {k: v["judged"] for k, v in j["by_subgroup"].items()} == \
+        dict(Counter(g["keyword"] for g in got))
+    assert {k: v["judged"] for k, v in j["by_mode"].items()} == dict(Counter(g["mode"] for g in got))
+    wrong = [g for g in got if g["id"] in js.bad and js.kinds[g["id"]] == "wrong_task"]
+    assert j["by_mode"]["vqa"]["judged"] == len(wrong)  # the wrong-task samples have no variant
+    assert j["by_mode"]["vqa"]["aspect_means"]["task_fit"] == 1.0
+    assert j["judges"] == [{"model": "gpt-4o-mini", "rubric": DEFAULT_RUBRIC.hash}]
