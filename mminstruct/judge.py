@@ -423,7 +423,7 @@ class JudgeJob(RunJob):
 
     def base(self, idx: int, entry: Any) -> dict[str, Any]:
         return {"prompt_idx": idx, "sample_id": entry.sample_id, "sample": entry.index,
-                "repeat": entry.repeat, "keyword": entry.keyword}
+                "repeat": entry.repeat, "keyword": entry.keyword, "image": entry.image}
 
     async def request(self, entry: Any, model: str | None = None
                       ) -> tuple[dict[str, Any], BuiltRequest]:
