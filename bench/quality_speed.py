@@ -122,7 +122,7 @@ def _timed(*a, **k):  # the grounding step alone (image + text vectors from the 
         grounding_s[0] += time.perf_counter() - t
 quality.grounding_scores = _timed
 cfg = QualityConfig(sys.argv[1], prompt_file=sys.argv[2], model_name=sys.argv[4] or None,
-                    cache_dir=sys.argv[5] or None)
+                    cache_dir=sys.argv[5] or None, cross_image=sys.argv[6] == "1")
 rep = analyse(cfg)
 t1 = time.perf_counter()
 write_report(rep, sys.argv[3])
@@ -133,9 +133,11 @@ print(json.dumps({"imports_s": imports_s, "grounding_s": grounding_s[0], "analys
 """
 
 
-def run_child(gf: Path, pf: Path, out: Path, model: str = "", cache: str = "") -> dict:
+def run_child(gf: Path, pf: Path, out: Path, model: str = "", cache: str = "",
+              cross_image: bool = False) -> dict:
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    res = subprocess.run([sys.executable, "-c", CHILD, str(gf), str(pf), str(out), model, cache],
+    res = subprocess.run([sys.executable, "-c", CHILD, str(gf), str(pf), str(out), model, cache,
+                          "1" if cross_image else "0"],
                          capture_output=True, text=True, env=env, check=False)
     if res.returncode != 0:
         sys.exit(f"report failed: {res.stderr.strip()[-2000:]}")
@@ -171,9 +173,16 @@ def main() -> None:
     ap.add_argument("--grounding_samples", type=int, default=10_000)
     ap.add_argument("--model", default="demo-charts", help="CLIP spec for the grounding figure")
     ap.add_argument("--skip_grounding", action="store_true")
+    ap.add_argument("--cross_image", action="store_true", help="also time the report with "
+                    "cross-image near-duplicates (MinHash LSH)")
     args = ap.parse_args()
-    print(f"load average before: {' '.join(f'{x:.2f}' for x in os.getloadavg())} "
-          f"({os.cpu_count()} CPUs)")
+    import platform
+
+    cpu = next((ln.split(":", 1)[1].strip() for ln in open("/proc/cpuinfo")
+                if ln.startswith("model name")), platform.processor())
+    bf16 = "avx512_bf16" in open("/proc/cpuinfo").read()
+    print(f"CPU: {cpu} (avx512_bf16: {'yes' if bf16 else 'no'}); load average before: "
+          f"{' '.join(f'{x:.2f}' for x in os.getloadavg())} ({os.cpu_count()} CPUs)")
     with tempfile.TemporaryDirectory(prefix="quality_bench_") as tmp:
         folder = Path(tmp)
         t = time.perf_counter()
@@ -184,6 +193,13 @@ def main() -> None:
         print(f"report without grounding: {r['total_s']:.1f} s (analyse {r['analyse_s']:.1f} s, "
               f"write {r['write_s']:.1f} s), peak RSS {r['peak_rss_mb']:.0f} MB; flags {r['flags']}")
         print(f"load average after: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
+        if args.cross_image:
+            c = run_child(gf, pf, folder / "report_x.json", cross_image=True)
+            print(f"report with cross-image near-duplicates (MinHash LSH, datasketch): "
+                  f"{c['total_s']:.1f} s (analyse {c['analyse_s']:.1f} s), peak RSS "
+                  f"{c['peak_rss_mb']:.0f} MB — {c['total_s'] / r['total_s']:.2f}x the report "
+                  f"without; cross_image_duplicate {c['flags'].get('cross_image_duplicate'):,}")
+            print(f"load average after: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
         if not args.skip_grounding:
             (folder / "ground").mkdir()
             g = bench_grounding(folder / "ground", args.grounding_samples, args.model)

@@ -77,15 +77,16 @@ def failed_summary(failed: int, by_class: dict[str, int]) -> str:
     return f"{failed} prompt{'s' if failed != 1 else ''} failed for good ({classes})"
 
 
-def add_common_args(p: argparse.ArgumentParser) -> None:
-    """Flags shared by data_generator and batch_data_generator."""
+def add_common_args(p: argparse.ArgumentParser, *, prompt_run: bool = True) -> None:
+    """Flags shared by data_generator, batch_data_generator and the judge (``prompt_run`` False:
+    --prompt_file and --file_prefix are optional)."""
     g = p.add_argument_group("MM-Gen")
     g.add_argument("--input_folder", default="", help="folder the prompt file's image paths are "
                    "relative to (default: the working folder)")
     g.add_argument("--output_folder", default="", help="results go to OUTPUT/generated_data/")
-    g.add_argument("--prompt_file", required=True, help="prompt file: a path, or a name under "
-                   "INPUT/generated_prompts/")
-    g.add_argument("--file_prefix", required=True, help="prefix of the output file's name")
+    g.add_argument("--prompt_file", required=prompt_run, help="prompt file: a path, or a name "
+                   "under INPUT/generated_prompts/")
+    g.add_argument("--file_prefix", required=prompt_run, help="prefix of the output file's name")
     g.add_argument("--model_name", default=DEFAULTS["model_name"],
                    help="model (Azure: deployment) name (default %(default)s)")
     g.add_argument("--debug", action="store_true", help="debug logging")
@@ -183,7 +184,8 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def config_from_args(args: argparse.Namespace, **overrides: object) -> GenerationConfig:
+def config_from_args(args: argparse.Namespace, cls: type[GenerationConfig] = GenerationConfig,
+                     **overrides: object) -> GenerationConfig:
     endpoint = EndpointConfig(
         base_url=args.base_url, api_key_env=args.api_key_env,
         azure_endpoint=args.azure_endpoint_url, azure_deployment=args.azure_deployment,
@@ -209,7 +211,7 @@ def config_from_args(args: argparse.Namespace, **overrides: object) -> Generatio
         batch_max_submits=args.batch_max_submits, batch_max_requests=args.batch_max_requests,
         batch_max_bytes=int(args.batch_max_mb * 1024 * 1024))
     kwargs.update(overrides)
-    return GenerationConfig(**kwargs)  # type: ignore[arg-type]
+    return cls(**kwargs)  # type: ignore[arg-type]
 
 
 def install_signal_handlers(control: RunControl) -> None:

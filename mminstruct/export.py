@@ -552,6 +552,10 @@ def build_parser() -> argparse.ArgumentParser:
                        "trainer's image folder / media_dir); default: the output's folder")
     p.add_argument("--rejected", help="JSON with the sample ids to leave out: a list, or the "
                    "workspace's {output file name: [ids]}")
+    p.add_argument("--scores", help="a judge's scores file (python -m mminstruct.judge), for "
+                   "--min_score")
+    p.add_argument("--min_score", type=float, help="leave out the samples the judge scored "
+                   "below this overall score (unjudged samples are kept)")
     p.add_argument("--overwrite", action="store_true", help="replace --output if it exists")
     p.add_argument("--no_dataset_info", action="store_true",
                    help="do not write the dataset_info.json entry")
@@ -568,6 +572,14 @@ def build_parser() -> argparse.ArgumentParser:
 def run(args: argparse.Namespace) -> int:
     get_format(args.format)
     rejected = load_rejected(args.rejected, args.generated_file) if args.rejected else set()
+    if args.min_score is not None:  # a filter before any format: the low scores join the rejected
+        if not args.scores:
+            raise ConfigError("--min_score needs --scores (the judge's scores file)")
+        from .judge_scores import below, read_scores
+
+        low = below(read_scores(args.scores), args.min_score)
+        print(f"{len(low)} sample(s) scored below {args.min_score:g} left out", file=sys.stderr)
+        rejected |= set(low)
     report = export_file(args.generated_file, args.output, args.format, rejected=rejected,
                          absolute_paths=args.absolute_paths, image_root=args.image_root,
                          overwrite=args.overwrite, dataset_info=not args.no_dataset_info,

@@ -47,6 +47,7 @@ from .cli import OneLineParser, run_cli
 from .errors import ConfigError, DataFileError, InputError, choices_message
 from .generate.jsonstream import PromptStream, iter_object
 from .modes import MODE_NAMES, Mode
+from .quality_minhash import CROSS_IMAGE_THRESHOLD, ShingleSets, cross_image_duplicates
 from .quality_grounding import GROUNDING_TEXT_CHARS, grounding_scores, stats, word_histogram
 from .quality_text import (QUESTION_TYPES, answer_matches_options, comparable_type, content_set,
                            final_answer,
@@ -56,6 +57,10 @@ from .quality_text import (QUESTION_TYPES, answer_matches_options, comparable_ty
 log = logging.getLogger(__name__)
 
 FLAGS = ("exact_duplicate", "near_duplicate", "icl_copy", "invalid", "refusal")
+#: Flagged only when asked (``--cross_image``, ``QualityConfig.cross_image``): MinHash LSH over
+#: question + answer across images (``quality_minhash``).
+CROSS_IMAGE_FLAG = "cross_image_duplicate"
+ALL_FLAGS = (*FLAGS, CROSS_IMAGE_FLAG)
 #: chosen on the planted-defect set (tests/make_quality_fixture.py); see the README
 NEAR_DUPLICATE_THRESHOLD = 0.7
 ICL_COPY_THRESHOLD = 0.7
@@ -76,11 +81,17 @@ class QualityConfig:
     near_duplicate_threshold: float = NEAR_DUPLICATE_THRESHOLD
     icl_copy_threshold: float = ICL_COPY_THRESHOLD
     lowest: int = 20
+    #: Flag near-duplicates across images (MinHash LSH, ``quality_minhash``) at this estimated
+    #: Jaccard similarity of question + answer word bigrams.
+    cross_image: bool = False
+    cross_image_threshold: float = CROSS_IMAGE_THRESHOLD
+    #: A judge's scores file (``mminstruct.judge``): its distributions per subgroup and mode.
+    scores_file: str | None = None
 
     def __post_init__(self) -> None:
         if not self.generated_file:
             raise ConfigError("generated_file is required")
-        for name in ("near_duplicate_threshold", "icl_copy_threshold"):
+        for name in ("near_duplicate_threshold", "icl_copy_threshold", "cross_image_threshold"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 < v <= 1:
                 raise ConfigError(f"{name} must be a number in (0, 1], got {v!r}")
@@ -110,7 +121,7 @@ class _Row:
 
     def entry(self, index: int) -> dict[str, Any]:
         out: dict[str, Any] = {"index": index, "id": self.id, "keyword": self.keyword,
-                               "flags": [f for f in FLAGS if f in self.flags],
+                               "flags": [f for f in ALL_FLAGS if f in self.flags],
                                "scores": {"near_duplicate": round(self.near, 4),
                                           "icl_copy": None if self.icl is None else round(self.icl, 4),
                                           "grounding": None if self.grounding is None
@@ -148,9 +159,9 @@ def flagged_ids(entries: Iterable[dict[str, Any]], flags: Iterable[str]) -> list
     """The ids of the report entries carrying any of ``flags`` (for "reject every sample
     flagged …"), in file order."""
     wanted = set(flags)
-    bad = sorted(wanted - set(FLAGS))
+    bad = sorted(wanted - set(ALL_FLAGS))
     if bad:
-        raise ConfigError(choices_message("flag", bad[0], FLAGS))
+        raise ConfigError(choices_message("flag", bad[0], ALL_FLAGS))
     return [e.get("id") for e in entries if wanted.intersection(e.get("flags", ()))]
 
 
@@ -273,6 +284,9 @@ def analyse(cfg: QualityConfig) -> QualityReport:
     qjoined = ""
     qset_q: frozenset[str] = frozenset()
     opts: dict[str, str] = {}
+    shingles = ShingleSets() if cfg.cross_image else None
+    image_ids: dict[str, int] = {}
+    row_images: list[int] = []
 
     for i, s in enumerate(_iter_generated(path, header)):
         if not started:
@@ -335,7 +349,8 @@ def analyse(cfg: QualityConfig) -> QualityReport:
                 q_unigrams.update(ask)
                 q_bigrams.update(map(hash, zip(ask, ask[1:])))
                 answer_words.append(r.answer_words)
-            key = hash((image, variant, qjoined, " ".join(words(a))))
+            awords = words(a)
+            key = hash((image, variant, qjoined, " ".join(awords)))
             first = exact_seen.get(key)
             if first is None:
                 exact_seen[key] = r.id
@@ -356,6 +371,13 @@ def analyse(cfg: QualityConfig) -> QualityReport:
                     if best >= t_icl:
                         r.flags.append("icl_copy")
                         r.icl_example = which
+        if shingles is not None:
+            if qtok and image:
+                shingles.add(qtok + awords)
+                row_images.append(image_ids.setdefault(f"{image}\0{variant}", len(image_ids)))
+            else:
+                shingles.add(())
+                row_images.append(-1)
         if grounding and image:
             r.image = image
             r.text = f"{q} {answer}"[:GROUNDING_TEXT_CHARS]
@@ -366,6 +388,15 @@ def analyse(cfg: QualityConfig) -> QualityReport:
 
     exact_seen.clear()
     _near_duplicates(rows, groups, t_near)
+    if shingles is not None:
+        image_ids.clear()
+        for i, first in cross_image_duplicates(shingles, row_images,
+                                               cfg.cross_image_threshold).items():
+            r = rows[i]
+            r.flags.append(CROSS_IMAGE_FLAG)
+            if r.dup_of is None:
+                r.dup_of = rows[first].id
+        del shingles
     for r in rows:
         r.qset = None
     g_summary = grounding_scores(rows, cfg, header) if grounding else None
@@ -459,12 +490,15 @@ def _summary(path: Path, header: dict[str, Any], mode: Mode | None, rows: list[_
         "generated_file": str(path), "mode": mode.value if mode else None,
         "model": header.get("model"), "samples": len(rows), "flagged": flagged,
         "clean": len(rows) - flagged,
-        "flags": {f: flags.get(f, 0) for f in FLAGS},
+        "flags": {f: flags.get(f, 0) for f in (ALL_FLAGS if cfg.cross_image else FLAGS)},
         "by_keyword": {kw: {"samples": kw_n[kw], "flagged": kw_flagged[kw],
-                            "flags": {f: by_kw[kw].get(f, 0) for f in FLAGS}}
+                            "flags": {f: by_kw[kw].get(f, 0)
+                                      for f in (ALL_FLAGS if cfg.cross_image else FLAGS)}}
                        for kw in sorted(kw_n)},
         "thresholds": {"near_duplicate": cfg.near_duplicate_threshold,
-                       "icl_copy": cfg.icl_copy_threshold},
+                       "icl_copy": cfg.icl_copy_threshold,
+                       **({"cross_image_duplicate": cfg.cross_image_threshold}
+                          if cfg.cross_image else {})},
         "icl_checked": icl_checked, **({"note": icl_note} if icl_note else {}),
         "questions": {"counted": sum(qtypes.values()),
                       "distinct_1": round(u1 / n1, 4) if n1 else None,
@@ -473,7 +507,14 @@ def _summary(path: Path, header: dict[str, Any], mode: Mode | None, rows: list[_
                       "multiple_choice": n_mc},
         "answer_words": {**stats(answer_words, 1), "histogram": word_histogram(answer_words)},
         "grounding": grounding,
+        **({"judge": _judge_section(cfg.scores_file)} if cfg.scores_file else {}),
     }
+
+
+def _judge_section(path: str) -> dict[str, Any]:
+    from .judge_scores import distributions, read_scores
+
+    return {"scores_file": str(path), **distributions(read_scores(path))}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -568,6 +609,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", required=True, help="where to write the report (JSON)")
     p.add_argument("--near_duplicate_threshold", type=float, default=NEAR_DUPLICATE_THRESHOLD)
     p.add_argument("--icl_copy_threshold", type=float, default=ICL_COPY_THRESHOLD)
+    p.add_argument("--cross_image", action="store_true", help="also flag near-duplicates across "
+                   "images (cross_image_duplicate: MinHash LSH over question + answer)")
+    p.add_argument("--cross_image_threshold", type=float, default=CROSS_IMAGE_THRESHOLD,
+                   help="estimated Jaccard of question + answer word bigrams (default "
+                   "%(default)s)")
+    p.add_argument("--scores", help="a judge's scores file (python -m mminstruct.judge): its "
+                   "score distributions per subgroup and prompt mode go into the report")
     p.add_argument("--debug", action="store_true", help="debug logging")
     return p
 
@@ -577,7 +625,10 @@ def run(args: argparse.Namespace) -> int:
                         input_folder=args.input_folder, model_name=args.model_name,
                         cache_dir=args.cache_dir,
                         near_duplicate_threshold=args.near_duplicate_threshold,
-                        icl_copy_threshold=args.icl_copy_threshold)
+                        icl_copy_threshold=args.icl_copy_threshold,
+                        cross_image=args.cross_image,
+                        cross_image_threshold=args.cross_image_threshold,
+                        scores_file=args.scores)
     rep = analyse(cfg)
     try:
         out = write_report(rep, cfg.output or args.output)

@@ -11,7 +11,8 @@ import streamlit as st
 from mminstruct.errors import MMInstructError
 from mminstruct.app.runs import (cancel_run, continue_run, cost_so_far, dry_run, eta_label,
                                  list_app_runs, new_run_name, pause_run, recent_records, resume_run,
-                                 run_info, runs_table, start_run, workspace_config)
+                                 run_info, runs_table, start_run, workspace_config,
+                                 judge_config)
 from ui.gallery import thumbnail
 from ui.safe import md_escape, short
 from ui.settings import BOUND, EP_FORM, bind, form_submit, saved_note, show_error
@@ -117,6 +118,37 @@ else:
             st.download_button(f"Download {path.name} ({path.stat().st_size / 1e6:.1f} MB)",
                                data=path.read_bytes(), file_name=path.name,
                                mime="application/jsonl", key=f"dl_{path.name}")
+
+# ----------------------------------------------------------------------------------------------
+# Judging a finished run (issue 24): a background run like generation's, listed under Runs
+
+st.subheader("Judge a finished run")
+finished = ws.output_files()
+if not finished:
+    st.caption("No generated file yet.")
+else:
+    with st.form("judge_form"):
+        j_file = st.selectbox("Generated file", [f.name for f in finished], key="judge_file")
+        c1, c2, c3 = st.columns(3)
+        j_model = c1.text_input("Judge model (empty: the generation's)", key="judge_model")
+        j_sample = c2.number_input("Sample per subgroup (fraction; 0: every sample)", 0.0, 1.0,
+                                   0.0, 0.05, key="judge_sample")
+        j_cap = c3.number_input("Cost cap in US dollars (0: none)", 0.0, 1e6, 0.0, 1.0,
+                                key="judge_cap")
+        j_start = st.form_submit_button("Start the judge")
+    st.caption("Scores go to generated_data/manifests/RUN.scores.jsonl; the Review page sorts, "
+               "filters and rejects by them.")
+    if j_start:
+        try:
+            cfg = judge_config(ws, ws.generated_dir / j_file, new_run_name("judge"),
+                               model_name=j_model, sample=j_sample or None,
+                               max_cost=j_cap or None)
+            info = start_run(ws.root, cfg, key)
+        except MMInstructError as err:
+            st.error(str(err))
+        else:
+            st.session_state["run_pick"] = info.name
+            st.toast(f"Judge run {info.name} started")
 
 # ----------------------------------------------------------------------------------------------
 # Runs

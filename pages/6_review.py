@@ -9,10 +9,11 @@ import streamlit as st
 
 from mminstruct.errors import MMInstructError
 from mminstruct.app.review import (EXPORT_FORMATS, EXPORT_LABELS, GeneratedData, export_name,
-                                   export_reviewed, get_format, filter_samples, load_generated, next_free_name,
-                                   sources)
+                                   export_reviewed, get_format, filter_samples, load_generated,
+                                   next_free_name, sort_and_filter_by_score, sources)
 from mminstruct.app.workspace import Workspace
 from ui.gallery import thumbnail
+from ui.judge_view import judge_panel, show_scores
 from ui.quality_view import quality_panel
 from ui.safe import md_escape
 from ui.settings import mark_synced, sync
@@ -62,6 +63,7 @@ if src.note:
     st.caption(md_escape(src.note, 200))
 
 flag_ids = quality_panel(ws, path, name, h.get("input_folder"))  # issue 10: the quality report
+judged = judge_panel(ws, path, name)  # issue 24: a judge's scores
 keywords = sorted({str(s.get("keyword", "")) for s in samples})
 c1, c2, c3 = st.columns([2, 2, 1])
 kw_pick = c1.multiselect("Keywords", keywords, key="rv_kw")
@@ -70,6 +72,9 @@ show = c3.selectbox("Show", ["all", "kept", "rejected"], key="rv_show")
 shown = filter_samples(samples, keywords=kw_pick, query=query, rejected=rejected, show=show)
 if flag_ids is not None:
     shown = [s for s in shown if s.get("id") in flag_ids]
+if judged.scores:
+    shown = sort_and_filter_by_score(shown, judged.scores, aspect=judged.aspect,
+                                     sort=judged.sort, at_most=judged.at_most)
 pages = max(1, -(-len(shown) // PAGE_SIZE))
 page = st.number_input(f"Page (of {pages}) · {len(shown):,} sample(s) match", 1, pages, 1,
                        key="rv_page")
@@ -104,6 +109,7 @@ def _card(s: dict) -> None:
                                                              else ""), 160))
             for turn in s.get("conversations", []):
                 st.text(f"{'Q' if turn.get('from') == 'human' else 'A'}: {turn.get('value', '')}")
+            show_scores(judged.scores.get(sid))
         with c_act:
             key = f"rv_rej_{name}_{sid}"
             sync(key, ws, sid in rejected)  # as workspace.json holds it (another tab, a restart)

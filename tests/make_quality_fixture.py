@@ -20,6 +20,10 @@ reference images) and ``truth.json``: the planted flags of each sample by index.
   breaks (no image, three turns, a missing question suffix, turns swapped);
 * refusals: a clean item's answer replaced by one of many written refusals.
 
+``make_judge_set(root)`` builds, at test time, the judge's planted set from these files: clean
+samples with their images drawn in colours that carry an id, plus answers moved to another image,
+answers naming an object in no image, and questions of another task.
+
 Hard negatives (never flagged): LLaVA's own follow-up questions on the same image (same topic);
 a clean question copied to another image; an in-context example's question asked in a prompt that
 does not show it; valid multiple-choice answers in several styles; answers that say "sorry" or
@@ -33,6 +37,7 @@ import json
 import random
 import re
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -322,6 +327,101 @@ def write(out: Path, generated: dict, prompt_file: dict, truth: dict) -> None:
     (out / "prompts.json").write_text(json.dumps(prompt_file, ensure_ascii=False, indent=0) + "\n",
                                       encoding="utf-8")
     (out / "truth.json").write_text(json.dumps(truth, ensure_ascii=False) + "\n", encoding="utf-8")
+
+
+# ----------------------------------------------------------------------------------------------
+# The judge's planted set (built at test time from the committed generated.json; no shared data)
+
+ABSENT_OBJECTS = ("giraffe", "submarine", "volcano")
+OFF_TASK_QUESTIONS = (
+    "Translate this sentence into French: 'The weather is nice today.'",
+    "Write a Python function that reverses a string.",
+    "What is the capital of Australia?",
+)
+
+
+def id_colour(k: int) -> tuple[int, int, int]:
+    """A solid colour that carries the image id ``k`` (< 256) through downscaling and JPEG:
+    what the judge server (``tests.openai_server.image_id``) reads back."""
+    return (16 * (k % 16) + 8, 16 * (k // 16) + 8, 128)
+
+
+@dataclass
+class JudgeSet:
+    input_folder: Path
+    generated: Path
+    prompts: Path
+    truth: Path  # JSON list of the planted samples' ids
+    bad: set[int]  # their ids
+    kinds: dict[int, str]  # id -> moved_answer | absent_object | wrong_task
+    rule: dict  # the judge server's rule (StubConfig.judge)
+    n: int  # samples in the file
+
+
+def make_judge_set(root: Path, n_clean: int = 60, per_kind: int = 5, seed: int = SEED) -> JudgeSet:
+    """A vqa generated file of ``n_clean`` clean samples of the quality fixture (their images
+    drawn in id colours) plus planted bad ones: answers moved to another image, answers that
+    name an object in no image, questions of another task. Returns the judge server's rule."""
+    from PIL import Image
+
+    gen = json.loads((DEFAULT_OUT / "generated.json").read_text(encoding="utf-8"))
+    flags = json.loads((DEFAULT_OUT / "truth.json").read_text(encoding="utf-8"))["flags"]
+    clean = [s for s, f in zip(gen["samples"], flags) if not f and s.get("image_1")][:n_clean]
+    images = sorted({s["image_1"] for s in clean})
+    ident = {img: str(k) for k, img in enumerate(images)}
+    input_folder = root / "input"
+    for img in images:
+        path = input_folder / img
+        path.parent.mkdir(parents=True, exist_ok=True)
+        Image.new("RGB", (64, 48), id_colour(int(ident[img]))).save(path, quality=95)
+    answers: dict[str, list[str]] = {}
+    for s in clean:
+        answers.setdefault(ident[s["image_1"]], []).append(s["conversations"][1]["value"].strip())
+    rng = random.Random(seed)
+    samples = [dict(s) for s in clean]
+    next_id = max(s["id"] for s in samples) + 1
+    kinds: dict[int, str] = {}
+
+    def plant(base: dict, kind: str, **changes: object) -> None:
+        nonlocal next_id
+        s = json.loads(json.dumps(base))
+        s.update(changes)
+        s["id"] = next_id
+        kinds[next_id] = kind
+        next_id += 1
+        samples.insert(rng.randrange(len(samples) + 1), s)
+
+    for k in range(per_kind):
+        a, b = rng.sample(clean, 2)
+        while a["image_1"] == b["image_1"] or a["conversations"][1]["value"].strip() in \
+                answers[ident[b["image_1"]]]:
+            a, b = rng.sample(clean, 2)
+        plant(a, "moved_answer", image_1=b["image_1"])
+        c = rng.choice(clean)
+        conv = json.loads(json.dumps(c["conversations"]))
+        conv[1]["value"] = conv[1]["value"].rstrip() + \
+            f" A {ABSENT_OBJECTS[k % len(ABSENT_OBJECTS)]} can also be seen in the background."
+        plant(c, "absent_object", conversations=conv)
+        d = rng.choice(clean)
+        q = OFF_TASK_QUESTIONS[k % len(OFF_TASK_QUESTIONS)]
+        plant(d, "wrong_task", conversations=[
+            {"from": "human", "value": f"<image>\n{q}"},
+            {"from": "gpt", "value": "Here is the answer to that request."}], variant=None)
+    head = {k: v for k, v in gen.items() if k != "samples"}
+    head.update(input_folder=str(input_folder), len_samples=len(samples),
+                prompt_file="prompts.json", model="planted-judge")
+    root.mkdir(parents=True, exist_ok=True)
+    generated = root / "generated.json"
+    generated.write_text(json.dumps({**head, "samples": samples}, ensure_ascii=False),
+                         encoding="utf-8")
+    prompts = root / "prompts.json"
+    prompts.write_text((DEFAULT_OUT / "prompts.json").read_text(encoding="utf-8"),
+                       encoding="utf-8")
+    truth = root / "judge_truth.json"
+    truth.write_text(json.dumps(sorted(kinds)))
+    rule = {"answers": answers, "absent": list(ABSENT_OBJECTS), "off_task": list(OFF_TASK_QUESTIONS)}
+    return JudgeSet(input_folder, generated, prompts, truth, set(kinds), kinds, rule,
+                    len(samples))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -76,6 +76,10 @@ class StubConfig:
     # body parameters answered with OpenAI's 400 "Unsupported parameter" (an o-series model's
     # answer to ``temperature``), whatever the behaviour
     reject_params: list[str] = field(default_factory=list)
+    #: The judge's rule (a request that asks for scores "on these aspects: …"), see ``_judge``:
+    #: {"answers": {image id: [answers true of it]}, "absent": [words of objects in no image],
+    #:  "off_task": [question fragments of another task]}
+    judge: dict | None = None
 
 
 @dataclass
@@ -179,8 +183,67 @@ def _error(status: int, message: str, code: str | None, etype: str | None,
     return JSONResponse(body, status_code=status, headers=headers)
 
 
+JUDGE_ASPECTS = re.compile(r"aspects:? ([a-z][a-z0-9_]*(?:, [a-z][a-z0-9_]*)*)")
+JUDGE_SCALE = re.compile(r"from (\d+) to (\d+)")
+JUDGE_SAMPLE = re.compile(r"QUESTION: (.*?)\nANSWER: (.*?)(?:\n\n\(independent|\Z)", re.DOTALL)
+
+
+def image_id(body: dict[str, Any]) -> str | None:
+    """The id a test image carries in its colour (``tests.make_quality_fixture.id_colour``):
+    the first image of the request, decoded."""
+    import base64
+    import io
+
+    from PIL import Image
+
+    for m in body.get("messages", []):
+        c = m.get("content")
+        for p in c if isinstance(c, list) else ():
+            if isinstance(p, dict) and p.get("type") == "image_url":
+                data = p["image_url"]["url"].split(",", 1)[1]
+                with Image.open(io.BytesIO(base64.b64decode(data))) as im:
+                    r, g, _ = im.convert("RGB").resize((1, 1), Image.BOX).getpixel((0, 0))
+                return str(round((r - 8) / 16) + 16 * round((g - 8) / 16))
+    return None
+
+
+def _judge(body: dict[str, Any], texts: list[str], rule: dict[str, Any]) -> str:
+    """A judge's answer by the test's rule: visual_faithfulness 1 when the answer is not one
+    known to be true of the image (by the image's colour id) or names an absent object;
+    correctness 2 then; task_fit 1 for an off-task question; 5 otherwise. Unknown aspects: the
+    scale's top."""
+    joined = "\n".join(texts)
+    aspects = JUDGE_ASPECTS.search(joined).group(1).split(", ")
+    m = JUDGE_SCALE.search(joined)
+    low, high = (int(m.group(1)), int(m.group(2))) if m else (1, 5)
+    sample = JUDGE_SAMPLE.search(joined)
+    q, a = (sample.group(1).strip(), sample.group(2).strip()) if sample else ("", "")
+    known = (rule.get("answers") or {}).get(image_id(body) or "", None)
+    unfaithful = bool(sample) and ((known is not None and a not in known)
+                                   or any(w in a.lower() for w in rule.get("absent", ())))
+    off_task = bool(sample) and any(f in q for f in rule.get("off_task", ()))
+    scores = {k: high for k in aspects}
+    why = {k: "fine" for k in aspects}
+    if unfaithful:
+        for k, v in (("visual_faithfulness", low), ("correctness", min(high, low + 1))):
+            if k in scores:
+                scores[k], why[k] = v, "the answer is not supported by the image"
+    if off_task and "task_fit" in scores:
+        scores["task_fit"], why["task_fit"] = low, "not this subgroup's task"
+    return json.dumps({"scores": scores, "rationale": why})
+
+
 def _answer(behaviour: str, body: dict[str, Any], texts: list[str], tag: str,
             prompt_tokens: int, state: StubState, api_key: str) -> Response | dict[str, Any]:
+    b0 = behaviour.partition("=")[0]
+    if state.config.judge is not None and b0 in ("ok", "malformed", "fenced") \
+            and JUDGE_ASPECTS.search(texts[0] if texts else ""):
+        verdict = _judge(body, texts, state.config.judge)
+        if b0 == "malformed":  # a trailing comma and a missing one: json_repair's work
+            verdict = verdict.replace('}, "rationale"', '} "rationale"', 1)[:-1] + ",}"
+        elif b0 == "fenced":
+            verdict = f"Here is my verdict:\n```json\n{verdict}\n```"
+        return _completion(body, verdict, prompt_tokens=prompt_tokens)
     keys, n = _keys_and_count(body, texts)
     structured = bool(body.get("response_format"))
     b, _, arg = behaviour.partition("=")

@@ -15,14 +15,14 @@ from typing import Any
 import streamlit as st
 
 from mminstruct.errors import MMInstructError
-from mminstruct.quality import (FLAGS, QualityConfig, analyse, flagged_ids, report_path_for,
-                                write_report)
+from mminstruct.quality import (ALL_FLAGS, QualityConfig, analyse, flagged_ids,
+                                report_path_for, write_report)
 from mminstruct.app.workspace import Workspace
 from ui.safe import md_escape
 
 FLAG_LABELS = {"exact_duplicate": "exact duplicate", "near_duplicate": "near duplicate",
                "icl_copy": "copy of an in-context example", "invalid": "invalid",
-               "refusal": "refusal"}
+               "refusal": "refusal", "cross_image_duplicate": "same Q/A on other images"}
 
 
 @st.cache_data(max_entries=3, show_spinner="Reading the quality report…")
@@ -30,9 +30,10 @@ def _load_report(p: str, mtime: int) -> dict[str, Any]:
     return json.loads(Path(p).read_text(encoding="utf-8"))
 
 
-def _build(path: Path, input_folder: str | None) -> None:
+def _build(path: Path, input_folder: str | None, cross_image: bool = False) -> None:
     with st.spinner("Building the quality report…"):
-        rep = analyse(QualityConfig(str(path), input_folder=input_folder))
+        rep = analyse(QualityConfig(str(path), input_folder=input_folder,
+                                    cross_image=cross_image))
         write_report(rep, report_path_for(path))
 
 
@@ -68,9 +69,11 @@ def quality_panel(ws: Workspace, path: Path, name: str, input_folder: str | None
         if not fresh:
             st.caption("No quality report for this file yet." if not rpath.is_file() else
                        "The quality report is older than the file.")
+            cross = st.checkbox("Also flag the same question and answer across images "
+                                "(MinHash)", key="rv_q_cross")
             if st.button("Build the quality report", key="rv_q_build"):
                 try:
-                    _build(path, input_folder)
+                    _build(path, input_folder, cross)
                 except (MMInstructError, OSError) as e:
                     st.error(f"Quality report failed: {e}")
                     return None
@@ -82,9 +85,10 @@ def quality_panel(ws: Workspace, path: Path, name: str, input_folder: str | None
             st.error(f"Cannot read {rpath.name}: {e}")
             return None
         summary, entries = report["summary"], report["samples"]
-        cols = st.columns(len(FLAGS) + 1)
+        shown_flags = [f for f in ALL_FLAGS if f in summary["flags"]]  # cross-image: when asked
+        cols = st.columns(len(shown_flags) + 1)
         cols[0].metric("Flagged", f"{summary['flagged']:,} / {summary['samples']:,}")
-        for col, flag in zip(cols[1:], FLAGS):
+        for col, flag in zip(cols[1:], shown_flags):
             col.metric(FLAG_LABELS[flag], f"{summary['flags'][flag]:,}")
         if summary.get("note"):
             st.caption(md_escape(summary["note"], 200))
@@ -94,7 +98,7 @@ def quality_panel(ws: Workspace, path: Path, name: str, input_folder: str | None
                    f"{summary['thresholds']['near_duplicate']}, in-context copy "
                    f"{summary['thresholds']['icl_copy']}")
         st.dataframe([{"keyword": kw, "samples": v["samples"], "flagged": v["flagged"],
-                       **{FLAG_LABELS[f]: v["flags"][f] for f in FLAGS}}
+                       **{FLAG_LABELS[f]: v["flags"][f] for f in shown_flags}}
                       for kw, v in summary["by_keyword"].items()], hide_index=True)
         c1, c2 = st.columns(2)
         with c1:
@@ -110,10 +114,12 @@ def quality_panel(ws: Workspace, path: Path, name: str, input_folder: str | None
                 _histogram_chart(md_escape(f"Grounding (CLIP {g['model']})", 120), g["histogram"])
             else:
                 _histogram_chart("In-context copy score", _score_histogram(entries, "icl_copy"))
-        picked = st.multiselect("Show only samples flagged", FLAGS, format_func=FLAG_LABELS.get,
+        picked = st.multiselect("Show only samples flagged", shown_flags,
+                                format_func=FLAG_LABELS.get,
                                 key="rv_q_flags")
         r1, r2 = st.columns([2, 1])
-        flag = r1.selectbox("Reject every sample flagged", FLAGS, format_func=FLAG_LABELS.get,
+        flag = r1.selectbox("Reject every sample flagged", shown_flags,
+                            format_func=FLAG_LABELS.get,
                             key="rv_q_reject_flag")
         ids = flagged_ids(entries, [flag])
         if r2.button(f"Reject {len(ids):,}", key="rv_q_reject", disabled=not ids):

@@ -23,7 +23,11 @@ from ..generate.jsonstream import PromptStream
 from ..generate.output import GeneratedData, load_output, output_header
 
 __all__ = ["EXPORT_FORMATS", "EXPORT_LABELS", "ExportReport", "Sources", "export_name",
-           "export_reviewed", "get_format", "filter_samples", "next_free_name", "sample_text", "sources"]
+           "export_reviewed", "get_format", "filter_samples", "next_free_name", "sample_text", "sources",
+           "SCORE_SORTS", "below", "load_scores", "scores_path_for", "sort_and_filter_by_score"]
+
+#: How the Review page may order samples by a judge's score.
+SCORE_SORTS = ("file order", "lowest score first", "highest score first")
 
 
 def load_generated(path: str | os.PathLike) -> GeneratedData:
@@ -111,3 +115,59 @@ def export_reviewed(src: str | os.PathLike, dest: str | os.PathLike, fmt: str, *
     return export_file(src, dest, fmt, rejected=rejected, absolute_paths=absolute_paths,
                        image_root=image_root, overwrite=overwrite,
                        license=license if get_format(fmt).folder else None)
+
+
+# ----------------------------------------------------------------------------------------------
+# A judge's scores (``mminstruct.judge``)
+
+
+def scores_path_for(output_path: str | os.PathLike) -> Path:
+    """Where the app's judge runs write the scores of ``output_path`` (and Review looks):
+    ``manifests/RUN.scores.jsonl`` beside the generated file."""
+    from ..judge import default_scores_path
+
+    return default_scores_path(output_path)
+
+
+def load_scores(path: str | os.PathLike) -> dict[Any, dict[str, Any]]:
+    from ..judge_scores import read_scores
+
+    return read_scores(path)
+
+
+def score_of(rec: dict[str, Any] | None, aspect: str | None = None) -> float | None:
+    """A sample's ``overall`` (``aspect`` None) or one aspect's score; None when unjudged."""
+    if not rec:
+        return None
+    return rec.get("overall") if aspect is None else (rec.get("scores") or {}).get(aspect)
+
+
+def below(scores: dict[Any, dict[str, Any]], threshold: float, aspect: str | None = None
+          ) -> list[Any]:
+    """Ids of the samples judged below ``threshold`` (overall, or ``aspect``): what "reject below"
+    rejects."""
+    from ..judge_scores import below as _below_ids
+
+    return _below_ids(scores, threshold, aspect)
+
+
+def sort_and_filter_by_score(samples: Sequence[dict[str, Any]],
+                             scores: dict[Any, dict[str, Any]], *, aspect: str | None = None,
+                             sort: str = "file order", at_most: float | None = None
+                             ) -> list[dict[str, Any]]:
+    """``samples`` ordered by score (``SCORE_SORTS``; unjudged samples last) and, with
+    ``at_most``, only those scored at most that (overall, or ``aspect``)."""
+    if sort not in SCORE_SORTS:
+        raise ConfigError(choices_message("sort", sort, SCORE_SORTS))
+    out = list(samples)
+    if at_most is not None:
+        out = [s for s in out if (v := score_of(scores.get(s.get("id")), aspect)) is not None
+               and v <= at_most]
+    if sort != "file order":
+        sign = 1 if sort == "lowest score first" else -1
+
+        def key(s: dict[str, Any]) -> tuple[int, float]:
+            v = score_of(scores.get(s.get("id")), aspect)
+            return (1, 0.0) if v is None else (0, sign * v)
+        out.sort(key=key)  # stable: file order among equal scores
+    return out

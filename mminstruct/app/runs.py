@@ -88,6 +88,29 @@ def endpoint_config(base_url: str = "", api_key_env: str = "") -> EndpointConfig
     return EndpointConfig(base_url=base_url or None, api_key_env=api_key_env or None)
 
 
+def judge_config(ws: Any, generated: str | os.PathLike, name: str, *, model_name: str = "",
+                 sample: float | None = None, max_cost: float | None = None) -> Any:
+    """A judge run (``mminstruct.judge``) of the generated file ``generated`` with the
+    workspace's endpoint settings; ``model_name`` (default: the generation's) may differ from
+    the generator. Its scores go to ``manifests/RUN.scores.jsonl`` (where Review looks)."""
+    from ..judge import JudgeConfig, default_scores_path
+
+    e = ws.settings.endpoint
+    values = e.generation_values()
+    if model_name.strip():
+        values["model_name"] = model_name.strip()
+    from ..generate.output import output_header
+
+    src = Path(generated)
+    header = output_header(src)
+    return JudgeConfig(
+        input_folder=header.get("input_folder") or ws.input_root or ".", output_folder=ws.root,
+        prompt_file=str(src.resolve()), file_prefix=check_name(name),
+        endpoint=endpoint_config(e.base_url, e.api_key_env),
+        allow_outside_paths=ws.settings.data.allow_outside_paths,
+        output=str(default_scores_path(src)), sample=sample, max_cost=max_cost, **values)
+
+
 def workspace_config(ws: Any, name: str, prompt_file: str | os.PathLike, *,
                      dry_run: bool = False) -> GenerationConfig:
     """A ``GenerationConfig`` from a ``workspace.Workspace``'s endpoint settings."""
@@ -118,7 +141,10 @@ def start_run(ws_root: str | os.PathLike, cfg: GenerationConfig, api_key: str | 
         raise ConfigError(f"run {name!r} is already running (pid {old['pid']})")
     cfg.prompt_path  # noqa: B018 — a missing prompt file fails here, before any process starts
     token = uuid.uuid4().hex
+    from ..judge import JudgeConfig
+
     record = {"name": name, "token": token, "config": cfg.public_json(),
+              "kind": "judge" if isinstance(cfg, JudgeConfig) else "generation",
               "created": (old or {}).get("created") or datetime.now().isoformat(timespec="seconds"),
               "started": datetime.now().isoformat(timespec="seconds"),
               "starts": int((old or {}).get("starts", 0)) + 1, "pid": None, "log": str(log_path)}
@@ -152,6 +178,10 @@ def resume_run(ws_root: str | os.PathLike, name: str, api_key: str | None = None
         raise ConfigError(f"no run named {name!r} in {ws_root}")
     conf = dict(record["config"])
     conf.update(resume=True, retry_failed=retry_failed, dry_run=False)
+    if record.get("kind") == "judge":
+        from ..judge import judge_config_from_dict
+
+        return start_run(ws_root, judge_config_from_dict(conf), api_key, python=python)
     return start_run(ws_root, config_from_dict(conf), api_key, python=python)
 
 
@@ -444,9 +474,14 @@ def _child(launch: Path) -> int:
     result: dict[str, Any] = {"token": record.get("token"), "pid": os.getpid()}
     code = 0
     try:
-        cfg = config_from_dict(record["config"])
-        res = run_generation(cfg, control=control)
-        if res.state == "finished" and record.get("quality", True):
+        if record.get("kind") == "judge":  # a judge run (mminstruct.judge) on the same engine
+            from ..judge import judge_config_from_dict, run_judge
+
+            res = run_judge(judge_config_from_dict(record["config"]), control=control)
+        else:
+            res = run_generation(config_from_dict(record["config"]), control=control)
+        if res.state == "finished" and record.get("quality", True) \
+                and record.get("kind") != "judge":
             from ..quality import quality_after_run
 
             quality_after_run(res.output, res.manifest)

@@ -80,9 +80,10 @@ FIND_SCAN_LIMIT = 1000  # recent batches searched for one created just before a 
 
 def batch_job(cfg: GenerationConfig, run: RunDir, stream: PromptStream, start: int, n: int,
               shared: Shared, control: RunControl,
-              on_progress: ProgressCallback | None) -> BatchJob | None:
+              on_progress: ProgressCallback | None,
+              cls: type[RunJob] | None = None) -> RunJob | None:
     """The job for a run that is, or was started as, a Batch API run; None when it may go on
-    online. Resuming one without ``--batch_api`` is refused while its batches are open (their
+    online (``cls``: a subclass of ``BatchJob`` for another kind of run). Resuming one without ``--batch_api`` is refused while its batches are open (their
     results would be paid for and lost); once every batch is recorded, the rest may be sent
     online."""
     if not cfg.batch_api:
@@ -94,7 +95,7 @@ def batch_job(cfg: GenerationConfig, run: RunDir, stream: PromptStream, start: i
                 f"batches are still open at the provider ({ids}); resume it with --batch_api "
                 "(nothing is resubmitted), or start a new run without --resume")
         return None
-    return BatchJob(cfg, run, stream, start, n, shared, control, on_progress)
+    return (cls or BatchJob)(cfg, run, stream, start, n, shared, control, on_progress)
 
 
 class BatchJob(RunJob):

@@ -204,14 +204,16 @@ def resolve_prompt_file(input_folder: Path, prompt_file: str | os.PathLike) -> P
                         + ", ".join(str(t) for t in dict.fromkeys(tried)))
 
 
-def config_from_dict(d: dict[str, Any]) -> GenerationConfig:
-    """Rebuild a config from ``public_json``-like data (e.g. the app's saved settings)."""
-    known = {f.name for f in fields(GenerationConfig)}
+def config_from_dict(d: dict[str, Any], cls: type[GenerationConfig] = GenerationConfig
+                     ) -> GenerationConfig:
+    """Rebuild a config from ``public_json``-like data (e.g. the app's saved settings); ``cls``:
+    a subclass (the judge's ``JudgeConfig``)."""
+    known = {f.name for f in fields(cls)}
     kwargs = {k: v for k, v in d.items() if k in known and k != "endpoint"}
     ep = d.get("endpoint") or {}
     ep_fields = {f.name for f in fields(EndpointConfig)}
     endpoint = EndpointConfig(**{k: v for k, v in ep.items() if k in ep_fields})
-    return GenerationConfig(**kwargs, endpoint=endpoint)
+    return cls(**kwargs, endpoint=endpoint)
 
 
 __all__ = ["GenerationConfig", "resolve_prompt_file", "resolved_range", "config_from_dict",

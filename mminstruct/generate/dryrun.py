@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +34,11 @@ WINDOW = 64
 
 
 async def dry_run(cfg: GenerationConfig, stream: PromptStream, start: int, n: int,
-                  shared: Shared | None) -> RunResult:
+                  shared: Shared | None,
+                  body_of: Callable[[Any, Any], Awaitable[dict[str, Any]]] | None = None
+                  ) -> RunResult:
+    """``body_of(entry, encoder)`` → body replaces ``build_request`` for another kind of run (the
+    judge's); the files, their parts and the sidecar are the same."""
     own = shared is None
     shared = shared or Shared.build(cfg, with_client=False)
     pf = stream.header
@@ -50,7 +55,11 @@ async def dry_run(cfg: GenerationConfig, stream: PromptStream, start: int, n: in
     try:
         async def build(idx: int, entry: Any) -> tuple[int, str | None, dict | None]:
             try:  # a malformed entry arrives as its BadPromptError, which build_request raises
-                body, _ = await build_request(cfg, mode, system, generate, entry, shared.encoder, fmt)
+                if body_of is not None:
+                    body = await body_of(entry, shared.encoder)
+                else:
+                    body, _ = await build_request(cfg, mode, system, generate, entry,
+                                                  shared.encoder, fmt)
             except (ImageFileError, BadPromptError) as e:
                 return idx, None, {"prompt_idx": idx, "error_class": e.kind, "message": str(e)}
             return idx, json.dumps(batch_line(idx, body), ensure_ascii=False), None

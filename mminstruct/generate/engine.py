@@ -36,6 +36,8 @@ import asyncio
 import logging
 import os
 import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any
 
 from ..formats import PromptEntry
@@ -47,7 +49,7 @@ from .job import ProgressCallback, RunJob, RunResult, Shared
 from .jsonstream import PromptStream
 from .runlog import RunLog, open_or_create_run
 
-__all__ = ["OnlineJob", "ProgressCallback", "RunResult", "Shared", "run_async", "run_generation"]
+__all__ = ["JobKind", "OnlineJob", "ProgressCallback", "RunResult", "Shared", "run_async", "run_generation"]
 
 log = logging.getLogger(__name__)
 
@@ -178,17 +180,33 @@ class OnlineJob(RunJob):
 # Entry points
 
 
+@dataclass(frozen=True)
+class JobKind:
+    """Another kind of run on this engine: a stream of items (``header``, ``count``,
+    ``entries(start, stop)`` like ``PromptStream``), its online and Batch API job classes (each a
+    ``RunJob`` subclass overriding ``base``/``request``/``parse_answer``/``finish``) and the body
+    builder its dry run writes (``await dry_build(entry, encoder)`` → body)."""
+
+    stream: Any
+    online: type[RunJob]
+    batch: type[RunJob] | None = None
+    dry_build: Callable[[Any, Any], Awaitable[dict[str, Any]]] | None = None
+
+
 async def run_async(cfg: GenerationConfig, *, control: RunControl | None = None,
                     on_progress: ProgressCallback | None = None,
-                    shared: Shared | None = None) -> RunResult:
-    """Run (or resume) one generation run; see the module docstring."""
-    stream = PromptStream.open(cfg.prompt_path)
+                    shared: Shared | None = None, kind: JobKind | None = None) -> RunResult:
+    """Run (or resume) one generation run; see the module docstring. ``kind`` makes it another
+    kind of run on the same engine (the judge: ``mminstruct.judge``): its own stream of items,
+    job classes and request builder; None is generation from ``cfg``'s prompt file."""
+    stream: Any = kind.stream if kind is not None else PromptStream.open(cfg.prompt_path)
     start, n = resolved_range(cfg.start_idx, cfg.num_prompts, stream.count)
     control = control or RunControl()
     if cfg.dry_run:
         from .dryrun import dry_run
 
-        return await dry_run(cfg, stream, start, n, shared)
+        return await dry_run(cfg, stream, start, n, shared,
+                             body_of=kind.dry_build if kind is not None else None)
     own = shared is None
     if shared is None:
         shared = Shared.build(cfg)  # first: a missing key fails before a run folder exists
@@ -201,9 +219,11 @@ async def run_async(cfg: GenerationConfig, *, control: RunControl | None = None,
         if cfg.batch_api or run.read_meta().get("batch_api"):
             from .batch_api import batch_job  # OpenAI Batch API runs (and their resumes)
 
-            job = batch_job(cfg, run, stream, start, n, shared, control, on_progress)
+            job = batch_job(cfg, run, stream, start, n, shared, control, on_progress,
+                            cls=kind.batch if kind is not None else None)
         if job is None:
-            job = OnlineJob(cfg, run, stream, start, n, shared, control, on_progress)
+            online = kind.online if kind is not None else OnlineJob
+            job = online(cfg, run, stream, start, n, shared, control, on_progress)
         return await job.execute()
     finally:
         if own:

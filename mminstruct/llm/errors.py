@@ -24,6 +24,7 @@ length             finish_reason "length": the answer was cut off             no
 refusal            the model refused (``message.refusal`` or a refusal text)  no          no
 image_error        a prompt's image is missing or unreadable on our side      no          no
 bad_prompt         a prompt entry in the prompt file is malformed             no          no
+budget             the judge's ``--max_cost`` was reached                     no          the run
 =================  =========================================================  ==========  =======
 
 "Stops the run" means the condition would fail every remaining prompt the same way (no money,
@@ -69,6 +70,7 @@ RULES: dict[str, Rule] = {
     "refusal": Rule("refusal", False, False, "the model refused"),
     "image_error": Rule("image_error", False, False, "an image is missing or unreadable"),
     "bad_prompt": Rule("bad_prompt", False, False, "malformed prompt entry"),
+    "budget": Rule("budget", False, True, "the cost cap (--max_cost) was reached"),
 }
 
 ERROR_CLASSES: tuple[str, ...] = tuple(RULES)
@@ -208,10 +210,17 @@ class BadPromptError(LLMError):
     kind = "bad_prompt"
 
 
+class BudgetError(LLMError):
+    """The judge's cost cap was reached (stops the run; ``--resume`` with a higher cap goes on)."""
+
+    kind = "budget"
+
+
 BY_KIND: dict[str, type[LLMError]] = {c.kind: c for c in (
     RateLimitError, QuotaError, AuthError, NotFoundError, ContentFilterError, ContextLengthError,
     ImageRejectedError, BadRequestError, RequestTimeoutError, ServerError, ConnectionFailedError,
-    BadJSONError, SchemaMismatchError, LengthError, RefusalError, ImageFileError, BadPromptError)}
+    BadJSONError, SchemaMismatchError, LengthError, RefusalError, ImageFileError, BadPromptError,
+    BudgetError)}
 
 
 class EndpointConfigError(ConfigError):
