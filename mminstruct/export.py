@@ -232,6 +232,8 @@ FORMATS: dict[str, ExportFormat] = {
     "hf": ExportFormat("hf", "Hugging Face dataset (Parquet + card)", None, None, folder=True),
 }
 EXPORT_FORMATS: tuple[str, ...] = tuple(sorted(FORMATS))
+#: The format offered first (the Review page's choice until the person picks another).
+DEFAULT_EXPORT_FORMAT = "llava"
 EXPORT_LABELS: dict[str, str] = {k: f.label for k, f in FORMATS.items()}
 
 
@@ -552,8 +554,10 @@ def build_parser() -> argparse.ArgumentParser:
                        "trainer's image folder / media_dir); default: the output's folder")
     p.add_argument("--rejected", help="JSON with the sample ids to leave out: a list, or the "
                    "workspace's {output file name: [ids]}")
-    p.add_argument("--scores", help="a judge's scores file (python -m mminstruct.judge), for "
-                   "--min_score")
+    p.add_argument("--scores", default=None,
+                   help="a judge's scores file (python -m mminstruct.judge): for --min_score and, "
+                        "with hf, added as columns; default: manifests/<run>.scores.jsonl beside "
+                        "the run, if there")
     p.add_argument("--min_score", type=float, help="leave out the samples the judge scored "
                    "below this overall score (unjudged samples are kept)")
     p.add_argument("--overwrite", action="store_true", help="replace --output if it exists")
@@ -562,9 +566,6 @@ def build_parser() -> argparse.ArgumentParser:
     hf = p.add_argument_group("hf (a Hugging Face dataset folder: --output is the folder)")
     hf.add_argument("--license", default=None,
                     help="the dataset card's licence id (Hub ids: cc-by-4.0, mit, …; default other)")
-    hf.add_argument("--scores", default=None,
-                    help="a judge's scores file (JSONL) to add as columns; default: "
-                         "manifests/<run>.scores.jsonl beside the run, if there")
     p.add_argument("--debug", action="store_true", help="debug logging")
     return p
 
@@ -583,7 +584,9 @@ def run(args: argparse.Namespace) -> int:
     report = export_file(args.generated_file, args.output, args.format, rejected=rejected,
                          absolute_paths=args.absolute_paths, image_root=args.image_root,
                          overwrite=args.overwrite, dataset_info=not args.no_dataset_info,
-                         license=args.license, scores=args.scores, rejected_file=args.rejected)
+                         license=args.license,
+                         scores=args.scores if get_format(args.format).folder else None,
+                         rejected_file=args.rejected)
     print(report.summary(), file=sys.stderr)
     print(report.dest)
     return 0

@@ -8,7 +8,7 @@ from pathlib import Path
 import streamlit as st
 
 from mminstruct.errors import MMInstructError
-from mminstruct.app.review import (EXPORT_FORMATS, EXPORT_LABELS, GeneratedData, export_name,
+from mminstruct.app.review import (DEFAULT_EXPORT_FORMAT, EXPORT_FORMATS, EXPORT_LABELS, GeneratedData, export_name,
                                    export_reviewed, get_format, filter_samples, load_generated,
                                    next_free_name, sort_and_filter_by_score, sources)
 from mminstruct.app.workspace import Workspace
@@ -142,7 +142,7 @@ st.subheader("Export")
 st.caption(f"{len(samples) - len(rejected):,} kept of {len(samples):,} (rejected samples are left out)")
 c1, c2 = st.columns([2, 1])
 fmt = c1.radio("Format", EXPORT_FORMATS, format_func=EXPORT_LABELS.get, horizontal=True,
-               key="rv_fmt")
+               index=EXPORT_FORMATS.index(DEFAULT_EXPORT_FORMAT), key="rv_fmt")
 is_folder = get_format(fmt).folder
 if is_folder:  # hf: images embedded; the card's licence instead of a path choice
     absolute = False

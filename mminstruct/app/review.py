@@ -17,12 +17,12 @@ from typing import Any
 
 from ..errors import ConfigError, DataFileError, choices_message
 from ..formats import TaskFile, load_task_file
-from ..export import (EXPORT_FORMATS, EXPORT_LABELS, ExportReport, export_file, export_name,
-                     get_format, next_free_name)
+from ..export import (DEFAULT_EXPORT_FORMAT, EXPORT_FORMATS, EXPORT_LABELS, ExportReport,
+                     export_file, export_name, get_format, next_free_name)
 from ..generate.jsonstream import PromptStream
 from ..generate.output import GeneratedData, load_output, output_header
 
-__all__ = ["EXPORT_FORMATS", "EXPORT_LABELS", "ExportReport", "Sources", "export_name",
+__all__ = ["DEFAULT_EXPORT_FORMAT", "EXPORT_FORMATS", "EXPORT_LABELS", "ExportReport", "Sources", "export_name",
            "export_reviewed", "get_format", "filter_samples", "next_free_name", "sample_text", "sources",
            "SCORE_SORTS", "below", "load_scores", "scores_path_for", "sort_and_filter_by_score"]
 
