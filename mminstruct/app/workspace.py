@@ -507,12 +507,16 @@ def merge_states(loaded: dict[str, Any], mine: dict[str, Any],
 
 def _merge_value(base: Any, mine: Any, disk: Any) -> Any:
     if isinstance(base, dict) and isinstance(mine, dict) and isinstance(disk, dict):
-        out = dict(disk)
-        for key in set(base) | set(mine):
-            if key not in mine:
-                out.pop(key, None)
-            elif base.get(key) != mine[key]:
-                out[key] = mine[key]
+        out = {}
+        for key, value in mine.items():  # in this writer's order
+            if key in base and base[key] == value:  # not changed here: as on disk now
+                if key in disk:
+                    out[key] = disk[key]
+            else:
+                out[key] = value
+        for key, value in disk.items():  # added by another writer
+            if key not in base and key not in out:
+                out[key] = value
         return out
     return mine
 
