@@ -363,6 +363,23 @@ class Workspace:
                and not p.name.startswith(".")]
         return sorted(out, key=lambda p: p.stat().st_mtime, reverse=True)
 
+    def curation(self) -> list[str]:
+        """The person's curation in words ("3 excluded reference samples", "2 budgets"): what a
+        new data file or the demo would replace (empty: nothing to lose)."""
+        p, s = self.settings.partition, self.settings
+        counts = [
+            (len(p.excluded_reference), "excluded reference sample"),
+            (len(p.excluded_candidates), "excluded candidate"),
+            (len(p.manual_reference) + len(p.manual_candidates), "manual assignment"),
+            (len(p.manual_subgroups), "subgroup from a selection"),
+            (len(s.prompts.budgets), "budget"),
+            (sum(len(v) for v in s.rejected.values()), "rejected sample"),
+        ]
+        out = [f"{n:,} {what}{'s' if n != 1 else ''}" for n, what in counts if n]
+        if p.keywords and not s.data.demo:
+            out.insert(0, f"{len(p.keywords)} keyword{'s' if len(p.keywords) != 1 else ''}")
+        return out
+
     # -- curation edits (persisted by the caller's save())
 
     def set_excluded(self, kind: str, keys: Iterable[Any], excluded: bool = True) -> None:
