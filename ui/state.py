@@ -32,13 +32,10 @@ _MAX_EMBEDDINGS = 3
 
 def workspace_path() -> str | None:
     ss = st.session_state
-    url = st.query_params.get("ws")
-    if url and ss.get(WS_KEY) and _resolved(url) != _resolved(ss[WS_KEY]):
-        _switched()  # the URL names another workspace: every field is seeded from it
-        ss[WS_KEY] = url
     if ss.get(WS_KEY):
         return str(ss[WS_KEY])
-    for candidate in (url, os.environ.get(ENV_WORKSPACE)):
+    # a new session (a reload, a URL typed): every widget is seeded from the workspace it opens
+    for candidate in (st.query_params.get("ws"), os.environ.get(ENV_WORKSPACE)):
         if candidate:
             ss[WS_KEY] = candidate
             return str(candidate)
@@ -47,10 +44,6 @@ def workspace_path() -> str | None:
         ss[WS_KEY] = str(recent[0])
         return ss[WS_KEY]
     return None
-
-
-def _resolved(path: str) -> str:
-    return str(Path(path).expanduser().resolve())
 
 
 def _switched() -> None:
@@ -69,7 +62,7 @@ def open_workspace(path: str, create: bool = False) -> Workspace:
         _switched()
     st.session_state[WS_KEY] = str(ws.root)
     if st.query_params.get("ws"):
-        st.query_params["ws"] = str(ws.root)  # a URL naming the old one would switch back
+        st.query_params["ws"] = str(ws.root)  # a reload opens this one, not the one left
     return ws
 
 
