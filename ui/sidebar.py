@@ -57,14 +57,14 @@ def _history_box(ws) -> None:
     from mminstruct.app import history
 
     entries = history.entries(ws.root)
-    with st.expander(f"History ({len(entries)} changes)"):
+    note = st.session_state.pop("_history_note", None)
+    with st.expander(f"History ({len(entries)} changes)", expanded=bool(note)):
         if not entries:
             st.caption("No change recorded yet.")
             return
         for e in reversed(entries[-12:]):
             st.caption(md_escape(f"#{e.id} · {e.time[11:16]} · {e.page or '-'} · "
                                  f"{'; '.join(e.changes)}", 300))
-        note = st.session_state.pop("_history_note", None)
         if note:
             st.success(md_escape(note, 400))
         if len(entries) >= 2 and st.button(

@@ -38,6 +38,10 @@ def workspace_path() -> str | None:
     for candidate in (st.query_params.get("ws"), os.environ.get(ENV_WORKSPACE)):
         if candidate:
             ss[WS_KEY] = candidate
+            try:
+                remember_workspace(candidate)  # a reload (the URL may lose ?ws=) opens it again
+            except OSError:
+                pass
             return str(candidate)
     recent = recent_workspaces()
     if recent:
