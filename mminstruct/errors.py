@@ -9,7 +9,8 @@ Hierarchy::
     │   ├── UnsafePathError         an image path is absolute or escapes its root
     │   ├── ImageError              an image is missing, unreadable, or too large to decode safely
     │   ├── ModelSpecError          an unknown CLIP architecture or pretrained tag
-    │   └── RayUnavailableError     (a ConfigError) Ray is asked for but not installed
+    │   ├── RayUnavailableError     (a ConfigError) Ray is asked for but not installed
+    │   └── DamagedWorkspaceError   (a ConfigError) workspace.json exists but cannot be read
     ├── ClusterError                the Ray cluster cannot be reached, or a job failed inside it
     └── GenerationError             step 3
         ├── MergeError              shard outputs that cannot be merged
@@ -36,6 +37,16 @@ class InputError(MMInstructError):
 
 class ConfigError(InputError):
     """A configuration value is invalid."""
+
+
+class DamagedWorkspaceError(ConfigError):
+    """A workspace's settings file exists but cannot be read; ``last_good`` is the id of the
+    newest history entry that can be restored (None: none)."""
+
+    def __init__(self, message: str, root: str = "", last_good: int | None = None):
+        super().__init__(message)
+        self.root = root
+        self.last_good = last_good
 
 
 class DataFileError(InputError):

@@ -9,10 +9,10 @@ import streamlit as st
 
 from mminstruct.errors import MMInstructError
 from mminstruct.records import DataFile
-from mminstruct.app.uploads import (DATA_SUFFIXES, extract_zip, guess_image_folder, save_upload,
-                                server_data_settings)
+from mminstruct.app.uploads import (DATA_SUFFIXES, check_data, commit_upload, extract_zip,
+                                    guess_image_folder, server_data_settings, stage_upload)
 from mminstruct.demo.setup import demo_pool_progress, demo_size_default, setup_demo
-from mminstruct.app.workspace import Workspace, default_workspace_root
+from mminstruct.app.workspace import SETTINGS_NAME, Workspace, default_workspace_root
 from ui.gallery import thumbnail_url
 from ui.model_picker import model_picker
 from ui.safe import for_browser, short
@@ -32,11 +32,48 @@ ws = current_workspace()
 # Loading
 
 
+PENDING = "_data_confirm"  # the load waiting for the person's yes: "demo", "upload", "server"
+
+
+def _ask(action: str, target: Workspace | None, replaced: str) -> bool:
+    """True when ``action`` may go ahead: the workspace it replaces holds no curation, or the
+    person said yes (``_confirm_box``). Otherwise the question is asked and False returned."""
+    lost = target.curation() if target is not None else []
+    if not lost or st.session_state.get(PENDING) == (action, "yes"):
+        st.session_state.pop(PENDING, None)
+        return True
+    st.session_state[PENDING] = (action, f"{replaced} in {target.root.name} replaces its "
+                                         f"curation: {', '.join(lost)}.")
+    st.rerun()
+    return False
+
+
+def _confirm_box(action: str) -> bool:
+    """The question for a pending ``action`` (what will be replaced); True once confirmed."""
+    pending = st.session_state.get(PENDING)
+    if not pending or pending[0] != action or pending[1] == "yes":
+        return False
+    st.warning(f"{pending[1]} Replace it? (Undo in the sidebar's history brings it back.)")
+    c1, c2 = st.columns(2)
+    if c1.button("Replace it", key=f"confirm_{action}", type="primary"):
+        st.session_state[PENDING] = (action, "yes")
+        return True
+    if c2.button("Cancel", key=f"cancel_{action}"):
+        st.session_state.pop(PENDING, None)
+        st.info("Cancelled: nothing was changed.")
+    return False
+
+
 def _open_demo(n_ref: int, n_cand: int) -> None:
     target = ws if ws is not None and not ws.has_data else None
     try:
         if target is None:
-            target = open_workspace(str(default_workspace_root() / "demo"), create=True)
+            root = default_workspace_root() / "demo"
+            existing = Workspace.open(root) if (root / SETTINGS_NAME).is_file() else None
+            if not _ask("demo", existing, "Opening the demo"):
+                return
+            target = open_workspace(str(root), create=True)
+        target.page = "Data"
         bar = st.progress(0.0, text="Drawing the demo's reference charts…")
         # the reference charts now (this page needs them); the candidate pool in the background
         # (Explore waits for it, usually finished by then)
@@ -54,11 +91,14 @@ def _open_demo(n_ref: int, n_cand: int) -> None:
 
 
 def _failed(e: Exception) -> None:
-    """A load that failed: its error, and not the previous data's report under it."""
+    """A load that failed: its error, what was kept, and not the previous data's report under it."""
     st.error(f"Not loaded: {for_browser(e)}")
     if ws is not None and ws.has_data:
-        st.caption(f"The workspace still holds {short(ws.settings.data.data_file, 200)}; its "
-                   "report is shown again on the next load or visit.")
+        kept = ws.curation()
+        st.caption(f"Nothing was changed: the workspace still uses "
+                   f"{short(ws.settings.data.data_file, 200)} with its records, embeddings"
+                   + (f" and curation ({', '.join(kept)})" if kept else "")
+                   + "; its report is shown again on the next visit.")
     st.stop()
 
 
@@ -67,11 +107,18 @@ def _upload(ws: Workspace) -> None:
                                key="up_data")
     images_up = st.file_uploader("Reference images (a .zip)", type=["zip"], key="up_images")
     pool_up = st.file_uploader("Candidate images (a .zip, optional)", type=["zip"], key="up_pool")
-    if not st.button("Load the upload", key="up_go", disabled=data_up is None):
+    go = st.button("Load the upload", key="up_go", disabled=data_up is None)
+    if not (_confirm_box("upload") or go) or data_up is None:
         return
+    if not _ask("upload", ws if ws.has_data else None, f"Loading {data_up.name}"):
+        return
+    staged = None
     try:
         folder = ws.uploads_dir
-        data_path = save_upload(folder, data_up.name, data_up.getvalue())
+        staged = stage_upload(folder, data_up.name, data_up.getvalue())
+        from mminstruct.records import load_data_file
+
+        load_data_file(staged, check_images=False)  # unparsable: refused before anything else
         if images_up is not None:
             rep = extract_zip(io.BytesIO(images_up.getvalue()), folder)
             st.info(rep.summary())
@@ -80,14 +127,20 @@ def _upload(ws: Workspace) -> None:
             rep = extract_zip(io.BytesIO(pool_up.getvalue()), folder / "candidates")
             st.info(rep.summary())
             cand = "candidates"
-        guess = guess_image_folder(folder, data_path)
+        guess = guess_image_folder(folder, staged)
         d = ws.settings.data
-        d.input_folder, d.data_file, d.candidate_folder = str(folder), str(data_path), cand
-        d.image_folder, d.candidate_file, d.allow_outside_paths, d.demo = guess, "", False, False
-        d.dataset_description = None
+        new = type(d)(input_folder=str(folder), data_file=str(staged), candidate_folder=cand,
+                      image_folder=guess)
+        check_data(new)  # no usable record, no image: nothing changes
+        new.data_file = str(commit_upload(staged))
+        staged = None
+        ws.settings.data = new
         ws.save()
     except MMInstructError as e:
         _failed(e)
+    finally:
+        if staged is not None:
+            staged.unlink(missing_ok=True)
     forget_embeddings()
     st.session_state["data_loaded"] = "upload"
     st.rerun()
@@ -107,10 +160,15 @@ def _server(ws: Workspace) -> None:
     allow = st.checkbox("Allow image paths outside the input folder", key="srv_allow",
                         help="Image paths in the data file that leave its folder (../, absolute "
                              "paths) are refused unless this is ticked.")
-    if not st.button("Load these files", key="srv_go", disabled=not data_file.strip()):
+    go = st.button("Load these files", key="srv_go", disabled=not data_file.strip())
+    if not (_confirm_box("server") or go):
+        return
+    if not _ask("server", ws if ws.has_data else None, f"Loading {short(data_file, 80)}"):
         return
     try:
-        ws.settings.data = server_data_settings(data_file, image_folder, cand, allow)
+        new = server_data_settings(data_file, image_folder, cand, allow)
+        check_data(new)  # unparsable, no usable record, no image folder: nothing changes
+        ws.settings.data = new
         ws.save()
     except MMInstructError as e:
         _failed(e)
@@ -130,7 +188,7 @@ with st.container(border=True):
     with c1:
         st.write("Synthetic charts with correct answers and a tiny CLIP trained on them: the "
                  "whole pipeline, offline.")
-        if st.button("Open the demo", type="primary", key="open_demo"):
+        if st.button("Open the demo", type="primary", key="open_demo") | _confirm_box("demo"):
             _open_demo(int(n_ref), int(n_cand))
     if ws is not None:
         tab_up, tab_srv = st.tabs(["Upload files", "Files on this machine"])

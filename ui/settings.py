@@ -9,6 +9,15 @@ callback (or, for the fields of a form, by the form's submit callback), which ru
 page's script: the setting is saved exactly once, the marker is moved to the saved value, and the
 page (sidebar included) draws from the saved settings.
 
+The write rule: a save writes only what the person changed. ``bind``/``sync`` remember, with the
+workspace, the widget value they showed (the marker); the save callback applies a field only when
+the widget holds something else than that value, for the same workspace. A field whose state was
+dropped (a workspace switch, a reload, another tab, a page that stopped early) shows the setting
+anew and is never written back unchanged; the workspace's ``save`` then merges the changed fields
+with what is on disk under its lock, so two tabs editing different settings both keep them.
+Switching workspace forgets every bound widget's state (``forget_widgets``): each is seeded again
+from the workspace now open.
+
 ``BOUND`` lists every bound widget (its page, its AppTest accessor, its settings path): the
 parametrised test in ``tests/test_app_settings.py`` edits each of them three times in a row.
 """
@@ -190,19 +199,58 @@ def _token(ws: Workspace, b: Bound) -> tuple[str, str]:
     return (str(ws.root), repr(_get(ws.settings, b.path)))
 
 
+def _shown(key: str) -> Any:
+    """The widget value ``bind``/``sync``/a save last put in ``key`` (the marker's last part)."""
+    m = st.session_state.get(_marker(key))
+    return m[-1] if isinstance(m, tuple) and len(m) > 2 else _NOTHING
+
+
+_NOTHING = object()
+
+
+def page_title(page: str) -> str:
+    """"pages/5_generate.py" → "Generate" (for the history's entries)."""
+    stem = Path(page).stem
+    return stem.split("_", 1)[-1].replace("_", " ").title() if page != "sidebar" else "Sidebar"
+
+
+def forget_widgets() -> None:
+    """Drop every bound widget's state and marker (a workspace switch): each is seeded again from
+    the workspace now open, never written back from the one left."""
+    ss = st.session_state
+    for name in [k for k in list(ss.keys()) if isinstance(k, str) and k.startswith("_bound:")]:
+        key = name[len("_bound:"):]
+        ss.pop(name, None)
+        ss.pop(_error_slot(key), None)
+        try:
+            del ss[key]
+        except (KeyError, st.errors.StreamlitAPIException):
+            pass
+
+
 def sync(key: str, ws: Workspace, value: Any, widget_value: Any = None) -> None:
     """For a widget that is not saved on change (a draft applied by a button): show ``value``'s
     widget form when the workspace or the setting changed since this session last showed it."""
     ss = st.session_state
     token = (str(ws.root), repr(value))
-    if key not in ss or ss.get(_marker(key)) != token:
+    if key not in ss or tuple(ss.get(_marker(key), ())[:2]) != token:
         ss[key] = value if widget_value is None else widget_value
-        ss[_marker(key)] = token
+        ss[_marker(key)] = (*token, ss[key])
 
 
 def mark_synced(key: str, ws: Workspace, value: Any) -> None:
     """After a callback saved ``value`` for a ``sync``-ed widget: the widget keeps its state."""
-    st.session_state[_marker(key)] = (str(ws.root), repr(value))
+    st.session_state[_marker(key)] = (str(ws.root), repr(value), st.session_state.get(key))
+
+
+def changed(key: str, ws: Workspace) -> bool:
+    """Whether the person changed the ``sync``/``bind``-ed widget ``key`` since it was shown for
+    this workspace (False for a widget whose state was dropped and shows a default)."""
+    ss = st.session_state
+    m = ss.get(_marker(key))
+    if key not in ss or not isinstance(m, tuple) or m[0] != str(ws.root):
+        return False
+    return _shown(key) is _NOTHING or ss[key] != _shown(key)
 
 
 def bind(ws: Workspace, key: str, *, fallback: Any = None) -> dict[str, Any]:
@@ -214,10 +262,11 @@ def bind(ws: Workspace, key: str, *, fallback: Any = None) -> dict[str, Any]:
     token = _token(ws, b)
     if fallback is not None and _get(ws.settings, b.path) is None:
         token = (*token, repr(fallback))  # another data file's own description is shown anew
-    if key not in ss or ss.get(_marker(key)) != token:
+    if key not in ss or tuple(ss.get(_marker(key), ())[:len(token)]) != token \
+            or len(ss.get(_marker(key), ())) != len(token) + 1:
         value = _get(ws.settings, b.path)
         ss[key] = b.to_widget(value) if value is not None or fallback is None else fallback
-        ss[_marker(key)] = token
+        ss[_marker(key)] = (*token, ss[key])
         ss.pop(_error_slot(key), None)
     kwargs: dict[str, Any] = {"key": key}
     if not b.form:
@@ -239,7 +288,8 @@ def form_submit(ws: Workspace, form: str) -> dict[str, Any]:
 
 
 def _save(root: str, keys: Sequence[str], form: str = "") -> None:
-    """The callback: apply the widgets' values to the workspace on disk and save it once."""
+    """The callback: apply the widgets the person changed to the workspace on disk and save it
+    once (merged per field with what another tab saved meanwhile: ``Workspace.save``)."""
     ss = st.session_state
     try:
         ws = Workspace.open(root)
@@ -247,27 +297,31 @@ def _save(root: str, keys: Sequence[str], form: str = "") -> None:
         for key in keys:
             ss[_error_slot(key)] = f"Not saved: {e}"
         return
+    ws.page = page_title(BOUND[keys[0]].page) if keys else ""
     failed = False
+    applied = []
     for key in keys:
         ss.pop(_error_slot(key), None)
-        if key not in ss:
-            continue
+        if not changed(key, ws):
+            continue  # not edited here (or its state was dropped): never written back
         try:
             BOUND[key].apply(ws, ss[key])
         except (MMInstructError, ValueError, TypeError) as e:
             ss[_error_slot(key)] = f"Not saved: {e}"
             failed = True
+        applied.append(key)
     if failed:
         return
-    try:
-        ws.save()
-    except MMInstructError as e:
-        for key in keys:
-            ss[_error_slot(key)] = f"Not saved: {e}"
-        return
-    for key in keys:
+    if applied:
+        try:
+            ws.save()
+        except MMInstructError as e:
+            for key in keys:
+                ss[_error_slot(key)] = f"Not saved: {e}"
+            return
+    for key in applied:
         if _error_slot(key) not in ss:
-            ss[_marker(key)] = _token(ws, BOUND[key])
+            ss[_marker(key)] = (*_token(ws, BOUND[key]), ss[key])
     if form:
         ss[f"_saved:{form}"] = True
 

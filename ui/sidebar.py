@@ -52,12 +52,58 @@ def _switch(path: str, create: bool) -> None:
     st.rerun()
 
 
+def _history_box(ws) -> None:
+    """The workspace's history: the last changes, Undo, Restore any entry (each an entry too)."""
+    from mminstruct.app import history
+
+    entries = history.entries(ws.root)
+    note = st.session_state.pop("_history_note", None)
+    with st.expander(f"History ({len(entries)} changes)", expanded=bool(note)):
+        if not entries:
+            st.caption("No change recorded yet.")
+            return
+        for e in reversed(entries[-12:]):
+            st.caption(md_escape(f"#{e.id} · {e.time[11:16]} · {e.page or '-'} · "
+                                 f"{'; '.join(e.changes)}", 300))
+        if note:
+            st.success(md_escape(note, 400))
+        if len(entries) >= 2 and st.button(
+                f"Undo: {md_escape('; '.join(entries[-1].changes), 80)}", key="hist_undo"):
+            _restore(ws, None)
+        ids = [e.id for e in reversed(entries)]
+        pick = st.selectbox("Entry", ids, key="hist_pick",
+                            format_func=lambda i: f"#{i}: " + "; ".join(
+                                next(e for e in entries if e.id == i).changes)[:60])
+        if st.button("Restore this entry", key="hist_restore"):
+            _restore(ws, int(pick))
+        st.caption("A restore is itself an entry: undo it the same way. From a shell: "
+                   "`python -m mminstruct.app.history WORKSPACE`.")
+
+
+def _restore(ws, entry_id: int | None) -> None:
+    from mminstruct.app import history
+
+    from .settings import forget_widgets
+
+    try:
+        new, notes = (history.undo(ws.root, page="Sidebar") if entry_id is None
+                      else history.restore(ws.root, entry_id, page="Sidebar"))
+    except MMInstructError as e:
+        st.error(str(e))
+        return
+    forget_widgets()  # every field shows the restored settings
+    st.session_state["_history_note"] = " ".join(
+        [f"Restored entry {new.restores}." if new else "Already in that state."] + notes)
+    st.rerun()
+
+
 def sidebar() -> None:
     with st.sidebar:
         _workspace_box()
         ws = current_workspace() if st.session_state.get(WS_KEY) else None
         if ws is None:
             return
+        _history_box(ws)
         st.subheader("CLIP model")
         st.caption(md_escape(ws.settings.partition.model_name, 200))
         st.subheader("Endpoint")

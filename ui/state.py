@@ -12,12 +12,13 @@ from __future__ import annotations
 
 import os
 import threading
+from pathlib import Path
 from collections import OrderedDict
 from typing import Any
 
 import streamlit as st
 
-from mminstruct.errors import MMInstructError
+from mminstruct.errors import DamagedWorkspaceError, MMInstructError
 from mminstruct.app.workspace import Workspace, recent_workspaces, remember_workspace
 
 WS_KEY = "ws_path"
@@ -33,9 +34,14 @@ def workspace_path() -> str | None:
     ss = st.session_state
     if ss.get(WS_KEY):
         return str(ss[WS_KEY])
+    # a new session (a reload, a URL typed): every widget is seeded from the workspace it opens
     for candidate in (st.query_params.get("ws"), os.environ.get(ENV_WORKSPACE)):
         if candidate:
             ss[WS_KEY] = candidate
+            try:
+                remember_workspace(candidate)  # a reload (the URL may lose ?ws=) opens it again
+            except OSError:
+                pass
             return str(candidate)
     recent = recent_workspaces()
     if recent:
@@ -44,12 +50,23 @@ def workspace_path() -> str | None:
     return None
 
 
+def _switched() -> None:
+    """Another workspace is now open: the typed key stays with the one left, and every bound
+    widget is seeded again from the new one (never written back from the old one's state)."""
+    from .settings import forget_widgets
+
+    st.session_state.pop(KEY_SESSION, None)
+    forget_widgets()
+
+
 def open_workspace(path: str, create: bool = False) -> Workspace:
     ws = Workspace.open(path, create=create)
     remember_workspace(ws.root)
     if st.session_state.get(WS_KEY) != str(ws.root):
-        st.session_state.pop(KEY_SESSION, None)  # a typed key stays with its workspace
+        _switched()
     st.session_state[WS_KEY] = str(ws.root)
+    if st.query_params.get("ws"):
+        st.query_params["ws"] = str(ws.root)  # a reload opens this one, not the one left
     return ws
 
 
@@ -58,11 +75,47 @@ def current_workspace() -> Workspace | None:
     if not path:
         return None
     try:
-        return Workspace.open(path, create=True)
+        ws = Workspace.open(path, create=True)
+    except DamagedWorkspaceError as e:
+        _offer_restore(e)
+        return None
     except MMInstructError as e:
         st.error(f"Cannot open the workspace: {e}")
         st.session_state.pop(WS_KEY, None)
         return None
+    ws.page = _page_title()
+    return ws
+
+
+def _page_title() -> str:
+    """The page this run draws (for the history's entries): "Data", "Explore", …"""
+    try:
+        from streamlit.runtime.scriptrunner import get_script_run_ctx
+
+        ctx = get_script_run_ctx()
+        if ctx is None:
+            return ""
+        info = ctx.pages_manager.get_pages().get(ctx.pages_manager.current_page_script_hash)
+        if info:
+            name = str(info.get("page_name") or Path(str(info.get("script_path", ""))).stem)
+            return name.split("_", 1)[-1].replace("_", " ").title() if name[:1].isdigit() \
+                else name.replace("_", " ").title()
+    except (AttributeError, ImportError, KeyError, TypeError):
+        pass
+    return ""
+
+
+def _offer_restore(e: DamagedWorkspaceError) -> None:
+    """A damaged ``workspace.json``: say so, and offer the last good history entry."""
+    st.error(f"Cannot open the workspace: {e}")
+    if e.last_good is None:
+        return
+    if st.button(f"Restore history entry {e.last_good} (the last good state)",
+                 key="restore_damaged"):
+        from mminstruct.app.history import restore
+
+        restore(e.root, e.last_good, page="damaged workspace")
+        st.rerun()
 
 
 def require_workspace(need_data: bool = True) -> Workspace:

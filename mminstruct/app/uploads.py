@@ -24,7 +24,7 @@ import zipfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
-from typing import IO
+from typing import IO, Any
 
 from ..cache import atomic_write_bytes
 from ..errors import DataFileError, UnsafePathError
@@ -264,6 +264,40 @@ def server_data_settings(data_file: str, image_folder: str = "", candidate_folde
 
     return DataSettings(input_folder=str(root), data_file=str(df), image_folder=rel(img) or "",
                         candidate_folder=rel(cand) or "", allow_outside_paths=allow_outside_paths)
+
+
+def check_data(d: DataSettings) -> Any:
+    """Load the data file ``d`` names as the app would (each image's header read) and refuse it
+    when it cannot be used: unparsable, no record usable, an image folder that does not exist.
+    Returns the ``DataFile``; raises ``DataFileError`` naming the file and the problem. A load is
+    checked with this *before* the workspace points at it, so a failed load changes nothing."""
+    from ..records import load_data_file
+
+    root = Path(d.input_folder) if d.input_folder else Path(d.data_file).parent
+    if d.image_folder and not (root / d.image_folder).is_dir():
+        raise DataFileError(f"image folder {d.image_folder!r} does not exist (looked at "
+                            f"{root / d.image_folder})")
+    data = load_data_file(d.data_file, input_folder=root, image_folder=d.image_folder,
+                          allow_outside_paths=d.allow_outside_paths, check_images="header")
+    if data.report.loaded == 0:
+        first = data.report.problems[0] if data.report.problems else "the file holds no record"
+        raise DataFileError(f"{Path(d.data_file).name}: none of its {data.report.total:,} records "
+                            f"can be used (first: {first})")
+    return data
+
+
+def stage_upload(folder: str | os.PathLike, name: str, data: bytes) -> Path:
+    """Write an uploaded data file into ``folder/.incoming`` (checked there: ``check_data``;
+    ``commit_upload`` then moves it into ``folder``), so a file that fails leaves the one loaded
+    before untouched."""
+    return save_upload(Path(folder) / ".incoming", name, data)
+
+
+def commit_upload(staged: Path) -> Path:
+    """Move a staged, checked upload into its folder (atomically, over a file of that name)."""
+    target = staged.parent.parent / staged.name
+    os.replace(staged, target)
+    return target
 
 
 def _own_image_folder(data_file: Path) -> Path:

@@ -4,6 +4,7 @@ files, and generation runs. No streamlit here; the app's pages call these functi
 Layout of a workspace folder::
 
     workspace.json        the settings (``WorkspaceSettings``), written atomically
+    history/              every change to the settings, restorable (``mminstruct.app.history``)
     data/                 uploaded data files and extracted image archives
     cache/                CLIP embeddings (cache/clip/*.sqlite) and 2-D projections
     tasks/                task files (MM-Gen's step 1 output)
@@ -30,8 +31,10 @@ from pathlib import Path
 from typing import Any
 
 from ..cache import atomic_write_json
+from . import history
+from .history import SETTINGS_NAME
 from ..clip import DEFAULT_MODEL as DEFAULT_CLIP_MODEL
-from ..errors import ConfigError, choices_message
+from ..errors import ConfigError, DamagedWorkspaceError, choices_message
 from ..formats import generated_dir, prompts_dir
 from ..generate.config import DEFAULTS as GEN_DEFAULTS
 from ..generate.config import GenerationConfig, check_values
@@ -41,7 +44,6 @@ from ..prompts import (PROMPT_DEFAULTS, PROMPT_MINIMUMS, PromptConfig, check_pro
                        parse_budgets)
 
 HOME_ENV = "MMINSTRUCT_HOME"
-SETTINGS_NAME = "workspace.json"
 RECENT_NAME = "recent.json"
 SETTINGS_VERSION = 1
 MAX_RECENT = 10
@@ -246,6 +248,10 @@ class Workspace:
     def __init__(self, root: Path, settings: WorkspaceSettings):
         self.root = root
         self.settings = settings
+        #: the settings as read from disk (``save`` writes only the fields changed since)
+        self._loaded: dict[str, Any] | None = None
+        #: who is changing it, for the history ("Partition", "command line"): set by the caller
+        self.page = ""
 
     # -- opening
 
@@ -257,8 +263,13 @@ class Workspace:
             try:
                 raw = json.loads(settings_path.read_text(encoding="utf-8"))
             except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-                raise ConfigError(f"{settings_path}: cannot be read as JSON: {e}") from e
-            return cls(root, settings_from_json(raw, str(settings_path)))
+                raise _damaged(root, f"cannot be read as JSON: {e}") from e
+            try:
+                ws = cls(root, settings_from_json(raw, str(settings_path)))
+            except ConfigError as e:
+                raise _damaged(root, str(e)) from e
+            ws._loaded = ws.settings.to_json()
+            return ws
         if not create:
             what = "is not a workspace (no workspace.json)" if root.is_dir() else "does not exist"
             raise ConfigError(f"workspace {root} {what}")
@@ -267,14 +278,35 @@ class Workspace:
         root.mkdir(parents=True, exist_ok=True)
         ws = cls(root, WorkspaceSettings(name=root.name,
                                          created=datetime.now().isoformat(timespec="seconds")))
-        ws.save()
+        ws.save(changes=["workspace created"])
         return ws
 
-    def save(self) -> Path:
+    def save(self, *, page: str | None = None, changes: list[str] | None = None) -> Path:
+        """Write the settings atomically, merged per field with the file on disk under the
+        workspace's lock: the fields this object changed since it was opened (or last saved)
+        are written over what is on disk now; the others keep what another tab or process
+        saved meanwhile. The change is recorded in the history (``mminstruct.app.history``)."""
         validate_settings(self.settings)
-        data = self.settings.to_json()
-        _refuse_secrets(data)
-        return atomic_write_json(self.root / SETTINGS_NAME, data)
+        mine = self.settings.to_json()
+        _refuse_secrets(mine)
+        with history.locked(self.root):
+            disk = history.read_state(self.root)
+            merged = mine
+            if disk is not None and self._loaded is not None:
+                merged = merge_states(self._loaded, mine, disk)
+                if merged != mine:
+                    try:
+                        settings = settings_from_json(merged, str(self.root / SETTINGS_NAME))
+                    except ConfigError:
+                        merged = mine  # another writer's values clash with these: these win
+                    else:
+                        self.settings = settings
+                        merged = settings.to_json()
+            path = history.write_state(self.root, merged)
+            history.record(self.root, disk, merged, page=page if page is not None else self.page,
+                           changes=changes)
+        self._loaded = merged
+        return path
 
     def reload(self) -> Workspace:
         return Workspace.open(self.root)
@@ -330,6 +362,23 @@ class Workspace:
                if not p.name.endswith((".manifest.json", ".batch.manifest.json", ".quality.json"))
                and not p.name.startswith(".")]
         return sorted(out, key=lambda p: p.stat().st_mtime, reverse=True)
+
+    def curation(self) -> list[str]:
+        """The person's curation in words ("3 excluded reference samples", "2 budgets"): what a
+        new data file or the demo would replace (empty: nothing to lose)."""
+        p, s = self.settings.partition, self.settings
+        counts = [
+            (len(p.excluded_reference), "excluded reference sample"),
+            (len(p.excluded_candidates), "excluded candidate"),
+            (len(p.manual_reference) + len(p.manual_candidates), "manual assignment"),
+            (len(p.manual_subgroups), "subgroup from a selection"),
+            (len(s.prompts.budgets), "budget"),
+            (sum(len(v) for v in s.rejected.values()), "rejected sample"),
+        ]
+        out = [f"{n:,} {what}{'s' if n != 1 else ''}" for n, what in counts if n]
+        if p.keywords and not s.data.demo:
+            out.insert(0, f"{len(p.keywords)} keyword{'s' if len(p.keywords) != 1 else ''}")
+        return out
 
     # -- curation edits (persisted by the caller's save())
 
@@ -441,6 +490,52 @@ class Workspace:
             self.settings.rejected[output_name] = sorted(cur)
         else:
             self.settings.rejected.pop(output_name, None)
+
+
+def _damaged(root: Path, problem: str) -> DamagedWorkspaceError:
+    """The error for a ``workspace.json`` that cannot be read, naming the last good history
+    entry (the app offers to restore it)."""
+    good = history.last_good(root)
+    offer = (f"; the last good state is history entry {good.id} ({good.time}): restore it with "
+             f"the app's Restore button or `python -m mminstruct.app.history {root} --restore "
+             f"{good.id}`" if good else "; the workspace has no history entry to restore")
+    return DamagedWorkspaceError(f"{root / SETTINGS_NAME} is damaged ({problem}){offer}",
+                                 str(root), good.id if good else None)
+
+
+def merge_states(loaded: dict[str, Any], mine: dict[str, Any],
+                 disk: dict[str, Any]) -> dict[str, Any]:
+    """Per-field merge: ``disk`` with the fields ``mine`` changed from ``loaded`` (a section's
+    fields one by one; a dict field key by key, so two tabs rejecting samples of different
+    outputs or setting budgets of different subgroups both keep their edits)."""
+    out = json.loads(json.dumps(disk))
+    for k, v in mine.items():
+        if k in _SECTIONS and isinstance(v, dict):
+            base, into = loaded.get(k) or {}, out.setdefault(k, {})
+            if not isinstance(into, dict):
+                out[k] = into = {}
+            for f, fv in v.items():
+                if base.get(f) != fv:
+                    into[f] = _merge_value(base.get(f), fv, into.get(f))
+        elif loaded.get(k) != v:
+            out[k] = _merge_value(loaded.get(k), v, out.get(k))
+    return out
+
+
+def _merge_value(base: Any, mine: Any, disk: Any) -> Any:
+    if isinstance(base, dict) and isinstance(mine, dict) and isinstance(disk, dict):
+        out = {}
+        for key, value in mine.items():  # in this writer's order
+            if key in base and base[key] == value:  # not changed here: as on disk now
+                if key in disk:
+                    out[key] = disk[key]
+            else:
+                out[key] = value
+        for key, value in disk.items():  # added by another writer
+            if key not in base and key not in out:
+                out[key] = value
+        return out
+    return mine
 
 
 def _refuse_secrets(obj: Any, path: str = "") -> None:
