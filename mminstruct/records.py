@@ -17,6 +17,7 @@ for the same format reason (a near-miss such as OpenAI-style content parts), is 
 
 from __future__ import annotations
 
+import codecs
 import json
 import os
 import re
@@ -26,6 +27,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+import orjson
 
 from .errors import ConfigError, DataFileError, ImageError, UnsafePathError, choices_message
 from .images import DEFAULT_MAX_PIXELS, ImageRoot, open_image, probe_image, resolve_image_path
@@ -168,14 +171,27 @@ class DataFile:
 def read_json_file(path: str | os.PathLike) -> Any:
     """JSON, with one clear error naming the file, line and column when it is not."""
     p = Path(path)
-    text = _read_text(p)
+    data = _read_bytes(p)
     try:
-        return json.loads(text)
+        return _fast_loads(data)
+    except orjson.JSONDecodeError:
+        pass  # the standard parser gives the message (and reads what orjson refuses, e.g. NaN)
+    try:
+        return json.loads(_decode(p, data))
     except json.JSONDecodeError as e:
         raise DataFileError(f"{p}: not valid JSON (line {e.lineno}, column {e.colno}: {e.msg})") from e
 
 
-def _read_text(p: Path) -> str:
+def _fast_loads(data: bytes) -> Any:
+    """orjson's compiled parser straight from the bytes (no decoded copy of the text; a UTF-8
+    byte-order mark is skipped as ``utf-8-sig`` does). Raises orjson.JSONDecodeError for anything
+    it refuses; the caller then takes the standard path."""
+    if data.startswith(codecs.BOM_UTF8):
+        data = memoryview(data)[len(codecs.BOM_UTF8):]  # type: ignore[assignment]
+    return orjson.loads(data)
+
+
+def _read_bytes(p: Path) -> bytes:
     try:
         data = p.read_bytes()
     except FileNotFoundError as e:
@@ -184,8 +200,12 @@ def _read_text(p: Path) -> str:
         raise DataFileError(f"{p}: is a folder, expected a JSON or JSONL file") from e
     except OSError as e:
         raise DataFileError(f"{p}: cannot be read: {e}") from e
-    if not data.strip():
+    if not data or data.isspace():  # (no stripped copy of a large file)
         raise DataFileError(f"{p}: file is empty")
+    return data
+
+
+def _decode(p: Path, data: bytes) -> str:
     try:
         return data.decode("utf-8-sig")
     except UnicodeDecodeError as e:
@@ -193,27 +213,37 @@ def _read_text(p: Path) -> str:
 
 
 def _read_records(p: Path, report: LoadReport) -> tuple[list[tuple[int, Any]], dict[str, Any]]:
-    """(index, raw record) pairs and the container's other keys. Bad JSONL lines become problems."""
-    text = _read_text(p)
+    """(index, raw record) pairs and the container's other keys. Bad JSONL lines become problems.
+    A JSON file is parsed by orjson from its bytes; the standard parser runs only on what orjson
+    refuses (to name the error, or to read NaN / huge integers as ``json`` does)."""
+    data: bytes | None = _read_bytes(p)
+    text: str | None = None
     is_jsonl = p.suffix.lower() in (".jsonl", ".ndjson")
     if not is_jsonl:
         try:
-            top = json.loads(text)
-        except json.JSONDecodeError as e:
-            lines = [ln for ln in text.splitlines() if ln.strip()]
-            if len(lines) > 1 and lines[0].lstrip().startswith("{") and _parses(lines[0]):
-                is_jsonl = True  # JSONL saved as .json
-            else:
-                raise DataFileError(
-                    f"{p}: not valid JSON (line {e.lineno}, column {e.colno}: {e.msg})"
-                ) from e
+            top = _fast_loads(data)
+        except orjson.JSONDecodeError:
+            text, data = _decode(p, data), None
+            try:
+                top = json.loads(text)
+            except json.JSONDecodeError as e:
+                lines = [ln for ln in text.splitlines() if ln.strip()]
+                if len(lines) > 1 and lines[0].lstrip().startswith("{") and _parses(lines[0]):
+                    is_jsonl = True  # JSONL saved as .json
+                else:
+                    raise DataFileError(
+                        f"{p}: not valid JSON (line {e.lineno}, column {e.colno}: {e.msg})"
+                    ) from e
+        data = None  # the parsed records hold what they need; the bytes can go
     if is_jsonl:
+        if text is None:
+            text = _decode(p, data)  # type: ignore[arg-type]
         items: list[tuple[int, Any]] = []
         for n, line in enumerate(text.splitlines()):
             if not line.strip():
                 continue
             try:
-                items.append((len(items), json.loads(line)))
+                items.append((len(items), _line_loads(line)))
             except json.JSONDecodeError as e:
                 report.problems.append(Problem(len(items), None, f"bad JSON on line {n + 1}: {e.msg}"))
                 items.append((len(items), None))
@@ -235,6 +265,14 @@ def _read_records(p: Path, report: LoadReport) -> tuple[list[tuple[int, Any]], d
             f"an object with 'samples', or JSONL (keys found: {', '.join(sorted(top)[:10])})"
         )
     raise DataFileError(f"{p}: top-level JSON is {type(top).__name__}, expected a list or an object")
+
+
+def _line_loads(line: str) -> Any:
+    """One JSONL line: orjson, else ``json`` (its error message; NaN as ``json`` reads it)."""
+    try:
+        return orjson.loads(line)
+    except orjson.JSONDecodeError:
+        return json.loads(line)
 
 
 def _parses(line: str) -> bool:
