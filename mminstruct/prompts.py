@@ -418,18 +418,20 @@ def prepare_plan(task: TaskFile, config: PromptConfig) -> PromptPlan:
     return PromptPlan(plans, records, excluded, missing)
 
 
-def _draws(config: PromptConfig, plan: PromptPlan
+def _draws(config: PromptConfig, plan: PromptPlan, subgroup: str | None = None
            ) -> Iterator[tuple[SubgroupPlan, list[int], list[tuple[int, int, int]], str | None]]:
     """Each prompt's random choices, in file order: (subgroup, ICL sample indices, one
     (sample, example number, first image ordinal) key per example, candidate image or None).
-    The one sampler behind ``plan_prompts`` (in memory) and ``write_prompts`` (streamed)."""
+    The one sampler behind ``plan_prompts`` (in memory), ``write_prompts`` (streamed) and
+    ``iter_prompts``. ``subgroup``: that subgroup's prompts only (its stream is its own, so they
+    are the same prompts as in the whole plan)."""
     records = plan.records
     mode = config.mode
     base_seed = config.seed if config.seed is not None else random.SystemRandom().randrange(2**63)
     n_images = {i: len(r.images) for i, r in records.items()}
     use_icl = mode.carries_icl and config.num_icl_samples > 0
     for position, sp in enumerate(plan.subgroups):
-        if sp.n_prompts == 0:
+        if sp.n_prompts == 0 or (subgroup is not None and sp.keyword != subgroup):
             continue
         sg_index = sp.index if sp.index >= 0 else position  # the stream of the full plan
         rng = random.Random(f"{base_seed}:{sg_index}:{sp.keyword}")
@@ -485,17 +487,24 @@ def plan_prompts(task: TaskFile, config: PromptConfig, plan: PromptPlan | None =
     random stream, so changing one subgroup leaves the others' prompts unchanged. To write a large
     plan, ``write_prompts`` streams the same prompts to the file without holding them."""
     plan = plan or prepare_plan(task, config)
-    parts = _example_parts(task, plan)
     pf = _prompt_file_head(task, config, plan)
-    prompts = pf.prompts
-    for sp, icl, keys, cand in _draws(config, plan):
+    pf.prompts.extend(iter_prompts(task, config, plan))
+    return pf
+
+
+def iter_prompts(task: TaskFile, config: PromptConfig, plan: PromptPlan,
+                 subgroup: str | None = None) -> Iterator[PromptEntry]:
+    """The prompts of ``plan_prompts``, one at a time (or ``subgroup``'s only), none held: to look
+    at some prompts of a large plan without building it. With ``config.seed`` None each call
+    draws its own seed."""
+    parts = _example_parts(task, plan)
+    for sp, icl, keys, cand in _draws(config, plan, subgroup):
         prompt: list[str] = []
         for key in keys:
             prompt += parts(key)
         if cand is not None:
             prompt.append(cand)
-        prompts.append(PromptEntry(sp.keyword, prompt, icl))
-    return pf
+        yield PromptEntry(sp.keyword, prompt, icl)
 
 
 def iter_prompt_texts(task: TaskFile, config: PromptConfig, plan: PromptPlan) -> Iterator[str]:

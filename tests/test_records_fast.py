@@ -1,5 +1,5 @@
-"""Data files are parsed by orjson from their bytes (issue 20: load within 2× a bare json.load);
-the standard parser only names errors and reads what orjson refuses, so nothing a user sees changes."""
+"""Data files are parsed by msgspec from their bytes (issue 20: load within 2× a bare json.load);
+the standard parser only names errors and reads what msgspec refuses, so nothing a user sees changes."""
 
 from __future__ import annotations
 
@@ -32,7 +32,7 @@ def test_a_valid_file_is_parsed_by_the_compiled_parser_alone(tmp_path, monkeypat
     assert read_json_file(p)["samples"][0] == REC
 
 
-def test_what_orjson_refuses_is_read_as_json_reads_it(tmp_path):
+def test_what_msgspec_refuses_is_read_as_json_reads_it(tmp_path):
     p = tmp_path / "d.json"
     p.write_text('[{"id": 1, "score": NaN, "big": 123456789012345678901234567890, "image": "a.jpg",'
                  ' "conversations": [{"from": "human", "value": "q"}, {"from": "gpt", "value": "a"}]}]')
