@@ -33,7 +33,7 @@ import os
 import random
 import re
 from collections import deque
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from dataclasses import MISSING, dataclass, field, fields
 from datetime import datetime
 from pathlib import Path
@@ -418,12 +418,12 @@ def prepare_plan(task: TaskFile, config: PromptConfig) -> PromptPlan:
     return PromptPlan(plans, records, excluded, missing)
 
 
-def _draws(config: PromptConfig, plan: PromptPlan, subgroup: str | None = None
+def _draws(config: PromptConfig, plan: PromptPlan, subgroups: Collection[str] | None = None
            ) -> Iterator[tuple[SubgroupPlan, list[int], list[tuple[int, int, int]], str | None]]:
     """Each prompt's random choices, in file order: (subgroup, ICL sample indices, one
     (sample, example number, first image ordinal) key per example, candidate image or None).
     The one sampler behind ``plan_prompts`` (in memory), ``write_prompts`` (streamed) and
-    ``iter_prompts``. ``subgroup``: that subgroup's prompts only (its stream is its own, so they
+    ``iter_prompts``. ``subgroups``: those subgroups' prompts only (each stream is its own, so they
     are the same prompts as in the whole plan)."""
     records = plan.records
     mode = config.mode
@@ -431,7 +431,7 @@ def _draws(config: PromptConfig, plan: PromptPlan, subgroup: str | None = None
     n_images = {i: len(r.images) for i, r in records.items()}
     use_icl = mode.carries_icl and config.num_icl_samples > 0
     for position, sp in enumerate(plan.subgroups):
-        if sp.n_prompts == 0 or (subgroup is not None and sp.keyword != subgroup):
+        if sp.n_prompts == 0 or (subgroups is not None and sp.keyword not in subgroups):
             continue
         sg_index = sp.index if sp.index >= 0 else position  # the stream of the full plan
         rng = random.Random(f"{base_seed}:{sg_index}:{sp.keyword}")
@@ -482,23 +482,24 @@ def _prompt_file_head(task: TaskFile, config: PromptConfig, plan: PromptPlan) ->
                       config.mode, config.min_gen_per_candidate, config.total_gen, [], extra)
 
 
-def plan_prompts(task: TaskFile, config: PromptConfig, plan: PromptPlan | None = None) -> PromptFile:
-    """Build every prompt, in memory. Deterministic for ``config.seed``; each subgroup has its own
+def plan_prompts(task: TaskFile, config: PromptConfig, plan: PromptPlan | None = None,
+                 subgroups: Collection[str] | None = None) -> PromptFile:
+    """Build every prompt (or only ``subgroups``' prompts, under the whole plan's header), in memory. Deterministic for ``config.seed``; each subgroup has its own
     random stream, so changing one subgroup leaves the others' prompts unchanged. To write a large
     plan, ``write_prompts`` streams the same prompts to the file without holding them."""
     plan = plan or prepare_plan(task, config)
     pf = _prompt_file_head(task, config, plan)
-    pf.prompts.extend(iter_prompts(task, config, plan))
+    pf.prompts.extend(iter_prompts(task, config, plan, subgroups))
     return pf
 
 
 def iter_prompts(task: TaskFile, config: PromptConfig, plan: PromptPlan,
-                 subgroup: str | None = None) -> Iterator[PromptEntry]:
-    """The prompts of ``plan_prompts``, one at a time (or ``subgroup``'s only), none held: to look
+                 subgroups: Collection[str] | None = None) -> Iterator[PromptEntry]:
+    """The prompts of ``plan_prompts``, one at a time (or ``subgroups``' only), none held: to look
     at some prompts of a large plan without building it. With ``config.seed`` None each call
     draws its own seed."""
     parts = _example_parts(task, plan)
-    for sp, icl, keys, cand in _draws(config, plan, subgroup):
+    for sp, icl, keys, cand in _draws(config, plan, subgroups):
         prompt: list[str] = []
         for key in keys:
             prompt += parts(key)

@@ -102,7 +102,7 @@ def prompt_at(task: TaskFile, config: PromptConfig, plan: PromptPlan, keyword: s
             if not 0 <= pos < sp.n_prompts:
                 raise ConfigError(f"prompt {pos + 1} is out of range for subgroup {keyword!r} "
                                   f"(1–{sp.n_prompts})")
-            entry = next(itertools.islice(iter_prompts(task, config, plan, keyword), pos, None))
+            entry = next(itertools.islice(iter_prompts(task, config, plan, {keyword}), pos, None))
             return start + pos, entry
         start += sp.n_prompts
     names = [s.keyword for s in plan.subgroups if s.n_prompts]
@@ -134,6 +134,35 @@ def save_prompt_plan(ws: Workspace, task: TaskFile, config: PromptConfig, plan: 
     return path, n
 
 
+@dataclass(frozen=True)
+class PlannedPrompts:
+    """A plan whose prompts are not built: counts per subgroup now, some subgroups' prompts
+    when they are needed (a run for some subgroups only)."""
+
+    task: TaskFile
+    config: PromptConfig
+    plan: PromptPlan
+
+    def count(self, keywords: Iterable[str]) -> int:
+        chosen = set(keywords)
+        return sum(s.n_prompts for s in self.plan.subgroups if s.keyword in chosen)
+
+    def prompt_file(self, keywords: Iterable[str]) -> PromptFile:
+        """The whole plan's header with the prompts of ``keywords`` only (the same prompts)."""
+        return plan_prompts(self.task, self.config, self.plan, set(keywords))
+
+
+#: A save of at most this many prompts finishes inside the click's rerun (a fraction of a second);
+#: a larger one goes on in the background while the page polls.
+INLINE_SAVE_PROMPTS = 20_000
+
+
+def wait_inline(job: "SaveJob", timeout: float = 10.0) -> None:
+    """Wait for a small save (``INLINE_SAVE_PROMPTS``) to finish; return at once for a large one."""
+    if job.prompts <= INLINE_SAVE_PROMPTS:
+        job.finished.wait(timeout)
+
+
 @dataclass
 class SaveJob:
     """A prompt file being written in a background thread (``start_save``)."""
@@ -146,6 +175,7 @@ class SaveJob:
     written: int = 0
     error: str | None = None
     seconds: float = 0.0
+    finished: threading.Event = field(default_factory=threading.Event)
 
 
 _SAVES: dict[str, SaveJob] = {}
@@ -173,6 +203,7 @@ def start_save(ws_root: str | os.PathLike, task: TaskFile, config: PromptConfig,
         finally:
             job.seconds = time.monotonic() - job.started
             job.done = True
+            job.finished.set()
 
     threading.Thread(target=run, name=f"save-prompts:{key}", daemon=True).start()
     return job
@@ -366,7 +397,7 @@ def estimate_plan(task: TaskFile, config: PromptConfig, plan: PromptPlan,
         if not sp.n_prompts:
             continue
         k = sp.n_prompts if n <= sample else min(sp.n_prompts, max(1, round(sample * sp.n_prompts / n)))
-        t, i, m, got = meter.measure(itertools.islice(iter_prompts(task, config, plan, sp.keyword), k))
+        t, i, m, got = meter.measure(itertools.islice(iter_prompts(task, config, plan, {sp.keyword}), k))
         scale = sp.n_prompts / got
         text, img, missing, measured = text + t * scale, img + i * scale, missing + m * scale, measured + got
     return _estimate(prompt_head(task, config), n, measured, text, img, missing, model)
