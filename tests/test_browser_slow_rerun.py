@@ -1,0 +1,106 @@
+"""No edit lost to a slow rerun (issue 20), in Chromium: a field changed while a slow rerun is
+still running, then a page switch, keeps the new value (in workspace.json and in the field).
+
+The slow rerun is injected: a ``sitecustomize`` on the server's path makes the Prompts page's
+``allocation_rows`` sleep while a flag file exists (the page no longer does slow work itself, so
+a delay is what reproduces the 3.5 s rerun over 150,000 records the issue saw).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from mminstruct.app.workspace import Workspace
+from mminstruct.images import list_image_files
+from tests.fixtures.app import REPO
+from tests.fixtures.browser import (CHROMIUM, LONG, idle, nav, open_demo, open_page, read_settings,
+                                    serve, sidebar, wait_setting)
+
+pytestmark = [pytest.mark.browser,
+              pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="no chromium at /usr/bin")]
+
+HOOK = '''
+import os, time
+import mminstruct.app.preview as _pv
+_orig = _pv.allocation_rows
+def _slow(*a, **k):
+    flag = os.environ.get("MMI_TEST_SLOW_FLAG", "")
+    if flag and os.path.exists(flag):
+        open(flag + ".sleeping", "w").close()  # the test waits for this: the slow rerun runs
+        time.sleep(float(open(flag).read() or 0))
+    return _orig(*a, **k)
+_pv.allocation_rows = _slow
+'''
+
+
+def _write_task(ws: Workspace) -> None:
+    """A task file from the workspace's own records and pool, without embedding anything."""
+    from mminstruct.app.curation import load_workspace_data
+
+    data = load_workspace_data(ws, check_images=False)
+    root = Path(ws.input_root)
+    samples = [r.raw for r in data.records]
+    pool = sorted(str(p.relative_to(root)) for p in list_image_files(root / "pool"))
+    half = len(samples) // 2
+    task = {"image_folder": str(Path(data.image_root).relative_to(root)),
+            "dataset_description": "charts",
+            "subgroups": [{"keyword": "first", "reference_sample_idx": list(range(half)),
+                           "candidate_image_paths": pool[: len(pool) // 2]},
+                          {"keyword": "second", "reference_sample_idx": list(range(half, len(samples))),
+                           "candidate_image_paths": pool[len(pool) // 2:]}],
+            "samples": samples}
+    ws.tasks_dir.mkdir(parents=True, exist_ok=True)
+    (ws.tasks_dir / "task_file_2026_12_07_03:00:00.json").write_text(json.dumps(task))
+
+
+def test_an_edit_made_during_a_slow_rerun_survives_a_page_switch(tmp_path, demo_data, tiny_clip):
+    from playwright.sync_api import expect, sync_playwright
+
+    hook = tmp_path / "hook"
+    hook.mkdir()
+    (hook / "sitecustomize.py").write_text(HOOK)
+    flag = tmp_path / "slow.flag"
+    env = {"PYTHONPATH": f"{hook}:{REPO}", "MMI_TEST_SLOW_FLAG": str(flag)}
+    with serve(tmp_path, demo_data, tiny_clip, env) as (url, home), sync_playwright() as pw:
+        browser, page = open_page(pw)
+        shots = tmp_path / "shots"
+        shots.mkdir()
+        try:
+            open_demo(page, url)
+            _write_task(Workspace.open(home / "workspaces" / "demo"))
+            nav(page, "Prompts")
+            model = page.get_by_label("Model (prices from the table in mminstruct.generate.manifest)")
+            model.wait_for(timeout=LONG)
+            idle(page)
+            old = read_settings(home)["endpoint"]["model_name"]
+            assert old != "edited-model"
+            flag.write_text("4")  # every rerun of the Prompts page now takes 4 s
+            total = page.get_by_label("Items to generate (total_gen)")
+            total.fill("23")
+            total.press("Enter")  # a rerun starts and sleeps …
+            sleeping = Path(f"{flag}.sleeping")
+            for _ in range(300):
+                if sleeping.exists():
+                    break
+                page.wait_for_timeout(100)
+            assert sleeping.exists(), "the slow rerun did not start"
+            model.fill("edited-model")  # … while it runs, the model field is changed
+            sidebar(page).get_by_role("link", name="Generate", exact=True).click()  # and away
+            page.get_by_role("heading", name="Generate", exact=True).first.wait_for(timeout=LONG)
+            idle(page)
+            flag.unlink()
+            wait_setting(home, lambda s: (s["prompts"]["total_gen"], s["endpoint"]["model_name"]),
+                         (23, "edited-model"))
+            nav(page, "Prompts")
+            idle(page)
+            expect(page.get_by_label("Model (prices from the table in "
+                                     "mminstruct.generate.manifest)")).to_have_value("edited-model")
+        except Exception:
+            page.screenshot(path=shots / "failure.png", full_page=True)
+            raise
+        finally:
+            browser.close()
+    assert read_settings(home)["endpoint"]["model_name"] == "edited-model"
