@@ -590,7 +590,8 @@ def parse_once(path: str | os.PathLike, parse: Callable[..., T], **kwargs: Any) 
             while len(_ONCE_SHA) > 8 * PARSE_ONCE_ENTRIES:
                 _ONCE_SHA.pop(next(iter(_ONCE_SHA)))
     key = (f"{parse.__module__}.{parse.__qualname__}", sha, fp[0],
-           tuple(sorted((k, repr(v)) for k, v in kwargs.items())))
+           tuple(sorted((k, repr(os.fspath(v) if isinstance(v, os.PathLike) else v))
+                        for k, v in kwargs.items())))
     with _ONCE_LOCK:
         hit = _ONCE.get(key)
         if hit is not None:

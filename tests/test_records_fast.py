@@ -4,6 +4,7 @@ the standard parser only names errors and reads what msgspec refuses, so nothing
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
 
@@ -64,3 +65,29 @@ def test_jsonl_bad_line_is_one_problem_and_the_rest_load(tmp_path):
     df = load_data_file(p, check_images=False)
     assert len(df.records) == 2
     assert [pr.reason for pr in df.report.problems] == ["bad JSON on line 2: Expecting property name enclosed in double quotes"]
+
+
+def test_parse_once_parses_each_content_once_and_shares_the_result(tmp_path, monkeypatch):
+    records.forget_parsed()
+    p = tmp_path / "d.json"
+    p.write_text(json.dumps([REC]))
+    calls = []
+
+    def counting(path, **kw):
+        calls.append(path)
+        return load_data_file(path, **kw)
+
+    a = records.parse_once(p, counting, check_images=False)
+    b = records.parse_once(str(p), counting, check_images=False)
+    assert a is b and len(calls) == 1  # a rerun: no parse
+    os.utime(p, ns=(1, 1))  # same bytes, new mtime: re-hashed, not re-parsed
+    assert records.parse_once(p, counting, check_images=False) is a and len(calls) == 1
+    p.write_text(json.dumps([REC, REC]))  # new content: parsed again
+    assert len(records.parse_once(p, counting, check_images=False).records) == 2 and len(calls) == 2
+    assert records.parse_once(p, counting, check_images="header") is not None and len(calls) == 3
+    p.write_text("[oops")
+    for _ in range(2):  # a bad file: the same clear error, parsed once
+        with pytest.raises(DataFileError, match="not valid JSON"):
+            records.parse_once(p, counting, check_images=False)
+    assert len(calls) == 4
+    records.forget_parsed()
