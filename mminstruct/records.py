@@ -367,7 +367,7 @@ def _record_turns(raw: dict[str, Any]) -> list[Turn]:
     if "gpt" not in roles:
         raise _Bad("no answer: no gpt/assistant turn")
     for n, t in enumerate(turns, start=1):
-        if t.role == "gpt" and not t.value.strip():
+        if t.role == "gpt" and (not t.value or t.value.isspace()):  # (no stripped copy)
             raise _Bad(f"empty answer in turn {n}")
     return turns
 

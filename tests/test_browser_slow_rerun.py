@@ -100,6 +100,9 @@ def test_an_edit_made_during_a_slow_rerun_survives_a_page_switch(tmp_path, demo_
                                      "mminstruct.generate.manifest)")).to_have_value("edited-model")
         except Exception:
             page.screenshot(path=shots / "failure.png", full_page=True)
+            print("settings:", read_settings(home)["endpoint"]["model_name"],
+                  read_settings(home)["prompts"]["total_gen"])
+            print("page:", page.url, page.inner_text("body")[:1500])
             raise
         finally:
             browser.close()
