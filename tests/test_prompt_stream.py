@@ -146,3 +146,34 @@ def test_a_failed_stream_leaves_no_file_and_keeps_the_previous(tmp_path, monkeyp
         write_prompts(task, config, plan, tmp_path / "out", "demo", now=NOW)
     assert path.read_bytes() == before
     assert sorted(p.name for p in path.parent.iterdir()) == [path.name]
+
+
+def test_the_pages_lazy_views_are_the_plans_own_prompts(tmp_path, monkeypatch):
+    """prompt_at (the preview), PlannedPrompts (a run for some subgroups) and estimate_plan
+    (the estimate) draw the same prompts as the whole in-memory plan, without building it."""
+    from mminstruct.app.preview import PlannedPrompts, estimate_plan, estimate_run, plan_size, prompt_at
+
+    monkeypatch.chdir(tmp_path)
+    demo_task(tmp_path)
+    config = _config("demo", total_gen=300)
+    task = load_task_file(config.task_desc_path)
+    plan = prepare_plan(task, config)
+    full = plan_prompts(task, config, plan)
+    assert plan_size(plan) == len(full.prompts)
+    starts, at = {}, 0
+    for sp in plan.subgroups:
+        starts[sp.keyword] = at
+        at += sp.n_prompts
+    for kw, pos in (("bar chart", 0), ("pie chart", 5), ("scatter plot", plan.subgroups[3].n_prompts - 1)):
+        idx, entry = prompt_at(task, config, plan, kw, pos)
+        assert idx == starts[kw] + pos and entry == full.prompts[idx]
+    for i in (0, 77, len(full.prompts) - 1):
+        assert prompt_at(task, config, plan, None, i) == (i, full.prompts[i])
+    some = PlannedPrompts(task, config, plan).prompt_file(["line chart", "scatter plot"])
+    assert some.prompts == [e for e in full.prompts if e.keyword in ("line chart", "scatter plot")]
+    assert PlannedPrompts(task, config, plan).count(["line chart"]) == sum(
+        e.keyword == "line chart" for e in full.prompts)
+    assert estimate_plan(task, config, plan, tmp_path, "gpt-4o") == estimate_run(full, tmp_path, "gpt-4o")
+    approx = estimate_plan(task, config, plan, tmp_path, "gpt-4o", sample=40)
+    exact = estimate_run(full, tmp_path, "gpt-4o")
+    assert not approx.exact and abs(approx.input_tokens - exact.input_tokens) < 0.1 * exact.input_tokens
