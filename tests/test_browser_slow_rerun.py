@@ -1,5 +1,5 @@
-"""No edit lost to a slow rerun (issue 20), in Chromium: a field changed while a slow rerun is
-still running, then a page switch, keeps the new value (in workspace.json and in the field).
+"""No edit lost to a slow rerun (issue 20), in Chromium: a field changed while a rerun is still
+running, then a page switch, keeps the new value (in workspace.json and in the field).
 
 The slow rerun is injected: a ``sitecustomize`` on the server's path makes the Prompts page's
 ``allocation_rows`` sleep while a flag file exists (the page no longer does slow work itself, so
@@ -127,15 +127,21 @@ def _scenario(tmp_path, demo_data, tiny_clip, *, inject: bool, total: int) -> li
 
 def test_an_edit_right_after_a_150k_plan_change_survives_a_page_switch(tmp_path, demo_data,
                                                                        tiny_clip):
-    """No injection: total_gen 150,000. The Prompts rerun used to plan 150,000 prompts (seconds);
-    now it plans the allocation only, so the link is followed and the edit kept."""
+    """No injection: total_gen 150,000 (the Prompts rerun used to plan 150,000 prompts in memory;
+    it now plans the allocation only). The edit is saved and shown again after the switch.
+
+    Observed with this Streamlit (1.5x) on a loaded 2-core machine, with this code and with the
+    code before issue 20 alike: the sidebar click that arrives with the field's blur-commit is
+    dropped (the page stays; a second click switches). ``events`` records it; the test asserts
+    the edit, which is what the issue saw lost."""
     events = _scenario(tmp_path, demo_data, tiny_clip, inject=False, total=150_000)
-    assert events == ["switched", "saved", "shown"]
+    assert events[0] in ("switched", "switch dropped")
+    assert events[1:] == ["saved", "shown"]
 
 
 def test_an_edit_made_during_an_injected_slow_rerun_is_kept(tmp_path, demo_data, tiny_clip):
-    """An injected 4 s rerun: the edit is saved and shown again after the page switch. (Streamlit
-    drops the link click that arrives with the field's commit during a running script: the page
-    stays; a second click switches. Recorded in ``events``, not hidden.)"""
+    """An injected 4 s rerun (the slow rerun the issue saw): the edit is saved and shown again
+    after the page switch (see above for the dropped first click)."""
     events = _scenario(tmp_path, demo_data, tiny_clip, inject=True, total=23)
-    assert events[-2:] == ["saved", "shown"]
+    assert events[0] in ("switched", "switch dropped")
+    assert events[1:] == ["saved", "shown"]
