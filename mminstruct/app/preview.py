@@ -200,6 +200,8 @@ def start_save(ws_root: str | os.PathLike, task: TaskFile, config: PromptConfig,
             job.path, job.written = path, n
         except (MMInstructError, OSError, ValueError) as e:
             job.error = str(e)
+        except Exception as e:  # noqa: BLE001  (a thread: anything else is reported on the page)
+            job.error = f"{type(e).__name__}: {e}"
         finally:
             job.seconds = time.monotonic() - job.started
             job.done = True
