@@ -177,3 +177,22 @@ def test_the_pages_lazy_views_are_the_plans_own_prompts(tmp_path, monkeypatch):
     approx = estimate_plan(task, config, plan, tmp_path, "gpt-4o", sample=40)
     exact = estimate_run(full, tmp_path, "gpt-4o")
     assert not approx.exact and abs(approx.input_tokens - exact.input_tokens) < 0.1 * exact.input_tokens
+
+
+def test_the_apps_background_save_writes_the_cli_bytes_and_records_the_file(tmp_path, monkeypatch):
+    from mminstruct.app.preview import save_status, start_save
+    from mminstruct.app.workspace import Workspace
+
+    monkeypatch.chdir(tmp_path)
+    demo_task(tmp_path)
+    config = _config("demo")
+    task = load_task_file(config.task_desc_path)
+    plan = prepare_plan(task, config)
+    ws = Workspace.open(tmp_path / "ws", create=True)
+    ws.settings.prompts.file_prefix = "charts"
+    ws.save()
+    job = start_save(ws.root, task, config, plan)
+    assert job.finished.wait(60) and job.error is None and save_status(ws.root) is job
+    assert job.path.name.startswith("charts_prompts_") and job.written == 1002
+    assert job.path.read_bytes() == _old_bytes(task, config)
+    assert Workspace.open(ws.root).settings.prompt_file == str(job.path)
