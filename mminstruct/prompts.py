@@ -347,18 +347,35 @@ class PromptPlan:
         return {s.keyword: str(s.budget) for s in self.subgroups if s.budget is not None}
 
 
-def prepare_plan(task: TaskFile, config: PromptConfig) -> PromptPlan:
-    """Validate the task file against the config and allocate prompts per subgroup (no sampling)."""
+def prepare_plan(task: TaskFile, config: PromptConfig,
+                 file_checks: dict[str, bool | InputError] | None = None) -> PromptPlan:
+    """Validate the task file against the config and allocate prompts per subgroup (no sampling).
+    ``file_checks``: image path → found (or the refusal), kept by the caller across calls with
+    the same task file, input folder and ``allow_outside_paths`` (the app: a settings edit does
+    not stat 200,000 images again)."""
     records, problems = task_records(task)
     root = Path(config.input_folder or ".")
     mode = config.mode
     excluded = list(problems)
+    checks = file_checks if file_checks is not None else {}
+
+    def is_file(rel: str) -> bool:
+        hit = checks.get(rel)
+        if hit is None:
+            try:
+                hit = resolve_image_path(root, rel, allow_outside=config.allow_outside_paths).is_file()
+            except InputError as e:
+                hit = e
+            checks[rel] = hit
+        if isinstance(hit, InputError):
+            raise hit
+        return hit
+
     if config.check_images and mode.carries_icl:
         for i, rec in list(records.items()):
             for img in rec.images:
                 try:
-                    ok = resolve_image_path(root, _join(task.image_folder, img),
-                                            allow_outside=config.allow_outside_paths).is_file()
+                    ok = is_file(_join(task.image_folder, img))
                 except InputError as e:
                     excluded.append(Problem(i, rec.id, str(e)))
                     del records[i]
@@ -387,7 +404,7 @@ def prepare_plan(task: TaskFile, config: PromptConfig) -> PromptPlan:
             kept = []
             for c in cands:
                 try:
-                    ok = resolve_image_path(root, c, allow_outside=config.allow_outside_paths).is_file()
+                    ok = is_file(c)
                 except InputError:
                     ok = False
                 (kept if ok else missing).append(c)

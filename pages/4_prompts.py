@@ -73,8 +73,11 @@ st.caption(samples_note(ps.mode, ps.total_gen, ps.min_gen_per_candidate))
 
 plan_key = (str(task_path), task_path.stat().st_mtime_ns, new, str(ws.input_root),
             ws.settings.data.allow_outside_paths, ws.settings.data.dataset_description)
+# which images exist, checked once per task file, input folder and path rule (not per settings edit)
+file_checks = session_memo("plan_files", (plan_key[:2], plan_key[3:5]), dict)
 try:  # the allocation only: no prompt is built on a rerun (150,000 prompts are streamed on Save)
-    config, plan = session_memo("plan", plan_key, lambda: prepare_workspace_plan(ws, task, task_path))
+    config, plan = session_memo("plan", plan_key, lambda: prepare_workspace_plan(
+        ws, task, task_path, file_checks))
 except (MMInstructError, ValueError) as e:
     st.error(f"Cannot plan prompts: {for_browser(e)}")
     st.stop()

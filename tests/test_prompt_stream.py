@@ -88,7 +88,7 @@ CASES = {
 def _config(case: str, **over) -> PromptConfig:
     make, kw = CASES[case]
     return PromptConfig(task_desc=f"{case}_task.json".replace("10k", "big"), file_prefix=case,
-                        check_images=False, **{**kw, **over})
+                        **{"check_images": False, **kw, **over})
 
 
 def _old_bytes(task, config) -> bytes:
@@ -196,3 +196,34 @@ def test_the_apps_background_save_writes_the_cli_bytes_and_records_the_file(tmp_
     assert job.path.name.startswith("charts_prompts_") and job.written == 1002
     assert job.path.read_bytes() == _old_bytes(task, config)
     assert Workspace.open(ws.root).settings.prompt_file == str(job.path)
+
+
+def test_prepare_plan_checks_each_image_once_across_settings_edits(tmp_path, monkeypatch):
+    """The page keeps ``file_checks``: a second plan (another total_gen) stats no image again and
+    decides the same."""
+    from pathlib import Path as P
+
+    monkeypatch.chdir(tmp_path)
+    demo_task(tmp_path)
+    task = load_task_file("demo_task.json")
+    for j in (j for j in range(600) if j % 8 < 4):  # half of each subgroup's candidates exist
+        (tmp_path / "pool").mkdir(exist_ok=True)
+        (tmp_path / "pool" / candidate_name(j)).write_bytes(b"x")
+    (tmp_path / "images").mkdir()
+    for i in range(150):
+        (tmp_path / "images" / f"chart_{i:04d}.jpg").write_bytes(b"x")
+    calls = []
+    real = P.is_file
+    monkeypatch.setattr(P, "is_file", lambda self: calls.append(self) or real(self))
+    checks: dict = {}
+    cfg = _config("demo", check_images=True, input_folder=str(tmp_path))
+    a = prepare_plan(task, cfg, checks)
+    n = len(calls)
+    assert n >= 150 + 600
+    b = prepare_plan(task, _config("demo", check_images=True, input_folder=str(tmp_path),
+                                   total_gen=5000), checks)
+    assert len(calls) == n  # nothing statted again
+    assert [s.candidates for s in a.subgroups] == [s.candidates for s in b.subgroups]
+    assert len(a.missing_candidates) == 300 and b.missing_candidates == a.missing_candidates
+    fresh = prepare_plan(task, cfg)
+    assert [s.candidates for s in fresh.subgroups] == [s.candidates for s in a.subgroups]

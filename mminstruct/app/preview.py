@@ -76,12 +76,14 @@ def plan_workspace(ws: Workspace, task: TaskFile, task_path: str | os.PathLike
     return config, plan, plan_prompts(task, config, plan)
 
 
-def prepare_workspace_plan(ws: Workspace, task: TaskFile, task_path: str | os.PathLike
+def prepare_workspace_plan(ws: Workspace, task: TaskFile, task_path: str | os.PathLike,
+                           file_checks: dict[str, Any] | None = None
                            ) -> tuple[PromptConfig, PromptPlan]:
     """The config and the allocation per subgroup; no prompt is built (``prompt_at``,
-    ``estimate_plan`` and ``save_prompt_plan`` draw them when needed)."""
+    ``estimate_plan`` and ``save_prompt_plan`` draw them when needed). ``file_checks``: see
+    ``prompts.prepare_plan`` (the page keeps one per task file, input folder and path rule)."""
     config = prompt_config(ws, task_path)
-    return config, prepare_plan(task, config)
+    return config, prepare_plan(task, config, file_checks)
 
 
 def plan_size(plan: PromptPlan) -> int:
