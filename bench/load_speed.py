@@ -8,14 +8,17 @@ names of one real JPEG (hard links; 1 = every record names the same file, as in 
 variant then runs in a fresh Python process (so peak RSS is its own), after one warm-up read of
 the file (warm disk cache):
 
-  json.load      the JSON parse alone, the floor;
+  json.load      the JSON parse alone (``json.load``), the reference;
+  no check       ``records.load_data_file(check_images=False)``: parse + validate every record;
   new            ``records.load_data_file`` (default ``check_images="header"``);
   new, decode    ``load_data_file(check_images="decode")`` (every distinct image fully decoded);
   old            the previous image check: ``resolve_image_path`` (two ``Path.resolve``),
                  ``exists`` and ``probe_image`` for every image of every record, one after another
                  (``load_data_file(check_images=False)`` + that loop).
 
-Target (issue 11): ``new`` ≤ 10 s and ≤ 1 GB for 150,000 records on 2 cores, warm cache.
+Targets: issue 11, ``new`` ≤ 10 s and ≤ 1 GB for 150,000 records on 2 cores, warm cache; issue 20,
+``load_data_file`` within 2× ``json.load`` of the same file and under 1 GB peak (printed as ratios
+from this one run, with the CPU and the load average).
 """
 
 from __future__ import annotations
@@ -71,6 +74,20 @@ def build(folder: Path, n: int, distinct: int) -> Path:
     return path
 
 
+def cpu_line() -> str:
+    """The CPU model and whether it has avx512_bf16 (printed beside every figure)."""
+    model, flags = "unknown CPU", ""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name") and model == "unknown CPU":
+                model = line.split(":", 1)[1].strip()
+            elif line.startswith("flags") and not flags:
+                flags = line
+    except OSError:
+        pass
+    return f"CPU: {model}; avx512_bf16: {'yes' if 'avx512_bf16' in flags.split() else 'no'}"
+
+
 def child(variant: str, path: Path) -> dict:
     t0 = time.perf_counter()
     if variant == "json":
@@ -99,7 +116,8 @@ def child(variant: str, path: Path) -> dict:
     else:
         from mminstruct.records import load_data_file
 
-        df = load_data_file(path, check_images="decode" if variant == "decode" else "header")
+        mode = {"decode": "decode", "nocheck": False}.get(variant, "header")
+        df = load_data_file(path, check_images=mode)
         loaded, skipped = df.report.loaded, df.report.skipped
     seconds = time.perf_counter() - t0
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KB → MB on Linux
@@ -124,21 +142,30 @@ def main() -> None:
         print(f"built {args.records:,} records ({size / 1e6:.0f} MB of JSON, {args.distinct} "
               f"distinct image name(s)) in {time.perf_counter() - t0:.1f} s; "
               f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f}")
+        print(cpu_line())
         path.read_bytes()  # warm the disk cache
-        variants = ["json", "new", "decode"] + ([] if args.skip_old else ["old"])
+        variants = ["json", "nocheck", "new", "decode"] + ([] if args.skip_old else ["old"])
         rows = []
         for v in variants:
             out = subprocess.run([sys.executable, __file__, "--child", v, str(path)],
                                  capture_output=True, text=True, check=True)
             rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
+        names = {"json": "json.load", "nocheck": "no check", "new": "new", "decode": "new, decode",
+                 "old": "old"}
         print(f"\n{'variant':<14}{'seconds':>9}{'peak MB':>9}{'loaded':>9}{'skipped':>9}")
         for r in rows:
-            print(f"{r['variant']:<14}{r['seconds']:>9.2f}{r['peak_mb']:>9.0f}{r['loaded']:>9,}"
+            print(f"{names[r['variant']]:<14}{r['seconds']:>9.2f}{r['peak_mb']:>9.0f}{r['loaded']:>9,}"
                   f"{r['skipped']:>9,}")
         by = {r["variant"]: r for r in rows}
         if "old" in by:
             print(f"\nnew vs old: {by['old']['seconds'] / by['new']['seconds']:.1f}× faster, "
                   f"peak {by['new']['peak_mb']:.0f} vs {by['old']['peak_mb']:.0f} MB")
+        base = by["json"]
+        for v in ("nocheck", "new"):
+            r = by[v]
+            print(f"load_data_file ({'no image check' if v == 'nocheck' else 'header check'}) vs "
+                  f"json.load: {r['seconds'] / base['seconds']:.2f}× the time (target ≤ 2×), "
+                  f"peak {r['peak_mb']:.0f} vs {base['peak_mb']:.0f} MB (target < 1024)")
         ok = by["new"]["seconds"] <= 10 and by["new"]["peak_mb"] <= 1024
         print(f"target ≤ 10 s and ≤ 1 GB: {'met' if ok else 'NOT met'}  "
               f"(load average now {os.getloadavg()[0]:.2f})")

@@ -6,13 +6,15 @@ works. LLaVA data files and their records are in ``records.py``.
 
 from __future__ import annotations
 
+import json
 import os
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from .cache import atomic_write_json
+from .cache import atomic_write_json, atomic_writer
 from .errors import DataFileError
 from .images import is_image_path
 from .modes import Mode, parse_mode
@@ -231,10 +233,45 @@ def prompt_file_name(prefix: str, now: datetime | None = None) -> str:
     return f"{prefix}_prompts_{(now or datetime.now()).strftime('%Y%m%d_%H%M%S')}.json"
 
 
+def json_text(value: Any) -> str:
+    """One value as the prompt file encodes it (``json.dumps``, UTF-8 kept, no indent)."""
+    return json.dumps(value, ensure_ascii=False)
+
+
+def prompt_entry_text(keyword_json: str, prompt_json: Sequence[str], icl_indices: Sequence[int]) -> str:
+    """One prompt entry's text from its parts already encoded by ``json_text``: exactly
+    ``json_text(PromptEntry(...).to_json())``, without re-encoding parts shared by many prompts."""
+    return (f'{{"keyword": {keyword_json}, "prompt": [{", ".join(prompt_json)}], '
+            f'"icl_indices": [{", ".join(map(str, icl_indices))}]}}')
+
+
+def write_prompt_file(path: str | os.PathLike, header: PromptFile, entries: Iterable[str]) -> int:
+    """Stream a prompt file to ``path`` atomically: ``header``'s keys (its ``prompts`` are not
+    read), then each entry text of ``entries`` (``prompt_entry_text``) as it comes, so the whole
+    list is never held. The bytes are those of ``json_text(pf.to_json()) + "\n"`` for the same
+    prompts. Returns the number of entries written; if ``entries`` raises, ``path`` is untouched."""
+    head = json_text(header.header_json())
+    n = 0
+    with atomic_writer(path, "w") as f:
+        f.write(head[:-1] + (', "prompts": [' if len(head) > 2 else '"prompts": ['))
+        batch: list[str] = []
+        for text in entries:
+            batch.append(text)
+            if len(batch) == 4096:  # few large writes; memory stays a few MB
+                f.write((", " if n else "") + ", ".join(batch))
+                n += len(batch)
+                batch.clear()
+        if batch:
+            f.write((", " if n else "") + ", ".join(batch))
+            n += len(batch)
+        f.write("]}\n")
+    return n
+
+
 def save_prompt_file(pf: PromptFile, output_folder: str | os.PathLike, prefix: str,
                      now: datetime | None = None) -> Path:
     """Write ``OUTPUT/generated_prompts/{prefix}_prompts_{YYYYmmdd_HHMMSS}.json`` atomically."""
     path = prompts_dir(output_folder) / prompt_file_name(prefix, now)
-    atomic_write_json(path, pf.to_json(), indent=None)
+    write_prompt_file(path, pf, (json_text(e.to_json()) for e in pf.prompts))
     pf.path = path
     return path

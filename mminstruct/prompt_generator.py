@@ -79,7 +79,7 @@ def run(args: argparse.Namespace) -> int:
                  f" (budget {s.budget})" if s.budget is not None else "")
         if s.reuse_note():
             log.info("subgroup %r: %s", s.keyword, s.reuse_note())
-    log.info("%d prompts (mode %s) in %.2f s", len(result.prompt_file.prompts), config.mode,
+    log.info("%d prompts (mode %s) in %.2f s", result.n_prompts, config.mode,
              time.perf_counter() - t0)
     print(result.path)
     return 0

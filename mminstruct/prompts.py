@@ -20,8 +20,10 @@ one subgroup): each keeps the allocation and the random stream it has in the ful
 prompts are the same ones. The prompt file records both (``budgets``, ``only``) beside
 ``allocation``.
 
-``CyclicSampler`` is the project's one sampler; ``plan_prompts`` is pure (no I/O) and fast: 150,000
-prompts take about a second.
+``CyclicSampler`` is the project's one sampler, driven by ``_draws`` for both consumers:
+``plan_prompts`` (pure, the whole plan in memory, for small plans and tests) and ``write_prompts``
+(streams each prompt's text to the file as it is planned — the command line's and the app's writer;
+150,000 prompts in about a second and a few MB beyond the task file).
 """
 
 from __future__ import annotations
@@ -31,14 +33,15 @@ import os
 import random
 import re
 from collections import deque
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from dataclasses import MISSING, dataclass, field, fields
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 from .errors import ConfigError, InputError, choices_message
-from .formats import (PromptEntry, PromptFile, TaskFile, load_task_file, save_prompt_file,
-                      task_records)
+from .formats import (PromptEntry, PromptFile, TaskFile, json_text, load_task_file, prompt_entry_text,
+                      prompt_file_name, prompts_dir, task_records, write_prompt_file)
 from .records import IMAGE_TOKEN_RE, Problem, Record
 from .images import resolve_image_path
 from .modes import Mode, parse_mode
@@ -205,10 +208,14 @@ class CyclicSampler:
         self._queue.extend(batch)
 
     def draw(self, n: int) -> list[Any]:
-        n = min(n, len(self._items))
         queue = self._queue
         if len(queue) >= n:  # the common case: the current pass has enough left
-            return [queue.popleft() for _ in range(n)]
+            pop = queue.popleft
+            return [pop() for _ in range(n)]
+        n = min(n, len(self._items))
+        if len(queue) >= n:
+            pop = queue.popleft
+            return [pop() for _ in range(n)]
         out: list[Any] = []
         deferred: list[Any] = []
         while len(out) < n:
@@ -340,19 +347,36 @@ class PromptPlan:
         return {s.keyword: str(s.budget) for s in self.subgroups if s.budget is not None}
 
 
-def prepare_plan(task: TaskFile, config: PromptConfig) -> PromptPlan:
-    """Validate the task file against the config and allocate prompts per subgroup (no sampling)."""
+def prepare_plan(task: TaskFile, config: PromptConfig,
+                 file_checks: dict[str, bool | InputError] | None = None) -> PromptPlan:
+    """Validate the task file against the config and allocate prompts per subgroup (no sampling).
+    ``file_checks``: image path → found (or the refusal), kept by the caller across calls with
+    the same task file, input folder and ``allow_outside_paths`` (the app: a settings edit does
+    not stat 200,000 images again)."""
     records, problems = task_records(task)
     root = Path(config.input_folder or ".")
     mode = config.mode
     excluded = list(problems)
     image_excluded: set[int] = set()  # samples left out by the image check (--no_check_images)
+    checks = file_checks if file_checks is not None else {}
+
+    def is_file(rel: str) -> bool:
+        hit = checks.get(rel)
+        if hit is None:
+            try:
+                hit = resolve_image_path(root, rel, allow_outside=config.allow_outside_paths).is_file()
+            except InputError as e:
+                hit = e
+            checks[rel] = hit
+        if isinstance(hit, InputError):
+            raise hit
+        return hit
+
     if config.check_images and mode.carries_icl:
         for i, rec in list(records.items()):
             for img in rec.images:
                 try:
-                    ok = resolve_image_path(root, _join(task.image_folder, img),
-                                            allow_outside=config.allow_outside_paths).is_file()
+                    ok = is_file(_join(task.image_folder, img))
                 except InputError as e:
                     excluded.append(Problem(i, rec.id, str(e)))
                     image_excluded.add(i)
@@ -383,7 +407,7 @@ def prepare_plan(task: TaskFile, config: PromptConfig) -> PromptPlan:
             kept = []
             for c in cands:
                 try:
-                    ok = resolve_image_path(root, c, allow_outside=config.allow_outside_paths).is_file()
+                    ok = is_file(c)
                 except InputError:
                     ok = False
                 (kept if ok else missing).append(c)
@@ -414,68 +438,145 @@ def prepare_plan(task: TaskFile, config: PromptConfig) -> PromptPlan:
     return PromptPlan(plans, records, excluded, missing)
 
 
-def plan_prompts(task: TaskFile, config: PromptConfig, plan: PromptPlan | None = None) -> PromptFile:
-    """Build every prompt. Deterministic for ``config.seed``; each subgroup has its own random
-    stream, so changing one subgroup leaves the others' prompts unchanged."""
-    plan = plan or prepare_plan(task, config)
+def _draws(config: PromptConfig, plan: PromptPlan, subgroups: Collection[str] | None = None
+           ) -> Iterator[tuple[SubgroupPlan, list[int], list[tuple[int, int, int]], str | None]]:
+    """Each prompt's random choices, in file order: (subgroup, ICL sample indices, one
+    (sample, example number, first image ordinal) key per example, candidate image or None).
+    The one sampler behind ``plan_prompts`` (in memory), ``write_prompts`` (streamed) and
+    ``iter_prompts``. ``subgroups``: those subgroups' prompts only (each stream is its own, so they
+    are the same prompts as in the whole plan)."""
     records = plan.records
     mode = config.mode
     base_seed = config.seed if config.seed is not None else random.SystemRandom().randrange(2**63)
-    prompts: list[PromptEntry] = []
-    # An example's prompt parts depend only on (sample, example number, first image ordinal):
-    # built once, then reused for every prompt that shows it.
-    parts_cache: dict[tuple[int, int, int], tuple[list[str], int]] = {}
-
-    def example_parts(idx: int, k: int, first: int) -> tuple[list[str], int]:
-        key = (idx, k, first)
-        hit = parts_cache.get(key)
-        if hit is None:
-            rec = records[idx]
-            parts = [f"Example {k}", *(_join(task.image_folder, img) for img in rec.images),
-                     icl_text(rec, first)]
-            hit = parts_cache[key] = (parts, len(rec.images))
-        return hit
-
+    n_images = {i: len(r.images) for i, r in records.items()}
+    use_icl = mode.carries_icl and config.num_icl_samples > 0
     for position, sp in enumerate(plan.subgroups):
-        if sp.n_prompts == 0:
+        if sp.n_prompts == 0 or (subgroups is not None and sp.keyword not in subgroups):
             continue
         sg_index = sp.index if sp.index >= 0 else position  # the stream of the full plan
         rng = random.Random(f"{base_seed}:{sg_index}:{sp.keyword}")
-        use_icl = mode.carries_icl and config.num_icl_samples > 0
         icl_sampler = CyclicSampler(sp.icl_pool, rng) if use_icl else None
         cand_sampler = CyclicSampler(sp.candidates, rng) if mode.carries_candidate else None
+        n_icl = config.num_icl_samples
+        draw_icl = icl_sampler.draw if icl_sampler else None
+        draw_cand = cand_sampler.draw_one if cand_sampler else None
         for _ in range(sp.n_prompts):
-            prompt: list[str] = []
-            icl: list[int] = icl_sampler.draw(config.num_icl_samples) if icl_sampler else []
-            n_images = 0
-            for k, idx in enumerate(icl, start=1):
-                parts, n = example_parts(idx, k, n_images + 1)
-                prompt += parts
-                n_images += n
-            if cand_sampler:
-                prompt.append(cand_sampler.draw_one())
-            prompts.append(PromptEntry(sp.keyword, prompt, icl))
-    extra: dict[str, Any] = {"seed": config.seed, "num_prompts": len(prompts),
+            icl: list[int] = draw_icl(n_icl) if draw_icl else []
+            keys = []
+            first = 1
+            k = 0
+            for idx in icl:
+                k += 1
+                keys.append((idx, k, first))
+                first += n_images[idx]
+            yield sp, icl, keys, draw_cand() if draw_cand else None
+
+
+def _example_parts(task: TaskFile, plan: PromptPlan) -> Callable[[tuple[int, int, int]], list[str]]:
+    """An example's prompt parts by (sample, example number, first image ordinal): they depend on
+    nothing else, so each is built once and reused by every prompt that shows it."""
+    cache: dict[tuple[int, int, int], list[str]] = {}
+
+    def parts(key: tuple[int, int, int]) -> list[str]:
+        hit = cache.get(key)
+        if hit is None:
+            idx, k, first = key
+            rec = plan.records[idx]
+            hit = cache[key] = [f"Example {k}", *(_join(task.image_folder, img) for img in rec.images),
+                                icl_text(rec, first)]
+        return hit
+    return parts
+
+
+def _prompt_file_head(task: TaskFile, config: PromptConfig, plan: PromptPlan) -> PromptFile:
+    """The prompt file's header (no prompts yet): MM-Gen's keys, then seed, num_prompts,
+    allocation, and budgets / only when given."""
+    n = sum(sp.n_prompts for sp in plan.subgroups)  # every subgroup plans exactly n_prompts
+    extra: dict[str, Any] = {"seed": config.seed, "num_prompts": n,
                              "allocation": plan.allocation()}
     if plan.budgets():
         extra["budgets"] = plan.budgets()
     if config.only:
         extra["only"] = list(config.only)
-    return PromptFile(config.task_desc_path, task.dataset_description, config.num_icl_samples, mode,
-                      config.min_gen_per_candidate, config.total_gen, prompts, extra)
+    return PromptFile(config.task_desc_path, task.dataset_description, config.num_icl_samples,
+                      config.mode, config.min_gen_per_candidate, config.total_gen, [], extra)
+
+
+def plan_prompts(task: TaskFile, config: PromptConfig, plan: PromptPlan | None = None,
+                 subgroups: Collection[str] | None = None) -> PromptFile:
+    """Build every prompt (or only ``subgroups``' prompts, under the whole plan's header), in memory. Deterministic for ``config.seed``; each subgroup has its own
+    random stream, so changing one subgroup leaves the others' prompts unchanged. To write a large
+    plan, ``write_prompts`` streams the same prompts to the file without holding them."""
+    plan = plan or prepare_plan(task, config)
+    pf = _prompt_file_head(task, config, plan)
+    pf.prompts.extend(iter_prompts(task, config, plan, subgroups))
+    return pf
+
+
+def iter_prompts(task: TaskFile, config: PromptConfig, plan: PromptPlan,
+                 subgroups: Collection[str] | None = None) -> Iterator[PromptEntry]:
+    """The prompts of ``plan_prompts``, one at a time (or ``subgroups``' only), none held: to look
+    at some prompts of a large plan without building it. With ``config.seed`` None each call
+    draws its own seed."""
+    parts = _example_parts(task, plan)
+    for sp, icl, keys, cand in _draws(config, plan, subgroups):
+        prompt: list[str] = []
+        for key in keys:
+            prompt += parts(key)
+        if cand is not None:
+            prompt.append(cand)
+        yield PromptEntry(sp.keyword, prompt, icl)
+
+
+def iter_prompt_texts(task: TaskFile, config: PromptConfig, plan: PromptPlan) -> Iterator[str]:
+    """Each prompt entry as the prompt file's text, in order, as it is planned: every example's
+    and candidate's encoded text is made once and joined, not re-encoded per prompt."""
+    parts = _example_parts(task, plan)
+    example_text: dict[tuple[int, int, int], str] = {}
+    cand_text: dict[str, str] = {}
+    kw_text: dict[str, str] = {}
+    for sp, icl, keys, cand in _draws(config, plan):
+        pieces = []
+        for key in keys:
+            t = example_text.get(key)
+            if t is None:
+                t = example_text[key] = ", ".join(json_text(p) for p in parts(key))
+            pieces.append(t)
+        if cand is not None:
+            t = cand_text.get(cand)
+            if t is None:
+                t = cand_text[cand] = json_text(cand)
+            pieces.append(t)
+        kw = kw_text.get(sp.keyword)
+        if kw is None:
+            kw = kw_text[sp.keyword] = json_text(sp.keyword)
+        yield prompt_entry_text(kw, pieces, icl)
+
+
+def write_prompts(task: TaskFile, config: PromptConfig, plan: PromptPlan,
+                  output_folder: str | os.PathLike, prefix: str, now: datetime | None = None,
+                  path: str | os.PathLike | None = None) -> tuple[Path, int]:
+    """Plan and stream the prompts to ``OUTPUT/generated_prompts/{prefix}_prompts_{stamp}.json``
+    (or ``path``) atomically, as they are planned: the bytes of ``save_prompt_file(plan_prompts(…))``
+    without the list in memory. The one writer of the command line and the app. Returns (path,
+    number of prompts)."""
+    target = Path(path) if path is not None else prompts_dir(output_folder) / prompt_file_name(prefix, now)
+    n = write_prompt_file(target, _prompt_file_head(task, config, plan),
+                          iter_prompt_texts(task, config, plan))
+    return target, n
 
 
 @dataclass
 class PromptResult:
     path: Path
-    prompt_file: PromptFile
+    n_prompts: int
     plan: PromptPlan
 
 
 def generate_prompt_file(config: PromptConfig) -> PromptResult:
-    """Load the task file, plan, and write ``OUTPUT/generated_prompts/{prefix}_prompts_{ts}.json``."""
+    """Load the task file, plan, and stream ``OUTPUT/generated_prompts/{prefix}_prompts_{ts}.json``
+    (the command line's step 2; the app's Save calls the same ``write_prompts``)."""
     task = load_task_file(config.task_desc_path)
     plan = prepare_plan(task, config)
-    pf = plan_prompts(task, config, plan)
-    path = save_prompt_file(pf, config.output_folder or ".", config.file_prefix)
-    return PromptResult(path, pf, plan)
+    path, n = write_prompts(task, config, plan, config.output_folder or ".", config.file_prefix)
+    return PromptResult(path, n, plan)

@@ -17,15 +17,21 @@ for the same format reason (a near-miss such as OpenAI-style content parts), is 
 
 from __future__ import annotations
 
+import codecs
 import json
 import os
 import re
-from collections import Counter
+import threading
+from collections import Counter, OrderedDict
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
+
+import msgspec
+
+from .cache import file_fingerprint, file_sha256
 
 from .errors import ConfigError, DataFileError, ImageError, UnsafePathError, choices_message
 from .images import DEFAULT_MAX_PIXELS, ImageRoot, open_image, probe_image, resolve_image_path
@@ -168,14 +174,28 @@ class DataFile:
 def read_json_file(path: str | os.PathLike) -> Any:
     """JSON, with one clear error naming the file, line and column when it is not."""
     p = Path(path)
-    text = _read_text(p)
+    data = _read_bytes(p)
     try:
-        return json.loads(text)
+        return _fast_loads(data)
+    except msgspec.DecodeError:
+        pass  # the standard parser gives the message (and reads what msgspec refuses, e.g. NaN)
+    try:
+        return json.loads(_decode(p, data))
     except json.JSONDecodeError as e:
         raise DataFileError(f"{p}: not valid JSON (line {e.lineno}, column {e.colno}: {e.msg})") from e
 
 
-def _read_text(p: Path) -> str:
+def _fast_loads(data: bytes) -> Any:
+    """msgspec's compiled parser straight from the bytes: no decoded copy of the text and no
+    intermediate document (orjson's peaks at the file's size again), so the peak is the bytes
+    plus the objects. A UTF-8 byte-order mark is skipped as ``utf-8-sig`` does. Raises
+    ``msgspec.DecodeError`` for anything it refuses; the caller then takes the standard path."""
+    if data.startswith(codecs.BOM_UTF8):
+        data = memoryview(data)[len(codecs.BOM_UTF8):]  # type: ignore[assignment]
+    return msgspec.json.decode(data)
+
+
+def _read_bytes(p: Path) -> bytes:
     try:
         data = p.read_bytes()
     except FileNotFoundError as e:
@@ -184,8 +204,12 @@ def _read_text(p: Path) -> str:
         raise DataFileError(f"{p}: is a folder, expected a JSON or JSONL file") from e
     except OSError as e:
         raise DataFileError(f"{p}: cannot be read: {e}") from e
-    if not data.strip():
+    if not data or data.isspace():  # (no stripped copy of a large file)
         raise DataFileError(f"{p}: file is empty")
+    return data
+
+
+def _decode(p: Path, data: bytes) -> str:
     try:
         return data.decode("utf-8-sig")
     except UnicodeDecodeError as e:
@@ -193,27 +217,37 @@ def _read_text(p: Path) -> str:
 
 
 def _read_records(p: Path, report: LoadReport) -> tuple[list[tuple[int, Any]], dict[str, Any]]:
-    """(index, raw record) pairs and the container's other keys. Bad JSONL lines become problems."""
-    text = _read_text(p)
+    """(index, raw record) pairs and the container's other keys. Bad JSONL lines become problems.
+    A JSON file is parsed by msgspec from its bytes; the standard parser runs only on what msgspec
+    refuses (to name the error, or to read NaN / huge integers as ``json`` does)."""
+    data: bytes | None = _read_bytes(p)
+    text: str | None = None
     is_jsonl = p.suffix.lower() in (".jsonl", ".ndjson")
     if not is_jsonl:
         try:
-            top = json.loads(text)
-        except json.JSONDecodeError as e:
-            lines = [ln for ln in text.splitlines() if ln.strip()]
-            if len(lines) > 1 and lines[0].lstrip().startswith("{") and _parses(lines[0]):
-                is_jsonl = True  # JSONL saved as .json
-            else:
-                raise DataFileError(
-                    f"{p}: not valid JSON (line {e.lineno}, column {e.colno}: {e.msg})"
-                ) from e
+            top = _fast_loads(data)
+        except msgspec.DecodeError:
+            text, data = _decode(p, data), None
+            try:
+                top = json.loads(text)
+            except json.JSONDecodeError as e:
+                lines = [ln for ln in text.splitlines() if ln.strip()]
+                if len(lines) > 1 and lines[0].lstrip().startswith("{") and _parses(lines[0]):
+                    is_jsonl = True  # JSONL saved as .json
+                else:
+                    raise DataFileError(
+                        f"{p}: not valid JSON (line {e.lineno}, column {e.colno}: {e.msg})"
+                    ) from e
+        data = None  # the parsed records hold what they need; the bytes can go
     if is_jsonl:
+        if text is None:
+            text = _decode(p, data)  # type: ignore[arg-type]
         items: list[tuple[int, Any]] = []
         for n, line in enumerate(text.splitlines()):
             if not line.strip():
                 continue
             try:
-                items.append((len(items), json.loads(line)))
+                items.append((len(items), _line_loads(line)))
             except json.JSONDecodeError as e:
                 report.problems.append(Problem(len(items), None, f"bad JSON on line {n + 1}: {e.msg}"))
                 items.append((len(items), None))
@@ -235,6 +269,14 @@ def _read_records(p: Path, report: LoadReport) -> tuple[list[tuple[int, Any]], d
             f"an object with 'samples', or JSONL (keys found: {', '.join(sorted(top)[:10])})"
         )
     raise DataFileError(f"{p}: top-level JSON is {type(top).__name__}, expected a list or an object")
+
+
+def _line_loads(line: str) -> Any:
+    """One JSONL line: msgspec, else ``json`` (its error message; NaN as ``json`` reads it)."""
+    try:
+        return msgspec.json.decode(line)
+    except msgspec.DecodeError:
+        return json.loads(line)
 
 
 def _parses(line: str) -> bool:
@@ -273,8 +315,8 @@ def _parse_record(index: int, raw: Any) -> Record:
 
 def _record_images(raw: dict[str, Any]) -> list[str]:
     images: list[str] = []
-    numbered = sorted(
-        (int(k.split("_")[1]), k) for k in raw if re.fullmatch(r"image_\d+", k)
+    numbered = sorted(  # image_1, image_2, … ("image_" + decimal digits, as re's \d+)
+        (int(k[6:]), k) for k in raw if k.startswith("image_") and k[6:].isdecimal()
     )
     for key in ["image", "images"] + [k for _, k in numbered]:
         if key not in raw or raw[key] is None:
@@ -304,9 +346,10 @@ def _record_turns(raw: dict[str, Any]) -> list[Turn]:
     for n, t in enumerate(raw[key], start=1):
         if not isinstance(t, dict):
             raise _Bad(f"wrong type: turn {n} is a {type(t).__name__}, expected an object")
-        role = t.get(role_key, t.get("role", t.get("from")))
-        value = t.get(value_key, t.get("content", t.get("value")))
-        if not isinstance(role, str) or role.lower() not in ROLE_ALIASES:
+        role = t[role_key] if role_key in t else t.get("role", t.get("from"))
+        value = t[value_key] if value_key in t else t.get("content", t.get("value"))
+        canonical = ROLE_ALIASES.get(role.lower()) if isinstance(role, str) else None
+        if canonical is None:
             raise _Bad(
                 f"unknown role {role!r} in turn {n}; choose one of: {', '.join(ROLE_ALIASES)}"
             )
@@ -317,14 +360,14 @@ def _record_turns(raw: dict[str, Any]) -> list[Turn]:
             )
         if not isinstance(value, str):
             raise _Bad(f"wrong type: turn {n} value is a {type(value).__name__}, expected a string")
-        turns.append(Turn(ROLE_ALIASES[role.lower()], value))
+        turns.append(Turn(canonical, value))
     roles = [t.role for t in turns]
     if "human" not in roles:
         raise _Bad("no human turn")
     if "gpt" not in roles:
         raise _Bad("no answer: no gpt/assistant turn")
     for n, t in enumerate(turns, start=1):
-        if t.role == "gpt" and not t.value.strip():
+        if t.role == "gpt" and (not t.value or t.value.isspace()):  # (no stripped copy)
             raise _Bad(f"empty answer in turn {n}")
     return turns
 
@@ -511,3 +554,65 @@ def validate_record(index: int, raw: Any) -> Record | Problem:
         return _parse_record(index, raw)
     except _Bad as e:
         return Problem(index, raw.get("id") if isinstance(raw, dict) else None, str(e))
+
+
+# ----------------------------------------------------------------------------------------------
+# Parse once per content (the app: a rerun must not parse a 150,000-record file again)
+
+T = TypeVar("T")
+
+#: Parsed files kept by ``parse_once`` (per process, shared by every session).
+PARSE_ONCE_ENTRIES = 2
+_ONCE: OrderedDict[tuple, tuple[bool, Any]] = OrderedDict()
+_ONCE_SHA: dict[tuple, str] = {}
+_ONCE_LOCK = threading.Lock()
+
+
+def parse_once(path: str | os.PathLike, parse: Callable[..., T], **kwargs: Any) -> T:
+    """``parse(path, **kwargs)``, computed once per (file content, path, arguments): the key is
+    the file's SHA-256, itself hashed once per fingerprint (path, size, mtime), so an unchanged
+    file is neither re-read nor re-parsed, and a rewritten one with the same bytes is not
+    re-parsed. Every caller gets the same object (treat it as read-only). A parse error is kept
+    too (raised again, not re-parsed). The last ``PARSE_ONCE_ENTRIES`` results are kept."""
+    try:
+        fp = file_fingerprint(path)
+    except OSError:
+        return parse(path, **kwargs)  # missing or unreadable: parse() names the problem
+    with _ONCE_LOCK:
+        sha = _ONCE_SHA.get(fp)
+    if sha is None:
+        try:
+            sha = file_sha256(path)
+        except OSError:
+            return parse(path, **kwargs)
+        with _ONCE_LOCK:
+            _ONCE_SHA[fp] = sha
+            while len(_ONCE_SHA) > 8 * PARSE_ONCE_ENTRIES:
+                _ONCE_SHA.pop(next(iter(_ONCE_SHA)))
+    key = (f"{parse.__module__}.{parse.__qualname__}", sha, fp[0],
+           tuple(sorted((k, repr(os.fspath(v) if isinstance(v, os.PathLike) else v))
+                        for k, v in kwargs.items())))
+    with _ONCE_LOCK:
+        hit = _ONCE.get(key)
+        if hit is not None:
+            _ONCE.move_to_end(key)
+    if hit is None:
+        try:
+            hit = (True, parse(path, **kwargs))
+        except (DataFileError, ConfigError) as e:
+            hit = (False, e)
+        with _ONCE_LOCK:
+            _ONCE[key] = hit
+            while len(_ONCE) > PARSE_ONCE_ENTRIES:
+                _ONCE.popitem(last=False)
+    ok, value = hit
+    if not ok:
+        raise value
+    return value
+
+
+def forget_parsed() -> None:
+    """Drop every ``parse_once`` result (memory back; the next call parses again)."""
+    with _ONCE_LOCK:
+        _ONCE.clear()
+        _ONCE_SHA.clear()

@@ -207,15 +207,17 @@ if ws is None or not ws.has_data:
 # What is loaded
 
 
-@st.cache_data(max_entries=8, show_spinner="Reading the data file…")
 def _load(data_file: str, input_folder: str, image_folder: str | None, allow: bool,
           stamp: tuple) -> DataFile:
-    from mminstruct.records import load_data_file
+    from mminstruct.records import load_data_file, parse_once
 
     # every image decoded fully, as Explore's embedding does: a record whose image cannot be
-    # embedded is reported here, once, and the counts agree on every page
-    return load_data_file(data_file, input_folder=input_folder, image_folder=image_folder,
-                          allow_outside_paths=allow, check_images="decode")
+    # embedded is reported here, once, and the counts agree on every page. Parsed once per
+    # content hash and shared (no per-rerun copy, as st.cache_data's pickle made of 150k records)
+    with st.spinner("Reading the data file…"):
+        return parse_once(data_file, load_data_file, input_folder=input_folder,
+                          image_folder=image_folder, allow_outside_paths=allow,
+                          check_images="decode")
 
 
 def _stamp(path: str) -> tuple:

@@ -9,10 +9,13 @@ import os
 import streamlit as st
 
 from mminstruct.errors import MMInstructError
-from mminstruct.formats import TaskFile, load_task_file
+from mminstruct.formats import load_task_file
 from mminstruct.modes import MODE_NAMES
-from mminstruct.app.preview import (allocation_rows, estimate_run, plan_workspace, render_request,
-                                samples_note, save_prompts)
+from mminstruct.records import parse_once
+from mminstruct.app.preview import (PlannedPrompts, allocation_rows, estimate_plan, plan_size,
+                                prepare_workspace_plan,
+                                prompt_at, prompt_head, render_entry, samples_note, save_status,
+                                start_save, wait_inline)
 from ui.prompt_view import render_messages
 from ui.subgroup_run import subgroup_run
 from ui.safe import for_browser, md_escape
@@ -38,13 +41,8 @@ task_name = st.selectbox("Task file", names, **task_kwargs)
 task_path = ws.tasks_dir / task_name
 
 
-@st.cache_data(max_entries=4, show_spinner="Reading the task file…")
-def _task(path: str, mtime: int) -> TaskFile:
-    return load_task_file(path)
-
-
-try:
-    task = _task(str(task_path), task_path.stat().st_mtime_ns)
+try:  # parsed once per content (every session and rerun share it), never pickled per rerun
+    task = parse_once(str(task_path), load_task_file)
 except (MMInstructError, OSError) as e:
     st.error(f"Cannot read the task file: {e}")
     st.stop()
@@ -75,11 +73,16 @@ st.caption(samples_note(ps.mode, ps.total_gen, ps.min_gen_per_candidate))
 
 plan_key = (str(task_path), task_path.stat().st_mtime_ns, new, str(ws.input_root),
             ws.settings.data.allow_outside_paths, ws.settings.data.dataset_description)
-try:
-    config, plan, pf = session_memo("plan", plan_key, lambda: plan_workspace(ws, task, task_path))
+# which images exist, checked once per task file, input folder and path rule (not per settings edit)
+file_checks = session_memo("plan_files", (plan_key[:2], plan_key[3:5]), dict)
+try:  # the allocation only: no prompt is built on a rerun (150,000 prompts are streamed on Save)
+    config, plan = session_memo("plan", plan_key, lambda: prepare_workspace_plan(
+        ws, task, task_path, file_checks))
 except (MMInstructError, ValueError) as e:
     st.error(f"Cannot plan prompts: {for_browser(e)}")
     st.stop()
+n_prompts = plan_size(plan)
+head = prompt_head(task, config)
 
 st.subheader("Allocation per subgroup")
 rows = allocation_rows(plan, config)
@@ -87,43 +90,42 @@ st.dataframe(rows, hide_index=True, width="stretch")
 for sp in plan.subgroups:
     if sp.reuse_note():
         st.caption(f"{md_escape(sp.keyword, 80)}: {md_escape(sp.reuse_note(), 200)}")
-st.caption(samples_note(config.mode, config.total_gen, config.min_gen_per_candidate,
-                        len(pf.prompts)))
+st.caption(samples_note(config.mode, config.total_gen, config.min_gen_per_candidate, n_prompts))
 if plan.excluded_samples:
     with st.expander(f"{len(plan.excluded_samples)} reference sample(s) not usable as examples"):
         st.code("\n".join(str(x) for x in plan.excluded_samples[:200]), language=None,
                 wrap_lines=True)
 if plan.missing_candidates:
     st.warning(f"{len(plan.missing_candidates)} candidate image(s) are missing and were left out.")
-if not pf.prompts:
+if not n_prompts:
     st.info("This plan has no prompts (no subgroup has reference samples).")
     st.stop()
 
 st.subheader("Preview: what the model sees")
-kws = sorted({e.keyword for e in pf.prompts}, key=[s.keyword for s in plan.subgroups].index)
-kw = st.selectbox("Subgroup", ["(all)"] + kws, key="pv_kw")
-indices = [i for i, e in enumerate(pf.prompts) if kw == "(all)" or e.keyword == kw]
-pos = st.number_input(f"Prompt (1–{len(indices)})", 1, len(indices), 1, key="pv_pos")
-idx = indices[int(pos) - 1]
+sizes = {sp.keyword: sp.n_prompts for sp in plan.subgroups if sp.n_prompts}
+kw = st.selectbox("Subgroup", ["(all)"] + list(sizes), key="pv_kw")
+count = n_prompts if kw == "(all)" else sizes[kw]
+pos = st.number_input(f"Prompt (1–{count})", 1, count, 1, key="pv_pos")
 e_side = ws.settings.endpoint.max_image_side
-try:
-    built = render_request(pf, idx, ws.input_root, max_image_side=e_side,
-                           allow_outside=ws.settings.data.allow_outside_paths)
+try:  # one prompt, drawn from its subgroup's own stream: the one the saved file holds
+    idx, entry = session_memo("preview", (plan_key, kw, int(pos)), lambda: prompt_at(
+        task, config, plan, None if kw == "(all)" else kw, int(pos) - 1))
+    built = render_entry(head, entry, ws.input_root, max_image_side=e_side,
+                         allow_outside=ws.settings.data.allow_outside_paths)
 except MMInstructError as e:
-    st.error(f"Prompt {idx} cannot be built: {for_browser(e)}")
+    st.error(f"Prompt {int(pos)} cannot be built: {for_browser(e)}")
 else:
-    entry = pf.prompts[idx]
     st.caption(f"Prompt {idx} · subgroup {md_escape(entry.keyword, 80)} · in-context samples "
                f"{entry.icl_indices} · about {built.token_estimate:,} input tokens")
-    render_messages(built.messages, candidate_last=pf.mode.carries_candidate)
+    render_messages(built.messages, candidate_last=config.mode.carries_candidate)
 
 st.subheader("Estimate for the whole run")
 st.text_input("Model (prices from the table in mminstruct.generate.manifest)",
               **bind(ws, "est_model"))
 show_error("est_model")
 model = ws.settings.endpoint.model_name
-est = session_memo("estimate", (plan_key, model.strip(), e_side), lambda: estimate_run(
-    pf, ws.input_root, model.strip() or "gpt-4o", max_image_side=e_side,
+est = session_memo("estimate", (plan_key, model.strip(), e_side), lambda: estimate_plan(
+    task, config, plan, ws.input_root, model.strip() or "gpt-4o", max_image_side=e_side,
     allow_outside=ws.settings.data.allow_outside_paths))
 m1, m2, m3, m4 = st.columns(4)
 m1.metric("Input tokens", f"{est.input_tokens:,}")
@@ -140,15 +142,39 @@ st.caption(
     + (f"; {est.missing_images:,} image(s) missing" if est.missing_images else ""))
 
 st.subheader("Prompt file")
-if st.button("Save the prompt file", type="primary", key="save_prompts"):
-    try:
-        path = save_prompts(ws, pf)
-    except (MMInstructError, OSError) as e:
-        st.error(f"Cannot save: {e}")
-    else:
-        st.success(f"Saved {md_escape(path.name, 120)} ({len(pf.prompts):,} prompts)")
+job = save_status(ws.root)
+if st.button("Save the prompt file", type="primary", key="save_prompts",
+             disabled=job is not None and not job.done):
+    # streamed by the command line's writer in a background thread: no rerun waits for it (a small
+    # plan is done before this run ends)
+    job = start_save(ws.root, task, config, plan)
+    wait_inline(job)
+    st.session_state["_save_seen"] = job.started
+
+
+@st.fragment(run_every=0.5 if job is not None and not job.done else None)
+def save_progress() -> None:
+    now = save_status(ws.root)
+    if now is None or st.session_state.get("_save_seen") != now.started:
+        return
+    if not now.done:
+        st.info(f"Writing the prompt file: {now.prompts:,} prompts…")
+        st.session_state["_save_polling"] = True
+        return
+    if st.session_state.pop("_save_polling", False):
+        st.rerun()  # the whole page: "Last saved" and the Generate link follow
+    if now.error:
+        st.error(f"Cannot save: {for_browser(now.error)}")
+    elif now.path is not None:
+        st.success(f"Saved {md_escape(now.path.name, 120)} ({now.written:,} prompts, "
+                   f"{now.seconds:.1f} s)")
+
+
+save_progress()
+if job is not None and job.done and job.path is not None:
+    ws = ws.reload()  # the background save recorded the new prompt file
 if ws.settings.prompt_file and os.path.exists(ws.settings.prompt_file):
     st.caption(f"Last saved: {md_escape(ws.settings.prompt_file, 200)}")
     st.page_link("pages/5_generate.py", label="Generate →")
 
-subgroup_run(ws, pf, [s.keyword for s in plan.subgroups if s.n_prompts])
+subgroup_run(ws, PlannedPrompts(task, config, plan), [s.keyword for s in plan.subgroups if s.n_prompts])

@@ -14,18 +14,20 @@ from .safe import md_escape
 from .state import api_key
 
 
-def subgroup_run(ws: Any, pf: Any, keywords: list[str], key: str = "sgrun") -> None:
+def subgroup_run(ws: Any, planned: Any, keywords: list[str], key: str = "sgrun") -> None:
+    """``planned``: ``preview.PlannedPrompts`` (counts now; the chosen subgroups' prompts built on
+    the click only)."""
     st.subheader("Generate for some subgroups only")
     st.caption("Sends only the chosen subgroups' prompts of this plan (the same prompts the full "
                "prompt file holds, with their budgets) to the endpoint set on the Generate page; "
                "the other subgroups are not regenerated. The run appears on the Generate page.")
     chosen = st.multiselect("Subgroups to generate", keywords, key=f"{key}:pick")
-    n = sum(1 for e in pf.prompts if e.keyword in set(chosen))
+    n = planned.count(chosen)
     if st.button(f"Generate {n:,} prompt(s) of {len(chosen)} subgroup(s)", key=f"{key}:go",
                  disabled=not chosen):
         secret, _ = api_key(ws)
         try:
-            info = start_subgroup_run(ws, pf, chosen, api_key=secret)
+            info = start_subgroup_run(ws, planned.prompt_file(chosen), chosen, api_key=secret)
         except MMInstructError as e:
             st.error(str(e))
         else:

@@ -36,7 +36,7 @@ from ..partition import (UNASSIGNED, Partition, assign_keywords, partition_from_
                         top_k_from_scores)
 from ..projection import project_2d
 from ..vectors import array_fingerprint
-from ..records import DataFile, load_data_file
+from ..records import DataFile, load_data_file, parse_once
 from ..taskfile import collect_candidates, task_metadata
 from .workspace import Workspace
 
@@ -132,8 +132,9 @@ def load_workspace_data(ws: Workspace, check_images: bool | str = "decode") -> D
     if not d.data_file:
         raise DataFileError("no data file in this workspace yet: open the demo, upload a data "
                             "file or point at one on the Data page")
-    return load_data_file(d.data_file, input_folder=ws.input_root, image_folder=d.image_folder,
-                          allow_outside_paths=d.allow_outside_paths, check_images=check_images)
+    return parse_once(d.data_file, load_data_file, input_folder=ws.input_root,  # once per content
+                      image_folder=d.image_folder, allow_outside_paths=d.allow_outside_paths,
+                      check_images=check_images)
 
 
 def dataset_description(ws: Workspace, data: DataFile) -> str:

@@ -1,0 +1,93 @@
+"""Data files are parsed by msgspec from their bytes (issue 20: load within 2× a bare json.load);
+the standard parser only names errors and reads what msgspec refuses, so nothing a user sees changes."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+
+from mminstruct import records
+from mminstruct.errors import DataFileError
+from mminstruct.records import load_data_file, read_json_file
+
+REC = {"id": 1, "image": "a.jpg", "conversations": [{"from": "human", "value": "<image>\nWhat? «ü» 🙂"},
+                                                     {"from": "gpt", "value": "This."}]}
+
+
+def _no_std_json(monkeypatch):
+    def refuse(*a, **k):
+        raise AssertionError("json.loads called: the compiled parser was not used")
+    monkeypatch.setattr(records.json, "loads", refuse)
+
+
+@pytest.mark.parametrize("bom", [b"", b"\xef\xbb\xbf"])
+def test_a_valid_file_is_parsed_by_the_compiled_parser_alone(tmp_path, monkeypatch, bom):
+    p = tmp_path / "d.json"
+    p.write_bytes(bom + json.dumps({"samples": [REC] * 3, "image_folder": ""},
+                                   ensure_ascii=False).encode())
+    _no_std_json(monkeypatch)
+    df = load_data_file(p, check_images=False)
+    assert [r.raw for r in df.records] == [REC] * 3
+    assert read_json_file(p)["samples"][0] == REC
+
+
+def test_what_msgspec_refuses_is_read_as_json_reads_it(tmp_path):
+    p = tmp_path / "d.json"
+    p.write_text('[{"id": 1, "score": NaN, "big": 123456789012345678901234567890, "image": "a.jpg",'
+                 ' "conversations": [{"from": "human", "value": "q"}, {"from": "gpt", "value": "a"}]}]')
+    df = load_data_file(p, check_images=False)
+    assert df.records[0].raw["big"] == 123456789012345678901234567890
+    assert df.records[0].raw["score"] != df.records[0].raw["score"]  # NaN
+
+
+def test_errors_still_name_file_line_and_column(tmp_path):
+    p = tmp_path / "bad.json"
+    p.write_text('[\n{"id": 1,\n "x": }]')
+    with pytest.raises(DataFileError, match=r"bad\.json: not valid JSON \(line 3, column 7"):
+        load_data_file(p, check_images=False)
+    with pytest.raises(DataFileError, match=r"bad\.json: not valid JSON \(line 3, column 7"):
+        read_json_file(p)
+    q = tmp_path / "latin.json"
+    q.write_bytes(b'["caf\xe9"]')
+    with pytest.raises(DataFileError, match=r"latin\.json: not UTF-8 text \(byte 5\)"):
+        read_json_file(q)
+    e = tmp_path / "empty.json"
+    e.write_bytes(b" \n\t ")
+    with pytest.raises(DataFileError, match="file is empty"):
+        load_data_file(e, check_images=False)
+
+
+def test_jsonl_bad_line_is_one_problem_and_the_rest_load(tmp_path):
+    p = tmp_path / "d.jsonl"
+    p.write_text(json.dumps(REC) + "\n{oops\n" + json.dumps(REC) + "\n")
+    df = load_data_file(p, check_images=False)
+    assert len(df.records) == 2
+    assert [pr.reason for pr in df.report.problems] == ["bad JSON on line 2: Expecting property name enclosed in double quotes"]
+
+
+def test_parse_once_parses_each_content_once_and_shares_the_result(tmp_path, monkeypatch):
+    records.forget_parsed()
+    p = tmp_path / "d.json"
+    p.write_text(json.dumps([REC]))
+    calls = []
+
+    def counting(path, **kw):
+        calls.append(path)
+        return load_data_file(path, **kw)
+
+    a = records.parse_once(p, counting, check_images=False)
+    b = records.parse_once(str(p), counting, check_images=False)
+    assert a is b and len(calls) == 1  # a rerun: no parse
+    os.utime(p, ns=(1, 1))  # same bytes, new mtime: re-hashed, not re-parsed
+    assert records.parse_once(p, counting, check_images=False) is a and len(calls) == 1
+    p.write_text(json.dumps([REC, REC]))  # new content: parsed again
+    assert len(records.parse_once(p, counting, check_images=False).records) == 2 and len(calls) == 2
+    assert records.parse_once(p, counting, check_images="header") is not None and len(calls) == 3
+    p.write_text("[oops")
+    for _ in range(2):  # a bad file: the same clear error, parsed once
+        with pytest.raises(DataFileError, match="not valid JSON"):
+            records.parse_once(p, counting, check_images=False)
+    assert len(calls) == 4
+    records.forget_parsed()
