@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import ConfigError, InputError, choices_message
-from .formats import (PromptEntry, PromptFile, TaskFile, load_task_file, save_prompt_file,
+from .formats import (check_file_prefix, PromptEntry, PromptFile, TaskFile, load_task_file, save_prompt_file,
                       task_records)
 from .records import IMAGE_TOKEN_RE, Problem, Record
 from .images import resolve_image_path
@@ -134,6 +134,14 @@ def parse_budgets(spec: str | Mapping[str, Any] | None) -> dict[str, Budget]:
     return out
 
 
+def check_budget_keywords(budgets: Mapping[str, Any], keywords: Sequence[str]) -> None:
+    """Every keyword a budget names is one of ``keywords`` (the task file's subgroups), else a
+    ``ConfigError`` naming it and listing the subgroups."""
+    for kw in budgets:
+        if kw not in keywords:
+            raise ConfigError("budgets: " + choices_message("keyword", kw, list(keywords)))
+
+
 def format_budgets(budgets: Mapping[str, Budget]) -> str:
     """The ``--budgets`` form of a budget table (``parse_budgets`` reads it back)."""
     return ",".join(f"{kw}={b}" for kw, b in budgets.items())
@@ -166,8 +174,7 @@ class PromptConfig:
             raise ConfigError(f"only must be a list of keywords, got the string {self.only!r}")
         object.__setattr__(self, "only", tuple(" ".join(str(k).split()) for k in self.only))
         check_prompt_values({n: getattr(self, n) for n in PROMPT_MINIMUMS})
-        if not self.file_prefix or os.sep in self.file_prefix:
-            raise ConfigError(f"file_prefix {self.file_prefix!r} must be a non-empty name without '/'")
+        check_file_prefix(self.file_prefix, "file_prefix")
         if not self.task_desc:
             raise ConfigError("task_desc (the task file) is required")
 
@@ -365,7 +372,8 @@ def prepare_plan(task: TaskFile, config: PromptConfig) -> PromptPlan:
     plans: list[SubgroupPlan] = []
     names = [sg.keyword for sg in task.subgroups]
     budgets: dict[str, Budget] = dict(config.budgets)  # type: ignore[arg-type]
-    for kw in list(budgets) + list(config.only):
+    check_budget_keywords(budgets, names)
+    for kw in config.only:
         if kw not in names:
             raise ConfigError(choices_message("keyword", kw, names))
     per_sg = [budgets.get(kw) for kw in names]

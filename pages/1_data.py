@@ -14,8 +14,8 @@ from mminstruct.app.uploads import (DATA_SUFFIXES, extract_zip, guess_image_fold
 from mminstruct.demo.setup import demo_pool_progress, demo_size_default, setup_demo
 from mminstruct.app.workspace import Workspace, default_workspace_root
 from ui.gallery import thumbnail_url
-from ui.model_picker import model_picker
-from ui.safe import for_browser, short
+from ui.model_picker import model_download_warning, model_picker
+from ui.safe import for_browser, md_escape, short
 from ui.settings import bind, show_error, sync
 from ui.state import current_workspace, forget_embeddings, open_workspace, through_app
 
@@ -69,16 +69,17 @@ def _upload(ws: Workspace) -> None:
     pool_up = st.file_uploader("Candidate images (a .zip, optional)", type=["zip"], key="up_pool")
     if not st.button("Load the upload", key="up_go", disabled=data_up is None):
         return
+    notes: list[str] = []  # the zips' summaries, shown after the page redraws
     try:
         folder = ws.uploads_dir
         data_path = save_upload(folder, data_up.name, data_up.getvalue())
         if images_up is not None:
             rep = extract_zip(io.BytesIO(images_up.getvalue()), folder)
-            st.info(rep.summary())
+            notes.append(f"Reference images: {rep.summary()}")
         cand = ""
         if pool_up is not None:
             rep = extract_zip(io.BytesIO(pool_up.getvalue()), folder / "candidates")
-            st.info(rep.summary())
+            notes.append(f"Candidate images: {rep.summary()}")
             cand = "candidates"
         guess = guess_image_folder(folder, data_path)
         d = ws.settings.data
@@ -90,6 +91,7 @@ def _upload(ws: Workspace) -> None:
         _failed(e)
     forget_embeddings()
     st.session_state["data_loaded"] = "upload"
+    st.session_state["data_load_notes"] = notes
     st.rerun()
 
 
@@ -195,6 +197,7 @@ if st.button("Save the description", key="desc_save"):  # the field saves on cha
 
 st.subheader("CLIP model")
 model_picker(ws, "clip_model", find_now=False)
+model_download_warning(ws)
 st.caption("Checked as you change it (syntax, checkpoint file, config); the images are embedded "
            "with it on the Explore page.")
 
@@ -229,4 +232,6 @@ else:
     st.warning("No candidate pool: prompts need candidate images. Upload a zip or give a folder.")
 if st.session_state.pop("data_loaded", None):
     st.success("Data loaded. Next: the Explore page maps it with CLIP.")
+    for note in st.session_state.pop("data_load_notes", []):
+        st.info(md_escape(note, 600))
 st.page_link("pages/2_explore.py", label="Explore the embedding map →")

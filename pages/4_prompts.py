@@ -16,7 +16,7 @@ from mminstruct.app.preview import (allocation_rows, estimate_run, plan_workspac
 from ui.prompt_view import render_messages
 from ui.subgroup_run import subgroup_run
 from ui.safe import for_browser, md_escape
-from ui.settings import bind, show_error
+from ui.settings import BUDGET_KEYWORDS, bind, show_error
 from ui.state import require_workspace, session_memo, through_app
 
 through_app("pages/4_prompts.py")
@@ -49,6 +49,7 @@ except (MMInstructError, OSError) as e:
     st.error(f"Cannot read the task file: {e}")
     st.stop()
 
+st.session_state[BUDGET_KEYWORDS] = [s.keyword for s in task.subgroups]  # a budget names one
 st.subheader("Settings")
 c1, c2, c3 = st.columns(3)
 with c1:
@@ -110,11 +111,12 @@ try:
     built = render_request(pf, idx, ws.input_root, max_image_side=e_side,
                            allow_outside=ws.settings.data.allow_outside_paths)
 except MMInstructError as e:
-    st.error(f"Prompt {idx} cannot be built: {for_browser(e)}")
+    st.error(f"Prompt {int(pos)} cannot be built: {for_browser(e)}")
 else:
     entry = pf.prompts[idx]
-    st.caption(f"Prompt {idx} · subgroup {md_escape(entry.keyword, 80)} · in-context samples "
-               f"{entry.icl_indices} · about {built.token_estimate:,} input tokens")
+    where = "" if kw == "(all)" else f" of this subgroup (number {idx + 1} in the prompt file)"
+    st.caption(f"Prompt {int(pos)}{where} · subgroup {md_escape(entry.keyword, 80)} · in-context "
+               f"samples {entry.icl_indices} · about {built.token_estimate:,} input tokens")
     render_messages(built.messages, candidate_last=pf.mode.carries_candidate)
 
 st.subheader("Estimate for the whole run")

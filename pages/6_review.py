@@ -149,6 +149,8 @@ if st.button("Export", type="primary", key="rv_export"):
     else:
         st.session_state["rv_last_export"] = (str(report.dest), report.written, report.summary())
 last = st.session_state.get("rv_last_export")
+if last and Path(last[0]).parent != ws.exports_dir:  # another workspace's export: not this one's
+    last = None
 if last and Path(last[0]).is_file():
     p = Path(last[0])
     st.success(f"Wrote {last[1]:,} samples to {md_escape(str(p), 200)}")

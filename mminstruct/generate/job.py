@@ -342,7 +342,8 @@ class RunJob:
                 state, reason = "cancelled", "cancelled"
             resend = self.early_stop.resend(self.start, self.start + self.n)
             finished = st.done - len(resend)
-            msg = (f"run {state} ({reason}); {finished} of {st.total} prompts finished — "
+            why = f" ({reason})" if reason != state else ""
+            msg = (f"run {state}{why}; {finished} of {st.total} prompts finished — "
                    f"continue with --resume (run {run.path.name})")
             st.state, st.message = state, msg
             run.update_meta(state=state, reason=reason, **({"resend": resend} if resend else {}))
