@@ -109,7 +109,8 @@ idx = indices[int(pos) - 1]
 e_side = ws.settings.endpoint.max_image_side
 try:
     built = render_request(pf, idx, ws.input_root, max_image_side=e_side,
-                           allow_outside=ws.settings.data.allow_outside_paths)
+                           allow_outside=ws.settings.data.allow_outside_paths,
+                           model=ws.settings.endpoint.model_name)
 except MMInstructError as e:
     st.error(f"Prompt {int(pos)} cannot be built: {for_browser(e)}")
 else:
@@ -135,8 +136,8 @@ m3.metric("Cost (USD)", f"${cost.usd:,.2f}" if cost.usd is not None else "unknow
 m4.metric("With the Batch API", f"${cost.batch_usd:,.2f}" if cost.batch_usd is not None else "—")
 st.caption(
     f"{'Measured on every prompt' if est.exact else f'Measured on {est.measured:,} sampled prompts'}"
-    f"; images ≈ {est.image_tokens:,} tokens (OpenAI's high-detail tile rule after downscaling to "
-    f"{e_side}px); output is an allowance per item for this mode"
+    f"; images ≈ {est.image_tokens:,} tokens ({md_escape(est.image_rule, 160)}, after "
+    f"downscaling to {e_side}px); output is an allowance per item for this mode"
     + (f"; priced as {md_escape(cost.priced_as)}" if cost.priced_as else
        f"; no price known for {md_escape(cost.model, 60)}")
     + (f"; {est.missing_images:,} image(s) missing" if est.missing_images else ""))

@@ -9,8 +9,9 @@ these.
   built by the engine's own ``build_messages`` (system prompt, the prompt list with images as the
   same downscaled JPEG data URLs, the generation prompt), so the preview is what is sent;
 * ``estimate_run(pf, input_root, model, …)`` → ``RunEstimate``: input tokens from the same rules
-  as the engine's estimate (text ≈ characters / 4; images by OpenAI's high-detail tile rule on the
-  image as sent, i.e. after downscaling to ``max_image_side``), output tokens from a per-item
+  as the engine's estimate (text ≈ characters / 4; images by the model's own image-token rule,
+  ``llm.requests.image_token_rule``, on the image as sent, i.e. after downscaling to
+  ``max_image_side``), output tokens from a per-item
   allowance per mode (``OUTPUT_TOKENS_PER_ITEM``, an approximation: a JSON item of a chart QA
   answer with reasoning is ~150–250 tokens), and the cost from ``generate.manifest``'s price table.
   Above ``sample`` prompts, a deterministic sample is measured and scaled (``exact`` False).
@@ -33,7 +34,8 @@ from ..generate.manifest import CostEstimate, estimate_cost
 from ..generate.output import samples_per_item
 from ..images import probe_image, resolve_image_path
 from ..llm.requests import (REQUEST_OVERHEAD_TOKENS, BuiltRequest, EncodedImage, ImageEncoder,
-                           build_messages, generation_prompt, system_prompt, text_tokens)
+                           build_messages, generation_prompt, image_token_rule, system_prompt,
+                           text_tokens)
 from ..modes import Mode, parse_mode
 from ..prompts import PromptConfig, PromptPlan, plan_prompts, prepare_plan
 from .workspace import Workspace
@@ -121,8 +123,9 @@ def save_prompts(ws: Workspace, pf: PromptFile) -> Path:
 
 def render_request(pf: PromptFile, index: int, input_root: str | os.PathLike, *,
                    max_image_side: int = 1024, jpeg_quality: int = 85,
-                   allow_outside: bool = False) -> BuiltRequest:
-    """Prompt ``index`` as chat messages, built by the engine's request builder."""
+                   allow_outside: bool = False, model: str | None = None) -> BuiltRequest:
+    """Prompt ``index`` as chat messages, built by the engine's request builder (its token
+    estimate by ``model``'s image-token rule)."""
     if not 0 <= index < len(pf.prompts):
         raise ConfigError(f"prompt index {index} is out of range (0–{len(pf.prompts) - 1})")
     mode = pf.mode
@@ -130,7 +133,7 @@ def render_request(pf: PromptFile, index: int, input_root: str | os.PathLike, *,
     generate = generation_prompt(mode, pf.min_gen_per_candidate)
     encoder = ImageEncoder(input_root, max_side=max_image_side, quality=jpeg_quality,
                            allow_outside=allow_outside)
-    return asyncio.run(build_messages(pf.prompts[index], mode, system, generate, encoder))
+    return asyncio.run(build_messages(pf.prompts[index], mode, system, generate, encoder, model))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -147,17 +150,18 @@ class RunEstimate:
     image_tokens: int
     cost: CostEstimate
     missing_images: int = 0
+    image_rule: str = ""  # the model's image-token rule in words (``ImageTokenRule.describe``)
 
     @property
     def per_prompt_input(self) -> float:
         return self.input_tokens / self.prompts if self.prompts else 0.0
 
 
-def image_tokens(width: int, height: int, max_side: int) -> int:
-    """Tokens of an image sent after downscaling to ``max_side`` (OpenAI's high-detail rule)."""
+def image_tokens(width: int, height: int, max_side: int, model: str | None = None) -> int:
+    """Tokens of an image sent after downscaling to ``max_side``, by ``model``'s rule."""
     scale = min(1.0, max_side / max(width, height, 1))
     w, h = max(1, round(width * scale)), max(1, round(height * scale))
-    return EncodedImage("", w, h).token_estimate()
+    return EncodedImage("", w, h).token_estimate(model)
 
 
 def estimate_run(pf: PromptFile, input_root: str | os.PathLike, model: str, *,
@@ -182,7 +186,8 @@ def estimate_run(pf: PromptFile, input_root: str | os.PathLike, model: str, *,
                 if part not in sizes:
                     try:
                         info = probe_image(resolve_image_path(root, part, allow_outside=allow_outside))
-                        sizes[part] = image_tokens(info.width, info.height, max_image_side)
+                        sizes[part] = image_tokens(info.width, info.height, max_image_side,
+                                                   model)
                     except ImageError:
                         sizes[part] = None
                 t = sizes[part]
@@ -198,4 +203,4 @@ def estimate_run(pf: PromptFile, input_root: str | os.PathLike, model: str, *,
     output_total = n * pf.min_gen_per_candidate * OUTPUT_TOKENS_PER_ITEM[mode]
     return RunEstimate(n, measured, measured == n, input_total, output_total, image_total,
                        estimate_cost(model, input_total, output_total),
-                       math.ceil(missing * scale))
+                       math.ceil(missing * scale), image_token_rule(model).describe())

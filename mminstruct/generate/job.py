@@ -100,7 +100,7 @@ async def build_request(cfg: GenerationConfig, mode: Mode, system: str, generate
     dry-run paths. Raises BadPromptError / ImageFileError for a prompt that cannot be sent."""
     if isinstance(entry, BadPromptError):
         raise entry
-    built = await build_messages(entry, mode, system, generate, encoder)
+    built = await build_messages(entry, mode, system, generate, encoder, model or cfg.model_name)
     body = request_body(model or cfg.model_name, built.messages, temperature=cfg.temperature,
                         max_tokens=cfg.max_tokens, seed=cfg.seed, response_format=response_format,
                         max_tokens_field=cfg.max_tokens_field)
