@@ -186,6 +186,11 @@ m1.metric("Records loaded", f"{data.report.loaded:,}")
 m2.metric("Skipped", f"{data.report.skipped:,}")
 m3.metric("Total in the file", f"{data.report.total:,}")
 st.code(for_browser(data.report.summary()), language=None, wrap_lines=True)
+no_image = sum(1 for r in data.records if not r.images)
+if no_image:  # Explore's "Reference images" counts only the records with an image
+    st.caption(f"{no_image:,} of the {data.report.loaded:,} records loaded have no image: they are "
+               f"kept, but the Explore map and the partition show the "
+               f"{data.report.loaded - no_image:,} with an image.")
 st.caption(f"Images resolve under {short(str(data.image_root), 200)}")
 
 st.subheader("Dataset description")

@@ -94,13 +94,14 @@ def test_a_refused_prefix_leaves_no_orphan_prompt_file(task_ws: Workspace) -> No
 
 
 def test_prompts_page_refuses_bad_prefixes_and_unknown_budget_keywords(task_ws: Workspace) -> None:
+    before = task_ws.settings.prompts.file_prefix
     at = app_test(task_ws).run()
     at.switch_page("pages/4_prompts.py").run()
     no_errors(at)
     for bad in ("démo_final", "run b"):
         at.text_input(key="p_prefix").set_value(bad).run()
         assert at.error and bad in at.error[0].value.replace("\\", "")  # said as it is typed
-        assert Workspace.open(task_ws.root).settings.prompts.file_prefix == "prompts"  # not saved
+        assert Workspace.open(task_ws.root).settings.prompts.file_prefix == before  # not saved
     at.text_input(key="p_prefix").set_value("charts_v2").run()
     no_errors(at)
     assert Workspace.open(task_ws.root).settings.prompts.file_prefix == "charts_v2"
@@ -245,7 +246,9 @@ def test_review_shows_only_this_workspace_s_export_and_the_lengths_in_order(
     report = json.loads((out.parent / "manifests" / f"{out.stem}.quality.json").read_text())
     hist = report["summary"]["answer_words"]["histogram"]
     assert sum(hist["counts"]) == 24  # every sample: 12 reasoning and 12 concise answers
-    specs = [json.loads(c.proto.spec) for c in at.get("arrow_vega_lite_chart")]
+    # no label cut off: a metric in a row of six holds about 16 characters
+    assert all(len(m.label) <= 16 for m in at.metric), [m.label for m in at.metric]
+    specs = [json.loads(c.proto.spec) for c in at.get("vega_lite_chart")]
     lengths = next(s for s in specs if s.get("encoding", {}).get("x", {}).get("field") == "bin")
     assert lengths["encoding"]["x"]["sort"] == hist["bins"]  # "0", "1", "2", "3–4", … "500+"
 
@@ -314,3 +317,34 @@ def test_an_offline_machine_is_warned_on_data_and_told_once_on_explore(
     errors = [e.value.replace("\\", "") for e in at.error]
     assert errors and errors[0].startswith("CLIP model 'ViT-B-32:openai'")
     assert not any("CLIP model: CLIP model" in e for e in errors)
+
+
+def test_the_zip_summary_stays_and_records_without_an_image_are_explained(app_home: Path) -> None:
+    import io
+    import zipfile
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as zf:
+        for i in range(2):
+            img = io.BytesIO()
+            Image.new("RGB", (32, 32), (40 * i, 90, 200)).save(img, "JPEG")
+            zf.writestr(f"imgs/i{i}.jpg", img.getvalue())
+    turns = [{"from": "human", "value": "<image>\nWhat colour?"}, {"from": "gpt", "value": "Blue."}]
+    records = [{"id": f"r{i}", "image": f"i{i}.jpg", "conversations": turns} for i in range(2)]
+    records.append({"id": "text-only", "conversations": [{"from": "human", "value": "Hi?"},
+                                                         {"from": "gpt", "value": "Hello."}]})
+    data = json.dumps({"image_folder": "imgs", "samples": records}).encode()
+    ws = Workspace.open(app_home / "workspaces" / "up", create=True)
+    at = app_test(ws).run()
+    at.file_uploader(key="up_data").upload("data.json", data, "application/json")
+    at.file_uploader(key="up_images").upload("imgs.zip", buf.getvalue(), "application/zip")
+    at.run()
+    at.button(key="up_go").click().run()
+    no_errors(at)
+    infos = [i.value.replace("\\", "") for i in at.info]
+    assert any(i.startswith("Reference images: 2 file(s)") for i in infos), infos  # not wiped
+    m = {x.label: x.value for x in at.metric}
+    assert m["Records loaded"] == "3"
+    assert "1 of the 3 records loaded have no image" in _text(at)

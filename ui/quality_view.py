@@ -21,7 +21,7 @@ from mminstruct.app.workspace import Workspace
 from ui.safe import md_escape
 
 FLAG_LABELS = {"exact_duplicate": "exact duplicate", "near_duplicate": "near duplicate",
-               "icl_copy": "copy of an in-context example", "invalid": "invalid",
+               "icl_copy": "in-context copy", "invalid": "invalid",
                "refusal": "refusal"}
 
 
