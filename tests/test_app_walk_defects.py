@@ -113,12 +113,15 @@ def test_prompts_page_refuses_bad_prefixes_and_unknown_budget_keywords(task_ws: 
     assert Workspace.open(task_ws.root).settings.prompts.budgets == {}  # refused, not saved
     assert at.dataframe and set(at.dataframe[0].value["keyword"]) == keywords  # the plan stays
     kw = sorted(keywords)[0]
-    at.text_input(key="p_budgets").set_value(f"{kw}=6").run()
+    at.text_input(key="p_budgets").set_value(f"{kw}=0").run()
     no_errors(at)
-    assert Workspace.open(task_ws.root).settings.prompts.budgets == {kw: "6"}
+    assert Workspace.open(task_ws.root).settings.prompts.budgets == {kw: "0"}
 
     # the preview: the caption's number is the field's, within the chosen subgroup
-    at.selectbox(key="pv_kw").set_value(kw).run()
+    alloc = at.dataframe[0].value
+    biggest = alloc.sort_values("prompts", ascending=False)["keyword"].iloc[0]
+    assert alloc["prompts"].max() >= 3
+    at.selectbox(key="pv_kw").set_value(biggest).run()
     at.number_input(key="pv_pos").set_value(3).run()
     no_errors(at)
     caption = next(c for c in _text(at).split("Prompt ")[1:] if "subgroup" in c)
