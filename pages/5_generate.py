@@ -15,8 +15,8 @@ from mminstruct.app.runs import (cancel_run, continue_run, cost_so_far, dry_run,
 from ui.gallery import thumbnail
 from ui.safe import for_browser, md_escape, short
 from ui.settings import BOUND, EP_FORM, bind, form_submit, saved_note, show_error
-from ui.state import (api_key, forget_typed_key, require_workspace, set_typed_key, show_run,
-                      through_app)
+from ui.state import (RUN_PICK, RUN_SELECT, api_key, forget_typed_key, require_workspace,
+                      set_typed_key, show_run, through_app)
 
 through_app("pages/5_generate.py")
 st.title("Generate")
@@ -127,10 +127,10 @@ if not infos:
     st.caption("No run yet.")
     st.stop()
 names = [i.name for i in infos]
-current = st.session_state.get("run_pick")
+current = st.session_state.get(RUN_PICK)
 picked = st.selectbox("Run", names, index=names.index(current) if current in names else 0,
-                      key="run_select")
-st.session_state["run_pick"] = picked
+                      key=RUN_SELECT)
+st.session_state[RUN_PICK] = picked
 
 
 def _samples(info) -> None:

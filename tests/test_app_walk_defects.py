@@ -201,6 +201,7 @@ def test_start_shows_the_run_just_started(task_ws: Workspace, stub,
         shown = [m for m in markdown_strings(at) if "state:" in m]
         assert shown and shown[0].replace("\\", "").startswith(f"**{newest.name}**"), shown
         assert at.selectbox(key="run_select").value == newest.name
+        assert not at.warning, [w.value for w in at.warning]
     assert names == ["gen", "gen-2"]
     for info in list_app_runs(task_ws.root):
         assert info.state == "finished", info.message
@@ -262,23 +263,25 @@ def test_review_shows_only_this_workspace_s_export_and_the_lengths_in_order(
 def test_a_page_run_without_the_app_s_setup_reruns_the_app() -> None:
     from streamlit.testing.v1 import AppTest
 
-    def script() -> None:
-        import streamlit as st
+    script = """
+import streamlit as st
 
-        from ui.state import NAV_FLAG, through_app
+from ui.state import NAV_FLAG, through_app
 
-        def page() -> None:
-            if not st.session_state.get("_dropped"):
-                st.session_state["_dropped"] = True
-                st.session_state.pop(NAV_FLAG, None)  # as in a session whose first run was cut
-            through_app("page")
-            st.write("page ran")
 
-        nav = st.navigation([st.Page(page, title="Page", default=True)])
-        st.session_state[NAV_FLAG] = True
-        nav.run()
+def page():
+    if not st.session_state.get("_dropped"):
+        st.session_state["_dropped"] = True
+        st.session_state.pop(NAV_FLAG, None)  # as in a session whose first run was cut short
+    through_app("page")
+    st.write("page ran")
 
-    at = AppTest.from_function(script, default_timeout=30).run()
+
+nav = st.navigation([st.Page(page, title="Page", default=True)])
+st.session_state[NAV_FLAG] = True
+nav.run()
+"""
+    at = AppTest.from_string(script, default_timeout=30).run()
     assert not at.exception, [e.value for e in at.exception]
     assert [m.value for m in at.markdown] == ["page ran"]
 

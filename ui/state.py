@@ -197,14 +197,14 @@ def forget_typed_key() -> None:
     st.session_state.pop(KEY_SESSION, None)
 
 
-RUN_PICK, RUN_SELECT = "run_pick", "run_select"
+RUN_PICK, RUN_SELECT = "run_pick", "run_select"  # the Generate page's run, its selectbox
 
 
 def show_run(name: str) -> None:
-    """The Generate page shows run ``name`` next (a run just started): its choice of run is set
-    too, which otherwise keeps the run it showed before."""
+    """The Generate page shows run ``name`` next (a run just started): its choice of run, which
+    otherwise keeps the run it showed before, is dropped and drawn again from ``RUN_PICK``."""
     st.session_state[RUN_PICK] = name
-    st.session_state[RUN_SELECT] = name
+    st.session_state.pop(RUN_SELECT, None)
 
 
 NAV_FLAG = "_nav_ok"
