@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -15,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from .cache import atomic_write_json, atomic_writer
-from .errors import DataFileError
+from .errors import ConfigError, DataFileError
 from .images import is_image_path
 from .modes import Mode, parse_mode
 from .records import Problem, Record, read_json_file, validate_record
@@ -213,6 +214,32 @@ def load_prompt_file(path: str | os.PathLike) -> PromptFile:
     pf = prompt_file_from_json(read_json_file(p), str(p))
     pf.path = p
     return pf
+
+
+#: The one rule for a name that begins file and folder names (a prompt file's prefix, a run's
+#: name, a task file's prefix): ASCII letters, digits, '.', '_' and '-', starting with a letter or
+#: digit, not ending with '_' or '.'. The app's prefix field, the command lines and the runs all
+#: check it with ``check_file_prefix``, so a prefix the field accepts is one every run accepts.
+FILE_PREFIX_MAX = 120
+#: names composed from a prefix by the code (a shard's ``{prefix}_shard_01_of_03``, a subgroup
+#: run's ``{prefix}-{keywords}``) may be this long
+FILE_NAME_MAX = 200
+_FILE_PREFIX = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+
+
+def check_file_prefix(prefix: Any, what: str = "file prefix", max_len: int = FILE_PREFIX_MAX) -> str:
+    """``prefix`` when it follows the file-name rule above, else a ``ConfigError`` naming the
+    characters that are not allowed."""
+    if not isinstance(prefix, str) or not _FILE_PREFIX.fullmatch(prefix) \
+            or prefix.endswith(("_", ".")) or len(prefix) > max_len:
+        text = prefix if isinstance(prefix, str) else ""
+        bad = sorted({c for c in text if not (c.isascii() and (c.isalnum() or c in "._-"))})
+        why = (f": {', '.join(repr(c) for c in bad)} not allowed" if bad else
+               f": longer than {max_len} characters" if len(text) > max_len else "")
+        raise ConfigError(f"{what} {prefix!r} cannot begin a file name{why} (use 1–{max_len} "
+                          "ASCII letters, digits, '.', '_' or '-', starting with a letter or digit "
+                          "and not ending with '_' or '.')")
+    return prefix
 
 
 PROMPTS_DIR = "generated_prompts"  # MM-Gen: OUTPUT/generated_prompts/{prefix}_prompts_{stamp}.json

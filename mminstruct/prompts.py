@@ -40,8 +40,8 @@ from pathlib import Path
 from typing import Any
 
 from .errors import ConfigError, InputError, choices_message
-from .formats import (PromptEntry, PromptFile, TaskFile, json_text, load_task_file, prompt_entry_text,
-                      prompt_file_name, prompts_dir, task_records, write_prompt_file)
+from .formats import (PromptEntry, PromptFile, TaskFile, check_file_prefix, json_text, load_task_file,
+                      prompt_entry_text, prompt_file_name, prompts_dir, task_records, write_prompt_file)
 from .records import IMAGE_TOKEN_RE, Problem, Record
 from .images import resolve_image_path
 from .modes import Mode, parse_mode
@@ -137,6 +137,14 @@ def parse_budgets(spec: str | Mapping[str, Any] | None) -> dict[str, Budget]:
     return out
 
 
+def check_budget_keywords(budgets: Mapping[str, Any], keywords: Sequence[str]) -> None:
+    """Every keyword a budget names is one of ``keywords`` (the task file's subgroups), else a
+    ``ConfigError`` naming it and listing the subgroups."""
+    for kw in budgets:
+        if kw not in keywords:
+            raise ConfigError("budgets: " + choices_message("keyword", kw, list(keywords)))
+
+
 def format_budgets(budgets: Mapping[str, Budget]) -> str:
     """The ``--budgets`` form of a budget table (``parse_budgets`` reads it back)."""
     return ",".join(f"{kw}={b}" for kw, b in budgets.items())
@@ -169,8 +177,7 @@ class PromptConfig:
             raise ConfigError(f"only must be a list of keywords, got the string {self.only!r}")
         object.__setattr__(self, "only", tuple(" ".join(str(k).split()) for k in self.only))
         check_prompt_values({n: getattr(self, n) for n in PROMPT_MINIMUMS})
-        if not self.file_prefix or os.sep in self.file_prefix:
-            raise ConfigError(f"file_prefix {self.file_prefix!r} must be a non-empty name without '/'")
+        check_file_prefix(self.file_prefix, "file_prefix")
         if not self.task_desc:
             raise ConfigError("task_desc (the task file) is required")
 
@@ -392,7 +399,8 @@ def prepare_plan(task: TaskFile, config: PromptConfig,
     plans: list[SubgroupPlan] = []
     names = [sg.keyword for sg in task.subgroups]
     budgets: dict[str, Budget] = dict(config.budgets)  # type: ignore[arg-type]
-    for kw in list(budgets) + list(config.only):
+    check_budget_keywords(budgets, names)
+    for kw in config.only:
         if kw not in names:
             raise ConfigError(choices_message("keyword", kw, names))
     per_sg = [budgets.get(kw) for kw in names]

@@ -322,6 +322,7 @@ def analyse(cfg: QualityConfig) -> QualityReport:
             qset_q = content_set(qtok)
             opts = options(q) if qtok else {}
         r.answer_words = len(a.split())
+        answer_words.append(r.answer_words)  # every sample's answer (a vqa item's two as well)
         if problem is None and (not qtok or not a.strip() or not answer.strip()):
             problem = "empty question" if not qtok else "empty answer"
         if problem is None and opts:
@@ -348,7 +349,6 @@ def analyse(cfg: QualityConfig) -> QualityReport:
                 n_bi += max(0, len(ask) - 1)
                 q_unigrams.update(ask)
                 q_bigrams.update(map(hash, zip(ask, ask[1:])))
-                answer_words.append(r.answer_words)
             awords = words(a)
             key = hash((image, variant, qjoined, " ".join(awords)))
             first = exact_seen.get(key)

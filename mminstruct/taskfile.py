@@ -37,7 +37,7 @@ from .clip import (DEFAULT_MODEL, ModelSpec, check_precision, embed_keywords, pa
                    parse_templates, resolve_device)
 from .errors import ConfigError, DataFileError, ImageError, InputError, UnsafePathError
 from .image_embed import embed_images
-from .formats import Subgroup, TaskFile, save_task_file
+from .formats import Subgroup, TaskFile, check_file_prefix, save_task_file
 from .records import DataFile, load_data_file
 from .images import list_image_files, resolve_image_path
 from .partition import Partition, TopK, assign_keywords, normalise_keywords, top_k_per_keyword
@@ -87,9 +87,7 @@ class TaskFileConfig:
         if not isinstance(self.data_file, (str, os.PathLike)) or not str(self.data_file).strip():
             raise ConfigError("data_file is required (a LLaVA-format JSON or JSONL file)")
         self.keywords = self._check_keywords(self.keywords)
-        if not isinstance(self.output_prefix, str) or not self.output_prefix.strip() \
-                or any(c in self.output_prefix for c in "/\\"):
-            raise ConfigError(f"output_prefix must be a non-empty file name part, got {self.output_prefix!r}")
+        check_file_prefix(self.output_prefix, "output_prefix")
         self.batch_size = _int_field("batch_size", self.batch_size, 1)
         if self.gpu is not None:
             self.gpu = _int_field("gpu", self.gpu, -1)

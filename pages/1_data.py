@@ -14,8 +14,8 @@ from mminstruct.app.uploads import (DATA_SUFFIXES, check_data, commit_upload, ex
 from mminstruct.demo.setup import demo_pool_progress, demo_size_default, setup_demo
 from mminstruct.app.workspace import SETTINGS_NAME, Workspace, default_workspace_root
 from ui.gallery import thumbnail_url
-from ui.model_picker import model_picker
-from ui.safe import for_browser, short
+from ui.model_picker import model_download_warning, model_picker
+from ui.safe import for_browser, md_escape, short
 from ui.settings import bind, show_error, sync
 from ui.state import current_workspace, forget_embeddings, open_workspace, through_app
 
@@ -113,6 +113,7 @@ def _upload(ws: Workspace) -> None:
     if not _ask("upload", ws if ws.has_data else None, f"Loading {data_up.name}"):
         return
     staged = None
+    notes: list[str] = []  # the zips' summaries, shown after the page redraws
     try:
         folder = ws.uploads_dir
         staged = stage_upload(folder, data_up.name, data_up.getvalue())
@@ -121,11 +122,11 @@ def _upload(ws: Workspace) -> None:
         load_data_file(staged, check_images=False)  # unparsable: refused before anything else
         if images_up is not None:
             rep = extract_zip(io.BytesIO(images_up.getvalue()), folder)
-            st.info(rep.summary())
+            notes.append(f"Reference images: {rep.summary()}")
         cand = ""
         if pool_up is not None:
             rep = extract_zip(io.BytesIO(pool_up.getvalue()), folder / "candidates")
-            st.info(rep.summary())
+            notes.append(f"Candidate images: {rep.summary()}")
             cand = "candidates"
         guess = guess_image_folder(folder, staged)
         d = ws.settings.data
@@ -143,6 +144,7 @@ def _upload(ws: Workspace) -> None:
             staged.unlink(missing_ok=True)
     forget_embeddings()
     st.session_state["data_loaded"] = "upload"
+    st.session_state["data_load_notes"] = notes
     st.rerun()
 
 
@@ -244,6 +246,11 @@ m1.metric("Records loaded", f"{data.report.loaded:,}")
 m2.metric("Skipped", f"{data.report.skipped:,}")
 m3.metric("Total in the file", f"{data.report.total:,}")
 st.code(for_browser(data.report.summary()), language=None, wrap_lines=True)
+no_image = sum(1 for r in data.records if not r.images)
+if no_image:  # Explore's "Reference images" counts only the records with an image
+    st.caption(f"{no_image:,} of the {data.report.loaded:,} records loaded have no image: they are "
+               f"kept, but the Explore map and the partition show the "
+               f"{data.report.loaded - no_image:,} with an image.")
 st.caption(f"Images resolve under {short(str(data.image_root), 200)}")
 
 st.subheader("Dataset description")
@@ -255,6 +262,7 @@ if st.button("Save the description", key="desc_save"):  # the field saves on cha
 
 st.subheader("CLIP model")
 model_picker(ws, "clip_model", find_now=False)
+model_download_warning(ws)
 st.caption("Checked as you change it (syntax, checkpoint file, config); the images are embedded "
            "with it on the Explore page.")
 
@@ -289,4 +297,6 @@ else:
     st.warning("No candidate pool: prompts need candidate images. Upload a zip or give a folder.")
 if st.session_state.pop("data_loaded", None):
     st.success("Data loaded. Next: the Explore page maps it with CLIP.")
+    for note in st.session_state.pop("data_load_notes", []):
+        st.info(md_escape(note, 600))
 st.page_link("pages/2_explore.py", label="Explore the embedding map →")

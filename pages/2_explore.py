@@ -46,6 +46,9 @@ problems = emb.reference.failures + emb.problems + emb.candidates.failures
 st.caption(f"{emb.n:,} images on the map = {len(emb.reference):,} reference + "
            f"{len(emb.candidates):,} candidates" + (f"; {len(problems):,} could not be used "
                                                     "(listed below)" if problems else ""))
+no_image = len(emb.data.records) - len(emb.reference) - len(emb.reference.failures)
+if no_image > 0:  # the Data page counts every record loaded
+    st.caption(f"{no_image:,} record(s) of the data file have no image and are not on the map.")
 if problems:
     with st.expander(f"{len(problems)} image(s) could not be used"):
         st.code(for_browser("\n".join(f"{a}: {b}" for a, b in problems[:200])), language=None,

@@ -19,7 +19,7 @@ from mminstruct.app.preview import (PlannedPrompts, allocation_rows, estimate_pl
 from ui.prompt_view import render_messages
 from ui.subgroup_run import subgroup_run
 from ui.safe import for_browser, md_escape
-from ui.settings import bind, show_error
+from ui.settings import BUDGET_KEYWORDS, bind, show_error
 from ui.state import require_workspace, session_memo, through_app
 
 through_app("pages/4_prompts.py")
@@ -47,6 +47,7 @@ except (MMInstructError, OSError) as e:
     st.error(f"Cannot read the task file: {e}")
     st.stop()
 
+st.session_state[BUDGET_KEYWORDS] = [s.keyword for s in task.subgroups]  # a budget names one
 st.subheader("Settings")
 c1, c2, c3 = st.columns(3)
 with c1:
@@ -111,12 +112,14 @@ try:  # one prompt, drawn from its subgroup's own stream: the one the saved file
     idx, entry = session_memo("preview", (plan_key, kw, int(pos)), lambda: prompt_at(
         task, config, plan, None if kw == "(all)" else kw, int(pos) - 1))
     built = render_entry(head, entry, ws.input_root, max_image_side=e_side,
-                         allow_outside=ws.settings.data.allow_outside_paths)
+                         allow_outside=ws.settings.data.allow_outside_paths,
+                         model=ws.settings.endpoint.model_name)
 except MMInstructError as e:
     st.error(f"Prompt {int(pos)} cannot be built: {for_browser(e)}")
 else:
-    st.caption(f"Prompt {idx} · subgroup {md_escape(entry.keyword, 80)} · in-context samples "
-               f"{entry.icl_indices} · about {built.token_estimate:,} input tokens")
+    where = "" if kw == "(all)" else f" of this subgroup (number {idx + 1} in the prompt file)"
+    st.caption(f"Prompt {int(pos)}{where} · subgroup {md_escape(entry.keyword, 80)} · in-context "
+               f"samples {entry.icl_indices} · about {built.token_estimate:,} input tokens")
     render_messages(built.messages, candidate_last=config.mode.carries_candidate)
 
 st.subheader("Estimate for the whole run")
@@ -135,8 +138,8 @@ m3.metric("Cost (USD)", f"${cost.usd:,.2f}" if cost.usd is not None else "unknow
 m4.metric("With the Batch API", f"${cost.batch_usd:,.2f}" if cost.batch_usd is not None else "—")
 st.caption(
     f"{'Measured on every prompt' if est.exact else f'Measured on {est.measured:,} sampled prompts'}"
-    f"; images ≈ {est.image_tokens:,} tokens (OpenAI's high-detail tile rule after downscaling to "
-    f"{e_side}px); output is an allowance per item for this mode"
+    f"; images ≈ {est.image_tokens:,} tokens ({md_escape(est.image_rule, 160)}, after "
+    f"downscaling to {e_side}px); output is an allowance per item for this mode"
     + (f"; priced as {md_escape(cost.priced_as)}" if cost.priced_as else
        f"; no price known for {md_escape(cost.model, 60)}")
     + (f"; {est.missing_images:,} image(s) missing" if est.missing_images else ""))

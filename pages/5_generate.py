@@ -14,10 +14,10 @@ from mminstruct.app.runs import (cancel_run, continue_run, cost_so_far, dry_run,
                                  run_info, runs_table, start_run, workspace_config,
                                  judge_config)
 from ui.gallery import thumbnail
-from ui.safe import md_escape, short
+from ui.safe import for_browser, md_escape, short
 from ui.settings import BOUND, EP_FORM, bind, form_submit, saved_note, show_error
-from ui.state import (api_key, forget_typed_key, require_workspace, set_typed_key,
-                      through_app)
+from ui.state import (RUN_PICK, RUN_SELECT, api_key, forget_typed_key, require_workspace,
+                      set_typed_key, show_run, through_app)
 
 through_app("pages/5_generate.py")
 st.title("Generate")
@@ -87,19 +87,19 @@ else:
     show_error("gen_prompt")
     prompt_path = prompt_dir / pick
     with st.form("launch_form", clear_on_submit=True):
-        typed_name = st.text_input("Run name (the output file's prefix; empty: a new "
-                                   "gen_YYYYmmdd_HHMMSS)", key="run_name")
+        typed_name = st.text_input("Run name (the output file's prefix; empty: gen, gen-2, …)",
+                                   key="run_name")
         c1, c2 = st.columns(2)
         launch = c1.form_submit_button("Start the run", type="primary")
         dry = c2.form_submit_button("Dry run: write the Batch API file")
-    name = typed_name.strip() or new_run_name("gen")
+    name = typed_name.strip() or new_run_name("gen", ws.root)
     if launch:
         try:
             info = start_run(ws.root, workspace_config(ws, name.strip(), prompt_path), key)
         except MMInstructError as err:
             st.error(str(err))
         else:
-            st.session_state["run_pick"] = info.name
+            show_run(info.name)  # the run just started, not the one the list showed before
             st.toast(f"Run {info.name} started")
     if dry:
         with st.spinner("Building every request…"):
@@ -159,10 +159,10 @@ if not infos:
     st.caption("No run yet.")
     st.stop()
 names = [i.name for i in infos]
-current = st.session_state.get("run_pick")
+current = st.session_state.get(RUN_PICK)
 picked = st.selectbox("Run", names, index=names.index(current) if current in names else 0,
-                      key="run_select")
-st.session_state["run_pick"] = picked
+                      key=RUN_SELECT)
+st.session_state[RUN_PICK] = picked
 
 
 def _samples(info) -> None:
@@ -198,7 +198,7 @@ def live(name: str, was_active: bool) -> None:
     total, done = int(s.get("total") or 0), int(s.get("done") or 0)
     st.markdown(f"**{md_escape(info.name, 90)}** · state: **{info.state}**")
     if info.message:
-        st.caption(md_escape(info.message, 400))
+        st.caption(md_escape(for_browser(info.message), 400))
     st.progress(done / total if total else 0.0, text=f"{done:,} / {total:,} prompts")
     m = st.columns(5)
     m[0].metric("Rate", f"{float(s.get('rate_per_s') or 0):.1f}/s")

@@ -163,6 +163,8 @@ if st.button("Export", type="primary", key="rv_export"):
     else:
         st.session_state["rv_last_export"] = (str(report.dest), report.written, report.summary())
 last = st.session_state.get("rv_last_export")
+if last and Path(last[0]).parent != ws.exports_dir:  # another workspace's export: not this one's
+    last = None
 if last and Path(last[0]).is_dir():  # the hf folder: load it with datasets, publish it with hf upload
     st.success(f"Wrote {last[1]:,} samples to {md_escape(last[0], 200)}")
     st.caption(md_escape(last[2], 1000))

@@ -83,7 +83,7 @@ def test_start_watch_finish_and_the_key_stays_in_the_environment(stub, no_key_en
     latest = recent_records(done.run_dir, 3)
     assert len(latest) == 3 and all(r["outcome"] == "ok" for r in latest)
     assert [i.name for i in list_app_runs(root)] == ["first"]
-    with pytest.raises(ConfigError, match="run name"):
+    with pytest.raises(ConfigError, match="'bad name' cannot begin a file name"):  # the one rule
         start_run(root, _config(ws, stub, "bad name"))
 
 

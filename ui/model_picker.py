@@ -82,9 +82,32 @@ def model_ready(ws: Workspace) -> Any:
     try:
         mc = ready_to_load(spec)
     except MMInstructError as e:
-        st.error(f"CLIP model: {md_escape(str(e), None)}")
+        st.error(md_escape(str(e), None))  # the message names the model ("CLIP model 'x' …")
         st.stop()
     if mc.kind == "checkpoint":
         remember_model(mc.spec)
     st.session_state["_model_ready"] = (spec, mc)
     return mc
+
+
+def model_download_warning(ws: Workspace) -> None:
+    """The Data page: the same check Explore makes before embedding (weights that must be
+    downloaded on a machine that cannot), said as a warning where the model is chosen.
+    Remembered per spec for this session (the check may probe the network for a few seconds)."""
+    from mminstruct.app.model_choice import ready_to_load
+    from mminstruct.clip import DEMO_MODEL
+
+    spec = ws.settings.partition.model_name
+    if spec.strip() == DEMO_MODEL:  # shipped with the package (and checking it loads torch)
+        return
+    slot = st.session_state.get("_model_download")
+    if slot is None or slot[0] != spec:
+        try:
+            ready_to_load(spec)
+            problem = ""
+        except MMInstructError as e:
+            problem = str(e)
+        slot = (spec, problem)
+        st.session_state["_model_download"] = slot
+    if slot[1]:
+        st.warning(md_escape(slot[1], None))

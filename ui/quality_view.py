@@ -21,7 +21,7 @@ from mminstruct.app.workspace import Workspace
 from ui.safe import md_escape
 
 FLAG_LABELS = {"exact_duplicate": "exact duplicate", "near_duplicate": "near duplicate",
-               "icl_copy": "copy of an in-context example", "invalid": "invalid",
+               "icl_copy": "in-context copy", "invalid": "invalid",
                "refusal": "refusal", "cross_image_duplicate": "same Q/A on other images"}
 
 
@@ -47,7 +47,18 @@ def _histogram_chart(title: str, hist: dict[str, list], label_key: str = "edges"
     else:
         labels = hist[label_key]
     st.caption(title)
-    st.bar_chart({"bin": labels, "samples": counts}, x="bin", y="samples", height=200)
+    ordered_bar_chart(labels, counts, "bin", "samples")
+
+
+def ordered_bar_chart(labels: list[str], counts: list[int], x: str, y: str) -> None:
+    """Bars in the order given (``st.bar_chart`` sorts text labels alphabetically: "10–19"
+    before "2")."""
+    import altair as alt
+
+    chart = alt.Chart(alt.Data(values=[{x: lab, y: int(c)} for lab, c in zip(labels, counts)]))
+    st.altair_chart(chart.mark_bar().encode(x=alt.X(f"{x}:N", sort=list(labels)),
+                                            y=alt.Y(f"{y}:Q")).properties(height=200),
+                    width="stretch")
 
 
 def _score_histogram(samples: list[dict[str, Any]], key: str, bins: int = 10) -> dict[str, list]:

@@ -39,10 +39,21 @@ _CLI_ADVICE = (
 )
 
 
+#: a stopped or cancelled run's advice to the command line (``generate.job``'s "continue with
+#: --resume (run NAME)", a batch run's "--resume continues polling them")
+_RESUME_ADVICE = (
+    (re.compile(r"continue with --resume(?: \(run [^)]*\))?"),
+     "press Resume on the Generate page to continue"),
+    (re.compile(r"--resume continues"), "Resume (on the Generate page) continues"),
+)
+
+
 def for_browser(message: object) -> str:
-    """An error message from the core with its command-line advice ("pass --flag") replaced by
-    what a browser user does instead."""
+    """An error or status message from the core with its command-line advice ("pass --flag",
+    "continue with --resume") replaced by what a browser user does instead."""
     s = str(message)
     for cli, ui in _CLI_ADVICE:
         s = s.replace(cli, ui)
+    for pattern, ui in _RESUME_ADVICE:
+        s = pattern.sub(ui, s)
     return s

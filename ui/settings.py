@@ -102,10 +102,19 @@ def _opt_int(v: Any) -> int | None:
     return int(v) or None
 
 
-def _budgets(ws: Workspace, text: Any) -> None:
-    from mminstruct.prompts import parse_budgets
+#: the subgroups of the task file the Prompts page shows (set by the page before the field): a
+#: budget may name only these
+BUDGET_KEYWORDS = "_p_budget_keywords"
 
-    ws.settings.prompts.budgets = {kw: str(b) for kw, b in parse_budgets(str(text or "")).items()}
+
+def _budgets(ws: Workspace, text: Any) -> None:
+    from mminstruct.prompts import check_budget_keywords, parse_budgets
+
+    budgets = parse_budgets(str(text or ""))
+    known = st.session_state.get(BUDGET_KEYWORDS)
+    if known is not None:
+        check_budget_keywords(budgets, known)
+    ws.settings.prompts.budgets = {kw: str(b) for kw, b in budgets.items()}
 
 
 def _budgets_text(v: Any) -> str:
@@ -114,6 +123,13 @@ def _budgets_text(v: Any) -> str:
 
 def _stripped(default: str) -> Callable[[Any], str]:
     return lambda v: str(v or "").strip() or default
+
+
+def _file_prefix(v: Any) -> str:
+    from mminstruct.formats import check_file_prefix
+
+    # the rule every run and command line applies (a prefix saved here is one a run accepts)
+    return check_file_prefix(_stripped("prompts")(v), "file prefix")
 
 
 @dataclass(frozen=True)
@@ -159,7 +175,7 @@ BOUND: dict[str, Bound] = {b.key: b for b in (
     Bound("p_mode", "prompts.mode", PROMPTS, "selectbox", _setter("prompts.mode")),
     Bound("p_seed", "prompts.seed", PROMPTS, "number_input", _setter("prompts.seed", int), int),
     Bound("p_prefix", "prompts.file_prefix", PROMPTS, "text_input",
-          _setter("prompts.file_prefix", _stripped("prompts"))),
+          _setter("prompts.file_prefix", _file_prefix)),
     Bound("p_budgets", "prompts.budgets", PROMPTS, "text_input", _budgets, _budgets_text),
     Bound("est_model", "endpoint.model_name", PROMPTS, "text_input",
           _setter("endpoint.model_name", _stripped("gpt-4o"))),

@@ -9,6 +9,7 @@ import streamlit as st
 
 from mminstruct.errors import MMInstructError
 from mminstruct.app.workspace import default_workspace_root, recent_workspaces
+from mminstruct.llm.client import endpoint_label
 
 from .safe import md_escape
 from .state import WS_KEY, api_key, current_workspace, forget_embeddings, open_workspace
@@ -108,7 +109,7 @@ def sidebar() -> None:
         st.caption(md_escape(ws.settings.partition.model_name, 200))
         st.subheader("Endpoint")
         ep = ws.settings.endpoint
-        st.caption(md_escape(f"{ep.base_url or 'OpenAI (default URL)'} · model {ep.model_name}", 200))
+        st.caption(md_escape(f"{endpoint_label(ep.base_url)} · model {ep.model_name}", 200))
         key, source = api_key(ws)
         st.caption(md_escape(f"key: {source}", 120))
         # Checked by itself only when the user saved a base URL; the default (OpenAI) URL only
@@ -118,4 +119,5 @@ def sidebar() -> None:
             ok, message = _check(ep.base_url, hashlib.sha256((key or "").encode()).hexdigest(), key)
             (st.success if ok else st.warning)(md_escape(message, 300), icon=None)
         else:
-            st.caption("Not checked: the default OpenAI URL is contacted only when you ask.")
+            st.caption("Not checked: an endpoint without a saved base URL is contacted only when "
+                       "you ask.")

@@ -250,6 +250,16 @@ def forget_typed_key() -> None:
     st.session_state.pop(KEY_SESSION, None)
 
 
+RUN_PICK, RUN_SELECT = "run_pick", "run_select"  # the Generate page's run, its selectbox
+
+
+def show_run(name: str) -> None:
+    """The Generate page shows run ``name`` next (a run just started): its choice of run, which
+    otherwise keeps the run it showed before, is dropped and drawn again from ``RUN_PICK``."""
+    st.session_state[RUN_PICK] = name
+    st.session_state.pop(RUN_SELECT, None)
+
+
 NAV_FLAG = "_nav_ok"
 GOTO = "_goto"
 
@@ -258,9 +268,18 @@ def through_app(page: str) -> None:
     """Pages run only inside app.py's navigation (its sidebar, its session setup). Streamlit also
     serves files under ``pages/`` by their own URLs (``/explore`` in a fresh session runs the file
     alone); such a run goes through app.py first, which then opens ``page``."""
-    if not st.session_state.get(NAV_FLAG):
-        st.session_state[GOTO] = page
+    if st.session_state.get(NAV_FLAG):
+        return
+    from streamlit.errors import StreamlitAPIException
+
+    st.session_state[GOTO] = page
+    try:
         st.switch_page("app.py")
+    except StreamlitAPIException:
+        # app.py's navigation is in place already (a page link clicked before the session's first
+        # run had finished): app.py is not one of its pages, so run app.py again, on this page
+        st.session_state.pop(GOTO, None)
+        st.rerun()
 
 
 def session_memo(name: str, key: Any, compute: Any) -> Any:

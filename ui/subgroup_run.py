@@ -11,7 +11,7 @@ from mminstruct.app.subgroups import start_subgroup_run
 from mminstruct.errors import MMInstructError
 
 from .safe import md_escape
-from .state import api_key
+from .state import api_key, show_run
 
 
 def subgroup_run(ws: Any, planned: Any, keywords: list[str], key: str = "sgrun") -> None:
@@ -31,17 +31,27 @@ def subgroup_run(ws: Any, planned: Any, keywords: list[str], key: str = "sgrun")
         except MMInstructError as e:
             st.error(str(e))
         else:
-            st.session_state["run_pick"] = info.name
-            st.session_state[f"{key}:started"] = info.name
-    _show_started(key)
+            show_run(info.name)
+            st.session_state[f"{key}:started"] = (str(ws.root), info.name)
+    _show_started(ws, key)
 
 
-def _show_started(key: str) -> None:
-    """The run this control started, and where to watch it."""
+def _show_started(ws: Any, key: str) -> None:
+    """The run this control started in this workspace, as it stands now (not a stale "started"
+    once it has ended), and where to watch it."""
+    from mminstruct.app.runs import run_info
+
     started = st.session_state.get(f"{key}:started")
-    if started:
-        st.success(f"Run {md_escape(started, 100)} started")
-        st.page_link("pages/5_generate.py", label="Watch it on the Generate page →")
+    if not started or started[0] != str(ws.root):
+        return
+    try:
+        info = run_info(ws.root, started[1])
+    except MMInstructError:
+        st.session_state.pop(f"{key}:started", None)
+        return
+    text = f"Run {md_escape(info.name, 100)}: {info.state}"
+    (st.success if info.active or info.state == "finished" else st.warning)(text)
+    st.page_link("pages/5_generate.py", label="Watch it on the Generate page →")
 
 
 def subgroup_run_from_task(ws: Any, keyword: str, key: str = "sgrun_part") -> None:
@@ -70,6 +80,6 @@ def subgroup_run_from_task(ws: Any, keyword: str, key: str = "sgrun_part") -> No
             except (MMInstructError, ValueError) as e:
                 st.error(str(e))
             else:
-                st.session_state["run_pick"] = info.name
-                st.session_state[f"{key}:started"] = info.name
-        _show_started(key)
+                show_run(info.name)
+                st.session_state[f"{key}:started"] = (str(ws.root), info.name)
+        _show_started(ws, key)

@@ -16,8 +16,9 @@ these.
   built by the engine's own ``build_messages`` (system prompt, the prompt list with images as the
   same downscaled JPEG data URLs, the generation prompt), so the preview is what is sent;
 * ``estimate_run(pf, input_root, model, …)`` / ``estimate_plan(task, config, plan, …)`` → ``RunEstimate``: input tokens from the same rules
-  as the engine's estimate (text ≈ characters / 4; images by OpenAI's high-detail tile rule on the
-  image as sent, i.e. after downscaling to ``max_image_side``), output tokens from a per-item
+  as the engine's estimate (text ≈ characters / 4; images by the model's own image-token rule,
+  ``llm.requests.image_token_rule``, on the image as sent, i.e. after downscaling to
+  ``max_image_side``), output tokens from a per-item
   allowance per mode (``OUTPUT_TOKENS_PER_ITEM``, an approximation: a JSON item of a chart QA
   answer with reasoning is ~150–250 tokens), and the cost from ``generate.manifest``'s price table.
   Above ``sample`` prompts, a deterministic sample is measured and scaled (``exact`` False):
@@ -48,7 +49,8 @@ from ..generate.manifest import CostEstimate, estimate_cost
 from ..generate.output import samples_per_item, samples_per_prompt
 from ..images import probe_image, resolve_image_path
 from ..llm.requests import (REQUEST_OVERHEAD_TOKENS, BuiltRequest, EncodedImage, ImageEncoder,
-                           build_messages, generation_prompt, system_prompt, text_tokens)
+                           build_messages, generation_prompt, image_token_rule, system_prompt,
+                           text_tokens)
 from ..modes import Mode, parse_mode
 from ..prompts import (PromptConfig, PromptPlan, iter_prompts, plan_prompts, prepare_plan,
                        write_prompts)
@@ -288,24 +290,26 @@ def save_prompts(ws: Workspace, pf: PromptFile) -> Path:
 
 def render_request(pf: PromptFile, index: int, input_root: str | os.PathLike, *,
                    max_image_side: int = 1024, jpeg_quality: int = 85,
-                   allow_outside: bool = False) -> BuiltRequest:
-    """Prompt ``index`` as chat messages, built by the engine's request builder."""
+                   allow_outside: bool = False, model: str | None = None) -> BuiltRequest:
+    """Prompt ``index`` as chat messages, built by the engine's request builder (its token
+    estimate by ``model``'s image-token rule)."""
     if not 0 <= index < len(pf.prompts):
         raise ConfigError(f"prompt index {index} is out of range (0–{len(pf.prompts) - 1})")
     return render_entry(pf, pf.prompts[index], input_root, max_image_side=max_image_side,
-                        jpeg_quality=jpeg_quality, allow_outside=allow_outside)
+                        jpeg_quality=jpeg_quality, allow_outside=allow_outside, model=model)
 
 
 def render_entry(head: PromptFile, entry: PromptEntry, input_root: str | os.PathLike, *,
                  max_image_side: int = 1024, jpeg_quality: int = 85,
-                 allow_outside: bool = False) -> BuiltRequest:
-    """One prompt entry as chat messages, with ``head``'s mode, description and items per prompt."""
+                 allow_outside: bool = False, model: str | None = None) -> BuiltRequest:
+    """One prompt entry as chat messages, with ``head``'s mode, description and items per prompt
+    (its token estimate by ``model``'s image-token rule)."""
     mode = head.mode
     system = system_prompt(mode, head.dataset_description)
     generate = generation_prompt(mode, head.min_gen_per_candidate)
     encoder = ImageEncoder(input_root, max_side=max_image_side, quality=jpeg_quality,
                            allow_outside=allow_outside)
-    return asyncio.run(build_messages(entry, mode, system, generate, encoder))
+    return asyncio.run(build_messages(entry, mode, system, generate, encoder, model))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -322,24 +326,27 @@ class RunEstimate:
     image_tokens: int
     cost: CostEstimate
     missing_images: int = 0
+    image_rule: str = ""  # the model's image-token rule in words (``ImageTokenRule.describe``)
 
     @property
     def per_prompt_input(self) -> float:
         return self.input_tokens / self.prompts if self.prompts else 0.0
 
 
-def image_tokens(width: int, height: int, max_side: int) -> int:
-    """Tokens of an image sent after downscaling to ``max_side`` (OpenAI's high-detail rule)."""
+def image_tokens(width: int, height: int, max_side: int, model: str | None = None) -> int:
+    """Tokens of an image sent after downscaling to ``max_side``, by ``model``'s rule."""
     scale = min(1.0, max_side / max(width, height, 1))
     w, h = max(1, round(width * scale)), max(1, round(height * scale))
-    return EncodedImage("", w, h).token_estimate()
+    return EncodedImage("", w, h).token_estimate(model)
 
 
 class _Meter:
     """Text and image tokens of prompt entries (image sizes probed once per path)."""
 
-    def __init__(self, input_root: str | os.PathLike, max_image_side: int, allow_outside: bool):
+    def __init__(self, input_root: str | os.PathLike, max_image_side: int, allow_outside: bool,
+                 model: str | None = None):
         self.root, self.side, self.allow = Path(input_root), max_image_side, allow_outside
+        self.model = model
         self.sizes: dict[str, int | None] = {}
 
     def measure(self, entries: Iterable[PromptEntry]) -> tuple[int, int, int, int]:
@@ -353,7 +360,8 @@ class _Meter:
                         try:
                             info = probe_image(resolve_image_path(self.root, part,
                                                                   allow_outside=self.allow))
-                            self.sizes[part] = image_tokens(info.width, info.height, self.side)
+                            self.sizes[part] = image_tokens(info.width, info.height, self.side,
+                                                           self.model)
                         except ImageError:
                             self.sizes[part] = None
                     t = self.sizes[part]
@@ -377,7 +385,8 @@ def _estimate(head: PromptFile, n: int, measured: int, text: float, img: float, 
     input_total = math.ceil(text + img) + fixed * n
     output_total = n * head.min_gen_per_candidate * OUTPUT_TOKENS_PER_ITEM[mode]
     return RunEstimate(n, measured, measured == n, input_total, output_total, image_total,
-                       estimate_cost(model, input_total, output_total), math.ceil(missing))
+                       estimate_cost(model, input_total, output_total), math.ceil(missing),
+                       image_token_rule(model).describe())
 
 
 def estimate_run(pf: PromptFile, input_root: str | os.PathLike, model: str, *,
@@ -387,7 +396,7 @@ def estimate_run(pf: PromptFile, input_root: str | os.PathLike, model: str, *,
     if n == 0:
         return RunEstimate(0, 0, True, 0, 0, 0, estimate_cost(model, 0, 0))
     idx = range(n) if n <= sample else sorted(random.Random(seed).sample(range(n), sample))
-    text, img, missing, measured = _Meter(input_root, max_image_side, allow_outside).measure(
+    text, img, missing, measured = _Meter(input_root, max_image_side, allow_outside, model).measure(
         pf.prompts[i] for i in idx)
     scale = n / measured
     return _estimate(pf, n, measured, text * scale, img * scale, missing * scale, model)
@@ -402,7 +411,7 @@ def estimate_plan(task: TaskFile, config: PromptConfig, plan: PromptPlan,
     n = plan_size(plan)
     if n == 0:
         return RunEstimate(0, 0, True, 0, 0, 0, estimate_cost(model, 0, 0))
-    meter = _Meter(input_root, max_image_side, allow_outside)
+    meter = _Meter(input_root, max_image_side, allow_outside, model)
     text = img = missing = 0.0
     measured = 0
     for sp in plan.subgroups:

@@ -41,30 +41,40 @@ from typing import Any
 
 from ..cache import atomic_write_json
 from ..errors import ConfigError, DataFileError, InputError, MMInstructError
+from ..formats import FILE_PREFIX_MAX, check_file_prefix
 from ..generate.config import GenerationConfig, config_from_dict
 from ..generate.control import read_status, request_cancel, request_pause
 from ..generate.manifest import CostEstimate, estimate_cost
 from ..generate.runlog import RunDir, list_runs
-from ..llm.client import EndpointConfig
+from ..llm.client import EndpointConfig, effective_base_url
 
 log = logging.getLogger(__name__)
 
 LAUNCHES = "launches"
 ENTRY_MODULE = "mminstruct.app.runs"
 ACTIVE = ("starting", "running", "paused", "cancelling", "finishing")
-_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,80}$")
 _CHILDREN: dict[int, subprocess.Popen] = {}  # started by this process: polled so none stays a zombie
 
 
-def new_run_name(prefix: str = "gen") -> str:
-    return f"{prefix}_{datetime.now().strftime('%Y%m%d_%H%M%S')}"
+def new_run_name(prefix: str = "gen", ws_root: str | os.PathLike | None = None) -> str:
+    """A name for a new run: ``prefix`` itself, or ``prefix-2``, ``prefix-3``… when the
+    workspace already has a run of that name. No timestamp: the run's folder and output file add
+    their own (``{name}_{YYYYmmdd_HHMMSS}.json``)."""
+    base = check_name(prefix[:FILE_PREFIX_MAX].rstrip("._-") or "gen")
+    if ws_root is None:
+        return base
+    n, name = 1, base
+    while _paths(Path(ws_root), name)[0].exists():
+        n += 1
+        suffix = f"-{n}"
+        name = check_name(base[:FILE_PREFIX_MAX - len(suffix)].rstrip("._-") + suffix)
+    return name
 
 
 def check_name(name: str) -> str:
-    if not isinstance(name, str) or not _NAME_RE.match(name) or name.endswith("_"):
-        raise ConfigError(f"run name {name!r} must be 1–81 letters, digits, '.', '_' or '-', "
-                          "starting with a letter or digit")
-    return name
+    """A run's name: the file-name rule of ``formats.check_file_prefix`` (the same one the
+    Prompts page's prefix field and the command lines' ``--file_prefix`` follow)."""
+    return check_file_prefix(name, "run name")
 
 
 def _paths(ws_root: Path, name: str) -> tuple[Path, Path, Path]:
@@ -432,7 +442,7 @@ class EndpointCheck:
 def check_endpoint(base_url: str | None, api_key: str | None, timeout: float = 2.0) -> EndpointCheck:
     """``GET {base}/models``: reachable, key accepted, and which models it lists. The message
     never contains the key."""
-    base = (base_url or os.environ.get("OPENAI_BASE_URL") or "https://api.openai.com/v1").rstrip("/")
+    base = effective_base_url(base_url)[0].rstrip("/")
     req = urllib.request.Request(base + "/models", method="GET")
     if api_key:
         req.add_header("Authorization", f"Bearer {api_key}")

@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import ConfigError, choices_message
-from ..formats import PromptFile, save_prompt_file
+from ..formats import FILE_PREFIX_MAX, PromptFile, check_file_prefix, save_prompt_file
 
 
 def selection_keys(emb: Any, rows: Iterable[int]) -> tuple[list[int], list[str]]:
@@ -95,23 +95,32 @@ def _slug(keywords: Sequence[str]) -> str:
     return (s or "subgroup")[:40].rstrip("-")
 
 
+def subgroup_prefix(ws: Any, keywords: Sequence[str]) -> str:
+    """``{prefix}-{keywords}``: the prefix of a subgroup run's prompt file and its name, checked
+    by the file-name rule (``formats.check_file_prefix``) before anything is written."""
+    prefix = check_file_prefix(ws.settings.prompts.file_prefix, "file prefix")
+    name = f"{prefix}-{_slug(list(keywords))}"[:FILE_PREFIX_MAX].rstrip("._-")
+    return check_file_prefix(name, "file prefix")
+
+
 def save_subgroup_prompts(ws: Any, pf: PromptFile, keywords: Sequence[str]) -> Path:
     """Write the subgroups' prompt file under ``generated_prompts/`` as
     ``{prefix}-{keywords}_prompts_{stamp}.json`` (the workspace's last prompt file is unchanged)."""
     sub = select_prompts(pf, keywords)
-    prefix = f"{ws.settings.prompts.file_prefix}-{_slug(sub.extra['only'])}"
-    return save_prompt_file(sub, ws.root, prefix)
+    return save_prompt_file(sub, ws.root, subgroup_prefix(ws, sub.extra["only"]))
 
 
 def start_subgroup_run(ws: Any, pf: PromptFile, keywords: Sequence[str], *,
                        name: str | None = None, api_key: str | None = None,
                        python: str | None = None) -> Any:
     """Launch a background run (``runs.start_run``) of the subgroups' prompts only. Returns its
-    ``RunInfo``; the run's name defaults to ``{prefix}-{keywords}_{stamp}``."""
+    ``RunInfo``; the run's name defaults to ``{prefix}-{keywords}`` (``-2``, ``-3``… when taken)."""
     from .runs import check_name, new_run_name, start_run, workspace_config
 
-    path = save_subgroup_prompts(ws, pf, keywords)
-    run_name = check_name(name) if name else new_run_name(
-        f"{ws.settings.prompts.file_prefix}-{_slug(list(keywords))}")
+    # every name is checked before the prompt file is written: a refused name leaves no file
+    run_name = check_name(name) if name else new_run_name(subgroup_prefix(ws, keywords), ws.root)
+    sub = select_prompts(pf, keywords)
+    workspace_config(ws, run_name, ws.prompts_dir / "check.json")  # the run's own checks
+    path = save_prompt_file(sub, ws.root, subgroup_prefix(ws, sub.extra["only"]))
     cfg = workspace_config(ws, run_name, path)
     return start_run(ws.root, cfg, api_key, python=python)

@@ -12,7 +12,7 @@ from typing import Any
 
 from ..cache import content_key, file_sha256
 from ..errors import ConfigError, DataFileError
-from ..formats import prompts_dir
+from ..formats import FILE_NAME_MAX, check_file_prefix, prompts_dir
 from ..llm.client import EndpointConfig
 
 DEFAULT_MODEL = "gpt-4o"
@@ -126,9 +126,7 @@ class GenerationConfig:
     def __post_init__(self) -> None:
         self.input_folder = Path(self.input_folder)
         self.output_folder = Path(self.output_folder)
-        if not str(self.file_prefix).strip() or any(c in self.file_prefix for c in "/\\\0"):
-            raise ConfigError(f"file_prefix {self.file_prefix!r} must be a non-empty name "
-                              "without slashes")
+        check_file_prefix(self.file_prefix, "file_prefix", FILE_NAME_MAX)
         if not self.input_folder.is_dir():
             raise ConfigError(f"input_folder {str(self.input_folder)!r} is not a folder")
         if not str(self.model_name).strip():

@@ -100,7 +100,7 @@ async def build_request(cfg: GenerationConfig, mode: Mode, system: str, generate
     dry-run paths. Raises BadPromptError / ImageFileError for a prompt that cannot be sent."""
     if isinstance(entry, BadPromptError):
         raise entry
-    built = await build_messages(entry, mode, system, generate, encoder)
+    built = await build_messages(entry, mode, system, generate, encoder, model or cfg.model_name)
     body = request_body(model or cfg.model_name, built.messages, temperature=cfg.temperature,
                         max_tokens=cfg.max_tokens, seed=cfg.seed, response_format=response_format,
                         max_tokens_field=cfg.max_tokens_field)
@@ -363,7 +363,8 @@ class RunJob:
                 state, reason = "cancelled", "cancelled"
             resend = self.early_stop.resend(self.start, self.start + self.n)
             finished = st.done - len(resend)
-            msg = (f"run {state} ({reason}); {finished} of {st.total} prompts finished — "
+            why = f" ({reason})" if reason != state else ""
+            msg = (f"run {state}{why}; {finished} of {st.total} prompts finished — "
                    f"continue with --resume (run {run.path.name})")
             st.state, st.message = state, msg
             run.update_meta(state=state, reason=reason, **({"resend": resend} if resend else {}))

@@ -28,6 +28,7 @@ from typing import Any
 
 from ..cache import atomic_write_json
 from ..errors import ConfigError
+from ..llm.requests import match_model
 from .runlog import iter_records
 
 PRICES_FILE = Path(__file__).with_name("prices.json")
@@ -78,13 +79,8 @@ class CostEstimate:
 
 
 def price_for(model: str) -> tuple[str, tuple[float, float]] | None:
-    name = model.strip().lower()
     prices = price_table().models
-    best = None
-    for prefix in prices:
-        if name == prefix or name.startswith(prefix + "-") or name.startswith(prefix + "_"):
-            if best is None or len(prefix) > len(best):
-                best = prefix
+    best = match_model(model, prices)  # the image-token table matches model names the same way
     return (best, prices[best]) if best else None
 
 

@@ -110,6 +110,28 @@ class EndpointConfig:
         return f"key from ${self.key_env_name()}"
 
 
+OPENAI_URL = "https://api.openai.com/v1"
+BASE_URL_ENV = "OPENAI_BASE_URL"
+
+
+def effective_base_url(base_url: str | None) -> tuple[str, str]:
+    """(the URL a request goes to, where it comes from): ``base_url`` when given, else
+    ``$OPENAI_BASE_URL`` when set, else OpenAI's — the rule the ``openai`` client follows."""
+    if base_url and base_url.strip():
+        return base_url.strip(), "base URL"
+    env = os.environ.get(BASE_URL_ENV, "").strip()
+    if env:
+        return env, f"${BASE_URL_ENV}"
+    return OPENAI_URL, "OpenAI's default URL"
+
+
+def endpoint_label(base_url: str | None) -> str:
+    """What a person is told about the endpoint: ``http://…``, ``http://… (from
+    $OPENAI_BASE_URL)`` or ``https://api.openai.com/v1 (OpenAI's default URL)``."""
+    url, where = effective_base_url(base_url)
+    return url if where == "base URL" else f"{url} ({'from ' if where.startswith('$') else ''}{where})"
+
+
 def _is_openai_host(url: str) -> bool:
     host = urlparse(url).hostname or ""
     return host == "api.openai.com" or host.endswith(".openai.com")

@@ -15,12 +15,14 @@ or unreadable image raises ``ImageFileError`` — the prompt is recorded as fail
 from __future__ import annotations
 
 import asyncio
+import functools
+import json
 import math
 import os
 import re
 from collections import OrderedDict
 from concurrent.futures import Executor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -188,7 +190,108 @@ def response_schema(mode: Mode) -> dict[str, Any]:
 
 
 # ----------------------------------------------------------------------------------------------
-# Images
+# Images: what an image costs in input tokens, per model
+#
+# OpenAI bills an image by a rule that depends on the model (``image_tokens.json`` beside this
+# module, with its date and source): the *tile* rule (gpt-4o, gpt-4.1, gpt-4.5, o1, o3, gpt-5:
+# fit in 2048², shortest side to 768, then ``base + per_tile × 512-px tiles``; gpt-4o-mini has the
+# same shape with ~33× the tokens) or the *patch* rule (gpt-4.1-mini/nano, o4-mini, gpt-5-mini/nano:
+# 32-px patches, at most 1536, times a multiplier). A model matches the longest entry its name
+# starts with (``match_model``); any other model (a local server's) is counted by the default
+# entry's rule (gpt-4o's).
+
+IMAGE_TOKENS_FILE = Path(__file__).with_name("image_tokens.json")
+
+
+def match_model(model: str, names: Any) -> str | None:
+    """The longest of ``names`` that ``model`` is or starts with (followed by '-' or '_'):
+    ``gpt-4o-2024-08-06`` → ``gpt-4o``, ``gpt-4o-mini`` → ``gpt-4o-mini``. None when none."""
+    name = str(model or "").strip().lower()
+    best = None
+    for prefix in names:
+        if name == prefix or name.startswith(prefix + "-") or name.startswith(prefix + "_"):
+            if best is None or len(prefix) > len(best):
+                best = prefix
+    return best
+
+
+@dataclass(frozen=True)
+class ImageTokenRule:
+    """One model's image-token rule (an entry of ``image_tokens.json``)."""
+
+    model: str  # the table's entry this rule comes from
+    kind: str  # "tile" or "patch"
+    base: int = 0  # tile: tokens per image
+    per_tile: int = 0  # tile: tokens per 512-px tile
+    multiplier: float = 1.0  # patch: tokens per 32-px patch
+    fit: int = 2048
+    short_side: int = 768
+    tile: int = 512
+    patch: int = 32
+    max_patches: int = 1536
+    assumed: bool = False  # the model is not in the table: the default entry's rule
+
+    def tokens(self, width: int, height: int) -> int:
+        """Input tokens of a ``width`` × ``height`` image (as sent, high detail)."""
+        w, h = float(max(1, width)), float(max(1, height))
+        if self.kind == "patch":
+            p = self.patch
+            if math.ceil(w / p) * math.ceil(h / p) > self.max_patches:
+                r = math.sqrt(p * p * self.max_patches / (w * h))
+                r *= min(math.floor(w * r / p) / (w * r / p), math.floor(h * r / p) / (h * r / p))
+                w, h = w * r, h * r
+            n = math.ceil(w / p - 1e-9) * math.ceil(h / p - 1e-9)
+            return math.ceil(min(n, self.max_patches) * self.multiplier)
+        scale = min(1.0, self.fit / max(w, h))
+        w, h = w * scale, h * scale
+        scale = min(1.0, self.short_side / min(w, h))
+        w, h = w * scale, h * scale
+        return self.base + self.per_tile * math.ceil(w / self.tile - 1e-9) \
+            * math.ceil(h / self.tile - 1e-9)
+
+    def describe(self) -> str:
+        """The rule in words, for the estimate's caption."""
+        who = f"{self.model}'s rule" + (" (assumed: model not in the table)" if self.assumed else "")
+        if self.kind == "patch":
+            return (f"{who}: {self.patch}px patches, at most {self.max_patches}, "
+                    f"× {self.multiplier:g}")
+        return f"{who}: {self.base} + {self.per_tile} per {self.tile}px tile"
+
+
+@dataclass(frozen=True)
+class ImageTokenTable:
+    as_of: str
+    source: str
+    default: str
+    rules: dict[str, ImageTokenRule]
+
+
+@functools.lru_cache(maxsize=1)
+def image_token_table() -> ImageTokenTable:
+    """``image_tokens.json``, read once."""
+    raw = json.loads(IMAGE_TOKENS_FILE.read_text(encoding="utf-8"))
+    shapes = {"tile": raw.get("tile", {}), "patch": raw.get("patch", {})}
+    rules = {}
+    for name, entry in raw["models"].items():
+        kind = entry["rule"]
+        if kind not in shapes:
+            raise ConfigError(f"{IMAGE_TOKENS_FILE.name}: {name}: "
+                              + choices_message("rule", kind, list(shapes)))
+        params = {k: v for k, v in entry.items() if k != "rule"}
+        rules[name.lower()] = ImageTokenRule(name.lower(), kind, **shapes[kind], **params)
+    if raw["default"] not in rules:
+        raise ConfigError(f"{IMAGE_TOKENS_FILE.name}: default {raw['default']!r} is no entry")
+    return ImageTokenTable(str(raw["as_of"]), str(raw["source"]), raw["default"], rules)
+
+
+def image_token_rule(model: str | None) -> ImageTokenRule:
+    """The image-token rule of ``model`` (the default entry's, marked ``assumed``, for a model
+    the table does not name)."""
+    table = image_token_table()
+    hit = match_model(model or "", table.rules)
+    if hit is not None:
+        return table.rules[hit]
+    return replace(table.rules[table.default], assumed=True)
 
 
 @dataclass(frozen=True)
@@ -201,14 +304,9 @@ class EncodedImage:
     def nbytes(self) -> int:
         return len(self.url)
 
-    def token_estimate(self) -> int:
-        """OpenAI's high-detail rule: fit in 2048², shortest side to 768, 170 per 512-tile + 85."""
-        w, h = self.width, self.height
-        scale = min(1.0, 2048 / max(w, h))
-        w, h = w * scale, h * scale
-        scale = min(1.0, 768 / min(w, h)) if min(w, h) > 0 else 1.0
-        w, h = w * scale, h * scale
-        return 85 + 170 * math.ceil(w / 512) * math.ceil(h / 512)
+    def token_estimate(self, model: str | None = None) -> int:
+        """The image's input tokens by ``model``'s rule (``image_token_rule``)."""
+        return image_token_rule(model).tokens(self.width, self.height)
 
 
 class ImageEncoder:
@@ -323,8 +421,9 @@ def candidate_image(entry: PromptEntry, mode: Mode) -> str | None:
 
 
 async def build_messages(entry: PromptEntry, mode: Mode, system: str, generate: str,
-                         encoder: ImageEncoder) -> BuiltRequest:
-    """System prompt + one user message: the prompt list in order, then the generation prompt."""
+                         encoder: ImageEncoder, model: str | None = None) -> BuiltRequest:
+    """System prompt + one user message: the prompt list in order, then the generation prompt.
+    ``model``: whose image-token rule the estimate uses (``image_token_rule``)."""
     if not entry.prompt:
         raise BadPromptError("the prompt list is empty")
     content: list[dict[str, Any]] = []
@@ -333,7 +432,7 @@ async def build_messages(entry: PromptEntry, mode: Mode, system: str, generate: 
         if is_prompt_image(part):
             enc = await encoder.encode(part)
             content.append({"type": "image_url", "image_url": {"url": enc.url}})
-            tokens += enc.token_estimate()
+            tokens += enc.token_estimate(model)
         else:
             content.append({"type": "text", "text": part})
             tokens += text_tokens(part)
