@@ -10,10 +10,15 @@
 * On CUDA, JPEGs are read by threads and decoded, resized, cropped and normalised on the GPU
   (``gpu_decode.gpu_batches``); what the GPU decoder refuses goes through the CPU path.
 * ``encode_batch(cm, batch)``: a batch in the model's precision. ``auto`` decides on the first
-  batch: bf16 where the device runs it natively, else int8 (dynamic quantisation of the Linear
-  layers) on the CPU, each kept only if its vectors agree with fp32 on a probe of the batch
-  (min cosine ≥ ``MIN_COSINE``); otherwise fp32. int8 quantises activations with one scale per
-  batch, so an image's int8 vector varies slightly with the batch it is in (within that cosine).
+  batch among ``clip.auto_candidates`` (by the kind of CPU: bf16 then int8 where bf16 is native,
+  int8 alone on AVX2-only CPUs; bf16 on a GPU that runs it natively), each kept only if it runs,
+  gives finite vectors and agrees with fp32 on a probe of the batch (min cosine ≥
+  ``MIN_COSINE``); a candidate that fails is dropped for that model with one log line naming it
+  and the reason, down to fp32. The same rule holds for draft decoding, GPU decoding and a kept
+  precision failing on a later batch: a faster way never breaks embedding. int8 (``clip.int8_copy``)
+  quantises only the Linear layers the image tower calls as modules, so it is not offered for
+  open_clip's ModifiedResNet (RN50 …, the demo model). int8 quantises activations with one
+  scale per batch, so an image's int8 vector varies slightly with its batch (within that cosine).
 """
 
 from __future__ import annotations
