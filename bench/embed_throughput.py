@@ -1,25 +1,29 @@
 """Image-embedding throughput: mminstruct's pipeline against MM-Gen's way, from one run.
 
     .venv/bin/python bench/embed_throughput.py [--n 256] [--repeat 2] [--batch-size 32] [--workers N]
-        [--precision auto fp32 int8 bf16]
+        [--precision auto fp32 int8] [--models ViT-B-32 RN50] [--forward-n 32]
     .venv/bin/python bench/embed_throughput.py --device cuda    # the GPU table (one H200 run)
 
-ViT-B-32 with seeded random weights (speed does not depend on the weights), N generated JPEGs of
-about 500×400 px. Printed side by side, in images/s, with ratios to (c):
+Per architecture (seeded random weights: speed does not depend on the weights), N generated JPEGs
+of about 500×400 px. First the CPU: its model name, the flags that decide precision speed (avx2,
+avx512_bf16, amx_bf16, avx512_vnni, avx_vnni), ``clip.cpu_kind`` and what ``auto`` tries there
+(``clip.AUTO_ORDER``). Then, in images/s with ratios to (c):
 
-  (a) the model's forward alone on ready tensors: fp32, a bf16 copy of the image tower (what (b)
-      uses when bf16 passes its check), fp32 weights under bf16 autocast (slower on CPUs), and the
-      int8 copy (dynamic quantisation of the Linear layers), with their min cosine to fp32;
+  (a) the model's forward alone on ready tensors, fp32, bf16 (a bf16 copy of the image tower) and
+      int8 (``clip.int8_copy``: dynamic quantisation of the Linear layers the tower calls as
+      modules), side by side, each with its min cosine to fp32 — or why it cannot run that
+      architecture;
   (b) mminstruct.image_embed.embed_images from the JPEG files, cold cache, once per ``--precision``
-      (default workers: see ``image_embed.cpu_workers``; auto = bf16 where native, else int8,
-      each only when the first-batch check keeps cosine ≥ 0.999);
+      (default workers: see ``image_embed.cpu_workers``; auto = ``clip.auto_candidates``, each
+      kept only when the first-batch check passes);
   (c) MM-Gen's way: open, preprocess and encode one batch at a time in the main process, fp32;
   (d) (b) again over the same files: every vector comes from the cache.
 
 (b) and (c) run ``--repeat`` times each, alternating, and the best run of each counts (the
-machine is shared). Plus the cosine between (b)'s and (c)'s vectors. Targets: (b) ≥ 1.3 × (c)
-without native bf16, ≥ 2 × with it, cosine ≥ 0.999; (d) ≥ 50 × faster than (b).
-``--device cuda`` prints the issue-11 GPU table instead (``bench/embed_throughput_gpu.py``).
+machine is shared: the load average is printed before and after). Plus the cosine between (b)'s
+and (c)'s vectors. Targets: (b) auto ≥ 1.3 × (c) without native bf16, ≥ 2 × with it, cosine ≥
+0.999; (d) ≥ 50 × faster than (b). ``--device cuda`` prints the issue-11 GPU table instead
+(``bench/embed_throughput_gpu.py``).
 """
 
 from __future__ import annotations
@@ -27,7 +31,6 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import re
 import sys
 import tempfile
 import time
@@ -73,15 +76,6 @@ def forward_only(encode, tensors, batch_size: int) -> float:
     return len(tensors) / (time.perf_counter() - start)
 
 
-def autocast_encode(net):
-    import torch
-
-    def encode(x):
-        with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
-            return net.encode_image(x)
-    return encode
-
-
 def mm_gen_way(model, preprocess, paths: list[Path], batch_size: int) -> tuple[float, np.ndarray]:
     """One batch at a time in the main process: open, preprocess, encode (fp32), normalise."""
     import torch
@@ -99,6 +93,107 @@ def mm_gen_way(model, preprocess, paths: list[Path], batch_size: int) -> tuple[f
     return len(paths) / (time.perf_counter() - start), np.concatenate(out)
 
 
+CPU_FLAGS = ("avx2", "avx512_bf16", "amx_bf16", "avx512_vnni", "avx_vnni")
+
+
+def cpu_description() -> str:
+    """The CPU's model name and which of ``CPU_FLAGS`` it has (from /proc/cpuinfo, Linux)."""
+    info = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
+    name = next((line.split(":", 1)[1].strip() for line in info.splitlines()
+                 if line.startswith("model name")), "unknown CPU")
+    flags = set(next((line.split(":", 1)[1].split() for line in info.splitlines()
+                      if line.startswith("flags")), []))
+    return f"{name}, flags: " + ", ".join(f"{f} {'yes' if f in flags else 'no'}" for f in CPU_FLAGS)
+
+
+def bench_model(arch: str, args: argparse.Namespace, paths: list[Path], tmp_path: Path) -> dict:
+    """One architecture's rows: (a) per precision, (b) per --precision × --workers, (c), (d)."""
+    import open_clip
+    import torch
+    from PIL import Image
+
+    torch.manual_seed(0)
+    net, _, preprocess = open_clip.create_model_and_transforms(arch, pretrained=None)
+    net.eval()
+    tokenizer = open_clip.get_tokenizer(arch)
+    bs = args.batch_size
+    tensors = torch.stack([preprocess(Image.open(p)) for p in paths[:args.forward_n]])
+    # (a) through the same ClipModel calls (b) makes; a separate instance, so (b) still decides
+    fwd = clip.ClipModel(net, preprocess, tokenizer, identity=f"bench:forward:{arch}", name=arch)
+    ref = fwd.encode_image_batch(tensors, "fp32")
+    a_rows = []
+    for prec in ("fp32", "bf16", "int8"):
+        try:
+            fwd.encode_image_batch(tensors[:4], prec)  # warm-up (and the bf16 / int8 copy)
+            rate = forward_only(lambda x, p=prec: fwd.encode_image_batch(x, p), tensors, bs)
+            cos = float((ref * fwd.encode_image_batch(tensors, prec)).sum(dim=1).min())
+            a_rows.append((f"(a) forward only, {prec}, ready tensors", rate,
+                           f"min cosine to fp32 {cos:.5f}"))
+        except Exception as e:  # noqa: BLE001 — reported as the row
+            a_rows.append((f"(a) forward only, {prec}, ready tensors", None,
+                           f"cannot run: {type(e).__name__}: {str(e)[:150]}"))
+    fwd.drop_copies()
+
+    # (c) and each (b) alternate, `repeat` times each, and the best of each counts: other
+    # processes on a shared machine then hurt all alike. Every (b) starts cold: a new cache and
+    # a new model wrapper (so its precision check runs again).
+    c_rates: list[float] = []
+    variants = [(p, wk) for p in args.precision for wk in args.workers]
+    b_rates: dict[tuple, list[float]] = {v: [] for v in variants}
+    b_res: dict[tuple, object] = {}
+    refused: dict[tuple, str] = {}
+    model = cache = wk = None
+    b_secs = 0.0
+    for r in range(args.repeat):
+        c_rate, c_vecs = mm_gen_way(net, preprocess, paths, bs)
+        c_rates.append(c_rate)
+        for prec, wk_ in variants:
+            if (prec, wk_) in refused:
+                continue
+            m = clip.ClipModel(net, preprocess, tokenizer, precision=prec, name=arch,
+                               identity=f"bench:{arch}:random:{prec}:{wk_}:{r}")
+            c = tmp_path / f"cache-{arch}-{prec}-{wk_}-{r}"
+            t = time.perf_counter()
+            try:
+                b = image_embed.embed_images(paths, m, batch_size=bs, num_workers=wk_, cache=c,
+                                             show_progress=False)
+            except clip.PrecisionError as e:
+                refused[(prec, wk_)] = str(e)
+                continue
+            secs = time.perf_counter() - t
+            b_rates[(prec, wk_)].append(len(paths) / secs)
+            b_res[(prec, wk_)] = b
+            if b.failures:
+                raise SystemExit(f"unexpected: {len(b.failures)} failures")
+            model, cache, wk, b_secs = m, c, wk_, secs
+    d_secs = None
+    if model is not None:
+        t = time.perf_counter()
+        d = image_embed.embed_images(paths, model, batch_size=bs, num_workers=wk, cache=cache,
+                                     show_progress=False)
+        d_secs = time.perf_counter() - t
+        if d.n_computed:
+            raise SystemExit(f"unexpected: {d.n_computed} recomputed on the cached run")
+    c_rate = max(c_rates)
+    workers = image_embed.cpu_workers("cpu")
+    each = lambda rates: "runs: " + ", ".join(f"{x:.2f}" for x in rates)  # noqa: E731
+    rows, cosines = list(a_rows), {}
+    for (prec, wk_), rates in b_rates.items():
+        label = f"(b) pipeline, --precision {prec}, workers {workers if wk_ is None else wk_}"
+        if (prec, wk_) in refused:
+            rows.append((label, None, f"refused: {refused[(prec, wk_)][:200]}"))
+            continue
+        b = b_res[(prec, wk_)]
+        cosines[(prec, wk_)] = (b.vectors.astype(np.float32) * c_vecs).sum(axis=1)
+        rows.append((label, max(rates), f"ran {b.precision}, decode {b.decode}; cosine to (c) "
+                     f"min {cosines[(prec, wk_)].min():.5f}; {each(rates)}"))
+    rows.append(("(c) MM-Gen way: main process, fp32", c_rate, each(c_rates)))
+    if d_secs:
+        rows.append(("(d) mminstruct pipeline, cache hit", len(paths) / d_secs, ""))
+    return dict(rows=rows, c_rate=c_rate, b_rates=b_rates, cosines=cosines, b_secs=b_secs,
+                d_secs=d_secs)
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--device", default="cpu", help="cpu (default) or cuda: the GPU table, see "
@@ -109,33 +204,38 @@ def main() -> int:
     ap.add_argument("--batch-size", type=int, default=None, help="default 32; cuda 256")
     ap.add_argument("--workers", type=int, nargs="+", default=[None],
                     help="DataLoader workers for (b), one (b) per value (default: cpu_workers)")
-    ap.add_argument("--forward-n", type=int, default=64, help="images for (a) (default 64)")
+    ap.add_argument("--forward-n", type=int, default=32, help="images for (a) (default 32)")
     ap.add_argument("--size", default=None, help="JPEG size WxH (default 500x400; cuda 640x480)")
-    ap.add_argument("--precision", nargs="+", default=["auto"],
+    ap.add_argument("--precision", nargs="+", default=["auto", "fp32", "int8"],
                     choices=["fp32", "bf16", "int8", "auto"],
-                    help="(b) once per precision given (default: auto)")
-    ap.add_argument("--models", nargs="+", default=["ViT-B-32", "ViT-L-14"],
-                    help="cuda only: architectures (random weights)")
+                    help="(b) once per precision given (default: auto fp32 int8; bf16 is in (a), "
+                         "and emulated — slow — on CPUs without native bf16)")
+    ap.add_argument("--models", nargs="+", default=None,
+                    help="architectures, random weights (default: cpu ViT-B-32 RN50; "
+                         "cuda ViT-B-32 ViT-L-14)")
     args = ap.parse_args()
     logging.basicConfig(level=logging.WARNING)
     logging.getLogger("mminstruct").setLevel(logging.INFO)
     if args.device.startswith("cuda"):
         from embed_throughput_gpu import cuda_main  # noqa: PLC0415 — the GPU table's own module
 
+        args.models = args.models or ["ViT-B-32", "ViT-L-14"]
         return cuda_main(args, make_jpegs, mm_gen_way)
     args.n, args.batch_size = args.n or 256, args.batch_size or 32
     args.size = args.size or "500x400"
+    args.models = args.models or ["ViT-B-32", "RN50"]
 
-    import open_clip
     import torch
 
     w, h = (int(v) for v in args.size.lower().split("x"))
-    load0 = os.getloadavg()[0]
-    torch.manual_seed(0)
-    net, _, preprocess = open_clip.create_model_and_transforms("ViT-B-32", pretrained=None)
-    net.eval()
-    tokenizer = open_clip.get_tokenizer("ViT-B-32")
-    bs = args.batch_size
+    load0 = os.getloadavg()
+    kind = clip.cpu_kind()
+    cpu = (f"CPU: {cpu_description()}; cpu_kind {kind} (auto tries: "
+           f"{', '.join(clip.AUTO_ORDER[kind]) or 'nothing'}); torch threads "
+           f"{torch.get_num_threads()}, {os.cpu_count()} cores, default workers "
+           f"{image_embed.cpu_workers('cpu')}")
+    print(cpu, file=sys.stderr)
+    results = {}
     with tempfile.TemporaryDirectory(prefix="mmi_bench_") as tmp:
         tmp_path = Path(tmp)
         (tmp_path / "img").mkdir()
@@ -143,85 +243,29 @@ def main() -> int:
         paths = make_jpegs(tmp_path / "img", args.n, (w, h))
         print(f"generated {len(paths)} JPEGs of {w}x{h} in {time.perf_counter() - t0:.1f} s",
               file=sys.stderr)
-
-        from PIL import Image
-        tensors = torch.stack([preprocess(Image.open(p)) for p in paths[:args.forward_n]])
-        # (a) through the same ClipModel calls (b) makes; a separate instance, so (b) still decides
-        fwd = clip.ClipModel(net, preprocess, tokenizer, identity="bench:forward")
-        encs = {"fp32": lambda x: fwd.encode_image_batch(x, "fp32"),
-                "bf16 weights": lambda x: fwd.encode_image_batch(x, "bf16"),
-                "bf16 autocast": autocast_encode(net),
-                "int8 dynamic (Linear)": lambda x: fwd.encode_image_batch(x, "int8")}
-        for enc in encs.values():
-            enc(tensors[:4])  # warm-up (and the int8 copy), not counted
-        a_rates = {name: forward_only(enc, tensors, bs) for name, enc in encs.items()}
-        ref = fwd.encode_image_batch(tensors, "fp32")
-        a_cos = {name: float((ref * fwd.encode_image_batch(tensors, p)).sum(dim=1).min())
-                 for name, p in (("bf16 weights", "bf16"), ("int8 dynamic (Linear)", "int8"))}
-
-        # (c) and each (b) alternate, `repeat` times each, and the best of each counts: other
-        # processes on a shared machine then hurt all alike. Every (b) starts cold: a new cache and
-        # a new model wrapper (so its precision check runs again).
-        c_rates: list[float] = []
-        variants = [(p, wk) for p in args.precision for wk in args.workers]
-        b_rates: dict[tuple, list[float]] = {v: [] for v in variants}
-        b_res: dict[tuple, object] = {}
-        for r in range(args.repeat):
-            c_rate, c_vecs = mm_gen_way(net, preprocess, paths, bs)
-            c_rates.append(c_rate)
-            for prec, wk in variants:
-                model = clip.ClipModel(net, preprocess, tokenizer, precision=prec,
-                                       identity=f"bench:ViT-B-32:random:{prec}:{wk}:{r}")
-                cache = tmp_path / f"cache-{prec}-{wk}-{r}"
-                t = time.perf_counter()
-                b = image_embed.embed_images(paths, model, batch_size=bs, num_workers=wk,
-                                      cache=cache, show_progress=False)
-                b_secs = time.perf_counter() - t
-                b_rates[(prec, wk)].append(len(paths) / b_secs)
-                b_res[(prec, wk)] = b
-                if b.failures:
-                    print(f"unexpected: {len(b.failures)} failures", file=sys.stderr)
-                    return 1
-        t = time.perf_counter()
-        d = image_embed.embed_images(paths, model, batch_size=bs, num_workers=wk, cache=cache,
-                              show_progress=False)
-        d_secs = time.perf_counter() - t
-    if d.n_computed:
-        print(f"unexpected: {d.n_computed} recomputed on the cached run", file=sys.stderr)
-        return 1
-    c_rate, d_rate = max(c_rates), len(paths) / d_secs
-    workers = image_embed.cpu_workers("cpu")
-    flags = sorted(set(re.findall(r"avx512_bf16|amx_bf16|avx512f\b|avx2",
-                                  Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists()
-                                  else "")))
-
-    print(f"\nembedding throughput: ViT-B-32 (random weights), {len(paths)} JPEGs {w}x{h}, batch {bs}, "
-          f"torch threads {torch.get_num_threads()}, CPU cores {os.cpu_count()}, default workers {workers}, "
-          f"native bf16 {clip.bf16_supported('cpu')} ({', '.join(flags) or 'no flags read'}), "
-          f"load average {load0:.1f} → {os.getloadavg()[0]:.1f}")
-    each = lambda rates: "runs: " + ", ".join(f"{x:.1f}" for x in rates)  # noqa: E731
-    rows = [(f"(a) forward only, {name}, ready tensors", rate,
-             f"min cosine to fp32 {a_cos[name]:.5f}" if name in a_cos else "")
-            for name, rate in a_rates.items()]
-    cosines = {}
-    for (prec, wk), rates in b_rates.items():
-        b = b_res[(prec, wk)]
-        cosines[(prec, wk)] = (b.vectors.astype(np.float32) * c_vecs).sum(axis=1)
-        rows.append((f"(b) pipeline, --precision {prec}, workers {workers if wk is None else wk}",
-                     max(rates), f"ran {b.precision}, decode {b.decode}; cosine to (c) min "
-                     f"{cosines[(prec, wk)].min():.5f}; {each(rates)}"))
-    rows += [("(c) MM-Gen way: main process, fp32", c_rate, each(c_rates)),
-             ("(d) mminstruct pipeline, cache hit", d_rate, f"{d.n_cached} cached")]
-    print(f"{'':54s} {'img/s':>10s} {'vs (c)':>9s}")
-    for name, rate, note in rows:
-        print(f"{name:54s} {rate:10.1f} {rate / c_rate:8.2f}x  {note}")
-    print(f"cache hit: {d_secs * 1000:.0f} ms vs {b_secs:.1f} s cold = {b_secs / d_secs:.0f}x faster")
-    best = max(max(r) for r in b_rates.values())
-    need = 2.0 if clip.bf16_supported("cpu") else 1.3
-    checks = [(f"(b) >= {need}x (c)", best >= need * c_rate),
-              ("cosine >= 0.999", all(c.min() >= 0.999 for c in cosines.values())),
-              ("cache hit >= 50x", b_secs / d_secs >= 50)]
-    print("targets: " + ", ".join(f"{n}: {'met' if ok else 'MISSED'}" for n, ok in checks))
+        for arch in args.models:
+            results[arch] = bench_model(arch, args, paths, tmp_path)
+            print(f"{arch} done, load average {os.getloadavg()[0]:.1f}", file=sys.stderr)
+    load1 = os.getloadavg()
+    print(f"\nembedding throughput, {len(paths)} JPEGs {w}x{h}, batch {args.batch_size}; {cpu}; "
+          f"load average (1/5/15 min) {load0[0]:.1f}/{load0[1]:.1f}/{load0[2]:.1f} before → "
+          f"{load1[0]:.1f}/{load1[1]:.1f}/{load1[2]:.1f} after")
+    verdicts = []
+    need = 2.0 if kind == "native-bf16" else 1.3
+    for arch, res in results.items():
+        print(f"\n{arch} (random weights)")
+        print(f"{'':62s} {'img/s':>9s} {'vs (c)':>8s}")
+        for name, rate, note in res["rows"]:
+            shown = f"{rate:9.2f} {rate / res['c_rate']:7.2f}x" if rate else f"{'—':>9s} {'':8s}"
+            print(f"{name:62s} {shown}  {note}")
+        auto = [max(r) for (p, _), r in res["b_rates"].items() if p == "auto" and r]
+        if auto:
+            verdicts.append((f"{arch}: (b) auto >= {need}x (c)", max(auto) >= need * res["c_rate"]))
+        verdicts.append((f"{arch}: cosine >= 0.999",
+                         all(c.min() >= 0.999 for c in res["cosines"].values())))
+        if res["d_secs"]:
+            verdicts.append((f"{arch}: cache hit >= 50x", res["b_secs"] / res["d_secs"] >= 50))
+    print("\ntargets: " + ", ".join(f"{n}: {'met' if ok else 'MISSED'}" for n, ok in verdicts))
     return 0
 
 

@@ -8,9 +8,10 @@
 * ``embed_images(paths, model, …)`` (from ``image_embed``, re-exported here): L2-normalised
   float16 vectors for the images that decode, and ``(path, reason)`` for those that do not; on a
   GPU the JPEGs are decoded there (``gpu_decode``). ``precision`` is ``fp32``, ``bf16``, ``int8``
-  (dynamic quantisation of the Linear layers, CPU) or ``auto`` (bf16, else int8 on the CPU, where
-  the first batch shows it agrees with fp32, cosine ≥ 0.999). Vectors (and decode failures) are
-  cached on disk by model identity and file fingerprint (``EmbeddingCache``).
+  (dynamic quantisation of the Linear layers the image tower calls as modules, CPU) or ``auto``
+  (what ``AUTO_ORDER`` lists for the kind of CPU, ``cpu_kind``, each kept only where the first
+  batch runs, is finite and agrees with fp32, cosine ≥ 0.999; else fp32). Vectors (and decode
+  failures) are cached on disk by model identity and file fingerprint (``EmbeddingCache``).
 * ``embed_texts`` / ``embed_keywords``: text vectors, optionally averaged over prompt templates.
 """
 
@@ -50,6 +51,12 @@ DEFAULT_TEMPLATES: tuple[str, ...] = (
 BF16_MIN_COSINE = 0.999
 #: ``--precision`` values; ``auto`` decides on the first batch (see ``image_embed.encode_batch``).
 PRECISIONS: tuple[str, ...] = ("fp32", "bf16", "int8", "auto")
+#: What ``auto`` tries on the CPU, in order, by ``cpu_kind``: only the precisions
+#: ``bench/embed_throughput.py`` measured faster than fp32 on that kind of CPU (README,
+#: "Precision"). With native bf16 (AMD EPYC with avx512_bf16): bf16 2.8×, int8 1.9× fp32's
+#: pipeline. AVX2 only (AMD EPYC without it): int8 faster than fp32; bf16 is emulated there and
+#: slower than fp32, so never tried. On a GPU, ``auto`` tries bf16 where the GPU runs it natively.
+AUTO_ORDER: dict[str, tuple[str, ...]] = {"native-bf16": ("bf16", "int8"), "no-bf16": ("int8",)}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -252,6 +259,23 @@ def int8_supported(device: str) -> bool:
                for e in torch.backends.quantized.supported_engines)
 
 
+def cpu_kind() -> str:
+    """``native-bf16`` where the CPU runs bf16 natively (``bf16_supported``: AVX512-BF16 or AMX),
+    else ``no-bf16`` (e.g. AVX2 only): the key of ``AUTO_ORDER``."""
+    return "native-bf16" if bf16_supported("cpu") else "no-bf16"
+
+
+def auto_candidates(device: str) -> list[str]:
+    """The lower precisions ``auto`` tries on ``device``, in order (see ``AUTO_ORDER``)."""
+    if not device.startswith("cpu"):
+        return ["bf16"] if bf16_supported(device) else []
+    return [p for p in AUTO_ORDER[cpu_kind()] if p != "int8" or int8_supported(device)]
+
+
+class PrecisionError(ConfigError):
+    """A precision asked for by name (``--precision int8``) cannot run this model."""
+
+
 def check_precision(precision: str, device: str = "cpu") -> str:
     """``precision`` if valid on ``device``; else ConfigError naming the choices."""
     if precision not in PRECISIONS:
@@ -289,7 +313,7 @@ class ClipModel:
         with torch.inference_mode():
             x = batch.to(self.device, non_blocking=True)
             if prec == "int8":
-                f = self._int8_encoder()(x)
+                f = self._int8_encoder(x)(x)
             elif prec == "bf16" and self._bf16_visual() is not None:
                 f = self._visual_bf16(x.to(torch.bfloat16))
             else:
@@ -314,23 +338,16 @@ class ClipModel:
             self._visual_bf16 = lambda x: torch.func.functional_call(visual, state, (x,))
         return self._visual_bf16
 
-    def _int8_encoder(self) -> Callable[[Any], Any]:
+    def _int8_encoder(self, sample: Any) -> Callable[[Any], Any]:
         """A copy of the image tower (or of the model, when encode_image is more than ``visual``)
-        with its Linear layers dynamically quantised to int8; made once, on first use."""
+        with the Linear layers it calls as modules dynamically quantised to int8 (see
+        ``int8_copy``); made once, on first use, with ``sample`` (a batch) as the probe input."""
         if self._int8 is None:
-            import copy
-            import warnings
-
-            import torch
-            from torch.ao.quantization import quantize_dynamic
-
-            part = self.model.visual if self._plain_encode_image() else self.model
-            with warnings.catch_warnings():  # torch.ao's deprecation notices, once per model
-                warnings.simplefilter("ignore", DeprecationWarning)
-                warnings.simplefilter("ignore", UserWarning)
-                q = quantize_dynamic(copy.deepcopy(part).float().cpu(), {torch.nn.Linear},
-                                     dtype=torch.qint8)
-            self._int8 = q if part is self.model.visual else q.encode_image
+            plain = self._plain_encode_image()
+            part = self.model.visual if plain else self.model
+            q = int8_copy(part, sample[:1].float().cpu(), call=None if plain else "encode_image",
+                          name=self.name)
+            self._int8 = q if plain else q.encode_image
         return self._int8
 
     def drop_copies(self, keep: str | None = None) -> None:
@@ -351,6 +368,113 @@ class ClipModel:
             tokens = self.tokenizer(texts).to(self.device)
             f = torch.nn.functional.normalize(self.model.encode_text(tokens).float(), dim=-1)
         return f.cpu().numpy()
+
+
+def _self_attention_class() -> type:
+    """``SelfAttention``: ``nn.MultiheadAttention``'s self-attention (what open_clip's transformer
+    blocks call) with its packed input projection and its output projection as ``nn.Linear``
+    modules, so dynamic quantisation reaches them; scaled dot-product attention in between."""
+    import torch
+    from torch import nn
+
+    class SelfAttention(nn.Module):
+        def __init__(self, mha: nn.MultiheadAttention):
+            super().__init__()
+            d = mha.embed_dim
+            self.num_heads, self.batch_first = mha.num_heads, mha.batch_first
+            self.in_proj = nn.Linear(d, 3 * d, bias=mha.in_proj_bias is not None)
+            self.out_proj = nn.Linear(d, d, bias=mha.out_proj.bias is not None)
+            with torch.no_grad():
+                self.in_proj.weight.copy_(mha.in_proj_weight)
+                self.out_proj.weight.copy_(mha.out_proj.weight)
+                if mha.in_proj_bias is not None:
+                    self.in_proj.bias.copy_(mha.in_proj_bias)
+                if mha.out_proj.bias is not None:
+                    self.out_proj.bias.copy_(mha.out_proj.bias)
+
+        def forward(self, query: Any, key: Any, value: Any, key_padding_mask: Any = None,
+                    need_weights: bool = True, attn_mask: Any = None,
+                    average_attn_weights: bool = True, is_causal: bool = False) -> tuple[Any, None]:
+            if key is not query or value is not query or need_weights or is_causal \
+                    or key_padding_mask is not None:
+                raise NotImplementedError("the int8 copy's attention runs plain self-attention only "
+                                          "(key and value the query, no weights, no padding mask)")
+            x = query if self.batch_first else query.transpose(0, 1)
+            b, n, d = x.shape
+            h = self.num_heads
+            q, k, v = self.in_proj(x).view(b, n, 3, h, d // h).permute(2, 0, 3, 1, 4)
+            if attn_mask is not None:
+                if attn_mask.dtype == torch.bool:  # MHA: True = masked; SDPA: True = attend
+                    attn_mask = torch.zeros_like(attn_mask, dtype=q.dtype).masked_fill(
+                        attn_mask, float("-inf"))
+                if attn_mask.dim() == 3:
+                    attn_mask = attn_mask.view(b, h, n, n)
+            out = nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)
+            out = self.out_proj(out.transpose(1, 2).reshape(b, n, d))
+            return (out if self.batch_first else out.transpose(0, 1)), None
+
+    return SelfAttention
+
+
+def int8_copy(part: Any, sample: Any, *, call: str | None = None, name: str = "") -> Any:
+    """A copy of ``part`` (an image tower; or a model whose method ``call`` embeds images) whose
+    Linear layers are dynamically quantised to int8 — only those its forward on ``sample`` calls as
+    modules: open_clip reads some by attribute (ModifiedResNet's attention pool takes
+    ``q_proj.bias`` …), and a quantised Linear has no such tensors. Each ``nn.MultiheadAttention``
+    the probe sees used as plain self-attention becomes ``SelfAttention`` (its projections as
+    Linear modules). Decided per architecture by that probe, not by the CPU. RuntimeError when
+    nothing is left to quantise (every ModifiedResNet: RN50 …, the demo model)."""
+    import copy
+    import inspect
+    import warnings
+
+    import torch
+    from torch import nn
+    from torch.ao.quantization import default_dynamic_qconfig, quantize_dynamic
+
+    net = copy.deepcopy(part).float().cpu().eval()
+    run = getattr(net, call) if call else net
+    called: set[str] = set()
+    self_attention: set[str] = set()
+
+    def seen(label: str) -> Callable:
+        def hook(module: Any, args: tuple, kwargs: dict) -> None:
+            called.add(label)
+            if isinstance(module, nn.MultiheadAttention):
+                a = inspect.signature(module.forward).bind(*args, **kwargs)
+                a.apply_defaults()
+                q, k, v = (a.arguments[n] for n in ("query", "key", "value"))
+                if (k is q and v is q and module._qkv_same_embed_dim and module.bias_k is None
+                        and not module.add_zero_attn and module.dropout == 0
+                        and not a.arguments["need_weights"] and not a.arguments["is_causal"]
+                        and a.arguments["key_padding_mask"] is None):
+                    self_attention.add(label)
+        return hook
+
+    hooks = [m.register_forward_pre_hook(seen(n), with_kwargs=True) for n, m in net.named_modules()
+             if type(m) in (nn.Linear, nn.MultiheadAttention)]
+    try:
+        with torch.inference_mode():
+            run(sample)
+    finally:
+        for h in hooks:
+            h.remove()
+    attention = _self_attention_class()
+    quantise = {n for n, m in net.named_modules() if type(m) is nn.Linear and n in called}
+    for label in sorted(self_attention):
+        parent_name, _, child = label.rpartition(".")
+        parent = net.get_submodule(parent_name) if parent_name else net
+        setattr(parent, child, attention(getattr(parent, child)))
+        quantise |= {f"{label}.in_proj", f"{label}.out_proj"}
+    if not quantise:
+        raise RuntimeError(f"int8 has nothing to quantise in {name or type(part).__name__}: none of "
+                           "its image tower's Linear layers is called as a module (open_clip reads "
+                           "them by attribute, as ModifiedResNet's attention pool does)")
+    with warnings.catch_warnings():  # torch.ao's deprecation notices, once per model
+        warnings.simplefilter("ignore", DeprecationWarning)
+        warnings.simplefilter("ignore", UserWarning)
+        return quantize_dynamic(net, {n: default_dynamic_qconfig for n in quantise},
+                                dtype=torch.qint8)
 
 
 _MODELS: OrderedDict[tuple[str, str, str], ClipModel] = OrderedDict()

@@ -14,8 +14,9 @@
   refuses) goes through the CPU path (``images.preprocess_file``),
   whose failures are reported as everywhere else. A producer thread prepares the next batches (on
   its own CUDA stream) while the model runs on the current one. On the first batch, the GPU
-  path's vectors are compared with the CPU path's on up to 8 images (``encoder``, fp32): below
-  ``min_cosine`` everything goes through the CPU path.
+  path's vectors are compared with the CPU path's on up to 8 images (``encoder``, fp32): an
+  exception there, a non-finite vector or a cosine below ``min_cosine`` turns the GPU path off
+  (one log line with the reason), and everything goes through the CPU path.
 
 Everything here also runs with ``device="cpu"`` (torchvision's libjpeg decoder), which is how the
 tests check it without a GPU.
@@ -246,21 +247,21 @@ class _Batcher:
         gpu = [k for k, it in enumerate(items) if it.data is not None]
         spec = self.spec
         if gpu and self.gpu_ok and spec is not None:
-            decoded = _decode_on([items[k].data for k in gpu], self.device)  # type: ignore[misc]
-            for k, img in zip(gpu, decoded):
-                if img is None:  # refused: the CPU path decodes it or names the problem
-                    t, e = preprocess_file(self.paths[start + k], self.preprocess)
-                    items[k] = _Item(tensor=t, error=e)
-                else:
-                    items[k].tensor = apply_orientation(img, items[k].orientation)
-            gpu = [k for k in gpu if items[k].data is not None]
-            if gpu:
-                x = gpu_preprocess([items[k].tensor for k in gpu], spec, self.device)
-                for j, k in enumerate(gpu):
-                    items[k].tensor = x[j]
-            if not self.checked:
-                self._check(start, items, gpu)
-        elif gpu:  # the GPU path was turned off after reading
+            if self.checked:
+                self._on_device(items, gpu, start, spec)
+            else:  # the first batch: any failure of the GPU path turns it off (CPU path instead)
+                try:
+                    self._on_device(items, gpu, start, spec)
+                    why = self._check(start, items, gpu)
+                except Exception as e:  # noqa: BLE001 — GPU decoding is optional
+                    why = f"{type(e).__name__}: {e}"
+                self.checked = True
+                if why is not None:
+                    (log.info if why.startswith("min cosine") else log.warning)(
+                        "GPU decode dropped for %s: %s; decoding on the CPU", self.device, why)
+                    self.gpu_ok = False
+                    gpu = [k for k, it in enumerate(items) if it.data is not None]
+        if gpu and not self.gpu_ok:  # the GPU path was turned off: the CPU path decodes them
             for k in gpu:
                 t, e = preprocess_file(self.paths[start + k], self.preprocess)
                 items[k] = _Item(tensor=t, error=e)
@@ -274,30 +275,49 @@ class _Batcher:
         x = torch.stack([items[k].tensor.to(self.device, non_blocking=True) for k in ok])
         return [start + k for k in ok], x, failed
 
-    def _check(self, start: int, items: list[_Item], gpu: list[int]) -> None:
-        """First batch: the GPU path's vectors against the CPU path's; off below the threshold."""
+    def _on_device(self, items: list[_Item], gpu: list[int], start: int, spec: PreprocessSpec
+                   ) -> None:
+        """Decode and preprocess ``items[gpu]`` (JPEG bytes) on the device, in place; what the
+        decoder refuses goes through the CPU path (its item loses ``data``: the mark of the GPU
+        path's items, which a failed first-batch check redoes on the CPU)."""
+        decoded = _decode_on([items[k].data for k in gpu], self.device)  # type: ignore[misc]
+        for k, img in zip(gpu, decoded):
+            if img is None:  # refused: the CPU path decodes it or names the problem
+                t, e = preprocess_file(self.paths[start + k], self.preprocess)
+                items[k] = _Item(tensor=t, error=e)
+            else:
+                items[k].tensor = apply_orientation(img, items[k].orientation)
+        on_gpu = [k for k in gpu if items[k].data is not None]
+        if on_gpu:
+            x = gpu_preprocess([items[k].tensor for k in on_gpu], spec, self.device)
+            for j, k in enumerate(on_gpu):
+                items[k].tensor = x[j]
+
+    def _check(self, start: int, items: list[_Item], gpu: list[int]) -> str | None:
+        """First batch: the GPU path's vectors against the CPU path's (fp32). None when they are
+        finite and agree (min cosine ≥ ``min_cosine``), else the reason."""
         import torch
 
-        self.checked = True
         probe = []
-        for k in gpu[:_CHECK_IMAGES]:
+        for k in [k for k in gpu if items[k].data is not None][:_CHECK_IMAGES]:
             t, _ = preprocess_file(self.paths[start + k], self.preprocess)
             if t is not None:
                 probe.append((k, t))
         if not probe:
-            return
+            return None
         with self.encoder._lock:
             a = self.encoder.encode_image_batch(torch.stack([items[k].tensor for k, _ in probe]),
                                                 "fp32")
             b = self.encoder.encode_image_batch(torch.stack([t for _, t in probe]), "fp32")
+        bad = int((~torch.isfinite(a).all(dim=1)).sum())
+        if bad:
+            return f"non-finite values (NaN/inf) in {bad} of {len(a)} vectors"
         cos = float((a * b).sum(dim=1).min())
-        log.info("GPU decode check on %d images: min cosine to the CPU path %.5f → %s",
-                 len(probe), cos, "GPU" if cos >= self.min_cosine else "CPU")
-        if cos < self.min_cosine:
-            self.gpu_ok = False
-            for k in gpu:
-                t, e = preprocess_file(self.paths[start + k], self.preprocess)
-                items[k] = _Item(tensor=t, error=e)
+        if not cos >= self.min_cosine:
+            return f"min cosine to the CPU path {cos:.5f} < {self.min_cosine}"
+        log.info("GPU decode check on %d images: min cosine to the CPU path %.5f → GPU",
+                 len(probe), cos)
+        return None
 
 
 def gpu_batches(paths: Sequence[str | Path], preprocess: Any, device: str, batch_size: int, *,

@@ -10,10 +10,15 @@
 * On CUDA, JPEGs are read by threads and decoded, resized, cropped and normalised on the GPU
   (``gpu_decode.gpu_batches``); what the GPU decoder refuses goes through the CPU path.
 * ``encode_batch(cm, batch)``: a batch in the model's precision. ``auto`` decides on the first
-  batch: bf16 where the device runs it natively, else int8 (dynamic quantisation of the Linear
-  layers) on the CPU, each kept only if its vectors agree with fp32 on a probe of the batch
-  (min cosine ≥ ``MIN_COSINE``); otherwise fp32. int8 quantises activations with one scale per
-  batch, so an image's int8 vector varies slightly with the batch it is in (within that cosine).
+  batch among ``clip.auto_candidates`` (by the kind of CPU: bf16 then int8 where bf16 is native,
+  int8 alone on AVX2-only CPUs; bf16 on a GPU that runs it natively), each kept only if it runs,
+  gives finite vectors and agrees with fp32 on a probe of the batch (min cosine ≥
+  ``MIN_COSINE``); a candidate that fails is dropped for that model with one log line naming it
+  and the reason, down to fp32. The same rule holds for draft decoding, GPU decoding and a kept
+  precision failing on a later batch: a faster way never breaks embedding. int8 (``clip.int8_copy``)
+  quantises only the Linear layers the image tower calls as modules, so it is not offered for
+  open_clip's ModifiedResNet (RN50 …, the demo model). int8 quantises activations with one
+  scale per batch, so an image's int8 vector varies slightly with its batch (within that cosine).
 """
 
 from __future__ import annotations
@@ -32,7 +37,8 @@ import numpy as np
 
 from . import clip as _clip
 from .cache import file_fingerprint
-from .clip import ClipModel, EmbeddingCache, ModelSpec, cache_folder, open_cache, parse_model_spec
+from .clip import (ClipModel, EmbeddingCache, ModelSpec, PrecisionError, cache_folder, open_cache,
+                   parse_model_spec)
 from .errors import ConfigError
 from .images import preprocess_file
 
@@ -90,7 +96,10 @@ class _ImageDataset:
         return len(self.paths)
 
     def __getitem__(self, i: int) -> tuple[int, Any, str | None]:
-        return (i, *preprocess_file(self.paths[i], self.preprocess, self.draft))
+        tensor, error = preprocess_file(self.paths[i], self.preprocess, self.draft)
+        if error is not None and self.draft is not None:  # draft mode never loses an image
+            tensor, error = preprocess_file(self.paths[i], self.preprocess)
+        return i, tensor, error
 
 
 def _collate(items: list[tuple[int, Any, str | None]]) -> tuple[list[int], Any, list[tuple[int, str]]]:
@@ -279,48 +288,110 @@ def choose_draft(paths: Sequence[Path], cm: ClipModel, size: tuple[int, int],
         return None
     with cm._lock:
         full = cm.encode_image_batch(torch.stack([a for a, _ in pairs]), "fp32")
-        drafted = cm.encode_image_batch(torch.stack([b for _, b in pairs]), "fp32")
-    cos = float((full * drafted).sum(dim=1).min())
-    ok = cos >= MIN_COSINE
-    log.info("JPEG draft mode check on %d images: min cosine %.5f → %s", len(pairs), cos,
-             "on" if ok else "off")
-    return size if ok else None
+        try:
+            drafted = cm.encode_image_batch(torch.stack([b for _, b in pairs]), "fp32")
+        except Exception as e:  # noqa: BLE001 — draft mode is optional: any failure turns it off
+            drafted, why = None, f"{type(e).__name__}: {e}"
+        else:
+            why = check_agreement(full, drafted, "the full decode")
+    if why is not None:
+        (log.info if why.startswith("min cosine") else log.warning)(
+            "JPEG draft mode dropped for CLIP model %r: %s; decoding in full", cm.name, why)
+        return None
+    log.info("JPEG draft mode check on %d images: min cosine %.5f → on", len(pairs),
+             float((full * drafted).sum(dim=1).min()))
+    return size
 
 
 def precision_candidates(cm: ClipModel) -> list[str]:
-    """Lower precisions ``auto`` tries on the first batch, in order: bf16 where the device runs it
-    natively, then int8 on the CPU."""
-    out = ["bf16"] if _clip.bf16_supported(cm.device) else []
-    if _clip.int8_supported(cm.device):
-        out.append("int8")
-    return out
+    """Lower precisions ``auto`` tries on the first batch, in order: ``clip.auto_candidates``
+    (by the kind of CPU, ``clip.AUTO_ORDER``; on a GPU bf16 where native)."""
+    return _clip.auto_candidates(cm.device)
+
+
+def check_agreement(ref: Any, low: Any, what: str = "") -> str | None:
+    """None when every row of ``low`` (L2-normalised vectors) is finite and its first rows agree
+    with ``ref``'s (min cosine ≥ ``MIN_COSINE``); else the reason, for the log line."""
+    import torch
+
+    bad = int((~torch.isfinite(low).all(dim=1)).sum())
+    if bad:
+        return f"non-finite values (NaN/inf) in {bad} of {len(low)} vectors"
+    cos = float((ref * low[:len(ref)]).sum(dim=1).min())
+    if not cos >= MIN_COSINE:  # NaN fails too
+        return f"min cosine to {what or 'fp32'} {cos:.5f} < {MIN_COSINE}"
+    return None
+
+
+def _try(cm: ClipModel, batch: Any, prec: str) -> tuple[Any, str | None]:
+    """(vectors, None) or (None, why ``prec`` failed on ``batch``: its exception or non-finite)."""
+    import torch
+
+    try:
+        low = cm.encode_image_batch(batch, prec)
+    except Exception as e:  # noqa: BLE001 — any failure of a lower precision is a reason to drop it
+        return None, f"{type(e).__name__}: {e}"
+    bad = int((~torch.isfinite(low).all(dim=1)).sum())
+    if bad:
+        return None, f"non-finite values (NaN/inf) in {bad} of {len(low)} vectors"
+    return low, None
+
+
+def _refuse(cm: ClipModel, batch: Any, prec: str, why: str) -> PrecisionError:
+    """The error for a precision asked for by name that cannot run this model: the reason and
+    the precisions that do run (tried on one image)."""
+    works = ["fp32"] + [p for p in ("bf16", "int8") if p != prec and (
+        p != "int8" or _clip.int8_supported(cm.device)) and _try(cm, batch[:1], p)[1] is None]
+    cm.drop_copies()
+    return PrecisionError(f"precision {prec!r} cannot embed images with CLIP model {cm.name!r} "
+                          f"({why}); choose one of: {', '.join(works + ['auto'])}")
 
 
 def encode_batch(cm: ClipModel, batch: Any) -> Any:
-    """Encode a batch in the model's precision; undecided (auto), decide on this batch: each of
-    ``precision_candidates`` in turn is kept if, on a probe of the batch's first images, it agrees
-    with fp32 (min cosine ≥ MIN_COSINE); the check costs one fp32 pass over the probe."""
+    """Encode a batch in the model's precision. Undecided (auto): decide on this batch — each of
+    ``precision_candidates`` in turn is kept if it runs, gives finite vectors and, on a probe of the
+    batch's first images, agrees with fp32 (``check_agreement``; the check costs one fp32 pass over
+    the probe); the first that fails is dropped for this model with one log line naming it and the
+    reason, and the next is tried, down to fp32. A precision asked for by name that raises or gives
+    non-finite vectors is a ``PrecisionError`` naming the model and the precisions that run. A
+    kept lower precision that fails on a later batch: that batch and the rest run in fp32."""
     import torch
 
-    if cm.decided_precision is not None:
-        return cm.encode_image_batch(batch, cm.decided_precision)
+    prec = cm.decided_precision
+    if prec == "fp32":
+        return cm.encode_image_batch(batch, "fp32")
+    if prec is not None:
+        out, why = _try(cm, batch, prec)
+        if why is None:
+            return out
+        if cm.precision != "auto":
+            raise _refuse(cm, batch, prec, why)
+        log.warning("%s dropped for CLIP model %r on a later batch: %s; embedding in fp32", prec,
+                    cm.name, why)
+        cm.decided_precision = "fp32"
+        cm.drop_copies()
+        return cm.encode_image_batch(batch, "fp32")
     candidates = precision_candidates(cm)
     if not candidates:
         cm.decided_precision = "fp32"
-        log.info("no faster precision on %s (bf16 not native, no int8): embedding in fp32",
-                 cm.device)
+        log.info("no faster precision on %s for this kind of device (%s): embedding in fp32",
+                 cm.device, "CPU: " + _clip.cpu_kind() if cm.device.startswith("cpu") else "GPU")
         return cm.encode_image_batch(batch, "fp32")
     n = min(len(batch), _CHECK_IMAGES)
     ref = cm.encode_image_batch(batch[:n], "fp32")
     for prec in candidates:
-        low = cm.encode_image_batch(batch, prec)
-        cos = float((ref * low[:n]).sum(dim=1).min())
-        log.info("%s check on %d images: min cosine to fp32 %.5f → %s", prec, n, cos,
-                 "kept" if cos >= MIN_COSINE else "dropped")
-        if cos >= MIN_COSINE:
+        low, why = _try(cm, batch, prec)
+        if why is None:
+            why = check_agreement(ref, low)
+        if why is None:
+            cos = float((ref * low[:n]).sum(dim=1).min())
+            log.info("%s check on %d images: min cosine to fp32 %.5f → kept", prec, n, cos)
             cm.decided_precision, cm.precision_cosine = prec, cos
             cm.drop_copies(prec)
             return low
+        (log.info if why.startswith("min cosine") else log.warning)(
+            "%s dropped for CLIP model %r: %s; trying %s", prec, cm.name, why,
+            candidates[candidates.index(prec) + 1] if prec != candidates[-1] else "fp32")
+        cm.drop_copies()
     cm.decided_precision, cm.precision_cosine = "fp32", 1.0
-    cm.drop_copies()
     return torch.cat([ref, cm.encode_image_batch(batch[n:], "fp32")]) if len(batch) > n else ref
