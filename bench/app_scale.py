@@ -160,18 +160,35 @@ class PeakRss:
             pass
         return 0
 
+    @staticmethod
+    def _own_chromium() -> list[int]:
+        """The chromium processes this benchmark started (descendants of this process)."""
+        parent: dict[int, int] = {}
+        chrome: set[int] = set()
+        for d in Path("/proc").iterdir():
+            if not d.name.isdigit():
+                continue
+            try:
+                stat = (d / "stat").read_text()
+                parent[int(d.name)] = int(stat.rsplit(")", 1)[1].split()[1])
+                if b"chrom" in (d / "cmdline").read_bytes()[:300]:
+                    chrome.add(int(d.name))
+            except (OSError, ValueError, IndexError):
+                continue
+        me, out = os.getpid(), []
+        for pid in chrome:
+            p, seen = pid, 0
+            while p > 1 and seen < 64:
+                p, seen = parent.get(p, 0), seen + 1
+                if p == me:
+                    out.append(pid)
+                    break
+        return out
+
     def _run(self) -> None:
         while not self._stop:
             self.server = max(self.server, self._rss(self.pid))
-            total = 0
-            for d in Path("/proc").iterdir():
-                if d.name.isdigit():
-                    try:
-                        if b"chromium" in (d / "cmdline").read_bytes()[:200]:
-                            total += self._rss(int(d.name))
-                    except OSError:
-                        continue
-            self.browser = max(self.browser, total)
+            self.browser = max(self.browser, sum(self._rss(p) for p in self._own_chromium()))
             time.sleep(0.25)
 
     def stop(self) -> None:

@@ -66,6 +66,9 @@ def map_figure(xy: np.ndarray, groups: np.ndarray, is_reference: np.ndarray,
     """Every row of ``xy`` ([N, 2]) drawn, coloured by ``groups`` (subgroup index, -1 unassigned,
     -2 excluded; ``names`` maps each to its name). ``hover``: per-row hover text (None: the
     subgroup and kind only). ``selected`` rows get a ring."""
+    # plotly's validators look pandas up in sys.modules: imported here first (under the import
+    # lock), so a page run never sees the half-imported module another thread is loading
+    import pandas  # noqa: F401, PLC0415
     import plotly.graph_objects as go  # noqa: PLC0415
 
     xy = np.asarray(xy, dtype=np.float32)
