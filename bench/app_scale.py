@@ -107,14 +107,16 @@ def build_workspace(root: Path, n_records: int, n_images: int, n_pool: int,
     data = root / "data"
     (data / "images").mkdir(parents=True)
     (data / "pool").mkdir()
-    src = data / "one.png"
     from PIL import Image
 
-    Image.new("RGB", (8, 8), (128, 128, 128)).save(src)
+    sources: list[Path] = []  # a file system allows some 65,000 links to one file: one per 50,000
     images = [data / "images" / f"img_{i:07d}.png" for i in range(n_images)]
     pool = [data / "pool" / f"cand_{i:07d}.png" for i in range(n_pool)]
-    for p in images + pool:
-        os.link(src, p)
+    for i, p in enumerate(images + pool):
+        if i % 50_000 == 0:
+            sources.append(data / f"one_{len(sources)}.png")
+            Image.new("RGB", (8, 8), (128, 128, 128)).save(sources[-1])
+        os.link(sources[-1], p)
     records = [{"id": str(i), "image": images[i % n_images].name,
                 "conversations": [{"from": "human", "value": f"<image>\nWhat does chart {i} show?"},
                                   {"from": "gpt", "value": f"Chart {i} shows a trend."}]}
