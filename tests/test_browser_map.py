@@ -72,7 +72,7 @@ def test_a_mouse_drawn_box_selects_every_row_inside_it(map_server) -> None:
             (xa, xb), (ya, yb) = _axes(page)
             page.locator(".modebar-btn[data-title='Box Select']").first.click()
             area = page.locator(".nsewdrag").first.bounding_box()
-            fx0, fy0, fx1, fy1 = 0.05, 0.05, 0.55, 0.95
+            fx0, fy0, fx1, fy1 = 0.02, 0.25, 0.75, 0.75
             page.mouse.move(area["x"] + area["width"] * fx0, area["y"] + area["height"] * fy0)
             page.mouse.down()
             page.mouse.move(area["x"] + area["width"] * fx1, area["y"] + area["height"] * fy1,
@@ -87,6 +87,8 @@ def test_a_mouse_drawn_box_selects_every_row_inside_it(map_server) -> None:
             near = ((np.abs(xy[:, 0] - x0) < px) | (np.abs(xy[:, 0] - x1) < px)
                     | (np.abs(xy[:, 1] - y0) < px) | (np.abs(xy[:, 1] - y1) < px))
             assert 3 <= inside.sum() < len(xy)
+            in_x = (xy[:, 0] >= x0) & (xy[:, 0] <= x1)
+            assert (in_x & ~inside & ~near).sum() >= 3  # rows the box's height leaves out
             n = _selected(page)
             assert int((inside & ~near).sum()) <= n <= int((inside | near).sum()), (n, inside.sum())
             idle(page)
