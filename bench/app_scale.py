@@ -306,7 +306,7 @@ def drive_app(ws_root: Path, k: int, results: list, notes: list, workdir: Path) 
             xy = np.load(sorted((ws_root / "cache" / "projections").glob("projection-pca-*.npy"))[0])
             chart.first.scroll_into_view_if_needed()
             page.wait_for_timeout(500)
-            frac = (0.30, 0.30, 0.62, 0.66)
+            frac = (0.40, 0.40, 0.52, 0.52)
 
             def box():
                 box_drag(page, *frac)

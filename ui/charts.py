@@ -15,7 +15,8 @@ lasso selection made on the server over every row.
 * ``CLICK_TO_SELECT_JS``: Streamlit's chart sets plotly's ``clickmode`` to ``"event"`` while the
   box or lasso tool is active, so a click there selects nothing; this script (run once per page
   with ``st.html(..., unsafe_allow_javascript=True)``) passes such a click on to the chart's own
-  selection handler as a one-point selection.
+  selection handler as a one-point selection. It also empties a box or lasso event's list of
+  points before Streamlit serialises it (the server needs only the shape).
 """
 
 from __future__ import annotations
@@ -179,10 +180,20 @@ CLICK_TO_SELECT_JS = """
   // selection handler as a one-point selection (no box, no lasso).
   if (window.__mmClickToSelect) return;
   window.__mmClickToSelect = true;
+  // A box or lasso: the server tests its shape against every row, so the event goes on without
+  // its list of points (tens of thousands of objects to serialise, send and parse otherwise).
+  function dropPoints(ev) {
+    var shaped = ev && ev.selections && ev.selections.some(function (s) {
+      return s && (s.type === "rect" || s.type === "path"); });
+    if (shaped && ev.points && ev.points.length) ev.points = [];
+  }
   function hook() {
     document.querySelectorAll(".stPlotlyChart .js-plotly-plot").forEach(function (gd) {
       if (gd.__mmClick || typeof gd.on !== "function") return;
       gd.__mmClick = true;
+      if (gd._ev && typeof gd._ev.prependListener === "function") {
+        gd._ev.prependListener("plotly_selected", dropPoints);
+      }
       gd.on("plotly_click", function (ev) {
         var mode = gd._fullLayout && gd._fullLayout.dragmode;
         if ((mode !== "lasso" && mode !== "select") || !ev || !ev.points || !ev.points.length) return;
