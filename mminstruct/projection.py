@@ -12,6 +12,10 @@
   cache hit does not import umap).
 * ``display_sample(n_points, max_points, seed, always=None)`` → the sorted indices of a
   deterministic subsample to draw when the browser cannot take every point.
+* ``rows_in_selection(xy, boxes, lassos)`` → the sorted rows of a map inside a box or lasso (the
+  shapes of plotly's selection event), tested against every row (numpy for a box,
+  ``matplotlib.path.Path.contains_points`` for a lasso): the app's map selection, drawn points or
+  not. ``rows_in_box`` / ``rows_in_lasso`` for one shape.
 * ``warm_up_umap()`` compiles umap's remaining numba code (layout, transform) on a tiny input, so
   the first real call does not pay it (the app can run it in the background when it starts).
 
