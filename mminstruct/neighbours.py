@@ -7,7 +7,9 @@ Two ways to say "near a set of images" (``method``):
   finds more of each. Exact through a flat index or the brute-force scan: the K best by this score
   are always among the K nearest of some member (the member a candidate is nearest to ranks it
   above every candidate of lower score), so searching each member's K (+ the excluded) nearest
-  and keeping each candidate's best is the whole answer.
+  and keeping each candidate's best is the whole answer. A selection of more than
+  ``MAX_MEMBER_QUERIES`` images is searched from that many of its members, evenly spaced over it
+  (a box around 40,000 points would otherwise be 40,000 queries).
 * ``"centroid"``: similarity to the members' mean direction (one query). Right for a tight group
   ("more of this kind"); the cheaper of the two.
 
@@ -31,8 +33,12 @@ from .errors import ConfigError, InputError, choices_message
 from .vectors import CHUNK_ROWS, as_rows, check_finite, iter_chunks, normalise_rows
 
 METHODS = ("members", "centroid")
-#: below this many pool rows the app scans by brute force; above it, a cached faiss index
-INDEX_MIN_ROWS = 200_000
+#: below this many pool rows the app scans by brute force; above it, a cached faiss index (IVF:
+#: a many-member search reads each probed cell once, ``_search_ivf_cells``)
+INDEX_MIN_ROWS = 50_000
+#: a "members" search over a larger selection (a box around 40,000 points of a 210,000-point
+#: map) searches from this many of its members, spread evenly over it: each member is one query
+MAX_MEMBER_QUERIES = 256
 
 
 @dataclass
@@ -43,6 +49,8 @@ class Neighbours:
     scores: np.ndarray
     method: str
     searched: str  # "brute force" or the index kind
+    members_searched: int = 0  # the queries: all members, or MAX_MEMBER_QUERIES of them
+    members: int = 0  # the selection's size
 
     def __len__(self) -> int:
         return int(self.ids.shape[0])
@@ -153,14 +161,22 @@ def _search_ivf_cells(index: Any, queries: np.ndarray, k: int, excluded: np.ndar
 
 def more_like_these(selection: Any, k: int, *, pool: Any = None, index: Any = None,
                     method: str = "members", exclude: Iterable[int] = (),
-                    nprobe: int | None = None, chunk_rows: int = CHUNK_ROWS // 4) -> Neighbours:
+                    nprobe: int | None = None, chunk_rows: int = CHUNK_ROWS // 4,
+                    max_queries: int | None = MAX_MEMBER_QUERIES) -> Neighbours:
     """The ``k`` pool rows nearest to ``selection`` ([M, D] vectors, or one [D] vector).
 
     Give ``pool`` ([N, D] array-like, scanned in chunks) or ``index`` (a ``CandidateIndex`` over
     the pool; searched with ``nprobe`` cells for IVF kinds). Fewer than ``k`` come back only when
-    the pool (less ``exclude``) is smaller, or an approximate index finds fewer."""
+    the pool (less ``exclude``) is smaller, or an approximate index finds fewer. "members" with
+    more than ``max_queries`` members (None: no limit) searches from that many of them, evenly
+    spaced over the selection's order (``Neighbours.members_searched`` says how many)."""
     sel = _check(selection, k, method)
     excluded = np.unique(np.fromiter((int(i) for i in exclude), dtype=np.int64))
+    n_members = len(sel)
+    if method == "members" and max_queries is not None and n_members > int(max_queries):
+        if int(max_queries) < 1:
+            raise ConfigError(f"max_queries must be a positive integer or None, got {max_queries!r}")
+        sel = sel[np.unique(np.linspace(0, n_members - 1, int(max_queries)).round().astype(np.int64))]
     queries = centroid(sel)[None, :] if method == "centroid" else sel
     if index is not None:
         if int(index.dim) != sel.shape[1]:
@@ -169,7 +185,7 @@ def more_like_these(selection: Any, k: int, *, pool: Any = None, index: Any = No
             best_ids, best = _search_ivf_cells(index, queries, int(k), excluded, nprobe)
         else:
             best_ids, best = _search_index(index, queries, int(k), excluded, nprobe)
-        return Neighbours(best_ids, best, method, index.kind)
+        return Neighbours(best_ids, best, method, index.kind, len(queries), n_members)
     if pool is None:
         raise ConfigError("more_like_these needs the pool's vectors (pool=) or an index (index=)")
     pool = as_rows(pool)
@@ -184,7 +200,7 @@ def more_like_these(selection: Any, k: int, *, pool: Any = None, index: Any = No
     if len(excluded):
         best_all[excluded[(excluded >= 0) & (excluded < n)]] = -np.inf
     ids, scores = _top(best_all, int(k))
-    return Neighbours(ids, scores, method, "brute force")
+    return Neighbours(ids, scores, method, "brute force", len(queries), n_members)
 
 
 def pool_index(vectors: Any, cache_dir: str | os.PathLike, *, fingerprint: str | None = None,

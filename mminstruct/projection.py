@@ -12,6 +12,10 @@
   cache hit does not import umap).
 * ``display_sample(n_points, max_points, seed, always=None)`` → the sorted indices of a
   deterministic subsample to draw when the browser cannot take every point.
+* ``rows_in_selection(xy, boxes, lassos)`` → the sorted rows of a map inside a box or lasso (the
+  shapes of plotly's selection event), tested against every row (numpy for a box,
+  ``matplotlib.path.Path.contains_points`` for a lasso): the app's map selection, drawn points or
+  not. ``rows_in_box`` / ``rows_in_lasso`` for one shape.
 * ``warm_up_umap()`` compiles umap's remaining numba code (layout, transform) on a tiny input, so
   the first real call does not pay it (the app can run it in the background when it starts).
 
@@ -336,3 +340,72 @@ def display_sample(n_points: int, max_points: int, seed: int = 0,
         others[keep] = False
         picked = rng.choice(np.flatnonzero(others), size=budget, replace=False)
     return np.sort(np.concatenate([keep, picked.astype(np.int64)]))
+
+
+# ----------------------------------------------------------------------------- selection on the map
+
+def _shape_xy(shape: Any, what: str) -> tuple[np.ndarray, np.ndarray]:
+    """``{"x": [...], "y": [...]}`` (plotly's selection event) or an (xs, ys) pair → float64."""
+    if isinstance(shape, dict):
+        xs, ys = shape.get("x"), shape.get("y")
+    else:
+        try:
+            xs, ys = shape
+        except (TypeError, ValueError) as e:
+            raise InputError(f"a {what} must be {{'x': [...], 'y': [...]}} or (xs, ys), got "
+                             f"{shape!r:.80}") from e
+    try:
+        x = np.asarray(xs, dtype=np.float64).reshape(-1)
+        y = np.asarray(ys, dtype=np.float64).reshape(-1)
+    except (TypeError, ValueError) as e:
+        raise InputError(f"the {what}'s coordinates are not numbers: {shape!r:.80}") from e
+    if len(x) != len(y):
+        raise InputError(f"the {what} has {len(x)} x but {len(y)} y coordinates")
+    if not (np.isfinite(x).all() and np.isfinite(y).all()):
+        raise InputError(f"the {what} has a coordinate that is not a finite number: {shape!r:.80}")
+    return x, y
+
+
+def rows_in_box(xy: np.ndarray, box: Any) -> np.ndarray:
+    """Sorted int64 rows of ``xy`` ([N, 2]) inside a box ``{"x": [x0, x1], "y": [y0, y1]}``
+    (corners in any order, edges included) — every row, vectorised."""
+    x, y = _shape_xy(box, "box")
+    if len(x) < 2:
+        raise InputError(f"a box needs two x and two y values, got {len(x)}")
+    pts = np.asarray(xy)
+    px, py = pts[:, 0], pts[:, 1]
+    inside = (px >= x.min()) & (px <= x.max()) & (py >= y.min()) & (py <= y.max())
+    return np.flatnonzero(inside).astype(np.int64)
+
+
+def rows_in_lasso(xy: np.ndarray, lasso: Any) -> np.ndarray:
+    """Sorted int64 rows of ``xy`` ([N, 2]) inside a closed polygon ``{"x": [...], "y": [...]}``
+    (a lasso path; closed implicitly), tested with ``matplotlib.path.Path.contains_points``
+    against every row. Fewer than 3 vertices enclose nothing."""
+    x, y = _shape_xy(lasso, "lasso")
+    if len(x) < 3:
+        return np.zeros(0, np.int64)
+    from matplotlib.path import Path as _Path  # noqa: PLC0415 (lazy: matplotlib is heavy)
+
+    pts = np.asarray(xy, dtype=np.float64)
+    # only the rows in the polygon's bounding box go through the polygon test
+    cand = rows_in_box(pts, {"x": [x.min(), x.max()], "y": [y.min(), y.max()]})
+    if not len(cand):
+        return cand
+    poly = _Path(np.column_stack([x, y]), closed=False)
+    inside = poly.contains_points(pts[cand])
+    return cand[inside]
+
+
+def rows_in_selection(xy: np.ndarray, boxes: Sequence[Any] = (),
+                      lassos: Sequence[Any] = ()) -> np.ndarray:
+    """Sorted, distinct int64 rows of ``xy`` inside any of ``boxes`` or ``lassos`` (the shapes a
+    plotly box or lasso selection reports, in data coordinates): the selection over every row of
+    the map, not only the points a browser drew."""
+    pts = np.asarray(xy)
+    if pts.ndim != 2 or pts.shape[1] != 2:
+        raise InputError(f"the map's points must be an [N, 2] array, got shape {pts.shape}")
+    parts = [rows_in_box(pts, b) for b in boxes] + [rows_in_lasso(pts, s) for s in lassos]
+    if not parts:
+        return np.zeros(0, np.int64)
+    return parts[0] if len(parts) == 1 else np.unique(np.concatenate(parts))

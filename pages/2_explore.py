@@ -11,8 +11,8 @@ import streamlit as st
 
 from mminstruct.app.curation import curate, keyword_vectors, projection, search
 from mminstruct.errors import MMInstructError
-from mminstruct.projection import display_sample
-from ui.charts import hover_text, map_figure, picked_rows, select_from_map
+from ui.charts import (CLICK_TO_SELECT_JS, HOVER_TEXT_MAX, hover_text, map_figure, picked_rows,
+                       select_from_map)
 from ui.gallery import Item, curation_actions, gallery
 from ui.more_like import more_like_these_panel, new_subgroup_form, show_toast
 from ui.safe import for_browser, md_escape
@@ -20,7 +20,6 @@ from ui.model_picker import model_picker, model_ready
 from ui.settings import bind, show_error
 from ui.state import cached_embeddings, embeddings_or_stop, require_workspace, through_app
 
-MAX_POINTS = 20_000  # drawn at most; the rest are sampled away (selections keep theirs)
 SEL_KEY = "explore_sel"
 
 through_app("pages/2_explore.py")
@@ -56,6 +55,11 @@ if problems:
 if not emb.n:
     st.warning("No image could be embedded.")
     st.stop()
+
+with st.expander("Keywords: they colour the map (the same list as on the Partition page)",
+                 expanded=not p.keywords):
+    st.text_area("One keyword per line", height=110, **bind(ws, "kw_text"))
+    show_error("kw_text")
 
 cur = None
 if p.keywords:
@@ -98,19 +102,21 @@ proj_s = time.perf_counter() - t0
 
 sel_state = st.session_state.setdefault(SEL_KEY, {"rows": [], "source": ""})
 selected = [r for r in sel_state["rows"] if 0 <= r < emb.n]
-rows = display_sample(emb.n, MAX_POINTS, seed=0, always=selected or None)
 n_ref = len(emb.reference)
-is_ref = rows < n_ref
-hover = [hover_text("reference" if r < n_ref else "candidate", emb.rel_path(int(r)),
-                    emb.question(int(r)), group_names.get(int(groups[r]), "?")) for r in rows]
-fig = map_figure(xy[rows], rows, groups[rows], is_ref, subgroups, hover, selected)
-st.caption(f"{len(rows):,} of {emb.n:,} points drawn · {method.upper()} "
+is_ref = np.arange(emb.n) < n_ref
+hover = None
+if emb.n <= HOVER_TEXT_MAX:  # above it the hover names the subgroup and kind (payload)
+    hover = [hover_text("reference" if r < n_ref else "candidate", emb.rel_path(r),
+                        emb.question(r), group_names.get(int(groups[r]), "?")) for r in range(emb.n)]
+drawn = map_figure(xy, groups, is_ref, group_names, hover, selected)
+st.caption(f"All {emb.n:,} points drawn · {method.upper()} "
            f"{'from cache' if from_cache else f'computed in {proj_s:.1f} s'} · pick the box or lasso "
-           "tool (top right of the chart), or click a point")
-event = st.plotly_chart(fig, key="map", on_select="rerun", selection_mode=("points", "box", "lasso"),
-                        width="stretch")
+           "tool (top right of the chart) — it selects every point inside it — or click a point")
+event = st.plotly_chart(drawn.figure, key="map", on_select="rerun",
+                        selection_mode=("points", "box", "lasso"), width="stretch")
+st.html(CLICK_TO_SELECT_JS, unsafe_allow_javascript=True)
 
-picked = picked_rows(event, emb.n)
+picked = picked_rows(event, xy, drawn.trace_rows)
 signature = ",".join(map(str, picked))
 if signature != st.session_state.get("explore_sig", ""):
     st.session_state["explore_sig"] = signature

@@ -125,28 +125,26 @@ def test_partition_follows_keyword_edits_and_saves_the_task_file(pca_ws: Workspa
                                     "candidates"}
 
 
-def test_a_map_selection_event_maps_back_to_the_drawn_rows() -> None:
-    """What ``st.plotly_chart(on_select=…)`` returns for a box/lasso selection — per point its
-    trace's ``customdata`` (a one-element list from the figure's [N, 1] array) — maps back to the
-    rows of the full set, not to positions within a trace (AppTest cannot make plotly events)."""
+def test_a_map_selection_event_maps_back_to_the_rows() -> None:
+    """What ``st.plotly_chart(on_select=…)`` returns for a click — per point its trace (curve
+    number) and its index in that trace — maps back to the rows of the full set through the
+    figure's ``trace_rows``, not to positions within a trace (AppTest cannot make plotly events;
+    box and lasso: tests/test_map_selection.py)."""
     import numpy as np
 
-    from ui.charts import map_figure, picked_rows, selected_row
+    from ui.charts import map_figure, picked_rows
 
-    rows = np.array([3, 7, 8, 20, 21, 40])  # a subsample of a 50-row set
+    xy = np.random.default_rng(0).random((6, 2)).astype(np.float32)
     groups = np.array([0, 1, 0, 1, -1, 0])
-    fig = map_figure(np.random.default_rng(0).random((6, 2)), rows, groups,
-                     np.array([True, False, True, False, False, True]), ["a", "b"], ["h"] * 6)
+    drawn = map_figure(xy, groups, np.array([True, False, True, False, False, True]),
+                       {0: "a", 1: "b", -1: "unassigned"}, ["h"] * 6)
     points = []
-    for curve, trace in enumerate(fig.data):
-        if trace.customdata is None:
-            continue
-        for k in range(len(trace.customdata)):  # select every drawn point of every trace
-            points.append({"curve_number": curve, "point_index": k,
-                           "customdata": [int(trace.customdata[k][0])]})
+    for curve, rows in enumerate(drawn.trace_rows):
+        for k in range(len(rows)):  # every drawn point of every trace
+            points.append({"curve_number": curve, "point_index": k})
     event = {"selection": {"points": points, "box": [], "lasso": []}}
-    assert picked_rows(event, 50) == [3, 7, 8, 20, 21, 40]
-    assert picked_rows(event, 21) == [3, 7, 8, 20]  # rows past the set are dropped
-    assert picked_rows({"selection": {"points": []}}, 50) == [] == picked_rows(None, 50)
-    # the other shapes plotly sends customdata in
-    assert [selected_row({"customdata": v}) for v in (5, [5], {"0": 5}, None, "x")] == [5, 5, 5, None, None]
+    assert picked_rows(event, xy, drawn.trace_rows) == [0, 1, 2, 3, 4, 5]
+    one = {"selection": {"points": [points[-1]], "box": [], "lasso": []}}
+    assert picked_rows(one, xy, drawn.trace_rows) == [int(drawn.trace_rows[-3][-1])]
+    empty = {"selection": {"points": []}}
+    assert picked_rows(empty, xy, drawn.trace_rows) == [] == picked_rows(None, xy, drawn.trace_rows)

@@ -123,8 +123,8 @@ def test_the_map_legend_is_below_the_toolbar() -> None:
     from ui.charts import map_figure
 
     xy = np.zeros((2, 2), np.float32)
-    fig = map_figure(xy, np.arange(2), np.array([0, -1]), np.array([True, False]), ["a"],
-                     ["h1", "h2"], [])
+    fig = map_figure(xy, np.array([0, -1]), np.array([True, False]), {0: "a", -1: "unassigned"},
+                     ["h1", "h2"], []).figure
     legend = fig.layout.legend
     assert legend.orientation == "h" and legend.y is not None and legend.y < 0  # under the plot
 

@@ -62,8 +62,11 @@ def test_lasso_to_subgroup_to_task_and_prompt_files_with_its_budget(pca_ws: Work
     spec = json.loads(at.get("plotly_chart")[0].proto.spec)
     names = [t.get("name", "") for t in spec["data"]]
     assert "my picks (7)" in names
-    mine = spec["data"][names.index("my picks (7)")]
-    assert sorted(_array(mine["customdata"]).reshape(-1).tolist()) == LASSO
+    # its traces (reference circles, candidate diamonds) hold exactly the rows' points
+    mine = [t for t in spec["data"] if t.get("name") == "my picks (7)"]
+    drawn = np.concatenate([np.column_stack([_array(t["x"]), _array(t["y"])]) for t in mine])
+    xy = np.load(next((pca_ws.cache_dir / "projections").glob("projection-pca-*.npy")))
+    assert sorted(map(tuple, drawn.tolist())) == sorted(map(tuple, xy[LASSO].tolist()))
     # a keyword edit on Partition keeps it; the task file has it under its name
     at.switch_page("pages/3_partition.py").run()
     at.text_area(key="kw_text").set_value("bar chart\nline chart\npie charts\nscatter plot").run()

@@ -107,3 +107,21 @@ def test_small_pools_are_scanned_and_bad_input_is_named(data, tmp_path):
         more_like_these(sel, 5, pool=pool[:, :16])
     with pytest.raises(ConfigError, match="needs the pool's vectors"):
         more_like_these(sel, 5)
+
+
+def test_a_large_selection_searches_from_max_queries_members_spread_over_it() -> None:
+    rng = np.random.default_rng(11)
+    pool = rng.normal(size=(3_000, 16)).astype(np.float32)
+    sel = rng.normal(size=(1_000, 16)).astype(np.float32)
+    capped = more_like_these(sel, 20, pool=pool, max_queries=50)
+    assert (capped.members_searched, capped.members) == (50, 1_000)
+    # the same as searching from those 50 members alone (evenly spaced over the selection)
+    picked = sel[np.unique(np.linspace(0, 999, 50).round().astype(np.int64))]
+    alone = more_like_these(picked, 20, pool=pool, max_queries=None)
+    assert np.array_equal(capped.ids, alone.ids)
+    full = more_like_these(sel, 20, pool=pool, max_queries=None)
+    assert (full.members_searched, full.members) == (1_000, 1_000)
+    assert not np.array_equal(full.ids, capped.ids)  # the cap is a real approximation, said so
+    centre = more_like_these(sel, 20, pool=pool, method="centroid", max_queries=50)
+    assert np.array_equal(centre.ids, more_like_these(sel, 20, pool=pool, method="centroid",
+                                                      max_queries=None).ids)

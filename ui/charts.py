@@ -1,20 +1,41 @@
-"""The embedding map: a plotly WebGL scatter (``Scattergl``), one trace per subgroup, reference
-images as circles and candidates as diamonds, the row index in ``customdata`` so a box or lasso
-selection maps back to images. Hover text is HTML-escaped (plotly renders a few tags in hover
-labels; a question containing markup shows as text)."""
+"""The embedding map: every point drawn in a plotly WebGL scatter (``Scattergl``), and a box or
+lasso selection made on the server over every row.
+
+* ``map_figure(xy, groups, is_reference, names, ...)`` → ``MapFigure``: one trace per subgroup and
+  kind (reference images as circles, candidates as diamonds), x/y as float32 arrays (plotly sends
+  them to the browser as base64 typed arrays: 210,000 points are about 2.3 MB), no ``customdata``;
+  ``trace_rows[curve]`` maps a point of trace ``curve`` back to its row. Per-point hover text
+  (HTML-escaped: plotly renders a few tags in hover labels) only up to ``HOVER_TEXT_MAX`` points;
+  above that the hover names the subgroup and kind, and the gallery shows the image.
+* ``picked_rows(event, xy, trace_rows)``: the rows a ``st.plotly_chart(on_select=…)`` event
+  selected. A box or lasso is tested against every row of ``xy`` on the server
+  (``projection.rows_in_selection``), so what is selected is what is inside the shape, whether
+  the browser drew that point or not; a click (one point, no shape) maps back through
+  ``trace_rows``.
+* ``CLICK_TO_SELECT_JS``: Streamlit's chart sets plotly's ``clickmode`` to ``"event"`` while the
+  box or lasso tool is active, so a click there selects nothing; this script (run once per page
+  with ``st.html(..., unsafe_allow_javascript=True)``) passes such a click on to the chart's own
+  selection handler as a one-point selection. It also empties a box or lasso event's list of
+  points before Streamlit serialises it (the server needs only the shape).
+"""
 
 from __future__ import annotations
 
 import html
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+
+from mminstruct.projection import rows_in_selection
 
 PALETTE = ("#3b5bdb", "#e8590c", "#2f9e44", "#c2255c", "#7048e8", "#0c8599", "#f08c00",
            "#5c940d", "#862e9c", "#1864ab", "#d9480f", "#087f5b")
 UNASSIGNED_COLOR = "#adb5bd"
 EXCLUDED_COLOR = "#212529"
+HOVER_TEXT_MAX = 20_000  # per-point hover text up to this many points (payload: ~150 B a point)
+SELECTED_DRAWN_MAX = 50_000  # the selection's rings drawn at most (the selection itself is whole)
 
 
 def hover_text(kind: str, path: str, question: str, group: str) -> str:
@@ -25,71 +46,166 @@ def hover_text(kind: str, path: str, question: str, group: str) -> str:
     return "<br>".join(lines)
 
 
-def map_figure(xy: np.ndarray, rows: np.ndarray, groups: np.ndarray, is_reference: np.ndarray,
-               keywords: Sequence[str], hover: Sequence[str], selected: Sequence[int] = (),
-               height: int = 620):
-    """``rows``: the drawn rows (indices into the full set); the other arrays are per drawn row."""
-    import plotly.graph_objects as go
+def _template_safe(text: str) -> str:
+    """Text for a plotly hovertemplate: HTML-escaped, and no ``%{`` read as a variable."""
+    return html.escape(text).replace("%{", "%\u200b{")
 
-    fig = go.Figure()
-    names = {k: kw for k, kw in enumerate(keywords)}
-    names[-1], names[-2] = "unassigned", "excluded"
-    hover = np.asarray(hover, dtype=object)
-    sel = set(int(s) for s in selected)
-    for g in [*range(len(keywords)), -1, -2]:
-        mask = groups == g
-        if not mask.any():
-            continue
-        color = PALETTE[g % len(PALETTE)] if g >= 0 else (UNASSIGNED_COLOR if g == -1
-                                                          else EXCLUDED_COLOR)
-        ref = is_reference[mask]
-        drawn = rows[mask]
-        fig.add_trace(go.Scattergl(
-            x=xy[mask, 0], y=xy[mask, 1], mode="markers", name=f"{names[g]} ({int(mask.sum())})",
-            customdata=drawn.reshape(-1, 1), text=hover[mask],
-            hovertemplate="%{text}<extra></extra>",
-            marker=dict(color=color, size=np.where(ref, 9, 6).tolist(),
-                        symbol=np.where(ref, "circle", "diamond").tolist(),
-                        opacity=0.85,
-                        line=dict(width=[1.5 if int(r) in sel else 0 for r in drawn],
-                                  color="#000000")),
-        ))
+
+@dataclass
+class MapFigure:
+    figure: Any
+    trace_rows: list[np.ndarray] = field(default_factory=list)  # per curve number: its rows
+
+
+def group_color(g: int) -> str:
+    return PALETTE[g % len(PALETTE)] if g >= 0 else (UNASSIGNED_COLOR if g == -1 else EXCLUDED_COLOR)
+
+
+def map_figure(xy: np.ndarray, groups: np.ndarray, is_reference: np.ndarray,
+               names: Mapping[int, str], hover: Sequence[str] | None = None,
+               selected: Sequence[int] | np.ndarray = (), height: int = 620) -> MapFigure:
+    """Every row of ``xy`` ([N, 2]) drawn, coloured by ``groups`` (subgroup index, -1 unassigned,
+    -2 excluded; ``names`` maps each to its name). ``hover``: per-row hover text (None: the
+    subgroup and kind only). ``selected`` rows get a ring."""
+    # plotly's validators look pandas up in sys.modules: imported here first (under the import
+    # lock), so a page run never sees the half-imported module another thread is loading
+    import pandas  # noqa: F401, PLC0415
+    import plotly.graph_objects as go  # noqa: PLC0415
+
+    xy = np.asarray(xy, dtype=np.float32)
+    groups = np.asarray(groups)
+    is_reference = np.asarray(is_reference, dtype=bool)
+    n = len(xy)
+    hover_arr = np.asarray(hover, dtype=object) if hover is not None else None
+    big = n > HOVER_TEXT_MAX
+    traces: list[dict[str, Any]] = []
+    trace_rows: list[np.ndarray] = []
+    present = np.unique(groups)
+    order = [g for g in present.tolist() if g >= 0] + [g for g in (-1, -2) if g in present]
+    for g in order:
+        in_group = groups == g
+        total = int(in_group.sum())
+        name = names.get(int(g), "?")
+        first = True
+        for kind, ref in (("reference", True), ("candidate", False)):
+            rows = np.flatnonzero(in_group & (is_reference == ref))
+            if not len(rows):
+                continue
+            t: dict[str, Any] = dict(
+                type="scattergl", x=xy[rows, 0], y=xy[rows, 1], mode="markers",
+                name=f"{name} ({total:,})", legendgroup=f"g{g}", showlegend=first,
+                marker=dict(color=group_color(int(g)), symbol="circle" if ref else "diamond",
+                            size=(5 if ref else 4) if big else (9 if ref else 6),
+                            opacity=0.75 if big else 0.85))
+            if hover_arr is not None:
+                t.update(text=hover_arr[rows], hovertemplate="%{text}<extra></extra>")
+            else:
+                t["hovertemplate"] = f"<b>{_template_safe(name)}</b> · {kind}<extra></extra>"
+            traces.append(t)
+            trace_rows.append(rows)
+            first = False
+    sel = np.asarray(selected, dtype=np.int64)
+    sel = np.unique(sel[(sel >= 0) & (sel < n)])
+    if len(sel):
+        ring = sel[:SELECTED_DRAWN_MAX]
+        traces.append(dict(type="scattergl", x=xy[ring, 0], y=xy[ring, 1], mode="markers",
+                           name=f"selection ({len(sel):,})", hoverinfo="skip",
+                           marker=dict(symbol="circle-open", color="#000000",
+                                       size=7 if big else 11, line=dict(width=1.2))))
+        trace_rows.append(ring)
     for label, symbol in (("reference", "circle"), ("candidate", "diamond")):
-        fig.add_trace(go.Scattergl(x=[None], y=[None], mode="markers", name=label,
-                                   marker=dict(color="#868e96", symbol=symbol, size=8),
-                                   hoverinfo="skip", showlegend=True))
+        traces.append(dict(type="scattergl", x=[None], y=[None], mode="markers", name=label,
+                           marker=dict(color="#868e96", symbol=symbol, size=8),
+                           hoverinfo="skip", showlegend=True))
+        trace_rows.append(np.zeros(0, np.int64))
     # the legend under the plot: the toolbar (top right) never covers it
-    fig.update_layout(height=height, dragmode="lasso", margin=dict(l=10, r=10, t=40, b=10),
-                      legend=dict(orientation="h", yanchor="top", y=-0.02, x=0,
-                                  xanchor="left"), uirevision="map",
-                      xaxis=dict(showticklabels=False, title=None, zeroline=False),
-                      yaxis=dict(showticklabels=False, title=None, zeroline=False),
-                      plot_bgcolor="#fafbfd")
-    return fig
+    layout = dict(height=height, dragmode="lasso", margin=dict(l=10, r=10, t=40, b=10),
+                  legend=dict(orientation="h", yanchor="top", y=-0.02, x=0, xanchor="left"),
+                  uirevision="map", hovermode="closest",
+                  xaxis=dict(showticklabels=False, title=None, zeroline=False),
+                  yaxis=dict(showticklabels=False, title=None, zeroline=False),
+                  plot_bgcolor="#fafbfd")
+    return MapFigure(go.Figure(data=traces, layout=layout), trace_rows)
 
 
-def selected_row(point: dict) -> int | None:
-    """The row index a selected point carries in ``customdata`` (plotly sends it back as a
-    scalar, a one-element list, or — from a 2-D array — an object keyed "0")."""
-    cd = point.get("customdata")
-    if isinstance(cd, dict):
-        cd = cd.get("0", next(iter(cd.values()), None))
-    elif isinstance(cd, (list, tuple)):
-        cd = cd[0] if cd else None
-    try:
-        return int(cd) if cd is not None else None
-    except (TypeError, ValueError):
-        return None
+def _point_field(point: Mapping[str, Any], *names: str) -> Any:
+    for name in names:
+        if point.get(name) is not None:
+            return point[name]
+    return None
 
 
-def picked_rows(event: Any, n_rows: int) -> list[int]:
-    """The rows (sorted, distinct, < ``n_rows``) of the points a ``st.plotly_chart(on_select=…)``
-    event selected: ``{"selection": {"points": [{"customdata": …}, …]}}``."""
-    points = (event or {}).get("selection", {}).get("points", []) if event else []
-    return sorted({r for r in (selected_row(pt) for pt in points) if r is not None and r < n_rows})
+def clicked_rows(points: Sequence[Mapping[str, Any]], trace_rows: Sequence[np.ndarray]) -> list[int]:
+    """Rows of the points a click (or any point list) names by (curve number, point index)."""
+    out: set[int] = set()
+    for pt in points:
+        curve = _point_field(pt, "curve_number", "curveNumber")
+        idx = _point_field(pt, "point_index", "pointIndex", "point_number", "pointNumber")
+        try:
+            curve, idx = int(curve), int(idx)
+        except (TypeError, ValueError):
+            continue
+        if 0 <= curve < len(trace_rows) and 0 <= idx < len(trace_rows[curve]):
+            out.add(int(trace_rows[curve][idx]))
+    return sorted(out)
+
+
+def selection_shapes(event: Any) -> tuple[list[Any], list[Any]]:
+    """(boxes, lassos) of a ``st.plotly_chart`` selection event, in data coordinates."""
+    sel = ((event or {}).get("selection") or {}) if event else {}
+    return list(sel.get("box") or []), list(sel.get("lasso") or [])
+
+
+def picked_rows(event: Any, xy: np.ndarray, trace_rows: Sequence[np.ndarray]) -> list[int]:
+    """The rows (sorted, distinct) a selection event picked: every row of ``xy`` inside its box
+    or lasso, or — a click, no shape — the clicked point's row."""
+    boxes, lassos = selection_shapes(event)
+    if boxes or lassos:
+        return rows_in_selection(xy, boxes, lassos).tolist()
+    sel = ((event or {}).get("selection") or {}) if event else {}
+    return clicked_rows(sel.get("points") or [], trace_rows)
 
 
 def select_from_map(sel_state: dict, rows: list[int]) -> None:
     """A box, lasso or click selection on the map replaces the selection: its rows, its source,
     and no similarity scores (those belong to a text query's selection)."""
     sel_state.update(rows=list(rows), source="map selection", scores={})
+
+
+CLICK_TO_SELECT_JS = """
+<script>
+(function () {
+  // A click on a point while the box or lasso tool is active: Streamlit's chart sets plotly's
+  // clickmode to "event" then, so the click would select nothing. Pass it on to the chart's
+  // selection handler as a one-point selection (no box, no lasso).
+  if (window.__mmClickToSelect) return;
+  window.__mmClickToSelect = true;
+  // A box or lasso: the server tests its shape against every row, so the event goes on without
+  // its list of points (tens of thousands of objects to serialise, send and parse otherwise).
+  function dropPoints(ev) {
+    var shaped = ev && ev.selections && ev.selections.some(function (s) {
+      return s && (s.type === "rect" || s.type === "path"); });
+    if (shaped && ev.points && ev.points.length) ev.points = [];
+  }
+  function hook() {
+    document.querySelectorAll(".stPlotlyChart .js-plotly-plot").forEach(function (gd) {
+      if (gd.__mmClick || typeof gd.on !== "function") return;
+      gd.__mmClick = true;
+      if (gd._ev && typeof gd._ev.prependListener === "function") {
+        gd._ev.prependListener("plotly_selected", dropPoints);
+      }
+      gd.on("plotly_click", function (ev) {
+        var mode = gd._fullLayout && gd._fullLayout.dragmode;
+        if ((mode !== "lasso" && mode !== "select") || !ev || !ev.points || !ev.points.length) return;
+        var pt = ev.points[0];
+        gd.emit("plotly_selected", {points: [{curveNumber: pt.curveNumber,
+          pointNumber: pt.pointNumber, pointIndex: pt.pointIndex, x: pt.x, y: pt.y}],
+          selections: []});
+      });
+    });
+  }
+  setInterval(hook, 400);
+  hook();
+})();
+</script>
+"""

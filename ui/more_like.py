@@ -80,7 +80,12 @@ def more_like_these_panel(ws: Any, emb: Any, rows: list[int], key: str) -> bool:
             else:
                 state.update(sig=",".join(map(str, sel.tolist())),
                              rows=[n_ref + int(i) for i in found.ids],
-                             scores=[float(s) for s in found.scores], searched=found.searched)
+                             scores=[float(s) for s in found.scores],
+                             searched=found.searched + (
+                                 f", from {found.members_searched:,} of {found.members:,} images "
+                                 "spread over the selection"
+                                 if found.members_searched < found.members and method == "members"
+                                 else ""))
         if not state["rows"]:
             st.caption("Tick images above, then Find: the candidates nearest to them, best first.")
             return False

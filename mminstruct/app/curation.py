@@ -398,16 +398,38 @@ def search(ws: Workspace, emb: Embeddings, query: str, limit: int = 24) -> list[
     vec = embed_texts([q], ws.settings.partition.model_name, cache=ws.cache_dir,
                       device=resolve_device(0))[0]
     sims = np.concatenate([emb.reference.float32() @ vec, emb.candidates.float32() @ vec])
-    top = np.argsort(-sims, kind="stable")[:limit]
+    k = min(int(limit), len(sims))
+    if k <= 0:
+        return []
+    # the best k by (similarity desc, row asc) — argsort's stable order, without sorting every row
+    top = np.argpartition(-sims, k - 1)[:k] if k < len(sims) else np.arange(len(sims))
+    top = np.union1d(top, np.flatnonzero(sims == sims[top].min()))  # every tie at the cut
+    top = top[np.lexsort((top, -sims[top].astype(np.float64)))][:k]
     return [(int(i), float(sims[i])) for i in top]
+
+
+_XY: dict[tuple[str, str, str], np.ndarray] = {}  # (vectors' fingerprint, method, cache) → map
 
 
 def projection(ws: Workspace, emb: Embeddings,
                progress: Callable[[float, str], None] | None = None) -> np.ndarray:
-    """The 2-D map of every image (reference rows first), cached under the workspace."""
+    """The 2-D map of every image (reference rows first), cached under the workspace, and kept in
+    memory per fingerprint (a rerun reads neither the vectors nor the cache file)."""
     method = ws.settings.partition.projection
-    return project_2d(emb.all_vectors, method, seed=0, cache_dir=ws.cache_dir / "projections",
-                      progress=progress, fingerprint=emb.fingerprint or None)
+    cache_dir = ws.cache_dir / "projections"
+    memo = (emb.fingerprint, method, str(cache_dir)) if emb.fingerprint else None
+    if memo is not None and memo in _XY and len(_XY[memo]) == emb.n:
+        if progress:
+            progress(1.0, "projection loaded from cache")
+        return _XY[memo]
+    xy = project_2d(emb.all_vectors, method, seed=0, cache_dir=cache_dir, progress=progress,
+                    fingerprint=emb.fingerprint or None)
+    if memo is not None:
+        if len(_XY) >= 4:
+            _XY.pop(next(iter(_XY)))
+        xy.setflags(write=False)
+        _XY[memo] = xy
+    return xy
 
 
 def embedding_key(ws: Workspace) -> str:
