@@ -130,6 +130,15 @@ class _PoolSpec:
     allow_outside_paths: bool
 
 
+def candidate_files(ws: Workspace) -> list[Path]:
+    """The candidate pool's image files, as ``embed_workspace`` collects them."""
+    d = ws.settings.data
+    if not (d.candidate_folder or d.candidate_file) or ws.input_root is None:
+        return []
+    pool = _PoolSpec(d.candidate_folder or None, d.candidate_file or None, d.allow_outside_paths)
+    return collect_candidates(pool, ws.input_root)[1]  # type: ignore[arg-type]
+
+
 def load_workspace_data(ws: Workspace, check_images: bool | str = "decode") -> DataFile:
     """The workspace's data file, every image decoded (as the Data page loads it: a record whose
     image cannot be embedded is skipped and reported there, and the counts agree)."""

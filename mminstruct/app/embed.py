@@ -91,12 +91,16 @@ class JobPaths:
         return self.folder / "job.log"
 
     @property
-    def cancel(self) -> Path:
-        return self.folder / "CANCEL"
+    def cancel(self) -> Path:  # the flag names a generation run obeys (one owner: ``RunDir``)
+        from ..generate.runlog import RunDir
+
+        return RunDir.at(self.folder).cancel_flag
 
     @property
     def pause(self) -> Path:
-        return self.folder / "PAUSE"
+        from ..generate.runlog import RunDir
+
+        return RunDir.at(self.folder).pause_flag
 
 
 def job_paths(ws: Workspace) -> JobPaths:
@@ -459,15 +463,12 @@ def _embed_pool_on_ray(ws: Workspace, options: JobOptions, report: _Reporter) ->
     from ..clip import open_cache, parse_model_spec
     from ..distributed.cluster import check_address
     from ..distributed.embed import embed_pool, import_to_cache
-    from ..taskfile import collect_candidates
-    from .curation import _PoolSpec
+    from .curation import candidate_files
 
     check_address(options.ray_address)
-    d = ws.settings.data
-    if not (d.candidate_folder or d.candidate_file) or ws.input_root is None:
+    cand_abs = candidate_files(ws)
+    if not cand_abs:
         return
-    pool = _PoolSpec(d.candidate_folder or None, d.candidate_file or None, d.allow_outside_paths)
-    cand_abs = collect_candidates(pool, ws.input_root)[1]  # type: ignore[arg-type]
     spec = parse_model_spec(ws.settings.partition.model_name)
     identity = spec.identity(ws.cache_dir)
     ec = open_cache(ws.cache_dir, identity)
