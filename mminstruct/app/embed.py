@@ -288,7 +288,7 @@ def start_job(ws: Workspace, options: JobOptions | None = None, *,
     """Start the workspace's embedding job as a detached child; ``JobRunning`` when one runs."""
     from .curation import embedding_key
 
-    options = options or JobOptions()
+    options = options or JobOptions(precision=DEFAULT_PRECISION)
     paths = job_paths(ws)
     now = job_status(ws)
     if now.alive:
@@ -572,6 +572,7 @@ def run_job(ws: Workspace, options: JobOptions | None = None, *, token: str | No
             if "state" in result:
                 atomic_write_json(paths.exit, result)
             paths.cancel.unlink(missing_ok=True)
+            paths.pause.unlink(missing_ok=True)
         return result
     finally:
         lock.release()
