@@ -3,8 +3,10 @@ pool, a keyword partition that honours the user's exclusions and manual assignme
 built from it, text search and the 2-D map. No streamlit; the pages call these.
 
 The split follows what the app recomputes when: ``embed_workspace`` is slow the first time and
-cached on disk (``image_embed.embed_images``, keyed by model and file fingerprint), so the app keeps its
-result in memory; ``keyword_vectors`` is cached text embeddings; ``curate`` (the partition with
+cached on disk (``image_embed.embed_images``, keyed by model and file fingerprint); the app runs it
+only in its background job (``app.embed``), which stores the result with ``save_embeddings`` (one
+content-addressed float16 ``.npy`` + a manifest per ``embedding_key``); the pages read it with
+``load_embeddings`` (memory-mapped, nothing computed) and keep it in memory; ``keyword_vectors`` is cached text embeddings; ``curate`` (the partition with
 overrides) is one float32 matrix product and runs on every keyword edit; ``build_task`` assembles
 the MM-Gen task file from exactly what the user sees.
 
