@@ -121,7 +121,10 @@ def open_memmap(path: str | os.PathLike) -> np.memmap:
         if hit is None:
             for old in [k for k in _MEMMAPS if k.startswith(f"{p}|")]:
                 del _MEMMAPS[old]  # the file was replaced: the new content is another entry
-            hit = np.load(p, mmap_mode="r", allow_pickle=False)
+            try:
+                hit = np.load(p, mmap_mode="r", allow_pickle=False)
+            except ValueError as e:  # e.g. no rows: nothing to map
+                raise InputError(f"{p} cannot be memory-mapped ({e})") from e
             if not isinstance(hit, np.memmap):
                 raise InputError(f"{p} is not a plain .npy array (cannot be memory-mapped)")
             _MEMMAPS[key] = hit

@@ -288,7 +288,14 @@ def load_embeddings(ws: Workspace, data: DataFile | None = None,
     root = ws.input_root
     if root is None:
         return None
-    mm = open_memmap(_vectors_path(result_path(ws, key).parent, man["fingerprint"]))
+    vec_path = _vectors_path(result_path(ws, key).parent, man["fingerprint"])
+    try:
+        mm = open_memmap(vec_path)
+    except InputError:  # an empty set (nothing to map) or an unreadable file
+        try:
+            mm = np.load(vec_path, allow_pickle=False)
+        except (OSError, ValueError):
+            return None
     r, c = man["reference"], man["candidates"]
     n_ref = len(r["paths"])
     if mm.shape[0] != n_ref + len(c["paths"]):
