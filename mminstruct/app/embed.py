@@ -551,7 +551,9 @@ def run_job(ws: Workspace, options: JobOptions | None = None, *, token: str | No
             if options.project and emb.n and not projection_ready(ws, emb):
                 report.state, report.done, report.total = "projecting", emb.n, emb.n
                 report.write(force=True)
+                t_proj = time.monotonic()
                 projection(ws, emb, progress=report.projecting)
+                result["projection_s"] = round(time.monotonic() - t_proj, 2)
                 if echo:
                     echo(f"projected with {ws.settings.partition.projection}")
             result.update(state="finished", message="")
