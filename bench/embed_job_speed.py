@@ -128,6 +128,7 @@ def main() -> int:
             wall, rate = run_job(root, data, args.model, args.precision)
             job.append(wall)
             rates.append(rate)
+            print(f"round {len(job)}: cli {cli[-1]:.2f} s, job {wall:.2f} s; {load()}", flush=True)
         n = args.n
         best_cli, best_job = min(cli), min(job)
         print(f"CPU: {cpu_line()}; {load()} (after the runs)")
