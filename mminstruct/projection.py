@@ -9,7 +9,8 @@
   for speed. Both are deterministic for a seed. With ``cache_dir`` the result is stored under a
   content key (the vectors' bytes, the method, its parameters and the library versions), written
   atomically, so the same call returns from disk in milliseconds, also from a new process (a
-  cache hit does not import umap).
+  cache hit does not import umap). ``cached_projection(n, fingerprint, method, cache_dir=…)``
+  returns that stored result or None without computing anything.
 * ``display_sample(n_points, max_points, seed, always=None)`` → the sorted indices of a
   deterministic subsample to draw when the browser cannot take every point.
 * ``rows_in_selection(xy, boxes, lassos)`` → the sorted rows of a map inside a box or lasso (the
@@ -268,6 +269,27 @@ def warm_up_umap(seed: int = 0) -> float:
 
 # ----------------------------------------------------------------------------- public entry
 
+def _params(n: int, method: str, seed: int, sample_size: int,
+            umap_params: UmapParams | None) -> dict[str, Any]:
+    params: dict[str, Any] = {"seed": int(seed)}
+    if method == "umap":
+        up = umap_params or UmapParams()
+        up.validate()
+        params.update(asdict(up), sample_size=int(sample_size) if n > sample_size else None)
+    return params
+
+
+def cached_projection(n: int, fingerprint: str, method: str = "umap", *, cache_dir: str | os.PathLike,
+                      seed: int = 0, sample_size: int = 50_000,
+                      umap_params: UmapParams | None = None) -> np.ndarray | None:
+    """``project_2d``'s cached result for ``n`` vectors of this ``fingerprint``, or None (nothing
+    is computed: the app asks this before deciding whether a background job must project)."""
+    if method not in METHODS:
+        raise ConfigError(choices_message("projection method", method, METHODS))
+    params = _params(n, method, seed, sample_size, umap_params)
+    return _load_cached(_cache_path(cache_dir, method, projection_key(fingerprint, method, params)), n)
+
+
 def project_2d(vectors: Any, method: str = "umap", *, seed: int = 0, sample_size: int = 50_000,
                cache_dir: str | os.PathLike | None = None, progress: Progress | None = None,
                umap_params: UmapParams | None = None, fingerprint: str | None = None) -> np.ndarray:
@@ -284,11 +306,7 @@ def project_2d(vectors: Any, method: str = "umap", *, seed: int = 0, sample_size
         raise ConfigError(f"sample_size must be at least 10, got {sample_size}")
     vectors = as_rows(vectors)
     n = int(vectors.shape[0])
-    params: dict[str, Any] = {"seed": int(seed)}
-    if method == "umap":
-        up = umap_params or UmapParams()
-        up.validate()
-        params.update(asdict(up), sample_size=int(sample_size) if n > sample_size else None)
+    params = _params(n, method, seed, sample_size, umap_params)
     path = None
     if cache_dir is not None:
         fp = fingerprint or array_fingerprint(vectors)

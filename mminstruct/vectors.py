@@ -9,12 +9,18 @@ chunks and converted to float32 chunk by chunk, so a 10M-row pool never sits in 
 * ``normalise_rows`` scales rows to unit L2 norm; ``check_finite`` refuses NaN and infinity, naming
   the first bad row.
 * ``array_fingerprint`` is the SHA-256 of dtype, shape and bytes: the identity of vectors in cache keys.
+* ``save_npy`` writes an array as ``.npy`` atomically; ``open_memmap`` opens one read-only and
+  memory-mapped, one shared object per file and process (two sessions of the app on one workspace
+  read the same pages of the same file, no copy each); ``forget_memmaps`` lets them go.
 """
 
 from __future__ import annotations
 
 import hashlib
+import os
+import threading
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -89,3 +95,43 @@ def array_fingerprint(vectors: Any, chunk_rows: int = CHUNK_ROWS) -> str:
     for _, block in iter_chunks(vectors, chunk_rows, dtype=None):
         h.update(memoryview(np.ascontiguousarray(block, dtype=dtype)).cast("B"))
     return h.hexdigest()
+
+
+def save_npy(path: str | os.PathLike, array: np.ndarray) -> Path:
+    """``array`` as a ``.npy`` file, written atomically (``cache.atomic_writer``)."""
+    from .cache import atomic_writer
+
+    with atomic_writer(path, "wb") as f:
+        np.save(f, np.ascontiguousarray(array), allow_pickle=False)
+    return Path(path)
+
+
+_MEMMAPS: dict[str, np.memmap] = {}
+_MEMMAPS_LOCK = threading.Lock()
+
+
+def open_memmap(path: str | os.PathLike) -> np.memmap:
+    """The ``.npy`` file at ``path``, memory-mapped read-only; the same object for every caller in
+    this process while the file is unchanged (keyed by resolved path, size and mtime)."""
+    p = Path(path).resolve()
+    st = p.stat()
+    key = f"{p}|{st.st_size}|{st.st_mtime_ns}"
+    with _MEMMAPS_LOCK:
+        hit = _MEMMAPS.get(key)
+        if hit is None:
+            for old in [k for k in _MEMMAPS if k.startswith(f"{p}|")]:
+                del _MEMMAPS[old]  # the file was replaced: the new content is another entry
+            try:
+                hit = np.load(p, mmap_mode="r", allow_pickle=False)
+            except ValueError as e:  # e.g. no rows: nothing to map
+                raise InputError(f"{p} cannot be memory-mapped ({e})") from e
+            if not isinstance(hit, np.memmap):
+                raise InputError(f"{p} is not a plain .npy array (cannot be memory-mapped)")
+            _MEMMAPS[key] = hit
+        return hit
+
+
+def forget_memmaps() -> None:
+    """Drop this process's memory maps (they are unmapped once no array refers to them)."""
+    with _MEMMAPS_LOCK:
+        _MEMMAPS.clear()

@@ -79,6 +79,7 @@ st.radio("Projection", ["umap", "pca"], horizontal=True,
          **bind(ws, "proj_method"))
 show_error("proj_method")
 method = p.projection
+emb = embeddings_or_stop(ws, need_projection=True)  # a missing map is made by the background job
 
 bar = st.progress(0.0, text="Projecting to 2-D…")
 t0 = time.perf_counter()

@@ -84,12 +84,17 @@ def test_a_paused_run_shows_no_growing_eta() -> None:
 # -- Explore
 
 
-def test_the_first_projection_is_not_called_from_cache(pca_ws: Workspace) -> None:
+def test_the_first_projection_is_computed_by_the_job_and_read_by_the_page(pca_ws: Workspace) -> None:
+    import json
+
+    from mminstruct.app.embed import job_paths
+
     at = app_test(pca_ws).run()
     at.switch_page("pages/2_explore.py").run()
     no_errors(at)
-    text = _text(at)
-    assert "PCA computed in" in text and "from cache" not in text.split("points drawn")[1][:30]
+    ended = json.loads(job_paths(pca_ws).exit.read_text())
+    assert ended["state"] == "finished" and ended["projection_s"] >= 0  # the job projected
+    assert "PCA from cache" in _text(at)  # and the page only read it
     forget_embeddings()
     again = app_test(pca_ws).run()
     again.switch_page("pages/2_explore.py").run()

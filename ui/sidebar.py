@@ -1,5 +1,6 @@
-"""The sidebar on every page: the workspace (open, create, recent ones), the CLIP model in use and
-the generation endpoint's status."""
+"""The sidebar on every page: the workspace (open, create, recent ones), the background embedding
+job's progress (images per second, ETA, pause, cancel), the CLIP model in use and the generation
+endpoint's status."""
 
 from __future__ import annotations
 
@@ -96,6 +97,46 @@ def _restore(ws, entry_id: int | None) -> None:
     st.session_state["_history_note"] = " ".join(
         [f"Restored entry {new.restores}." if new else "Already in that state."] + notes)
     st.rerun()
+def _embed_job_box(ws) -> None:
+    from mminstruct.app.embed import job_status, start_job
+
+    status = job_status(ws)
+    if status.alive:
+        st.subheader("Embedding")
+        _live_job(str(ws.root))
+    elif status.state == "interrupted":
+        st.subheader("Embedding")
+        st.caption(md_escape(status.message, 300))
+        if st.button("Resume the embedding", key="sb_embed_resume"):
+            try:
+                start_job(ws)
+            except MMInstructError as e:
+                st.error(md_escape(str(e), 300))
+            else:
+                st.rerun()
+
+
+@st.fragment(run_every=1.0)
+def _live_job(root: str) -> None:
+    """The running job's progress, refreshed every second by itself (only while a job runs);
+    when the job ends the whole page reruns, so a page waiting for it opens."""
+    from mminstruct.app.embed import cancel_job, job_status, pause_job
+    from mminstruct.app.workspace import Workspace
+
+    ws = Workspace.open(root)
+    status = job_status(ws)
+    if not status.alive:
+        st.rerun()
+    st.progress(status.fraction, text=md_escape(status.label(), 200))
+    left, right = st.columns(2)
+    if status.state == "paused":
+        if left.button("Continue", key="sb_embed_continue"):
+            pause_job(ws, False)
+    elif status.state == "embedding" and left.button("Pause", key="sb_embed_pause"):
+        pause_job(ws)
+    if status.state != "cancelling" and right.button("Cancel", key="sb_embed_cancel"):
+        cancel_job(ws)
+        st.rerun()
 
 
 def sidebar() -> None:
@@ -105,6 +146,8 @@ def sidebar() -> None:
         if ws is None:
             return
         _history_box(ws)
+        if ws.has_data:
+            _embed_job_box(ws)
         st.subheader("CLIP model")
         st.caption(md_escape(ws.settings.partition.model_name, 200))
         st.subheader("Endpoint")

@@ -2,8 +2,9 @@
 
 The workspace comes from the session (``st.session_state["ws_path"]``), else the URL
 (``?ws=/path``), else ``$MMINSTRUCT_WORKSPACE``, else the most recent one. Embeddings are kept in
-memory per process (like ``st.cache_resource``) under ``curation.embedding_key``; their disk cache
-makes a recomputation after a restart a cache read. The API key typed into the app lives only in
+memory per process (like ``st.cache_resource``) under ``curation.embedding_key``, read from the
+background embedding job's result (``mminstruct.app.embed``; vectors memory-mapped, one mapping per
+file shared by every session); no page embeds in its own script run. The API key typed into the app lives only in
 ``st.session_state["_api_key"]`` with the workspace and base URL it was typed for (never in a
 widget's value after submission, never on disk); it is dropped when either changes.
 """
@@ -145,33 +146,14 @@ def cached_embeddings(ws: Workspace) -> Any | None:
         return _EMBEDDINGS.get(embedding_key(ws))
 
 
-def get_embeddings(ws: Workspace) -> Any:
-    """The workspace's embeddings; computed with a progress bar when not in memory."""
-    from mminstruct.app.curation import embed_workspace, embedding_key
-    from mminstruct.demo.setup import demo_pool_progress, wait_demo_pool
+class EmbeddingsPending(Exception):
+    """The workspace's embeddings (or its map) are being computed by the background job."""
 
-    if demo_pool_progress(ws) is not None:  # the demo's pool, drawn in the background: wait
-        wait_bar = st.progress(0.0, text="The demo's candidate charts are still being drawn…")
-        try:
-            wait_demo_pool(ws, lambda d, t: wait_bar.progress(
-                min(1.0, d / t) if t else 1.0,
-                text=f"The demo's candidate charts are still being drawn: {d}/{t}"))
-        finally:
-            wait_bar.empty()
-    key = embedding_key(ws)
-    with _LOCK:
-        hit = _EMBEDDINGS.get(key)
-    if hit is not None:
-        return hit
-    bar = st.progress(0.0, text="Embedding images with CLIP…")
 
-    def progress(stage: str, done: int, total: int) -> None:
-        bar.progress(min(1.0, done / total) if total else 1.0, text=f"Embedding {stage}: {done}/{total}")
+_REPORTED: set[str] = set()  # jobs whose "embedded now" figures a page has shown (per process)
 
-    try:
-        emb = embed_workspace(ws, progress)
-    finally:
-        bar.empty()
+
+def _remember(key: str, emb: Any) -> Any:
     with _LOCK:
         _EMBEDDINGS[key] = emb
         while len(_EMBEDDINGS) > _MAX_EMBEDDINGS:
@@ -179,24 +161,112 @@ def get_embeddings(ws: Workspace) -> Any:
     return emb
 
 
-def embeddings_or_stop(ws: Workspace) -> Any:
-    """The workspace's embeddings, or an error box and the end of this page's run."""
-    try:
-        return get_embeddings(ws)
-    except MMInstructError as e:
-        from .safe import for_browser
+def get_embeddings(ws: Workspace, need_projection: bool = False, _again: bool = False) -> Any:
+    """The workspace's embeddings: from memory, else the background job's result on disk
+    (memory-mapped vectors, ``curation.load_embeddings``). Nothing is embedded in this script
+    run: when the result (or, with ``need_projection``, the map) is missing, the job is started
+    (``mminstruct.app.embed``) and ``EmbeddingsPending`` raised; a failed or cancelled job for
+    these settings is not restarted by itself (``EmbeddingsPending`` with its status)."""
+    from mminstruct.app.curation import embedding_key, load_embeddings, projection_ready
+    from mminstruct.app.embed import JobRunning, job_status, start_job
+    from mminstruct.demo.setup import demo_pool_progress
 
+    key = embedding_key(ws)
+    with _LOCK:
+        emb = _EMBEDDINGS.get(key)
+    if emb is None and demo_pool_progress(ws) is None:  # the demo's pool is complete
+        emb = load_embeddings(ws, key=key)
+        if emb is not None:
+            if emb.job_token in _REPORTED or not emb.job_token:
+                emb.n_cached, emb.n_computed = emb.n, 0  # read from the cache, not embedded now
+            _REPORTED.add(emb.job_token)
+            _remember(key, emb)
+    if emb is not None and (not need_projection or projection_ready(ws, emb)):
+        return emb
+    status = job_status(ws)
+    ended_here = status.key == key and status.state in ("failed", "cancelled")
+    if status.alive or (ended_here and not st.session_state.get(_RETRY_KEY)):
+        raise EmbeddingsPending(status)
+    st.session_state.pop(_RETRY_KEY, None)
+    if demo_pool_progress(ws) is not None:
+        raise EmbeddingsPending(status)  # the demo's candidate charts are still being drawn
+    try:
+        status = start_job(ws)
+    except JobRunning:
+        status = job_status(ws)
+    if status.state == "finished" and status.key == key and not _again:  # it ran to its end
+        return get_embeddings(ws, need_projection, _again=True)
+    raise EmbeddingsPending(status)
+
+
+_RETRY_KEY = "_embed_retry"
+
+
+def embeddings_or_stop(ws: Workspace, need_projection: bool = False) -> Any:
+    """The workspace's embeddings, or what the background job is doing (or why it failed) and
+    the end of this page's run; the sidebar shows the job's progress and reruns the page when it
+    ends."""
+    from mminstruct.app.curation import embedding_key
+    from mminstruct.demo.setup import demo_pool_progress
+
+    from .safe import for_browser
+
+    try:
+        return get_embeddings(ws, need_projection)
+    except MMInstructError as e:
         st.error(f"Cannot embed this workspace's images: {for_browser(e)}")
-        cause = e.__cause__
-        if cause is not None and str(cause).strip() and str(cause) not in str(e):
-            with st.expander("The whole error"):  # (the message above may quote a shortened one)
-                st.code(f"{type(cause).__name__}: {cause}", language=None, wrap_lines=True)
         st.stop()
+    except EmbeddingsPending as pending:
+        status = pending.args[0]
+    if status.key == embedding_key(ws) and status.state == "failed":
+        st.error(f"Cannot embed this workspace's images: {for_browser(status.message)}")
+        if status.cause.strip() and status.cause not in status.message:
+            with st.expander("The whole error"):  # (the message above may quote a shortened one)
+                st.code(status.cause, language=None, wrap_lines=True)
+        if st.button("Try again", key="embed_retry"):
+            st.session_state[_RETRY_KEY] = True
+            st.rerun()
+    elif status.key == embedding_key(ws) and status.state == "cancelled":
+        st.info("The embedding job was cancelled; the images it embedded are kept in the cache.")
+        if st.button("Embed the rest", key="embed_retry", type="primary"):
+            st.session_state[_RETRY_KEY] = True
+            st.rerun()
+    elif demo_pool_progress(ws) is not None:
+        st.info("The demo's candidate charts are still being drawn; embedding starts when they "
+                "are done.")
+        _poll_until(lambda: demo_pool_progress(ws) is None)
+    else:
+        if status.alive and status.key and status.key != embedding_key(ws):
+            st.info("An embedding job for earlier settings (another model or data file) is still "
+                    "running; these settings are embedded when it ends (or cancel it in the "
+                    "sidebar).")
+        else:
+            st.info("Embedding runs in the background (progress in the sidebar); this page "
+                    "opens when it is done. Other pages stay usable meanwhile.")
+    st.stop()
+
+
+@st.fragment(run_every=1.0)
+def _poll(done: Any) -> None:
+    if done():
+        st.rerun()
+
+
+def _poll_until(done: Any) -> None:
+    _poll(done)
 
 
 def forget_embeddings() -> None:
+    """Drop the in-memory embeddings and their memory maps (a workspace change gives the memory
+    back; the next page reads the job's result from disk again)."""
+    import gc
+
+    from mminstruct.vectors import forget_memmaps
+
     with _LOCK:
         _EMBEDDINGS.clear()
+    forget_memmaps()
+    gc.collect()
 
 
 # ----------------------------------------------------------------------------------------------

@@ -3,8 +3,10 @@ pool, a keyword partition that honours the user's exclusions and manual assignme
 built from it, text search and the 2-D map. No streamlit; the pages call these.
 
 The split follows what the app recomputes when: ``embed_workspace`` is slow the first time and
-cached on disk (``image_embed.embed_images``, keyed by model and file fingerprint), so the app keeps its
-result in memory; ``keyword_vectors`` is cached text embeddings; ``curate`` (the partition with
+cached on disk (``image_embed.embed_images``, keyed by model and file fingerprint); the app runs it
+only in its background job (``app.embed``), which stores the result with ``save_embeddings`` (one
+content-addressed float16 ``.npy`` + a manifest per ``embedding_key``); the pages read it with
+``load_embeddings`` (memory-mapped, nothing computed) and keep it in memory; ``keyword_vectors`` is cached text embeddings; ``curate`` (the partition with
 overrides) is one float32 matrix product and runs on every keyword edit; ``build_task`` assembles
 the MM-Gen task file from exactly what the user sees.
 
@@ -79,6 +81,9 @@ class Embeddings:
     fingerprint: str = ""  # of all_vectors (the projection cache key)
     n_cached: int = 0
     n_computed: int = 0
+    #: every row (reference first) when they come from one array (the job's memory-mapped file)
+    source: np.ndarray | None = field(default=None, repr=False, compare=False)
+    job_token: str = ""  # the embedding job that wrote the result read (``load_embeddings``)
 
     @property
     def n(self) -> int:
@@ -86,6 +91,8 @@ class Embeddings:
 
     @property
     def all_vectors(self) -> np.ndarray:
+        if self.source is not None and self.source.shape[0] == self.n:
+            return self.source  # no copy: the memory map itself
         return np.concatenate([self.reference.vectors, self.candidates.vectors])
 
     def locate(self, row: int) -> tuple[str, int]:
@@ -125,6 +132,15 @@ class _PoolSpec:
     allow_outside_paths: bool
 
 
+def candidate_files(ws: Workspace) -> list[Path]:
+    """The candidate pool's image files, as ``embed_workspace`` collects them."""
+    d = ws.settings.data
+    if not (d.candidate_folder or d.candidate_file) or ws.input_root is None:
+        return []
+    pool = _PoolSpec(d.candidate_folder or None, d.candidate_file or None, d.allow_outside_paths)
+    return collect_candidates(pool, ws.input_root)[1]  # type: ignore[arg-type]
+
+
 def load_workspace_data(ws: Workspace, check_images: bool | str = "decode") -> DataFile:
     """The workspace's data file, every image decoded (as the Data page loads it: a record whose
     image cannot be embedded is skipped and reported there, and the counts agree)."""
@@ -148,11 +164,14 @@ def _rel(path: Path, root: Path) -> str:
 
 
 def embed_workspace(ws: Workspace, progress: Progress | None = None,
-                    num_workers: int = 0) -> Embeddings:
+                    num_workers: int | None = 0, *, precision: str = "auto",
+                    batch_size: int = 64) -> Embeddings:
     """Load the data file, collect the pool and embed both (cached under the workspace's cache).
 
-    ``num_workers`` 0 decodes in this thread: forking worker processes out of a threaded server
-    (the app) is unsafe; the command line uses workers."""
+    ``progress(stage, done, total)`` counts over both sets (reference images first). The app runs
+    this in a background job (``mminstruct.app.embed``) with ``num_workers=None``: the command
+    line's decode workers. ``num_workers`` 0 (the default here) decodes in this thread, as an
+    in-process caller in a threaded server must (forking workers out of it is unsafe)."""
     d, model = ws.settings.data, ws.settings.partition.model_name
     parse_model_spec(model)  # a bad spec fails before any work
     data = load_workspace_data(ws)
@@ -161,26 +180,28 @@ def embed_workspace(ws: Workspace, progress: Progress | None = None,
         raise InputError(f"workspace {ws.root} has no data file yet; open or upload one first")
     rows = [i for i, r in enumerate(data.records) if r.images]
     ref_abs = [data.image_path(data.records[i]) for i in rows]
-    device = resolve_device(0)
-    common: dict[str, Any] = dict(cache=ws.cache_dir, device=device, num_workers=num_workers,
-                                  show_progress=False)
-
-    def stage(name: str) -> Callable[[int, int], None] | None:
-        return (lambda done, total: progress(name, done, total)) if progress else None
-
-    ref = embed_images(ref_abs, model, progress=stage("reference images"), **common)
-    ok = ref.ok.tolist()
-    reference = ImageSet("reference", [_rel(ref_abs[j], root) for j in ok],
-                         [ref_abs[j] for j in ok], ref.vectors, [rows[j] for j in ok],
-                         [(str(p), why) for p, why in ref.failures])
     pool = _PoolSpec(d.candidate_folder or None, d.candidate_file or None, d.allow_outside_paths)
     problems: list[tuple[str, str]] = []
     if pool.candidate_folder or pool.candidate_file:
         cand_rel, cand_abs, problems = collect_candidates(pool, root)  # type: ignore[arg-type]
     else:
         cand_rel, cand_abs = [], []
+    device = resolve_device(0)
+    common: dict[str, Any] = dict(cache=ws.cache_dir, device=device, num_workers=num_workers,
+                                  show_progress=False, precision=precision, batch_size=batch_size)
+    grand = len(ref_abs) + len(cand_abs)
+
+    def stage(name: str, offset: int) -> Callable[[int, int], None] | None:
+        return (lambda done, total: progress(name, offset + done, grand)) if progress else None
+
+    ref = embed_images(ref_abs, model, progress=stage("reference images", 0), **common)
+    ok = ref.ok.tolist()
+    reference = ImageSet("reference", [_rel(ref_abs[j], root) for j in ok],
+                         [ref_abs[j] for j in ok], ref.vectors, [rows[j] for j in ok],
+                         [(str(p), why) for p, why in ref.failures])
     if cand_abs:
-        cand = embed_images(cand_abs, model, progress=stage("candidate images"), **common)
+        cand = embed_images(cand_abs, model, progress=stage("candidate images", len(ref_abs)),
+                            **common)
         ok_c = cand.ok.tolist()
         candidates = ImageSet("candidate", [cand_rel[j] for j in ok_c], [cand_abs[j] for j in ok_c],
                               cand.vectors, failures=[(str(p), w) for p, w in cand.failures])
@@ -193,6 +214,115 @@ def embed_workspace(ws: Workspace, progress: Progress | None = None,
                      n_cached=n_cached, n_computed=n_computed)
     emb.fingerprint = array_fingerprint(emb.all_vectors) if emb.n else ""
     return emb
+
+
+# ----------------------------------------------------------------------------------------------
+# The embedding job's result on disk: what the app reads (memory-mapped), never recomputes
+
+RESULTS_DIR = "embeddings"  # under the workspace's cache folder
+_RESULT_FORMAT = 1
+
+
+def result_path(ws: Workspace, key: str | None = None) -> Path:
+    """The manifest of the embeddings for ``key`` (default: the workspace's current
+    ``embedding_key``); its vectors are ``vectors-{fingerprint}.npy`` beside it."""
+    return ws.cache_dir / RESULTS_DIR / f"{(key or embedding_key(ws))[:40]}.json"
+
+
+def _vectors_path(folder: Path, fingerprint: str) -> Path:
+    return folder / f"vectors-{fingerprint[:40]}.npy"
+
+
+def save_embeddings(ws: Workspace, emb: Embeddings, key: str, token: str = "") -> Path:
+    """Write ``emb`` for ``key``: every vector in one float16 ``.npy`` named by its content
+    (written once, atomically; reference rows first) and a manifest (paths, sample indices,
+    failures, counts), written atomically after it: a reader sees the old result or the new one."""
+    from ..cache import atomic_write_json
+    from ..vectors import save_npy
+
+    manifest = result_path(ws, key)
+    folder = manifest.parent
+    fp = emb.fingerprint or array_fingerprint(emb.all_vectors)
+    vec_path = _vectors_path(folder, fp)
+    if not vec_path.is_file():
+        save_npy(vec_path, np.ascontiguousarray(emb.all_vectors, dtype=np.float16))
+    atomic_write_json(manifest, {
+        "format": _RESULT_FORMAT, "key": key, "token": token, "model": emb.model_name,
+        "fingerprint": fp, "vectors": vec_path.name, "dim": int(emb.all_vectors.shape[1]),
+        "n_cached": emb.n_cached, "n_computed": emb.n_computed,
+        "reference": {"paths": emb.reference.paths, "abs_paths": [str(p) for p in emb.reference.abs_paths],
+                      "sample_idx": emb.reference.sample_idx, "failures": emb.reference.failures},
+        "candidates": {"paths": emb.candidates.paths,
+                       "abs_paths": [str(p) for p in emb.candidates.abs_paths],
+                       "failures": emb.candidates.failures},
+        "problems": emb.problems}, indent=None)
+    return manifest
+
+
+def read_result(ws: Workspace, key: str | None = None) -> dict[str, Any] | None:
+    """The manifest for ``key`` (default: the current settings), or None when there is none
+    (or it is unreadable, or its vectors file is gone: the job then writes it again)."""
+    import json
+
+    path = result_path(ws, key)
+    try:
+        man = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if not isinstance(man, dict) or man.get("format") != _RESULT_FORMAT:
+        return None
+    if not _vectors_path(path.parent, str(man.get("fingerprint", ""))).is_file():
+        return None
+    return man
+
+
+def load_embeddings(ws: Workspace, data: DataFile | None = None,
+                    key: str | None = None) -> Embeddings | None:
+    """The embedding job's result for the current settings, vectors memory-mapped from the cache
+    (``vectors.open_memmap``: one mapping per file and process, shared by every session), or None
+    when the job has not written it yet. Nothing is embedded here."""
+    from ..vectors import open_memmap
+
+    man = read_result(ws, key)
+    if man is None:
+        return None
+    root = ws.input_root
+    if root is None:
+        return None
+    vec_path = _vectors_path(result_path(ws, key).parent, man["fingerprint"])
+    try:
+        mm = open_memmap(vec_path)
+    except InputError:  # an empty set (nothing to map) or an unreadable file
+        try:
+            mm = np.load(vec_path, allow_pickle=False)
+        except (OSError, ValueError):
+            return None
+    r, c = man["reference"], man["candidates"]
+    n_ref = len(r["paths"])
+    if mm.shape[0] != n_ref + len(c["paths"]):
+        return None  # not the rows this manifest names: rebuild
+    data = data if data is not None else load_workspace_data(ws)
+    reference = ImageSet("reference", list(r["paths"]), [Path(p) for p in r["abs_paths"]],
+                         mm[:n_ref], [int(i) for i in r["sample_idx"]],
+                         [tuple(f) for f in r["failures"]])
+    candidates = ImageSet("candidate", list(c["paths"]), [Path(p) for p in c["abs_paths"]],
+                          mm[n_ref:], failures=[tuple(f) for f in c["failures"]])
+    emb = Embeddings(man["model"], data, root, reference, candidates,
+                     [tuple(p) for p in man["problems"]], man["fingerprint"],
+                     int(man.get("n_cached", 0)), int(man.get("n_computed", 0)))
+    emb.source = mm
+    emb.job_token = str(man.get("token", ""))
+    return emb
+
+
+def projection_ready(ws: Workspace, emb: Embeddings) -> bool:
+    """Whether the workspace's projection of ``emb`` is on disk (the map needs no job)."""
+    from ..projection import cached_projection
+
+    if not emb.n:
+        return True
+    return cached_projection(emb.n, emb.fingerprint, ws.settings.partition.projection,
+                             cache_dir=ws.cache_dir / "projections") is not None
 
 
 def keyword_vectors(ws: Workspace, keywords: Sequence[str]) -> np.ndarray:
