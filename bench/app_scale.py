@@ -101,7 +101,7 @@ def build_workspace(root: Path, n_records: int, n_images: int, n_pool: int,
                     dim: int = 512) -> Path:
     from mminstruct.app.workspace import DataSettings, PartitionSettings, Workspace
     from mminstruct.cache import file_fingerprint
-    from mminstruct.clip import EmbeddingCache, parse_model_spec
+    from mminstruct.embed.clip import EmbeddingCache, parse_model_spec
 
     t0 = time.perf_counter()
     data = root / "data"

@@ -199,7 +199,7 @@ def keyword_edit(n: int, k: int, dim: int = 512, repeats: int = 7) -> dict[str, 
 
 
 def new_keyword_text_vector() -> dict[str, float]:
-    from mminstruct.clip import embed_keywords, load_clip
+    from mminstruct.embed.clip import embed_keywords, load_clip
     from mminstruct.demo import DEMO_MODEL, model_files
     from mminstruct.errors import ModelSpecError
 
@@ -222,7 +222,7 @@ def new_keyword_text_vector() -> dict[str, float]:
 def umap_once(n: int, dim: int = 512) -> dict[str, float]:
     cache = Path(tempfile.mkdtemp(prefix="umap_bench_"))
     code = ("import time, numpy as np\n"
-            "from mminstruct.projection import project_2d\n"
+            "from mminstruct.app.projection import project_2d\n"
             "rng = np.random.default_rng(0)\n"
             f"c = rng.normal(size=(12, {dim})).astype(np.float32)\n"
             f"x = c[rng.integers(0, 12, {n})] + 0.7 * rng.normal(size=({n}, {dim})).astype(np.float32)\n"

@@ -13,7 +13,7 @@ avx512_bf16, amx_bf16, avx512_vnni, avx_vnni), ``clip.cpu_kind`` and what ``auto
       int8 (``clip.int8_copy``: dynamic quantisation of the Linear layers the tower calls as
       modules), side by side, each with its min cosine to fp32 — or why it cannot run that
       architecture;
-  (b) mminstruct.image_embed.embed_images from the JPEG files, cold cache, once per ``--precision``
+  (b) mminstruct.embed.image_embed.embed_images from the JPEG files, cold cache, once per ``--precision``
       (default workers: see ``image_embed.cpu_workers``; auto = ``clip.auto_candidates``, each
       kept only when the first-batch check passes);
   (c) MM-Gen's way: open, preprocess and encode one batch at a time in the main process, fp32;
@@ -41,7 +41,8 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from mminstruct import clip, image_embed  # noqa: E402
+from mminstruct.embed import clip  # noqa: E402
+from mminstruct.embed import image_embed  # noqa: E402
 
 
 def make_jpegs(folder: Path, n: int, size: tuple[int, int], seed: int = 0) -> list[Path]:

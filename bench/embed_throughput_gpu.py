@@ -31,9 +31,10 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from mminstruct import clip, image_embed  # noqa: E402
-from mminstruct.image_embed import available_cpus, cpu_workers  # noqa: E402
-from mminstruct.images import preprocess_file  # noqa: E402
+from mminstruct.embed import clip  # noqa: E402
+from mminstruct.embed import image_embed  # noqa: E402
+from mminstruct.embed.image_embed import available_cpus, cpu_workers  # noqa: E402
+from mminstruct.data.images import preprocess_file  # noqa: E402
 
 
 def _make_part(args: tuple[Any, str, int, tuple[int, int], int]) -> list[Path]:

@@ -67,7 +67,7 @@ def generation_rate(ws, url: str, concurrency: int, prefix: str) -> tuple[float,
 
 
 def judge_rate(generated: Path, url: str, concurrency: int, out: Path) -> float:
-    from mminstruct.judge import JudgeConfig, judge_async
+    from mminstruct.quality.judge import JudgeConfig, judge_async
     from mminstruct.llm.client import EndpointConfig
 
     cfg = JudgeConfig(input_folder=json.loads(generated.read_text())["input_folder"],

@@ -96,8 +96,8 @@ def child(variant: str, path: Path) -> dict:
         loaded, skipped = n, 0
     elif variant == "old":
         from mminstruct.errors import ImageError, UnsafePathError
-        from mminstruct.images import probe_image, resolve_image_path
-        from mminstruct.records import load_data_file
+        from mminstruct.data.images import probe_image, resolve_image_path
+        from mminstruct.data.records import load_data_file
 
         df = load_data_file(path, check_images=False)
         skipped = 0
@@ -114,7 +114,7 @@ def child(variant: str, path: Path) -> dict:
                     break
         loaded = len(df.records) - skipped
     else:
-        from mminstruct.records import load_data_file
+        from mminstruct.data.records import load_data_file
 
         mode = {"decode": "decode", "nocheck": False}.get(variant, "header")
         df = load_data_file(path, check_images=mode)

@@ -27,8 +27,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from retrieval_latency import sphere_mixture  # noqa: E402
 
-from mminstruct.neighbours import more_like_these  # noqa: E402
-from mminstruct.retrieval import CandidateIndex  # noqa: E402
+from mminstruct.app.neighbours import more_like_these  # noqa: E402
+from mminstruct.partition.retrieval import CandidateIndex  # noqa: E402
 
 
 def timed(fn, repeat: int = 3):

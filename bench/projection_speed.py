@@ -33,7 +33,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from mminstruct import projection  # noqa: E402
+from mminstruct.app import projection  # noqa: E402
 
 
 def mixture(n: int, dim: int, n_clusters: int, seed: int, spread: float = 0.8):
@@ -82,7 +82,7 @@ def main() -> None:
         t0 = time.perf_counter()
         import umap
         t1 = time.perf_counter()
-        from mminstruct import projection
+        from mminstruct.app import projection
         projection.warm_up_umap()
         print(f"import={t1 - t0} jit={time.perf_counter() - t1}")
     """)
@@ -100,7 +100,7 @@ def main() -> None:
     rows.append((f"(d) UMAP {args.n:,}: cached, same process", time.perf_counter() - t0, purity(cached, labels)))
     new = fresh_process(f"""
         import time, numpy as np
-        from mminstruct import projection
+        from mminstruct.app import projection
         x = np.load({str(tmp / 'x.npy')!r})
         t0 = time.perf_counter()
         projection.project_2d(x, "umap", cache_dir={str(tmp / 'cache')!r})

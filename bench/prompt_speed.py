@@ -54,7 +54,7 @@ def _peak_mib() -> float:
 
 
 def run_cli(task: Path, out: Path, total: int) -> Path:
-    from mminstruct import prompt_generator
+    from mminstruct.commands import prompts as prompt_generator
 
     argv = ["--task_desc", str(task), "--output_folder", str(out), "--file_prefix", "bench",
             "--total_gen", str(total), "--num_icl_samples", "2", "--mode", "vqa", "--seed", "0",
@@ -71,7 +71,7 @@ def run_cli(task: Path, out: Path, total: int) -> Path:
 
 
 def _config(task: Path, out: Path, total: int):
-    from mminstruct.prompts import PromptConfig
+    from mminstruct.prompts.plan import PromptConfig
 
     return PromptConfig(task_desc=str(task), file_prefix="bench", total_gen=total,
                         output_folder=str(out), num_icl_samples=2, mode="vqa", seed=0,
@@ -81,9 +81,9 @@ def _config(task: Path, out: Path, total: int):
 def run_app(task: Path, out: Path, total: int) -> Path:
     from mminstruct.app.preview import start_save
     from mminstruct.app.workspace import Workspace
-    from mminstruct.formats import load_task_file
-    from mminstruct.prompts import prepare_plan
-    from mminstruct.records import parse_once
+    from mminstruct.data.formats import load_task_file
+    from mminstruct.prompts.plan import prepare_plan
+    from mminstruct.data.records import parse_once
 
     ws = Workspace.open(out, create=True)
     ws.settings.prompts.file_prefix = "bench"
@@ -99,8 +99,8 @@ def run_app(task: Path, out: Path, total: int) -> Path:
 
 
 def run_app_before(task: Path, out: Path, total: int) -> Path:
-    from mminstruct.formats import load_task_file, prompt_file_name, prompts_dir
-    from mminstruct.prompts import plan_prompts, prepare_plan
+    from mminstruct.data.formats import load_task_file, prompt_file_name, prompts_dir
+    from mminstruct.prompts.plan import plan_prompts, prepare_plan
 
     loaded = load_task_file(task)
     config = _config(task, out, total)

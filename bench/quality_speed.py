@@ -106,12 +106,12 @@ CHILD = """
 import json, resource, sys, time
 t_imp = time.perf_counter()
 if sys.argv[4]:  # one-time cost, not per sample: torch / open_clip imports and the model spec
-    from mminstruct.clip import parse_model_spec
+    from mminstruct.embed.clip import parse_model_spec
     parse_model_spec(sys.argv[4])
 imports_s = time.perf_counter() - t_imp
 t0 = time.perf_counter()
-from mminstruct import quality
-from mminstruct.quality import QualityConfig, analyse, write_report
+from mminstruct.quality import report as quality
+from mminstruct.quality.report import QualityConfig, analyse, write_report
 grounding_s = [0.0]
 _inner = quality.grounding_scores
 def _timed(*a, **k):  # the grounding step alone (image + text vectors from the cache, cosines)

@@ -42,7 +42,8 @@ sys.path.insert(0, str(REPO / "bench"))
 
 from embed_throughput import make_jpegs  # noqa: E402
 
-from mminstruct import clip, image_embed  # noqa: E402
+from mminstruct.embed import clip  # noqa: E402
+from mminstruct.embed import image_embed  # noqa: E402
 
 
 def make_model(folder: Path, which: str) -> str:

@@ -38,7 +38,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from mminstruct.retrieval import CandidateIndex, top_k_per_keyword  # noqa: E402
+from mminstruct.partition.retrieval import CandidateIndex, top_k_per_keyword  # noqa: E402
 
 
 def _unit(a: np.ndarray) -> np.ndarray:

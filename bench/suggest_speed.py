@@ -25,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from retrieval_latency import sphere_mixture  # noqa: E402
 
-from mminstruct.suggest import choose_k, kmeans, load_vocabulary, suggest_keywords  # noqa: E402
+from mminstruct.app.suggest import choose_k, kmeans, load_vocabulary, suggest_keywords  # noqa: E402
 
 
 def main() -> None:

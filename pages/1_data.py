@@ -8,10 +8,10 @@ import io
 import streamlit as st
 
 from mminstruct.errors import MMInstructError
-from mminstruct.records import DataFile
+from mminstruct.data import DataFile
 from mminstruct.app.uploads import (DATA_SUFFIXES, check_data, commit_upload, extract_zip,
                                     guess_image_folder, server_data_settings, stage_upload)
-from mminstruct.demo.setup import demo_pool_progress, demo_size_default, setup_demo
+from mminstruct.app.demo import demo_pool_progress, demo_size_default, setup_demo
 from mminstruct.app.workspace import SETTINGS_NAME, Workspace, default_workspace_root
 from ui.gallery import thumbnail_url
 from ui.model_picker import model_download_warning, model_picker
@@ -117,7 +117,7 @@ def _upload(ws: Workspace) -> None:
     try:
         folder = ws.uploads_dir
         staged = stage_upload(folder, data_up.name, data_up.getvalue())
-        from mminstruct.records import load_data_file
+        from mminstruct.data import load_data_file
 
         load_data_file(staged, check_images=False)  # unparsable: refused before anything else
         if images_up is not None:
@@ -211,7 +211,7 @@ if ws is None or not ws.has_data:
 
 def _load(data_file: str, input_folder: str, image_folder: str | None, allow: bool,
           stamp: tuple) -> DataFile:
-    from mminstruct.records import load_data_file, parse_once
+    from mminstruct.data import load_data_file, parse_once
 
     # every image decoded fully, as Explore's embedding does: a record whose image cannot be
     # embedded is reported here, once, and the counts agree on every page. Parsed once per

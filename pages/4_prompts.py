@@ -9,9 +9,7 @@ import os
 import streamlit as st
 
 from mminstruct.errors import MMInstructError
-from mminstruct.formats import load_task_file
-from mminstruct.modes import MODE_NAMES
-from mminstruct.records import parse_once
+from mminstruct.data import MODE_NAMES, load_task_file, parse_once
 from mminstruct.app.preview import (PlannedPrompts, allocation_rows, estimate_plan, plan_size,
                                 prepare_workspace_plan,
                                 prompt_at, prompt_head, render_entry, samples_note, save_status,

@@ -125,7 +125,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--commit", default="HEAD", help="revision, for a git directory (default HEAD)")
     args = ap.parse_args(argv)
 
-    from mminstruct.export import export_file
+    from mminstruct.export.formats import export_file
     from tests.test_export import _generated  # vqa, nr, tqa, descript, multi-turn, odd tokens
 
     failed = False

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from mminstruct.formats import load_task_file
+from mminstruct.data.formats import load_task_file
 from mminstruct.app.workspace import Workspace
 from tests.fixtures.app import app_test, markdown_strings, no_errors
 from ui.state import forget_embeddings

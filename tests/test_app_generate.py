@@ -14,7 +14,7 @@ import pytest
 from mminstruct.app.curation import build_task, curate, embed_workspace, keyword_vectors, save_task
 from mminstruct.generate.output import load_output
 from mminstruct.llm.requests import generation_prompt, system_prompt
-from mminstruct.modes import Mode
+from mminstruct.data.modes import Mode
 from mminstruct.app.runs import list_app_runs, run_info
 from mminstruct.app.workspace import Workspace
 from tests.fixtures.app import (app_test, live_markup, markdown_strings, no_errors, plain_strings,

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from mminstruct.app.curation import build_task, curate, embed_workspace, keyword_vectors, save_task
-from mminstruct.formats import load_task_file
+from mminstruct.data.formats import load_task_file
 from mminstruct.app.preview import plan_workspace, samples_note, save_prompts
 from mminstruct.app.runs import RunInfo, eta_label
 from mminstruct.app.workspace import Workspace

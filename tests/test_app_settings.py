@@ -15,7 +15,7 @@ import pytest
 
 from mminstruct.app.curation import build_task, curate, embed_workspace, keyword_vectors, save_task
 from mminstruct.app.preview import plan_workspace, save_prompts
-from mminstruct.formats import load_task_file
+from mminstruct.data.formats import load_task_file
 from mminstruct.app.workspace import EndpointSettings, Workspace
 from tests.fixtures.app import app_test, make_demo_workspace, markdown_strings, no_errors
 from ui.settings import BOUND, EP_FORM, _get

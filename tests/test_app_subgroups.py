@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from mminstruct.app.curation import embed_workspace
-from mminstruct.formats import load_prompt_file, load_task_file
+from mminstruct.data.formats import load_prompt_file, load_task_file
 from mminstruct.app.runs import list_app_runs, run_info
 from mminstruct.app.workspace import Workspace
 from tests.fixtures.app import app_test, markdown_strings, no_errors

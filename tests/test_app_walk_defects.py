@@ -17,11 +17,11 @@ from mminstruct.app.curation import build_task, curate, embed_workspace, keyword
 from mminstruct.app.runs import check_name, list_app_runs, new_run_name
 from mminstruct.app.workspace import Workspace
 from mminstruct.errors import ConfigError
-from mminstruct.formats import check_file_prefix
+from mminstruct.data.formats import check_file_prefix
 from mminstruct.llm.client import endpoint_label
 from mminstruct.llm.requests import image_token_rule
-from mminstruct.prompts import PromptConfig
-from tests.fixtures.app import app_test, markdown_strings, no_errors, plain_strings
+from mminstruct.prompts.plan import PromptConfig
+from tests.fixtures.app import app_test, markdown_strings, no_errors
 
 BAD_PREFIXES = ("démo_final", "run b", "a/b", "", "x_", "-x", "ünï")
 
@@ -49,7 +49,7 @@ def task_ws(demo_ws: Workspace, monkeypatch: pytest.MonkeyPatch) -> Workspace:
 
 @pytest.mark.parametrize("bad", BAD_PREFIXES)
 def test_every_entry_point_refuses_the_same_prefixes(bad: str, tmp_path: Path) -> None:
-    from mminstruct import prompt_generator
+    from mminstruct.commands import prompts as prompt_generator
 
     with pytest.raises(ConfigError):
         check_file_prefix(bad)
@@ -73,7 +73,7 @@ def test_good_prefixes_pass_every_check(good: str) -> None:
 def test_a_refused_prefix_leaves_no_orphan_prompt_file(task_ws: Workspace) -> None:
     from mminstruct.app.preview import plan_workspace
     from mminstruct.app.subgroups import start_subgroup_run
-    from mminstruct.formats import load_task_file
+    from mminstruct.data.formats import load_task_file
 
     task_path = next(task_ws.tasks_dir.glob("*.json"))
     _, _, pf = plan_workspace(task_ws, load_task_file(task_path), task_path)

@@ -38,7 +38,7 @@ def _run_python(code: str, *args: str, timeout: float = 300) -> dict:
 
 def test_importing_every_core_module_loads_nothing_heavy() -> None:
     mods = _modules()
-    assert "mminstruct.generate.engine" in mods and "mminstruct.clip" in mods
+    assert "mminstruct.generate.engine" in mods and "mminstruct.embed.clip" in mods
     found = _run_python("""
         import importlib, json, sys
         for name in sys.argv[1:]:
@@ -54,7 +54,7 @@ def test_a_generation_run_without_ray_address_never_imports_ray(stub, tmp_path: 
     ws = make_prompt_workspace(tmp_path, "vqa_nr", 4, min_gen=1)
     result = _run_python("""
         import json, sys
-        from mminstruct.data_generator import main
+        from mminstruct.commands.generate import main
         rc = main(sys.argv[1:])
         print(json.dumps({"rc": rc, "ray": sorted(m for m in sys.modules if m.split('.')[0] == 'ray')}))
     """, *gen_args(ws, stub, concurrency=2))
@@ -224,10 +224,108 @@ def test_the_cycle_finder_finds_a_cycle() -> None:
     assert _cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
 
 
+# ---------------------------------------------------------------------------- layers and the public surface
+
+#: What MM-Gen's command lines (and the judge's) are called by: thin entry modules nothing imports.
+ENTRY_MODULES = ("mminstruct.task_file_generator", "mminstruct.prompt_generator",
+                 "mminstruct.data_generator", "mminstruct.batch_data_generator", "mminstruct.judge")
+STAGES = ("data", "embed", "partition", "prompts", "generate", "llm", "quality", "export",
+          "distributed")
+
+
+def _lint_imports(cwd: Path) -> subprocess.CompletedProcess:
+    cli = Path(sys.executable).with_name("lint-imports")
+    return subprocess.run([str(cli), "--no-cache"], cwd=cwd, capture_output=True, text=True,
+                          timeout=300, env={**subprocess_env(), "PYTHONPATH": str(cwd)})
+
+
+def test_the_layer_contract_holds() -> None:
+    """pyproject.toml's import-linter contracts: each package imports only those below it (the
+    data flow), and nothing in the core imports streamlit or ui."""
+    proc = _lint_imports(REPO)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]
+    assert "2 kept, 0 broken" in proc.stdout
+
+
+@pytest.mark.slow
+def test_the_layer_contract_catches_a_lower_layer_importing_a_higher_one(tmp_path: Path) -> None:
+    """The contract must be able to fail: a copy of the package where data imports the app."""
+    import shutil
+
+    shutil.copytree(REPO / "mminstruct", tmp_path / "mminstruct")
+    shutil.copytree(REPO / "ui", tmp_path / "ui")
+    shutil.copy(REPO / "pyproject.toml", tmp_path / "pyproject.toml")
+    rec = tmp_path / "mminstruct" / "data" / "records.py"
+    rec.write_text(rec.read_text() + "\n\ndef _planted():\n    from mminstruct.app import workspace\n")
+    proc = _lint_imports(tmp_path)
+    assert proc.returncode != 0
+    assert "mminstruct.data.records -> mminstruct.app.workspace" in proc.stdout
+
+
+def test_the_folders_are_the_pipeline_stages() -> None:
+    for stage in STAGES:
+        assert (REPO / "mminstruct" / stage / "__init__.py").is_file(), stage
+    flat = sorted(p.stem for p in (REPO / "mminstruct").glob("*.py"))
+    # what stays flat: the entry points, the common floor, the package's own files
+    assert set(flat) <= {"__init__", "__main__", "cache", "cli", "errors", "lazy",
+                         *(m.rpartition(".")[2] for m in ENTRY_MODULES)}, flat
+
+
+def test_nothing_in_the_package_imports_the_entry_modules() -> None:
+    graph, _ = _import_graph()
+    users = {m: sorted(t for t in ts if t in ENTRY_MODULES) for m, ts in graph.items()}
+    assert {m: ts for m, ts in users.items() if ts} == {}
+    for entry in ENTRY_MODULES:  # thin: one import of the code that runs it
+        body = (REPO / Path(*entry.split("."))).with_suffix(".py").read_text()
+        assert len([ln for ln in body.splitlines() if ln.startswith("from ")]) == 1, entry
+
+
+def test_each_stage_names_its_public_surface() -> None:
+    import importlib
+
+    for stage in ("data", "embed", "partition", "prompts", "quality", "export"):
+        pkg = importlib.import_module(f"mminstruct.{stage}")
+        assert pkg.__all__, stage
+        for name in pkg.__all__:
+            assert getattr(pkg, name) is not None, (stage, name)
+        with pytest.raises(AttributeError, match="its public names"):
+            getattr(pkg, "no_such_name")
+
+
+def _page_imports() -> list[tuple[str, str, tuple[str, ...]]]:
+    import ast
+
+    out = []
+    for path in [REPO / "app.py", *sorted((REPO / "pages").glob("*.py"))]:
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.ImportFrom) and node.module:
+                out.append((path.name, node.module, tuple(a.name for a in node.names)))
+            elif isinstance(node, ast.Import):
+                out += [(path.name, a.name, ()) for a in node.names]
+    return out
+
+
+def _page_import_allowed(module: str) -> bool:
+    """Pages use ui, the app's services, the error classes, and a stage only through its package
+    (its ``__all__``), never a stage's inner module."""
+    if not module.startswith("mminstruct"):
+        return True
+    parts = module.split(".")
+    return (parts[:2] in (["mminstruct", "app"], ["mminstruct", "errors"])
+            or (len(parts) == 2 and parts[1] in STAGES) or module == "mminstruct")
+
+
+def test_pages_import_ui_and_the_public_surface_only() -> None:
+    bad = [(page, mod) for page, mod, _ in _page_imports() if not _page_import_allowed(mod)]
+    assert bad == []
+    assert not _page_import_allowed("mminstruct.data.records")  # the rule can fail
+
+
 # ---------------------------------------------------------------------------- one default a setting
 
 def test_the_command_lines_take_each_default_from_the_config() -> None:
-    from mminstruct import batch_data_generator, data_generator
+    from mminstruct.commands import batch as batch_data_generator
+    from mminstruct.commands import generate as data_generator
     from mminstruct.generate.config import DEFAULTS
 
     for parser in (data_generator.build_parser(), batch_data_generator.build_parser()):
@@ -242,7 +340,7 @@ def test_the_command_lines_take_each_default_from_the_config() -> None:
 def test_the_app_settings_take_their_defaults_and_rules_from_the_core_configs() -> None:
     from mminstruct.errors import ConfigError
     from mminstruct.generate.config import DEFAULTS
-    from mminstruct.prompts import PROMPT_DEFAULTS
+    from mminstruct.prompts.plan import PROMPT_DEFAULTS
     from mminstruct.app.workspace import EndpointSettings, PromptSettings, WorkspaceSettings, validate_settings
 
     e, p = EndpointSettings(), PromptSettings()

@@ -18,7 +18,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from mminstruct.data_generator import main
+from mminstruct.commands.generate import main
 from mminstruct.errors import ConfigError
 from mminstruct.generate import GenerationConfig, run_async
 from mminstruct.generate.batch_files import STATE_FILE, to_ranges
@@ -322,7 +322,7 @@ def test_the_key_reaches_the_server_and_no_file_or_log_line(bstub, tmp_path: Pat
 
 def test_batch_data_generator_shards_through_the_batch_api(bstub, tmp_path: Path,
                                                           capsys) -> None:
-    from mminstruct.batch_data_generator import main as batch_main
+    from mminstruct.commands.batch import main as batch_main
 
     ws = make_prompt_workspace(tmp_path, "vqa", 5, min_gen=1)
     args = gen_args(ws, bstub, *FAST, prefix="sh")
@@ -365,7 +365,7 @@ def test_index_runs() -> None:
 def test_the_sharded_progress_line_counts_every_shards_prompts(bstub, tmp_path: Path,
                                                                capsys) -> None:
     # It said "11/11 prompts in 4 shards" for 42 prompts: the first shard's status alone.
-    from mminstruct.batch_data_generator import main as batch_main
+    from mminstruct.commands.batch import main as batch_main
 
     ws = make_prompt_workspace(tmp_path, "vqa_nr", 42, min_gen=1)
     args = gen_args(ws, bstub, *FAST, prefix="pl")

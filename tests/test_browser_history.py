@@ -27,7 +27,7 @@ PAGES = ("Data", "Explore", "Partition", "Prompts", "Generate", "Review")
 
 def _non_default(home: Path) -> Workspace:
     """The demo workspace (A) with a non-default value in every field the pages show."""
-    from mminstruct.demo.setup import setup_demo
+    from mminstruct.app.demo import setup_demo
     from tests.fixtures.app import DEMO_SIZE
 
     ws = Workspace.open(home / "workspaces" / "demo", create=True)

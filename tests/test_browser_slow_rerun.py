@@ -9,13 +9,12 @@ a delay is what reproduces the 3.5 s rerun over 150,000 records the issue saw).
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import pytest
 
 from mminstruct.app.workspace import Workspace
-from mminstruct.images import list_image_files
+from mminstruct.data.images import list_image_files
 from tests.fixtures.app import REPO
 from tests.fixtures.browser import (CHROMIUM, LONG, idle, nav, open_demo, open_page, read_settings,
                                     serve, sidebar, wait_setting)

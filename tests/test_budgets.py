@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 from mminstruct.errors import ConfigError
-from mminstruct.formats import load_prompt_file, save_task_file
-from mminstruct.prompts import (Budget, allocate, format_budgets, parse_budgets, plan_prompts,
+from mminstruct.data.formats import load_prompt_file, save_task_file
+from mminstruct.prompts.plan import (Budget, allocate, format_budgets, parse_budgets, plan_prompts,
                                 prepare_plan, reuse_note)
 from tests.test_prompts import _config, _run, _task
 

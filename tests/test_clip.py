@@ -1,4 +1,4 @@
-"""mminstruct.clip: model specs, loading, cached image/text embeddings, the bf16 decision."""
+"""mminstruct.embed.clip: model specs, loading, cached image/text embeddings, the bf16 decision."""
 
 from __future__ import annotations
 
@@ -12,7 +12,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from mminstruct import clip, image_embed
+from mminstruct.embed import clip
+from mminstruct.embed import image_embed
 from mminstruct.errors import ConfigError, InputError, ModelSpecError
 from tests.fixtures.images import draw_shape, save_jpeg
 
@@ -147,7 +148,7 @@ def test_gpu_falls_back_to_cpu_with_a_log_line(caplog: pytest.LogCaptureFixture)
 
     if torch.cuda.is_available():
         pytest.skip("a GPU is visible")
-    with caplog.at_level(logging.INFO, logger="mminstruct.clip"):
+    with caplog.at_level(logging.INFO, logger="mminstruct.embed.clip"):
         assert clip.resolve_device(0) == "cpu"
     assert "no CUDA GPU is available; using the CPU" in caplog.text
     assert clip.resolve_device(None) == "cpu" and clip.resolve_device(-1) == "cpu"

@@ -14,12 +14,12 @@ from pathlib import Path
 import pytest
 
 from mminstruct.app.preview import samples_note
-from mminstruct.data_generator import main as gen_main
-from mminstruct.export import export_file
+from mminstruct.commands.generate import main as gen_main
+from mminstruct.export.formats import export_file
 from mminstruct.generate.output import samples_per_prompt, write_samples_file
 from mminstruct.llm.requests import generation_prompt, system_prompt
-from mminstruct.modes import Mode
-from mminstruct.quality import QualityConfig, analyse
+from mminstruct.data.modes import Mode
+from mminstruct.quality.report import QualityConfig, analyse
 from tests.conftest import REPO
 from tests.fixtures.llm import subprocess_env
 from tests.test_export import _info, llamafactory_rules, llava_rules

@@ -22,8 +22,8 @@ from mminstruct.demo.charts import (CHART_TYPES, HELDOUT_LOOKS, SUBTYPES, TRAIN_
 from mminstruct.demo.questions import chart_questions
 from mminstruct.demo.workspace import MANIFEST_NAME, reference_record, reference_spec
 from mminstruct.errors import ConfigError
-from mminstruct.records import load_data_file
-from mminstruct.images import list_image_files
+from mminstruct.data.records import load_data_file
+from mminstruct.data.images import list_image_files
 
 REPO = Path(__file__).resolve().parent.parent
 KEYWORD_OF = {"bar": "bar chart", "line": "line chart", "pie": "pie chart", "scatter": "scatter plot"}

@@ -16,23 +16,23 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from mminstruct import batch_data_generator as bdg
-from mminstruct import data_generator as dg
-from mminstruct import task_file_generator
-from mminstruct.clip import embed_keywords
-from mminstruct.image_embed import embed_images
+from mminstruct.commands import batch as bdg
+from mminstruct.commands import generate as dg
+from mminstruct.commands import task as task_file_generator
+from mminstruct.embed.clip import embed_keywords
+from mminstruct.embed.image_embed import embed_images
 from mminstruct.distributed.cluster import (RayUnavailableError, check_address,
                                             connect, shutdown)
 from mminstruct.distributed.decode import PilHead, split_transform
 from mminstruct.distributed.embed import TAR_SEP, embed_pool, import_to_cache, read_pool
 from mminstruct.distributed.limiter import ClusterLimiter, LimiterState, LocalBackend
 from mminstruct.errors import ConfigError
-from mminstruct.formats import load_task_file
+from mminstruct.data.formats import load_task_file
 from mminstruct.generate import load_output, run_generation
 from mminstruct.generate.config import GenerationConfig
-from mminstruct.images import list_image_files
+from mminstruct.data.images import list_image_files
 from mminstruct.llm.client import EndpointConfig
-from mminstruct.retrieval import parquet_vectors
+from mminstruct.partition.retrieval import parquet_vectors
 from mminstruct.generate.manifest import manifest_path_for
 from tests.fixtures.images import draw_shape, make_odd_images, make_shapes_dataset, save_jpeg
 from tests.fixtures.llm import FAKE_KEY, gen_args, make_prompt_workspace

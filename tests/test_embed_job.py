@@ -24,8 +24,8 @@ from mminstruct.app.curation import load_embeddings, result_path
 from mminstruct.app.embed import (JobOptions, JobRunning, cancel_job, job_paths, job_status,
                                   pause_job, run_job, start_job)
 from mminstruct.app.workspace import Workspace
-from mminstruct.clip import open_cache, parse_model_spec
-from mminstruct.vectors import array_fingerprint
+from mminstruct.embed.clip import open_cache, parse_model_spec
+from mminstruct.embed.vectors import array_fingerprint
 from tests.fixtures.app import DEMO_SIZE, REPO, app_test, no_errors
 from ui.state import _EMBEDDINGS, forget_embeddings
 

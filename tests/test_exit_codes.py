@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from mminstruct import batch_data_generator as bdg
-from mminstruct.data_generator import EXIT_CODES, EXIT_FAILED_PROMPTS, EXIT_STOPPED, main
+from mminstruct.commands import batch as bdg
+from mminstruct.commands.generate import EXIT_CODES, EXIT_FAILED_PROMPTS, EXIT_STOPPED, main
 from mminstruct.generate.job import EARLY_STOP_AFTER
 from mminstruct.generate.runlog import iter_records, list_runs
 from tests.conftest import REPO

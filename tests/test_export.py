@@ -14,11 +14,11 @@ from pathlib import Path
 
 import pytest
 
-from mminstruct.export import (DATASET_INFO, EXPORT_FORMATS, ExportExistsError, export_file,
+from mminstruct.export.formats import (DATASET_INFO, EXPORT_FORMATS, ExportExistsError, export_file,
                                main, next_free_name)
 from mminstruct.generate.output import item_samples, write_samples_file
-from mminstruct.modes import Mode
-from mminstruct.records import load_data_file
+from mminstruct.data.modes import Mode
+from mminstruct.data.records import load_data_file
 from tests.conftest import REPO
 from tests.fixtures.images import draw_shape, save_jpeg
 

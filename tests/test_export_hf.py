@@ -13,12 +13,12 @@ import pytest
 
 pytest.importorskip("datasets")
 
-from mminstruct import export_hf as hf  # noqa: E402
+from mminstruct.export import hf as hf  # noqa: E402
 from mminstruct.errors import DataFileError  # noqa: E402
-from mminstruct.export import DATASET_INFO, ExportExistsError, export_file, main  # noqa: E402
+from mminstruct.export.formats import DATASET_INFO, ExportExistsError, export_file, main  # noqa: E402
 from mminstruct.generate.manifest import sidecar_path  # noqa: E402
 from mminstruct.generate.output import record_samples, write_samples_file  # noqa: E402
-from mminstruct.modes import MODE_NAMES, Mode  # noqa: E402
+from mminstruct.data.modes import MODE_NAMES, Mode  # noqa: E402
 from tests.fixtures.images import draw_shape, save_jpeg  # noqa: E402
 
 COLUMNS = ["id", "image", "conversations", "messages", "subgroup", "mode", "source_run",

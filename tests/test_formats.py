@@ -13,11 +13,11 @@ from pathlib import Path
 import pytest
 
 from mminstruct.errors import DataFileError
-from mminstruct.formats import (PromptEntry, PromptFile, Subgroup, TaskFile, is_prompt_image,
+from mminstruct.data.formats import (PromptEntry, PromptFile, Subgroup, TaskFile, is_prompt_image,
                                 load_prompt_file, load_task_file, save_prompt_file, save_task_file,
                                 task_records)
-from mminstruct.records import load_data_file, parse_record
-from mminstruct.modes import Mode
+from mminstruct.data.records import load_data_file, parse_record
+from mminstruct.data.modes import Mode
 from tests.fixtures.images import draw_shape, save_jpeg
 
 #: file → (records, records loaded with the default options: images resolve against the file's

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from mminstruct.data_generator import main
+from mminstruct.commands.generate import main
 from mminstruct.generate.runlog import iter_records, list_runs
 from mminstruct.generate.manifest import manifest_path_for
 from tests.fixtures.llm import FAKE_KEY, gen_args, make_prompt_workspace

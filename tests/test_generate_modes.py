@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from mminstruct.data_generator import main
-from mminstruct.records import load_data_file
+from mminstruct.commands.generate import main
+from mminstruct.data.records import load_data_file
 from mminstruct.generate.output import CONCISE_SUFFIX, REASONING_SUFFIX
 from mminstruct.generate.manifest import manifest_path_for
 from tests.fixtures.llm import DESCRIPTION, gen_args, make_prompt_workspace

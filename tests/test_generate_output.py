@@ -8,11 +8,11 @@ from pathlib import Path
 
 import pytest
 
-from mminstruct import batch_data_generator as bdg
-from mminstruct.data_generator import main as gen_main
-from mminstruct.export import export_file
+from mminstruct.commands import batch as bdg
+from mminstruct.commands.generate import main as gen_main
+from mminstruct.export.formats import export_file
 from mminstruct.generate import iter_output, load_output, merge_outputs
-from mminstruct.records import load_data_file
+from mminstruct.data.records import load_data_file
 from mminstruct.generate.output import MergeError
 from mminstruct.generate.shards import split_range
 from mminstruct.generate.manifest import manifest_path_for

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from mminstruct.data_generator import main
+from mminstruct.commands.generate import main
 from mminstruct.errors import ConfigError
 from mminstruct.generate import (GenerationConfig, RunControl, read_status, request_cancel,
                                  run_async)

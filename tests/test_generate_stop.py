@@ -17,7 +17,7 @@ import sys
 
 import pytest
 
-from mminstruct.data_generator import EXIT_OK, EXIT_STOPPED, main
+from mminstruct.commands.generate import EXIT_OK, EXIT_STOPPED, main
 from mminstruct.generate.control import TRANSIENT_STOP_AFTER
 from mminstruct.generate.runlog import list_runs
 from mminstruct.llm.requests import request_body

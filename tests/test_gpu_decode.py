@@ -10,7 +10,9 @@ import numpy as np
 import pytest
 from PIL import Image, ImageOps
 
-from mminstruct import clip, gpu_decode, image_embed
+from mminstruct.embed import clip
+from mminstruct.embed import gpu_decode
+from mminstruct.embed import image_embed
 from tests.fixtures.images import draw_shape, save_jpeg
 
 

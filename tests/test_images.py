@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 
 from mminstruct.errors import ImageError, UnsafePathError
-from mminstruct.images import (data_url, encode_jpeg, list_image_files, open_image, probe_image,
+from mminstruct.data.images import (data_url, encode_jpeg, list_image_files, open_image, probe_image,
                                resolve_image_path)
 
 

@@ -17,8 +17,9 @@ import pytest
 
 from mminstruct.cache import file_sha256
 from mminstruct.generate.runlog import iter_records, list_runs
-from mminstruct.judge import EXIT_BUDGET, main, read_scores, summary_path
-from mminstruct.judge_rubric import DEFAULT_RUBRIC, load_rubric
+from mminstruct.commands.judge import main
+from mminstruct.quality.judge import EXIT_BUDGET, read_scores, summary_path
+from mminstruct.quality.rubric import DEFAULT_RUBRIC, load_rubric
 from tests.batch_server import BatchStubServer
 from tests.fixtures.llm import FAKE_KEY, subprocess_env
 from tests.make_quality_fixture import JudgeSet, make_judge_set
@@ -283,7 +284,7 @@ def test_read_scores_names_a_bad_line(tmp_path):
 
 def test_export_min_score_drops_exactly_the_planted_samples(judge_stub, judge_set, tmp_path,
                                                             capsys):
-    from mminstruct.export import main as export_main
+    from mminstruct.export.formats import main as export_main
 
     js = judge_set
     out = tmp_path / "scores.jsonl"
@@ -352,7 +353,7 @@ def test_the_rubric_reads_what_judges_send_and_refuses_off_scale_scores():
 
 
 def test_the_quality_report_carries_the_score_distributions(judge_stub, judge_set, tmp_path):
-    from mminstruct.quality import main as quality_main
+    from mminstruct.quality.report import main as quality_main
 
     js = judge_set
     out = tmp_path / "scores.jsonl"

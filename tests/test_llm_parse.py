@@ -8,7 +8,7 @@ import pytest
 
 from mminstruct.llm.errors import BadJSONError, RefusalError, SchemaMismatchError
 from mminstruct.llm.parse import parse_items
-from mminstruct.modes import Mode
+from mminstruct.data.modes import Mode
 
 VQA_ITEMS = [{"Q": "What is shown?", "R": "I see a red disc.", "A": "A circle."},
              {"Q": "Which colour?", "R": "The disc is red.", "A": "Red."}]

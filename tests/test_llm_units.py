@@ -16,14 +16,14 @@ import pytest
 from PIL import Image
 
 from mminstruct.errors import ConfigError
-from mminstruct.formats import PromptEntry
+from mminstruct.data.formats import PromptEntry
 from mminstruct.llm import errors as E
 from mminstruct.llm.client import EndpointConfig, RedactingFilter, build_client
 from mminstruct.llm.limiter import RateLimiter
 from mminstruct.generate.manifest import estimate_cost
 from mminstruct.llm.requests import (ImageEncoder, build_messages, generation_prompt,
                                      response_schema, system_prompt)
-from mminstruct.modes import Mode
+from mminstruct.data.modes import Mode
 from tests.fixtures.llm import make_prompt_workspace
 
 

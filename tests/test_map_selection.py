@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from mminstruct.errors import InputError
-from mminstruct.projection import rows_in_box, rows_in_lasso, rows_in_selection
+from mminstruct.app.projection import rows_in_box, rows_in_lasso, rows_in_selection
 
 
 @pytest.fixture(scope="module")

@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from mminstruct.data_generator import main
+from mminstruct.commands.generate import main
 from mminstruct.errors import ConfigError
 from mminstruct.llm.requests import max_tokens_key, needs_max_completion_tokens, request_body
 from tests.fixtures.llm import gen_args, make_prompt_workspace

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from mminstruct.errors import DataFileError
-from mminstruct.records import load_data_file
+from mminstruct.data.records import load_data_file
 from mminstruct.app.uploads import entry_name, extract_zip
 from tests.conftest import REPO
 

@@ -9,8 +9,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from mminstruct import batch_data_generator as bdg
-from mminstruct.data_generator import main as gen_main
+from mminstruct.commands import batch as bdg
+from mminstruct.commands.generate import main as gen_main
 from mminstruct.generate.manifest import find_manifest, manifest_path_for
 from mminstruct.generate.runlog import list_runs, shard_prefix
 from tests.fixtures.llm import gen_args, make_prompt_workspace

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from mminstruct.errors import ConfigError, InputError
-from mminstruct.neighbours import centroid, more_like_these, pool_index
-from mminstruct.retrieval import CandidateIndex
+from mminstruct.app.neighbours import centroid, more_like_these, pool_index
+from mminstruct.partition.retrieval import CandidateIndex
 
 
 def _unit(a: np.ndarray) -> np.ndarray:

@@ -1,4 +1,4 @@
-"""mminstruct.partition: argmax assignment, margins, unassigned, and the top-K overlap rule."""
+"""mminstruct.partition.assign: argmax assignment, margins, unassigned, and the top-K overlap rule."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from mminstruct.errors import ConfigError
-from mminstruct.partition import (UNASSIGNED, assign_keywords, partition_from_scores,
+from mminstruct.partition.assign import (UNASSIGNED, assign_keywords, partition_from_scores,
                                   resolve_overlaps, similarity_matrix, top_k_from_scores,
                                   top_k_per_keyword)
 

@@ -17,7 +17,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from mminstruct import clip, gpu_decode, image_embed
+from mminstruct.embed import clip
+from mminstruct.embed import gpu_decode
+from mminstruct.embed import image_embed
 from mminstruct.demo import DEMO_KEYWORDS, DEMO_MODEL
 from tests.fixtures.images import draw_shape, save_jpeg
 
@@ -168,7 +170,7 @@ def test_demo_files_embed_through_the_spec_on_both_kinds_of_cpu(small_demo_works
 @pytest.mark.slow
 def test_task_file_from_the_demo_on_both_kinds_of_cpu(small_demo_workspace, cpu_mode,
                                                       tmp_path) -> None:
-    from mminstruct import task_file_generator
+    from mminstruct.commands import task as task_file_generator
 
     clip._MODELS.clear()
     ws = small_demo_workspace
@@ -326,7 +328,7 @@ def test_int8_by_name_on_the_demo_model_is_one_clear_error(demo_model, tmp_path)
 
 def test_int8_by_name_on_the_demo_model_from_the_command_line(small_demo_workspace, tmp_path,
                                                               capsys) -> None:
-    from mminstruct import task_file_generator
+    from mminstruct.commands import task as task_file_generator
 
     ws = small_demo_workspace
     rc = task_file_generator.main([

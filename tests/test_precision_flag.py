@@ -6,9 +6,10 @@ from pathlib import Path
 
 import pytest
 
-from mminstruct import task_file_generator, taskfile
+from mminstruct.commands import task as task_file_generator
+from mminstruct.partition import taskfile
 from mminstruct.errors import ConfigError
-from mminstruct.taskfile import TaskFileConfig
+from mminstruct.partition.taskfile import TaskFileConfig
 from tests.fixtures.images import make_shapes_dataset
 
 KEYWORDS = ["red circle", "blue square"]

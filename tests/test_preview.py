@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from mminstruct.formats import load_prompt_file
+from mminstruct.data.formats import load_prompt_file
 from mminstruct.app.preview import estimate_run, render_request
 from tests.fixtures.llm import make_prompt_workspace
 

@@ -12,9 +12,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from mminstruct import projection, vectors
+from mminstruct.app import projection
+from mminstruct.embed import vectors
 from mminstruct.errors import ConfigError, InputError
-from mminstruct.projection import UmapParams, display_sample, project_2d
+from mminstruct.app.projection import UmapParams, display_sample, project_2d
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -123,7 +124,7 @@ def test_cache_hit_in_a_new_process(tmp_path):
     first = project_2d(x, "pca", cache_dir=tmp_path / "cache")
     script = textwrap.dedent(f"""
         import numpy as np
-        from mminstruct import projection
+        from mminstruct.app import projection
         def boom(*a, **k):
             raise SystemExit("recomputed")
         projection.pca_2d = boom
@@ -246,7 +247,7 @@ def test_umap_cache_roundtrip(tmp_path, blobs, monkeypatch):
     np.save(tmp_path / "x.npy", x)
     script = textwrap.dedent(f"""
         import sys, numpy as np
-        from mminstruct import projection
+        from mminstruct.app import projection
         out = projection.project_2d(np.load({str(tmp_path / 'x.npy')!r}), "umap", seed=1,
                                     cache_dir={str(tmp_path)!r})
         assert "umap" not in sys.modules, "a cache hit imported umap"

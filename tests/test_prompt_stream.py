@@ -19,9 +19,9 @@ from pathlib import Path
 import pytest
 
 from mminstruct.demo.workspace import DESCRIPTION, KEYWORDS, candidate_name, reference_record
-from mminstruct.formats import (PromptEntry, load_prompt_file, load_task_file, prompt_entry_text,
+from mminstruct.data.formats import (PromptEntry, load_prompt_file, load_task_file, prompt_entry_text,
                                 json_text, save_prompt_file)
-from mminstruct.prompts import PromptConfig, generate_prompt_file, plan_prompts, prepare_plan, write_prompts
+from mminstruct.prompts.plan import PromptConfig, generate_prompt_file, plan_prompts, prepare_plan, write_prompts
 
 NOW = datetime(2026, 12, 7, 3, 0, 0)
 

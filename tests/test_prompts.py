@@ -12,10 +12,10 @@ from pathlib import Path
 import pytest
 
 from mminstruct.errors import ConfigError, InputError
-from mminstruct.formats import Subgroup, TaskFile, is_prompt_image, load_prompt_file
-from mminstruct.records import parse_record
-from mminstruct.modes import Mode
-from mminstruct.prompts import (CyclicSampler, PromptConfig, allocate, icl_text, ordinal,
+from mminstruct.data.formats import Subgroup, TaskFile, is_prompt_image, load_prompt_file
+from mminstruct.data.records import parse_record
+from mminstruct.data.modes import Mode
+from mminstruct.prompts.plan import (CyclicSampler, PromptConfig, allocate, icl_text, ordinal,
                                 plan_prompts, prepare_plan, rewrite_image_tokens)
 from tests.conftest import REPO
 from tests.fixtures.images import draw_shape, save_jpeg

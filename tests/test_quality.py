@@ -10,11 +10,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from mminstruct import quality
+from mminstruct.quality import report as quality
 from mminstruct.generate.manifest import manifest_path_for
-from mminstruct.quality import (FLAGS, QualityConfig, analyse, quality_after_run, report_path_for,
+from mminstruct.quality.report import (FLAGS, QualityConfig, analyse, quality_after_run, report_path_for,
                                 write_report)
-from mminstruct.quality_text import (answer_matches_options, options, question_type,
+from mminstruct.quality.text import (answer_matches_options, options, question_type,
                                      refusal_match, words)
 from tests.fixtures.images import draw_shape, save_jpeg
 from tests.make_quality_fixture import DEFAULT_SOURCE, build
@@ -336,8 +336,8 @@ def test_a_broken_output_puts_the_error_in_the_manifest_not_the_run(tmp_path: Pa
 
 
 def test_grounding_is_the_cosine_of_cached_image_and_text_vectors(tmp_path: Path, tiny_clip) -> None:
-    from mminstruct.clip import embed_texts
-    from mminstruct.image_embed import embed_images
+    from mminstruct.embed.clip import embed_texts
+    from mminstruct.embed.image_embed import embed_images
 
     root = tmp_path / "in"
     for k, kind in enumerate(("circle", "square", "circle")):
@@ -385,7 +385,7 @@ def test_a_data_generator_run_writes_its_quality_report(mode: str, stub, tmp_pat
                                                        capsys) -> None:
     """Every mode's real output passes the shape checks (no sample is invalid), and the report
     lands beside the output with its counts in the manifest."""
-    from mminstruct.data_generator import main as gen_main
+    from mminstruct.commands.generate import main as gen_main
     from tests.fixtures.llm import gen_args, make_prompt_workspace
 
     ws = make_prompt_workspace(tmp_path, mode, 4, min_gen=2)
@@ -403,7 +403,7 @@ def test_a_data_generator_run_writes_its_quality_report(mode: str, stub, tmp_pat
 
 
 def test_no_quality_turns_the_report_off(stub, tmp_path: Path, capsys) -> None:
-    from mminstruct.data_generator import main as gen_main
+    from mminstruct.commands.generate import main as gen_main
     from tests.fixtures.llm import gen_args, make_prompt_workspace
 
     ws = make_prompt_workspace(tmp_path, "vqa_nr", 2)
@@ -431,7 +431,7 @@ def test_an_app_run_writes_its_quality_report(stub, monkeypatch, tmp_path: Path)
 
 
 def test_batch_data_generator_reports_on_the_merged_output(stub, tmp_path: Path, capsys) -> None:
-    from mminstruct.batch_data_generator import main as batch_main
+    from mminstruct.commands.batch import main as batch_main
     from tests.fixtures.llm import gen_args, make_prompt_workspace
 
     ws = make_prompt_workspace(tmp_path, "vqa", 6, min_gen=1)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from mminstruct.quality import report_path_for
+from mminstruct.quality.report import report_path_for
 from mminstruct.app.workspace import Workspace
 from tests.fixtures.app import app_test, no_errors, plain_strings
 

@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import json
 import random
-from pathlib import Path
 
 import numpy as np
 from datasketch import MinHash
 
-from mminstruct.quality import CROSS_IMAGE_FLAG, QualityConfig, analyse, main
-from mminstruct.quality_minhash import ShingleSets, cross_image_duplicates, signatures
+from mminstruct.quality.report import CROSS_IMAGE_FLAG, QualityConfig, analyse, main
+from mminstruct.quality.minhash import ShingleSets, cross_image_duplicates, signatures
 from tests.test_quality import _sample, _write
 
 GENERIC_Q = "What can you see in this picture?"

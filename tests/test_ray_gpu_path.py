@@ -8,9 +8,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from mminstruct.clip import load_clip, parse_model_spec
+from mminstruct.embed.clip import load_clip, parse_model_spec
 
-from mminstruct.image_embed import embed_images
+from mminstruct.embed.image_embed import embed_images
 from tests.fixtures.images import draw_shape, save_jpeg
 
 pytest.importorskip("pyarrow")

@@ -8,9 +8,9 @@ import os
 
 import pytest
 
-from mminstruct import records
+from mminstruct.data import records
 from mminstruct.errors import DataFileError
-from mminstruct.records import load_data_file, read_json_file
+from mminstruct.data.records import load_data_file, read_json_file
 
 REC = {"id": 1, "image": "a.jpg", "conversations": [{"from": "human", "value": "<image>\nWhat? «ü» 🙂"},
                                                      {"from": "gpt", "value": "This."}]}

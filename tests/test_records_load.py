@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 
 from mminstruct.errors import ConfigError, ImageError, UnsafePathError
-from mminstruct.images import ImageRoot, probe_image, resolve_image_path
-from mminstruct.records import check_image_paths, check_images_mode, load_data_file
+from mminstruct.data.images import ImageRoot, probe_image, resolve_image_path
+from mminstruct.data.records import check_image_paths, check_images_mode, load_data_file
 from tests.fixtures.images import draw_shape, save_jpeg
 from tests.test_formats import ALL_FIXTURE_FILES
 
@@ -132,7 +132,7 @@ def test_repeated_paths_are_checked_once_with_progress(tmp_path: Path, monkeypat
     save_jpeg(draw_shape("square", 0), tmp_path / "b.jpg")
     calls: list[tuple[int, int]] = []
     opened: list[str] = []
-    from mminstruct import records
+    from mminstruct.data import records
 
     real = records.probe_image
     monkeypatch.setattr(records, "probe_image", lambda p, **k: opened.append(os.fspath(p)) or real(p, **k))

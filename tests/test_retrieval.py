@@ -9,9 +9,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from mminstruct import partition, vectors
+from mminstruct.partition import assign as partition
+from mminstruct.embed import vectors
 from mminstruct.errors import ConfigError, DataFileError, InputError
-from mminstruct.retrieval import CandidateIndex, parquet_vectors, resolve_params, top_k_per_keyword
+from mminstruct.partition.retrieval import CandidateIndex, parquet_vectors, resolve_params, top_k_per_keyword
 
 
 def sphere_mixture(n: int, dim: int, n_clusters: int, seed: int, spread: float = 0.25):

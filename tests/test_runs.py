@@ -89,7 +89,7 @@ def test_start_watch_finish_and_the_key_stays_in_the_environment(stub, no_key_en
 
 def test_a_run_with_prompts_failed_for_good_ends_with_the_command_lines_exit_status(
         stub, no_key_env, tmp_path: Path) -> None:
-    from mminstruct.data_generator import EXIT_FAILED_PROMPTS
+    from mminstruct.commands.generate import EXIT_FAILED_PROMPTS
 
     ws = make_prompt_workspace(tmp_path, "vqa_nr", 4, min_gen=1, behaviours={2: "400"})
     root = ws.output_folder

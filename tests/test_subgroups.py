@@ -13,7 +13,7 @@ import pytest
 
 from mminstruct.app.curation import build_task, curate, embed_workspace, keyword_vectors, save_task
 from mminstruct.errors import ConfigError
-from mminstruct.formats import load_prompt_file, load_task_file
+from mminstruct.data.formats import load_prompt_file, load_task_file
 from mminstruct.app.preview import plan_workspace, save_prompts
 from mminstruct.app.runs import run_info
 from mminstruct.app.subgroups import (select_prompts, selection_keys, start_subgroup_run,

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from mminstruct.errors import ConfigError, DataFileError
-from mminstruct.suggest import (VOCABULARY_PATH, choose_k, kmeans, load_vocabulary, name_clusters,
+from mminstruct.app.suggest import (VOCABULARY_PATH, choose_k, kmeans, load_vocabulary, name_clusters,
                                 silhouette, suggest_keywords)
 
 CHART_TYPES = {"bar chart", "line chart", "pie chart", "scatter plot"}
@@ -115,10 +115,10 @@ def test_hdbscan_finds_tight_groups_itself(blobs):
 def test_demo_charts_are_named_by_their_chart_types(tmp_path):
     """The demo CLIP knows charts only: the clusters of 48 demo charts carry the four chart types
     among their top three words, with k given and with k chosen by silhouette."""
-    from mminstruct.clip import embed_keywords
-    from mminstruct.image_embed import embed_images
+    from mminstruct.embed.clip import embed_keywords
+    from mminstruct.embed.image_embed import embed_images
     from mminstruct.demo import build_demo_workspace
-    from mminstruct.records import load_data_file
+    from mminstruct.data.records import load_data_file
 
     demo = build_demo_workspace(tmp_path / "demo", seed=0, n_reference=48, n_candidates=4, workers=1)
     data = load_data_file(demo.data_file)

@@ -1,4 +1,4 @@
-"""mminstruct.taskfile and the step-1 command line: config validation, task file contents,
+"""mminstruct.partition.taskfile and the step-1 command line: config validation, task file contents,
 candidate pools, path safety, caching, and end-to-end runs."""
 
 from __future__ import annotations
@@ -13,10 +13,11 @@ from pathlib import Path
 
 import pytest
 
-from mminstruct import clip, task_file_generator
+from mminstruct.embed import clip
+from mminstruct.commands import task as task_file_generator
 from mminstruct.errors import ConfigError, DataFileError, ModelSpecError, UnsafePathError
-from mminstruct.formats import TASK_KEYS, load_task_file
-from mminstruct.taskfile import TaskFileConfig, build_task_file, generate_task_file
+from mminstruct.data.formats import TASK_KEYS, load_task_file
+from mminstruct.partition.taskfile import TaskFileConfig, build_task_file, generate_task_file
 from tests.fixtures.images import draw_shape, make_shapes_dataset, save_jpeg
 
 
@@ -154,7 +155,7 @@ def test_top_k_candidates_per_keyword(shapes, tiny_clip, tmp_path: Path) -> None
 def test_large_pools_take_the_faiss_path_with_the_same_result(tmp_path: Path) -> None:
     import numpy as np
 
-    from mminstruct.taskfile import select_top_k
+    from mminstruct.partition.taskfile import select_top_k
 
     rng = np.random.default_rng(0)
     vecs = rng.normal(size=(3_000, 32)).astype(np.float32)

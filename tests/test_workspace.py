@@ -236,7 +236,7 @@ def test_the_demo_pool_is_drawn_in_the_background(tmp_path: Path, monkeypatch) -
     import threading
 
     from mminstruct.demo import workspace as demo_ws
-    from mminstruct.demo.setup import demo_pool_progress, setup_demo, wait_demo_pool
+    from mminstruct.app.demo import demo_pool_progress, setup_demo, wait_demo_pool
 
     gate = threading.Event()
     real = demo_ws._draw_all

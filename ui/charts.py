@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from mminstruct.projection import rows_in_selection
+from mminstruct.app.projection import rows_in_selection
 
 PALETTE = ("#3b5bdb", "#e8590c", "#2f9e44", "#c2255c", "#7048e8", "#0c8599", "#f08c00",
            "#5c940d", "#862e9c", "#1864ab", "#d9480f", "#087f5b")

@@ -19,7 +19,7 @@ from typing import Any
 import streamlit as st
 
 from mminstruct.errors import ImageError
-from mminstruct.images import data_url, encode_jpeg
+from mminstruct.data.images import data_url, encode_jpeg
 
 from .safe import md_escape
 

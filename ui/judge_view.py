@@ -14,7 +14,7 @@ import streamlit as st
 from mminstruct.app.review import SCORE_SORTS, below, load_scores, scores_path_for
 from mminstruct.app.workspace import Workspace
 from mminstruct.errors import MMInstructError
-from mminstruct.judge_scores import distributions
+from mminstruct.quality.scores import distributions
 from ui.safe import md_escape
 
 OVERALL = "overall"

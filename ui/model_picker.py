@@ -95,7 +95,7 @@ def model_download_warning(ws: Workspace) -> None:
     downloaded on a machine that cannot), said as a warning where the model is chosen.
     Remembered per spec for this session (the check may probe the network for a few seconds)."""
     from mminstruct.app.model_choice import ready_to_load
-    from mminstruct.clip import DEMO_MODEL
+    from mminstruct.embed.clip import DEMO_MODEL
 
     spec = ws.settings.partition.model_name
     if spec.strip() == DEMO_MODEL:  # shipped with the package (and checking it loads torch)

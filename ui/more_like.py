@@ -15,7 +15,7 @@ import numpy as np
 import streamlit as st
 
 from mminstruct.errors import MMInstructError
-from mminstruct.neighbours import more_like_these, pool_index
+from mminstruct.app.neighbours import more_like_these, pool_index
 from mminstruct.app.subgroups import subgroup_from_selection
 
 from .gallery import Item, gallery

@@ -15,7 +15,7 @@ from typing import Any
 import streamlit as st
 
 from mminstruct.errors import MMInstructError
-from mminstruct.quality import (ALL_FLAGS, QualityConfig, analyse, flagged_ids,
+from mminstruct.quality.report import (ALL_FLAGS, QualityConfig, analyse, flagged_ids,
                                 report_path_for, write_report)
 from mminstruct.app.workspace import Workspace
 from ui.safe import md_escape

@@ -108,7 +108,7 @@ BUDGET_KEYWORDS = "_p_budget_keywords"
 
 
 def _budgets(ws: Workspace, text: Any) -> None:
-    from mminstruct.prompts import check_budget_keywords, parse_budgets
+    from mminstruct.prompts.plan import check_budget_keywords, parse_budgets
 
     budgets = parse_budgets(str(text or ""))
     known = st.session_state.get(BUDGET_KEYWORDS)
@@ -126,7 +126,7 @@ def _stripped(default: str) -> Callable[[Any], str]:
 
 
 def _file_prefix(v: Any) -> str:
-    from mminstruct.formats import check_file_prefix
+    from mminstruct.data.formats import check_file_prefix
 
     # the rule every run and command line applies (a prefix saved here is one a run accepts)
     return check_file_prefix(_stripped("prompts")(v), "file prefix")

@@ -169,7 +169,7 @@ def get_embeddings(ws: Workspace, need_projection: bool = False, _again: bool = 
     these settings is not restarted by itself (``EmbeddingsPending`` with its status)."""
     from mminstruct.app.curation import embedding_key, load_embeddings, projection_ready
     from mminstruct.app.embed import JobRunning, job_status, start_job
-    from mminstruct.demo.setup import demo_pool_progress
+    from mminstruct.app.demo import demo_pool_progress
 
     key = embedding_key(ws)
     with _LOCK:
@@ -207,7 +207,7 @@ def embeddings_or_stop(ws: Workspace, need_projection: bool = False) -> Any:
     the end of this page's run; the sidebar shows the job's progress and reruns the page when it
     ends."""
     from mminstruct.app.curation import embedding_key
-    from mminstruct.demo.setup import demo_pool_progress
+    from mminstruct.app.demo import demo_pool_progress
 
     from .safe import for_browser
 
@@ -261,7 +261,7 @@ def forget_embeddings() -> None:
     back; the next page reads the job's result from disk again)."""
     import gc
 
-    from mminstruct.vectors import forget_memmaps
+    from mminstruct.embed.vectors import forget_memmaps
 
     with _LOCK:
         _EMBEDDINGS.clear()

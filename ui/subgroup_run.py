@@ -60,7 +60,7 @@ def subgroup_run_from_task(ws: Any, keyword: str, key: str = "sgrun_part") -> No
     from pathlib import Path
 
     from mminstruct.app.preview import plan_workspace
-    from mminstruct.formats import load_task_file
+    from mminstruct.data.formats import load_task_file
 
     path = Path(ws.settings.task_file) if ws.settings.task_file else None
     if path is None or not path.is_file():

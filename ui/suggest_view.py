@@ -8,7 +8,7 @@ from typing import Any
 import streamlit as st
 
 from mminstruct.errors import MMInstructError
-from mminstruct.suggest import suggest_for_workspace
+from mminstruct.app.suggest import suggest_for_workspace
 
 
 def suggestions_panel(ws: Any, emb: Any, key: str = "suggest") -> None:

@@ -30,17 +30,17 @@ from typing import Any
 
 import numpy as np
 
-from ..clip import embed_keywords, embed_texts, parse_model_spec, resolve_device
-from ..image_embed import embed_images
-from ..errors import ConfigError, DataFileError, InputError
-from ..formats import Subgroup, TaskFile, save_task_file
-from ..partition import (UNASSIGNED, Partition, assign_keywords, partition_from_scores,
+from mminstruct.embed.clip import embed_keywords, embed_texts, parse_model_spec, resolve_device
+from mminstruct.embed.image_embed import embed_images
+from mminstruct.errors import ConfigError, DataFileError, InputError
+from mminstruct.data.formats import Subgroup, TaskFile, save_task_file
+from mminstruct.partition.assign import (UNASSIGNED, Partition, assign_keywords, partition_from_scores,
                         top_k_from_scores)
-from ..projection import project_2d
-from ..vectors import array_fingerprint
-from ..records import DataFile, load_data_file, parse_once
-from ..taskfile import collect_candidates, task_metadata
-from .workspace import Workspace
+from mminstruct.app.projection import project_2d
+from mminstruct.embed.vectors import array_fingerprint
+from mminstruct.data.records import DataFile, load_data_file, parse_once
+from mminstruct.partition.taskfile import collect_candidates, task_metadata
+from mminstruct.app.workspace import Workspace
 
 EXCLUDED = -2
 Progress = Callable[[str, int, int], None]  # (stage, done, total)
@@ -237,8 +237,8 @@ def save_embeddings(ws: Workspace, emb: Embeddings, key: str, token: str = "") -
     """Write ``emb`` for ``key``: every vector in one float16 ``.npy`` named by its content
     (written once, atomically; reference rows first) and a manifest (paths, sample indices,
     failures, counts), written atomically after it: a reader sees the old result or the new one."""
-    from ..cache import atomic_write_json
-    from ..vectors import save_npy
+    from mminstruct.cache import atomic_write_json
+    from mminstruct.embed.vectors import save_npy
 
     manifest = result_path(ws, key)
     folder = manifest.parent
@@ -281,7 +281,7 @@ def load_embeddings(ws: Workspace, data: DataFile | None = None,
     """The embedding job's result for the current settings, vectors memory-mapped from the cache
     (``vectors.open_memmap``: one mapping per file and process, shared by every session), or None
     when the job has not written it yet. Nothing is embedded here."""
-    from ..vectors import open_memmap
+    from mminstruct.embed.vectors import open_memmap
 
     man = read_result(ws, key)
     if man is None:
@@ -317,7 +317,7 @@ def load_embeddings(ws: Workspace, data: DataFile | None = None,
 
 def projection_ready(ws: Workspace, emb: Embeddings) -> bool:
     """Whether the workspace's projection of ``emb`` is on disk (the map needs no job)."""
-    from ..projection import cached_projection
+    from mminstruct.app.projection import cached_projection
 
     if not emb.n:
         return True
@@ -565,7 +565,7 @@ def projection(ws: Workspace, emb: Embeddings,
 def embedding_key(ws: Workspace) -> str:
     """What the app's in-memory copy of ``embed_workspace`` depends on: the data settings, the
     model, and the data file's fingerprint (a changed file is re-read)."""
-    from ..cache import content_key, file_fingerprint
+    from mminstruct.cache import content_key, file_fingerprint
 
     d = ws.settings.data
     try:

@@ -40,10 +40,10 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from ..cache import atomic_write_json
-from ..clip import PRECISIONS, check_precision
-from ..errors import ConfigError, InputError, MMInstructError, choices_message
-from .workspace import Workspace
+from mminstruct.cache import atomic_write_json
+from mminstruct.embed.clip import PRECISIONS, check_precision
+from mminstruct.errors import ConfigError, InputError, MMInstructError, choices_message
+from mminstruct.app.workspace import Workspace
 
 log = logging.getLogger(__name__)
 
@@ -92,13 +92,13 @@ class JobPaths:
 
     @property
     def cancel(self) -> Path:  # the flag names a generation run obeys (one owner: ``RunDir``)
-        from ..generate.runlog import RunDir
+        from mminstruct.generate.runlog import RunDir
 
         return RunDir.at(self.folder).cancel_flag
 
     @property
     def pause(self) -> Path:
-        from ..generate.runlog import RunDir
+        from mminstruct.generate.runlog import RunDir
 
         return RunDir.at(self.folder).pause_flag
 
@@ -286,7 +286,7 @@ def _log_tail(path: Path, lines: int = 12) -> str:
 def start_job(ws: Workspace, options: JobOptions | None = None, *,
               python: str | None = None) -> JobStatus:
     """Start the workspace's embedding job as a detached child; ``JobRunning`` when one runs."""
-    from .curation import embedding_key
+    from mminstruct.app.curation import embedding_key
 
     options = options or JobOptions(precision=DEFAULT_PRECISION)
     paths = job_paths(ws)
@@ -459,11 +459,11 @@ class _Reporter:
 def _embed_pool_on_ray(ws: Workspace, options: JobOptions, report: _Reporter) -> None:
     """The candidate images the cache lacks, embedded on the Ray cluster and imported into the
     workspace's vector cache (``distributed.embed``); the local pass then finds them cached."""
-    from ..cache import file_fingerprint
-    from ..clip import open_cache, parse_model_spec
-    from ..distributed.cluster import check_address
-    from ..distributed.embed import embed_pool, import_to_cache
-    from .curation import candidate_files
+    from mminstruct.cache import file_fingerprint
+    from mminstruct.embed.clip import open_cache, parse_model_spec
+    from mminstruct.distributed.cluster import check_address
+    from mminstruct.distributed.embed import embed_pool, import_to_cache
+    from mminstruct.app.curation import candidate_files
 
     check_address(options.ray_address)
     cand_abs = candidate_files(ws)
@@ -496,7 +496,7 @@ def run_job(ws: Workspace, options: JobOptions | None = None, *, token: str | No
     """Embed the workspace (then project it) under its lock; → what ``exit.json`` holds.
     ``JobRunning`` when another job holds the lock; ``Cancelled`` / ``MMInstructError`` after
     writing ``exit.json`` with the state and the message."""
-    from .curation import (embed_workspace, embedding_key, load_embeddings, projection,
+    from mminstruct.app.curation import (embed_workspace, embedding_key, load_embeddings, projection,
                            projection_ready, save_embeddings)
 
     options = options or JobOptions()
@@ -581,7 +581,7 @@ def run_job(ws: Workspace, options: JobOptions | None = None, *, token: str | No
 
 
 def main(argv: list[str] | None = None) -> int:
-    from ..cli import setup_logging
+    from mminstruct.cli import setup_logging
 
     p = argparse.ArgumentParser(
         prog=f"python -m {ENTRY_MODULE}",

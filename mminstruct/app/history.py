@@ -40,8 +40,8 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from ..cache import atomic_write_bytes, atomic_write_json
-from ..errors import ConfigError
+from mminstruct.cache import atomic_write_bytes, atomic_write_json
+from mminstruct.errors import ConfigError
 
 SETTINGS_NAME = "workspace.json"  # the workspace's settings (``Workspace`` reads and writes it)
 HISTORY_DIR = "history"

@@ -23,9 +23,9 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..clip import DEMO_MODEL, HF_HUB_PREFIX, parse_model_spec
-from ..errors import ModelSpecError
-from .workspace import app_home, read_recent, write_recent
+from mminstruct.embed.clip import DEMO_MODEL, HF_HUB_PREFIX, parse_model_spec
+from mminstruct.errors import ModelSpecError
+from mminstruct.app.workspace import app_home, read_recent, write_recent
 
 OFFLINE_ENV = ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "MMINSTRUCT_OFFLINE")
 RECENT_MODELS = "recent_models.json"

@@ -41,20 +41,20 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..errors import ConfigError, ImageError, MMInstructError
-from ..cache import atomic_write_json
-from ..formats import (PromptEntry, PromptFile, TaskFile, is_prompt_image, prompt_file_name,
+from mminstruct.errors import ConfigError, ImageError, MMInstructError
+from mminstruct.cache import atomic_write_json
+from mminstruct.data.formats import (PromptEntry, PromptFile, TaskFile, is_prompt_image, prompt_file_name,
                        save_prompt_file)
-from ..generate.manifest import CostEstimate, estimate_cost
-from ..generate.output import samples_per_item, samples_per_prompt
-from ..images import probe_image, resolve_image_path
-from ..llm.requests import (REQUEST_OVERHEAD_TOKENS, BuiltRequest, EncodedImage, ImageEncoder,
+from mminstruct.generate.manifest import CostEstimate, estimate_cost
+from mminstruct.generate.output import samples_per_item, samples_per_prompt
+from mminstruct.data.images import probe_image, resolve_image_path
+from mminstruct.llm.requests import (REQUEST_OVERHEAD_TOKENS, BuiltRequest, EncodedImage, ImageEncoder,
                            build_messages, generation_prompt, image_token_rule, system_prompt,
                            text_tokens)
-from ..modes import Mode, parse_mode
-from ..prompts import (PromptConfig, PromptPlan, iter_prompts, plan_prompts, prepare_plan,
+from mminstruct.data.modes import Mode, parse_mode
+from mminstruct.prompts.plan import (PromptConfig, PromptPlan, iter_prompts, plan_prompts, prepare_plan,
                        write_prompts)
-from .workspace import Workspace
+from mminstruct.app.workspace import Workspace
 
 #: Output tokens per generated item, by mode (an allowance, not a measurement; see the docstring).
 OUTPUT_TOKENS_PER_ITEM: dict[Mode, int] = {

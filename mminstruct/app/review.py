@@ -1,5 +1,5 @@
 """Reviewing generated data: filter and search samples, find each sample's in-context sources,
-and export what was kept (rejected samples left out) through ``mminstruct.export`` (MM-Gen JSON,
+and export what was kept (rejected samples left out) through ``mminstruct.export.formats`` (MM-Gen JSON,
 LLaVA JSON or LLaMA-Factory ShareGPT JSON). No streamlit; the Review page calls these.
 
 A sample's ``icl_indices`` index the task file's ``samples``; the task file is found through the
@@ -15,12 +15,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..errors import ConfigError, DataFileError, choices_message
-from ..formats import TaskFile, load_task_file
-from ..export import (DEFAULT_EXPORT_FORMAT, EXPORT_FORMATS, EXPORT_LABELS, ExportReport,
+from mminstruct.errors import ConfigError, DataFileError, choices_message
+from mminstruct.data.formats import TaskFile, load_task_file
+from mminstruct.export.formats import (DEFAULT_EXPORT_FORMAT, EXPORT_FORMATS, EXPORT_LABELS, ExportReport,
                      export_file, export_name, get_format, next_free_name)
-from ..generate.jsonstream import PromptStream
-from ..generate.output import GeneratedData, load_output, output_header
+from mminstruct.generate.jsonstream import PromptStream
+from mminstruct.generate.output import GeneratedData, load_output, output_header
 
 __all__ = ["DEFAULT_EXPORT_FORMAT", "EXPORT_FORMATS", "EXPORT_LABELS", "ExportReport", "Sources", "export_name",
            "export_reviewed", "get_format", "filter_samples", "next_free_name", "sample_text", "sources",
@@ -108,7 +108,7 @@ def export_reviewed(src: str | os.PathLike, dest: str | os.PathLike, fmt: str, *
                     rejected: Iterable[int] = (), absolute_paths: bool = False,
                     image_root: str | os.PathLike | None = None, overwrite: bool = False,
                     license: str | None = None) -> ExportReport:
-    """Export the kept samples of ``src`` to ``dest`` (``mminstruct.export.export_file``: image
+    """Export the kept samples of ``src`` to ``dest`` (``mminstruct.export.formats.export_file``: image
     paths relative to ``dest``'s folder, or ``image_root``, or absolute; the ``hf`` format a folder
     with its card's ``license``; never overwriting unless asked — offer ``next_free_name(dest)``
     instead)."""
@@ -118,19 +118,19 @@ def export_reviewed(src: str | os.PathLike, dest: str | os.PathLike, fmt: str, *
 
 
 # ----------------------------------------------------------------------------------------------
-# A judge's scores (``mminstruct.judge``)
+# A judge's scores (``mminstruct.quality.judge``)
 
 
 def scores_path_for(output_path: str | os.PathLike) -> Path:
     """Where the app's judge runs write the scores of ``output_path`` (and Review looks):
     ``manifests/RUN.scores.jsonl`` beside the generated file."""
-    from ..judge import default_scores_path
+    from mminstruct.quality.judge import default_scores_path
 
     return default_scores_path(output_path)
 
 
 def load_scores(path: str | os.PathLike) -> dict[Any, dict[str, Any]]:
-    from ..judge_scores import read_scores
+    from mminstruct.quality.scores import read_scores
 
     return read_scores(path)
 
@@ -146,7 +146,7 @@ def below(scores: dict[Any, dict[str, Any]], threshold: float, aspect: str | Non
           ) -> list[Any]:
     """Ids of the samples judged below ``threshold`` (overall, or ``aspect``): what "reject below"
     rejects."""
-    from ..judge_scores import below as _below_ids
+    from mminstruct.quality.scores import below as _below_ids
 
     return _below_ids(scores, threshold, aspect)
 

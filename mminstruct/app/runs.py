@@ -27,7 +27,6 @@ import argparse
 import json
 import logging
 import os
-import re
 import signal
 import subprocess
 import sys
@@ -39,14 +38,14 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from ..cache import atomic_write_json
-from ..errors import ConfigError, DataFileError, InputError, MMInstructError
-from ..formats import FILE_PREFIX_MAX, check_file_prefix
-from ..generate.config import GenerationConfig, config_from_dict
-from ..generate.control import read_status, request_cancel, request_pause
-from ..generate.manifest import CostEstimate, estimate_cost
-from ..generate.runlog import RunDir, list_runs
-from ..llm.client import EndpointConfig, effective_base_url
+from mminstruct.cache import atomic_write_json
+from mminstruct.errors import ConfigError, DataFileError, InputError, MMInstructError
+from mminstruct.data.formats import FILE_PREFIX_MAX, check_file_prefix
+from mminstruct.generate.config import GenerationConfig, config_from_dict
+from mminstruct.generate.control import read_status, request_cancel, request_pause
+from mminstruct.generate.manifest import CostEstimate, estimate_cost
+from mminstruct.generate.runlog import RunDir, list_runs
+from mminstruct.llm.client import EndpointConfig, effective_base_url
 
 log = logging.getLogger(__name__)
 
@@ -100,16 +99,16 @@ def endpoint_config(base_url: str = "", api_key_env: str = "") -> EndpointConfig
 
 def judge_config(ws: Any, generated: str | os.PathLike, name: str, *, model_name: str = "",
                  sample: float | None = None, max_cost: float | None = None) -> Any:
-    """A judge run (``mminstruct.judge``) of the generated file ``generated`` with the
+    """A judge run (``mminstruct.quality.judge``) of the generated file ``generated`` with the
     workspace's endpoint settings; ``model_name`` (default: the generation's) may differ from
     the generator. Its scores go to ``manifests/RUN.scores.jsonl`` (where Review looks)."""
-    from ..judge import JudgeConfig, default_scores_path
+    from mminstruct.quality.judge import JudgeConfig, default_scores_path
 
     e = ws.settings.endpoint
     values = e.generation_values()
     if model_name.strip():
         values["model_name"] = model_name.strip()
-    from ..generate.output import output_header
+    from mminstruct.generate.output import output_header
 
     src = Path(generated)
     header = output_header(src)
@@ -151,7 +150,7 @@ def start_run(ws_root: str | os.PathLike, cfg: GenerationConfig, api_key: str | 
         raise ConfigError(f"run {name!r} is already running (pid {old['pid']})")
     cfg.prompt_path  # noqa: B018 — a missing prompt file fails here, before any process starts
     token = uuid.uuid4().hex
-    from ..judge import JudgeConfig
+    from mminstruct.quality.judge import JudgeConfig
 
     record = {"name": name, "token": token, "config": cfg.public_json(),
               "kind": "judge" if isinstance(cfg, JudgeConfig) else "generation",
@@ -189,7 +188,7 @@ def resume_run(ws_root: str | os.PathLike, name: str, api_key: str | None = None
     conf = dict(record["config"])
     conf.update(resume=True, retry_failed=retry_failed, dry_run=False)
     if record.get("kind") == "judge":
-        from ..judge import judge_config_from_dict
+        from mminstruct.quality.judge import judge_config_from_dict
 
         return start_run(ws_root, judge_config_from_dict(conf), api_key, python=python)
     return start_run(ws_root, config_from_dict(conf), api_key, python=python)
@@ -198,7 +197,7 @@ def resume_run(ws_root: str | os.PathLike, name: str, api_key: str | None = None
 def dry_run(cfg: GenerationConfig) -> Any:
     """Write the OpenAI Batch API JSONL for ``cfg`` in this process (nothing is sent; no key is
     needed). Returns the engine's ``RunResult`` (``batch_files``, ``manifest``, ``message``)."""
-    from ..generate.engine import run_generation
+    from mminstruct.generate.engine import run_generation
 
     return run_generation(replace(cfg, dry_run=True, resume=False))
 
@@ -464,11 +463,11 @@ def check_endpoint(base_url: str | None, api_key: str | None, timeout: float = 2
 
 
 def _child(launch: Path) -> int:
-    from ..cli import setup_logging
-    from ..data_generator import run_exit_code
-    from ..generate.control import RunControl
-    from ..generate.engine import run_generation
-    from ..llm.client import install_log_redaction
+    from mminstruct.cli import setup_logging
+    from mminstruct.commands.generate import run_exit_code
+    from mminstruct.generate.control import RunControl
+    from mminstruct.generate.engine import run_generation
+    from mminstruct.llm.client import install_log_redaction
 
     record = _read_json(launch)
     if record is None:
@@ -484,15 +483,15 @@ def _child(launch: Path) -> int:
     result: dict[str, Any] = {"token": record.get("token"), "pid": os.getpid()}
     code = 0
     try:
-        if record.get("kind") == "judge":  # a judge run (mminstruct.judge) on the same engine
-            from ..judge import judge_config_from_dict, run_judge
+        if record.get("kind") == "judge":  # a judge run (mminstruct.quality.judge) on the same engine
+            from mminstruct.quality.judge import judge_config_from_dict, run_judge
 
             res = run_judge(judge_config_from_dict(record["config"]), control=control)
         else:
             res = run_generation(config_from_dict(record["config"]), control=control)
         if res.state == "finished" and record.get("quality", True) \
                 and record.get("kind") != "judge":
-            from ..quality import quality_after_run
+            from mminstruct.quality.report import quality_after_run
 
             quality_after_run(res.output, res.manifest)
         result.update(state=res.state, message=res.message,

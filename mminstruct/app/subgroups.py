@@ -22,8 +22,8 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import ConfigError, choices_message
-from ..formats import FILE_PREFIX_MAX, PromptFile, check_file_prefix, save_prompt_file
+from mminstruct.errors import ConfigError, choices_message
+from mminstruct.data.formats import FILE_PREFIX_MAX, PromptFile, check_file_prefix, save_prompt_file
 
 
 def selection_keys(emb: Any, rows: Iterable[int]) -> tuple[list[int], list[str]]:
@@ -115,7 +115,7 @@ def start_subgroup_run(ws: Any, pf: PromptFile, keywords: Sequence[str], *,
                        python: str | None = None) -> Any:
     """Launch a background run (``runs.start_run``) of the subgroups' prompts only. Returns its
     ``RunInfo``; the run's name defaults to ``{prefix}-{keywords}`` (``-2``, ``-3``… when taken)."""
-    from .runs import check_name, new_run_name, start_run, workspace_config
+    from mminstruct.app.runs import check_name, new_run_name, start_run, workspace_config
 
     # every name is checked before the prompt file is written: a refused name leaves no file
     run_name = check_name(name) if name else new_run_name(subgroup_prefix(ws, keywords), ws.root)

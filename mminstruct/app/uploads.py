@@ -26,9 +26,9 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import IO, Any
 
-from ..cache import atomic_write_bytes
-from ..errors import DataFileError, UnsafePathError
-from .workspace import DataSettings
+from mminstruct.cache import atomic_write_bytes
+from mminstruct.errors import DataFileError, UnsafePathError
+from mminstruct.app.workspace import DataSettings
 
 #: Upload limits: bytes after decompression and number of files in one archive.
 MAX_EXTRACT_BYTES = 4 << 30
@@ -209,7 +209,7 @@ def guess_image_folder(input_root: Path, data_file: Path, sample: int = 20) -> s
     """The image folder (relative to ``input_root``) under which most of the data file's first
     images exist: "" (the root itself), the file's own ``image_folder``, or a top-level folder.
     None when nothing matches."""
-    from ..records import load_data_file
+    from mminstruct.data.records import load_data_file
 
     try:
         data = load_data_file(data_file, input_folder=input_root, image_folder="",
@@ -271,7 +271,7 @@ def check_data(d: DataSettings) -> Any:
     when it cannot be used: unparsable, no record usable, an image folder that does not exist.
     Returns the ``DataFile``; raises ``DataFileError`` naming the file and the problem. A load is
     checked with this *before* the workspace points at it, so a failed load changes nothing."""
-    from ..records import load_data_file
+    from mminstruct.data.records import load_data_file
 
     root = Path(d.input_folder) if d.input_folder else Path(d.data_file).parent
     if d.image_folder and not (root / d.image_folder).is_dir():
@@ -302,7 +302,7 @@ def commit_upload(staged: Path) -> Path:
 
 def _own_image_folder(data_file: Path) -> Path:
     """The data file's own ``image_folder`` key as a folder (relative to the file), or its folder."""
-    from ..records import load_data_file
+    from mminstruct.data.records import load_data_file
 
     own = load_data_file(data_file, check_images=False).raw_extra.get("image_folder")
     return data_file.parent / own if isinstance(own, str) and own else data_file.parent

@@ -30,17 +30,17 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from ..cache import atomic_write_json
-from . import history
-from .history import SETTINGS_NAME
-from ..clip import DEFAULT_MODEL as DEFAULT_CLIP_MODEL
-from ..errors import ConfigError, DamagedWorkspaceError, choices_message
-from ..formats import generated_dir, prompts_dir
-from ..generate.config import DEFAULTS as GEN_DEFAULTS
-from ..generate.config import GenerationConfig, check_values
-from ..modes import MODE_NAMES, parse_mode
-from ..partition import normalise_keywords
-from ..prompts import (PROMPT_DEFAULTS, PROMPT_MINIMUMS, PromptConfig, check_prompt_values,
+from mminstruct.cache import atomic_write_json
+from mminstruct.app import history
+from mminstruct.app.history import SETTINGS_NAME
+from mminstruct.embed.clip import DEFAULT_MODEL as DEFAULT_CLIP_MODEL
+from mminstruct.errors import ConfigError, DamagedWorkspaceError, choices_message
+from mminstruct.data.formats import generated_dir, prompts_dir
+from mminstruct.generate.config import DEFAULTS as GEN_DEFAULTS
+from mminstruct.generate.config import GenerationConfig, check_values
+from mminstruct.data.modes import MODE_NAMES, parse_mode
+from mminstruct.partition.assign import normalise_keywords
+from mminstruct.prompts.plan import (PROMPT_DEFAULTS, PROMPT_MINIMUMS, PromptConfig, check_prompt_values,
                        parse_budgets)
 
 HOME_ENV = "MMINSTRUCT_HOME"

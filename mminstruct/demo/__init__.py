@@ -18,9 +18,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..clip import DEMO_MODEL, named_model_files, named_model_paths
-from .workspace import KEYWORDS as DEMO_KEYWORDS
-from .workspace import DemoWorkspace, build_demo_workspace, read_labels
+from mminstruct.embed.clip import DEMO_MODEL, named_model_files, named_model_paths
+from mminstruct.demo.workspace import KEYWORDS as DEMO_KEYWORDS
+from mminstruct.demo.workspace import DemoWorkspace, build_demo_workspace, read_labels
 
 def model_paths() -> tuple[Path, Path]:
     """Where the demo CLIP's (config, checkpoint) go, made or not (``mminstruct/named_models.json``,

@@ -8,9 +8,9 @@ from __future__ import annotations
 import argparse
 import sys
 
-from ..cli import OneLineParser
-from ..errors import InputError
-from .workspace import build_demo_workspace
+from mminstruct.cli import OneLineParser
+from mminstruct.errors import InputError
+from mminstruct.demo.workspace import build_demo_workspace
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import random
 
-from .charts import ChartSpec
+from mminstruct.demo.charts import ChartSpec
 
 #: The keyword each chart type must answer to, zero-shot.
 TYPE_KEYWORDS: dict[str, str] = {"bar": "bar chart", "line": "line chart", "pie": "pie chart",

@@ -19,9 +19,9 @@ import random
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from ..cache import content_key
-from ..errors import ConfigError, choices_message
-from . import topics
+from mminstruct.cache import content_key
+from mminstruct.errors import ConfigError, choices_message
+from mminstruct.demo import topics
 
 if TYPE_CHECKING:
     from PIL import Image

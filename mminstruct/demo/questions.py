@@ -13,7 +13,7 @@ import random
 from dataclasses import dataclass, field
 from statistics import mean
 
-from .charts import ChartSpec, format_value
+from mminstruct.demo.charts import ChartSpec, format_value
 
 LETTERS = "ABCD"
 MC_SUFFIX = "Answer with the option's letter from the given choices directly."

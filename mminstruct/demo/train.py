@@ -25,11 +25,11 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..cache import atomic_write_bytes, atomic_write_text
-from ..errors import ConfigError, InputError
-from . import DEMO_MODEL, model_paths
-from .captions import TYPE_KEYWORDS, make_caption
-from .charts import CHART_TYPES, ChartSpec, chart_seed, make_spec, render_chart
+from mminstruct.cache import atomic_write_bytes, atomic_write_text
+from mminstruct.errors import ConfigError, InputError
+from mminstruct.demo import DEMO_MODEL, model_paths
+from mminstruct.demo.captions import TYPE_KEYWORDS, make_caption
+from mminstruct.demo.charts import CHART_TYPES, ChartSpec, chart_seed, make_spec, render_chart
 
 #: Keywords and templates of the held-out evaluation (the same keywords the tests use).
 EVAL_TEMPLATES: tuple[str, ...] = ("{}", "a photo of a {}.")
@@ -423,7 +423,7 @@ def _arch_line(config_path: Path) -> str:
 
 
 def _train_sheets() -> tuple[str, ...]:
-    from .charts import TRAIN_LOOKS
+    from mminstruct.demo.charts import TRAIN_LOOKS
 
     return TRAIN_LOOKS.sheets
 

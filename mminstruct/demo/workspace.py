@@ -26,10 +26,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from ..cache import atomic_write_bytes, atomic_write_json, atomic_write_text
-from ..errors import ConfigError
-from .charts import ALL_LOOKS, CHART_TYPES, ChartSpec, chart_jpeg, chart_seed, make_spec
-from .questions import conversations, pick_questions
+from mminstruct.cache import atomic_write_bytes, atomic_write_json, atomic_write_text
+from mminstruct.errors import ConfigError
+from mminstruct.demo.charts import ALL_LOOKS, CHART_TYPES, ChartSpec, chart_jpeg, chart_seed, make_spec
+from mminstruct.demo.questions import conversations, pick_questions
 
 #: Bump when the drawing or the questions change: a workspace from another version is rebuilt.
 GENERATOR_VERSION = 2

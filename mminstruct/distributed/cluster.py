@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..errors import ClusterError, ConfigError, MMInstructError, RayUnavailableError
+from mminstruct.errors import ClusterError, ConfigError, MMInstructError, RayUnavailableError
 
 log = logging.getLogger(__name__)
 

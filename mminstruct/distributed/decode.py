@@ -1,7 +1,7 @@
 """Reading and decoding a candidate pool on Ray Data's CPU workers.
 
 * ``decode_files`` (image files by path) and ``decode_tars`` (the image members of webdataset
-  ``.tar`` shards, read with ``tarfile``) decode with ``mminstruct.images`` — ``open_image`` /
+  ``.tar`` shards, read with ``tarfile``) decode with ``mminstruct.data.images`` — ``open_image`` /
   ``open_image_bytes``, the local pipeline's RGB, EXIF and decompression-bomb handling — and give
   batches of pixels, file fingerprints and failure reasons (a failure is a row, never an error).
 * ``Transform`` / ``split_transform``: the model's open_clip preprocess cut where it turns the
@@ -23,9 +23,9 @@ from typing import Any
 
 import numpy as np
 
-from ..cache import file_fingerprint
-from ..errors import ImageError
-from ..images import is_image_path, open_image, open_image_bytes
+from mminstruct.cache import file_fingerprint
+from mminstruct.errors import ImageError
+from mminstruct.data.images import is_image_path, open_image, open_image_bytes
 
 TAR_SEP = "::"
 FP_COLS = ("fp_path", "fp_size", "fp_mtime_ns")

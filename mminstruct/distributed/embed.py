@@ -4,7 +4,7 @@
 
 1. **read + decode + preprocess** on CPU workers (Ray Data tasks): image files by path, or the
    members of webdataset ``.tar`` shards (read with ``tarfile``, one task a shard); decoding is
-   ``mminstruct.images`` (``open_image`` / ``open_image_bytes``: the same RGB, EXIF and bomb
+   ``mminstruct.data.images`` (``open_image`` / ``open_image_bytes``: the same RGB, EXIF and bomb
    handling as the local pipeline) and preprocessing the model's own open_clip transform, up to
    the resized, cropped uint8 pixels (``Transform``: a quarter of the bytes of float32);
 2. **encode** in an actor pool (``map_batches`` with a class holding the open_clip model): one
@@ -44,11 +44,11 @@ from typing import Any
 
 import numpy as np
 
-from ..cache import atomic_write_bytes, atomic_write_json, content_key, file_fingerprint
-from ..clip import ModelSpec, default_cache_dir, open_cache, parse_model_spec
-from ..errors import ConfigError, DataFileError
-from .cluster import connect, remote_error, require_ray
-from .decode import FP_COLS, TAR_SEP, Transform, decode_files, decode_tars, split_transform
+from mminstruct.cache import atomic_write_bytes, atomic_write_json, content_key, file_fingerprint
+from mminstruct.embed.clip import ModelSpec, default_cache_dir, open_cache, parse_model_spec
+from mminstruct.errors import ConfigError, DataFileError
+from mminstruct.distributed.cluster import connect, remote_error, require_ray
+from mminstruct.distributed.decode import FP_COLS, TAR_SEP, Transform, decode_files, decode_tars, split_transform
 
 log = logging.getLogger(__name__)
 
@@ -216,8 +216,8 @@ class Encoder:
                  cache_dir: str | None = None, decode_on_device: bool | None = None):
         import torch
 
-        from ..clip import load_clip
-        from ..image_embed import cpu_workers
+        from mminstruct.embed.clip import load_clip
+        from mminstruct.embed.image_embed import cpu_workers
 
         if not use_gpu:
             torch.set_num_threads(max(1, threads))
@@ -235,7 +235,7 @@ class Encoder:
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         import torch
 
-        from ..image_embed import encode_batch
+        from mminstruct.embed.image_embed import encode_batch
 
         if "pixels" not in batch:
             return self._files(batch)
@@ -253,8 +253,8 @@ class Encoder:
 
     def _files(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Image files by path: fingerprints here, pixels decoded on the device."""
-        from ..gpu_decode import gpu_batches
-        from ..image_embed import encode_batch
+        from mminstruct.embed.gpu_decode import gpu_batches
+        from mminstruct.embed.image_embed import encode_batch
 
         names = [str(n) for n in batch["path"]]
         fps: list[tuple[str, int, int] | None] = []
@@ -351,7 +351,7 @@ def embed_pool(files: Sequence[str | os.PathLike] = (), tars: Sequence[str | os.
     if not todo and not tar_list:
         result.seconds = time.perf_counter() - t0
         return result
-    from ..clip import load_clip
+    from mminstruct.embed.clip import load_clip
 
     driver_model = load_clip(spec, "cpu", cache_dir=cache_dir)  # its transform and dimension
     result.dim = driver_model.dim
@@ -473,8 +473,8 @@ def generate_task_file(config: Any, progress: Any = None, **pool_options: Any) -
     the cluster at ``config.ray_address``: those the local cache does not hold yet are embedded
     into shards, imported into the cache, and the local builder then finds every candidate
     cached (reference images and keywords, a few, are embedded locally as before)."""
-    from .. import taskfile
-    from .cluster import check_address
+    from mminstruct.partition import taskfile
+    from mminstruct.distributed.cluster import check_address
 
     check_address(config.ray_address)  # a bad address fails now, even if nothing is embedded
     cand_abs = _candidate_files(config)
@@ -506,7 +506,7 @@ def generate_task_file(config: Any, progress: Any = None, **pool_options: Any) -
 
 def _candidate_files(config: Any) -> list[Path]:
     """The candidate pool's files, found as ``taskfile.build_task_file`` finds them."""
-    from .. import taskfile
+    from mminstruct.partition import taskfile
 
     if config.input_folder is not None and str(config.input_folder).strip():
         input_root = Path(config.input_folder).expanduser().resolve()

@@ -32,17 +32,17 @@ from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
-from ..errors import ConfigError, DataFileError
-from ..generate.config import GenerationConfig, resolved_range
-from ..generate.control import (RunControl, RunStatus, read_status, request_cancel,
+from mminstruct.errors import ConfigError, DataFileError
+from mminstruct.generate.config import GenerationConfig, resolved_range
+from mminstruct.generate.control import (RunControl, RunStatus, read_status, request_cancel,
                                 request_pause)
-from ..generate.engine import RunResult, Shared, run_async
-from ..generate.jsonstream import PromptStream
-from ..generate.runlog import FINISHED, RunDir, latest_unfinished, list_runs, open_or_create_run
-from ..generate.shards import ShardedResult, finish_shards, shard_prefix, split_range
-from ..llm.errors import EndpointConfigError
-from .cluster import connect, remote_error, require_ray
-from .limiter import ClusterLimiter, RayBackend, start_limiter_actor
+from mminstruct.generate.engine import RunResult, Shared, run_async
+from mminstruct.generate.jsonstream import PromptStream
+from mminstruct.generate.runlog import FINISHED, RunDir, latest_unfinished, list_runs, open_or_create_run
+from mminstruct.generate.shards import ShardedResult, finish_shards, shard_prefix, split_range
+from mminstruct.llm.errors import EndpointConfigError
+from mminstruct.distributed.cluster import connect, remote_error, require_ray
+from mminstruct.distributed.limiter import ClusterLimiter, RayBackend, start_limiter_actor
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +63,7 @@ class _Shard:
 
 def run_shard(cfg: GenerationConfig, limiter: Any, batch: int = 8) -> RunResult:
     """One shard on a Ray worker: the local engine with the cluster's limiter (a Ray task)."""
-    from ..llm.client import install_log_redaction
+    from mminstruct.llm.client import install_log_redaction
 
     install_log_redaction()
 

@@ -24,7 +24,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from ..llm.limiter import (SOURCE_FLAG, SOURCE_HEADER, SOURCE_NONE, LimitInfo, TokenBucket)
+from mminstruct.llm.limiter import (SOURCE_FLAG, SOURCE_HEADER, SOURCE_NONE, LimitInfo, TokenBucket)
 
 log = logging.getLogger(__name__)
 
@@ -142,7 +142,7 @@ class RayBackend:
 
 def start_limiter_actor(rpm: float | None, tpm: float | None) -> Any:
     """Start the cluster's limiter actor (no CPU reserved: it only does arithmetic)."""
-    from .cluster import require_ray
+    from mminstruct.distributed.cluster import require_ray
 
     ray = require_ray()
     actor = ray.remote(num_cpus=0, max_restarts=3, max_task_retries=3)(LimiterState)

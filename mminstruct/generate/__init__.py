@@ -6,15 +6,15 @@
 * ``RunControl`` (``cancel``/``pause``/``unpause`` in-process), ``request_cancel(run_dir)`` /
   ``request_pause(run_dir)`` from another process, ``read_status(run_dir)``;
 * ``latest_unfinished(output_folder, prefix)`` / ``list_runs`` to find runs to resume;
-* ``load_output`` / ``iter_output`` / ``merge_outputs`` (exports: ``mminstruct.export``).
+* ``load_output`` / ``iter_output`` / ``merge_outputs`` (exports: ``mminstruct.export.formats``).
 """
 
-from .config import GenerationConfig, config_from_dict, resolve_prompt_file
-from .control import RunControl, RunStatus, read_status, request_cancel, request_pause
-from .engine import RunResult, run_async, run_generation
-from .output import GeneratedData, iter_output, load_output, merge_outputs
-from .runlog import latest_unfinished, list_runs, open_run
-from .shards import run_shards, run_shards_async
+from mminstruct.generate.config import GenerationConfig, config_from_dict, resolve_prompt_file
+from mminstruct.generate.control import RunControl, RunStatus, read_status, request_cancel, request_pause
+from mminstruct.generate.engine import RunResult, run_async, run_generation
+from mminstruct.generate.output import GeneratedData, iter_output, load_output, merge_outputs
+from mminstruct.generate.runlog import latest_unfinished, list_runs, open_run
+from mminstruct.generate.shards import run_shards, run_shards_async
 
 __all__ = ["GenerationConfig", "config_from_dict", "resolve_prompt_file", "RunControl",
            "RunStatus", "read_status", "request_cancel", "request_pause", "RunResult",

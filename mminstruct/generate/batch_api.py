@@ -51,22 +51,22 @@ from collections import Counter
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
-from ..errors import ConfigError
-from ..formats import PromptEntry
-from ..llm.errors import (BadPromptError, BadRequestError, ImageFileError, LLMError,
+from mminstruct.errors import ConfigError
+from mminstruct.data.formats import PromptEntry
+from mminstruct.llm.errors import (BadPromptError, BadRequestError, ImageFileError, LLMError,
                           RequestTimeoutError, ServerError, classify)
-from ..llm.calls import CallStats, Stopped
-from ..llm.requests import batch_line
-from .batch_files import (TERMINAL, BatchState, LineResult, Part, PartWriter,
+from mminstruct.llm.calls import CallStats, Stopped
+from mminstruct.llm.requests import batch_line
+from mminstruct.generate.batch_files import (TERMINAL, BatchState, LineResult, Part, PartWriter,
                           append_resubmitted, batch_failure, download_redacted, error_json,
                           load_prompts, load_resubmitted_errors, prompts_from_file, prompts_path,
                           read_result_line, remove_part_files, requests_path, result_path)
-from .config import GenerationConfig
-from .control import EarlyStop, RunControl, clear_flags
-from .job import ProgressCallback, RunJob, RunResult, Shared
-from .jsonstream import PromptStream
-from .manifest import batch_api_cost, write_manifest
-from .runlog import FINISHED, RunDir, RunLog
+from mminstruct.generate.config import GenerationConfig
+from mminstruct.generate.control import EarlyStop, RunControl, clear_flags
+from mminstruct.generate.job import ProgressCallback, RunJob, RunResult, Shared
+from mminstruct.generate.jsonstream import PromptStream
+from mminstruct.generate.manifest import batch_api_cost, write_manifest
+from mminstruct.generate.runlog import FINISHED, RunDir, RunLog
 
 log = logging.getLogger(__name__)
 

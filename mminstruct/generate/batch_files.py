@@ -30,12 +30,12 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from ..cache import atomic_write_json, atomic_writer
-from ..errors import DataFileError
-from ..llm.errors import (BadPromptError, LLMError, RateLimitError, RequestTimeoutError,
+from mminstruct.cache import atomic_write_json, atomic_writer
+from mminstruct.errors import DataFileError
+from mminstruct.llm.errors import (BadPromptError, LLMError, RateLimitError, RequestTimeoutError,
                           ServerError, classify, redact)
-from ..llm.requests import candidate_image
-from ..modes import Mode
+from mminstruct.llm.requests import candidate_image
+from mminstruct.data.modes import Mode
 
 log = logging.getLogger(__name__)
 

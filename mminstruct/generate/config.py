@@ -10,10 +10,10 @@ from pathlib import Path
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from ..cache import content_key, file_sha256
-from ..errors import ConfigError, DataFileError
-from ..formats import FILE_NAME_MAX, check_file_prefix, prompts_dir
-from ..llm.client import EndpointConfig
+from mminstruct.cache import content_key, file_sha256
+from mminstruct.errors import ConfigError, DataFileError
+from mminstruct.data.formats import FILE_NAME_MAX, check_file_prefix, prompts_dir
+from mminstruct.llm.client import EndpointConfig
 
 DEFAULT_MODEL = "gpt-4o"
 
@@ -132,7 +132,7 @@ class GenerationConfig:
         if not str(self.model_name).strip():
             raise ConfigError("model_name is empty")
         check_values({f.name: getattr(self, f.name) for f in fields(self)})
-        from ..llm.requests import max_tokens_key
+        from mminstruct.llm.requests import max_tokens_key
 
         max_tokens_key(self.model_name, self.max_tokens_field)  # an unknown field: ConfigError
         # a longer first interval than the default cap raises the cap

@@ -28,8 +28,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..errors import DataFileError
-from .runlog import RunDir
+from mminstruct.errors import DataFileError
+from mminstruct.generate.runlog import RunDir
 
 FLAG_CHECK_INTERVAL = 0.25
 
@@ -73,7 +73,7 @@ class EarlyStop:
         self.transient_failures += 1
         if self.transient_failures < self.transient_after:
             return None
-        from ..llm.errors import BY_KIND
+        from mminstruct.llm.errors import BY_KIND
 
         self.triggered = True
         self.error = BY_KIND[error.kind](
@@ -100,7 +100,7 @@ class EarlyStop:
         self.first.append(rec)
         if len(self.first) < self.after:
             return None
-        from ..llm.errors import BY_KIND
+        from mminstruct.llm.errors import BY_KIND
 
         self.triggered = True
         head = self.first[0]

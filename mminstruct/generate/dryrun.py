@@ -16,17 +16,17 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-from ..cache import atomic_write_json, atomic_writer
-from ..formats import generated_dir
-from ..llm.errors import BadPromptError, ImageFileError
-from ..llm.requests import batch_line, generation_prompt, response_schema, system_prompt
-from .batch_files import line_fits
-from .config import GenerationConfig
-from .control import RunStatus
-from .job import RunResult, Shared, build_request
-from .jsonstream import PromptStream
-from .manifest import MANIFESTS_DIR
-from .runlog import unique_output_path
+from mminstruct.cache import atomic_write_json, atomic_writer
+from mminstruct.data.formats import generated_dir
+from mminstruct.llm.errors import BadPromptError, ImageFileError
+from mminstruct.llm.requests import batch_line, generation_prompt, response_schema, system_prompt
+from mminstruct.generate.batch_files import line_fits
+from mminstruct.generate.config import GenerationConfig
+from mminstruct.generate.control import RunStatus
+from mminstruct.generate.job import RunResult, Shared, build_request
+from mminstruct.generate.jsonstream import PromptStream
+from mminstruct.generate.manifest import MANIFESTS_DIR
+from mminstruct.generate.runlog import unique_output_path
 
 log = logging.getLogger(__name__)
 

@@ -40,14 +40,14 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
-from ..formats import PromptEntry
-from ..llm.calls import CallStats, Stopped
-from ..llm.errors import BadPromptError, ImageFileError, LLMError
-from .config import GenerationConfig, resolved_range
-from .control import RunControl, clear_flags
-from .job import ProgressCallback, RunJob, RunResult, Shared
-from .jsonstream import PromptStream
-from .runlog import RunLog, open_or_create_run
+from mminstruct.data.formats import PromptEntry
+from mminstruct.llm.calls import CallStats, Stopped
+from mminstruct.llm.errors import BadPromptError, ImageFileError, LLMError
+from mminstruct.generate.config import GenerationConfig, resolved_range
+from mminstruct.generate.control import RunControl, clear_flags
+from mminstruct.generate.job import ProgressCallback, RunJob, RunResult, Shared
+from mminstruct.generate.jsonstream import PromptStream
+from mminstruct.generate.runlog import RunLog, open_or_create_run
 
 __all__ = ["JobKind", "OnlineJob", "ProgressCallback", "RunResult", "Shared", "run_async", "run_generation"]
 
@@ -197,13 +197,13 @@ async def run_async(cfg: GenerationConfig, *, control: RunControl | None = None,
                     on_progress: ProgressCallback | None = None,
                     shared: Shared | None = None, kind: JobKind | None = None) -> RunResult:
     """Run (or resume) one generation run; see the module docstring. ``kind`` makes it another
-    kind of run on the same engine (the judge: ``mminstruct.judge``): its own stream of items,
+    kind of run on the same engine (the judge: ``mminstruct.quality.judge``): its own stream of items,
     job classes and request builder; None is generation from ``cfg``'s prompt file."""
     stream: Any = kind.stream if kind is not None else PromptStream.open(cfg.prompt_path)
     start, n = resolved_range(cfg.start_idx, cfg.num_prompts, stream.count)
     control = control or RunControl()
     if cfg.dry_run:
-        from .dryrun import dry_run
+        from mminstruct.generate.dryrun import dry_run
 
         return await dry_run(cfg, stream, start, n, shared,
                              body_of=kind.dry_build if kind is not None else None)
@@ -217,7 +217,7 @@ async def run_async(cfg: GenerationConfig, *, control: RunControl | None = None,
         shared.limiter.announce()
         job: RunJob | None = None
         if cfg.batch_api or run.read_meta().get("batch_api"):
-            from .batch_api import batch_job  # OpenAI Batch API runs (and their resumes)
+            from mminstruct.generate.batch_api import batch_job  # OpenAI Batch API runs (and their resumes)
 
             job = batch_job(cfg, run, stream, start, n, shared, control, on_progress,
                             cls=kind.batch if kind is not None else None)

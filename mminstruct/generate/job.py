@@ -24,23 +24,23 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..formats import PromptEntry
-from ..llm.calls import CallObserver, Caller, CallStats, RetryPolicy
-from ..llm.client import build_clients
-from ..llm.errors import (RETRYABLE_ON_RESUME, BadJSONError, BadPromptError, ContentFilterError,
+from mminstruct.data.formats import PromptEntry
+from mminstruct.llm.calls import CallObserver, Caller, CallStats, RetryPolicy
+from mminstruct.llm.client import build_clients
+from mminstruct.llm.errors import (RETRYABLE_ON_RESUME, BadJSONError, BadPromptError, ContentFilterError,
                           LengthError, LLMError, RefusalError, SchemaMismatchError, redact)
-from ..llm.limiter import RateLimiter
-from ..llm.parse import ParseResult, parse_items
-from ..llm.requests import (BuiltRequest, ImageEncoder, build_messages, candidate_image,
+from mminstruct.llm.limiter import RateLimiter
+from mminstruct.llm.parse import ParseResult, parse_items
+from mminstruct.llm.requests import (BuiltRequest, ImageEncoder, build_messages, candidate_image,
                             fix_messages, generation_prompt, refused_params, request_body,
                             response_schema, system_prompt)
-from ..modes import Mode
-from .config import GenerationConfig
-from .control import EarlyStop, RunControl, RunStatus, StatusTracker
-from .jsonstream import PromptStream
-from .manifest import build_manifest, manifest_path_for, summarize_log, write_manifest
-from .output import write_output
-from .runlog import FINISHED, RunDir, RunLog, latest_records, output_path
+from mminstruct.data.modes import Mode
+from mminstruct.generate.config import GenerationConfig
+from mminstruct.generate.control import EarlyStop, RunControl, RunStatus, StatusTracker
+from mminstruct.generate.jsonstream import PromptStream
+from mminstruct.generate.manifest import build_manifest, manifest_path_for, summarize_log, write_manifest
+from mminstruct.generate.output import write_output
+from mminstruct.generate.runlog import FINISHED, RunDir, RunLog, latest_records, output_path
 
 log = logging.getLogger(__name__)
 

@@ -21,9 +21,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..errors import DataFileError
-from ..formats import PromptEntry, PromptFile, prompt_file_from_json
-from ..llm.errors import BadPromptError
+from mminstruct.errors import DataFileError
+from mminstruct.data.formats import PromptEntry, PromptFile, prompt_file_from_json
+from mminstruct.llm.errors import BadPromptError
 
 CHUNK = 1 << 20
 _WS_RE = re.compile(r"[ \t\r\n]*")

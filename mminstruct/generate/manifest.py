@@ -26,10 +26,10 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from ..cache import atomic_write_json
-from ..errors import ConfigError
-from ..llm.requests import match_model
-from .runlog import iter_records
+from mminstruct.cache import atomic_write_json
+from mminstruct.errors import ConfigError
+from mminstruct.llm.requests import match_model
+from mminstruct.generate.runlog import iter_records
 
 PRICES_FILE = Path(__file__).with_name("prices.json")
 

@@ -1,5 +1,5 @@
 """Generated data: MM-Gen's output file from a run's log, the manifest, and merging shard outputs
-(exports to other formats: ``mminstruct.export``).
+(exports to other formats: ``mminstruct.export.formats``).
 
 The output file keeps MM-Gen's keys — ``image_folder``, ``len_samples``, ``start_idx``,
 ``end_idx``, ``num_prompts``, ``samples`` — and adds ``mode``, ``model``, ``input_folder``,
@@ -35,11 +35,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..cache import atomic_writer
-from ..errors import DataFileError, MergeError
-from ..modes import Mode
-from .jsonstream import iter_object
-from .runlog import latest_records
+from mminstruct.cache import atomic_writer
+from mminstruct.errors import DataFileError, MergeError
+from mminstruct.data.modes import Mode
+from mminstruct.generate.jsonstream import iter_object
+from mminstruct.generate.runlog import latest_records
 
 log = logging.getLogger(__name__)
 

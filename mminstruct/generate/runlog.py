@@ -33,14 +33,14 @@ from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ..cache import atomic_write_json
-from ..errors import ConfigError, DataFileError
-from ..formats import generated_dir
-from ..llm.errors import RETRYABLE_ON_RESUME
+from mminstruct.cache import atomic_write_json
+from mminstruct.errors import ConfigError, DataFileError
+from mminstruct.data.formats import generated_dir
+from mminstruct.llm.errors import RETRYABLE_ON_RESUME
 
 if TYPE_CHECKING:
-    from .config import GenerationConfig
-    from .jsonstream import PromptStream
+    from mminstruct.generate.config import GenerationConfig
+    from mminstruct.generate.jsonstream import PromptStream
 
 log = logging.getLogger(__name__)
 

@@ -20,15 +20,15 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from ..errors import ConfigError
-from ..formats import generated_dir
-from .config import GenerationConfig, resolved_range
-from .control import RunControl, RunStatus
-from .engine import RunResult, Shared, run_async
-from .jsonstream import PromptStream
-from .manifest import manifest_path_for, write_manifest
-from .output import merge_outputs
-from .runlog import shard_prefix, unique_output_path
+from mminstruct.errors import ConfigError
+from mminstruct.data.formats import generated_dir
+from mminstruct.generate.config import GenerationConfig, resolved_range
+from mminstruct.generate.control import RunControl, RunStatus
+from mminstruct.generate.engine import RunResult, Shared, run_async
+from mminstruct.generate.jsonstream import PromptStream
+from mminstruct.generate.manifest import manifest_path_for, write_manifest
+from mminstruct.generate.output import merge_outputs
+from mminstruct.generate.runlog import shard_prefix, unique_output_path
 
 __all__ = ["ShardedResult", "finish_shards", "run_shards", "run_shards_async", "shard_prefix",
            "split_range"]

@@ -23,8 +23,8 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from .errors import ServerError, classify
-from .limiter import RateLimiter
+from mminstruct.llm.errors import ServerError, classify
+from mminstruct.llm.limiter import RateLimiter
 
 log = logging.getLogger(__name__)
 

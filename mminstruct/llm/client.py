@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlparse
 
-from .errors import EndpointConfigError, redact, register_secret
+from mminstruct.llm.errors import EndpointConfigError, redact, register_secret
 
 ENDPOINT_KINDS = ("openai", "azure", "local")
 DEFAULT_AZURE_API_VERSION = "2024-10-21"

@@ -41,7 +41,7 @@ import re
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-from ..errors import ConfigError, GenerationError
+from mminstruct.errors import ConfigError, GenerationError
 
 
 @dataclass(frozen=True)

@@ -26,8 +26,8 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..modes import Mode
-from .errors import BadJSONError, RefusalError, SchemaMismatchError
+from mminstruct.data.modes import Mode
+from mminstruct.llm.errors import BadJSONError, RefusalError, SchemaMismatchError
 
 _SPECIAL_TOKENS = re.compile(r"<\|[A-Za-z0-9_]{1,40}\|>|</?s>|<eos>|<end_of_turn>")
 _FENCE = re.compile(r"```[ \t]*(?:json[a-z]*|JSON)?[ \t]*\r?\n?(.*?)```", re.DOTALL)

@@ -26,11 +26,11 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from ..errors import ConfigError, ImageError, UnsafePathError, choices_message
-from ..formats import PromptEntry, is_prompt_image
-from ..images import data_url, encode_jpeg, resolve_image_path
-from ..modes import Mode
-from .errors import BadPromptError, ImageFileError
+from mminstruct.errors import ConfigError, ImageError, UnsafePathError, choices_message
+from mminstruct.data.formats import PromptEntry, is_prompt_image
+from mminstruct.data.images import data_url, encode_jpeg, resolve_image_path
+from mminstruct.data.modes import Mode
+from mminstruct.llm.errors import BadPromptError, ImageFileError
 
 # ----------------------------------------------------------------------------------------------
 # Prompt texts (written for this project)

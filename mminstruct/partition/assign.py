@@ -1,0 +1,245 @@
+"""Zero-shot keyword partition of image embeddings.
+
+* ``assign_keywords(image_vecs, keyword_vecs, min_similarity=None)`` → ``Partition``: each image goes
+  to its most similar keyword (argmax of cosine similarity); the scores to every keyword, the best
+  score and the margin to the runner-up are kept for later confidence displays. Images under
+  ``min_similarity`` are "unassigned" (keyword index -1): reported, not used. Fast enough for the
+  app to recompute on every keyword edit (float32 matmul in row chunks).
+* ``top_k_per_keyword(image_vecs, keyword_vecs, k)`` → ``TopK``: the K most similar images per
+  keyword, overlaps resolved by ``resolve_overlaps``.
+* ``resolve_overlaps(ranked_ids, ranked_scores, k)``: the overlap rule on per-keyword ranked lists
+  (usable by a faiss retrieval): an image retrieved by several keywords goes to the keyword it is
+  most similar to, and a keyword that lost an image takes its next nearest, so every keyword gets K
+  when its list allows. Equivalently: walk all (keyword, image) pairs by descending similarity and
+  accept a pair while the image is free and the keyword has fewer than K.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from mminstruct.errors import ConfigError
+
+UNASSIGNED = -1
+_CHUNK_ROWS = 2_048
+
+
+def _as_matrix(x: np.ndarray, what: str) -> np.ndarray:
+    arr = np.asarray(x)
+    if arr.ndim != 2:
+        raise ConfigError(f"{what} must be a 2-D array (n, dim), got shape {arr.shape}")
+    return arr
+
+
+def similarity_matrix(image_vecs: np.ndarray, keyword_vecs: np.ndarray) -> np.ndarray:
+    """Cosine similarities (n_images, n_keywords) in float32 for L2-normalised inputs."""
+    img = _as_matrix(image_vecs, "image vectors")
+    kw = _as_matrix(keyword_vecs, "keyword vectors").astype(np.float32, copy=False)
+    if img.shape[0] and kw.shape[0] and img.shape[1] != kw.shape[1]:
+        raise ConfigError(f"image vectors have dim {img.shape[1]} but keyword vectors dim {kw.shape[1]} "
+                          "(embedded with different models?)")
+    out = np.empty((img.shape[0], kw.shape[0]), dtype=np.float32)
+    if not out.size:
+        return out
+    kw_t = np.ascontiguousarray(kw.T)
+    for start in range(0, img.shape[0], _CHUNK_ROWS):  # bounded float32 copies of float16 input
+        block = img[start:start + _CHUNK_ROWS].astype(np.float32, copy=False)
+        np.matmul(block, kw_t, out=out[start:start + _CHUNK_ROWS])
+    return out
+
+
+
+def normalise_keywords(keywords: Sequence[str]) -> list[str]:
+    """Spaces collapsed; an empty or non-string keyword, or one given twice (ignoring case and
+    spaces), is a ConfigError naming it. The one rule for the command line and the app."""
+    if isinstance(keywords, str) or not isinstance(keywords, Sequence):
+        raise ConfigError(f"keywords must be a list of strings, got {keywords!r}")
+    out: list[str] = []
+    seen: dict[str, str] = {}
+    for k in keywords:
+        if not isinstance(k, str) or not k.strip():
+            raise ConfigError(f"keyword {k!r} is empty or not a string")
+        k = " ".join(k.split())
+        norm = k.casefold()
+        if norm in seen:
+            raise ConfigError(f"keyword {k!r} is given twice (also as {seen[norm]!r}); keywords "
+                              "are compared ignoring case and spaces")
+        seen[norm] = k
+        out.append(k)
+    return out
+
+@dataclass
+class Partition:
+    """Per image: ``assignment`` (keyword index, -1 = unassigned), ``best`` score, ``margin`` to
+    the runner-up (``best`` itself when there is one keyword), and ``scores`` to every keyword."""
+
+    keywords: list[str]
+    scores: np.ndarray  # float32 (n, k)
+    assignment: np.ndarray  # int64 (n,)
+    best: np.ndarray  # float32 (n,)
+    margin: np.ndarray  # float32 (n,)
+    min_similarity: float | None = None
+
+    def __len__(self) -> int:
+        return int(self.assignment.shape[0])
+
+    def members(self, keyword: int | str) -> np.ndarray:
+        """Row indices assigned to a keyword (index or name), ascending."""
+        k = self.keywords.index(keyword) if isinstance(keyword, str) else int(keyword)
+        return np.flatnonzero(self.assignment == k)
+
+    def groups(self) -> dict[str, list[int]]:
+        """keyword → row indices, every keyword present (in the given order), unassigned left out."""
+        order = np.argsort(self.assignment, kind="stable")
+        bounds = np.searchsorted(self.assignment[order], np.arange(len(self.keywords) + 1))
+        return {kw: order[bounds[i]:bounds[i + 1]].tolist() for i, kw in enumerate(self.keywords)}
+
+    def unassigned(self) -> np.ndarray:
+        return np.flatnonzero(self.assignment == UNASSIGNED)
+
+    def counts(self) -> dict[str, int]:
+        """keyword → number of images, plus ``"unassigned"`` when min_similarity is set."""
+        bins = np.bincount(self.assignment + 1, minlength=len(self.keywords) + 1)
+        out = {kw: int(bins[i + 1]) for i, kw in enumerate(self.keywords)}
+        if self.min_similarity is not None:
+            out["unassigned"] = int(bins[0])
+        return out
+
+    def unassigned_report(self, labels: Sequence[str] | None = None, limit: int = 20) -> str:
+        """One line per unassigned image (label, best score, nearest keyword), capped at ``limit``."""
+        idx = self.unassigned()
+        if not len(idx):
+            return "no image is unassigned"
+        nearest = self.scores[idx].argmax(axis=1) if self.scores.shape[1] else np.zeros(len(idx), int)
+        lines = [f"{len(idx)} of {len(self)} image(s) under min_similarity {self.min_similarity}:"]
+        for i, near in list(zip(idx, nearest))[:limit]:
+            name = labels[i] if labels is not None else f"image {i}"
+            lines.append(f"  {name}: best {self.best[i]:.3f} ({self.keywords[near]!r})")
+        if len(idx) > limit:
+            lines.append(f"  … and {len(idx) - limit} more")
+        return "\n".join(lines)
+
+
+def partition_from_scores(scores: np.ndarray, keywords: Sequence[str],
+                          min_similarity: float | None = None) -> Partition:
+    """A Partition from a ready similarity matrix (n, k)."""
+    scores = _as_matrix(scores, "scores").astype(np.float32, copy=False)
+    n, k = scores.shape
+    if k != len(keywords):
+        raise ConfigError(f"{k} score columns for {len(keywords)} keywords")
+    if k == 0:
+        raise ConfigError("no keywords to partition by")
+    if min_similarity is not None and not -1.0 <= float(min_similarity) <= 1.0:
+        raise ConfigError(f"min_similarity must be between -1 and 1, got {min_similarity!r}")
+    assignment = scores.argmax(axis=1).astype(np.int64) if n else np.zeros(0, np.int64)
+    best = scores[np.arange(n), assignment] if n else np.zeros(0, np.float32)
+    if k >= 2 and n:
+        top2 = np.partition(scores, k - 2, axis=1)[:, k - 2:]
+        margin = (top2[:, 1] - top2[:, 0]).astype(np.float32)
+    else:
+        margin = best.copy()
+    if min_similarity is not None:
+        assignment[best < float(min_similarity)] = UNASSIGNED
+    return Partition(list(keywords), scores, assignment, best.astype(np.float32), margin,
+                     None if min_similarity is None else float(min_similarity))
+
+
+def assign_keywords(image_vecs: np.ndarray, keyword_vecs: np.ndarray,
+                    min_similarity: float | None = None,
+                    keywords: Sequence[str] | None = None) -> Partition:
+    """Argmax keyword per image (see the module docstring). ``keywords`` default to their indices."""
+    kw_vecs = _as_matrix(keyword_vecs, "keyword vectors")
+    names = list(keywords) if keywords is not None else [str(i) for i in range(kw_vecs.shape[0])]
+    return partition_from_scores(similarity_matrix(image_vecs, kw_vecs), names, min_similarity)
+
+
+@dataclass
+class TopK:
+    """Per keyword: the chosen row indices (best first) and their similarity to that keyword."""
+
+    keywords: list[str]
+    k: int
+    ids: list[np.ndarray]
+    scores: list[np.ndarray]
+    short: dict[str, int] = field(default_factory=dict)  # keyword → how many it got, when < k
+
+    def groups(self) -> dict[str, list[int]]:
+        return {kw: ids.tolist() for kw, ids in zip(self.keywords, self.ids)}
+
+
+def resolve_overlaps(ranked_ids: Sequence[Sequence[int]], ranked_scores: Sequence[Sequence[float]],
+                     k: int) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """The overlap rule on per-keyword ranked lists (each sorted best first, ids may repeat across
+    keywords). Returns, per keyword, at most ``k`` ids (best first) and their scores; no id is
+    given to two keywords. A keyword's list should hold ``k × n_keywords`` entries (or the whole
+    pool) so that it can always backfill what it loses; ties go to the earlier keyword."""
+    if not isinstance(k, (int, np.integer)) or k < 1:
+        raise ConfigError(f"k must be a positive integer, got {k!r}")
+    if len(ranked_ids) != len(ranked_scores):
+        raise ConfigError(f"{len(ranked_ids)} id lists but {len(ranked_scores)} score lists")
+    n_kw = len(ranked_ids)
+    ids_l = [np.asarray(r, dtype=np.int64).reshape(-1) for r in ranked_ids]
+    sc_l = [np.asarray(s, dtype=np.float32).reshape(-1) for s in ranked_scores]
+    for j, (a, b) in enumerate(zip(ids_l, sc_l)):
+        if a.shape != b.shape:
+            raise ConfigError(f"keyword {j}: {a.size} ids but {b.size} scores")
+    if n_kw == 0:
+        return [], []
+    ids = np.concatenate(ids_l)
+    scores = np.concatenate(sc_l)
+    kw = np.repeat(np.arange(n_kw), [a.size for a in ids_l])
+    rank = np.concatenate([np.arange(a.size) for a in ids_l])
+    order = np.lexsort((rank, kw, -scores.astype(np.float64)))  # score desc, then keyword, then rank
+    taken: set[int] = set()
+    out_ids: list[list[int]] = [[] for _ in range(n_kw)]
+    out_sc: list[list[float]] = [[] for _ in range(n_kw)]
+    full = 0
+    for pos in order.tolist():
+        j = int(kw[pos])
+        if len(out_ids[j]) >= k:
+            continue
+        i = int(ids[pos])
+        if i in taken:
+            continue
+        taken.add(i)
+        out_ids[j].append(i)
+        out_sc[j].append(float(scores[pos]))
+        if len(out_ids[j]) == k:
+            full += 1
+            if full == n_kw:
+                break
+    return ([np.asarray(x, dtype=np.int64) for x in out_ids],
+            [np.asarray(x, dtype=np.float32) for x in out_sc])
+
+
+def top_k_per_keyword(image_vecs: np.ndarray, keyword_vecs: np.ndarray, k: int,
+                      keywords: Sequence[str] | None = None,
+                      min_similarity: float | None = None) -> TopK:
+    """The K most similar images per keyword, overlaps resolved (see ``resolve_overlaps``).
+    Images under ``min_similarity`` to a keyword are not candidates for it."""
+    scores = similarity_matrix(image_vecs, keyword_vecs)
+    return top_k_from_scores(scores, k, keywords, min_similarity)
+
+
+def top_k_from_scores(scores: np.ndarray, k: int, keywords: Sequence[str] | None = None,
+                      min_similarity: float | None = None) -> TopK:
+    if not isinstance(k, (int, np.integer)) or k < 1:
+        raise ConfigError(f"k must be a positive integer, got {k!r}")
+    n, n_kw = scores.shape
+    names = list(keywords) if keywords is not None else [str(i) for i in range(n_kw)]
+    depth = min(n, int(k) * n_kw)  # a keyword can lose at most k × (n_kw − 1) images to others
+    ranked_ids, ranked_scores = [], []
+    for j in range(n_kw):
+        col = scores[:, j]
+        top = np.argpartition(-col, depth - 1)[:depth] if 0 < depth < n else np.arange(n)
+        top = top[np.lexsort((top, -col[top]))]
+        if min_similarity is not None:
+            top = top[col[top] >= float(min_similarity)]
+        ranked_ids.append(top)
+        ranked_scores.append(col[top])
+    ids, sc = resolve_overlaps(ranked_ids, ranked_scores, int(k))
+    short = {names[j]: len(x) for j, x in enumerate(ids) if len(x) < k}
+    return TopK(names, int(k), ids, sc, short)
