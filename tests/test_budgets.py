@@ -53,6 +53,16 @@ def test_allocate_with_budgets():
     assert allocate([5, 5], 10, 1, [Budget(prompts=7), Budget(prompts=1)]) == [7, 1]
 
 
+def test_a_share_that_does_not_divide_rounds_up():
+    # ceil(10 × 0.5 / 3) = ceil(1.67) = 2 prompts (rounding down would give 1, i.e. 3 of the 5
+    # samples asked for); the other subgroup splits the other 5 samples: ceil(5 / 3) = 2
+    assert allocate([1, 1], 10, 3, [Budget(share=0.5), None]) == [2, 2]
+    # ceil(7 × 0.3 / 1) = ceil(2.1) = 3, where a share times total_gen is not a whole number
+    assert allocate([1, 1], 7, 1, [Budget(share=0.3), Budget(share=0.7)]) == [3, 5]
+    # without budgets the same rule: ceil(10 × 1/3 / 2) = 2 and ceil(10 × 2/3 / 2) = 4
+    assert allocate([1, 2], 10, 2) == [2, 4]
+
+
 def test_reuse_note_says_how_often_each_image_is_shown():
     assert reuse_note(5, 10) == "" and reuse_note(10, 10) == "" and reuse_note(3, 0) == ""
     assert reuse_note(30, 10) == ("30 prompts for 10 candidate images: each image is used 3× "
