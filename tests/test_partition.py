@@ -178,3 +178,17 @@ def test_top_k_matches_the_proposal_rule_and_has_no_blocking_pair(seed: int) -> 
                 continue
             mine = scores[i, chosen[i]] if i in chosen else -np.inf
             assert not (scores[i, j] > worst and scores[i, j] > mine)
+
+
+def test_keywords_are_normalised_once_and_duplicates_named() -> None:
+    from mminstruct.partition import normalise_keywords
+    assert normalise_keywords(["  bar   chart ", "Pie\tchart", "map"]) == ["bar chart", "Pie chart", "map"]
+    assert normalise_keywords(("a",)) == ["a"] and normalise_keywords([]) == []
+    with pytest.raises(ConfigError, match=r"keyword 'Bar chart' is given twice \(also as 'bar chart'\)"):
+        normalise_keywords(["bar chart", " Bar  chart"])
+    for bad in ("", "   ", None, 3):
+        with pytest.raises(ConfigError, match=f"keyword {bad!r} is empty or not a string"):
+            normalise_keywords(["ok", bad])
+    for bad in ("bar chart", None, {"a": 1}):
+        with pytest.raises(ConfigError, match="keywords must be a list of strings"):
+            normalise_keywords(bad)
