@@ -199,18 +199,20 @@ def test_groups_counts_and_the_unassigned_report_of_a_partition() -> None:
                        [0.05, 0.1, 0.12],  # under 0.2: unassigned, nearest table
                        [0.1, 0.2, 0.7],    # table
                        [0.15, 0.1, 0.0],   # unassigned, nearest chart
-                       [0.3, 0.25, 0.1]],  # chart, margin 0.05
+                       [0.3, 0.25, 0.1],   # chart, margin 0.05
+                       [0.8, 0.1, 0.1]],   # chart
                       dtype=np.float32)
     p = partition_from_scores(scores, NAMES, min_similarity=0.2)
-    assert p.groups() == {"chart": [0, 4], "map": [], "table": [2]}
-    assert p.counts() == {"chart": 2, "map": 0, "table": 1, "unassigned": 2}
-    np.testing.assert_allclose(p.margin, [0.8, 0.02, 0.5, 0.05, 0.05], atol=1e-6)
-    assert p.unassigned_report(labels=[f"img{i}.jpg" for i in range(5)]) == (
-        "2 of 5 image(s) under min_similarity 0.2:\n"
+    assert p.groups() == {"chart": [0, 4, 5], "map": [], "table": [2]}
+    assert p.counts() == {"chart": 3, "map": 0, "table": 1, "unassigned": 2}
+    np.testing.assert_allclose(p.margin, [0.8, 0.02, 0.5, 0.05, 0.05, 0.7], atol=1e-6)
+    assert p.unassigned_report(labels=[f"img{i}.jpg" for i in range(6)]) == (
+        "2 of 6 image(s) under min_similarity 0.2:\n"
         "  img1.jpg: best 0.120 ('table')\n"
         "  img3.jpg: best 0.150 ('chart')")
     assert p.unassigned_report(limit=1) == (
-        "2 of 5 image(s) under min_similarity 0.2:\n  image 1: best 0.120 ('table')\n  … and 1 more")
+        "2 of 6 image(s) under min_similarity 0.2:\n  image 1: best 0.120 ('table')\n  … and 1 more")
+    assert "more" not in p.unassigned_report(limit=2)  # exactly at the limit: nothing left out
     q = partition_from_scores(scores, NAMES)  # no threshold: no "unassigned" count, none left out
-    assert q.counts() == {"chart": 3, "map": 0, "table": 2}
+    assert q.counts() == {"chart": 4, "map": 0, "table": 2}
     assert q.unassigned_report() == "no image is unassigned"
