@@ -216,3 +216,23 @@ def test_groups_counts_and_the_unassigned_report_of_a_partition() -> None:
     q = partition_from_scores(scores, NAMES)  # no threshold: no "unassigned" count, none left out
     assert q.counts() == {"chart": 4, "map": 0, "table": 2}
     assert q.unassigned_report() == "no image is unassigned"
+
+
+def test_top_k_passes_names_k_and_the_threshold_through_and_keeps_a_score_at_it() -> None:
+    images = unit([1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.2, 0.0, 0.98])
+    t = top_k_per_keyword(images, KW, 1, keywords=NAMES, min_similarity=0.5)
+    assert t.k == 1 and t.keywords == NAMES
+    assert t.groups() == {"chart": [0], "map": [1], "table": [2]}
+    assert top_k_per_keyword(images, KW, 1).keywords == ["0", "1", "2"]
+    assert top_k_per_keyword(images, KW, 2, min_similarity=0.9).short == {"0": 1, "1": 1, "2": 1}
+    scores = np.array([[1.0, 0.0], [0.5, 0.75], [0.25, 1.0], [0.0, 0.875]], np.float32)
+    t2 = top_k_from_scores(scores, 2, ["a", "b"], min_similarity=0.5)
+    # "a" keeps image 1, whose score is exactly the threshold; "b" takes 2 and 3 (1 is over for b
+    # too, but b is full with higher scores)
+    assert t2.groups() == {"a": [0, 1], "b": [2, 3]} and t2.short == {}
+    np.testing.assert_allclose(t2.scores[0], [1.0, 0.5])
+    t3 = top_k_from_scores(scores, 2, ["a", "b"], min_similarity=0.6)
+    assert t3.groups() == {"a": [0], "b": [2, 3]} and t3.short == {"a": 1}
+    for bad in (0, -1, 1.5, "2"):
+        with pytest.raises(ConfigError, match=f"k must be a positive integer, got {bad!r}"):
+            top_k_from_scores(np.zeros((2, 2), np.float32), bad)
