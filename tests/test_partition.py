@@ -236,3 +236,12 @@ def test_top_k_passes_names_k_and_the_threshold_through_and_keeps_a_score_at_it(
     for bad in (0, -1, 1.5, "2"):
         with pytest.raises(ConfigError, match=f"k must be a positive integer, got {bad!r}"):
             top_k_from_scores(np.zeros((2, 2), np.float32), bad)
+
+
+def test_similarity_is_computed_in_chunks_that_cover_every_row(monkeypatch) -> None:
+    from mminstruct import partition
+    monkeypatch.setattr(partition, "_CHUNK_ROWS", 2)  # 5 rows of 3 dims: chunks 0-1, 2-3, 4
+    images = unit([1, 0, 0], [0, 1, 0], [0, 0, 1], [1, 1, 0], [0, 1, 1]).astype(np.float16)
+    got = similarity_matrix(images, KW)
+    assert got.dtype == np.float32 and got.shape == (5, 3)
+    np.testing.assert_allclose(got, images.astype(np.float32) @ KW.T, atol=1e-6)
