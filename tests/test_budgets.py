@@ -4,6 +4,7 @@ plans and the command line's --budgets / --only."""
 from __future__ import annotations
 
 import json
+import re
 from collections import Counter
 from pathlib import Path
 
@@ -68,6 +69,24 @@ def test_reuse_note_says_how_often_each_image_is_shown():
     assert reuse_note(30, 10) == ("30 prompts for 10 candidate images: each image is used 3× "
                                   "(about 3.0×)")
     assert "each image is used 2–3× (about 2.5×)" in reuse_note(25, 10)
+
+
+def test_a_budget_is_checked_at_the_edges() -> None:
+    assert Budget(share=0.0).share == 0.0 and Budget(share=1).share == 1  # 0% and 100% allowed
+    assert Budget(prompts=0).prompts == 0
+    assert reuse_note(3, 1) == ("3 prompts for 1 candidate images: each image is used 3× "
+                                "(about 3.0×)")  # one image is still reused
+    for bad, match in ((dict(prompts=-1), "integer ≥ 0, got -1"),
+                       (dict(prompts=True), "integer ≥ 0, got True"),
+                       (dict(prompts=2.0), "integer ≥ 0, got 2.0"),
+                       (dict(share="0.5"), "between 0% and 100%, got '0.5'"),
+                       (dict(share=True), "between 0% and 100%, got True"),
+                       (dict(share=1.01), "between 0% and 100%, got 1.01"),
+                       (dict(share=-0.1), "between 0% and 100%, got -0.1"),
+                       ({}, "either a number of prompts or a share"),
+                       (dict(prompts=1, share=0.5), "either a number of prompts or a share")):
+        with pytest.raises(ConfigError, match=re.escape(match)):
+            Budget(**bad)
 
 
 def test_plan_follows_budgets_and_the_prompt_file_records_them(tmp_path):

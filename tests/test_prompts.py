@@ -49,6 +49,8 @@ def test_sampler_is_without_replacement_within_a_pass():
 def test_ordinals_and_token_rewrite():
     assert [ordinal(n) for n in (1, 2, 10, 11, 12, 13, 21, 22, 23, 101, 111)] == [
         "first", "second", "tenth", "11th", "12th", "13th", "21st", "22nd", "23rd", "101st", "111th"]
+    assert [ordinal(n) for n in (14, 20, 24, 30, 110, 113, 311, 1000)] == [
+        "14th", "20th", "24th", "30th", "110th", "113th", "311th", "1000th"]
     assert rewrite_image_tokens("<image>\nWhat is it?", 1) == "Refer to the first image.\nWhat is it?"
     assert rewrite_image_tokens("Compare <image_1> and <image>.", 3) == \
         "Compare Refer to the third image. and Refer to the fourth image.."
