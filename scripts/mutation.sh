@@ -1,7 +1,6 @@
 #!/usr/bin/env bash
 # Mutation testing of one core module with mutmut (docs/testing.md):
 #   scripts/mutation.sh partition            # mminstruct/partition.py vs tests/test_partition.py
-#   scripts/mutation.sh budgets-only prompts # (any name in the table below)
 # Runs in a scratch copy of the working tree (never touches the checkout) with the [tool.mutmut]
 # section of pyproject.toml narrowed to the module and its fast test files, at nice 19 and under
 # a time limit (MUTATION_TIMEOUT seconds, default 1800). Prints mutmut's results: every surviving
