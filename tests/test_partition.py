@@ -245,3 +245,18 @@ def test_similarity_is_computed_in_chunks_that_cover_every_row(monkeypatch) -> N
     got = similarity_matrix(images, KW)
     assert got.dtype == np.float32 and got.shape == (5, 3)
     np.testing.assert_allclose(got, images.astype(np.float32) @ KW.T, atol=1e-6)
+
+
+def test_two_keywords_margin_threshold_edges_and_default_names() -> None:
+    scores = np.array([[0.5, 0.25], [0.125, 0.75], [0.375, 0.25]], np.float32)
+    p = partition_from_scores(scores, ["a", "b"], min_similarity=0.5)
+    np.testing.assert_allclose(p.margin, [0.25, 0.625, 0.125])  # best − runner-up with 2 keywords
+    assert p.assignment.tolist() == [0, 1, UNASSIGNED]  # a score exactly at the threshold stays
+    for edge in (-1.0, 1.0):
+        assert partition_from_scores(scores, ["a", "b"], min_similarity=edge).min_similarity == edge
+    for bad in (-1.5, 1.5):
+        with pytest.raises(ConfigError, match=f"min_similarity must be between -1 and 1, got {bad}"):
+            partition_from_scores(scores, ["a", "b"], min_similarity=bad)
+    with pytest.raises(ConfigError, match="no keywords to partition by"):
+        partition_from_scores(np.zeros((2, 0), np.float32), [])
+    assert assign_keywords(unit([1, 0, 0]), KW).keywords == ["0", "1", "2"]
