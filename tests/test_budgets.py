@@ -71,6 +71,15 @@ def test_reuse_note_says_how_often_each_image_is_shown():
     assert "each image is used 2–3× (about 2.5×)" in reuse_note(25, 10)
 
 
+def test_every_budgeted_subgroup_is_taken_from_what_the_others_share():
+    # 20 + 30 prompts of 1 sample: 50 of 100 left, split evenly among the two without a budget
+    assert allocate([1, 1, 1, 1], 100, 1, [Budget(prompts=20), Budget(prompts=30), None, None]) == \
+        [20, 30, 25, 25]
+    # 20% + 30% likewise
+    assert allocate([1, 1, 1, 1], 100, 1, [Budget(share=0.2), Budget(share=0.3), None, None]) == \
+        [20, 30, 25, 25]
+
+
 def test_a_budget_is_checked_at_the_edges() -> None:
     assert Budget(share=0.0).share == 0.0 and Budget(share=1).share == 1  # 0% and 100% allowed
     assert Budget(prompts=0).prompts == 0
