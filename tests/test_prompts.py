@@ -162,6 +162,18 @@ def test_missing_images_are_left_out_and_reported(tmp_path):
     assert all(1 not in p.icl_indices and p.prompt[-1] != "pool/c0.jpg" for p in pf.prompts)
 
 
+def test_a_candidate_outside_the_input_folder_is_left_out_like_a_missing_one(tmp_path):
+    (tmp_path / "in").mkdir()
+    task = _task(tmp_path / "in")
+    outside = tmp_path / "elsewhere.jpg"
+    save_jpeg(draw_shape("circle", 0), outside)  # exists, but outside --input_folder
+    task.subgroups[0].candidate_image_paths.append(str(outside))
+    plan = prepare_plan(task, _config(tmp_path / "in"))
+    assert plan.missing_candidates == [str(outside)]
+    pf = plan_prompts(task, _config(tmp_path / "in"), plan)
+    assert all(p.prompt[-1] != str(outside) for p in pf.prompts)
+
+
 def test_subgroup_without_candidates_is_one_clear_error(tmp_path):
     task = _task(tmp_path)
     task.subgroups[1].candidate_image_paths = []
