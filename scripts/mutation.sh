@@ -7,7 +7,7 @@
 # mutant by name; `mutmut show NAME` in the printed folder shows its diff.
 set -euo pipefail
 here="$(cd "$(dirname "$0")/.." && pwd)"
-py="${PYTHON:-$here/../../main/.venv/bin/python}"
+py="${PYTHON:-$here/.venv/bin/python}"  # scripts/setup.sh makes .venv; PYTHON=... overrides
 [ -x "$py" ] || py="$(command -v python3)"
 mod="${1:?usage: scripts/mutation.sh MODULE (records|partition|prompts|export|quality|runlog)}"
 case "$mod" in
