@@ -1,6 +1,6 @@
 """Judge generated samples with a vision model (a rubric, scores per aspect).
 
-Kept as a thin entry point (`python -m mminstruct.judge`): the code lives in ``mminstruct.commands.judge``."""
+MM-Gen's command line, kept as a thin entry point: the code lives in ``mminstruct.commands.judge``."""
 
 import sys
 

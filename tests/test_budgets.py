@@ -4,6 +4,7 @@ plans and the command line's --budgets / --only."""
 from __future__ import annotations
 
 import json
+import re
 from collections import Counter
 from pathlib import Path
 
@@ -53,11 +54,48 @@ def test_allocate_with_budgets():
     assert allocate([5, 5], 10, 1, [Budget(prompts=7), Budget(prompts=1)]) == [7, 1]
 
 
+def test_a_share_that_does_not_divide_rounds_up():
+    # ceil(10 × 0.5 / 3) = ceil(1.67) = 2 prompts (rounding down would give 1, i.e. 3 of the 5
+    # samples asked for); the other subgroup splits the other 5 samples: ceil(5 / 3) = 2
+    assert allocate([1, 1], 10, 3, [Budget(share=0.5), None]) == [2, 2]
+    # ceil(7 × 0.3 / 1) = ceil(2.1) = 3, where a share times total_gen is not a whole number
+    assert allocate([1, 1], 7, 1, [Budget(share=0.3), Budget(share=0.7)]) == [3, 5]
+    # without budgets the same rule: ceil(10 × 1/3 / 2) = 2 and ceil(10 × 2/3 / 2) = 4
+    assert allocate([1, 2], 10, 2) == [2, 4]
+
+
 def test_reuse_note_says_how_often_each_image_is_shown():
     assert reuse_note(5, 10) == "" and reuse_note(10, 10) == "" and reuse_note(3, 0) == ""
     assert reuse_note(30, 10) == ("30 prompts for 10 candidate images: each image is used 3× "
                                   "(about 3.0×)")
     assert "each image is used 2–3× (about 2.5×)" in reuse_note(25, 10)
+
+
+def test_every_budgeted_subgroup_is_taken_from_what_the_others_share():
+    # 20 + 30 prompts of 1 sample: 50 of 100 left, split evenly among the two without a budget
+    assert allocate([1, 1, 1, 1], 100, 1, [Budget(prompts=20), Budget(prompts=30), None, None]) == \
+        [20, 30, 25, 25]
+    # 20% + 30% likewise
+    assert allocate([1, 1, 1, 1], 100, 1, [Budget(share=0.2), Budget(share=0.3), None, None]) == \
+        [20, 30, 25, 25]
+
+
+def test_a_budget_is_checked_at_the_edges() -> None:
+    assert Budget(share=0.0).share == 0.0 and Budget(share=1).share == 1  # 0% and 100% allowed
+    assert Budget(prompts=0).prompts == 0
+    assert reuse_note(3, 1) == ("3 prompts for 1 candidate images: each image is used 3× "
+                                "(about 3.0×)")  # one image is still reused
+    for bad, match in ((dict(prompts=-1), "integer ≥ 0, got -1"),
+                       (dict(prompts=True), "integer ≥ 0, got True"),
+                       (dict(prompts=2.0), "integer ≥ 0, got 2.0"),
+                       (dict(share="0.5"), "between 0% and 100%, got '0.5'"),
+                       (dict(share=True), "between 0% and 100%, got True"),
+                       (dict(share=1.01), "between 0% and 100%, got 1.01"),
+                       (dict(share=-0.1), "between 0% and 100%, got -0.1"),
+                       ({}, "either a number of prompts or a share"),
+                       (dict(prompts=1, share=0.5), "either a number of prompts or a share")):
+        with pytest.raises(ConfigError, match=re.escape(match)):
+            Budget(**bad)
 
 
 def test_plan_follows_budgets_and_the_prompt_file_records_them(tmp_path):

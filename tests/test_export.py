@@ -289,3 +289,47 @@ def test_mmgen_export_under_an_image_root(generated, tmp_path):
     raw = json.loads(dest.read_text())
     assert raw["samples"][0]["image_1"] == "input/pool/c0.jpg"
     assert (dest.parent / raw["image_folder"] / raw["samples"][0]["image_1"]).resolve().is_file()
+
+
+def _two_image_file(tmp_path: Path) -> Path:
+    """A generated file with one two-image sample (MM-Gen's image_1, image_2) and a one-image one."""
+    inp = tmp_path / "input"
+    for k in range(3):
+        save_jpeg(draw_shape("circle", k), inp / "pool" / f"c{k}.jpg")
+    samples = [
+        {"id": 0, "image_1": "pool/c0.jpg", "image_2": "pool/c1.jpg", "keyword": "pair",
+         "prompt_idx": 0, "conversations": [
+             {"from": "human", "value": "<image>\n<image>\nWhich is larger?"},
+             {"from": "gpt", "value": "The second."}]},
+        {"id": 1, "image_1": "pool/c2.jpg", "keyword": "one", "prompt_idx": 1, "conversations": [
+            {"from": "human", "value": "<image>\nWhat shape?"}, {"from": "gpt", "value": "A circle."}]},
+    ]
+    header = {"image_folder": "", "len_samples": 2, "mode": "vqa_nr", "input_folder": str(inp)}
+    out = tmp_path / "output" / "gen.json"
+    out.parent.mkdir(parents=True)
+    write_samples_file(out, header, iter(samples))
+    return out
+
+
+def test_a_multi_image_row_keeps_every_image_in_order_with_one_token_each(tmp_path):
+    src = _two_image_file(tmp_path)
+    dest = tmp_path / "exports" / "two.json"
+    export_file(src, dest, "sharegpt")
+    rows = llamafactory_rules(dest, _info(dest.parent)["two"])
+    assert rows[0]["images"] == ["../input/pool/c0.jpg", "../input/pool/c1.jpg"]
+    assert rows[0]["messages"][0]["content"] == "<image><image>Which is larger?"
+    assert rows[1]["images"] == ["../input/pool/c2.jpg"]
+    assert rows[1]["messages"][0]["content"] == "<image>What shape?"
+
+    lv = tmp_path / "exports" / "two_llava.json"
+    export_file(src, lv, "llava")
+    rows = json.loads(lv.read_text())
+    assert rows[0]["image"] == ["../input/pool/c0.jpg", "../input/pool/c1.jpg"]
+    assert rows[0]["conversations"][0]["value"] == "<image>\n<image>\nWhich is larger?"
+    assert rows[1]["image"] == "../input/pool/c2.jpg"  # one image: a path, LLaVA's own layout
+    assert rows[1]["conversations"][0]["value"] == "<image>\nWhat shape?"
+
+    mm = tmp_path / "exports" / "two_mm.json"
+    export_file(src, mm, "mmgen", image_root=tmp_path / "input")
+    s = json.loads(mm.read_text())["samples"][0]
+    assert (s["image_1"], s["image_2"]) == ("pool/c0.jpg", "pool/c1.jpg")

@@ -91,6 +91,28 @@ def test_a_torn_last_line_is_ignored_and_truncated(stub, tmp_path: Path, capsys)
     assert lines[-1] == b"" and all(json.loads(x) for x in lines[:-1])
 
 
+def test_a_resumed_run_sends_only_the_unfinished_prompts(stub, tmp_path: Path, capsys) -> None:
+    # prompts 0-3 succeed, then the quota runs out: the run stops with 4-11 unfinished
+    ws = make_prompt_workspace(tmp_path, "vqa_nr", 12, min_gen=1)
+    stub.state.config.quota_after = 4
+    assert main(gen_args(ws, stub, concurrency=1)) == 3
+    [run] = list_runs(ws.output_folder, "gen")
+    finished = {r["prompt_idx"] for _, r in iter_records(run.log_path)}
+    assert finished == {0, 1, 2, 3}
+    before = stub.stats()
+    stub.state.config.quota_after = None
+    assert main(gen_args(ws, stub, "--resume", concurrency=2)) == 0
+    after = stub.stats()
+    sent = {int(k): v - before["ids"].get(k, 0) for k, v in after["ids"].items()
+            if v != before["ids"].get(k, 0)}
+    assert sent == {i: 1 for i in range(4, 12)}  # each unfinished prompt once, no finished one
+    assert after["requests"] - before["requests"] == 8
+    records = [r["prompt_idx"] for _, r in iter_records(run.log_path)]
+    assert sorted(records) == list(range(12))  # once each
+    out = _out(capsys)
+    assert sorted(s["prompt_idx"] for s in _samples(out)) == list(range(12))
+
+
 def _config(ws, stub, **kw) -> GenerationConfig:
     return GenerationConfig(
         input_folder=ws.input_folder, output_folder=ws.output_folder,

@@ -130,7 +130,7 @@ def _status_error(status: int, body: dict, headers: dict | None = None) -> opena
     req = httpx2.Request("POST", "http://127.0.0.1/v1/chat/completions")
     resp = httpx2.Response(status, json=body, headers=headers or {}, request=req)
     cls = {429: openai.RateLimitError, 401: openai.AuthenticationError,
-           400: openai.BadRequestError, 404: openai.NotFoundError,
+           400: openai.BadRequestError, 403: openai.PermissionDeniedError, 404: openai.NotFoundError,
            500: openai.InternalServerError}.get(status, openai.APIStatusError)
     return cls(body["error"]["message"], response=resp, body=body)
 
@@ -153,6 +153,24 @@ def test_classify_status_errors(status, code, message, headers, kind) -> None:
     assert err.retryable == E.RULES[kind].retry
     if kind == "rate_limit":
         assert err.retry_after == 2.0
+
+
+# The rule of each class written out here, not read back from E.RULES, so a changed rule fails.
+@pytest.mark.parametrize("status,code,message,kind,retried,stops", [
+    (401, "invalid_api_key", "Incorrect API key", "auth", False, True),
+    (403, None, "Forbidden", "auth", False, True),
+    (403, "unsupported_country_region_territory", "Country not supported", "auth", False, True),
+    (429, "rate_limit_exceeded", "Rate limit reached", "rate_limit", True, False),
+    (429, "insufficient_quota", "You exceeded your current quota", "quota", False, True),
+    (404, "model_not_found", "The model does not exist", "not_found", False, True),
+    (500, None, "server error", "server", True, False),
+    (400, "invalid_value", "Invalid value for 'temperature'", "bad_request", False, False),
+])
+def test_each_status_gets_its_retry_class(status, code, message, kind, retried, stops) -> None:
+    err = E.classify(_status_error(status, {"error": {"message": message, "code": code,
+                                                       "type": code}}))
+    assert (err.kind, err.retryable, err.stops_run) == (kind, retried, stops)
+    assert (kind in E.RETRYABLE_ON_RESUME) == (kind != "bad_request")
 
 
 def test_classify_transport_errors() -> None:

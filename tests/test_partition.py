@@ -178,3 +178,85 @@ def test_top_k_matches_the_proposal_rule_and_has_no_blocking_pair(seed: int) -> 
                 continue
             mine = scores[i, chosen[i]] if i in chosen else -np.inf
             assert not (scores[i, j] > worst and scores[i, j] > mine)
+
+
+def test_keywords_are_normalised_once_and_duplicates_named() -> None:
+    from mminstruct.partition.assign import normalise_keywords
+    assert normalise_keywords(["  bar   chart ", "Pie\tchart", "map"]) == ["bar chart", "Pie chart", "map"]
+    assert normalise_keywords(("a",)) == ["a"] and normalise_keywords([]) == []
+    with pytest.raises(ConfigError, match=r"keyword 'Bar chart' is given twice \(also as 'bar chart'\)"):
+        normalise_keywords(["bar chart", " Bar  chart"])
+    for bad in ("", "   ", None, 3):
+        with pytest.raises(ConfigError, match=f"keyword {bad!r} is empty or not a string"):
+            normalise_keywords(["ok", bad])
+    for bad in ("bar chart", None, {"a": 1}):
+        with pytest.raises(ConfigError, match="keywords must be a list of strings"):
+            normalise_keywords(bad)
+
+
+def test_groups_counts_and_the_unassigned_report_of_a_partition() -> None:
+    scores = np.array([[0.9, 0.1, 0.0],    # chart
+                       [0.05, 0.1, 0.12],  # under 0.2: unassigned, nearest table
+                       [0.1, 0.2, 0.7],    # table
+                       [0.15, 0.1, 0.0],   # unassigned, nearest chart
+                       [0.3, 0.25, 0.1],   # chart, margin 0.05
+                       [0.8, 0.1, 0.1]],   # chart
+                      dtype=np.float32)
+    p = partition_from_scores(scores, NAMES, min_similarity=0.2)
+    assert p.groups() == {"chart": [0, 4, 5], "map": [], "table": [2]}
+    assert p.counts() == {"chart": 3, "map": 0, "table": 1, "unassigned": 2}
+    np.testing.assert_allclose(p.margin, [0.8, 0.02, 0.5, 0.05, 0.05, 0.7], atol=1e-6)
+    assert p.unassigned_report(labels=[f"img{i}.jpg" for i in range(6)]) == (
+        "2 of 6 image(s) under min_similarity 0.2:\n"
+        "  img1.jpg: best 0.120 ('table')\n"
+        "  img3.jpg: best 0.150 ('chart')")
+    assert p.unassigned_report(limit=1) == (
+        "2 of 6 image(s) under min_similarity 0.2:\n  image 1: best 0.120 ('table')\n  … and 1 more")
+    assert "more" not in p.unassigned_report(limit=2)  # exactly at the limit: nothing left out
+    q = partition_from_scores(scores, NAMES)  # no threshold: no "unassigned" count, none left out
+    assert q.counts() == {"chart": 4, "map": 0, "table": 2}
+    assert q.unassigned_report() == "no image is unassigned"
+
+
+def test_top_k_passes_names_k_and_the_threshold_through_and_keeps_a_score_at_it() -> None:
+    images = unit([1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.2, 0.0, 0.98])
+    t = top_k_per_keyword(images, KW, 1, keywords=NAMES, min_similarity=0.5)
+    assert t.k == 1 and t.keywords == NAMES
+    assert t.groups() == {"chart": [0], "map": [1], "table": [2]}
+    assert top_k_per_keyword(images, KW, 1).keywords == ["0", "1", "2"]
+    assert top_k_per_keyword(images, KW, 1, min_similarity=0.99).short == {"2": 0}  # 0.98 < 0.99
+    scores = np.array([[1.0, 0.0], [0.5, 0.75], [0.25, 1.0], [0.0, 0.875]], np.float32)
+    t2 = top_k_from_scores(scores, 2, ["a", "b"], min_similarity=0.5)
+    # "a" keeps image 1, whose score is exactly the threshold; "b" takes 2 and 3 (1 is over for b
+    # too, but b is full with higher scores)
+    assert t2.groups() == {"a": [0, 1], "b": [2, 3]} and t2.short == {}
+    np.testing.assert_allclose(t2.scores[0], [1.0, 0.5])
+    t3 = top_k_from_scores(scores, 2, ["a", "b"], min_similarity=0.6)
+    assert t3.groups() == {"a": [0], "b": [2, 3]} and t3.short == {"a": 1}
+    for bad in (0, -1, 1.5, "2"):
+        with pytest.raises(ConfigError, match=f"k must be a positive integer, got {bad!r}"):
+            top_k_from_scores(np.zeros((2, 2), np.float32), bad)
+
+
+def test_similarity_is_computed_in_chunks_that_cover_every_row(monkeypatch) -> None:
+    from mminstruct.partition import assign as partition
+    monkeypatch.setattr(partition, "_CHUNK_ROWS", 2)  # 5 rows of 3 dims: chunks 0-1, 2-3, 4
+    images = unit([1, 0, 0], [0, 1, 0], [0, 0, 1], [1, 1, 0], [0, 1, 1]).astype(np.float16)
+    got = similarity_matrix(images, KW)
+    assert got.dtype == np.float32 and got.shape == (5, 3)
+    np.testing.assert_allclose(got, images.astype(np.float32) @ KW.T, atol=1e-6)
+
+
+def test_two_keywords_margin_threshold_edges_and_default_names() -> None:
+    scores = np.array([[0.5, 0.25], [0.125, 0.75], [0.375, 0.25]], np.float32)
+    p = partition_from_scores(scores, ["a", "b"], min_similarity=0.5)
+    np.testing.assert_allclose(p.margin, [0.25, 0.625, 0.125])  # best − runner-up with 2 keywords
+    assert p.assignment.tolist() == [0, 1, UNASSIGNED]  # a score exactly at the threshold stays
+    for edge in (-1.0, 1.0):
+        assert partition_from_scores(scores, ["a", "b"], min_similarity=edge).min_similarity == edge
+    for bad in (-1.5, 1.5):
+        with pytest.raises(ConfigError, match=f"min_similarity must be between -1 and 1, got {bad}"):
+            partition_from_scores(scores, ["a", "b"], min_similarity=bad)
+    with pytest.raises(ConfigError, match="no keywords to partition by"):
+        partition_from_scores(np.zeros((2, 0), np.float32), [])
+    assert assign_keywords(unit([1, 0, 0]), KW).keywords == ["0", "1", "2"]

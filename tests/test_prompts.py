@@ -49,6 +49,8 @@ def test_sampler_is_without_replacement_within_a_pass():
 def test_ordinals_and_token_rewrite():
     assert [ordinal(n) for n in (1, 2, 10, 11, 12, 13, 21, 22, 23, 101, 111)] == [
         "first", "second", "tenth", "11th", "12th", "13th", "21st", "22nd", "23rd", "101st", "111th"]
+    assert [ordinal(n) for n in (14, 20, 24, 30, 110, 113, 311, 1000)] == [
+        "14th", "20th", "24th", "30th", "110th", "113th", "311th", "1000th"]
     assert rewrite_image_tokens("<image>\nWhat is it?", 1) == "Refer to the first image.\nWhat is it?"
     assert rewrite_image_tokens("Compare <image_1> and <image>.", 3) == \
         "Compare Refer to the third image. and Refer to the fourth image.."
@@ -158,6 +160,18 @@ def test_missing_images_are_left_out_and_reported(tmp_path):
     assert plan.missing_candidates == ["pool/c0.jpg"]
     pf = plan_prompts(task, _config(tmp_path), plan)
     assert all(1 not in p.icl_indices and p.prompt[-1] != "pool/c0.jpg" for p in pf.prompts)
+
+
+def test_a_candidate_outside_the_input_folder_is_left_out_like_a_missing_one(tmp_path):
+    (tmp_path / "in").mkdir()
+    task = _task(tmp_path / "in")
+    outside = tmp_path / "elsewhere.jpg"
+    save_jpeg(draw_shape("circle", 0), outside)  # exists, but outside --input_folder
+    task.subgroups[0].candidate_image_paths.append(str(outside))
+    plan = prepare_plan(task, _config(tmp_path / "in"))
+    assert plan.missing_candidates == [str(outside)]
+    pf = plan_prompts(task, _config(tmp_path / "in"), plan)
+    assert all(p.prompt[-1] != str(outside) for p in pf.prompts)
 
 
 def test_subgroup_without_candidates_is_one_clear_error(tmp_path):

@@ -223,6 +223,28 @@ def test_icl_copy_uses_the_samples_own_prompt(tmp_path: Path) -> None:
     assert rep.summary["icl_checked"] is False and "icl_copy not checked" in rep.summary["note"]
 
 
+def test_icl_copy_in_description_modes_compares_the_answer_with_the_examples_answer(
+        tmp_path: Path) -> None:
+    # A description mode's questions are all alike ("Describe the image"): the copy is in the
+    # answer, so the answer is compared with the example's answer, never the questions.
+    example = "A red car parked beside a tall brick building on a sunny street."
+    prompts = {"mode": "descript", "prompts": [
+        {"keyword": "k", "icl_indices": [0], "prompt": [
+            "Example 1", "ref/0.jpg", f"Q: Describe the image in detail.\n A: {example}", "a.jpg"]}]}
+    pf = tmp_path / "p.json"
+    pf.write_text(json.dumps(prompts))
+    q = "Describe this image in detail."
+    f = _write(tmp_path / "g.json", [
+        _sample(0, q, "A red car is parked beside a tall brick building on a sunny street.",
+                mode="descript"),
+        _sample(1, q, "Three children play football on green grass near a wooden fence.",
+                image="b.jpg", mode="descript"),
+    ], mode="descript")
+    rep = analyse(QualityConfig(str(f), prompt_file=str(pf)))
+    assert [s["flags"] for s in rep.samples] == [["icl_copy"], []]
+    assert rep.samples[0]["icl_example"] == 0
+
+
 def test_summary_counts_per_keyword_and_question_mix(tmp_path: Path) -> None:
     f = _write(tmp_path / "g.json", [
         _sample(0, "What is it?", "A cat.", keyword="pets"),

@@ -151,3 +151,23 @@ def test_thread_pool_and_serial_give_the_same_answers(tmp_path: Path, workers: i
     assert [r for r, why in got.items() if why is None] == rels[:40]
     assert got["bad.jpg"].startswith("image unreadable") and got["gone.jpg"].startswith("image missing")
     assert got["../x.jpg"].startswith("unsafe path")
+
+
+@pytest.mark.parametrize("turns,reason", [
+    ([{"from": "human", "value": "<image>\nWhat is it?"}], "no answer: no gpt/assistant turn"),
+    ([{"from": "human", "value": "Q1"}, {"from": "user", "value": "Q2"}],
+     "no answer: no gpt/assistant turn"),
+    ([{"from": "gpt", "value": "A cat."}], "no human turn"),
+    ([{"from": "human", "value": "Q"}, {"from": "gpt", "value": "  "}], "empty answer in turn 2"),
+])
+def test_a_record_without_an_answer_is_refused_with_its_reason(turns, reason):
+    from mminstruct.errors import DataFileError
+    from mminstruct.data.records import Problem, parse_record, validate_record
+    raw = {"id": "r7", "image": "a.jpg", "conversations": turns}
+    got = validate_record(3, raw)
+    assert isinstance(got, Problem) and got.reason == reason and got.id == "r7"
+    with pytest.raises(DataFileError, match=f"record 3 \\(id 'r7'\\): {reason}"):
+        parse_record(3, raw)
+    ok = validate_record(3, {**raw, "conversations": [{"from": "human", "value": "Q"},
+                                                      {"from": "gpt", "value": "A"}]})
+    assert not isinstance(ok, Problem) and [t.role for t in ok.turns] == ["human", "gpt"]

@@ -62,7 +62,7 @@ def test_settings_validation_names_the_bad_value(tmp_path: Path) -> None:
         Workspace.open(tmp_path)
 
 
-def test_a_secret_never_reaches_the_settings_file(tmp_path: Path) -> None:
+def test_a_secret_never_reaches_the_settings_file(tmp_path: Path, monkeypatch) -> None:
     # a workspace.json edited by hand to hold a key: the key is not read, and not written back
     root = tmp_path / "w"
     root.mkdir()
@@ -70,9 +70,28 @@ def test_a_secret_never_reaches_the_settings_file(tmp_path: Path) -> None:
         {"endpoint": {"api_key": "sk-should-never-be-written", "model_name": "m"}}))
     ws = Workspace.open(root)
     assert ws.settings.endpoint.model_name == "m"
-    ws.settings.endpoint.__dict__["api_key"] = "sk-should-never-be-written"  # not a field
+    assert not hasattr(ws.settings.endpoint, "api_key")
     ws.save()
-    assert "sk-should" not in (root / SETTINGS_NAME).read_text()
+    saved = (root / SETTINGS_NAME).read_text()
+    assert "sk-should" not in saved and json.loads(saved)["endpoint"]["model_name"] == "m"
+    # the guard itself: a future field holding a secret makes save refuse, and the file on disk
+    # stays as it was (this fails if save stops calling the guard or the guard stops matching)
+    real = type(ws.settings).to_json
+    for where, key in (("endpoint", "api_key"), ("endpoint", "openai_api_key"),
+                       ("data", "hf_token"), ("prompts", "client_secret"), ("endpoint", "password")):
+        def with_secret(self, where=where, key=key):
+            out = real(self)
+            out[where] = {**out[where], key: "sk-should-never-be-written"}
+            return out
+        monkeypatch.setattr(type(ws.settings), "to_json", with_secret)
+        with pytest.raises(ConfigError, match=f"secret-looking setting .*{key}"):
+            ws.save()
+        assert (root / SETTINGS_NAME).read_text() == saved
+    # an empty value is not a secret (a field that names the environment variable is fine)
+    monkeypatch.setattr(type(ws.settings), "to_json",
+                        lambda self: {**real(self), "endpoint": {**real(self)["endpoint"],
+                                                                 "api_key": ""}})
+    ws.save()
 
 
 def test_keyword_edits_carry_manual_assignments(tmp_path: Path) -> None:

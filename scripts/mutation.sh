@@ -1,0 +1,47 @@
+#!/usr/bin/env bash
+# Mutation testing of one core module with mutmut (docs/testing.md):
+#   scripts/mutation.sh partition            # mminstruct/partition/assign.py vs tests/test_partition.py
+# Runs in a scratch copy of the working tree (never touches the checkout) with the [tool.mutmut]
+# section of pyproject.toml narrowed to the module and its fast test files, at nice 19 and under
+# a time limit (MUTATION_TIMEOUT seconds, default 1800). Prints mutmut's results: every surviving
+# mutant by name; `mutmut show NAME` in the printed folder shows its diff.
+set -euo pipefail
+here="$(cd "$(dirname "$0")/.." && pwd)"
+py="${PYTHON:-$here/.venv/bin/python}"  # scripts/setup.sh makes .venv; PYTHON=... overrides
+[ -x "$py" ] || py="$(command -v python3)"
+mod="${1:?usage: scripts/mutation.sh MODULE (records|partition|prompts|export|quality|runlog)}"
+case "$mod" in
+  records)   src="mminstruct/data/records.py";    tests="tests/test_records_load.py tests/test_formats.py" ;;
+  partition) src="mminstruct/partition/assign.py";tests="tests/test_partition.py" ;;
+  prompts)   src="mminstruct/prompts/plan.py";    tests="tests/test_prompts.py tests/test_budgets.py" ;;
+  export)    src="mminstruct/export/formats.py";  tests="tests/test_export.py" ;;
+  quality)   src="mminstruct/quality/report.py";  tests="tests/test_quality.py" ;;
+  runlog)    src="mminstruct/generate/runlog.py"; tests="tests/test_generate_resume.py tests/test_runs.py" ;;
+  *) echo "unknown module '$mod'; choose one of: records, partition, prompts, export, quality, runlog" >&2
+     exit 2 ;;
+esac
+work="${MUTATION_DIR:-$(mktemp -d /tmp/mutation.XXXXXX)}"
+mkdir -p "$work"
+# the working tree as it is (tracked and untracked, not ignored), without mutmut's old output
+(cd "$here" && git ls-files -co --exclude-standard -z | grep -zv '^mutants/' \
+   | xargs -0 cp --parents -t "$work")
+"$py" - "$work/pyproject.toml" "$src" $tests <<'PY'
+import re, sys
+path, src, tests = sys.argv[1], sys.argv[2], sys.argv[3:]
+text = open(path).read()
+head, sep, _ = text.partition("[tool.mutmut]")
+if not sep:
+    sys.exit(f"{path}: no [tool.mutmut] section")
+q = lambda xs: "[" + ", ".join(f'"{x}"' for x in xs) + "]"
+open(path, "w").write(head + "[tool.mutmut]\nsource_paths = [\"mminstruct/\"]\n"
+                      f"only_mutate = {q([src])}\npytest_add_cli_args_test_selection = {q(tests)}\n"
+                      'pytest_add_cli_args = ["-p", "no:cacheprovider", "-q", "-x"]\n')
+PY
+echo "mutating $src against $tests in $work" >&2
+cd "$work"
+export PYTHONPATH="$work" CI=true
+status=0
+timeout "${MUTATION_TIMEOUT:-1800}" nice -n 19 "$py" -m mutmut run --max-children "${MUTATION_JOBS:-2}" || status=$?
+"$py" -m mutmut results || true
+echo "results kept in $work (cd there; $py -m mutmut show NAME)" >&2
+exit $status
