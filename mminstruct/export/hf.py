@@ -36,7 +36,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mminstruct.errors import ConfigError, DataFileError
+from mminstruct.errors import ConfigError
 
 #: Largest Parquet shard, in bytes (the Hub's guidance for dataset files; images dominate).
 SHARD_BYTES = 500 * 10**6
@@ -73,30 +73,11 @@ def scores_path_for(generated_file: str | os.PathLike) -> Path | None:
 
 
 def read_scores(path: str | os.PathLike) -> dict[str, dict[str, Any]]:
-    """A judge's JSONL scores (``{"id", "scores": {aspect: int} | null, "overall", …}`` a line) as
-    id (a string) → line; the last line of an id wins. A bad line is one error naming it."""
-    p = Path(path)
-    out: dict[str, dict[str, Any]] = {}
-    try:
-        with open(p, encoding="utf-8") as f:
-            for n, line in enumerate(f, 1):
-                if not line.strip():
-                    continue
-                try:
-                    rec = json.loads(line)
-                except json.JSONDecodeError as e:
-                    raise DataFileError(f"{p}: line {n} is not JSON ({e.msg})") from e
-                if not isinstance(rec, dict) or "id" not in rec:
-                    raise DataFileError(f"{p}: line {n} has no 'id'")
-                scores = rec.get("scores")
-                if scores is not None and not (isinstance(scores, dict) and all(
-                        isinstance(v, (int, float)) and not isinstance(v, bool)
-                        for v in scores.values())):
-                    raise DataFileError(f"{p}: line {n}: 'scores' must map aspects to numbers")
-                out[str(rec["id"])] = rec
-    except OSError as e:
-        raise DataFileError(f"{p}: cannot read the scores file ({e})") from e
-    return out
+    """A judge's JSONL scores as id (a string, as the rows' ``id`` column) → line: the one reader,
+    ``quality.scores.read_scores`` (a bad line is one error naming it)."""
+    from mminstruct.quality.scores import read_scores as read
+
+    return {str(k): v for k, v in read(path).items()}
 
 
 def features(aspects: list[str]) -> Any:

@@ -30,6 +30,11 @@ def read_scores(path: str | Path) -> dict[Any, dict[str, Any]]:
                     raise DataFileError(f"{p}: line {n} is not JSON ({e.msg})") from e
                 if not isinstance(rec, dict) or "id" not in rec:
                     raise DataFileError(f"{p}: line {n} has no 'id'")
+                scores = rec.get("scores")
+                if scores is not None and not (isinstance(scores, dict) and all(
+                        isinstance(v, (int, float)) and not isinstance(v, bool)
+                        for v in scores.values())):
+                    raise DataFileError(f"{p}: line {n}: 'scores' must map aspects to numbers")
                 ov = rec.get("overall")
                 if ov is not None and (isinstance(ov, bool) or not isinstance(ov, (int, float))):
                     raise DataFileError(f"{p}: line {n}: 'overall' is {ov!r}, not a number")
