@@ -43,6 +43,7 @@ from typing import Any
 from mminstruct.cache import atomic_write_json
 from mminstruct.embed.clip import PRECISIONS, check_precision
 from mminstruct.errors import ConfigError, InputError, MMInstructError, choices_message
+from mminstruct.app.runs import log_tail
 from mminstruct.app.workspace import Workspace
 
 log = logging.getLogger(__name__)
@@ -262,21 +263,10 @@ def job_status(ws: Workspace) -> JobStatus:
         st.state = "interrupted"
         st.message = ("the embedding job ended without finishing (killed or crashed); starting it "
                       "again resumes from the vectors it cached")
-        tail = _log_tail(paths.log)
+        tail = log_tail(paths.log, 12)
         if tail and not prog:
             st.cause = tail
     return st
-
-
-def _log_tail(path: Path, lines: int = 12) -> str:
-    try:
-        with open(path, "rb") as f:
-            f.seek(0, os.SEEK_END)
-            f.seek(max(0, f.tell() - 8192))
-            text = f.read().decode("utf-8", errors="replace")
-    except OSError:
-        return ""
-    return "\n".join(text.splitlines()[-lines:])
 
 
 # ----------------------------------------------------------------------------------------------

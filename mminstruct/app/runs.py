@@ -283,7 +283,8 @@ def _alive(pid: Any, launch: Path) -> bool:
     return True
 
 
-def _log_tail(path: Path, lines: int = 15) -> str:
+def log_tail(path: Path, lines: int = 15) -> str:
+    """The last ``lines`` lines of a background process's log (its last 8 KiB read), or ""."""
     try:
         with open(path, "rb") as f:
             f.seek(0, os.SEEK_END)
@@ -330,7 +331,7 @@ def run_info(ws_root: str | os.PathLike, name: str) -> RunInfo:
         state = "interrupted"
         message = "the run's process ended without finishing (killed or crashed); resume it"
     else:
-        state, message = "failed", _log_tail(log_path) or "the run's process ended before it began"
+        state, message = "failed", log_tail(log_path) or "the run's process ended before it began"
     output = ended.get("output") if ended else meta.get("output")
     manifest = ended.get("manifest") if ended else meta.get("manifest")
     return RunInfo(name, state, alive, pid if isinstance(pid, int) else None, run_dir, status,
