@@ -11,17 +11,11 @@ import streamlit as st
 # no request outside this machine.
 st.set_page_config(page_title="mminstruct", layout="wide")
 
+from ui import nav  # noqa: E402
 from ui.sidebar import sidebar  # noqa: E402  (after set_page_config)
 from ui.state import GOTO, NAV_FLAG  # noqa: E402
 
-PAGES = [
-    st.Page("pages/1_data.py", title="Data", default=True),
-    st.Page("pages/2_explore.py", title="Explore"),
-    st.Page("pages/3_partition.py", title="Partition"),
-    st.Page("pages/4_prompts.py", title="Prompts"),
-    st.Page("pages/5_generate.py", title="Generate"),
-    st.Page("pages/6_review.py", title="Review"),
-]
+PAGES = [st.Page(path, title=title, default=i == 0) for i, (path, title) in enumerate(nav.PAGES)]
 
 navigation = st.navigation(PAGES)
 st.session_state[NAV_FLAG] = True

@@ -18,10 +18,11 @@ from ui.model_picker import model_download_warning, model_picker
 from ui.safe import for_browser, md_escape, short
 from ui.settings import bind, show_error, sync
 from ui.state import current_workspace, forget_embeddings, open_workspace, through_app
+from ui import nav
 
 PAGE_SIZE = 50
 
-through_app("pages/1_data.py")
+through_app(nav.DATA)
 st.title("Data")
 st.caption("The reference set (LLaVA format: JSON or JSONL) and the pool of candidate images.")
 
@@ -299,4 +300,4 @@ if st.session_state.pop("data_loaded", None):
     st.success("Data loaded. Next: the Explore page maps it with CLIP.")
     for note in st.session_state.pop("data_load_notes", []):
         st.info(md_escape(note, 600))
-st.page_link("pages/2_explore.py", label="Explore the embedding map →")
+st.page_link(nav.EXPLORE, label="Explore the embedding map →")

@@ -19,10 +19,11 @@ from ui.safe import for_browser, md_escape
 from ui.model_picker import model_picker, model_ready
 from ui.settings import bind, show_error
 from ui.state import cached_embeddings, embeddings_or_stop, require_workspace, through_app
+from ui import nav
 
 SEL_KEY = "explore_sel"
 
-through_app("pages/2_explore.py")
+through_app(nav.EXPLORE)
 st.title("Explore")
 ws = require_workspace()
 p = ws.settings.partition
@@ -172,4 +173,4 @@ if selected:
     show_toast()
 else:
     st.caption("Select points on the map (box or lasso) or search by text to see images here.")
-st.page_link("pages/3_partition.py", label="Edit the keywords on the Partition page →")
+st.page_link(nav.PARTITION, label="Edit the keywords on the Partition page →")

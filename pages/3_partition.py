@@ -17,8 +17,9 @@ from ui.suggest_view import suggestions_panel
 from ui.safe import md_escape
 from ui.settings import bind, show_error
 from ui.state import embeddings_or_stop, require_workspace, through_app
+from ui import nav
 
-through_app("pages/3_partition.py")
+through_app(nav.PARTITION)
 st.title("Partition")
 ws = require_workspace()
 p = ws.settings.partition
@@ -139,4 +140,4 @@ if st.button("Save the task file", type="primary", key="save_task"):
         st.success(f"Saved {md_escape(path.name, 120)}")
 if ws.settings.task_file:
     st.caption(f"Last saved: {md_escape(ws.settings.task_file, 200)}")
-    st.page_link("pages/4_prompts.py", label="Plan the prompts →")
+    st.page_link(nav.PROMPTS, label="Plan the prompts →")

@@ -19,8 +19,9 @@ from ui.subgroup_run import subgroup_run
 from ui.safe import for_browser, md_escape
 from ui.settings import BUDGET_KEYWORDS, bind, show_error
 from ui.state import require_workspace, session_memo, through_app
+from ui import nav
 
-through_app("pages/4_prompts.py")
+through_app(nav.PROMPTS)
 st.title("Prompts")
 ws = require_workspace()
 ps = ws.settings.prompts
@@ -29,7 +30,7 @@ tasks = sorted(ws.tasks_dir.glob("*.json"), key=lambda q: q.stat().st_mtime, rev
     if ws.tasks_dir.is_dir() else []
 if not tasks:
     st.info("No task file yet: save one on the Partition page first.")
-    st.page_link("pages/3_partition.py", label="Go to the Partition page")
+    st.page_link(nav.PARTITION, label="Go to the Partition page")
     st.stop()
 names = [t.name for t in tasks]
 task_kwargs = bind(ws, "task_pick")
@@ -176,6 +177,6 @@ if job is not None and job.done and job.path is not None:
     ws = ws.reload()  # the background save recorded the new prompt file
 if ws.settings.prompt_file and os.path.exists(ws.settings.prompt_file):
     st.caption(f"Last saved: {md_escape(ws.settings.prompt_file, 200)}")
-    st.page_link("pages/5_generate.py", label="Generate →")
+    st.page_link(nav.GENERATE, label="Generate →")
 
 subgroup_run(ws, PlannedPrompts(task, config, plan), [s.keyword for s in plan.subgroups if s.n_prompts])

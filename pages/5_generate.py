@@ -18,8 +18,9 @@ from ui.safe import for_browser, md_escape, short
 from ui.settings import BOUND, EP_FORM, bind, form_submit, saved_note, show_error
 from ui.state import (RUN_PICK, RUN_SELECT, api_key, forget_typed_key, require_workspace,
                       set_typed_key, show_run, through_app)
+from ui import nav
 
-through_app("pages/5_generate.py")
+through_app(nav.GENERATE)
 st.title("Generate")
 ws = require_workspace()
 e = ws.settings.endpoint
@@ -230,7 +231,7 @@ def live(name: str, was_active: bool) -> None:
         st.error(str(err))
     if info.state == "finished" and info.output:
         st.success(f"Output: {md_escape(str(info.output.resolve()), None)}")
-        st.page_link("pages/6_review.py", label="Review the samples →")
+        st.page_link(nav.REVIEW, label="Review the samples →")
     _samples(info)
 
 

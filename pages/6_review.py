@@ -18,16 +18,17 @@ from ui.quality_view import quality_panel
 from ui.safe import md_escape
 from ui.settings import mark_synced, sync
 from ui.state import require_workspace, through_app
+from ui import nav
 
 PAGE_SIZE = 10
 
-through_app("pages/6_review.py")
+through_app(nav.REVIEW)
 st.title("Review")
 ws = require_workspace()
 outputs = ws.output_files()
 if not outputs:
     st.info("No generated data yet: start a run on the Generate page.")
-    st.page_link("pages/5_generate.py", label="Go to the Generate page")
+    st.page_link(nav.GENERATE, label="Go to the Generate page")
     st.stop()
 
 name = st.selectbox("Generated file", [p.name for p in outputs], key="rv_file")

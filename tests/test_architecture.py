@@ -321,6 +321,32 @@ def test_pages_import_ui_and_the_public_surface_only() -> None:
     assert not _page_import_allowed("mminstruct.data.records")  # the rule can fail
 
 
+def _spelled_page_paths() -> list[tuple[str, str]]:
+    """Every string constant naming a page file (``pages/N_name.py``) or the entry script outside
+    ``ui/nav.py``, in the app's code."""
+    import ast
+    import re
+
+    pat = re.compile(r"^(pages/\d+_\w+\.py|app\.py)$")
+    out = []
+    for path in [REPO / "app.py", *sorted((REPO / "pages").glob("*.py")),
+                 *sorted((REPO / "ui").glob("*.py"))]:
+        if path == REPO / "ui" / "nav.py":
+            continue
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.Constant) and isinstance(node.value, str) and pat.match(node.value):
+                out.append((path.name, node.value))
+    return out
+
+
+def test_every_page_path_is_spelled_once_in_ui_nav() -> None:
+    from ui import nav
+
+    assert _spelled_page_paths() == []
+    assert [p for p, _ in nav.PAGES] == sorted(str(p.relative_to(REPO))
+                                                for p in (REPO / "pages").glob("*.py"))
+
+
 # ---------------------------------------------------------------------------- one default a setting
 
 def test_the_command_lines_take_each_default_from_the_config() -> None:

@@ -33,6 +33,7 @@ import streamlit as st
 
 from mminstruct.errors import MMInstructError
 from mminstruct.app.workspace import Workspace
+from ui.nav import DATA, EXPLORE, GENERATE, PARTITION, PROMPTS
 
 
 def _same(v: Any) -> Any:
@@ -143,9 +144,6 @@ class Bound:
     form: str = ""  # the form holding the widget ("" = saved on change)
 
 
-DATA, EXPLORE, PARTITION, PROMPTS, GENERATE = (
-    "pages/1_data.py", "pages/2_explore.py", "pages/3_partition.py", "pages/4_prompts.py",
-    "pages/5_generate.py")
 EP_FORM = "endpoint_form"
 
 BOUND: dict[str, Bound] = {b.key: b for b in (
@@ -225,9 +223,10 @@ _NOTHING = object()
 
 
 def page_title(page: str) -> str:
-    """"pages/5_generate.py" → "Generate" (for the history's entries)."""
-    stem = Path(page).stem
-    return stem.split("_", 1)[-1].replace("_", " ").title() if page != "sidebar" else "Sidebar"
+    """A page's path → its title in the navigation (for the history's entries)."""
+    from ui.nav import TITLES
+
+    return "Sidebar" if page == "sidebar" else TITLES.get(page, Path(page).stem)
 
 
 def forget_widgets() -> None:

@@ -21,6 +21,7 @@ import streamlit as st
 
 from mminstruct.errors import DamagedWorkspaceError, MMInstructError
 from mminstruct.app.workspace import Workspace, recent_workspaces, remember_workspace
+from ui import nav
 
 WS_KEY = "ws_path"
 KEY_SESSION = "_api_key"
@@ -125,12 +126,12 @@ def require_workspace(need_data: bool = True) -> Workspace:
     if ws is None:
         st.info("No workspace is open. Open the demo on the Data page, or open or create a "
                 "workspace folder in the sidebar.")
-        st.page_link("pages/1_data.py", label="Go to the Data page")
+        st.page_link(nav.DATA, label="Go to the Data page")
         st.stop()
     if need_data and not ws.has_data:
         st.info("This workspace has no data yet. Open the demo or load a data file on the "
                 "Data page.")
-        st.page_link("pages/1_data.py", label="Go to the Data page")
+        st.page_link(nav.DATA, label="Go to the Data page")
         st.stop()
     return ws
 
@@ -344,7 +345,7 @@ def through_app(page: str) -> None:
 
     st.session_state[GOTO] = page
     try:
-        st.switch_page("app.py")
+        st.switch_page(nav.MAIN)
     except StreamlitAPIException:
         # app.py's navigation is in place already (a page link clicked before the session's first
         # run had finished): app.py is not one of its pages, so run app.py again, on this page

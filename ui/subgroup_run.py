@@ -12,6 +12,7 @@ from mminstruct.errors import MMInstructError
 
 from .safe import md_escape
 from .state import api_key, show_run
+from ui import nav
 
 
 def subgroup_run(ws: Any, planned: Any, keywords: list[str], key: str = "sgrun") -> None:
@@ -51,7 +52,7 @@ def _show_started(ws: Any, key: str) -> None:
         return
     text = f"Run {md_escape(info.name, 100)}: {info.state}"
     (st.success if info.active or info.state == "finished" else st.warning)(text)
-    st.page_link("pages/5_generate.py", label="Watch it on the Generate page →")
+    st.page_link(nav.GENERATE, label="Watch it on the Generate page →")
 
 
 def subgroup_run_from_task(ws: Any, keyword: str, key: str = "sgrun_part") -> None:
