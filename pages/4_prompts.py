@@ -10,6 +10,7 @@ import streamlit as st
 
 from mminstruct.errors import MMInstructError
 from mminstruct.data import MODE_NAMES, load_task_file, parse_once
+from mminstruct.generate import DEFAULT_GENERATOR_MODEL
 from mminstruct.app.preview import (PlannedPrompts, allocation_rows, estimate_plan, plan_size,
                                 prepare_workspace_plan,
                                 prompt_at, prompt_head, render_entry, samples_note, save_status,
@@ -127,7 +128,7 @@ st.text_input("Model (prices from the table in mminstruct.generate.manifest)",
 show_error("est_model")
 model = ws.settings.endpoint.model_name
 est = session_memo("estimate", (plan_key, model.strip(), e_side), lambda: estimate_plan(
-    task, config, plan, ws.input_root, model.strip() or "gpt-4o", max_image_side=e_side,
+    task, config, plan, ws.input_root, model.strip() or DEFAULT_GENERATOR_MODEL, max_image_side=e_side,
     allow_outside=ws.settings.data.allow_outside_paths))
 m1, m2, m3, m4 = st.columns(4)
 m1.metric("Input tokens", f"{est.input_tokens:,}")

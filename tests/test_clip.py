@@ -40,14 +40,14 @@ def norms(v: np.ndarray) -> np.ndarray:
 
 
 def test_default_spec_is_vit_b32_laion_tag() -> None:
-    spec = clip.parse_model_spec(clip.DEFAULT_MODEL)
+    spec = clip.parse_model_spec(clip.DEFAULT_CLIP_MODEL)
     assert (spec.kind, spec.arch, spec.pretrained) == ("tag", "ViT-B-32", "laion2b_s34b_b79k")
     assert spec.identity() == "ViT-B-32:laion2b_s34b_b79k"
 
 
 def test_tag_spelling_is_normalised_so_the_cache_identity_is_stable() -> None:
     spec = clip.parse_model_spec(" ViT-B-32:LAION2B-S34B-B79K ")
-    assert spec.identity() == clip.parse_model_spec(clip.DEFAULT_MODEL).identity()
+    assert spec.identity() == clip.parse_model_spec(clip.DEFAULT_CLIP_MODEL).identity()
 
 
 def test_checkpoint_spec_identity_is_the_files_sha256(tiny_clip, tmp_path: Path) -> None:

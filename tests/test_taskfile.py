@@ -59,7 +59,7 @@ def config(shapes, tiny_clip, tmp_path: Path, **kw) -> TaskFileConfig:
 ])
 def test_bad_keyword_lists_are_refused(keywords, match: str) -> None:
     with pytest.raises(ConfigError, match=match):
-        TaskFileConfig(data_file="d.json", keywords=keywords, model_name=clip.DEFAULT_MODEL)
+        TaskFileConfig(data_file="d.json", keywords=keywords, model_name=clip.DEFAULT_CLIP_MODEL)
 
 
 @pytest.mark.parametrize("field, value, match", [
@@ -77,7 +77,7 @@ def test_bad_keyword_lists_are_refused(keywords, match: str) -> None:
     ("data_file", "", "data_file is required"),
 ])
 def test_bad_numbers_and_names_are_refused(field: str, value, match: str) -> None:
-    kw = dict(data_file="d.json", keywords=["a"], model_name=clip.DEFAULT_MODEL)
+    kw = dict(data_file="d.json", keywords=["a"], model_name=clip.DEFAULT_CLIP_MODEL)
     kw[field] = value
     with pytest.raises(ConfigError, match=match):
         TaskFileConfig(**kw)
@@ -90,7 +90,7 @@ def test_an_unknown_model_is_refused_at_config_time() -> None:
 
 def test_keywords_are_tidied_and_templates_expanded() -> None:
     cfg = TaskFileConfig(data_file="d.json", keywords=["  bar   chart ", "map"], templates="default",
-                         model_name=clip.DEFAULT_MODEL)
+                         model_name=clip.DEFAULT_CLIP_MODEL)
     assert cfg.keywords == ["bar chart", "map"] and cfg.templates == clip.DEFAULT_TEMPLATES
 
 

@@ -33,6 +33,7 @@ import streamlit as st
 
 from mminstruct.errors import MMInstructError
 from mminstruct.app.workspace import Workspace
+from mminstruct.generate import DEFAULT_GENERATOR_MODEL
 from ui.nav import DATA, EXPLORE, GENERATE, PARTITION, PROMPTS
 
 
@@ -176,12 +177,12 @@ BOUND: dict[str, Bound] = {b.key: b for b in (
           _setter("prompts.file_prefix", _file_prefix)),
     Bound("p_budgets", "prompts.budgets", PROMPTS, "text_input", _budgets, _budgets_text),
     Bound("est_model", "endpoint.model_name", PROMPTS, "text_input",
-          _setter("endpoint.model_name", _stripped("gpt-4o"))),
+          _setter("endpoint.model_name", _stripped(DEFAULT_GENERATOR_MODEL))),
     Bound("gen_prompt", "prompt_file", GENERATE, "selectbox", _prompt_file, _name),
     Bound("ep_base", "endpoint.base_url", GENERATE, "text_input",
           _setter("endpoint.base_url", lambda v: str(v or "").strip()), form=EP_FORM),
     Bound("ep_model", "endpoint.model_name", GENERATE, "text_input",
-          _setter("endpoint.model_name", _stripped("gpt-4o")), form=EP_FORM),
+          _setter("endpoint.model_name", _stripped(DEFAULT_GENERATOR_MODEL)), form=EP_FORM),
     Bound("ep_keyenv", "endpoint.api_key_env", GENERATE, "text_input",
           _setter("endpoint.api_key_env", _stripped("OPENAI_API_KEY")), form=EP_FORM),
     Bound("ep_side", "endpoint.max_image_side", GENERATE, "number_input",

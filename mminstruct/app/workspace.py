@@ -33,7 +33,7 @@ from typing import Any
 from mminstruct.cache import atomic_write_json
 from mminstruct.app import history
 from mminstruct.app.history import SETTINGS_NAME
-from mminstruct.embed.clip import DEFAULT_MODEL as DEFAULT_CLIP_MODEL
+from mminstruct.embed.clip import DEFAULT_CLIP_MODEL
 from mminstruct.errors import ConfigError, DamagedWorkspaceError, choices_message
 from mminstruct.data.formats import generated_dir, prompts_dir
 from mminstruct.generate.config import DEFAULTS as GEN_DEFAULTS

@@ -13,7 +13,7 @@ import sys
 from collections.abc import Sequence
 
 from mminstruct.cli import OneLineParser, run_cli
-from mminstruct.embed.clip import DEFAULT_MODEL
+from mminstruct.embed.clip import DEFAULT_CLIP_MODEL
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -31,10 +31,10 @@ def build_parser() -> argparse.ArgumentParser:
                     help="one subgroup per keyword, e.g. --keywords 'bar chart' 'pie chart'")
     mm.add_argument("--output_prefix", default="task_file",
                     help="file name prefix: OUTPUT/{prefix}_{YYYY_mm_dd_HH:MM:SS}.json")
-    mm.add_argument("--model_name", default=DEFAULT_MODEL,
+    mm.add_argument("--model_name", default=DEFAULT_CLIP_MODEL,
                     help="open_clip model: ARCH:TAG, ARCH:/path/checkpoint.pt, "
                          "CONFIG.json:/path/checkpoint.pt, hf-hub:ORG/NAME or demo-charts "
-                         f"(default {DEFAULT_MODEL})")
+                         f"(default {DEFAULT_CLIP_MODEL})")
     mm.add_argument("--batch_size", type=int, default=64, help="images per batch (default 64)")
     mm.add_argument("--gpu", type=int, default=0,
                     help="CUDA device number; the CPU is used when it does not exist (-1: CPU)")

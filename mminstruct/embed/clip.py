@@ -38,7 +38,7 @@ from mminstruct.errors import ConfigError, ModelSpecError, choices_message
 
 log = logging.getLogger(__name__)
 
-DEFAULT_MODEL = "ViT-B-32:laion2b_s34b_b79k"
+DEFAULT_CLIP_MODEL = "ViT-B-32:laion2b_s34b_b79k"
 DEMO_MODEL = "demo-charts"
 HF_HUB_PREFIX = "hf-hub:"
 CHECKPOINT_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors", ".ckpt", ".npz", ".npy")
@@ -121,7 +121,7 @@ def parse_model_spec(s: str | ModelSpec) -> ModelSpec:
     if isinstance(s, ModelSpec):
         return s
     if not isinstance(s, str) or not s.strip():
-        raise ModelSpecError(f"empty CLIP model name; give ARCH:PRETRAINED, e.g. {DEFAULT_MODEL}")
+        raise ModelSpecError(f"empty CLIP model name; give ARCH:PRETRAINED, e.g. {DEFAULT_CLIP_MODEL}")
     raw = s.strip()
     if raw == DEMO_MODEL:
         return _demo_spec()
@@ -481,7 +481,7 @@ _MODELS: OrderedDict[tuple[str, str, str], ClipModel] = OrderedDict()
 _MODELS_LOCK = threading.Lock()
 
 
-def load_clip(spec: str | ModelSpec = DEFAULT_MODEL, device: str | int | None = "cpu", *,
+def load_clip(spec: str | ModelSpec = DEFAULT_CLIP_MODEL, device: str | int | None = "cpu", *,
               precision: str = "auto", cache_dir: str | os.PathLike | None = None) -> ClipModel:
     """Load (or reuse from this process's cache of the last two) a CLIP model.
     ``device`` is a device string or a GPU number (see ``resolve_device``)."""

@@ -15,7 +15,7 @@ from mminstruct.errors import ConfigError, DataFileError
 from mminstruct.data.formats import FILE_NAME_MAX, check_file_prefix, prompts_dir
 from mminstruct.llm.client import EndpointConfig
 
-DEFAULT_MODEL = "gpt-4o"
+DEFAULT_GENERATOR_MODEL = "gpt-4o"
 
 #: Parameters that change what is generated: a resumed run must use the same values.
 CONTENT_PARAMS = ("prompt_file", "start_idx", "num_prompts", "model_name", "max_image_side",
@@ -84,7 +84,7 @@ class GenerationConfig:
     file_prefix: str
     start_idx: int = 0
     num_prompts: int = -1  # -1: every prompt from start_idx on
-    model_name: str = DEFAULT_MODEL
+    model_name: str = DEFAULT_GENERATOR_MODEL
     endpoint: EndpointConfig = field(default_factory=EndpointConfig)
     concurrency: int = 64
     rpm: float | None = None

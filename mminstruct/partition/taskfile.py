@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 
 from mminstruct import __version__
-from mminstruct.embed.clip import (DEFAULT_MODEL, ModelSpec, check_precision, embed_keywords, parse_model_spec,
+from mminstruct.embed.clip import (DEFAULT_CLIP_MODEL, ModelSpec, check_precision, embed_keywords, parse_model_spec,
                    parse_templates, resolve_device)
 from mminstruct.errors import ConfigError, DataFileError, ImageError, InputError, UnsafePathError
 from mminstruct.embed.image_embed import embed_images
@@ -64,7 +64,7 @@ class TaskFileConfig:
     input_folder: str | os.PathLike | None = None  # default: the data file's folder
     output_folder: str | os.PathLike = "."
     output_prefix: str = "task_file"
-    model_name: str = DEFAULT_MODEL
+    model_name: str = DEFAULT_CLIP_MODEL
     batch_size: int = 64
     gpu: int | None = 0  # None or negative: CPU
     image_folder: str | None = None  # default: the data file's own image_folder key
