@@ -243,3 +243,17 @@ def test_a_bad_keyword_list_is_kept_in_the_box_and_not_saved(full_ws: Workspace)
     at.text_area(key="kw_text").set_value("bar chart\npie chart").run()
     no_errors(at)
     assert Workspace.open(full_ws.root).settings.partition.keywords == ["bar chart", "pie chart"]
+
+
+def test_the_endpoint_number_fields_take_their_range_from_the_generation_rules(
+        full_ws: Workspace) -> None:
+    """The Generate page's ranges are generate.config.BOUNDS (the command line's rule), not a
+    second copy: concurrency 100,000 is allowed in both (the page once stopped at 4,096)."""
+    from mminstruct.generate.config import BOUNDS
+
+    at = app_test(full_ws).run()
+    at.switch_page("pages/5_generate.py").run()
+    for key, name in (("ep_conc", "concurrency"), ("ep_retries", "max_retries"),
+                      ("ep_side", "max_image_side")):
+        field = at.number_input(key=key)
+        assert (field.min, field.max) == BOUNDS[name], key

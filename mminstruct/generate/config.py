@@ -27,30 +27,47 @@ def _number(v: Any) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool)
 
 
+#: The closed range of each numeric setting bounded at both ends: ``RULES`` and the app's number
+#: widgets (their min and max) read it.
+BOUNDS: dict[str, tuple[int, int]] = {
+    "concurrency": (1, 100_000),
+    "max_retries": (0, 100),
+    "max_image_side": (16, 16_384),
+    "jpeg_quality": (1, 100),
+    "format_fix_attempts": (0, 5),
+    "batch_max_submits": (1, 20),
+}
+
+
+def _between(name: str) -> tuple[Callable[[Any], bool], str]:
+    lo, hi = BOUNDS[name]
+    return (lambda v: lo <= v <= hi), f"between {lo} and {hi}"
+
+
 #: The range rule of each numeric setting: (test, what it must be). One table for the command
 #: lines, the app's settings and the config itself.
 RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "start_idx": (lambda v: v >= 0, "≥ 0"),
     "num_prompts": (lambda v: v == -1 or v >= 0, "-1 (all) or ≥ 0"),
-    "concurrency": (lambda v: 1 <= v <= 100_000, "between 1 and 100000"),
+    "concurrency": _between("concurrency"),
     "rpm": (lambda v: v is None or v > 0, "> 0"),
     "tpm": (lambda v: v is None or v > 0, "> 0"),
-    "max_retries": (lambda v: 0 <= v <= 100, "between 0 and 100"),
+    "max_retries": _between("max_retries"),
     "timeout": (lambda v: v > 0, "> 0 seconds"),
     "retry_base_delay": (lambda v: v >= 0, "≥ 0"),
-    "max_image_side": (lambda v: 16 <= v <= 16384, "between 16 and 16384"),
-    "jpeg_quality": (lambda v: 1 <= v <= 100, "between 1 and 100"),
+    "max_image_side": _between("max_image_side"),
+    "jpeg_quality": _between("jpeg_quality"),
     "image_cache_mb": (lambda v: v >= 0, "≥ 0"),
     "temperature": (lambda v: v is None or 0 <= v <= 2, "between 0 and 2"),
     "max_tokens": (lambda v: v is None or v > 0, "> 0"),
-    "format_fix_attempts": (lambda v: 0 <= v <= 5, "between 0 and 5"),
+    "format_fix_attempts": _between("format_fix_attempts"),
     "fsync_interval": (lambda v: v >= 0, "≥ 0"),
     "status_interval": (lambda v: v > 0, "> 0"),
     "cancel_grace": (lambda v: v >= 0, "≥ 0"),
     "batch_poll_seconds": (lambda v: v > 0, "> 0 seconds"),
     "batch_completion_window": (lambda v: bool(re.fullmatch(r"[1-9]\d*[hd]", str(v))),
                                 "a duration such as 24h (what the provider accepts)"),
-    "batch_max_submits": (lambda v: 1 <= v <= 20, "between 1 and 20"),
+    "batch_max_submits": _between("batch_max_submits"),
     "batch_max_requests": (lambda v: 1 <= v <= 50_000,
                            "between 1 and 50000 (the Batch API's limit per file)"),
     "batch_max_bytes": (lambda v: 1024 <= v <= 200 * 1024 * 1024,
