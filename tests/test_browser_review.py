@@ -48,9 +48,20 @@ def _wait_questions(page, first: list[str], count: int = 6) -> list[str]:
 
 
 def _choose(page, label: str, option: str) -> None:
-    page.locator("[data-testid=stSelectbox]").filter(
-        has=page.get_by_text(label, exact=True)).click()
-    page.get_by_role("option", name=option, exact=True).click()
+    """Open the selectbox labelled ``label`` and pick ``option`` (opened again if a rerun that
+    was still drawing closed the list)."""
+    from playwright.sync_api import TimeoutError as PlaywrightTimeout
+
+    box = page.locator("[data-testid=stSelectbox]").filter(has=page.get_by_text(label, exact=True))
+    item = page.get_by_role("option", name=option, exact=True)
+    for _ in range(5):
+        box.click()
+        try:
+            item.wait_for(timeout=5_000)
+            break
+        except PlaywrightTimeout:  # the list closed under a redraw
+            idle(page)
+    item.click()
     idle(page)
 
 
@@ -113,8 +124,10 @@ def test_review_judge_panel_sort_read_reject_below_3_and_export(demo_data, tiny_
 
             # export (LLaVA JSON, the default)
             page.get_by_role("button", name="Export", exact=True).click()
-            page.get_by_text(re.compile(r"^Wrote 4 samples to ")).wait_for(timeout=WAIT)
+            done = page.get_by_text(re.compile(r"^Wrote \d+ samples to "))
+            done.wait_for(timeout=WAIT)
             idle(page)
+            wrote = done.inner_text()
             page.screenshot(path=tmp_path / "review_judge.png", full_page=True)
         except Exception:
             page.screenshot(path=tmp_path / "failure.png", full_page=True)
@@ -130,3 +143,4 @@ def test_review_judge_panel_sort_read_reject_below_3_and_export(demo_data, tiny_
     records = json.loads(export.read_text())
     assert sorted(r["id"] for r in records) == sorted(set(SCORES) - set(LOW))  # [0, 1, 3, 5]
     assert all(r["conversations"] for r in records)
+    assert wrote.startswith(f"Wrote {len(records)} samples to ") and export.name in wrote
