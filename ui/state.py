@@ -244,7 +244,16 @@ def embeddings_or_stop(ws: Workspace, need_projection: bool = False) -> Any:
         else:
             st.info("Embedding runs in the background (progress in the sidebar); this page "
                     "opens when it is done. Other pages stay usable meanwhile.")
+        # The sidebar was drawn before this run started the job, so it holds no live progress
+        # yet: this page reruns by itself when the job ends (or the sidebar's next run takes over).
+        _poll_until(lambda: not _job_alive(ws))
     st.stop()
+
+
+def _job_alive(ws: Workspace) -> bool:
+    from mminstruct.app.embed import job_status
+
+    return job_status(ws).alive
 
 
 @st.fragment(run_every=1.0)
