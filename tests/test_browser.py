@@ -257,7 +257,7 @@ def test_consecutive_edits_stick_in_a_real_browser(app_server, tmp_path: Path) -
                 wait_setting(home, lambda s: (s["endpoint"]["base_url"],
                                                s["endpoint"]["concurrency"]), (endpoint, n))
                 assert (base.input_value(), conc.input_value()) == (endpoint, str(n))
-                sidebar(page).get_by_text(endpoint, exact=False).first.wait_for()
+                sidebar(page).get_by_text(endpoint, exact=False).filter(visible=True).first.wait_for()
             page.screenshot(path=shots / "generate.png", full_page=True)
             # reload, another page and back: the saved values are shown
             page.reload()

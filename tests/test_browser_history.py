@@ -57,6 +57,8 @@ def _open_folder(page, folder: Path) -> None:
     if not field.is_visible():
         box.get_by_text("Open or create a workspace", exact=True).click()
     field.fill(str(folder))
+    field.press("Enter")  # the value is committed (a rerun) before the click, also under load
+    idle(page)
     box.get_by_role("button", name="Open / create").click()
     box.get_by_text(str(folder), exact=True).wait_for(timeout=WAIT)
     idle(page)
