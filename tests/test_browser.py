@@ -333,8 +333,10 @@ def test_choosing_a_local_checkpoint_and_embedding_with_it(tmp_path: Path, demo_
             page.locator("[data-testid=stPlotlyChart]").wait_for(timeout=LONG)
             shown = page.get_by_role("textbox", name=re.compile("^CLIP model")).input_value()
             assert shown == spec
-            metric = page.locator("[data-testid=stMetric]", has_text="Embedded now / from cache")
-            assert metric.inner_text().split("\n")[-1].strip() == f"{DEMO_SIZE[0] + DEMO_SIZE[1]} / 0"
+            # the background job embedded every image anew with it (none from the old model's cache)
+            done = json.loads((cache / "embed_job" / "exit.json").read_text())
+            assert (done["state"], done["n_computed"], done["n_cached"]) == (
+                "finished", DEMO_SIZE[0] + DEMO_SIZE[1], 0)
             sidebar(page).get_by_text(str(other.checkpoint), exact=False).first.wait_for()
             page.screenshot(path=tmp_path / "explore_model.png", full_page=True)
             # a bad path is refused at once, in full, and nothing is embedded with it

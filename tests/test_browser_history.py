@@ -169,6 +169,7 @@ def test_nothing_is_lost_in_a_real_browser(app_server) -> None:
                 box.get_by_text(re.compile(r"^History \(\d+ changes\)$")).click()
             box.locator("[data-testid=stSelectbox]").filter(has_text="Entry").click()
             page.get_by_role("option", name=re.compile(r": keywords: \+ heat map")).click()
+            idle(page)  # the choice's rerun ends before the click (a click during it can be lost)
             box.get_by_role("button", name="Restore this entry").click()
             idle(page)
             wait_setting(home, lambda s: s["partition"]["keywords"], ["heat map"])
