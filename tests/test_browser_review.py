@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from mminstruct.app.workspace import Workspace
-from tests.fixtures.browser import CHROMIUM, idle, nav, open_page, serve, wait_setting
+from tests.fixtures.browser import CHROMIUM, choose, idle, nav, open_page, serve, wait_setting
 from tests.test_judge_app import SCORES, _scores
 from tests.test_quality_app import NAME, _workspace
 
@@ -48,21 +48,9 @@ def _wait_questions(page, first: list[str], count: int = 6) -> list[str]:
 
 
 def _choose(page, label: str, option: str) -> None:
-    """Open the selectbox labelled ``label`` and pick ``option`` (opened again if a rerun that
-    was still drawing closed the list)."""
-    from playwright.sync_api import TimeoutError as PlaywrightTimeout
-
+    """Pick ``option`` in the selectbox labelled ``label``."""
     box = page.locator("[data-testid=stSelectbox]").filter(has=page.get_by_text(label, exact=True))
-    item = page.get_by_role("option", name=option, exact=True)
-    for _ in range(5):
-        box.click()
-        try:
-            item.wait_for(timeout=5_000)
-            break
-        except PlaywrightTimeout:  # the list closed under a redraw
-            idle(page)
-    item.click()
-    idle(page)
+    choose(page, box, page.get_by_role("option", name=option, exact=True))
 
 
 def test_review_judge_panel_sort_read_reject_below_3_and_export(demo_data, tiny_clip,
