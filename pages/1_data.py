@@ -17,7 +17,8 @@ from ui.gallery import thumbnail_url
 from ui.model_picker import model_download_warning, model_picker
 from ui.safe import for_browser, md_escape, short
 from ui.settings import bind, show_error, sync
-from ui.state import current_workspace, forget_embeddings, open_workspace, through_app
+from ui.state import (current_workspace, forget_embeddings, long_lived, open_workspace,
+                      through_app)
 from ui import nav
 
 PAGE_SIZE = 50
@@ -218,9 +219,9 @@ def _load(data_file: str, input_folder: str, image_folder: str | None, allow: bo
     # embedded is reported here, once, and the counts agree on every page. Parsed once per
     # content hash and shared (no per-rerun copy, as st.cache_data's pickle made of 150k records)
     with st.spinner("Reading the data file…"):
-        return parse_once(data_file, load_data_file, input_folder=input_folder,
-                          image_folder=image_folder, allow_outside_paths=allow,
-                          check_images="decode")
+        return long_lived(parse_once(data_file, load_data_file, input_folder=input_folder,
+                                     image_folder=image_folder, allow_outside_paths=allow,
+                                     check_images="decode"))
 
 
 def _stamp(path: str) -> tuple:

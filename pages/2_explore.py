@@ -11,8 +11,8 @@ import streamlit as st
 
 from mminstruct.app.curation import curate, keyword_vectors, projection, search
 from mminstruct.errors import MMInstructError
-from ui.charts import (CLICK_TO_SELECT_JS, HOVER_TEXT_MAX, hover_text, map_figure, picked_rows,
-                       select_from_map)
+from ui.charts import (CLICK_TO_SELECT_JS, HOVER_TEXT_MAX, MAP_SOURCE, hover_text, map_figure,
+                       picked_rows, select_from_map)
 from ui.gallery import Item, curation_actions, gallery
 from ui.more_like import more_like_these_panel, new_subgroup_form, show_toast
 from ui.safe import for_browser, md_escape
@@ -22,6 +22,8 @@ from ui.state import cached_embeddings, embeddings_or_stop, require_workspace, t
 from ui import nav
 
 SEL_KEY = "explore_sel"
+MAP_KEY = "map"  # the chart's widget key: its selection event in the session
+TRACE_ROWS_KEY = "_explore_trace_rows"  # rows of each trace of the map last drawn
 
 through_app(nav.EXPLORE)
 st.title("Explore")
@@ -103,31 +105,9 @@ bar.empty()
 proj_s = time.perf_counter() - t0
 
 sel_state = st.session_state.setdefault(SEL_KEY, {"rows": [], "source": ""})
-selected = [r for r in sel_state["rows"] if 0 <= r < emb.n]
-n_ref = len(emb.reference)
-is_ref = np.arange(emb.n) < n_ref
-hover = None
-if emb.n <= HOVER_TEXT_MAX:  # above it the hover names the subgroup and kind (payload)
-    hover = [hover_text("reference" if r < n_ref else "candidate", emb.rel_path(r),
-                        emb.question(r), group_names.get(int(groups[r]), "?")) for r in range(emb.n)]
-drawn = map_figure(xy, groups, is_ref, group_names, hover, selected)
-st.caption(f"All {emb.n:,} points drawn · {method.upper()} "
-           f"{'from cache' if from_cache else f'computed in {proj_s:.1f} s'} · pick the box or lasso "
-           "tool (top right of the chart) — it selects every point inside it — or click a point")
-event = st.plotly_chart(drawn.figure, key="map", on_select="rerun",
-                        selection_mode=("points", "box", "lasso"), width="stretch")
-st.html(CLICK_TO_SELECT_JS, unsafe_allow_javascript=True)
-
-picked = picked_rows(event, xy, drawn.trace_rows)
-signature = ",".join(map(str, picked))
-if signature != st.session_state.get("explore_sig", ""):
-    st.session_state["explore_sig"] = signature
-    if picked:
-        select_from_map(sel_state, picked)
-        selected = picked
 
 # ----------------------------------------------------------------------------------------------
-# Text search
+# Text search (before the map: the map drawn below already rings what it found)
 
 with st.form("search_form"):
     query = st.text_input("Rank every image by CLIP similarity to a text", key="search_q",
@@ -141,7 +121,35 @@ if go and query.strip():
         hits = []
     sel_state.update(rows=[r for r, _ in hits], source=f"search: {query.strip()}",
                      scores={str(r): s for r, s in hits})
-    selected = sel_state["rows"]
+
+# A box, lasso or click on the map: its event (the chart's state from the browser) is read before
+# the map is drawn, so this run's map and gallery show the new selection together. A click maps
+# back through the rows of the traces the browser drew (the last run's figure).
+event = st.session_state.get(MAP_KEY)
+picked = picked_rows(event, xy, st.session_state.get(TRACE_ROWS_KEY) or [])
+signature = ",".join(map(str, picked))
+if signature != st.session_state.get("explore_sig", ""):
+    st.session_state["explore_sig"] = signature
+    if picked:
+        select_from_map(sel_state, picked)
+selected = [r for r in sel_state["rows"] if 0 <= r < emb.n]
+n_ref = len(emb.reference)
+is_ref = np.arange(emb.n) < n_ref
+hover = None
+if emb.n <= HOVER_TEXT_MAX:  # above it the hover names the subgroup and kind (payload)
+    hover = [hover_text("reference" if r < n_ref else "candidate", emb.rel_path(r),
+                        emb.question(r), group_names.get(int(groups[r]), "?")) for r in range(emb.n)]
+# a selection made on the map is shown by the chart itself; rings mark the others (a search, more
+# like these), so a box drawn does not change the figure (the browser redraws nothing)
+rings = () if sel_state.get("source") == MAP_SOURCE else selected
+drawn = map_figure(xy, groups, is_ref, group_names, hover, rings)
+st.session_state[TRACE_ROWS_KEY] = drawn.trace_rows
+st.caption(f"All {emb.n:,} points drawn · {method.upper()} "
+           f"{'from cache' if from_cache else f'computed in {proj_s:.1f} s'} · pick the box or lasso "
+           "tool (top right of the chart) — it selects every point inside it — or click a point")
+st.plotly_chart(drawn.figure, key=MAP_KEY, on_select="rerun",
+                selection_mode=("points", "box", "lasso"), width="stretch")
+st.html(CLICK_TO_SELECT_JS, unsafe_allow_javascript=True)
 
 # ----------------------------------------------------------------------------------------------
 # The selection

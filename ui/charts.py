@@ -166,10 +166,13 @@ def picked_rows(event: Any, xy: np.ndarray, trace_rows: Sequence[np.ndarray]) ->
     return clicked_rows(sel.get("points") or [], trace_rows)
 
 
+MAP_SOURCE = "map selection"  # the source of a selection made on the map itself
+
+
 def select_from_map(sel_state: dict, rows: list[int]) -> None:
     """A box, lasso or click selection on the map replaces the selection: its rows, its source,
     and no similarity scores (those belong to a text query's selection)."""
-    sel_state.update(rows=list(rows), source="map selection", scores={})
+    sel_state.update(rows=list(rows), source=MAP_SOURCE, scores={})
 
 
 CLICK_TO_SELECT_JS = """

@@ -43,7 +43,7 @@ def new_subgroup_form(ws: Any, emb: Any, rows: list[int], key: str) -> bool:
 
 
 def _pool(ws: Any, emb: Any) -> tuple[Any, Any]:
-    vecs = emb.candidates.float32()
+    vecs = emb.candidates.vectors  # float16, memory-mapped: scanned in float32 chunks
     try:
         index = pool_index(vecs, ws.cache_dir / "index", fingerprint=emb.fingerprint or None)
     except MMInstructError:
@@ -66,8 +66,8 @@ def more_like_these_panel(ws: Any, emb: Any, rows: list[int], key: str) -> bool:
         if c3.button("Find", key=f"{key}:find", disabled=not rows):
             p = ws.settings.partition
             sel = np.asarray(sorted(rows), dtype=np.int64)
-            vecs = np.concatenate([emb.reference.float32()[sel[sel < n_ref]],
-                                   emb.candidates.float32()[sel[sel >= n_ref] - n_ref]])
+            vecs = np.concatenate([emb.reference.rows32(sel[sel < n_ref]),
+                                   emb.candidates.rows32(sel[sel >= n_ref] - n_ref)])
             excluded_paths = set(p.excluded_candidates)
             exclude = [r - n_ref for r in sel.tolist() if r >= n_ref]
             exclude += [i for i, c in enumerate(emb.candidates.paths) if c in excluded_paths]

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import threading
+import weakref
 from pathlib import Path
 from collections import OrderedDict
 from typing import Any
@@ -159,7 +160,29 @@ def _remember(key: str, emb: Any) -> Any:
         _EMBEDDINGS[key] = emb
         while len(_EMBEDDINGS) > _MAX_EMBEDDINGS:
             _EMBEDDINGS.popitem(last=False)
-    return emb
+    return long_lived(emb)
+
+
+def long_lived(obj: Any) -> Any:
+    """Mark what was just loaded (a 150,000-record data file, a map's 210,000 paths: millions of
+    Python objects) as long-lived: ``gc.freeze()`` moves every object tracked now out of the
+    collector's generations, so a full collection (Python's own, or Streamlit's after a script
+    run) no longer walks them — it took 1–10 s per rerun at that size. Reference counting still
+    frees them when they are dropped; ``forget_embeddings`` unfreezes (a workspace change)."""
+    import gc
+
+    try:
+        if obj in _FROZEN:
+            return obj  # frozen when it was loaded (every rerun hands back the same object)
+        _FROZEN.add(obj)
+    except TypeError:  # not weak-referenceable: freeze anyway
+        pass
+    gc.collect(1)  # this run's young garbage is not frozen with it
+    gc.freeze()
+    return obj
+
+
+_FROZEN: "weakref.WeakSet[Any]" = weakref.WeakSet()
 
 
 def get_embeddings(ws: Workspace, need_projection: bool = False, _again: bool = False) -> Any:
@@ -276,6 +299,7 @@ def forget_embeddings() -> None:
     with _LOCK:
         _EMBEDDINGS.clear()
     forget_memmaps()
+    gc.unfreeze()  # what ``long_lived`` froze is collectable again
     gc.collect()
 
 

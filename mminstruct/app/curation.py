@@ -22,7 +22,10 @@ go to the task file like a keyword's subgroup, their name as the keyword.
 
 from __future__ import annotations
 
+import hashlib
 import os
+import threading
+from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,7 +37,8 @@ from mminstruct.embed.clip import embed_keywords, embed_texts, parse_model_spec,
 from mminstruct.embed.image_embed import embed_images
 from mminstruct.errors import ConfigError, DataFileError, InputError
 from mminstruct.data.formats import Subgroup, TaskFile, save_task_file
-from mminstruct.partition.assign import (UNASSIGNED, Partition, assign_keywords, partition_from_scores,
+from mminstruct.cache import content_key
+from mminstruct.partition.assign import (UNASSIGNED, Partition, partition_from_scores, similarity_matrix,
                         top_k_from_scores)
 from mminstruct.app.projection import project_2d
 from mminstruct.embed.vectors import array_fingerprint
@@ -56,18 +60,21 @@ class ImageSet:
     vectors: np.ndarray  # float16 (n, dim), L2-normalised
     sample_idx: list[int] = field(default_factory=list)  # reference: index into samples
     failures: list[tuple[str, str]] = field(default_factory=list)
-    _f32: np.ndarray | None = field(default=None, repr=False, compare=False)
-
+    
     def __len__(self) -> int:
         return len(self.paths)
 
     def float32(self) -> np.ndarray:
-        """The vectors as float32, converted once and kept: numpy's float16 → float32 conversion
-        costs more than the similarity product itself (0.2 s for 100,000 × 512), and the
-        partition is recomputed on every keyword edit."""
-        if self._f32 is None or self._f32.shape != self.vectors.shape:
-            self._f32 = np.ascontiguousarray(self.vectors, dtype=np.float32)
-        return self._f32
+        """Every vector as a temporary float32 copy (not kept: 210,000 × 512 would hold 430 MB
+        per server process; the hot paths read the float16 memory map in chunks instead)."""
+        return np.asarray(self.vectors, dtype=np.float32)
+
+    def rows32(self, rows: Any) -> np.ndarray:
+        """Some rows as float32 (a copy of those rows only)."""
+        rows = np.asarray(rows, dtype=np.int64).reshape(-1)
+        if not len(rows):
+            return np.zeros((0, int(self.vectors.shape[1])), np.float32)
+        return np.asarray(self.vectors[rows], dtype=np.float32)
 
 
 @dataclass
@@ -329,8 +336,10 @@ def keyword_vectors(ws: Workspace, keywords: Sequence[str]) -> np.ndarray:
     p = ws.settings.partition
     if not keywords:
         raise ConfigError("the keyword list is empty; add at least one keyword")
+    # device 0 (GPU 0 when there is one) is resolved only when a vector is not cached: a cached
+    # keyword list does not import torch into the app's server (about 700 MB and seconds)
     return embed_keywords(list(keywords), p.model_name, templates=p.templates or None,
-                          cache=ws.cache_dir, device=resolve_device(0))
+                          cache=ws.cache_dir, device=0)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -400,15 +409,44 @@ def _row_index(keys: list[Any]) -> dict[Any, int]:
     return hit[1]
 
 
-def _grouped(vectors: np.ndarray, kw_vecs: np.ndarray, keywords: list[str], keys: list[Any],
+_SCORES: OrderedDict[tuple, np.ndarray] = OrderedDict()  # see keyword_scores
+_SCORES_MAX = 8
+_MEMO_LOCK = threading.Lock()
+
+
+def _array_key(a: np.ndarray) -> str:
+    a = np.ascontiguousarray(a, dtype=np.float32)
+    return hashlib.sha256(repr(a.shape).encode() + a.tobytes()).hexdigest()
+
+
+def keyword_scores(side: ImageSet, kw_vecs: np.ndarray, fingerprint: str = "") -> np.ndarray:
+    """Cosine similarities (rows of ``side``, keywords) — ``partition.assign.similarity_matrix``,
+    the command line's own product, over the float16 vectors in float32 row chunks (no float32
+    copy of the set is kept). Memoised per process under (the embeddings' fingerprint, the set,
+    the keyword vectors): a rerun, another session or a setting that does not change the
+    keywords (min similarity, top-K, exclusions) reuses it; an edited keyword list computes it
+    once. Read-only."""
+    if not fingerprint:
+        return similarity_matrix(side.vectors, kw_vecs)
+    key = (fingerprint, side.kind, len(side), _array_key(kw_vecs))
+    with _MEMO_LOCK:
+        hit = _SCORES.get(key)
+        if hit is not None:
+            _SCORES.move_to_end(key)
+            return hit
+    scores = similarity_matrix(side.vectors, kw_vecs)
+    scores.setflags(write=False)
+    with _MEMO_LOCK:
+        _SCORES[key] = scores
+        while len(_SCORES) > _SCORES_MAX:
+            _SCORES.popitem(last=False)
+    return scores
+
+
+def _grouped(scores: np.ndarray, keywords: list[str], keys: list[Any],
              excluded_keys: set, manual: dict[Any, str], min_similarity: float | None,
              top_k: int | None, manual_groups: Sequence[str] = ()) -> Grouped:
-    if vectors.dtype == np.float32 and vectors.shape[1] == kw_vecs.shape[1]:
-        # one BLAS product: row-chunked small products cost 1.5–6× more under thread contention
-        scores = vectors @ np.ascontiguousarray(kw_vecs, dtype=np.float32).T
-        part = partition_from_scores(scores, keywords, min_similarity)
-    else:
-        part = assign_keywords(vectors, kw_vecs, min_similarity, keywords)
+    part = partition_from_scores(scores, keywords, min_similarity)
     n = len(part)
     excluded = np.zeros(n, bool)
     manual_mask = np.zeros(n, bool)
@@ -444,15 +482,38 @@ def curate(ws: Workspace, emb: Embeddings, kw_vecs: np.ndarray,
     if len(kws) != kw_vecs.shape[0]:
         raise ConfigError(f"{len(kws)} keywords but {kw_vecs.shape[0]} keyword vectors")
     manual_groups = [m for m in p.manual_subgroups if m not in kws]
-    ref = _grouped(emb.reference.float32(), kw_vecs, kws, emb.reference.sample_idx,
-                   set(p.excluded_reference), {int(k): v for k, v in p.manual_reference.items()},
+    memo = None
+    if emb.fingerprint:  # the same inputs give the same partition: one per process, shared
+        memo = content_key("app-curation", emb.fingerprint, len(emb.reference), _array_key(kw_vecs),
+                           kws, manual_groups, sorted(p.excluded_reference),
+                           sorted(p.excluded_candidates), sorted(p.manual_reference.items()),
+                           sorted(p.manual_candidates.items()), p.min_similarity,
+                           p.candidates_per_keyword, p.low_margin)
+        with _MEMO_LOCK:
+            hit = _CURATIONS.get(memo)
+            if hit is not None:
+                _CURATIONS.move_to_end(memo)
+                return hit
+    ref = _grouped(keyword_scores(emb.reference, kw_vecs, emb.fingerprint), kws,
+                   emb.reference.sample_idx, set(p.excluded_reference),
+                   {int(k): v for k, v in p.manual_reference.items()},
                    p.min_similarity, None, manual_groups)
     cand = None
     if len(emb.candidates):
-        cand = _grouped(emb.candidates.float32(), kw_vecs, kws, emb.candidates.paths,
-                        set(p.excluded_candidates), dict(p.manual_candidates), p.min_similarity,
-                        p.candidates_per_keyword, manual_groups)
-    return Curation(kws + manual_groups, ref, cand, p.low_margin, len(kws))
+        cand = _grouped(keyword_scores(emb.candidates, kw_vecs, emb.fingerprint), kws,
+                        emb.candidates.paths, set(p.excluded_candidates),
+                        dict(p.manual_candidates), p.min_similarity, p.candidates_per_keyword,
+                        manual_groups)
+    cur = Curation(kws + manual_groups, ref, cand, p.low_margin, len(kws))
+    if memo is not None:
+        with _MEMO_LOCK:
+            _CURATIONS[memo] = cur
+            while len(_CURATIONS) > 4:
+                _CURATIONS.popitem(last=False)
+    return cur
+
+
+_CURATIONS: OrderedDict[str, Curation] = OrderedDict()  # see curate (read-only: shared)
 
 
 def _round(xs: Any) -> list[float]:
@@ -483,8 +544,8 @@ def build_task(ws: Workspace, emb: Embeddings, cur: Curation) -> TaskFile:
         extra: dict[str, Any]
         if cur.is_manual(k):  # no keyword column: the members' similarity to their centroid
             extra = {"manual_subgroup": True,
-                     **_centroid_scores(emb.reference.float32()[rows],
-                                        emb.candidates.float32()[c_rows])}
+                     **_centroid_scores(emb.reference.rows32(rows),
+                                        emb.candidates.rows32(c_rows))}
         else:
             extra = {"reference_scores": _round(cur.reference.partition.scores[rows, k]),
                      "reference_margins": _round(cur.reference.partition.margin[rows]),
@@ -525,9 +586,9 @@ def search(ws: Workspace, emb: Embeddings, query: str, limit: int = 24) -> list[
     q = query.strip()
     if not q or not emb.n:
         return []
-    vec = embed_texts([q], ws.settings.partition.model_name, cache=ws.cache_dir,
-                      device=resolve_device(0))[0]
-    sims = np.concatenate([emb.reference.float32() @ vec, emb.candidates.float32() @ vec])
+    vec = embed_texts([q], ws.settings.partition.model_name, cache=ws.cache_dir, device=0)[0]
+    sims = np.concatenate([similarity_matrix(emb.reference.vectors, vec[None])[:, 0],
+                           similarity_matrix(emb.candidates.vectors, vec[None])[:, 0]])
     k = min(int(limit), len(sims))
     if k <= 0:
         return []

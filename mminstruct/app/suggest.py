@@ -258,14 +258,14 @@ def suggest_for_workspace(ws: Any, emb: Any, *, k: int | None = None,
                           min_fit: float | None = None, seed: int = 0) -> Suggestions:
     """Suggestions over a workspace's reference embeddings, named with its CLIP (text vectors
     cached like the keywords'), compared with its current keywords."""
-    from mminstruct.embed.clip import embed_keywords, resolve_device  # noqa: PLC0415
+    from mminstruct.embed.clip import embed_keywords  # noqa: PLC0415
 
     p = ws.settings.partition
     if isinstance(vocabulary, (str, os.PathLike)) or vocabulary is None:
         words = load_vocabulary(vocabulary)
     else:
         words = [" ".join(w.split()) for w in vocabulary if " ".join(w.split())]
-    device = resolve_device(0)
+    device = 0  # GPU 0 when there is one; resolved only if a vector is not cached
     vocab_vecs = embed_keywords(words, p.model_name, templates=p.templates or None,
                                 cache=ws.cache_dir, device=device)
     kw_vecs = None
