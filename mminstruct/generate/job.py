@@ -29,7 +29,7 @@ from mminstruct.llm.calls import CallObserver, Caller, CallStats, RetryPolicy
 from mminstruct.llm.client import build_clients
 from mminstruct.llm.errors import (RETRYABLE_ON_RESUME, BadJSONError, BadPromptError, ContentFilterError,
                           LengthError, LLMError, RefusalError, SchemaMismatchError, redact)
-from mminstruct.llm.limiter import RateLimiter
+from mminstruct.llm.limiter import Limiter, RateLimiter
 from mminstruct.llm.parse import ParseResult, parse_items
 from mminstruct.llm.requests import (BuiltRequest, ImageEncoder, build_messages, candidate_image,
                             fix_messages, generation_prompt, refused_params, request_body,
@@ -57,7 +57,7 @@ class Shared:
     requests of all the shards together)."""
 
     clients: list[Any]
-    limiter: RateLimiter
+    limiter: Limiter  # RateLimiter, or a ClusterLimiter on a Ray worker
     encoder: ImageEncoder
     semaphore: asyncio.Semaphore
     executor: ThreadPoolExecutor

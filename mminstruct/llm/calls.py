@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from mminstruct.llm.errors import ServerError, classify
-from mminstruct.llm.limiter import RateLimiter
+from mminstruct.llm.limiter import Limiter
 
 log = logging.getLogger(__name__)
 
@@ -99,7 +99,7 @@ async def _no_pause() -> None:
 class Caller:
     """Sends chat completions for one run: its limiter, retry policy, timeout and stop signals."""
 
-    limiter: RateLimiter
+    limiter: Limiter
     policy: RetryPolicy
     timeout: float
     stop_event: asyncio.Event = field(default_factory=asyncio.Event)
