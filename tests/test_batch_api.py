@@ -281,6 +281,47 @@ def test_kill_9_while_polling_then_resume_creates_no_batch_twice(bstub, tmp_path
     assert bstub.stats()["ids"] == {**{str(i): 1 for i in range(n)}, "4": 2}
 
 
+def test_failed_file_and_batch_calls_are_retried_by_the_engines_rules(bstub, tmp_path: Path,
+                                                                     capsys) -> None:
+    """A 500 on the upload, a 429 on the batch's creation and a 503 on the download are each
+    retried once (the engine's retry classes and back-off, ``Caller.retrying``); the run
+    finishes as if nothing happened and the status counts the errors and retries."""
+    ws = make_prompt_workspace(tmp_path, "vqa_nr", 3, min_gen=1)
+    bstub.batches.config.faults = {"upload": [500], "create": [429], "content": [503]}
+    assert main(gen_args(ws, bstub, *FAST, prefix="flaky")) == 0
+    out = _last_line(capsys)
+    calls = bstub.batches.stats()["calls"]
+    assert (calls["upload"], calls["create"], calls["content"]) == (2, 2, 2)
+    assert calls["list"] == 1  # before the creation's retry: was it made after all? (no)
+    assert bstub.batches.stats()["batches"] == 1 and len(bstub.batches.files) == 2
+    assert sorted(s["prompt_idx"] for s in _samples(out)) == [0, 1, 2]
+    session = _manifest(out)["last_session"]
+    assert session["errors_by_class"] == {"server": 2, "rate_limit": 1}
+    assert session["retries"] == 3
+
+
+def test_a_401_on_the_upload_stops_at_once_with_one_clear_message(bstub, tmp_path: Path,
+                                                                  capsys) -> None:
+    """auth is not retried (its rule stops the run): one upload, the message names the step and
+    the class, the key is not in it, nothing is recorded, and --resume uploads the part."""
+    ws = make_prompt_workspace(tmp_path, "vqa_nr", 2, min_gen=1)
+    bstub.batches.config.faults = {"upload": [401, 401, 401]}
+    rc = main(gen_args(ws, bstub, *FAST, prefix="denied"))
+    err = capsys.readouterr().err
+    assert rc == 3
+    assert bstub.batches.stats()["calls"] == {"upload": 1}
+    assert "Batch API: cannot upload w01_p001: HTTP 401" in err
+    assert "authentication failed" in err
+    assert SECRET_PART not in err
+    [run] = list_runs(ws.output_folder, "denied")
+    assert list(iter_records(run.log_path)) == []
+    assert [p["stage"] for p in json.loads((run.path / STATE_FILE).read_text())["parts"]] == \
+        ["built"]
+    bstub.batches.config.faults = {}
+    assert main(gen_args(ws, bstub, *FAST, "--resume", prefix="denied")) == 0
+    assert sorted(s["prompt_idx"] for s in _samples(_last_line(capsys))) == [0, 1]
+
+
 def test_azure_batches_use_the_resource_routes_and_the_deployment(bstub, tmp_path: Path,
                                                                   monkeypatch) -> None:
     monkeypatch.delenv("OPENAI_API_KEY")

@@ -359,32 +359,18 @@ class BatchJob(RunJob):
 
     async def _api(self, what: str, call: Callable[[], Awaitable[T]],
                    before_retry: Callable[[], Awaitable[Any]] | None = None) -> T | None:
-        """A files/batches call with the engine's retry rules; None when the run stops (a class
+        """A files/batches call through the engine's one retry loop (``Caller.retrying``: the
+        same classes, retry rules and back-off as a chat call); None when the run stops (a class
         that stops runs, or a failure past ``max_retries``: the state is kept for ``--resume``)."""
-        for attempt in range(self.cfg.max_retries + 1):
-            if attempt and before_retry is not None:
-                found = await before_retry()
-                if found:
-                    return found
-                if self.stopping:
-                    return None
-            try:
-                return await call()
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:  # every failure is classified; none escapes unnamed
-                err = classify(exc)
-            self.tracker.errors_by_class[err.kind] += 1
-            if not err.retryable or attempt >= self.cfg.max_retries:
-                log.error("Batch API: cannot %s: %s", what, err)
-                self.begin_stop(err)
-                return None
-            delay = self.caller.policy.backoff(attempt, err.retry_after)
-            log.warning("Batch API: %s failed (%s); retrying in %.1fs", what, err, delay)
-            await self._sleep(delay)
-            if self.stopping:
-                return None
-        return None
+        try:
+            return await self.caller.retrying(call, CallStats(), what=f"Batch API: {what}",
+                                              before_retry=before_retry, sleep=self._sleep)
+        except Stopped:
+            return None
+        except LLMError as err:
+            log.error("Batch API: cannot %s: %s", what, err)
+            self.begin_stop(err)
+            return None
 
     # ------------------------------------------------------------------ polling
 
