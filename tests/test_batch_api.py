@@ -115,6 +115,33 @@ def test_batch_run_matches_the_online_engine_and_sends_the_dry_run_lines(
     assert bstub.batches.files[upload.input_file_id].data == dry.read_bytes()
 
 
+def test_every_answer_shape_gives_the_same_samples_online_and_through_the_batch_api(
+        bstub, tmp_path: Path, capsys) -> None:
+    """The same answer texts, read by the one parser (``RunJob.parse_answer``) from an online
+    response and from a batch's output line, become the same records and samples — including
+    the repairs and the format-fix calls (sent online in both)."""
+    shapes = {0: "ok", 1: "prose", 2: "object", 3: "wrapped", 4: "malformed", 5: "count=1",
+              6: "missing_key", 7: "garbage", 8: "refusal_text", 9: "garbage!"}
+    ws = make_prompt_workspace(tmp_path, "vqa", len(shapes), min_gen=2, behaviours=shapes)
+    assert main(gen_args(ws, bstub, *FAST, prefix="b")) == 4  # 8 and 9 fail
+    batch_out = _last_line(capsys)
+    assert main(gen_args(ws, bstub, prefix="o")) == 4
+    online_out = _last_line(capsys)
+
+    keys = ("outcome", "items", "n_items", "dropped", "parse", "fixes", "error_class")
+    batch = {i: {k: r.get(k) for k in keys} for i, r in _by_idx(_records(ws, "b")).items()}
+    online = {i: {k: r.get(k) for k in keys} for i, r in _by_idx(_records(ws, "o")).items()}
+    assert batch == online
+    assert [online[i]["parse"] for i in range(8)] == [
+        "json", "prose", "json/object", "json/wrapped", "repaired", "json", "json", "json"]
+    # the stub's fixed answers hold one item (a fix prompt asks for no count)
+    assert [online[i]["n_items"] for i in range(8)] == [2, 2, 1, 2, 2, 1, 1, 1]
+    assert (online[6]["fixes"], online[7]["fixes"]) == (1, 1)
+    assert (online[8]["error_class"], online[9]["error_class"]) == ("refusal", "bad_json")
+    assert _samples(batch_out) == _samples(online_out)
+    assert len(_samples(online_out)) == 2 * 12  # vqa: two samples per item
+
+
 def test_requests_are_split_within_the_request_and_byte_limits(bstub, tmp_path: Path,
                                                                capsys) -> None:
     n = 7
