@@ -311,20 +311,23 @@ def test_kill_9_while_polling_then_resume_creates_no_batch_twice(bstub, tmp_path
 def test_failed_file_and_batch_calls_are_retried_by_the_engines_rules(bstub, tmp_path: Path,
                                                                      capsys) -> None:
     """A 500 on the upload, a 429 on the batch's creation and a 503 on the download are each
-    retried once (the engine's retry classes and back-off, ``Caller.retrying``); the run
-    finishes as if nothing happened and the status counts the errors and retries."""
+    retried once (the engine's retry classes and back-off, ``Caller.retrying``); a 500 on a
+    poll is classified alike and tried at the next poll. The run finishes as if nothing
+    happened and the status counts the errors and retries."""
     ws = make_prompt_workspace(tmp_path, "vqa_nr", 3, min_gen=1)
-    bstub.batches.config.faults = {"upload": [500], "create": [429], "content": [503]}
+    bstub.batches.config.faults = {"upload": [500], "create": [429], "content": [503],
+                                   "retrieve": [500]}
     assert main(gen_args(ws, bstub, *FAST, prefix="flaky")) == 0
     out = _last_line(capsys)
     calls = bstub.batches.stats()["calls"]
     assert (calls["upload"], calls["create"], calls["content"]) == (2, 2, 2)
     assert calls["list"] == 1  # before the creation's retry: was it made after all? (no)
+    assert calls["retrieve"] >= 2
     assert bstub.batches.stats()["batches"] == 1 and len(bstub.batches.files) == 2
     assert sorted(s["prompt_idx"] for s in _samples(out)) == [0, 1, 2]
     session = _manifest(out)["last_session"]
-    assert session["errors_by_class"] == {"server": 2, "rate_limit": 1}
-    assert session["retries"] == 3
+    assert session["errors_by_class"] == {"server": 3, "rate_limit": 1}
+    assert session["retries"] == 3  # the poll is not retried in place
 
 
 def test_a_401_on_the_upload_stops_at_once_with_one_clear_message(bstub, tmp_path: Path,
@@ -346,6 +349,19 @@ def test_a_401_on_the_upload_stops_at_once_with_one_clear_message(bstub, tmp_pat
         ["built"]
     bstub.batches.config.faults = {}
     assert main(gen_args(ws, bstub, *FAST, "--resume", prefix="denied")) == 0
+    assert sorted(s["prompt_idx"] for s in _samples(_last_line(capsys))) == [0, 1]
+
+
+def test_a_401_on_a_poll_stops_the_run_and_resume_polls_the_same_batch(bstub, tmp_path: Path,
+                                                                       capsys) -> None:
+    ws = make_prompt_workspace(tmp_path, "vqa_nr", 2, min_gen=1)
+    bstub.batches.config.faults = {"retrieve": [401]}
+    assert main(gen_args(ws, bstub, *FAST, prefix="poll401")) == 3
+    err = capsys.readouterr().err
+    assert "authentication failed" in err and "still open at the provider" in err
+    assert bstub.batches.stats()["calls"]["retrieve"] == 1  # not retried
+    assert main(gen_args(ws, bstub, *FAST, "--resume", prefix="poll401")) == 0
+    assert bstub.batches.stats()["batches"] == 1  # polled again, not resubmitted
     assert sorted(s["prompt_idx"] for s in _samples(_last_line(capsys))) == [0, 1]
 
 

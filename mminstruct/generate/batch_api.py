@@ -54,7 +54,7 @@ from typing import Any, TypeVar
 from mminstruct.errors import ConfigError
 from mminstruct.data.formats import PromptEntry
 from mminstruct.llm.errors import (BadPromptError, BadRequestError, ImageFileError, LLMError,
-                          RequestTimeoutError, ServerError, classify)
+                          RequestTimeoutError, ServerError)
 from mminstruct.llm.calls import CallStats, Stopped
 from mminstruct.llm.requests import batch_line
 from mminstruct.generate.batch_files import (TERMINAL, BatchState, LineResult, Part, PartWriter,
@@ -380,14 +380,12 @@ class BatchJob(RunJob):
 
         async def check(part: Part) -> bool:
             async with sem:
-                try:
-                    batch = await self.client.batches.retrieve(part.batch_id,
-                                                               timeout=self.cfg.timeout)
-                except asyncio.CancelledError:
-                    raise
-                except Exception as exc:
-                    err = classify(exc)
-                    self.tracker.errors_by_class[err.kind] += 1
+                try:  # classified and counted by the one retry loop; retried at the next poll
+                    batch = await self.caller.retrying(
+                        lambda: self.client.batches.retrieve(part.batch_id,
+                                                             timeout=self.cfg.timeout),
+                        CallStats(), max_retries=0)
+                except LLMError as err:
                     if err.stops_run:
                         self.begin_stop(err)
                     else:

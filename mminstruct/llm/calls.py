@@ -172,7 +172,8 @@ class Caller:
                        what: str | None = None,
                        before_retry: Callable[[], Awaitable[Any]] | None = None,
                        free_retry: Callable[[LLMError], bool] | None = None,
-                       sleep: Callable[[float], Awaitable[None]] | None = None) -> T:
+                       sleep: Callable[[float], Awaitable[None]] | None = None,
+                       max_retries: int | None = None) -> T:
         """The one retry loop: ``send()`` until it returns. Every failure is classified once
         (``llm.errors.classify`` → its ``RULES`` entry), counted (``stats``, the observer) and
         retried if its class allows, within ``policy.max_retries``, after ``policy.backoff`` (a
@@ -183,9 +184,11 @@ class Caller:
         warning per retry (else a debug line); ``before_retry``: looked at before each retry —
         something truthy it returns is the result (a batch whose creation answer was lost);
         ``free_retry(err)``: True to send again at once, not counted as an attempt; ``sleep``:
-        the wait between attempts (default: until the delay passes or the run stops)."""
+        the wait between attempts (default: until the delay passes or the run stops);
+        ``max_retries``: in place of the policy's (0 for a call whose caller retries later)."""
+        limit = self.policy.max_retries if max_retries is None else max_retries
         attempt = -1
-        while attempt < self.policy.max_retries:
+        while attempt < limit:
             attempt += 1
             try:
                 return await send()
@@ -201,7 +204,7 @@ class Caller:
                 stats.retries += 1
                 self.observer.on_retry()
                 continue
-            if not err.retryable or attempt >= self.policy.max_retries:
+            if not err.retryable or attempt >= limit:
                 raise err
             if err.kind == "rate_limit" and err.retry_after:
                 self.limiter.cool_down(err.retry_after)
