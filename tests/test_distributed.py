@@ -100,6 +100,16 @@ def test_the_limiter_state_grants_only_what_its_buckets_hold() -> None:
     assert info["rpm"] == 120 and info["rpm_source"] == "flag"
 
 
+def test_request_permits_come_only_with_their_tokens() -> None:
+    """A worker waiting for tokens takes no request permit meanwhile (it would expire unused):
+    requests and tokens are granted together or not at all, as in the local limiter."""
+    state = LimiterState(rpm=120, tpm=600, clock=lambda: 0.0)  # buckets: 2 requests, 10 tokens
+    assert state.take(1, 500)[:3] == (1, 500, 0.0)  # over the bucket: granted, 490 in debt
+    granted, tokens, wait, _ = state.take(1, 10)
+    assert (granted, tokens) == (0, 0) and wait == pytest.approx(50.0)  # (490 + 10) / 10 per s
+    assert state.take(1, 0)[:3] == (1, 0, 0.0)  # the request permit was left in the bucket
+
+
 def test_header_limits_are_adopted_unless_the_user_set_one() -> None:
     state = LimiterState(rpm=60)
     state.observe("rpm", 1000)
