@@ -22,6 +22,8 @@ rest go to its error file as ``batch_expired``, as OpenAI writes them). ``fail={
 batch fails validation with that error code. Input files are validated as the API does: JSON lines
 with unique ``custom_id``, ``method`` POST, ``url`` equal to the batch's endpoint, at most
 ``max_requests`` lines and ``max_bytes`` bytes — a violation fails the batch with its line number.
+``faults={"upload": [500]}``: the next upload is answered HTTP 500 (see ``BatchConfig.faults``);
+``store.calls`` counts every call per kind.
 A cancelled batch keeps the lines it ran; the others appear in neither file.
 """
 
@@ -58,6 +60,10 @@ class BatchConfig:
     max_requests: int = 50_000
     max_bytes: int = 200 * 1024 * 1024
     line_concurrency: int = 32
+    #: Scripted failures of the API calls themselves: {"upload" | "create" | "list" | "retrieve" |
+    #: "content": [status, ...]}: the next calls of that kind are answered with these HTTP
+    #: statuses (429 with Retry-After, 401, 500, ...), one each, before the route works again.
+    faults: dict[str, list[int]] = field(default_factory=dict)
 
 
 @dataclass
@@ -126,6 +132,7 @@ class BatchStore:
         self.lists = 0
         self.uploads: list[dict[str, Any]] = []  # {"filename", "lines", "bytes", "purpose"}
         self.prefixes: Counter = Counter()  # "v1" / "openai": which API routes were used
+        self.calls: Counter = Counter()  # upload, create, list, retrieve, content
         self._ids = itertools.count(1)
 
     def reset(self, config: BatchConfig | None = None) -> None:
@@ -138,7 +145,7 @@ class BatchStore:
         return {"files": len(self.files), "batches": len(self.batches),
                 "retrieves": self.retrieves, "lists": self.lists,
                 "statuses": {b.id: b.status for b in self.batches.values()},
-                "prefixes": dict(self.prefixes),
+                "prefixes": dict(self.prefixes), "calls": dict(self.calls),
                 "uploads": list(self.uploads)}
 
     def add_file(self, data: bytes, filename: str, purpose: str) -> StoredFile:
@@ -278,6 +285,16 @@ def _err(status: int, message: str, code: str | None = None) -> Response:
                                    "param": None, "code": code}}, status_code=status)
 
 
+def _call_kind(request: Request) -> str:
+    parts = request.url.path.strip("/").split("/")[1:]  # after v1 / openai
+    if parts[0] == "files":
+        return "upload" if request.method == "POST" else "content" if parts[-1] == "content" \
+            else "file"
+    if len(parts) == 1:
+        return "create" if request.method == "POST" else "list"
+    return "cancel" if parts[-1] == "cancel" else "retrieve"
+
+
 def batch_routes(store: BatchStore) -> list[BaseRoute]:
     async def files(request: Request) -> Response:
         if request.method != "POST":
@@ -359,6 +376,15 @@ def batch_routes(store: BatchStore) -> list[BaseRoute]:
     def counted(handler: Any) -> Any:
         async def wrapper(request: Request) -> Response:
             store.prefixes[request.url.path.split("/")[1]] += 1
+            kind = _call_kind(request)
+            store.calls[kind] += 1
+            queue = store.config.faults.get(kind)
+            if queue:
+                status = queue.pop(0)
+                headers = {"retry-after": "0.01"} if status == 429 else None
+                return JSONResponse({"error": {"message": f"stub: {kind} fails with {status}",
+                                               "type": "stub", "param": None, "code": None}},
+                                    status_code=status, headers=headers)
             return await handler(request)
         return wrapper
 

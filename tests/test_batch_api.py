@@ -115,6 +115,33 @@ def test_batch_run_matches_the_online_engine_and_sends_the_dry_run_lines(
     assert bstub.batches.files[upload.input_file_id].data == dry.read_bytes()
 
 
+def test_every_answer_shape_gives_the_same_samples_online_and_through_the_batch_api(
+        bstub, tmp_path: Path, capsys) -> None:
+    """The same answer texts, read by the one parser (``RunJob.parse_answer``) from an online
+    response and from a batch's output line, become the same records and samples — including
+    the repairs and the format-fix calls (sent online in both)."""
+    shapes = {0: "ok", 1: "prose", 2: "object", 3: "wrapped", 4: "malformed", 5: "count=1",
+              6: "missing_key", 7: "garbage", 8: "refusal_text", 9: "garbage!"}
+    ws = make_prompt_workspace(tmp_path, "vqa", len(shapes), min_gen=2, behaviours=shapes)
+    assert main(gen_args(ws, bstub, *FAST, prefix="b")) == 4  # 8 and 9 fail
+    batch_out = _last_line(capsys)
+    assert main(gen_args(ws, bstub, prefix="o")) == 4
+    online_out = _last_line(capsys)
+
+    keys = ("outcome", "items", "n_items", "dropped", "parse", "fixes", "error_class")
+    batch = {i: {k: r.get(k) for k in keys} for i, r in _by_idx(_records(ws, "b")).items()}
+    online = {i: {k: r.get(k) for k in keys} for i, r in _by_idx(_records(ws, "o")).items()}
+    assert batch == online
+    assert [online[i]["parse"] for i in range(8)] == [
+        "json", "prose", "json/object", "json/wrapped", "repaired", "json", "json", "json"]
+    # the stub's fixed answers hold one item (a fix prompt asks for no count)
+    assert [online[i]["n_items"] for i in range(8)] == [2, 2, 1, 2, 2, 1, 1, 1]
+    assert (online[6]["fixes"], online[7]["fixes"]) == (1, 1)
+    assert (online[8]["error_class"], online[9]["error_class"]) == ("refusal", "bad_json")
+    assert _samples(batch_out) == _samples(online_out)
+    assert len(_samples(online_out)) == 2 * 12  # vqa: two samples per item
+
+
 def test_requests_are_split_within_the_request_and_byte_limits(bstub, tmp_path: Path,
                                                                capsys) -> None:
     n = 7
@@ -279,6 +306,63 @@ def test_kill_9_while_polling_then_resume_creates_no_batch_twice(bstub, tmp_path
     assert sorted(r["prompt_idx"] for r in records) == list(range(n))  # once each
     assert sorted({s["prompt_idx"] for s in _samples(out)}) == list(range(n))
     assert bstub.stats()["ids"] == {**{str(i): 1 for i in range(n)}, "4": 2}
+
+
+def test_failed_file_and_batch_calls_are_retried_by_the_engines_rules(bstub, tmp_path: Path,
+                                                                     capsys) -> None:
+    """A 500 on the upload, a 429 on the batch's creation and a 503 on the download are each
+    retried once (the engine's retry classes and back-off, ``Caller.retrying``); a 500 on a
+    poll is classified alike and tried at the next poll. The run finishes as if nothing
+    happened and the status counts the errors and retries."""
+    ws = make_prompt_workspace(tmp_path, "vqa_nr", 3, min_gen=1)
+    bstub.batches.config.faults = {"upload": [500], "create": [429], "content": [503],
+                                   "retrieve": [500]}
+    assert main(gen_args(ws, bstub, *FAST, prefix="flaky")) == 0
+    out = _last_line(capsys)
+    calls = bstub.batches.stats()["calls"]
+    assert (calls["upload"], calls["create"], calls["content"]) == (2, 2, 2)
+    assert calls["list"] == 1  # before the creation's retry: was it made after all? (no)
+    assert calls["retrieve"] >= 2
+    assert bstub.batches.stats()["batches"] == 1 and len(bstub.batches.files) == 2
+    assert sorted(s["prompt_idx"] for s in _samples(out)) == [0, 1, 2]
+    session = _manifest(out)["last_session"]
+    assert session["errors_by_class"] == {"server": 3, "rate_limit": 1}
+    assert session["retries"] == 3  # the poll is not retried in place
+
+
+def test_a_401_on_the_upload_stops_at_once_with_one_clear_message(bstub, tmp_path: Path,
+                                                                  capsys) -> None:
+    """auth is not retried (its rule stops the run): one upload, the message names the step and
+    the class, the key is not in it, nothing is recorded, and --resume uploads the part."""
+    ws = make_prompt_workspace(tmp_path, "vqa_nr", 2, min_gen=1)
+    bstub.batches.config.faults = {"upload": [401, 401, 401]}
+    rc = main(gen_args(ws, bstub, *FAST, prefix="denied"))
+    err = capsys.readouterr().err
+    assert rc == 3
+    assert bstub.batches.stats()["calls"] == {"upload": 1}
+    assert "Batch API: cannot upload w01_p001: HTTP 401" in err
+    assert "authentication failed" in err
+    assert SECRET_PART not in err
+    [run] = list_runs(ws.output_folder, "denied")
+    assert list(iter_records(run.log_path)) == []
+    assert [p["stage"] for p in json.loads((run.path / STATE_FILE).read_text())["parts"]] == \
+        ["built"]
+    bstub.batches.config.faults = {}
+    assert main(gen_args(ws, bstub, *FAST, "--resume", prefix="denied")) == 0
+    assert sorted(s["prompt_idx"] for s in _samples(_last_line(capsys))) == [0, 1]
+
+
+def test_a_401_on_a_poll_stops_the_run_and_resume_polls_the_same_batch(bstub, tmp_path: Path,
+                                                                       capsys) -> None:
+    ws = make_prompt_workspace(tmp_path, "vqa_nr", 2, min_gen=1)
+    bstub.batches.config.faults = {"retrieve": [401]}
+    assert main(gen_args(ws, bstub, *FAST, prefix="poll401")) == 3
+    err = capsys.readouterr().err
+    assert "authentication failed" in err and "still open at the provider" in err
+    assert bstub.batches.stats()["calls"]["retrieve"] == 1  # not retried
+    assert main(gen_args(ws, bstub, *FAST, "--resume", prefix="poll401")) == 0
+    assert bstub.batches.stats()["batches"] == 1  # polled again, not resubmitted
+    assert sorted(s["prompt_idx"] for s in _samples(_last_line(capsys))) == [0, 1]
 
 
 def test_azure_batches_use_the_resource_routes_and_the_deployment(bstub, tmp_path: Path,

@@ -12,6 +12,7 @@ import os
 import sys
 import tarfile
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -26,6 +27,7 @@ from mminstruct.distributed.cluster import (RayUnavailableError, check_address,
 from mminstruct.distributed.decode import PilHead, split_transform
 from mminstruct.distributed.embed import TAR_SEP, embed_pool, import_to_cache, read_pool
 from mminstruct.distributed.limiter import ClusterLimiter, LimiterState, LocalBackend
+from mminstruct.llm.limiter import Limiter, RateLimiter
 from mminstruct.errors import ConfigError
 from mminstruct.data.formats import load_task_file
 from mminstruct.generate import load_output, run_generation
@@ -98,6 +100,16 @@ def test_the_limiter_state_grants_only_what_its_buckets_hold() -> None:
     assert info["rpm"] == 120 and info["rpm_source"] == "flag"
 
 
+def test_request_permits_come_only_with_their_tokens() -> None:
+    """A worker waiting for tokens takes no request permit meanwhile (it would expire unused):
+    requests and tokens are granted together or not at all, as in the local limiter."""
+    state = LimiterState(rpm=120, tpm=600, clock=lambda: 0.0)  # buckets: 2 requests, 10 tokens
+    assert state.take(1, 500)[:3] == (1, 500, 0.0)  # over the bucket: granted, 490 in debt
+    granted, tokens, wait, _ = state.take(1, 10)
+    assert (granted, tokens) == (0, 0) and wait == pytest.approx(50.0)  # (490 + 10) / 10 per s
+    assert state.take(1, 0)[:3] == (1, 0, 0.0)  # the request permit was left in the bucket
+
+
 def test_header_limits_are_adopted_unless_the_user_set_one() -> None:
     state = LimiterState(rpm=60)
     state.observe("rpm", 1000)
@@ -161,7 +173,104 @@ def test_spare_permits_expire_and_spare_tokens_go_back() -> None:
     asyncio.run(scenario())
     assert state.describe()["granted_requests"] == 9
     proxy.cool_down(3)
-    assert state._paused_until == pytest.approx(clock[0] + 3)
+    assert state.buckets.paused_until == pytest.approx(clock[0] + 3)
+
+
+class _Clock:
+    """A fake clock that moves only when somebody sleeps."""
+
+    def __init__(self) -> None:
+        self.t = 0.0
+
+    def __call__(self) -> float:
+        return self.t
+
+    async def sleep(self, dt: float) -> None:
+        self.t += dt
+        await asyncio.sleep(0)
+
+
+def _both(rpm: float | None, tpm: float | None) -> list[tuple[Any, _Clock]]:
+    """The local limiter and the cluster one (batch=1, its actor's class in-process), each on its
+    own fake clock."""
+    local_clock, cluster_clock = _Clock(), _Clock()
+    local = RateLimiter(rpm, tpm, clock=local_clock, sleep=local_clock.sleep)
+    state = LimiterState(rpm, tpm, clock=cluster_clock)
+    cluster = ClusterLimiter(LocalBackend(state), rpm, tpm, batch=1, clock=cluster_clock,
+                             sleep=cluster_clock.sleep)
+    return [(local, local_clock), (cluster, cluster_clock)]
+
+
+async def _script(lim: Any, clock: _Clock) -> list[float]:
+    """Acquires with token estimates, usage corrections both ways, a 429's cool-down, a request
+    over the token bucket (debt) and three waiting at once: the time each acquire returned."""
+    times: list[float] = []
+
+    async def take(tokens: int) -> None:
+        await lim.acquire(tokens)
+        times.append(round(clock.t, 6))
+
+    for tokens in (20, 20, 20):
+        await take(tokens)
+    lim.settle(20, 60)  # 40 more than estimated
+    await take(10)
+    lim.settle(10, 2)  # 8 fewer: given back
+    lim.cool_down(1.0)
+    await take(100)  # over the bucket (50): into debt
+    await take(5)
+    await asyncio.gather(take(0), take(0), take(0))
+    return times
+
+
+def test_the_local_and_the_cluster_limiter_give_the_same_schedule() -> None:
+    """One interface, one arithmetic: the same calls give the same grant times, and both are
+    the schedule worked out by hand (rpm 120: 2/s, bucket 2; tpm 3000: 50/s, bucket 50)."""
+    expected = [0.0, 0.0, 0.5, 1.2, 2.2, 3.3, 3.3, 3.8, 4.3]
+    for lim, clock in _both(120, 3000):
+        assert isinstance(lim, Limiter)
+        assert asyncio.run(_script(lim, clock)) == pytest.approx(expected), type(lim).__name__
+
+
+def test_limits_learned_from_headers_give_the_same_schedule() -> None:
+    async def script(lim: Any, clock: _Clock) -> list[float]:
+        times = []
+        for k, tokens in enumerate((1000, 30, 5, 5)):
+            if k == 1:
+                lim.observe_headers({"x-ratelimit-limit-tokens": "600",  # 10/s, bucket 10
+                                     "x-ratelimit-limit-requests": "1"})  # rpm was given
+            await lim.acquire(tokens)
+            times.append(round(clock.t, 6))
+        return times
+
+    schedules = [asyncio.run(script(lim, clock)) for lim, clock in _both(60, None)]
+    assert schedules[0] == pytest.approx(schedules[1])
+    assert schedules[0] == pytest.approx([0.0, 1.0, 3.5, 4.5])
+    for lim, _ in _both(60, None):
+        lim.observe_headers({"x-ratelimit-limit-tokens": "600"})
+        d = lim.describe()
+        assert (d["rpm"], d["rpm_source"], d["tpm"], d["tpm_source"]) == (60, "flag", 600,
+                                                                          "header")
+
+
+@pytest.mark.ray
+def test_the_limiter_actor_grants_as_the_in_process_state(ray_cluster) -> None:
+    """The Ray actor is the same class: its grants match ``LimiterState`` driven in-process
+    (rpm 6: one request per 10 s, so the actor's real clock barely moves meanwhile)."""
+    import ray
+
+    from mminstruct.distributed.limiter import start_limiter_actor
+
+    actor = start_limiter_actor(6, 600)
+    frozen = LimiterState(6, 600, clock=lambda: 0.0)
+    try:
+        for want in ((3, 5.0), (1, 5.0), (0, 8.0), (0, 8.0)):
+            remote = ray.get(actor.take.remote(*want))
+            local = frozen.take(*want)
+            assert remote[:2] == local[:2], want
+            assert remote[2] == pytest.approx(local[2], abs=0.5), want
+        assert ray.get(actor.describe.remote())["granted_requests"] == 1
+    finally:
+        ray.kill(actor)
 
 
 def test_split_transform_gives_the_same_floats_from_a_quarter_of_the_bytes(tiny_clip_model) -> None:

@@ -2,9 +2,10 @@
 
 The local engine's ``llm.limiter.RateLimiter`` keeps two token buckets in one process. With shards
 on several machines the provider's limit is still one limit, so the buckets move into one Ray
-actor (``LimiterState``, the same ``TokenBucket`` arithmetic) and every worker's engine gets a
-``ClusterLimiter`` in place of its own limiter: the same five methods the engine calls
-(``acquire``, ``settle``, ``cool_down``, ``observe_headers``, ``describe``).
+actor (``LimiterState``, which holds an ``llm.limiter.Buckets``: the local limiter's own grant,
+refill and debt arithmetic) and every worker's engine gets a ``ClusterLimiter`` in place of its
+own limiter: the same ``llm.limiter.Limiter`` interface the engine calls (``acquire``,
+``settle``, ``cool_down``, ``observe_headers``, ``announce``, ``describe``).
 
 Round trips are kept few: a worker asks for permits for as many of its requests as are waiting
 (up to ``batch``) in one call, keeps the spare ones for a short ``lease_seconds`` (then drops them,
@@ -19,92 +20,49 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import math
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from mminstruct.llm.limiter import (SOURCE_FLAG, SOURCE_HEADER, SOURCE_NONE, LimitInfo, TokenBucket)
+from mminstruct.llm.limiter import (HEADERS, SOURCE_FLAG, SOURCE_HEADER, Buckets, LimitInfo,
+                                    header_limits)
 
 log = logging.getLogger(__name__)
 
 #: (requests granted, tokens granted, seconds to wait before asking again, the actor's describe())
 Grant = tuple[int, float, float, dict[str, Any]]
-_HEADERS = (("rpm", "x-ratelimit-limit-requests"), ("tpm", "x-ratelimit-limit-tokens"))
 
 
 class LimiterState:
-    """The cluster's buckets. Runs as a Ray actor (``start_limiter_actor``); a plain class, so it
-    can also be driven in-process (``LocalBackend``), e.g. by tests with a fake clock."""
+    """The cluster's buckets: ``llm.limiter.Buckets`` (the local limiter's arithmetic) behind the
+    batched ``take`` a worker calls. Runs as a Ray actor (``start_limiter_actor``); a plain class,
+    so it can also be driven in-process (``LocalBackend``), e.g. by tests with a fake clock."""
 
     def __init__(self, rpm: float | None = None, tpm: float | None = None, *,
                  clock: Callable[[], float] = time.monotonic):
-        self._clock = clock
-        now = clock()
-        self.rpm = LimitInfo(rpm, SOURCE_FLAG if rpm else SOURCE_NONE)
-        self.tpm = LimitInfo(tpm, SOURCE_FLAG if tpm else SOURCE_NONE)
-        self._req = TokenBucket(rpm, now) if rpm else None
-        self._tok = TokenBucket(tpm, now) if tpm else None
-        self._paused_until = 0.0
+        self.buckets = Buckets(rpm, tpm, clock=clock)
         self.calls = 0
         self.granted_requests = 0
 
     def take(self, want_requests: int, want_tokens: float, settle: float = 0.0) -> Grant:
-        """Grant up to ``want_requests`` request permits (those the bucket holds now) and, all or
-        nothing, ``want_tokens`` tokens (a request larger than the bucket may run it into debt,
-        as in the local limiter). ``settle``: tokens used beyond (or, negative, below) earlier
-        estimates. The wait is how long until what was not granted is available (for requests:
-        the whole batch asked for, so a worker at the limit calls once per batch, not per
-        request)."""
+        """``settle`` (tokens used beyond, or negative, below earlier estimates), then
+        ``Buckets.grant``: up to ``want_requests`` request permits with all of ``want_tokens``, or
+        nothing and how long to wait before asking again."""
         self.calls += 1
-        now = self._clock()
-        if settle and self._tok is not None:
-            if settle > 0:
-                self._tok.take(settle)
-            else:
-                self._tok.give_back(-settle)
-        pause = self._paused_until - now
-        if pause > 0:
-            return 0, 0.0, pause, self.describe()
-        wait = 0.0
-        granted_req = max(0, int(want_requests))
-        if self._req is not None and granted_req:
-            self._req.refill(now)
-            granted_req = min(granted_req, max(0, math.floor(self._req.level + 1e-9)))
-            if granted_req:
-                self._req.take(granted_req)
-            else:  # come back when the whole batch fits (a bucket's worth at most): fewer calls
-                need = min(float(want_requests), self._req.capacity)
-                wait = (need - self._req.level) / self._req.rate
-        granted_tok = max(0.0, float(want_tokens))
-        if self._tok is not None and granted_tok:
-            need = self._tok.wait_time(granted_tok, now)
-            if need <= 0:
-                self._tok.take(granted_tok)
-            else:
-                granted_tok, wait = 0.0, max(wait, need)
+        self.buckets.settle(settle)
+        granted_req, granted_tok, wait = self.buckets.grant(want_requests, want_tokens)
         self.granted_requests += granted_req
         return granted_req, granted_tok, wait, self.describe()
 
     def cool_down(self, seconds: float) -> None:
-        if seconds > 0:
-            self._paused_until = max(self._paused_until, self._clock() + float(seconds))
+        self.buckets.cool_down(seconds)
 
     def observe(self, which: str, value: float) -> None:
         """A limit a worker read from the provider's headers; adopted unless the user set it."""
-        info: LimitInfo = getattr(self, which)
-        if info.source == SOURCE_FLAG or value <= 0 or value == info.value:
-            return
-        setattr(self, which, LimitInfo(float(value), SOURCE_HEADER))
-        bucket = TokenBucket(float(value), self._clock())
-        if which == "rpm":
-            self._req = bucket
-        else:
-            self._tok = bucket
+        self.buckets.adopt(which, value)
 
     def describe(self) -> dict[str, Any]:
-        return {"rpm": self.rpm.value, "rpm_source": self.rpm.source, "tpm": self.tpm.value,
-                "tpm_source": self.tpm.source, "calls": self.calls,
+        return {**self.buckets.describe(), "calls": self.calls,
                 "granted_requests": self.granted_requests}
 
 
@@ -150,7 +108,8 @@ def start_limiter_actor(rpm: float | None, tpm: float | None) -> Any:
 
 
 class ClusterLimiter:
-    """What a worker's engine uses in place of ``RateLimiter``; see the module docstring."""
+    """The ``llm.limiter.Limiter`` of a worker on a Ray cluster (in place of ``RateLimiter``);
+    see the module docstring."""
 
     def __init__(self, backend: Any, rpm: float | None = None, tpm: float | None = None, *,
                  batch: int = 8, lease_seconds: float = 1.0,
@@ -160,8 +119,8 @@ class ClusterLimiter:
         self.batch = max(1, int(batch))
         self.lease_seconds = float(lease_seconds)
         self._clock, self._sleep = clock, sleep
-        self.rpm = LimitInfo(rpm, SOURCE_FLAG if rpm else SOURCE_NONE)
-        self.tpm = LimitInfo(tpm, SOURCE_FLAG if tpm else SOURCE_NONE)
+        self.rpm = LimitInfo.given(rpm)
+        self.tpm = LimitInfo.given(tpm)
         self._permits = 0
         self._credit = 0.0
         self._lease_at = 0.0
@@ -241,18 +200,9 @@ class ClusterLimiter:
             self._backend.cool_down(seconds)
 
     def observe_headers(self, headers: Any) -> None:
-        if headers is None:
-            return
-        for which, header in _HEADERS:
+        for which, header, value in header_limits(headers):
             info: LimitInfo = getattr(self, which)
-            if info.source == SOURCE_FLAG:
-                continue
-            raw = headers.get(header)
-            try:
-                value = float(raw) if raw is not None else 0.0
-            except ValueError:
-                continue
-            if value <= 0 or value == info.value:
+            if info.source == SOURCE_FLAG or value == info.value:
                 continue
             setattr(self, which, LimitInfo(value, SOURCE_HEADER))
             self._backend.observe(which, value)
@@ -260,7 +210,7 @@ class ClusterLimiter:
 
     def announce(self) -> None:
         """Log the limits this worker starts with (the cluster actor holds the buckets)."""
-        for which, header in _HEADERS:
+        for which, header in HEADERS:
             log.info("%s (shared by the cluster)",
                      getattr(self, which).describe(which.upper(), header))
 

@@ -54,7 +54,7 @@ from typing import Any, TypeVar
 from mminstruct.errors import ConfigError
 from mminstruct.data.formats import PromptEntry
 from mminstruct.llm.errors import (BadPromptError, BadRequestError, ImageFileError, LLMError,
-                          RequestTimeoutError, ServerError, classify)
+                          RequestTimeoutError, ServerError)
 from mminstruct.llm.calls import CallStats, Stopped
 from mminstruct.llm.requests import batch_line
 from mminstruct.generate.batch_files import (TERMINAL, BatchState, LineResult, Part, PartWriter,
@@ -359,32 +359,18 @@ class BatchJob(RunJob):
 
     async def _api(self, what: str, call: Callable[[], Awaitable[T]],
                    before_retry: Callable[[], Awaitable[Any]] | None = None) -> T | None:
-        """A files/batches call with the engine's retry rules; None when the run stops (a class
+        """A files/batches call through the engine's one retry loop (``Caller.retrying``: the
+        same classes, retry rules and back-off as a chat call); None when the run stops (a class
         that stops runs, or a failure past ``max_retries``: the state is kept for ``--resume``)."""
-        for attempt in range(self.cfg.max_retries + 1):
-            if attempt and before_retry is not None:
-                found = await before_retry()
-                if found:
-                    return found
-                if self.stopping:
-                    return None
-            try:
-                return await call()
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:  # every failure is classified; none escapes unnamed
-                err = classify(exc)
-            self.tracker.errors_by_class[err.kind] += 1
-            if not err.retryable or attempt >= self.cfg.max_retries:
-                log.error("Batch API: cannot %s: %s", what, err)
-                self.begin_stop(err)
-                return None
-            delay = self.caller.policy.backoff(attempt, err.retry_after)
-            log.warning("Batch API: %s failed (%s); retrying in %.1fs", what, err, delay)
-            await self._sleep(delay)
-            if self.stopping:
-                return None
-        return None
+        try:
+            return await self.caller.retrying(call, CallStats(), what=f"Batch API: {what}",
+                                              before_retry=before_retry, sleep=self._sleep)
+        except Stopped:
+            return None
+        except LLMError as err:
+            log.error("Batch API: cannot %s: %s", what, err)
+            self.begin_stop(err)
+            return None
 
     # ------------------------------------------------------------------ polling
 
@@ -394,14 +380,12 @@ class BatchJob(RunJob):
 
         async def check(part: Part) -> bool:
             async with sem:
-                try:
-                    batch = await self.client.batches.retrieve(part.batch_id,
-                                                               timeout=self.cfg.timeout)
-                except asyncio.CancelledError:
-                    raise
-                except Exception as exc:
-                    err = classify(exc)
-                    self.tracker.errors_by_class[err.kind] += 1
+                try:  # classified and counted by the one retry loop; retried at the next poll
+                    batch = await self.caller.retrying(
+                        lambda: self.client.batches.retrieve(part.batch_id,
+                                                             timeout=self.cfg.timeout),
+                        CallStats(), max_retries=0)
+                except LLMError as err:
                     if err.stops_run:
                         self.begin_stop(err)
                     else:

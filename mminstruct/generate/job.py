@@ -29,7 +29,7 @@ from mminstruct.llm.calls import CallObserver, Caller, CallStats, RetryPolicy
 from mminstruct.llm.client import build_clients
 from mminstruct.llm.errors import (RETRYABLE_ON_RESUME, BadJSONError, BadPromptError, ContentFilterError,
                           LengthError, LLMError, RefusalError, SchemaMismatchError, redact)
-from mminstruct.llm.limiter import RateLimiter
+from mminstruct.llm.limiter import Limiter, RateLimiter
 from mminstruct.llm.parse import ParseResult, parse_items
 from mminstruct.llm.requests import (BuiltRequest, ImageEncoder, build_messages, candidate_image,
                             fix_messages, generation_prompt, refused_params, request_body,
@@ -57,7 +57,7 @@ class Shared:
     requests of all the shards together)."""
 
     clients: list[Any]
-    limiter: RateLimiter
+    limiter: Limiter  # RateLimiter, or a ClusterLimiter on a Ray worker
     encoder: ImageEncoder
     semaphore: asyncio.Semaphore
     executor: ThreadPoolExecutor
@@ -299,13 +299,27 @@ class RunJob:
         if self.early_stop.triggered and not self.stopping:
             self.begin_stop(self.early_stop.error)
 
+    #: Answer tokens a format-fix call is expected to add to the TPM estimate.
+    FIX_ANSWER_TOKENS = 400
+
+    def parse_text(self, text: str, fixed: bool = False) -> ParseResult:
+        """This run's items in an answer's text (``fixed``: the answer of a format-fix call);
+        raises BadJSONError / SchemaMismatchError / RefusalError. A run kind (the judge) reads
+        its own shape by overriding this and ``fix_request``."""
+        return parse_items(text, self.mode)
+
+    def fix_request(self, text: str) -> list[dict[str, Any]]:
+        """The messages of a format-fix call for an answer that did not parse."""
+        return fix_messages(self.mode, text)
+
     async def parse_answer(self, client: Any, completion: dict[str, Any],
                             stats: CallStats) -> tuple[ParseResult, str]:
-        """The items of a chat completion, with format-fix calls when the answer does not parse
-        (also how the Batch API path reads each line of a batch's output)."""
+        """The items of a chat completion, with format-fix calls when the answer does not parse:
+        the one reader of model answers, for online runs, each line of a Batch API run's output,
+        and the judge (through ``parse_text`` / ``fix_request``)."""
         text, finish = self.answer(completion)
         try:
-            return parse_items(text, self.mode), finish
+            return self.parse_text(text), finish
         except (BadJSONError, SchemaMismatchError) as e:
             first: LLMError = e
         error = first
@@ -313,16 +327,17 @@ class RunJob:
             raise error  # nothing to repair
         for _ in range(self.cfg.format_fix_attempts):
             stats.fixes += 1
-            fix_body = request_body(self.cfg.model_name, fix_messages(self.mode, text),
+            fix_body = request_body(self.cfg.model_name, self.fix_request(text),
                                     temperature=0 if self.cfg.temperature is not None else None,
                                     max_tokens=self.cfg.max_tokens,
                                     response_format=self.response_format,
                                     max_tokens_field=self.cfg.max_tokens_field)
             fixed = await self.caller.call(client, fix_body,
-                                           self.estimate(len(text) // 3 + 400), stats)
+                                           self.estimate(len(text) // 3 + self.FIX_ANSWER_TOKENS),
+                                           stats)
             try:
                 fixed_text, _ = self.answer(fixed)
-                return parse_items(fixed_text, self.mode), finish
+                return self.parse_text(fixed_text, fixed=True), finish
             except (BadJSONError, SchemaMismatchError, RefusalError, LengthError,
                     ContentFilterError) as e:
                 error = type(first)(f"{first} (format fix failed: {e.kind}: {e})", raw=text)

@@ -10,7 +10,9 @@ Retry-After (which also cools the limiter down for every worker). A run that is 
 with a warning, and the parameter is left out of this caller's later requests. ``CallStats`` counts one prompt's attempts, retries, format fixes,
 errors and tokens; ``CallObserver`` sees the same events for a run's live totals.
 
-The online engine and the Batch API path (its format-fix calls) share this one implementation.
+``Caller.retrying`` is the one retry loop: the chat call runs in it, and so do the Batch API
+path's file and batch calls (upload, create, list, download; ``generate.batch_api``), so a 429, a
+5xx, a timeout or a wrong key is classified and retried (or not) by the same rules everywhere.
 """
 
 from __future__ import annotations
@@ -21,12 +23,14 @@ import random
 from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
-from mminstruct.llm.errors import ServerError, classify
-from mminstruct.llm.limiter import RateLimiter
+from mminstruct.llm.errors import LLMError, ServerError, classify
+from mminstruct.llm.limiter import Limiter
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 
 class Stopped(Exception):
@@ -99,7 +103,7 @@ async def _no_pause() -> None:
 class Caller:
     """Sends chat completions for one run: its limiter, retry policy, timeout and stop signals."""
 
-    limiter: RateLimiter
+    limiter: Limiter
     policy: RetryPolicy
     timeout: float
     stop_event: asyncio.Event = field(default_factory=asyncio.Event)
@@ -118,9 +122,9 @@ class Caller:
         """The completion for ``body`` (``est_tokens``: input + expected output, for the TPM
         limit), retried as the error classes allow; raises the last ``LLMError`` or ``Stopped``."""
         dropped_retry = False
-        attempt = -1
-        while attempt < self.policy.max_retries:
-            attempt += 1
+
+        async def send() -> dict[str, Any]:
+            nonlocal body
             if self.dropped_params:
                 body = without_params(body, self.dropped_params)
             self.before_attempt()
@@ -134,51 +138,99 @@ class Caller:
             self.observer.on_request()
             try:
                 completion = await self.post(client, body)
-                usage = completion.get("usage") or {}
-                used_in = int(usage.get("prompt_tokens") or 0)
-                used_out = int(usage.get("completion_tokens") or 0)
-                stats.input_tokens += used_in
-                stats.output_tokens += used_out
-                self.observer.on_usage(used_in, used_out)
-                self.limiter.settle(est_tokens, used_in + used_out if usage else None)
-                self.observer.on_success()
-                return completion
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:  # every failure is classified; none escapes unnamed
-                err = classify(exc)
+            except Exception as exc:
                 response = getattr(exc, "response", None)
                 if response is not None:
                     self.limiter.observe_headers(response.headers)
+                raise
+            usage = completion.get("usage") or {}
+            used_in = int(usage.get("prompt_tokens") or 0)
+            used_out = int(usage.get("completion_tokens") or 0)
+            stats.input_tokens += used_in
+            stats.output_tokens += used_out
+            self.observer.on_usage(used_in, used_out)
+            self.limiter.settle(est_tokens, used_in + used_out if usage else None)
+            self.observer.on_success()
+            return completion
+
+        def drop_param(err: LLMError) -> bool:
+            """An unsupported parameter: sent again without it, once per prompt, and not counted
+            against max_retries (the body was wrong, not the server)."""
+            nonlocal dropped_retry
+            if not (err.param and err.param in body and not dropped_retry):
+                return False
+            dropped_retry = True
+            if err.param not in self.dropped_params:
+                log.warning("the endpoint refused the parameter %r for model %r (%s); "
+                            "sending again without it", err.param, body.get("model"), err)
+            self.dropped_params.add(err.param)
+            return True
+
+        return await self.retrying(send, stats, free_retry=drop_param)
+
+    async def retrying(self, send: Callable[[], Awaitable[T]], stats: CallStats, *,
+                       what: str | None = None,
+                       before_retry: Callable[[], Awaitable[Any]] | None = None,
+                       free_retry: Callable[[LLMError], bool] | None = None,
+                       sleep: Callable[[float], Awaitable[None]] | None = None,
+                       max_retries: int | None = None) -> T:
+        """The one retry loop: ``send()`` until it returns. Every failure is classified once
+        (``llm.errors.classify`` → its ``RULES`` entry), counted (``stats``, the observer) and
+        retried if its class allows, within ``policy.max_retries``, after ``policy.backoff`` (a
+        429's Retry-After also cools the limiter down); otherwise the ``LLMError`` is raised.
+        A stop during the wait raises ``Stopped``.
+
+        For the chat call and the Batch API's file and batch calls. ``what``: a name for a
+        warning per retry (else a debug line); ``before_retry``: looked at before each retry —
+        something truthy it returns is the result (a batch whose creation answer was lost);
+        ``free_retry(err)``: True to send again at once, not counted as an attempt; ``sleep``:
+        the wait between attempts (default: until the delay passes or the run stops);
+        ``max_retries``: in place of the policy's (0 for a call whose caller retries later)."""
+        limit = self.policy.max_retries if max_retries is None else max_retries
+        attempt = -1
+        while attempt < limit:
+            attempt += 1
+            try:
+                return await send()
+            except (asyncio.CancelledError, Stopped):
+                raise
+            except Exception as exc:  # every failure is classified; none escapes unnamed
+                err = classify(exc)
             stats.errors[err.kind] += 1
             self.observer.on_error(err.kind)
             self.observer.on_failure(err)
-            if err.param and err.param in body and not dropped_retry:
-                # Once per prompt, and not counted against max_retries: the body was wrong, not
-                # the server.
-                dropped_retry = True
-                if err.param not in self.dropped_params:
-                    log.warning("the endpoint refused the parameter %r for model %r (%s); "
-                                "sending again without it", err.param, body.get("model"), err)
-                self.dropped_params.add(err.param)
+            if free_retry is not None and free_retry(err):
                 attempt -= 1
                 stats.retries += 1
                 self.observer.on_retry()
                 continue
-            if not err.retryable or attempt >= self.policy.max_retries:
+            if not err.retryable or attempt >= limit:
                 raise err
             if err.kind == "rate_limit" and err.retry_after:
                 self.limiter.cool_down(err.retry_after)
             delay = self.policy.backoff(attempt, err.retry_after)
             stats.retries += 1
             self.observer.on_retry()
-            log.debug("%s (attempt %d); retrying in %.2fs", err, attempt + 1, delay)
-            try:
-                await asyncio.wait_for(self.stop_event.wait(), timeout=delay)
+            if what is None:
+                log.debug("%s (attempt %d); retrying in %.2fs", err, attempt + 1, delay)
+            else:
+                log.warning("%s failed (%s); retrying in %.1fs", what, err, delay)
+            await (sleep or self._stoppable_sleep)(delay)
+            if self.stopping:
                 raise Stopped
-            except asyncio.TimeoutError:
-                pass
+            if before_retry is not None:
+                found = await before_retry()
+                if found:
+                    return found
+                if self.stopping:
+                    raise Stopped
         raise RuntimeError("unreachable: the retry loop returns or raises")  # pragma: no cover
+
+    async def _stoppable_sleep(self, seconds: float) -> None:
+        try:
+            await asyncio.wait_for(self.stop_event.wait(), timeout=seconds)
+        except asyncio.TimeoutError:
+            pass
 
     async def post(self, client: Any, body: dict[str, Any]) -> dict[str, Any]:
         """POST /chat/completions through the openai client (its auth, base URL, Azure routing,

@@ -13,16 +13,22 @@ source. After a 429 every request waits out the server's Retry-After (``cool_dow
 workers does not keep hammering a limited endpoint.
 
 Token use is estimated before a request and settled with the real ``usage`` after it.
+
+One interface, two places the buckets live: ``Limiter`` is what the engine calls (``acquire``,
+``settle``, ``cool_down``, ``observe_headers``, ``announce``, ``describe``). ``RateLimiter`` keeps
+the ``Buckets`` in this process; ``distributed.limiter.ClusterLimiter`` asks a Ray actor that holds
+the same ``Buckets`` (``LimiterState``), so the refill, grant and debt arithmetic exists once.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +73,11 @@ class LimitInfo:
     value: float | None
     source: str  # flag | header | none
 
+    @classmethod
+    def given(cls, value: float | None) -> LimitInfo:
+        """A limit the caller set (``--rpm``/``--tpm``), or none."""
+        return cls(value, SOURCE_FLAG if value else SOURCE_NONE)
+
     def describe(self, unit: str, header: str) -> str:
         if self.value is None:
             return f"no {unit} limit (none given, no {header} header seen)"
@@ -74,91 +85,177 @@ class LimitInfo:
         return f"{unit} limit {self.value:,.0f} ({where})"
 
 
+#: (attribute, response header) of each limit.
+HEADERS = (("rpm", "x-ratelimit-limit-requests"), ("tpm", "x-ratelimit-limit-tokens"))
+
+
+def header_limits(headers: Any) -> list[tuple[str, str, float]]:
+    """(``rpm``|``tpm``, header, value) for each positive limit a response advertises."""
+    if headers is None:
+        return []
+    out = []
+    for which, header in HEADERS:
+        raw = headers.get(header)
+        if raw is None:
+            continue
+        try:
+            value = float(raw)
+        except ValueError:
+            continue
+        if value > 0:
+            out.append((which, header, value))
+    return out
+
+
+class Buckets:
+    """The RPM and TPM buckets, a 429's pause and where each limit came from: the arithmetic of
+    both limiters (``RateLimiter`` here, ``distributed.limiter.LimiterState`` as a Ray actor)."""
+
+    def __init__(self, rpm: float | None = None, tpm: float | None = None, *,
+                 clock: Callable[[], float] = time.monotonic):
+        self.clock = clock
+        now = clock()
+        self.rpm = LimitInfo.given(rpm)
+        self.tpm = LimitInfo.given(tpm)
+        self.req = TokenBucket(rpm, now) if rpm else None
+        self.tok = TokenBucket(tpm, now) if tpm else None
+        self.paused_until = 0.0
+
+    def grant(self, want_requests: int, want_tokens: float) -> tuple[int, float, float]:
+        """(requests, tokens, wait): up to ``want_requests`` request permits (as many as the
+        bucket holds now) together with all of ``want_tokens`` — or nothing, and the seconds until
+        what was asked for is there (for requests: the whole batch, up to a bucket's worth, so a
+        caller at the limit comes back once per batch). A request larger than the token bucket
+        may run it into debt, which later requests wait out."""
+        now = self.clock()
+        pause = self.paused_until - now
+        if pause > 0:
+            return 0, 0.0, pause
+        n_req = max(0, int(want_requests))
+        n_tok = max(0.0, float(want_tokens))
+        wait = 0.0
+        if self.req is not None and n_req:
+            self.req.refill(now)
+            fit = min(n_req, max(0, math.floor(self.req.level + 1e-9)))
+            if fit:
+                n_req = fit
+            else:
+                wait = self.req.wait_time(n_req, now)
+        if self.tok is not None and n_tok:
+            wait = max(wait, self.tok.wait_time(n_tok, now))
+        if wait > 0:
+            return 0, 0.0, wait
+        if self.req is not None and n_req:
+            self.req.take(n_req)
+        if self.tok is not None and n_tok:
+            self.tok.take(n_tok)
+        return n_req, n_tok, 0.0
+
+    def settle(self, extra_tokens: float) -> None:
+        """Tokens used beyond (or, negative, below) what was taken for them."""
+        if self.tok is None or not extra_tokens:
+            return
+        if extra_tokens > 0:
+            self.tok.take(extra_tokens)
+        else:
+            self.tok.give_back(-extra_tokens)
+
+    def cool_down(self, seconds: float) -> None:
+        if seconds > 0:
+            self.paused_until = max(self.paused_until, self.clock() + float(seconds))
+
+    def adopt(self, which: str, value: float) -> bool:
+        """A limit read from the provider's headers, adopted (a fresh bucket) unless the caller
+        set that limit or it is unchanged; True when adopted."""
+        info: LimitInfo = getattr(self, which)
+        if info.source == SOURCE_FLAG or value <= 0 or value == info.value:
+            return False
+        setattr(self, which, LimitInfo(float(value), SOURCE_HEADER))
+        bucket = TokenBucket(float(value), self.clock())
+        if which == "rpm":
+            self.req = bucket
+        else:
+            self.tok = bucket
+        return True
+
+    def describe(self) -> dict[str, Any]:
+        return {"rpm": self.rpm.value, "rpm_source": self.rpm.source,
+                "tpm": self.tpm.value, "tpm_source": self.tpm.source}
+
+
+@runtime_checkable
+class Limiter(Protocol):
+    """What the engine (``llm.calls.Caller``, ``generate.job``) calls on a rate limiter."""
+
+    async def acquire(self, tokens: int = 0) -> None:
+        """Wait until a request of ``tokens`` estimated tokens fits, then take it."""
+
+    def settle(self, estimated: int, actual: int | None) -> None:
+        """Correct the token budget once the response's ``usage`` is known."""
+
+    def cool_down(self, seconds: float) -> None:
+        """Hold every request for ``seconds`` (a 429's Retry-After)."""
+
+    def observe_headers(self, headers: Any) -> None:
+        """Adopt the provider's advertised limits for any limit the caller did not set."""
+
+    def announce(self) -> None:
+        """Log the limits in force and where they came from."""
+
+    def describe(self) -> dict[str, Any]:
+        """The limits, their sources and the time waited (for the status and manifest)."""
+
+
 class RateLimiter:
-    """Await ``acquire(tokens)`` before each request; call ``settle`` with the real usage after."""
+    """The ``Limiter`` of one process: await ``acquire(tokens)`` before each request; call
+    ``settle`` with the real usage after."""
 
     def __init__(self, rpm: float | None = None, tpm: float | None = None, *,
                  clock: Callable[[], float] = time.monotonic,
                  sleep: Callable[[float], Awaitable[Any]] = asyncio.sleep):
-        self._clock = clock
         self._sleep = sleep
-        now = clock()
-        self.rpm = LimitInfo(rpm, SOURCE_FLAG if rpm else SOURCE_NONE)
-        self.tpm = LimitInfo(tpm, SOURCE_FLAG if tpm else SOURCE_NONE)
-        self._req = TokenBucket(rpm, now) if rpm else None
-        self._tok = TokenBucket(tpm, now) if tpm else None
+        self.buckets = Buckets(rpm, tpm, clock=clock)
         self._lock = asyncio.Lock()
-        self._paused_until = 0.0
         self.waited_s = 0.0
+
+    @property
+    def rpm(self) -> LimitInfo:
+        return self.buckets.rpm
+
+    @property
+    def tpm(self) -> LimitInfo:
+        return self.buckets.tpm
 
     def announce(self) -> None:
         """Log which limits are in force and where they came from (once a run really starts)."""
-        for info, unit, header in ((self.rpm, "RPM", "x-ratelimit-limit-requests"),
-                                   (self.tpm, "TPM", "x-ratelimit-limit-tokens")):
-            log.info("%s", info.describe(unit, header))
+        for which, header in HEADERS:
+            log.info("%s", getattr(self, which).describe(which.upper(), header))
 
     async def acquire(self, tokens: int = 0) -> None:
         """Wait until a request of ``tokens`` estimated tokens fits both limits, then take it.
         Waiters are served in arrival order."""
         async with self._lock:
             while True:
-                now = self._clock()
-                wait = max(0.0, self._paused_until - now)
-                if self._req is not None:
-                    wait = max(wait, self._req.wait_time(1, now))
-                if self._tok is not None and tokens:
-                    wait = max(wait, self._tok.wait_time(tokens, now))
+                _, _, wait = self.buckets.grant(1, tokens)
                 if wait <= 0:
-                    break
+                    return
                 self.waited_s += wait
                 await self._sleep(wait)
-            if self._req is not None:
-                self._req.take(1)
-            if self._tok is not None and tokens:
-                self._tok.take(tokens)
 
     def settle(self, estimated: int, actual: int | None) -> None:
         """Correct the token bucket once the response's ``usage`` is known."""
-        if self._tok is None or actual is None:
-            return
-        diff = actual - estimated
-        if diff > 0:
-            self._tok.take(diff)
-        elif diff < 0:
-            self._tok.give_back(-diff)
+        if actual is not None:
+            self.buckets.settle(actual - estimated)
 
     def cool_down(self, seconds: float) -> None:
         """Hold every request for ``seconds`` (after a 429 with Retry-After)."""
-        if seconds > 0:
-            self._paused_until = max(self._paused_until, self._clock() + seconds)
+        self.buckets.cool_down(seconds)
 
     def observe_headers(self, headers: Any) -> None:
         """Adopt the provider's advertised limits for any limit the caller did not set."""
-        if headers is None:
-            return
-        for attr, header, unit in (("rpm", "x-ratelimit-limit-requests", "RPM"),
-                                   ("tpm", "x-ratelimit-limit-tokens", "TPM")):
-            info: LimitInfo = getattr(self, attr)
-            if info.source == SOURCE_FLAG:
-                continue
-            raw = headers.get(header)
-            if raw is None:
-                continue
-            try:
-                value = float(raw)
-            except ValueError:
-                continue
-            if value <= 0 or value == info.value:
-                continue
-            setattr(self, attr, LimitInfo(value, SOURCE_HEADER))
-            bucket = TokenBucket(value, self._clock())
-            if attr == "rpm":
-                self._req = bucket
-            else:
-                self._tok = bucket
-            log.info("%s", getattr(self, attr).describe(unit, header))
+        for which, header, value in header_limits(headers):
+            if self.buckets.adopt(which, value):
+                log.info("%s", getattr(self, which).describe(which.upper(), header))
 
     def describe(self) -> dict[str, Any]:
-        return {"rpm": self.rpm.value, "rpm_source": self.rpm.source,
-                "tpm": self.tpm.value, "tpm_source": self.tpm.source,
-                "waited_s": round(self.waited_s, 3)}
+        return {**self.buckets.describe(), "waited_s": round(self.waited_s, 3)}

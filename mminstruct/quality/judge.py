@@ -19,8 +19,9 @@ The judge is another kind of run on ``generate.engine`` (``engine.JobKind``): th
 (``generated_data/runs/judge_<output name>_<stamp>/``), append-only log and ``--resume`` after a
 kill -9 (a sample is never judged twice), the same concurrency, RPM/TPM limiter, retries,
 format-fix calls, ``--dry_run`` (Batch API files) and ``--batch_api``, token and cost tracking.
-``JudgeJob`` changes only what is sent (``judge_body``), how an answer is read
-(``parse_answer``), what a record carries (``base``) and the end (``finish``: the scores file).
+``JudgeJob`` changes only what is sent (``judge_body``), how an answer's text is read
+(``parse_text``, ``fix_request``: the engine's ``parse_answer`` and its format fixes call them),
+what a record carries (``base``) and the end (``finish``: the scores file).
 
 Cost: before the run the cost is estimated (text tokens by the project's rule, image tokens by
 OpenAI's tile rule on the downscaled size, prices from ``generate/prices.json`` or
@@ -58,9 +59,7 @@ from mminstruct.generate.job import RunJob, RunResult
 from mminstruct.generate.jsonstream import PromptStream, iter_object
 from mminstruct.generate.manifest import estimate_cost, price_for, price_table
 from mminstruct.generate.runlog import FINISHED, iter_records, latest_records, read_record_at
-from mminstruct.llm.calls import CallStats
-from mminstruct.llm.errors import (BadJSONError, BudgetError, ContentFilterError, LengthError, LLMError,
-                         RefusalError, SchemaMismatchError)
+from mminstruct.llm.errors import BudgetError
 from mminstruct.llm.parse import ParseResult
 from mminstruct.llm.requests import (REQUEST_OVERHEAD_TOKENS, BuiltRequest, EncodedImage, ImageEncoder,
                            request_body, text_tokens)
@@ -429,35 +428,15 @@ class JudgeJob(RunJob):
     def estimate(self, input_tokens: int) -> int:
         return input_tokens + answer_tokens(self.cfg)
 
-    async def parse_answer(self, client: Any, completion: dict[str, Any],
-                           stats: CallStats) -> tuple[ParseResult, str]:
-        """The scores in a judge's answer, with the engine's format-fix calls (the rubric's
-        repair prompt) when it does not parse."""
-        text, finish = self.answer(completion)
-        try:
-            return ParseResult([self.rubric.parse(text)]), finish
-        except (BadJSONError, SchemaMismatchError) as e:
-            first: LLMError = e
-        error = first
-        if not text.strip():
-            raise error
-        for _ in range(self.cfg.format_fix_attempts):
-            stats.fixes += 1
-            fix_body = request_body(self.cfg.model_name, self.rubric.fix_messages(text),
-                                    temperature=0 if self.cfg.temperature is not None else None,
-                                    max_tokens=self.cfg.max_tokens,
-                                    response_format=self.response_format,
-                                    max_tokens_field=self.cfg.max_tokens_field)
-            fixed = await self.caller.call(client, fix_body,
-                                           self.estimate(len(text) // 3 + 200), stats)
-            try:
-                fixed_text, _ = self.answer(fixed)
-                result = ParseResult([self.rubric.parse(fixed_text)], how="fixed")
-                return result, finish
-            except (BadJSONError, SchemaMismatchError, RefusalError, LengthError,
-                    ContentFilterError) as e:
-                error = type(first)(f"{first} (format fix failed: {e.kind}: {e})", raw=text)
-        raise error
+    FIX_ANSWER_TOKENS = 200
+
+    def parse_text(self, text: str, fixed: bool = False) -> ParseResult:
+        """The scores in a judge's answer (the engine's ``parse_answer`` calls this, with the
+        rubric's repair prompt as its format fix)."""
+        return ParseResult([self.rubric.parse(text)], how="fixed" if fixed else "json")
+
+    def fix_request(self, text: str) -> list[dict[str, Any]]:
+        return self.rubric.fix_messages(text)
 
     # ------------------------------------------------------------------ the cost cap
 
