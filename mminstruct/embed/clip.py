@@ -116,13 +116,102 @@ def _register_config(config_path: Path) -> str:
     return config_path.stem
 
 
+SPEC_MEMO_FILE = "model_specs.json"  # under default_cache_dir(): specs parsed before
+_SPEC_MEMO: dict[str, ModelSpec] = {}
+
+
+def _open_clip_version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("open_clip_torch")
+    except PackageNotFoundError:
+        return "?"
+
+
+def _spec_files(ms: ModelSpec) -> list[str]:
+    """The files a parsed spec depends on (a checkpoint, a model config)."""
+    files = [ms.config_path] if ms.config_path else []
+    if ms.kind in ("checkpoint", "demo"):
+        files.append(ms.pretrained)
+    return files
+
+
+def _fingerprints(files: Sequence[str]) -> list[list[Any]] | None:
+    try:
+        return [list(file_fingerprint(f)) for f in files]
+    except OSError:
+        return None
+
+
+def _memo_key(raw: str) -> str:
+    where: Any = None
+    if raw == DEMO_MODEL:  # the shipped models' table says which files the name means
+        try:
+            where = [str(p) for p in named_model_paths(DEMO_MODEL)]
+        except ModelSpecError:
+            where = "?"
+    return content_key("model-spec-v1", raw, _open_clip_version(), where)
+
+
+def _memoised_spec(raw: str) -> ModelSpec | None:
+    """A spec parsed before (in this process, or any process sharing the cache folder) whose
+    files are unchanged: no ``open_clip`` (and so no torch) import for a spec already checked."""
+    key = _memo_key(raw)
+    hit = _SPEC_MEMO.get(key)
+    if hit is None:
+        try:
+            entry = json.loads((default_cache_dir() / SPEC_MEMO_FILE).read_text()).get(key)
+            hit = ModelSpec(**entry["spec"])
+            if entry["files"] != _fingerprints(_spec_files(hit)):
+                return None  # a checkpoint or config changed (or is gone): parsed again
+        except (OSError, ValueError, TypeError, KeyError, AttributeError):
+            return None
+    elif _fingerprints(_spec_files(hit)) is None:
+        return None
+    _SPEC_MEMO[key] = hit
+    return hit
+
+
+def _remember_spec(raw: str, ms: ModelSpec) -> ModelSpec:
+    key = _memo_key(raw)
+    _SPEC_MEMO[key] = ms
+    files = _fingerprints(_spec_files(ms))
+    if files is None:
+        return ms
+    path = default_cache_dir() / SPEC_MEMO_FILE
+    try:
+        memo = json.loads(path.read_text())
+        memo = memo if isinstance(memo, dict) else {}
+    except (OSError, ValueError):
+        memo = {}
+    if memo.get(key, {}).get("files") != files:
+        memo[key] = {"spec": dict(ms.__dict__), "files": files}
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            atomic_write_json(path, memo)
+        except OSError as e:  # a read-only cache folder only costs a parse next time
+            log.debug("cannot write %s: %s", path, e)
+    return ms
+
+
 def parse_model_spec(s: str | ModelSpec) -> ModelSpec:
-    """Parse and check a model spec without loading any weights (see the module docstring)."""
+    """Parse and check a model spec without loading any weights (see the module docstring). A
+    spec that parsed before, with its checkpoint and config files unchanged, comes from a memo
+    (``SPEC_MEMO_FILE``) without importing open_clip; the model's config is registered with
+    open_clip when the model loads."""
     if isinstance(s, ModelSpec):
         return s
     if not isinstance(s, str) or not s.strip():
         raise ModelSpecError(f"empty CLIP model name; give ARCH:PRETRAINED, e.g. {DEFAULT_CLIP_MODEL}")
     raw = s.strip()
+    hit = _memoised_spec(raw)
+    if hit is not None:
+        return hit
+    return _remember_spec(raw, _parse_model_spec(raw))
+
+
+def _parse_model_spec(raw: str) -> ModelSpec:
     if raw == DEMO_MODEL:
         return _demo_spec()
     if raw.startswith(HF_HUB_PREFIX):

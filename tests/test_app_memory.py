@@ -1,0 +1,108 @@
+"""The app's partition at the size of real sets without a float32 copy of the vectors: the scores
+come from the float16 vectors in row chunks (the command line's own ``similarity_matrix``), are
+memoised per keyword set, and give the command line's partition; the partition itself is memoised
+per inputs; a workspace whose keywords are cached does not import torch."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tracemalloc
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from mminstruct.app import curation
+from mminstruct.app.curation import Embeddings, ImageSet, curate, keyword_scores
+from mminstruct.app.workspace import Workspace
+from mminstruct.partition.assign import assign_keywords
+from tests.fixtures.app import REPO
+
+
+def _unit(n: int, d: int, seed: int) -> np.ndarray:
+    v = np.random.default_rng(seed).normal(size=(n, d)).astype(np.float32)
+    return v / np.linalg.norm(v, axis=1, keepdims=True)
+
+
+@pytest.fixture
+def big(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.setattr(curation, "_SCORES", type(curation._SCORES)())
+    monkeypatch.setattr(curation, "_CURATIONS", type(curation._CURATIONS)())
+    n_ref, n_cand, d = 30_000, 10_000, 512
+    vec = _unit(n_ref + n_cand, d, 0).astype(np.float16)
+    ref = ImageSet("reference", [f"r{i}.png" for i in range(n_ref)], [], vec[:n_ref],
+                   list(range(n_ref)))
+    cand = ImageSet("candidate", [f"c{i}.png" for i in range(n_cand)], [], vec[n_ref:])
+    emb = Embeddings("m", None, tmp_path, ref, cand, [], fingerprint="f" * 64)
+    ws = Workspace.open(tmp_path / "ws", create=True)
+    ws.settings.partition.keywords = ["a", "b", "c", "d"]
+    return ws, emb, _unit(4, d, 1)
+
+
+def test_the_partition_is_the_command_lines_and_keeps_no_float32_copy(big) -> None:
+    ws, emb, kw = big
+    tracemalloc.start()
+    base = tracemalloc.get_traced_memory()[0]
+    cur = curate(ws, emb, kw)
+    grown = tracemalloc.get_traced_memory()[0] - base
+    tracemalloc.stop()
+    f32_copy = emb.n * 512 * 4  # 82 MB: what a kept float32 copy of the set would hold
+    assert grown < f32_copy / 8, f"curate kept {grown / 1e6:.1f} MB"
+    cli = assign_keywords(emb.reference.vectors, kw, None, ws.settings.partition.keywords)
+    assert np.array_equal(cur.reference.partition.assignment, cli.assignment)
+    assert np.array_equal(cur.reference.partition.scores, cli.scores)
+
+
+def test_scores_and_partition_are_memoised_per_inputs(big, monkeypatch: pytest.MonkeyPatch) -> None:
+    ws, emb, kw = big
+    calls: list[int] = []
+    real = curation.similarity_matrix
+    monkeypatch.setattr(curation, "similarity_matrix",
+                        lambda v, k: (calls.append(len(v)), real(v, k))[1])
+    first = curate(ws, emb, kw)
+    assert calls == [30_000, 10_000]
+    assert curate(ws, emb, kw) is first  # a rerun: nothing recomputed
+    assert calls == [30_000, 10_000]
+    ws.settings.partition.min_similarity = 0.05  # the scores are reused, the partition is not
+    other = curate(ws, emb, kw)
+    assert other is not first and calls == [30_000, 10_000]
+    assert (other.reference.group == -1).sum() > 0
+    ws.settings.partition.excluded_reference = [3]
+    assert curate(ws, emb, kw).reference.group[3] == curation.EXCLUDED
+    assert calls == [30_000, 10_000]
+    kw2 = kw.copy()
+    kw2[0] = _unit(1, 512, 7)[0]  # an edited keyword: new scores, once
+    curate(ws, emb, kw2)
+    curate(ws, emb, kw2)
+    assert calls == [30_000, 10_000, 30_000, 10_000]
+    assert not keyword_scores(emb.reference, kw, emb.fingerprint).flags.writeable
+
+
+PROBE = """
+import json, sys
+from mminstruct.app.workspace import Workspace
+from mminstruct.app.curation import keyword_vectors
+ws = Workspace.open(sys.argv[1])
+v = keyword_vectors(ws, ws.settings.partition.keywords)
+print(json.dumps({"shape": list(v.shape), "torch": "torch" in sys.modules}))
+"""
+
+
+@pytest.mark.slow
+def test_cached_keywords_load_no_torch(demo_ws: Workspace, tmp_path: Path,
+                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    cache = tmp_path / "model_cache"
+    monkeypatch.setenv("MMINSTRUCT_CACHE_DIR", str(cache))
+    from mminstruct.embed import clip
+
+    monkeypatch.setattr(clip, "_SPEC_MEMO", {})
+    want = curation.keyword_vectors(demo_ws, demo_ws.settings.partition.keywords)  # cached now
+    env = dict(os.environ, MMINSTRUCT_CACHE_DIR=str(cache), PYTHONPATH=str(REPO))
+    done = subprocess.run([sys.executable, "-c", PROBE, str(demo_ws.root)], capture_output=True,
+                          text=True, env=env, cwd=REPO, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    out = json.loads(done.stdout.strip().splitlines()[-1])
+    assert out == {"shape": list(want.shape), "torch": False}
