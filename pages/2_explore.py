@@ -31,7 +31,9 @@ ws = require_workspace()
 p = ws.settings.partition
 
 with st.expander("CLIP model", expanded=cached_embeddings(ws) is None):
-    model_picker(ws, "ex_clip_model")
+    # the models found on this machine after a click: finding them imports open_clip (torch),
+    # which the server does not need while the keywords and the map are cached
+    model_picker(ws, "ex_clip_model", find_now=False)
     st.caption("Changing the model re-embeds every image with it (from that model's cache when "
                "it embedded them before).")
 in_memory = cached_embeddings(ws) is not None

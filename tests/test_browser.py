@@ -314,8 +314,12 @@ def test_choosing_a_local_checkpoint_and_embedding_with_it(tmp_path: Path, demo_
             idle(page)
             found = page.locator("[data-testid=stSelectbox]",
                                  has_text="Or choose a model found on this machine")
-            if not found.is_visible():
+            find = page.get_by_role("button", name="Find models on this machine")
+            if not find.is_visible():
                 page.locator("[data-testid=stExpander] summary", has_text="CLIP model").click()
+            find.click()  # finding them imports open_clip: only when asked
+            found.wait_for()
+            idle(page)
             found.click()
             page.get_by_role("option").filter(has_text=str(other.checkpoint)).first.click()
             idle(page)

@@ -158,6 +158,8 @@ def test_choosing_a_model_found_on_this_machine(demo_ws: Workspace, tiny_clip, t
 
     _found.clear()
     at.run()
+    assert not [s for s in at.selectbox if s.key == "ex_clip_model:found"]
+    at.button(key="ex_clip_model:find").click().run()  # finding them imports open_clip: asked
     pick = at.selectbox(key="ex_clip_model:found")
     assert spec in pick.options or any(spec in o for o in pick.options)
     pick.set_value(spec).run()
