@@ -106,3 +106,41 @@ def test_cached_keywords_load_no_torch(demo_ws: Workspace, tmp_path: Path,
     assert done.returncode == 0, done.stderr[-2000:]
     out = json.loads(done.stdout.strip().splitlines()[-1])
     assert out == {"shape": list(want.shape), "torch": False}
+
+
+WORKER_PROBE = """
+import json, sys
+import numpy as np
+from mminstruct.app import text_encoder
+from mminstruct.embed.clip import texts_cached
+spec, cache = sys.argv[1], sys.argv[2]
+v = text_encoder.text_vectors(["a chart of rainfall"], spec, cache=cache)
+k = text_encoder.keyword_vectors(["bar chart", "map"], spec, templates=["a photo of a {}"],
+                                 cache=cache)
+torch = "torch" in sys.modules
+after = texts_cached(["a chart of rainfall"], spec, cache=cache)
+text_encoder.shutdown()
+np.save(sys.argv[3], np.concatenate([v, k]))
+print(json.dumps({"torch": torch or "torch" in sys.modules, "after": after}))
+"""
+
+
+@pytest.mark.slow
+def test_text_vectors_come_from_a_worker_process_and_equal_the_in_process_ones(
+        tiny_clip, tmp_path: Path) -> None:
+    from mminstruct.embed.clip import embed_keywords, embed_texts
+
+    env = dict(os.environ, MMINSTRUCT_CACHE_DIR=str(tmp_path / "models"), PYTHONPATH=str(REPO))
+    out = tmp_path / "v.npy"
+    done = subprocess.run([sys.executable, "-c", WORKER_PROBE, tiny_clip.spec,
+                           str(tmp_path / "cache"), str(out)],
+                          capture_output=True, text=True, env=env, cwd=REPO, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    got = json.loads(done.stdout.strip().splitlines()[-1])
+    # the spec never parsed on this machine (a fresh cache): parsed by the worker too
+    assert got == {"torch": False, "after": True}
+    want = np.concatenate([
+        embed_texts(["a chart of rainfall"], tiny_clip.spec, cache=tmp_path / "own"),
+        embed_keywords(["bar chart", "map"], tiny_clip.spec, templates=["a photo of a {}"],
+                       cache=tmp_path / "own")])
+    assert np.array_equal(np.load(out), want)

@@ -33,7 +33,7 @@ from typing import Any
 
 import numpy as np
 
-from mminstruct.embed.clip import embed_keywords, embed_texts, parse_model_spec, resolve_device
+from mminstruct.embed.clip import parse_model_spec, resolve_device
 from mminstruct.embed.image_embed import embed_images
 from mminstruct.errors import ConfigError, DataFileError, InputError
 from mminstruct.data.formats import Subgroup, TaskFile, save_task_file
@@ -333,13 +333,15 @@ def projection_ready(ws: Workspace, emb: Embeddings) -> bool:
 
 
 def keyword_vectors(ws: Workspace, keywords: Sequence[str]) -> np.ndarray:
+    """The keywords' CLIP text vectors: from the cache, else encoded by the text worker process
+    (``app.text_encoder``: no torch in the app's server)."""
+    from mminstruct.app import text_encoder
+
     p = ws.settings.partition
     if not keywords:
         raise ConfigError("the keyword list is empty; add at least one keyword")
-    # device 0 (GPU 0 when there is one) is resolved only when a vector is not cached: a cached
-    # keyword list does not import torch into the app's server (about 700 MB and seconds)
-    return embed_keywords(list(keywords), p.model_name, templates=p.templates or None,
-                          cache=ws.cache_dir, device=0)
+    return text_encoder.keyword_vectors(list(keywords), p.model_name,
+                                        templates=p.templates or None, cache=ws.cache_dir)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -586,7 +588,9 @@ def search(ws: Workspace, emb: Embeddings, query: str, limit: int = 24) -> list[
     q = query.strip()
     if not q or not emb.n:
         return []
-    vec = embed_texts([q], ws.settings.partition.model_name, cache=ws.cache_dir, device=0)[0]
+    from mminstruct.app import text_encoder
+
+    vec = text_encoder.text_vectors([q], ws.settings.partition.model_name, cache=ws.cache_dir)[0]
     sims = np.concatenate([similarity_matrix(emb.reference.vectors, vec[None])[:, 0],
                            similarity_matrix(emb.candidates.vectors, vec[None])[:, 0]])
     k = min(int(limit), len(sims))

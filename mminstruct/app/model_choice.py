@@ -23,7 +23,7 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 
-from mminstruct.embed.clip import DEMO_MODEL, HF_HUB_PREFIX, parse_model_spec
+from mminstruct.embed.clip import DEMO_MODEL, HF_HUB_PREFIX
 from mminstruct.errors import ModelSpecError
 from mminstruct.app.workspace import app_home, read_recent, write_recent
 
@@ -111,7 +111,9 @@ def _tag_weights(arch: str, tag: str) -> tuple[str | None, str]:
 
 def check_spec(spec: str) -> ModelCheck:
     """Parse ``spec`` and find its weights; ``ModelSpecError`` (whole message) when it is bad."""
-    ms = parse_model_spec(str(spec or ""))
+    from mminstruct.app.text_encoder import parse_spec  # noqa: PLC0415
+
+    ms = parse_spec(str(spec or ""))  # no open_clip (torch) in the app's server
     raw = str(spec).strip()
     if ms.kind in ("checkpoint", "demo"):
         return ModelCheck(raw, ms.kind, True, ms.pretrained)
@@ -205,8 +207,10 @@ def _cached_hub_models() -> list[tuple[str, str]]:
 def found_checkpoints() -> list[tuple[str, str]]:
     """``(spec, label)`` for every model whose weights are on this machine, each once."""
     out: list[tuple[str, str]] = []
+    from mminstruct.app.text_encoder import parse_spec  # noqa: PLC0415
+
     try:
-        parse_model_spec(DEMO_MODEL)
+        parse_spec(DEMO_MODEL)
         out.append((DEMO_MODEL, f"{DEMO_MODEL} (the demo's tiny CLIP)"))
     except ModelSpecError:
         pass

@@ -154,6 +154,12 @@ def _memo_key(raw: str) -> str:
     return content_key("model-spec-v1", raw, _open_clip_version(), where)
 
 
+def memoised_spec(spec: str) -> ModelSpec | None:
+    """The parsed spec from the memo (no open_clip import), or None when it was never parsed
+    here or its files changed."""
+    return _memoised_spec(str(spec).strip()) if isinstance(spec, str) and spec.strip() else None
+
+
 def _memoised_spec(raw: str) -> ModelSpec | None:
     """A spec parsed before (in this process, or any process sharing the cache folder) whose
     files are unchanged: no ``open_clip`` (and so no torch) import for a spec already checked."""
@@ -715,6 +721,24 @@ def embed_texts(texts: Sequence[str], model: ClipModel | ModelSpec | str, *, cac
     return out / np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-12)
 
 
+def texts_cached(texts: Sequence[str], model: ModelSpec | str, *, cache: Any = None) -> bool:
+    """Whether every text's vector is in the cache (``embed_texts`` then loads no model)."""
+    texts = list(texts)
+    spec = parse_model_spec(model)
+    ec = open_cache(cache, spec.identity(cache_folder(cache)))
+    if ec is None:
+        return not texts
+    keys = [ec.text_key(t) for t in dict.fromkeys(texts)]
+    return len(ec.vectors.get_many(keys)) == len(keys)
+
+
+def keyword_texts(keywords: Sequence[str], templates: Sequence[str] | None = None) -> list[str]:
+    """The texts ``embed_keywords`` embeds for ``keywords``: each keyword, or its template
+    sentences."""
+    temps = parse_templates(templates)
+    return list(keywords) if not temps else [t.format(k) for k in keywords for t in temps]
+
+
 def embed_keywords(keywords: Sequence[str], model: ClipModel | ModelSpec | str, *,
                    templates: Sequence[str] | None = None, cache: Any = None,
                    device: str | int | None = "cpu") -> np.ndarray:
@@ -723,7 +747,7 @@ def embed_keywords(keywords: Sequence[str], model: ClipModel | ModelSpec | str, 
     temps = parse_templates(templates)
     if not temps:
         return embed_texts(keywords, model, cache=cache, device=device)
-    sentences = [t.format(k) for k in keywords for t in temps]
+    sentences = keyword_texts(keywords, temps)
     vecs = embed_texts(sentences, model, cache=cache, device=device)
     mean = vecs.reshape(len(keywords), len(temps), -1).mean(axis=1)
     return (mean / np.maximum(np.linalg.norm(mean, axis=1, keepdims=True), 1e-12)).astype(np.float32)

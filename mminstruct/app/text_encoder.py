@@ -1,0 +1,101 @@
+"""CLIP text vectors for the app's server without torch in it.
+
+``keyword_vectors(...)`` and ``text_vectors(...)`` return what ``clip.embed_keywords`` /
+``clip.embed_texts`` return. When every text is in the workspace's cache they are read in this
+process (no model, no torch). Otherwise the texts are encoded by one worker process per server
+(``concurrent.futures.ProcessPoolExecutor``, spawned, started on first use and kept): it loads
+open_clip, torch and the text model once and writes the vectors to the same cache, so the
+Streamlit server itself never holds torch (about 700 MB resident) — a text search over a
+210,000-image map keeps the server under 1 GB. ``parse_spec(spec)``: a model spec parsed the same way (from the memo of specs parsed before, else
+by the worker). ``shutdown()`` stops the worker (tests, a server's
+exit). The numbers are the in-process ones: the worker runs the same function on the same cache.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import threading
+from collections.abc import Sequence
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+from typing import Any
+
+import numpy as np
+
+from mminstruct.embed.clip import (ModelSpec, embed_keywords, embed_texts, keyword_texts,
+                                   memoised_spec, parse_model_spec, texts_cached)
+from mminstruct.errors import ModelSpecError
+
+_LOCK = threading.Lock()
+_POOL: ProcessPoolExecutor | None = None
+DEVICE = 0  # GPU 0 where there is one (resolved in the worker), else the CPU
+
+
+def _pool() -> ProcessPoolExecutor:
+    global _POOL
+    with _LOCK:
+        if _POOL is None:
+            _POOL = ProcessPoolExecutor(max_workers=1,
+                                        mp_context=multiprocessing.get_context("spawn"))
+        return _POOL
+
+
+def shutdown() -> None:
+    """Stop the worker (the next call starts a new one)."""
+    global _POOL
+    with _LOCK:
+        pool, _POOL = _POOL, None
+    if pool is not None:
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _with_environment(env: dict[str, str], fn: Any, *args: Any, **kwargs: Any) -> Any:
+    """Runs in the worker: ``fn`` under the caller's environment as it is now (the cache folder,
+    offline switches), not as it was when the worker started."""
+    import os
+
+    if dict(os.environ) != env:
+        os.environ.clear()
+        os.environ.update(env)
+    return fn(*args, **kwargs)
+
+
+def _in_worker(fn: Any, *args: Any, **kwargs: Any) -> Any:
+    import os
+
+    try:
+        return _pool().submit(_with_environment, dict(os.environ), fn, *args, **kwargs).result()
+    except BrokenProcessPool as e:  # the worker died (killed, out of memory): a new one next time
+        shutdown()
+        raise ModelSpecError(f"the text encoder's worker process stopped ({e}); try again") from e
+
+
+def parse_spec(spec: str) -> ModelSpec:
+    """``clip.parse_model_spec(spec)`` without open_clip in this process: from the memo of specs
+    parsed before, else parsed by the worker (which writes the memo; a bad spec raises its
+    ``ModelSpecError`` here, message and all)."""
+    hit = memoised_spec(spec)
+    if hit is not None:
+        return hit
+    if not isinstance(spec, str) or not spec.strip():
+        return parse_model_spec(spec)  # the empty-spec message; nothing to import
+    parsed = _in_worker(parse_model_spec, spec)
+    return memoised_spec(spec) or parsed  # the memo unwritable: the worker's answer
+
+
+def text_vectors(texts: Sequence[str], model: str, *, cache: Any) -> np.ndarray:
+    """``clip.embed_texts(texts, model, cache=cache)``, in the worker unless all are cached."""
+    parse_spec(model)  # a bad spec: its message, here
+    if texts_cached(texts, model, cache=cache):
+        return embed_texts(texts, model, cache=cache, device=DEVICE)
+    return _in_worker(embed_texts, list(texts), model, cache=cache, device=DEVICE)
+
+
+def keyword_vectors(keywords: Sequence[str], model: str, *, templates: Sequence[str] | None,
+                    cache: Any) -> np.ndarray:
+    """``clip.embed_keywords(...)``, in the worker unless all are cached."""
+    parse_spec(model)
+    if texts_cached(keyword_texts(keywords, templates), model, cache=cache):
+        return embed_keywords(keywords, model, templates=templates, cache=cache, device=DEVICE)
+    return _in_worker(embed_keywords, list(keywords), model, templates=templates, cache=cache,
+                      device=DEVICE)
