@@ -36,6 +36,12 @@ with st.expander("CLIP model", expanded=cached_embeddings(ws) is None):
     model_picker(ws, "ex_clip_model", find_now=False)
     st.caption("Changing the model re-embeds every image with it (from that model's cache when "
                "it embedded them before).")
+    st.text_input("Ray cluster for the embedding job: HOST:PORT, auto or local (empty: this "
+                  "machine's cores)", placeholder="e.g. 10.0.0.5:6379", **bind(ws, "ex_ray"))
+    show_error("ex_ray")
+    st.caption("The candidate pool is embedded there when the job next starts; the reference "
+               "images, the map and the cache stay here. Or embed ahead from a shell: "
+               "`python -m mminstruct.app.embed WORKSPACE --ray_address ADDRESS`.")
 in_memory = cached_embeddings(ws) is not None
 if not in_memory:
     model_ready(ws)  # a bad spec, or weights that cannot be downloaded: said now, in full

@@ -53,6 +53,7 @@ def _edits(key: str, ws: Workspace, tiny) -> list[tuple[Any, Any]]:
         "clip_model": _models(ws, tiny),
         "ex_clip_model": _models(ws, tiny),
         "proj_method": _same3("umap", "pca", "umap"),
+        "ex_ray": [("auto", "auto"), (" 127.0.0.1:6379 ", "127.0.0.1:6379"), ("", "")],
         "kw_text": [("bar chart\nline chart\npie chart\nscatter plot\ntable",
                      ["bar chart", "line chart", "pie chart", "scatter plot", "table"]),
                     ("bar chart\nline chart\npie chart\nscatter plot\nheat map",
@@ -87,7 +88,7 @@ def _edits(key: str, ws: Workspace, tiny) -> list[tuple[Any, Any]]:
     return table[key]
 
 
-EDITED = {"desc_text", "clip_model", "ex_clip_model", "proj_method", "kw_text", "use_min",
+EDITED = {"desc_text", "clip_model", "ex_clip_model", "ex_ray", "proj_method", "kw_text", "use_min",
           "min_sim", "low_margin", "top_k", "task_pick", "p_total", "p_min", "p_icl", "p_mode",
           "p_seed", "p_prefix", "p_budgets", "est_model", "gen_prompt", "ep_base", "ep_model", "ep_keyenv",
           "ep_side", "ep_conc", "ep_rpm", "ep_tpm", "ep_maxtok", "ep_timeout", "ep_retries"}

@@ -262,3 +262,21 @@ def test_embed_ahead_on_the_command_line_then_the_app_only_reads(ws: Workspace,
     no_errors(at)
     assert len(at.get("plotly_chart")) == 1
     assert job_status(ws).token == token
+
+
+def test_the_workspaces_ray_address_goes_to_the_job_the_app_starts(
+        demo_ws: Workspace, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Explore's "Ray cluster for the embedding job" field: the job the app starts (no options
+    given) sends the pool there; empty, this machine's cores."""
+    seen: list[JobOptions] = []
+    monkeypatch.setattr(embed, "_LAUNCH", lambda ws, options, token, python: (
+        seen.append(options), job_status(ws))[1])
+    demo_ws.settings.partition.embed_ray_address = "127.0.0.1:6379"
+    demo_ws.save()
+    start_job(Workspace.open(demo_ws.root))
+    assert seen[-1].ray_address == "127.0.0.1:6379"
+    assert "--ray_address" in seen[-1].argv() and "127.0.0.1:6379" in seen[-1].argv()
+    demo_ws.settings.partition.embed_ray_address = ""
+    demo_ws.save()
+    start_job(Workspace.open(demo_ws.root))
+    assert seen[-1].ray_address is None and "--ray_address" not in seen[-1].argv()

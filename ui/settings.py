@@ -152,6 +152,8 @@ BOUND: dict[str, Bound] = {b.key: b for b in (
           _setter("data.dataset_description", lambda v: str(v or "").strip())),
     Bound("clip_model", "partition.model_name", DATA, "text_input", _model_spec),
     Bound("ex_clip_model", "partition.model_name", EXPLORE, "text_input", _model_spec),
+    Bound("ex_ray", "partition.embed_ray_address", EXPLORE, "text_input",
+          _setter("partition.embed_ray_address", lambda v: str(v or "").strip())),
     Bound("proj_method", "partition.projection", EXPLORE, "radio",
           _setter("partition.projection")),
     Bound("kw_text", "partition.keywords", PARTITION, "text_area", _keywords,

@@ -278,7 +278,8 @@ def start_job(ws: Workspace, options: JobOptions | None = None, *,
     """Start the workspace's embedding job as a detached child; ``JobRunning`` when one runs."""
     from mminstruct.app.curation import embedding_key
 
-    options = options or JobOptions(precision=DEFAULT_PRECISION)
+    options = options or JobOptions(precision=DEFAULT_PRECISION,
+                                    ray_address=ws.settings.partition.embed_ray_address or None)
     paths = job_paths(ws)
     now = job_status(ws)
     if now.alive:

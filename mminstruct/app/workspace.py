@@ -98,6 +98,9 @@ class PartitionSettings:
     #: name as the keyword) but with only the items the manual tables send them; kept across
     #: keyword edits (``Workspace.new_subgroup``)
     manual_subgroups: list[str] = field(default_factory=list)
+    #: where the embedding job sends the candidate pool: a Ray cluster (``HOST:PORT``, ``auto``
+    #: or ``local``); empty: this machine's cores (``app.embed.JobOptions.ray_address``)
+    embed_ray_address: str = ""
 
 
 @dataclass
