@@ -280,3 +280,33 @@ def test_the_workspaces_ray_address_goes_to_the_job_the_app_starts(
     demo_ws.save()
     start_job(Workspace.open(demo_ws.root))
     assert seen[-1].ray_address is None and "--ray_address" not in seen[-1].argv()
+
+
+def test_a_new_process_reads_the_jobs_result_without_decoding_an_image(
+        ws: Workspace, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The job decoded every image; a server reading its result (after a restart) rebuilds the
+    same records — the one whose image is broken left out, its problem listed — from a parse
+    that checks no image, and from the Data page's parse when that one was made already."""
+    from mminstruct.app.curation import load_workspace_data
+    from mminstruct.data import records as records_mod
+
+    data = load_workspace_data(ws)
+    broken = data.image_path(data.records[2])
+    broken.write_bytes(b"\x89PNG\r\n\x1a\n not an image")
+    records_mod._ONCE.clear()
+    want = load_workspace_data(ws)  # as the job loads it: every image decoded
+    assert len(want.records) == len(data.records) - 1
+    run_job(ws, JobOptions(precision="fp32"), token="tok", handle_signals=False)
+    records_mod._ONCE.clear()  # a new server process: nothing parsed yet
+    monkeypatch.setattr(records_mod, "check_image_paths",
+                        lambda *a, **k: pytest.fail("an image was checked again"))
+    emb = load_embeddings(ws)
+    assert [r.index for r in emb.data.records] == [r.index for r in want.records]
+    assert [(p.index, p.reason) for p in emb.data.report.problems] == \
+        [(p.index, p.reason) for p in want.report.problems]
+    assert emb.question(0) == want.records[emb.reference.sample_idx[0]].question
+    monkeypatch.undo()
+    # the Data page parsed it (decoded) in this process: that very object is used
+    records_mod._ONCE.clear()
+    shown = load_workspace_data(ws)
+    assert load_embeddings(ws).data is shown

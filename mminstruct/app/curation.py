@@ -262,7 +262,12 @@ def save_embeddings(ws: Workspace, emb: Embeddings, key: str, token: str = "") -
         "candidates": {"paths": emb.candidates.paths,
                        "abs_paths": [str(p) for p in emb.candidates.abs_paths],
                        "failures": emb.candidates.failures},
-        "problems": emb.problems}, indent=None)
+        "problems": emb.problems,
+        # the data file's check as the job read it (every image decoded): a reader rebuilds the
+        # same records from a parse that decodes nothing (``_data_as_checked``)
+        "data_check": {"records": len(emb.data.records),
+                       "problems": [[pr.index, pr.id, pr.reason]
+                                    for pr in emb.data.report.problems]}}, indent=None)
     return manifest
 
 
@@ -308,7 +313,9 @@ def load_embeddings(ws: Workspace, data: DataFile | None = None,
     n_ref = len(r["paths"])
     if mm.shape[0] != n_ref + len(c["paths"]):
         return None  # not the rows this manifest names: rebuild
-    data = data if data is not None else load_workspace_data(ws)
+    data = data if data is not None else _data_as_checked(ws, man.get("data_check"))
+    if data is None:
+        return None
     reference = ImageSet("reference", list(r["paths"]), [Path(p) for p in r["abs_paths"]],
                          mm[:n_ref], [int(i) for i in r["sample_idx"]],
                          [tuple(f) for f in r["failures"]])
@@ -320,6 +327,32 @@ def load_embeddings(ws: Workspace, data: DataFile | None = None,
     emb.source = mm
     emb.job_token = str(man.get("token", ""))
     return emb
+
+
+def _data_as_checked(ws: Workspace, check: Any) -> DataFile | None:
+    """The data file as the embedding job loaded it (every image decoded, the records whose image
+    failed left out), without decoding an image again: the job's own check (``data_check`` in its
+    manifest) applied to a parse that checks nothing. The Data page's parse when this process
+    made it already; a manifest without the check (an older job) decodes as before. None when
+    the rebuilt records are not the job's (the file changed: its job runs again)."""
+    from dataclasses import replace
+
+    from mminstruct.data.records import Problem
+
+    d = ws.settings.data
+    kwargs = dict(input_folder=ws.input_root, image_folder=d.image_folder,
+                  allow_outside_paths=d.allow_outside_paths)
+    done = parse_once(d.data_file, load_data_file, peek=True, check_images="decode", **kwargs) \
+        if d.data_file else None
+    if done is not None or not isinstance(check, dict):
+        return done if done is not None else load_workspace_data(ws)
+    off = load_data_file(d.data_file, check_images="off", **kwargs)  # not kept beside the emb
+    problems = [Problem(int(i), rid, str(why)) for i, rid, why in check.get("problems", [])]
+    bad = {p.index for p in problems}
+    records = [r for r in off.records if r.index not in bad]
+    if len(records) != check.get("records"):
+        return None
+    return replace(off, records=records, report=replace(off.report, problems=problems))
 
 
 def projection_ready(ws: Workspace, emb: Embeddings) -> bool:

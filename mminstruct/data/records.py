@@ -568,18 +568,22 @@ _ONCE_SHA: dict[tuple, str] = {}
 _ONCE_LOCK = threading.Lock()
 
 
-def parse_once(path: str | os.PathLike, parse: Callable[..., T], **kwargs: Any) -> T:
+def parse_once(path: str | os.PathLike, parse: Callable[..., T], *, peek: bool = False,
+               **kwargs: Any) -> T:
     """``parse(path, **kwargs)``, computed once per (file content, path, arguments): the key is
     the file's SHA-256, itself hashed once per fingerprint (path, size, mtime), so an unchanged
     file is neither re-read nor re-parsed, and a rewritten one with the same bytes is not
     re-parsed. Every caller gets the same object (treat it as read-only). A parse error is kept
-    too (raised again, not re-parsed). The last ``PARSE_ONCE_ENTRIES`` results are kept."""
+    too (raised again, not re-parsed). The last ``PARSE_ONCE_ENTRIES`` results are kept.
+    ``peek``: the kept result or None — nothing is parsed (an unchanged file is not hashed)."""
     try:
         fp = file_fingerprint(path)
     except OSError:
-        return parse(path, **kwargs)  # missing or unreadable: parse() names the problem
+        return None if peek else parse(path, **kwargs)  # missing: parse() names the problem
     with _ONCE_LOCK:
         sha = _ONCE_SHA.get(fp)
+    if sha is None and peek:
+        return None  # never read in this process (as it is now)
     if sha is None:
         try:
             sha = file_sha256(path)
@@ -596,6 +600,8 @@ def parse_once(path: str | os.PathLike, parse: Callable[..., T], **kwargs: Any) 
         hit = _ONCE.get(key)
         if hit is not None:
             _ONCE.move_to_end(key)
+    if hit is None and peek:
+        return None
     if hit is None:
         try:
             hit = (True, parse(path, **kwargs))
@@ -607,6 +613,8 @@ def parse_once(path: str | os.PathLike, parse: Callable[..., T], **kwargs: Any) 
                 _ONCE.popitem(last=False)
     ok, value = hit
     if not ok:
+        if peek:
+            return None
         raise value
     return value
 
