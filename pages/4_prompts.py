@@ -113,7 +113,7 @@ try:  # one prompt, drawn from its subgroup's own stream: the one the saved file
         task, config, plan, None if kw == "(all)" else kw, int(pos) - 1))
     built = render_entry(head, entry, ws.input_root, max_image_side=e_side,
                          allow_outside=ws.settings.data.allow_outside_paths,
-                         model=ws.settings.endpoint.model_name)
+                         model=ws.settings.endpoint.generator_model)
 except MMInstructError as e:
     st.error(f"Prompt {int(pos)} cannot be built: {for_browser(e)}")
 else:
@@ -126,7 +126,7 @@ st.subheader("Estimate for the whole run")
 st.text_input("Model (prices from the table in mminstruct.generate.manifest)",
               **bind(ws, "est_model"))
 show_error("est_model")
-model = ws.settings.endpoint.model_name
+model = ws.settings.endpoint.generator_model
 est = session_memo("estimate", (plan_key, model.strip(), e_side), lambda: estimate_plan(
     task, config, plan, ws.input_root, model.strip() or DEFAULT_GENERATOR_MODEL, max_image_side=e_side,
     allow_outside=ws.settings.data.allow_outside_paths))

@@ -143,7 +143,7 @@ else:
     if j_start:
         try:
             cfg = judge_config(ws, ws.generated_dir / j_file, new_run_name("judge"),
-                               model_name=j_model, sample=j_sample or None,
+                               generator_model=j_model, sample=j_sample or None,
                                max_cost=j_cap or None)
             info = start_run(ws.root, cfg, key)
         except MMInstructError as err:
@@ -208,7 +208,7 @@ def live(name: str, was_active: bool) -> None:
     m[2].metric("OK / failed", f"{int(s.get('ok') or 0):,} / {int(s.get('failed') or 0):,}")
     tin, tout = int(s.get("input_tokens") or 0), int(s.get("output_tokens") or 0)
     m[3].metric("Tokens", f"{tin + tout:,}")
-    cost = cost_so_far(info, e.model_name)
+    cost = cost_so_far(info, e.generator_model)
     m[4].metric("Cost so far", f"${cost.usd:,.4f}" if cost.usd is not None else "unknown")
     fails, errs = s.get("failed_by_class") or {}, s.get("errors_by_class") or {}
     if fails or errs:

@@ -76,12 +76,9 @@ def _min_sim(ws: Workspace, v: Any) -> None:
 
 
 def _model_spec(ws: Workspace, v: Any) -> None:
-    from mminstruct.app.model_choice import check_spec, remember_model
+    from mminstruct.app.model_choice import set_clip_model
 
-    mc = check_spec(str(v or ""))
-    ws.settings.partition.model_name = mc.spec
-    if mc.kind == "checkpoint":
-        remember_model(mc.spec)  # offered again as a choice ("recently used")
+    set_clip_model(ws, str(v or ""))
 
 
 def _task_file(ws: Workspace, name: Any) -> None:
@@ -150,8 +147,8 @@ EP_FORM = "endpoint_form"
 BOUND: dict[str, Bound] = {b.key: b for b in (
     Bound("desc_text", "data.dataset_description", DATA, "text_area",
           _setter("data.dataset_description", lambda v: str(v or "").strip())),
-    Bound("clip_model", "partition.model_name", DATA, "text_input", _model_spec),
-    Bound("ex_clip_model", "partition.model_name", EXPLORE, "text_input", _model_spec),
+    Bound("clip_model", "partition.clip_model", DATA, "text_input", _model_spec),
+    Bound("ex_clip_model", "partition.clip_model", EXPLORE, "text_input", _model_spec),
     Bound("proj_method", "partition.projection", EXPLORE, "radio",
           _setter("partition.projection")),
     Bound("kw_text", "partition.keywords", PARTITION, "text_area", _keywords,
@@ -176,13 +173,13 @@ BOUND: dict[str, Bound] = {b.key: b for b in (
     Bound("p_prefix", "prompts.file_prefix", PROMPTS, "text_input",
           _setter("prompts.file_prefix", _file_prefix)),
     Bound("p_budgets", "prompts.budgets", PROMPTS, "text_input", _budgets, _budgets_text),
-    Bound("est_model", "endpoint.model_name", PROMPTS, "text_input",
-          _setter("endpoint.model_name", _stripped(DEFAULT_GENERATOR_MODEL))),
+    Bound("est_model", "endpoint.generator_model", PROMPTS, "text_input",
+          _setter("endpoint.generator_model", _stripped(DEFAULT_GENERATOR_MODEL))),
     Bound("gen_prompt", "prompt_file", GENERATE, "selectbox", _prompt_file, _name),
     Bound("ep_base", "endpoint.base_url", GENERATE, "text_input",
           _setter("endpoint.base_url", lambda v: str(v or "").strip()), form=EP_FORM),
-    Bound("ep_model", "endpoint.model_name", GENERATE, "text_input",
-          _setter("endpoint.model_name", _stripped(DEFAULT_GENERATOR_MODEL)), form=EP_FORM),
+    Bound("ep_model", "endpoint.generator_model", GENERATE, "text_input",
+          _setter("endpoint.generator_model", _stripped(DEFAULT_GENERATOR_MODEL)), form=EP_FORM),
     Bound("ep_keyenv", "endpoint.api_key_env", GENERATE, "text_input",
           _setter("endpoint.api_key_env", _stripped("OPENAI_API_KEY")), form=EP_FORM),
     Bound("ep_side", "endpoint.max_image_side", GENERATE, "number_input",

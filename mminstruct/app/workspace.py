@@ -83,7 +83,8 @@ class DataSettings:
 
 @dataclass
 class PartitionSettings:
-    model_name: str = DEFAULT_CLIP_MODEL  # the task-file builder's default too
+    #: the CLIP model's spec (``embed.clip.parse_model_spec``); written by ``set_clip_model``
+    clip_model: str = DEFAULT_CLIP_MODEL  # the task-file builder's default too
     keywords: list[str] = field(default_factory=list)
     templates: list[str] = field(default_factory=list)
     min_similarity: float | None = None
@@ -131,7 +132,7 @@ class EndpointSettings:
     """Where generation requests go. No key: it comes from the environment or the session."""
 
     base_url: str = ""
-    model_name: str = GEN_DEFAULTS["model_name"]
+    generator_model: str = GEN_DEFAULTS["generator_model"]
     api_key_env: str = "OPENAI_API_KEY"
     concurrency: int = GEN_DEFAULTS["concurrency"]
     rpm: float | None = GEN_DEFAULTS["rpm"]
@@ -197,11 +198,20 @@ def _check_value(where: str, name: str, value: Any, default: Any, annotation: st
     return float(value) if base == "float" else value
 
 
-def _section_from(cls: type, raw: Any, where: str) -> Any:
+#: a setting's earlier name in ``workspace.json`` (section → new name → old name): read when the new
+#: one is absent; a save writes the new name only
+OLD_KEYS: dict[str, dict[str, str]] = {"partition": {"clip_model": "model_name"},
+                                       "endpoint": {"generator_model": "model_name"}}
+
+
+def _section_from(cls: type, raw: Any, where: str, section: str = "") -> Any:
     if raw is None:
         return cls()
     if not isinstance(raw, dict):
         raise ConfigError(f"{where} must be an object, got {type(raw).__name__}")
+    old = {new: o for new, o in OLD_KEYS.get(section, {}).items() if new not in raw and o in raw}
+    if old:
+        raw = {**raw, **{new: raw[o] for new, o in old.items()}}
     kwargs = {}
     for f in fields(cls):
         if f.name in raw:
@@ -218,7 +228,8 @@ def settings_from_json(obj: Any, where: str = SETTINGS_NAME) -> WorkspaceSetting
         if f.name not in obj:
             continue
         if f.name in _SECTIONS:
-            kwargs[f.name] = _section_from(_SECTIONS[f.name], obj[f.name], f"{where}: {f.name}")
+            kwargs[f.name] = _section_from(_SECTIONS[f.name], obj[f.name], f"{where}: {f.name}",
+                                           f.name)
         else:
             kwargs[f.name] = _check_value(where, f.name, obj[f.name], None, str(f.type))
     s = WorkspaceSettings(**kwargs)

@@ -80,7 +80,7 @@ def run(args: argparse.Namespace) -> int:
     config = TaskFileConfig(
         data_file=args.data_file, input_folder=args.input_folder,
         output_folder=args.output_folder, keywords=args.keywords,
-        output_prefix=args.output_prefix, model_name=args.model_name,
+        output_prefix=args.output_prefix, clip_model=args.model_name,
         batch_size=args.batch_size, gpu=args.gpu, image_folder=args.image_folder,
         candidate_folder=args.candidate_folder, candidate_file=args.candidate_file,
         candidates_per_keyword=args.candidates_per_keyword,

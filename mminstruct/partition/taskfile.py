@@ -64,7 +64,7 @@ class TaskFileConfig:
     input_folder: str | os.PathLike | None = None  # default: the data file's folder
     output_folder: str | os.PathLike = "."
     output_prefix: str = "task_file"
-    model_name: str = DEFAULT_CLIP_MODEL
+    clip_model: str = DEFAULT_CLIP_MODEL  # MM-Gen's flag: --model_name
     batch_size: int = 64
     gpu: int | None = 0  # None or negative: CPU
     image_folder: str | None = None  # default: the data file's own image_folder key
@@ -81,7 +81,7 @@ class TaskFileConfig:
     #: Embed the candidate pool on Ray (``local``, ``auto`` or ``HOST:PORT``): callers hand the
     #: config to ``mminstruct.distributed.embed.generate_task_file``; None embeds here.
     ray_address: str | None = None
-    spec: ModelSpec = field(init=False, repr=False)  # model_name, parsed
+    spec: ModelSpec = field(init=False, repr=False)  # clip_model, parsed
 
     def __post_init__(self) -> None:
         if not isinstance(self.data_file, (str, os.PathLike)) or not str(self.data_file).strip():
@@ -110,7 +110,7 @@ class TaskFileConfig:
             if not isinstance(self.ray_address, str):
                 raise ConfigError(f"ray_address must be a string, got {self.ray_address!r}")
             self.ray_address = self.ray_address.strip() or None
-        self.spec = parse_model_spec(self.model_name)
+        self.spec = parse_model_spec(self.clip_model)
 
     @staticmethod
     def _check_keywords(keywords: Any) -> list[str]:

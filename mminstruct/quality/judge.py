@@ -114,8 +114,8 @@ class JudgeConfig(GenerationConfig):
         if (self.input_price is None) != (self.output_price is None):
             raise ConfigError("--input_price and --output_price go together")
         if self.max_cost is not None and self.input_price is None \
-                and price_for(self.model_name) is None:
-            raise ConfigError(f"--max_cost needs a price for model {self.model_name!r}, which "
+                and price_for(self.generator_model) is None:
+            raise ConfigError(f"--max_cost needs a price for model {self.generator_model!r}, which "
                               f"the price table ({', '.join(sorted(price_table().models))}) "
                               "lacks: give --input_price and --output_price ($ per 1M tokens)")
 
@@ -140,7 +140,7 @@ class JudgeConfig(GenerationConfig):
         if self.input_price is not None and self.output_price is not None:
             usd = input_tokens / 1e6 * self.input_price + output_tokens / 1e6 * self.output_price
             return usd * (price_table().batch_discount if self.batch_api else 1.0)
-        est = estimate_cost(self.model_name, input_tokens, output_tokens)
+        est = estimate_cost(self.generator_model, input_tokens, output_tokens)
         return est.batch_usd if self.batch_api else est.usd
 
 
@@ -343,7 +343,7 @@ async def judge_body(cfg: JudgeConfig, item: JudgeItem, description: str, encode
     """The chat-completions body of one judgement (online, Batch API and dry run)."""
     built = await judge_messages(item, cfg.rubric, description, encoder)
     fmt = cfg.rubric.response_schema() if cfg.structured_outputs else None
-    body = request_body(model or cfg.model_name, built.messages, temperature=cfg.temperature,
+    body = request_body(model or cfg.generator_model, built.messages, temperature=cfg.temperature,
                         max_tokens=cfg.max_tokens, seed=cfg.seed, response_format=fmt,
                         max_tokens_field=cfg.max_tokens_field)
     return body, built
@@ -388,7 +388,7 @@ def estimate(cfg: JudgeConfig, stream: JudgeStream, max_images: int = 2000) -> d
             "image_tokens": image_in, "output_tokens": out,
             "usd": None if usd is None else round(usd, 4),
             "priced_as": "--input_price/--output_price" if cfg.input_price is not None
-            else (price_for(cfg.model_name) or (None,))[0],
+            else (price_for(cfg.generator_model) or (None,))[0],
             "batch_api": cfg.batch_api}
 
 
@@ -443,7 +443,7 @@ class JudgeJob(RunJob):
             raise error
         for _ in range(self.cfg.format_fix_attempts):
             stats.fixes += 1
-            fix_body = request_body(self.cfg.model_name, self.rubric.fix_messages(text),
+            fix_body = request_body(self.cfg.generator_model, self.rubric.fix_messages(text),
                                     temperature=0 if self.cfg.temperature is not None else None,
                                     max_tokens=self.cfg.max_tokens,
                                     response_format=self.response_format,
@@ -561,7 +561,7 @@ def summary_path(scores: str | Path) -> Path:
 def write_scores(cfg: JudgeConfig, stream: JudgeStream, log_path: Path, complete: bool) -> Path:
     """The scores file (one line per sample judged or failed, in file order) and its summary,
     both written atomically from the run's log."""
-    judge = {"model": cfg.model_name, "rubric": cfg.rubric.hash}
+    judge = {"model": cfg.generator_model, "rubric": cfg.rubric.hash}
     per_sample: dict[int, list[dict[str, Any] | None]] = defaultdict(list)
     errors: dict[int, str] = {}
     tin = tout = 0
