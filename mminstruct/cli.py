@@ -110,7 +110,9 @@ class Setting:
     optional (``int | None``). ``flag``: the command-line flag without ``--`` ("" = the field's
     name, None = no flag); ``flag_default``/``from_flag``/``to_flag`` where the flag's value is
     not the field's (``--batch_max_mb`` for ``batch_max_bytes``). ``ui_max``: a widget's upper end
-    where the rule has none (``ui_min``: a widget's lower end where it is not the rule's). ``name``, ``default``, ``kind`` and ``optional`` are filled from the
+    where the rule has none (``ui_min``: a widget's lower end where it is not the rule's;
+    ``ui_step``: its step). ``ui_default``: what the app starts from where the config has no
+    default or another (``start``). ``name``, ``default``, ``kind`` and ``optional`` are filled from the
     field by ``settings_of``."""
 
     help: str = ""
@@ -130,6 +132,7 @@ class Setting:
     ui_min: float | None = None
     ui_max: float | None = None
     ui_step: float | None = None
+    ui_default: Any = UNSET
     name: str = ""
     default: Any = UNSET
     kind: str = ""
@@ -163,6 +166,11 @@ class Setting:
             return ((lo is None or v >= lo) and (hi is None or v <= hi)
                     and (above is None or v > above))
         return test, self.what or what
+
+    @property
+    def start(self) -> Any:
+        """The app's starting value: ``ui_default``, else the default."""
+        return self.default if self.ui_default is UNSET else self.ui_default
 
     def widget(self) -> dict[str, Any]:
         """A number widget's ``min_value``, ``max_value`` and ``help`` (Streamlit's names): the

@@ -11,6 +11,7 @@ import streamlit as st
 from mminstruct.errors import MMInstructError
 from mminstruct.data import MODE_NAMES, load_task_file, parse_once
 from mminstruct.generate import DEFAULT_GENERATOR_MODEL
+from mminstruct.prompts import prompt_widget
 from mminstruct.app.preview import (PlannedPrompts, allocation_rows, estimate_plan, plan_size,
                                 prepare_workspace_plan,
                                 prompt_at, prompt_head, render_entry, samples_note, save_status,
@@ -51,13 +52,17 @@ st.session_state[BUDGET_KEYWORDS] = [s.keyword for s in task.subgroups]  # a bud
 st.subheader("Settings")
 c1, c2, c3 = st.columns(3)
 with c1:
-    st.number_input("Items to generate (total_gen)", 1, 10_000_000, **bind(ws, "p_total"))
-    st.number_input("Items per prompt (min_gen_per_candidate)", 1, 100, **bind(ws, "p_min"))
+    # ranges and help: the settings' declarations (prompts.PROMPT_SETTINGS)
+    st.number_input("Items to generate (total_gen)", **prompt_widget("total_gen"),
+                    **bind(ws, "p_total"))
+    st.number_input("Items per prompt (min_gen_per_candidate)",
+                    **prompt_widget("min_gen_per_candidate"), **bind(ws, "p_min"))
 with c2:
-    st.number_input("In-context examples per prompt", 0, 16, **bind(ws, "p_icl"))
+    st.number_input("In-context examples per prompt", **prompt_widget("num_icl_samples"),
+                    **bind(ws, "p_icl"))
     st.selectbox("Mode", MODE_NAMES, **bind(ws, "p_mode"))
 with c3:
-    st.number_input("Seed", 0, 2**31 - 1, **bind(ws, "p_seed"))
+    st.number_input("Seed", **prompt_widget("seed"), **bind(ws, "p_seed"))
     st.text_input("File prefix", **bind(ws, "p_prefix"))
 for key in ("p_total", "p_min", "p_icl", "p_mode", "p_seed", "p_prefix"):
     show_error(key)

@@ -9,7 +9,7 @@ from pathlib import Path
 import streamlit as st
 
 from mminstruct.errors import MMInstructError
-from mminstruct.generate import BOUNDS
+from mminstruct.generate import number_widget
 from mminstruct.app.runs import (cancel_run, continue_run, cost_so_far, dry_run, eta_label,
                                  list_app_runs, new_run_name, pause_run, recent_records, resume_run,
                                  run_info, runs_table, start_run, workspace_config,
@@ -39,18 +39,21 @@ with st.expander("Endpoint", expanded=not e.base_url or st.session_state.get("_e
                           "Ollama, LM Studio)", **bind(ws, "ep_base"))
             st.text_input("Model", **bind(ws, "ep_model"))
             st.text_input("Environment variable holding the key", **bind(ws, "ep_keyenv"))
-            st.number_input("Downscale images to (longest side, px)", *BOUNDS["max_image_side"],
-                            **bind(ws, "ep_side"))
-        with c2:
-            st.number_input("Requests in flight", *BOUNDS["concurrency"], **bind(ws, "ep_conc"))
-            st.number_input("Requests per minute (0: from the server's headers)", 0.0, 1e9,
-                            **bind(ws, "ep_rpm"))
-            st.number_input("Tokens per minute (0: from the server's headers)", 0.0, 1e12,
-                            **bind(ws, "ep_tpm"))
-            st.number_input("Answer token limit (0: the model's)", 0, 1_000_000,
+            st.number_input("Downscale images to (longest side, px)",
+                            **number_widget("max_image_side"), **bind(ws, "ep_side"))
+        with c2:  # ranges and help: the settings' declarations (generate.config)
+            st.number_input("Requests in flight", **number_widget("concurrency"),
+                            **bind(ws, "ep_conc"))
+            st.number_input("Requests per minute (0: from the server's headers)",
+                            **number_widget("rpm"), **bind(ws, "ep_rpm"))
+            st.number_input("Tokens per minute (0: from the server's headers)",
+                            **number_widget("tpm"), **bind(ws, "ep_tpm"))
+            st.number_input("Answer token limit (0: the model's)", **number_widget("max_tokens"),
                             **bind(ws, "ep_maxtok"))
-            st.number_input("Timeout per request (s)", 1.0, 3600.0, **bind(ws, "ep_timeout"))
-            st.number_input("Retries per request", *BOUNDS["max_retries"], **bind(ws, "ep_retries"))
+            st.number_input("Timeout per request (s)", **number_widget("timeout"),
+                            **bind(ws, "ep_timeout"))
+            st.number_input("Retries per request", **number_widget("max_retries"),
+                            **bind(ws, "ep_retries"))
         st.form_submit_button("Save endpoint settings", **form_submit(ws, EP_FORM))
     errors = [st.session_state.get(f"_bound_err:{k}") for k, b in BOUND.items() if b.form == EP_FORM]
     if any(errors):

@@ -5,7 +5,7 @@ Each field is declared once, with ``mminstruct.cli.setting``: its type and defau
 its help text, section, range rule and command-line flag (the ``Setting`` in its metadata).
 ``SETTINGS``, ``RULES``, ``BOUNDS`` and ``DEFAULTS`` are read from the declarations;
 ``add_config_arguments`` makes the flags of data_generator, batch_data_generator and the judge,
-``config_from_args`` reads them back, ``widget`` gives the app's number fields their range and help,
+``config_from_args`` reads them back, ``number_widget`` gives the app's number fields their range and help,
 and the app's ``EndpointSettings`` take their defaults from ``DEFAULTS``."""
 
 from __future__ import annotations
@@ -249,7 +249,7 @@ BOUNDS: dict[str, tuple[int, int]] = {
     if s.min is not None and s.max is not None}
 
 
-def widget(name: str) -> dict[str, Any]:
+def number_widget(name: str) -> dict[str, Any]:
     """The app's number field for setting ``name``: ``min_value``, ``max_value`` and ``help``."""
     return SETTINGS[name].widget()
 
@@ -370,4 +370,4 @@ def config_from_dict(d: dict[str, Any], cls: type[GenerationConfig] = Generation
 
 __all__ = ["GenerationConfig", "resolve_prompt_file", "resolved_range", "config_from_dict",
            "CONTENT_PARAMS", "SETTINGS", "DEFAULTS", "RULES", "BOUNDS", "SECTIONS",
-           "add_config_arguments", "config_from_args", "widget", "check_values"]
+           "add_config_arguments", "config_from_args", "number_widget", "check_values"]

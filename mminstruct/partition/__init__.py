@@ -7,6 +7,8 @@ from mminstruct.lazy import public
 
 __all__, __getattr__ = public(__name__, {
     "assign_keywords": "assign",
+    "PARTITION_SETTINGS": "assign",
+    "partition_widget": "assign",
     "TaskFileConfig": "taskfile",
     "build_task_file": "taskfile",
     "generate_task_file": "taskfile",

@@ -40,7 +40,7 @@ from mminstruct.embed.image_embed import embed_images
 from mminstruct.data.formats import Subgroup, TaskFile, check_file_prefix, save_task_file
 from mminstruct.data.records import DataFile, load_data_file
 from mminstruct.data.images import list_image_files, resolve_image_path
-from mminstruct.partition.assign import Partition, TopK, assign_keywords, normalise_keywords, top_k_per_keyword
+from mminstruct.partition.assign import PARTITION_SETTINGS, Partition, TopK, assign_keywords, normalise_keywords, top_k_per_keyword
 
 log = logging.getLogger(__name__)
 
@@ -99,9 +99,10 @@ class TaskFileConfig:
         self.precision = check_precision(self.precision.strip().lower())
         if self.min_similarity is not None:
             v = self.min_similarity
+            test, what = PARTITION_SETTINGS["min_similarity"].rule()  # type: ignore[misc]
             if isinstance(v, bool) or not isinstance(v, (int, float)) or math.isnan(v) \
-                    or not -1.0 <= v <= 1.0:
-                raise ConfigError(f"min_similarity must be a number between -1 and 1, got {v!r}")
+                    or not test(v):
+                raise ConfigError(f"min_similarity must be a number {what}, got {v!r}")
             self.min_similarity = float(v)
         if isinstance(self.templates, str):
             self.templates = [self.templates]
