@@ -10,6 +10,7 @@ import streamlit as st
 
 from mminstruct.errors import MMInstructError
 from mminstruct.generate import number_widget
+from mminstruct.quality import judge_widget
 from mminstruct.app.runs import (cancel_run, continue_run, cost_so_far, dry_run, eta_label,
                                  list_app_runs, new_run_name, pause_run, recent_records, resume_run,
                                  run_info, runs_table, start_run, workspace_config,
@@ -136,10 +137,10 @@ else:
         j_file = st.selectbox("Generated file", [f.name for f in finished], key="judge_file")
         c1, c2, c3 = st.columns(3)
         j_model = c1.text_input("Judge model (empty: the generation's)", key="judge_model")
-        j_sample = c2.number_input("Sample per subgroup (fraction; 0: every sample)", 0.0, 1.0,
-                                   0.0, 0.05, key="judge_sample")
-        j_cap = c3.number_input("Cost cap in US dollars (0: none)", 0.0, 1e6, 0.0, 1.0,
-                                key="judge_cap")
+        j_sample = c2.number_input("Sample per subgroup (fraction; 0: every sample)",
+                                   value=0.0, **judge_widget("sample"), key="judge_sample")
+        j_cap = c3.number_input("Cost cap in US dollars (0: none)", value=0.0,
+                                **judge_widget("max_cost"), key="judge_cap")
         j_start = st.form_submit_button("Start the judge")
     st.caption("Scores go to generated_data/manifests/RUN.scores.jsonl; the Review page sorts, "
                "filters and rejects by them.")

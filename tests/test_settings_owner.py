@@ -276,12 +276,16 @@ def test_prompt_and_partition_declarations_feed_the_rules_and_the_app() -> None:
 
 
 def _bound_widget_calls(page: Path) -> list[ast.Call]:
+    """The number fields and sliders of settings: bound to the workspace (``**bind``), or the
+    judge's (``key="judge_…"``)."""
     calls = []
     for node in ast.walk(ast.parse(page.read_text())):
         if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) \
                 and node.func.attr in ("number_input", "slider") \
-                and any(isinstance(k.value, ast.Call) and getattr(k.value.func, "id", "") == "bind"
-                        for k in node.keywords if k.arg is None):
+                and (any(isinstance(k.value, ast.Call) and getattr(k.value.func, "id", "") == "bind"
+                         for k in node.keywords if k.arg is None)
+                     or any(k.arg == "key" and isinstance(k.value, ast.Constant)
+                            and str(k.value.value).startswith("judge_") for k in node.keywords)):
             calls.append(node)
     return calls
 
@@ -295,10 +299,30 @@ def test_the_pages_restate_no_range(page: str) -> None:
     for call in calls:
         spread = [getattr(k.value.func, "id", "") for k in call.keywords if k.arg is None]
         assert any(n.endswith("_widget") for n in spread), ast.unparse(call)
-        numbers = [n for arg in [*call.args, *(k.value for k in call.keywords if k.arg)]
+        numbers = [n for arg in [*call.args, *(k.value for k in call.keywords
+                                               if k.arg and k.arg != "value")]
                    for n in ast.walk(arg) if isinstance(n, ast.Constant)
                    and isinstance(n.value, (int, float)) and not isinstance(n.value, bool)]
         assert not numbers, ast.unparse(call)
+
+
+def test_the_judges_flags_rules_and_fields_follow_its_declarations(monkeypatch, tmp_path) -> None:
+    from mminstruct.commands.judge import build_parser
+    from mminstruct.quality import judge_widget
+    from mminstruct.quality.judge import JUDGE_SETTINGS, JudgeConfig
+
+    monkeypatch.setitem(JUDGE_SETTINGS, "repeat", replace(JUDGE_SETTINGS["repeat"], default=3,
+                                                          max=4))
+    args = build_parser().parse_args(["--generated_file", "g.json"])
+    assert args.repeat == 3 and args.sample_seed == JUDGE_SETTINGS["sample_seed"].default == 0
+    (tmp_path / "g.json").write_text("[]")
+    with pytest.raises(ConfigError, match="--repeat is 5; it must be between 1 and 4"):
+        JudgeConfig(input_folder=tmp_path, output_folder=tmp_path, prompt_file="g.json",
+                    file_prefix="j", output="s.jsonl", repeat=5)
+    with pytest.raises(ConfigError, match=r"--sample is 1.5; it must be a fraction in \(0, 1\]"):
+        JudgeConfig(input_folder=tmp_path, output_folder=tmp_path, prompt_file="g.json",
+                    file_prefix="j", output="s.jsonl", sample=1.5)
+    assert judge_widget("sample")["max_value"] == 1.0 and judge_widget("max_cost")["step"] == 1.0
 
 
 # ----------------------------------------------------------------------------------------------
