@@ -13,7 +13,7 @@ from __future__ import annotations
 import argparse
 import os
 import re
-from dataclasses import MISSING, dataclass, field, fields, replace
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
@@ -64,10 +64,10 @@ def _window(v: Any) -> bool:
 @dataclass
 class GenerationConfig:
     # run: MM-Gen's own flags
-    input_folder: Path = setting(
+    input_folder: Path = setting(  # noqa: RUF009  (a field with its declaration)
         section="run", flag_default="", from_flag=_folder,
         help="folder the prompt file's image paths are relative to (default: the working folder)")
-    output_folder: Path = setting(section="run", flag_default="", from_flag=_folder,
+    output_folder: Path = setting(section="run", flag_default="", from_flag=_folder,  # noqa: RUF009
                                   help="results go to OUTPUT/generated_data/")
     prompt_file: str = setting(section="run", help="prompt file: a path, or a name under "
                                "INPUT/generated_prompts/")
@@ -181,7 +181,7 @@ class GenerationConfig:
         if not str(self.generator_model).strip():
             raise ConfigError("generator_model (--model_name) is empty")
         check_values({f.name: getattr(self, f.name) for f in fields(self)})
-        from mminstruct.llm.requests import max_tokens_key  # noqa: PLC0415
+        from mminstruct.llm.requests import max_tokens_key
 
         max_tokens_key(self.generator_model, self.max_tokens_field)  # an unknown field: ConfigError
         # a longer first interval than the default cap raises the cap
@@ -368,6 +368,19 @@ def config_from_dict(d: dict[str, Any], cls: type[GenerationConfig] = Generation
     return cls(**kwargs, endpoint=endpoint)
 
 
-__all__ = ["GenerationConfig", "resolve_prompt_file", "resolved_range", "config_from_dict",
-           "CONTENT_PARAMS", "SETTINGS", "DEFAULTS", "RULES", "BOUNDS", "SECTIONS",
-           "add_config_arguments", "config_from_args", "number_widget", "check_values"]
+__all__ = [
+    "BOUNDS",
+    "CONTENT_PARAMS",
+    "DEFAULTS",
+    "RULES",
+    "SECTIONS",
+    "SETTINGS",
+    "GenerationConfig",
+    "add_config_arguments",
+    "check_values",
+    "config_from_args",
+    "config_from_dict",
+    "number_widget",
+    "resolve_prompt_file",
+    "resolved_range",
+]
