@@ -182,9 +182,13 @@ def test_a_declaration_changed_in_one_place_shows_in_the_flag_field_and_workspac
         pkg / "prompts" / "plan.py": [
             ("total_gen: int = setting(min=1, ui_max=10_000_000, ui_default=100,",
              "total_gen: int = setting(min=1, ui_max=77_777, ui_default=123,")],
-        pkg / "partition" / "assign.py": [
-            ('Setting(name="low_margin", kind="float", default=0.01, ui_min=0.0, ui_max=0.2,',
-             'Setting(name="low_margin", kind="float", default=0.03, ui_min=0.0, ui_max=0.4,')],
+        pkg / "partition" / "taskfile.py": [
+            ('"low_margin": Setting(name="low_margin", kind="float", default=0.01, ui_min=0.0, '
+             'ui_max=0.2,',
+             '"low_margin": Setting(name="low_margin", kind="float", default=0.03, ui_min=0.0, '
+             'ui_max=0.4,'),
+            ("None, section=\"new\", min=1, metavar=\"K\", ui_max=1_000_000,",
+             "None, section=\"new\", min=2, metavar=\"K\", ui_max=5_000,")],
     }
     for path, pairs in edits.items():
         text = path.read_text()
@@ -196,6 +200,8 @@ def test_a_declaration_changed_in_one_place_shows_in_the_flag_field_and_workspac
         import json
         from mminstruct.commands.generate import build_parser
         from mminstruct.commands.prompts import build_parser as prompts_parser
+        from mminstruct.commands.task import build_parser as task_parser
+        from mminstruct.partition.taskfile import TaskFileConfig
         from mminstruct.generate import number_widget
         from mminstruct.prompts import prompt_widget
         from mminstruct.partition import partition_widget
@@ -209,6 +215,11 @@ def test_a_declaration_changed_in_one_place_shows_in_the_flag_field_and_workspac
             refused = False
         except ConfigError:
             refused = True
+        try:
+            TaskFileConfig(data_file="d.json", keywords=["a"], candidates_per_keyword=1)
+            k_refused = ""
+        except ConfigError as e:
+            k_refused = str(e)
         print(json.dumps({
             "flag": args.concurrency, "widget": number_widget("concurrency")["max_value"],
             "help": number_widget("concurrency")["help"], "reader": read.endpoint.concurrency,
@@ -218,7 +229,11 @@ def test_a_declaration_changed_in_one_place_shows_in_the_flag_field_and_workspac
             "total_widget": prompt_widget("total_gen")["max_value"],
             "total_reader": read.prompts.total_gen,
             "margin_widget": partition_widget("low_margin")["max_value"],
-            "margin_reader": read.partition.low_margin}))
+            "margin_reader": read.partition.low_margin,
+            "k_widget": partition_widget("candidates_per_keyword")["max_value"],
+            "k_refused": k_refused,
+            "k_flag_help": [a.help for a in task_parser()._actions
+                            if a.dest == "candidates_per_keyword"][0]}))
     """)
     out = subprocess.run([sys.executable, "-c", probe], cwd=tmp_path, capture_output=True,
                          text=True, check=False, env={"PYTHONPATH": str(tmp_path), "PATH": "/usr/bin:/bin"},
@@ -228,7 +243,10 @@ def test_a_declaration_changed_in_one_place_shows_in_the_flag_field_and_workspac
     assert got == {"flag": 17, "widget": 4321, "help": "requests in flight (default 17)",
                    "reader": 17, "refused": True, "total_flag_required": True,
                    "total_widget": 77_777, "total_reader": 123, "margin_widget": 0.4,
-                   "margin_reader": 0.03}
+                   "margin_reader": 0.03, "k_widget": 5_000,
+                   "k_refused": "candidates_per_keyword must be an integer ≥ 2, got 1",
+                   "k_flag_help": "take the K most similar candidates per keyword instead of "
+                                  "the argmax"}
 
 
 def test_the_generate_page_draws_its_fields_from_the_declarations(demo_ws, monkeypatch) -> None:

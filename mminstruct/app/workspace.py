@@ -39,7 +39,8 @@ from mminstruct.data.formats import generated_dir, prompts_dir
 from mminstruct.generate.config import DEFAULTS as GEN_DEFAULTS
 from mminstruct.generate.config import GenerationConfig, check_values
 from mminstruct.data.modes import MODE_NAMES, parse_mode
-from mminstruct.partition.assign import PARTITION_SETTINGS, normalise_keywords
+from mminstruct.partition.assign import normalise_keywords
+from mminstruct.partition.taskfile import PARTITION_SETTINGS
 from mminstruct.prompts.plan import (PROMPT_DEFAULTS, PROMPT_MINIMUMS, PROMPT_SETTINGS,
                                      PromptConfig, check_prompt_values, parse_budgets)
 

@@ -18,38 +18,13 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
 
 import numpy as np
 
-from mminstruct.cli import Setting
 from mminstruct.errors import ConfigError
 
 UNASSIGNED = -1
 _CHUNK_ROWS = 2_048
-
-#: The partition's settings, declared once (``mminstruct.cli.Setting``): the rule's range, the
-#: app's field (range, step, starting value) and help. ``TaskFileConfig`` and the workspace's
-#: settings check against the rule; the Partition page's fields and ``PartitionSettings`` read it.
-PARTITION_SETTINGS: dict[str, Setting] = {s.name: s for s in (
-    Setting(name="min_similarity", kind="float", optional=True, default=None, min=-1.0, max=1.0,
-            ui_min=-0.2, ui_step=0.005, ui_default=0.2,
-            help="an image whose best keyword scores under this cosine similarity is left "
-                 "unassigned"),
-    Setting(name="low_margin", kind="float", default=0.01, ui_min=0.0, ui_max=0.2, ui_step=0.001,
-            help="an image whose best keyword beats the runner-up by less than this is flagged "
-                 "as uncertain"),
-    Setting(name="candidates_per_keyword", kind="int", optional=True, default=None, min=1,
-            ui_max=1_000_000,
-            help="the K candidate images most similar to each keyword (0: every candidate goes to "
-                 "its best keyword)"),
-)}
-
-
-def partition_widget(name: str) -> dict[str, Any]:
-    """The Partition page's field for ``name``: ``min_value``, ``max_value``, ``help`` (and
-    ``step`` for a slider)."""
-    return PARTITION_SETTINGS[name].widget()
 
 
 def _as_matrix(x: np.ndarray, what: str) -> np.ndarray:
