@@ -24,7 +24,7 @@ from mminstruct.cli import (UNSET, Setting, add_setting_arguments, setting, sett
 from mminstruct.errors import ConfigError, DataFileError
 from mminstruct.data.formats import FILE_NAME_MAX, check_file_prefix, prompts_dir
 from mminstruct.llm.client import EndpointConfig
-from mminstruct.llm.requests import MAX_TOKENS_FIELDS
+from mminstruct.llm.requests import MAX_TOKENS_FIELDS, max_tokens_key
 
 DEFAULT_GENERATOR_MODEL = "gpt-4o"
 
@@ -181,8 +181,6 @@ class GenerationConfig:
         if not str(self.generator_model).strip():
             raise ConfigError("generator_model (--model_name) is empty")
         check_values({f.name: getattr(self, f.name) for f in fields(self)})
-        from mminstruct.llm.requests import max_tokens_key
-
         max_tokens_key(self.generator_model, self.max_tokens_field)  # an unknown field: ConfigError
         # a longer first interval than the default cap raises the cap
         self.batch_poll_max_seconds = max(self.batch_poll_max_seconds, self.batch_poll_seconds)
