@@ -172,10 +172,12 @@ class Setting:
         """The app's starting value: ``ui_default``, else the default."""
         return self.default if self.ui_default is UNSET else self.ui_default
 
-    def widget(self) -> dict[str, Any]:
-        """A number widget's ``min_value``, ``max_value`` and ``help`` (Streamlit's names): the
+    def widget(self, with_help: bool = False) -> dict[str, Any]:
+        """A number widget's ``min_value``, ``max_value`` and ``step`` (Streamlit's names): the
         rule's range, with ``ui_max`` where the rule has no upper end; an optional setting
-        shows None as 0."""
+        shows None as 0. ``with_help``: also the help text as ``help`` (the pages label their
+        fields themselves and show no tooltip: a tooltip's button carries the field's label
+        too)."""
         lo = self.min if self.min is not None else (self.above if self.above is not None else 0)
         if self.optional:
             lo = 0
@@ -183,8 +185,9 @@ class Setting:
             lo = self.ui_min
         hi = self.max if self.max is not None else self.ui_max
         cast = float if self.kind == "float" else int
-        out: dict[str, Any] = {"min_value": cast(lo), "max_value": None if hi is None else cast(hi),
-                               "help": self.help.replace("%(default)s", str(self.default))}
+        out: dict[str, Any] = {"min_value": cast(lo), "max_value": None if hi is None else cast(hi)}
+        if with_help:
+            out["help"] = self.help.replace("%(default)s", str(self.default))
         if self.ui_step is not None:
             out["step"] = cast(self.ui_step)
         return out

@@ -222,7 +222,7 @@ def test_a_declaration_changed_in_one_place_shows_in_the_flag_field_and_workspac
             k_refused = str(e)
         print(json.dumps({
             "flag": args.concurrency, "widget": number_widget("concurrency")["max_value"],
-            "help": number_widget("concurrency")["help"], "reader": read.endpoint.concurrency,
+            "help": number_widget("concurrency", with_help=True)["help"], "reader": read.endpoint.concurrency,
             "refused": refused,
             "total_flag_required": [a.required for a in prompts_parser()._actions
                                     if a.dest == "total_gen"][0],
@@ -252,14 +252,14 @@ def test_a_declaration_changed_in_one_place_shows_in_the_flag_field_and_workspac
 def test_the_generate_page_draws_its_fields_from_the_declarations(demo_ws, monkeypatch) -> None:
     from tests.fixtures.app import app_test, no_errors
 
-    planted = replace(SETTINGS["concurrency"], max=333, help="planted help")
+    planted = replace(SETTINGS["concurrency"], min=2, max=333)
     monkeypatch.setitem(SETTINGS, "concurrency", planted)
     monkeypatch.setitem(SETTINGS, "max_retries", replace(SETTINGS["max_retries"], max=44))
     at = app_test(demo_ws).run()
     at.switch_page("pages/5_generate.py").run()
     no_errors(at)
     conc = at.number_input(key="ep_conc")
-    assert (conc.min, conc.max, conc.help) == (1, 333, "planted help")
+    assert (conc.min, conc.max) == (2, 333)
     assert at.number_input(key="ep_retries").max == 44
     assert at.number_input(key="ep_side").max == BOUNDS["max_image_side"][1]
 

@@ -247,9 +247,9 @@ BOUNDS: dict[str, tuple[int, int]] = {
     if s.min is not None and s.max is not None}
 
 
-def number_widget(name: str) -> dict[str, Any]:
-    """The app's number field for setting ``name``: ``min_value``, ``max_value`` and ``help``."""
-    return SETTINGS[name].widget()
+def number_widget(name: str, with_help: bool = False) -> dict[str, Any]:
+    """The app's number field for setting ``name``: ``min_value``, ``max_value`` (and ``help``)."""
+    return SETTINGS[name].widget(with_help)
 
 
 #: The endpoint's flags (``EndpointConfig``'s fields, which live with the client in ``llm``).

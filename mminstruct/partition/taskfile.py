@@ -159,8 +159,8 @@ PARTITION_SETTINGS: dict[str, Setting] = {
 
 
 def partition_widget(name: str) -> dict[str, Any]:
-    """The Partition page's field for ``name``: ``min_value``, ``max_value``, ``help`` (and
-    ``step`` for a slider)."""
+    """The Partition page's field for ``name``: ``min_value``, ``max_value`` (and ``step`` for a
+    slider)."""
     return PARTITION_SETTINGS[name].widget()
 
 @dataclass

@@ -211,7 +211,7 @@ PROMPT_MINIMUMS: dict[str, int] = {n: int(s.min) for n, s in PROMPT_SETTINGS.ite
 
 
 def prompt_widget(name: str) -> dict[str, Any]:
-    """The Prompts page's number field for ``name``: ``min_value``, ``max_value``, ``help``."""
+    """The Prompts page's number field for ``name``: ``min_value``, ``max_value``."""
     return PROMPT_SETTINGS[name].widget()
 
 

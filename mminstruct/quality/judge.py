@@ -161,8 +161,7 @@ JUDGE_SETTINGS: dict[str, Setting] = {n: s for n, s in settings_of(JudgeConfig).
 
 
 def judge_widget(name: str) -> dict[str, Any]:
-    """The app's field for the judge setting ``name``: ``min_value``, ``max_value``, ``step``,
-    ``help``."""
+    """The app's field for the judge setting ``name``: ``min_value``, ``max_value``, ``step``."""
     return JUDGE_SETTINGS[name].widget()
 
 
