@@ -126,7 +126,7 @@ def build_workspace(root: Path, n_records: int, n_images: int, n_pool: int,
     ws = Workspace.open(root / "home" / "workspaces" / "scale", create=True)
     ws.settings.data = DataSettings(input_folder=str(data), data_file=str(data / "llava.json"),
                                     image_folder="images", candidate_folder="pool")
-    ws.settings.partition = PartitionSettings(model_name=spec, keywords=KEYWORDS[:8],
+    ws.settings.partition = PartitionSettings(clip_model=spec, keywords=KEYWORDS[:8],
                                               projection="pca")
     ws.save()
     ec = EmbeddingCache(ws.cache_dir, parse_model_spec(spec).identity(ws.cache_dir))

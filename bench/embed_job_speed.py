@@ -97,7 +97,7 @@ def run_job(root: Path, data: Path, model: str, precision: str) -> tuple[float, 
     ws = Workspace.open(ws_root, create=True)
     d = ws.settings.data
     d.data_file, d.input_folder, d.candidate_folder = str(data), str(root), "pool"
-    ws.settings.partition.model_name = model
+    ws.settings.partition.clip_model = model
     ws.save()
     t0 = time.perf_counter()
     start_job(ws, JobOptions(precision=precision, project=False))

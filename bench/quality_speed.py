@@ -121,7 +121,7 @@ def _timed(*a, **k):  # the grounding step alone (image + text vectors from the 
     finally:
         grounding_s[0] += time.perf_counter() - t
 quality.grounding_scores = _timed
-cfg = QualityConfig(sys.argv[1], prompt_file=sys.argv[2], model_name=sys.argv[4] or None,
+cfg = QualityConfig(sys.argv[1], prompt_file=sys.argv[2], clip_model=sys.argv[4] or None,
                     cache_dir=sys.argv[5] or None, cross_image=sys.argv[6] == "1")
 rep = analyse(cfg)
 t1 = time.perf_counter()

@@ -10,6 +10,7 @@ import streamlit as st
 
 from mminstruct.app.curation import build_task, curate, keyword_vectors, save_task
 from mminstruct.errors import MMInstructError
+from mminstruct.partition import partition_widget
 from ui.gallery import Item, curation_actions, gallery
 from ui.more_like import more_like_these_panel, new_subgroup_form, show_toast
 from ui.subgroup_run import subgroup_run_from_task
@@ -34,12 +35,13 @@ with left:
     show_error("kw_text")
     use_min = st.checkbox("Leave images under a minimum similarity unassigned",
                           **bind(ws, "use_min"))
-    st.slider("Minimum similarity", -0.2, 1.0, step=0.005, disabled=not use_min,
+    # ranges, steps and help: the settings' declarations (partition.PARTITION_SETTINGS)
+    st.slider("Minimum similarity", disabled=not use_min, **partition_widget("min_similarity"),
               **bind(ws, "min_sim"))
     st.slider("Flag as uncertain when the margin to the runner-up keyword is under",
-              0.0, 0.2, step=0.001, format="%.3f", **bind(ws, "low_margin"))
+              format="%.3f", **partition_widget("low_margin"), **bind(ws, "low_margin"))
     st.number_input("Candidates per keyword (0: every candidate to its best keyword)",
-                    0, 1_000_000, **bind(ws, "top_k"))
+                    **partition_widget("candidates_per_keyword"), **bind(ws, "top_k"))
     for key in ("use_min", "min_sim", "low_margin", "top_k"):
         show_error(key)
 

@@ -11,6 +11,7 @@ import streamlit as st
 from mminstruct.errors import MMInstructError
 from mminstruct.data import MODE_NAMES, load_task_file, parse_once
 from mminstruct.generate import DEFAULT_GENERATOR_MODEL
+from mminstruct.prompts import prompt_widget
 from mminstruct.app.preview import (PlannedPrompts, allocation_rows, estimate_plan, plan_size,
                                 prepare_workspace_plan,
                                 prompt_at, prompt_head, render_entry, samples_note, save_status,
@@ -51,13 +52,17 @@ st.session_state[BUDGET_KEYWORDS] = [s.keyword for s in task.subgroups]  # a bud
 st.subheader("Settings")
 c1, c2, c3 = st.columns(3)
 with c1:
-    st.number_input("Items to generate (total_gen)", 1, 10_000_000, **bind(ws, "p_total"))
-    st.number_input("Items per prompt (min_gen_per_candidate)", 1, 100, **bind(ws, "p_min"))
+    # ranges and help: the settings' declarations (prompts.PROMPT_SETTINGS)
+    st.number_input("Items to generate (total_gen)", **prompt_widget("total_gen"),
+                    **bind(ws, "p_total"))
+    st.number_input("Items per prompt (min_gen_per_candidate)",
+                    **prompt_widget("min_gen_per_candidate"), **bind(ws, "p_min"))
 with c2:
-    st.number_input("In-context examples per prompt", 0, 16, **bind(ws, "p_icl"))
+    st.number_input("In-context examples per prompt", **prompt_widget("num_icl_samples"),
+                    **bind(ws, "p_icl"))
     st.selectbox("Mode", MODE_NAMES, **bind(ws, "p_mode"))
 with c3:
-    st.number_input("Seed", 0, 2**31 - 1, **bind(ws, "p_seed"))
+    st.number_input("Seed", **prompt_widget("seed"), **bind(ws, "p_seed"))
     st.text_input("File prefix", **bind(ws, "p_prefix"))
 for key in ("p_total", "p_min", "p_icl", "p_mode", "p_seed", "p_prefix"):
     show_error(key)
@@ -113,7 +118,7 @@ try:  # one prompt, drawn from its subgroup's own stream: the one the saved file
         task, config, plan, None if kw == "(all)" else kw, int(pos) - 1))
     built = render_entry(head, entry, ws.input_root, max_image_side=e_side,
                          allow_outside=ws.settings.data.allow_outside_paths,
-                         model=ws.settings.endpoint.model_name)
+                         model=ws.settings.endpoint.generator_model)
 except MMInstructError as e:
     st.error(f"Prompt {int(pos)} cannot be built: {for_browser(e)}")
 else:
@@ -126,7 +131,7 @@ st.subheader("Estimate for the whole run")
 st.text_input("Model (prices from the table in mminstruct.generate.manifest)",
               **bind(ws, "est_model"))
 show_error("est_model")
-model = ws.settings.endpoint.model_name
+model = ws.settings.endpoint.generator_model
 est = session_memo("estimate", (plan_key, model.strip(), e_side), lambda: estimate_plan(
     task, config, plan, ws.input_root, model.strip() or DEFAULT_GENERATOR_MODEL, max_image_side=e_side,
     allow_outside=ws.settings.data.allow_outside_paths))

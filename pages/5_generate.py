@@ -9,7 +9,8 @@ from pathlib import Path
 import streamlit as st
 
 from mminstruct.errors import MMInstructError
-from mminstruct.generate import BOUNDS
+from mminstruct.generate import number_widget
+from mminstruct.quality import judge_widget
 from mminstruct.app.runs import (cancel_run, continue_run, cost_so_far, dry_run, eta_label,
                                  list_app_runs, new_run_name, pause_run, recent_records, resume_run,
                                  run_info, runs_table, start_run, workspace_config,
@@ -39,18 +40,21 @@ with st.expander("Endpoint", expanded=not e.base_url or st.session_state.get("_e
                           "Ollama, LM Studio)", **bind(ws, "ep_base"))
             st.text_input("Model", **bind(ws, "ep_model"))
             st.text_input("Environment variable holding the key", **bind(ws, "ep_keyenv"))
-            st.number_input("Downscale images to (longest side, px)", *BOUNDS["max_image_side"],
-                            **bind(ws, "ep_side"))
-        with c2:
-            st.number_input("Requests in flight", *BOUNDS["concurrency"], **bind(ws, "ep_conc"))
-            st.number_input("Requests per minute (0: from the server's headers)", 0.0, 1e9,
-                            **bind(ws, "ep_rpm"))
-            st.number_input("Tokens per minute (0: from the server's headers)", 0.0, 1e12,
-                            **bind(ws, "ep_tpm"))
-            st.number_input("Answer token limit (0: the model's)", 0, 1_000_000,
+            st.number_input("Downscale images to (longest side, px)",
+                            **number_widget("max_image_side"), **bind(ws, "ep_side"))
+        with c2:  # ranges and help: the settings' declarations (generate.config)
+            st.number_input("Requests in flight", **number_widget("concurrency"),
+                            **bind(ws, "ep_conc"))
+            st.number_input("Requests per minute (0: from the server's headers)",
+                            **number_widget("rpm"), **bind(ws, "ep_rpm"))
+            st.number_input("Tokens per minute (0: from the server's headers)",
+                            **number_widget("tpm"), **bind(ws, "ep_tpm"))
+            st.number_input("Answer token limit (0: the model's)", **number_widget("max_tokens"),
                             **bind(ws, "ep_maxtok"))
-            st.number_input("Timeout per request (s)", 1.0, 3600.0, **bind(ws, "ep_timeout"))
-            st.number_input("Retries per request", *BOUNDS["max_retries"], **bind(ws, "ep_retries"))
+            st.number_input("Timeout per request (s)", **number_widget("timeout"),
+                            **bind(ws, "ep_timeout"))
+            st.number_input("Retries per request", **number_widget("max_retries"),
+                            **bind(ws, "ep_retries"))
         st.form_submit_button("Save endpoint settings", **form_submit(ws, EP_FORM))
     errors = [st.session_state.get(f"_bound_err:{k}") for k, b in BOUND.items() if b.form == EP_FORM]
     if any(errors):
@@ -133,17 +137,17 @@ else:
         j_file = st.selectbox("Generated file", [f.name for f in finished], key="judge_file")
         c1, c2, c3 = st.columns(3)
         j_model = c1.text_input("Judge model (empty: the generation's)", key="judge_model")
-        j_sample = c2.number_input("Sample per subgroup (fraction; 0: every sample)", 0.0, 1.0,
-                                   0.0, 0.05, key="judge_sample")
-        j_cap = c3.number_input("Cost cap in US dollars (0: none)", 0.0, 1e6, 0.0, 1.0,
-                                key="judge_cap")
+        j_sample = c2.number_input("Sample per subgroup (fraction; 0: every sample)",
+                                   value=0.0, **judge_widget("sample"), key="judge_sample")
+        j_cap = c3.number_input("Cost cap in US dollars (0: none)", value=0.0,
+                                **judge_widget("max_cost"), key="judge_cap")
         j_start = st.form_submit_button("Start the judge")
     st.caption("Scores go to generated_data/manifests/RUN.scores.jsonl; the Review page sorts, "
                "filters and rejects by them.")
     if j_start:
         try:
             cfg = judge_config(ws, ws.generated_dir / j_file, new_run_name("judge"),
-                               model_name=j_model, sample=j_sample or None,
+                               generator_model=j_model, sample=j_sample or None,
                                max_cost=j_cap or None)
             info = start_run(ws.root, cfg, key)
         except MMInstructError as err:
@@ -208,7 +212,7 @@ def live(name: str, was_active: bool) -> None:
     m[2].metric("OK / failed", f"{int(s.get('ok') or 0):,} / {int(s.get('failed') or 0):,}")
     tin, tout = int(s.get("input_tokens") or 0), int(s.get("output_tokens") or 0)
     m[3].metric("Tokens", f"{tin + tout:,}")
-    cost = cost_so_far(info, e.model_name)
+    cost = cost_so_far(info, e.generator_model)
     m[4].metric("Cost so far", f"${cost.usd:,.4f}" if cost.usd is not None else "unknown")
     fails, errs = s.get("failed_by_class") or {}, s.get("errors_by_class") or {}
     if fails or errs:

@@ -30,7 +30,7 @@ def test_open_the_demo(app_home: Path, demo_data: Path) -> None:
     root = app_home / "workspaces" / "demo"
     assert at.session_state["ws_path"] == str(root.resolve())
     s = Workspace.open(root).settings
-    assert s.data.demo and s.partition.model_name == "demo-charts"
+    assert s.data.demo and s.partition.clip_model == "demo-charts"
     assert s.partition.keywords == ["bar chart", "line chart", "pie chart", "scatter plot"]
     assert s.data.candidate_folder == "pool"
     loaded = {m.label: m.value for m in at.metric}

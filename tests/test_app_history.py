@@ -44,8 +44,8 @@ def test_a_form_save_writes_only_what_was_changed_here(curated: Workspace) -> No
     at.button(key=SUBMIT).click().run()
     no_errors(at)
     ep = Workspace.open(curated.root).settings.endpoint
-    assert (ep.model_name, ep.concurrency, ep.timeout) == ("m9", 5, 7.0)
-    assert history.entries(curated.root)[-1].changes == ["model_name gpt-4o → m9"]
+    assert (ep.generator_model, ep.concurrency, ep.timeout) == ("m9", 5, 7.0)
+    assert history.entries(curated.root)[-1].changes == ["generator_model gpt-4o → m9"]
     assert history.entries(curated.root)[-1].page == "Generate"
 
 

@@ -170,7 +170,7 @@ def _load_files(at, data_file: Path, cand: str = "") -> None:
 def test_a_truncated_jpeg_is_reported_on_load_and_counts_agree(app_home: Path, tmp_path: Path,
                                                                tiny_clip) -> None:
     ws = Workspace.open(app_home / "workspaces" / "trunc", create=True)
-    ws.settings.partition.model_name = tiny_clip.spec
+    ws.settings.partition.clip_model = tiny_clip.spec
     ws.settings.partition.projection = "pca"
     ws.save()
     data_file = _data_folder(tmp_path / "d", n=4, truncated=2)

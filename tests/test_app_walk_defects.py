@@ -316,7 +316,7 @@ def test_an_offline_machine_is_warned_on_data_and_told_once_on_explore(
     monkeypatch.setenv("HF_HOME", str(demo_ws.root / "no_hf_cache"))
     at = app_test(demo_ws).run()
     at.text_input(key="clip_model").set_value("ViT-B-32:openai").run()
-    assert Workspace.open(demo_ws.root).settings.partition.model_name == "ViT-B-32:openai"
+    assert Workspace.open(demo_ws.root).settings.partition.clip_model == "ViT-B-32:openai"
     warnings = [w.value.replace("\\", "") for w in at.warning]
     assert any("'ViT-B-32:openai' is not on this machine" in w for w in warnings), warnings
     at.switch_page("pages/2_explore.py").run()

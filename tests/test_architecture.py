@@ -375,12 +375,12 @@ def test_the_app_settings_take_their_defaults_and_rules_from_the_core_configs() 
     assert (p.min_gen_per_candidate, p.num_icl_samples, p.mode) == (
         PROMPT_DEFAULTS["min_gen_per_candidate"], PROMPT_DEFAULTS["num_icl_samples"],
         PROMPT_DEFAULTS["mode"].value)
-    from mminstruct.generate.config import BOUNDS, RULES
+    from mminstruct.generate.config import BOUNDS, RULES, SETTINGS
 
     for name, (lo, hi) in BOUNDS.items():  # one range: the rule follows the bounds
         test, what = RULES[name]
         assert test(lo) and test(hi) and not test(lo - 1) and not test(hi + 1), name
-        assert what == f"between {lo} and {hi}"
+        assert what == (SETTINGS[name].what or f"between {lo} and {hi}")
     s = WorkspaceSettings()
     s.endpoint.temperature = 3.0  # the generation config's rule: between 0 and 2
     with pytest.raises(ConfigError, match="temperature is 3.0; it must be between 0 and 2"):

@@ -373,7 +373,7 @@ def test_azure_batches_use_the_resource_routes_and_the_deployment(bstub, tmp_pat
     endpoint = EndpointConfig(azure_endpoint=bstub.base, azure_deployment="my-batch-dep",
                               api_version="2024-10-21")
     result = asyncio.run(run_async(_config(ws, bstub, endpoint=endpoint,
-                                           model_name="gpt-4o-mini")))
+                                           generator_model="gpt-4o-mini")))
     assert result.state == "finished"
     assert bstub.batches.stats()["prefixes"].keys() == {"openai"}
     [batch] = bstub.batches.batches.values()

@@ -323,7 +323,7 @@ def test_choosing_a_local_checkpoint_and_embedding_with_it(tmp_path: Path, demo_
             found.click()
             page.get_by_role("option").filter(has_text=str(other.checkpoint)).first.click()
             idle(page)
-            wait_setting(home, lambda s: s["partition"]["model_name"], spec)
+            wait_setting(home, lambda s: s["partition"]["clip_model"], spec)
             # embedded with the chosen checkpoint (its own vector cache), then mapped anew
             cache = home / "workspaces" / "demo" / "cache"
             deadline = time.monotonic() + LONG / 1000
@@ -349,7 +349,7 @@ def test_choosing_a_local_checkpoint_and_embedding_with_it(tmp_path: Path, demo_
             box.press("Enter")
             page.get_by_text(re.compile("checkpoint file .*/no/such/checkpoint.pt.* not found")) \
                 .first.wait_for()
-            assert read_settings(home)["partition"]["model_name"] == spec
+            assert read_settings(home)["partition"]["clip_model"] == spec
         except Exception:
             page.screenshot(path=tmp_path / "failure.png", full_page=True)
             (tmp_path / "failure.txt").write_text(page.inner_text("body"))

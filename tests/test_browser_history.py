@@ -36,7 +36,7 @@ def _non_default(home: Path) -> Workspace:
     s = ws.settings
     s.data.dataset_description = "my own charts"
     e = s.endpoint
-    (e.model_name, e.api_key_env, e.concurrency, e.rpm, e.tpm, e.max_tokens, e.timeout,
+    (e.generator_model, e.api_key_env, e.concurrency, e.rpm, e.tpm, e.max_tokens, e.timeout,
      e.max_retries, e.max_image_side) = ("m-custom", "MY_KEY", 37, 100.0, 5000.0, 333, 45.0, 7,
                                          640)
     p = s.prompts
@@ -158,7 +158,7 @@ def test_nothing_is_lost_in_a_real_browser(app_server) -> None:
             other.get_by_role("textbox", name="Model", exact=True).fill("m-other")
             other.get_by_role("button", name="Save endpoint settings").click()
             idle(other)
-            wait_setting(home, lambda s: s["endpoint"]["model_name"], "m-other")
+            wait_setting(home, lambda s: s["endpoint"]["generator_model"], "m-other")
             assert Workspace.open(a.root).settings.endpoint.concurrency == 21
 
             # Undo and Restore in the sidebar: keywords, exclusions and a budget come back

@@ -79,7 +79,7 @@ def _scenario(tmp_path, demo_data, tiny_clip, *, inject: bool, total: int) -> li
             model = page.get_by_label(MODEL_LABEL)
             model.wait_for(timeout=LONG)
             idle(page)
-            assert read_settings(home)["endpoint"]["model_name"] != "edited-model"
+            assert read_settings(home)["endpoint"]["generator_model"] != "edited-model"
             if inject:
                 flag.write_text("4")  # every rerun of the Prompts page now takes 4 s
             total_field = page.get_by_label("Items to generate (total_gen)")
@@ -107,7 +107,7 @@ def _scenario(tmp_path, demo_data, tiny_clip, *, inject: bool, total: int) -> li
             idle(page)
             if inject:
                 flag.unlink()
-            wait_setting(home, lambda s: (s["prompts"]["total_gen"], s["endpoint"]["model_name"]),
+            wait_setting(home, lambda s: (s["prompts"]["total_gen"], s["endpoint"]["generator_model"]),
                          (total, "edited-model"))
             events.append("saved")
             nav(page, "Prompts")
@@ -115,7 +115,7 @@ def _scenario(tmp_path, demo_data, tiny_clip, *, inject: bool, total: int) -> li
             expect(page.get_by_label(MODEL_LABEL)).to_have_value("edited-model")
             events.append("shown")
         except Exception:
-            print("events:", events, "settings:", read_settings(home)["endpoint"]["model_name"],
+            print("events:", events, "settings:", read_settings(home)["endpoint"]["generator_model"],
                   read_settings(home)["prompts"]["total_gen"])
             print("page:", page.url, page.inner_text("body")[:1500])
             raise

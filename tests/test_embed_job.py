@@ -61,7 +61,7 @@ def _wait(cond: Callable[[], bool], timeout: float = 120.0, what: str = "") -> N
 
 
 def _cached_vectors(ws: Workspace) -> int:
-    spec = parse_model_spec(ws.settings.partition.model_name)
+    spec = parse_model_spec(ws.settings.partition.clip_model)
     return len(open_cache(ws.cache_dir, spec.identity(ws.cache_dir)).vectors)
 
 

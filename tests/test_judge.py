@@ -316,7 +316,7 @@ def test_the_app_launches_the_judge_as_a_background_run(judge_stub, judge_set, t
     js = judge_set
     ws = Workspace.open(tmp_path / "ws", create=True)
     ws.settings.endpoint.base_url = judge_stub.url
-    ws.settings.endpoint.model_name = "gpt-4o-mini"
+    ws.settings.endpoint.generator_model = "gpt-4o-mini"
     ws.save()
     ws.generated_dir.mkdir(parents=True, exist_ok=True)
     gen = ws.generated_dir / "run_20260101_000000.json"

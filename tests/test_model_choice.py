@@ -103,7 +103,7 @@ def test_explore_refuses_a_download_offline_at_once(demo_ws: Workspace,
                                                     monkeypatch: pytest.MonkeyPatch,
                                                     empty_caches) -> None:
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    demo_ws.settings.partition.model_name = TAG
+    demo_ws.settings.partition.clip_model = TAG
     demo_ws.settings.partition.projection = "pca"
     demo_ws.save()
     at = app_test(demo_ws).run()
@@ -130,7 +130,7 @@ def test_changing_the_model_reembeds_from_its_cache(demo_ws: Workspace, tiny_cli
     other_spec = f"{other.config_path}:{other.checkpoint}"
     at.text_input(key="ex_clip_model").set_value(other_spec).run()
     no_errors(at)
-    assert Workspace.open(demo_ws.root).settings.partition.model_name == other_spec
+    assert Workspace.open(demo_ws.root).settings.partition.clip_model == other_spec
     assert _metrics(at)["Embedded now / from cache"] == "72 / 0"  # another model: embedded anew
     at.text_input(key="ex_clip_model").set_value(tiny_clip.spec).run()
     no_errors(at)
@@ -139,7 +139,7 @@ def test_changing_the_model_reembeds_from_its_cache(demo_ws: Workspace, tiny_cli
     # a bad spec is refused with the whole reason; the setting and the map stay
     at.text_input(key="ex_clip_model").set_value(f"{tiny_clip.arch}:/no/such.pt").run()
     assert any("not found" in e.value for e in at.error)
-    assert Workspace.open(demo_ws.root).settings.partition.model_name == tiny_clip.spec
+    assert Workspace.open(demo_ws.root).settings.partition.clip_model == tiny_clip.spec
     assert at.text_input(key="ex_clip_model").value == f"{tiny_clip.arch}:/no/such.pt"
 
 
@@ -164,7 +164,7 @@ def test_choosing_a_model_found_on_this_machine(demo_ws: Workspace, tiny_clip, t
     assert spec in pick.options or any(spec in o for o in pick.options)
     pick.set_value(spec).run()
     no_errors(at)
-    assert Workspace.open(demo_ws.root).settings.partition.model_name == spec
+    assert Workspace.open(demo_ws.root).settings.partition.clip_model == spec
     assert at.text_input(key="ex_clip_model").value == spec
     shutil.rmtree(tmp_path / "found_clip")
 
@@ -175,7 +175,7 @@ def test_a_checkpoint_that_fails_to_load_shows_the_whole_error(demo_ws: Workspac
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     bad = tmp_path / "broken.pt"
     bad.write_bytes(b"not a checkpoint " * 40)
-    demo_ws.settings.partition.model_name = f"{tiny_clip.config_path}:{bad}"
+    demo_ws.settings.partition.clip_model = f"{tiny_clip.config_path}:{bad}"
     demo_ws.settings.partition.projection = "pca"
     demo_ws.save()
     at = app_test(demo_ws).run()

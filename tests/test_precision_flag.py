@@ -16,7 +16,7 @@ KEYWORDS = ["red circle", "blue square"]
 
 
 def test_config_takes_the_four_values_and_refuses_others(tiny_clip) -> None:
-    kw = dict(data_file="d.json", keywords=["a"], model_name=tiny_clip.spec)
+    kw = dict(data_file="d.json", keywords=["a"], clip_model=tiny_clip.spec)
     assert TaskFileConfig(**kw).precision == "auto"
     for value in ("fp32", "bf16", "int8", " AUTO "):
         assert TaskFileConfig(**kw, precision=value).precision == value.strip().lower()

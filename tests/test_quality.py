@@ -369,7 +369,7 @@ def test_grounding_is_the_cosine_of_cached_image_and_text_vectors(tmp_path: Path
         ("Is it round?", "Yes."), ("What is drawn?", "A square."), ("Where is it?", "Left.")])]
     f = _write(tmp_path / "g.json", samples, input_folder=str(root))
     cache = tmp_path / "cache"
-    rep = analyse(QualityConfig(str(f), model_name=tiny_clip.spec, cache_dir=str(cache), lowest=3))
+    rep = analyse(QualityConfig(str(f), clip_model=tiny_clip.spec, cache_dir=str(cache), lowest=3))
     scores = [s["scores"]["grounding"] for s in rep.samples]
     img = embed_images([root / f"img{i % 3}.jpg" for i in range(5)], tiny_clip.spec, cache=cache)
     txt = embed_texts([f"{s['conversations'][0]['value'][8:]} {s['conversations'][1]['value']}"
@@ -385,7 +385,7 @@ def test_grounding_is_the_cosine_of_cached_image_and_text_vectors(tmp_path: Path
 def test_grounding_reports_images_that_are_missing(tmp_path: Path, tiny_clip) -> None:
     f = _write(tmp_path / "g.json", [_sample(0, "What is it?", "A cat.", image="nope.jpg")],
                input_folder=str(tmp_path))
-    rep = analyse(QualityConfig(str(f), model_name=tiny_clip.spec, cache_dir=str(tmp_path / "c")))
+    rep = analyse(QualityConfig(str(f), clip_model=tiny_clip.spec, cache_dir=str(tmp_path / "c")))
     assert rep.samples[0]["scores"]["grounding"] is None
     assert rep.summary["grounding"]["images_not_embedded"] == 1
 

@@ -40,7 +40,7 @@ def shapes(tmp_path: Path):
 
 def config(shapes, tiny_clip, tmp_path: Path, **kw) -> TaskFileConfig:
     base = dict(data_file="data.json", input_folder=shapes.root, output_folder=tmp_path / "out",
-                keywords=KEYWORDS, model_name=tiny_clip.spec, gpu=-1, batch_size=8, num_workers=0)
+                keywords=KEYWORDS, clip_model=tiny_clip.spec, gpu=-1, batch_size=8, num_workers=0)
     base.update(kw)
     return TaskFileConfig(**base)
 
@@ -59,7 +59,7 @@ def config(shapes, tiny_clip, tmp_path: Path, **kw) -> TaskFileConfig:
 ])
 def test_bad_keyword_lists_are_refused(keywords, match: str) -> None:
     with pytest.raises(ConfigError, match=match):
-        TaskFileConfig(data_file="d.json", keywords=keywords, model_name=clip.DEFAULT_CLIP_MODEL)
+        TaskFileConfig(data_file="d.json", keywords=keywords, clip_model=clip.DEFAULT_CLIP_MODEL)
 
 
 @pytest.mark.parametrize("field, value, match", [
@@ -77,7 +77,7 @@ def test_bad_keyword_lists_are_refused(keywords, match: str) -> None:
     ("data_file", "", "data_file is required"),
 ])
 def test_bad_numbers_and_names_are_refused(field: str, value, match: str) -> None:
-    kw = dict(data_file="d.json", keywords=["a"], model_name=clip.DEFAULT_CLIP_MODEL)
+    kw = dict(data_file="d.json", keywords=["a"], clip_model=clip.DEFAULT_CLIP_MODEL)
     kw[field] = value
     with pytest.raises(ConfigError, match=match):
         TaskFileConfig(**kw)
@@ -85,12 +85,12 @@ def test_bad_numbers_and_names_are_refused(field: str, value, match: str) -> Non
 
 def test_an_unknown_model_is_refused_at_config_time() -> None:
     with pytest.raises(ModelSpecError, match="unknown CLIP architecture"):
-        TaskFileConfig(data_file="d.json", keywords=["a"], model_name="ResNet-9000:x")
+        TaskFileConfig(data_file="d.json", keywords=["a"], clip_model="ResNet-9000:x")
 
 
 def test_keywords_are_tidied_and_templates_expanded() -> None:
     cfg = TaskFileConfig(data_file="d.json", keywords=["  bar   chart ", "map"], templates="default",
-                         model_name=clip.DEFAULT_CLIP_MODEL)
+                         clip_model=clip.DEFAULT_CLIP_MODEL)
     assert cfg.keywords == ["bar chart", "map"] and cfg.templates == clip.DEFAULT_TEMPLATES
 
 
@@ -163,7 +163,7 @@ def test_large_pools_take_the_faiss_path_with_the_same_result(tmp_path: Path) ->
     kw = vecs[[0, 1, 2]] + 0.3 * vecs[[3, 4, 5]]  # keywords near the pool, overlapping lists
     kw /= np.linalg.norm(kw, axis=1, keepdims=True)
     cfg = TaskFileConfig(data_file="d.json", keywords=["a", "b", "c"], candidates_per_keyword=50,
-                         model_name="RN50:openai", cache_dir=str(tmp_path))
+                         clip_model="RN50:openai", cache_dir=str(tmp_path))
     brute = select_top_k(vecs, kw, cfg, faiss_min_pool=10**9)
     via_faiss = select_top_k(vecs, kw, cfg, faiss_min_pool=1)
     assert [list(map(int, ids)) for ids in via_faiss.ids] == [list(map(int, ids)) for ids in brute.ids]
@@ -266,7 +266,7 @@ def test_unicode_file_names(tmp_path: Path, tiny_clip) -> None:
         {"image_folder": "images", "samples": [{"image": "cercle_été_图.jpg", "conversations": qa}]},
         ensure_ascii=False), encoding="utf-8")
     cfg = TaskFileConfig(data_file=root / "données.json", keywords=["cercle", "carré"],
-                         candidate_folder=root / "candidats", model_name=tiny_clip.spec, gpu=-1,
+                         candidate_folder=root / "candidats", clip_model=tiny_clip.spec, gpu=-1,
                          output_folder=tmp_path / "out", num_workers=0)
     task = load_task_file(generate_task_file(cfg))
     assert task.samples[0]["image_1"] == "cercle_été_图.jpg"

@@ -69,11 +69,13 @@ def test_a_secret_never_reaches_the_settings_file(tmp_path: Path, monkeypatch) -
     (root / SETTINGS_NAME).write_text(json.dumps(
         {"endpoint": {"api_key": "sk-should-never-be-written", "model_name": "m"}}))
     ws = Workspace.open(root)
-    assert ws.settings.endpoint.model_name == "m"
+    assert ws.settings.endpoint.generator_model == "m"
     assert not hasattr(ws.settings.endpoint, "api_key")
     ws.save()
     saved = (root / SETTINGS_NAME).read_text()
-    assert "sk-should" not in saved and json.loads(saved)["endpoint"]["model_name"] == "m"
+    # the generator's old key (model_name) was read and is written under its name now
+    assert "sk-should" not in saved and json.loads(saved)["endpoint"]["generator_model"] == "m"
+    assert "model_name" not in json.loads(saved)["endpoint"]
     # the guard itself: a future field holding a secret makes save refuse, and the file on disk
     # stays as it was (this fails if save stops calling the guard or the guard stops matching)
     real = type(ws.settings).to_json

@@ -25,25 +25,24 @@ def _found() -> list[tuple[str, str]]:
 
 def _choose(root: str, pick_key: str) -> None:
     """The callback of the "found on this machine" list: the chosen spec becomes the setting."""
-    from mminstruct.app.model_choice import check_spec, remember_model
+    from mminstruct.app.model_choice import set_clip_model
 
     spec = st.session_state.get(pick_key)
     if not spec:
         return
     try:
         ws = Workspace.open(root)
-        ws.settings.partition.model_name = check_spec(spec).spec
+        set_clip_model(ws, spec, remember_any=True)
         ws.save()
     except MMInstructError as e:
         st.session_state[f"{pick_key}:err"] = f"Not saved: {e}"
         return
     st.session_state.pop(f"{pick_key}:err", None)
-    remember_model(spec)
     st.session_state[pick_key] = None
 
 
 def model_picker(ws: Workspace, key: str, *, find_now: bool = True) -> None:
-    """The spec field (bound to ``partition.model_name`` as ``key``; checked when edited) and the
+    """The spec field (bound to ``partition.clip_model`` as ``key``; checked when edited) and the
     models found on this machine as choices (with ``find_now`` False, after a click: finding
     them imports open_clip, which the first page does not)."""
     st.text_input("CLIP model (ARCH:TAG, ARCH:/path/to/checkpoint.pt, CONFIG.json:/path/to/"
@@ -75,7 +74,7 @@ def model_ready(ws: Workspace) -> Any:
     spec is bad or its weights cannot be had. Remembered per spec for this session."""
     from mminstruct.app.model_choice import ready_to_load, remember_model
 
-    spec = ws.settings.partition.model_name
+    spec = ws.settings.partition.clip_model
     slot = st.session_state.get("_model_ready")
     if slot is not None and slot[0] == spec:
         return slot[1]
@@ -97,7 +96,7 @@ def model_download_warning(ws: Workspace) -> None:
     from mminstruct.app.model_choice import ready_to_load
     from mminstruct.embed.clip import DEMO_MODEL
 
-    spec = ws.settings.partition.model_name
+    spec = ws.settings.partition.clip_model
     if spec.strip() == DEMO_MODEL:  # shipped with the package (and checking it loads torch)
         return
     slot = st.session_state.get("_model_download")

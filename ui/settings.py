@@ -32,7 +32,8 @@ from typing import Any
 import streamlit as st
 
 from mminstruct.errors import MMInstructError
-from mminstruct.app.workspace import Workspace
+from mminstruct.app.workspace import EndpointSettings, Workspace
+from mminstruct.partition import PARTITION_SETTINGS
 from mminstruct.generate import DEFAULT_GENERATOR_MODEL
 from ui.nav import DATA, EXPLORE, GENERATE, PARTITION, PROMPTS
 
@@ -68,7 +69,11 @@ def _keywords(ws: Workspace, text: Any) -> None:
 
 def _use_min(ws: Workspace, on: Any) -> None:
     p = ws.settings.partition
-    p.min_similarity = float(st.session_state.get("min_sim", 0.2)) if on else None
+    p.min_similarity = float(st.session_state.get("min_sim", MIN_SIM_START)) if on else None
+
+
+#: the similarity slider's value while no minimum is set (the declaration's starting value)
+MIN_SIM_START = PARTITION_SETTINGS["min_similarity"].start
 
 
 def _min_sim(ws: Workspace, v: Any) -> None:
@@ -76,12 +81,9 @@ def _min_sim(ws: Workspace, v: Any) -> None:
 
 
 def _model_spec(ws: Workspace, v: Any) -> None:
-    from mminstruct.app.model_choice import check_spec, remember_model
+    from mminstruct.app.model_choice import set_clip_model
 
-    mc = check_spec(str(v or ""))
-    ws.settings.partition.model_name = mc.spec
-    if mc.kind == "checkpoint":
-        remember_model(mc.spec)  # offered again as a choice ("recently used")
+    set_clip_model(ws, str(v or ""))
 
 
 def _task_file(ws: Workspace, name: Any) -> None:
@@ -150,8 +152,8 @@ EP_FORM = "endpoint_form"
 BOUND: dict[str, Bound] = {b.key: b for b in (
     Bound("desc_text", "data.dataset_description", DATA, "text_area",
           _setter("data.dataset_description", lambda v: str(v or "").strip())),
-    Bound("clip_model", "partition.model_name", DATA, "text_input", _model_spec),
-    Bound("ex_clip_model", "partition.model_name", EXPLORE, "text_input", _model_spec),
+    Bound("clip_model", "partition.clip_model", DATA, "text_input", _model_spec),
+    Bound("ex_clip_model", "partition.clip_model", EXPLORE, "text_input", _model_spec),
     Bound("ex_ray", "partition.embed_ray_address", EXPLORE, "text_input",
           _setter("partition.embed_ray_address", lambda v: str(v or "").strip())),
     Bound("proj_method", "partition.projection", EXPLORE, "radio",
@@ -161,7 +163,7 @@ BOUND: dict[str, Bound] = {b.key: b for b in (
     Bound("use_min", "partition.min_similarity", PARTITION, "checkbox", _use_min,
           lambda v: v is not None),
     Bound("min_sim", "partition.min_similarity", PARTITION, "slider", _min_sim,
-          lambda v: float(v) if v is not None else 0.2),
+          lambda v: float(v) if v is not None else MIN_SIM_START),
     Bound("low_margin", "partition.low_margin", PARTITION, "slider",
           _setter("partition.low_margin", float), float),
     Bound("top_k", "partition.candidates_per_keyword", PARTITION, "number_input",
@@ -178,15 +180,15 @@ BOUND: dict[str, Bound] = {b.key: b for b in (
     Bound("p_prefix", "prompts.file_prefix", PROMPTS, "text_input",
           _setter("prompts.file_prefix", _file_prefix)),
     Bound("p_budgets", "prompts.budgets", PROMPTS, "text_input", _budgets, _budgets_text),
-    Bound("est_model", "endpoint.model_name", PROMPTS, "text_input",
-          _setter("endpoint.model_name", _stripped(DEFAULT_GENERATOR_MODEL))),
+    Bound("est_model", "endpoint.generator_model", PROMPTS, "text_input",
+          _setter("endpoint.generator_model", _stripped(DEFAULT_GENERATOR_MODEL))),
     Bound("gen_prompt", "prompt_file", GENERATE, "selectbox", _prompt_file, _name),
     Bound("ep_base", "endpoint.base_url", GENERATE, "text_input",
           _setter("endpoint.base_url", lambda v: str(v or "").strip()), form=EP_FORM),
-    Bound("ep_model", "endpoint.model_name", GENERATE, "text_input",
-          _setter("endpoint.model_name", _stripped(DEFAULT_GENERATOR_MODEL)), form=EP_FORM),
+    Bound("ep_model", "endpoint.generator_model", GENERATE, "text_input",
+          _setter("endpoint.generator_model", _stripped(DEFAULT_GENERATOR_MODEL)), form=EP_FORM),
     Bound("ep_keyenv", "endpoint.api_key_env", GENERATE, "text_input",
-          _setter("endpoint.api_key_env", _stripped("OPENAI_API_KEY")), form=EP_FORM),
+          _setter("endpoint.api_key_env", _stripped(EndpointSettings.api_key_env)), form=EP_FORM),
     Bound("ep_side", "endpoint.max_image_side", GENERATE, "number_input",
           _setter("endpoint.max_image_side", int), int, form=EP_FORM),
     Bound("ep_conc", "endpoint.concurrency", GENERATE, "number_input",

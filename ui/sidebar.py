@@ -149,10 +149,10 @@ def sidebar() -> None:
         if ws.has_data:
             _embed_job_box(ws)
         st.subheader("CLIP model")
-        st.caption(md_escape(ws.settings.partition.model_name, 200))
+        st.caption(md_escape(ws.settings.partition.clip_model, 200))
         st.subheader("Endpoint")
         ep = ws.settings.endpoint
-        st.caption(md_escape(f"{endpoint_label(ep.base_url)} · model {ep.model_name}", 200))
+        st.caption(md_escape(f"{endpoint_label(ep.base_url)} · model {ep.generator_model}", 200))
         key, source = api_key(ws)
         st.caption(md_escape(f"key: {source}", 120))
         # Checked by itself only when the user saved a base URL; the default (OpenAI) URL only

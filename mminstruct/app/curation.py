@@ -79,7 +79,7 @@ class ImageSet:
 
 @dataclass
 class Embeddings:
-    model_name: str
+    clip_model: str
     data: DataFile
     input_root: Path
     reference: ImageSet
@@ -179,7 +179,7 @@ def embed_workspace(ws: Workspace, progress: Progress | None = None,
     this in a background job (``mminstruct.app.embed``) with ``num_workers=None``: the command
     line's decode workers. ``num_workers`` 0 (the default here) decodes in this thread, as an
     in-process caller in a threaded server must (forking workers out of it is unsafe)."""
-    d, model = ws.settings.data, ws.settings.partition.model_name
+    d, model = ws.settings.data, ws.settings.partition.clip_model
     parse_model_spec(model)  # a bad spec fails before any work
     data = load_workspace_data(ws)
     root = ws.input_root
@@ -254,7 +254,7 @@ def save_embeddings(ws: Workspace, emb: Embeddings, key: str, token: str = "") -
     if not vec_path.is_file():
         save_npy(vec_path, np.ascontiguousarray(emb.all_vectors, dtype=np.float16))
     atomic_write_json(manifest, {
-        "format": _RESULT_FORMAT, "key": key, "token": token, "model": emb.model_name,
+        "format": _RESULT_FORMAT, "key": key, "token": token, "model": emb.clip_model,
         "fingerprint": fp, "vectors": vec_path.name, "dim": int(emb.all_vectors.shape[1]),
         "n_cached": emb.n_cached, "n_computed": emb.n_computed,
         "reference": {"paths": emb.reference.paths, "abs_paths": [str(p) for p in emb.reference.abs_paths],
@@ -373,7 +373,7 @@ def keyword_vectors(ws: Workspace, keywords: Sequence[str]) -> np.ndarray:
     p = ws.settings.partition
     if not keywords:
         raise ConfigError("the keyword list is empty; add at least one keyword")
-    return text_encoder.keyword_vectors(list(keywords), p.model_name,
+    return text_encoder.keyword_vectors(list(keywords), p.clip_model,
                                         templates=p.templates or None, cache=ws.cache_dir)
 
 
@@ -590,7 +590,7 @@ def build_task(ws: Workspace, emb: Embeddings, cur: Curation) -> TaskFile:
                                   extra))
     n_kw = cur.n_keywords if cur.n_keywords >= 0 else len(cur.keywords)
     meta = task_metadata(
-        source="app", model=p.model_name, keywords=cur.keywords[:n_kw], templates=p.templates,
+        source="app", model=p.clip_model, keywords=cur.keywords[:n_kw], templates=p.templates,
         min_similarity=p.min_similarity, candidates_per_keyword=p.candidates_per_keyword,
         data=data, input_root=emb.input_root,
         skipped_reference=[{"path": a, "reason": b} for a, b in emb.reference.failures],
@@ -623,7 +623,7 @@ def search(ws: Workspace, emb: Embeddings, query: str, limit: int = 24) -> list[
         return []
     from mminstruct.app import text_encoder
 
-    vec = text_encoder.text_vectors([q], ws.settings.partition.model_name, cache=ws.cache_dir)[0]
+    vec = text_encoder.text_vectors([q], ws.settings.partition.clip_model, cache=ws.cache_dir)[0]
     sims = np.concatenate([similarity_matrix(emb.reference.vectors, vec[None])[:, 0],
                            similarity_matrix(emb.candidates.vectors, vec[None])[:, 0]])
     k = min(int(limit), len(sims))
@@ -680,4 +680,4 @@ def embedding_key(ws: Workspace) -> str:
             cand_fp = None
     return content_key("app-embeddings", str(ws.root), d.input_folder, d.data_file, d.image_folder,
                        d.candidate_folder, d.candidate_file, d.allow_outside_paths,
-                       ws.settings.partition.model_name, fp, cand_fp)
+                       ws.settings.partition.clip_model, fp, cand_fp)

@@ -33,10 +33,10 @@ _POOL_LOCK = threading.Lock()
 
 
 def setup_demo(ws: Workspace, n_reference: int = 150, n_candidates: int = 600,
-               progress: Any = None, model_name: str | None = None,
+               progress: Any = None, clip_model: str | None = None,
                workers: int | None = None, pool_in_background: bool = False) -> Any:
     """Build the offline demo (synthetic charts) inside the workspace and point the settings at
-    it: the demo CLIP (``model_name``, else ``$MMINSTRUCT_DEMO_MODEL``, else ``demo-charts``), the
+    it: the demo CLIP (``clip_model``, else ``$MMINSTRUCT_DEMO_MODEL``, else ``demo-charts``), the
     four chart keywords, vqa prompts. Returns the ``DemoWorkspace``.
 
     With ``pool_in_background`` only the reference charts are drawn before this returns; the
@@ -55,8 +55,8 @@ def setup_demo(ws: Workspace, n_reference: int = 150, n_candidates: int = 600,
     s.data = DataSettings(input_folder=str(demo.root.resolve()),
                           data_file=str(demo.data_file.resolve()), image_folder=None,
                           candidate_folder=demo.candidate_folder.name, demo=True)
-    model = model_name or os.environ.get("MMINSTRUCT_DEMO_MODEL") or DEMO_MODEL
-    s.partition = PartitionSettings(model_name=model,
+    model = clip_model or os.environ.get("MMINSTRUCT_DEMO_MODEL") or DEMO_MODEL
+    s.partition = PartitionSettings(clip_model=model,
                                     keywords=list(DEMO_KEYWORDS))
     s.prompts = PromptSettings(total_gen=40, min_gen_per_candidate=2, num_icl_samples=2,
                                mode="vqa", seed=0, file_prefix="demo")

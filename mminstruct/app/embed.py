@@ -460,7 +460,7 @@ def _embed_pool_on_ray(ws: Workspace, options: JobOptions, report: _Reporter) ->
     cand_abs = candidate_files(ws)
     if not cand_abs:
         return
-    spec = parse_model_spec(ws.settings.partition.model_name)
+    spec = parse_model_spec(ws.settings.partition.clip_model)
     identity = spec.identity(ws.cache_dir)
     ec = open_cache(ws.cache_dir, identity)
     keys = {}

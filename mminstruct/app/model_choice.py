@@ -22,6 +22,7 @@ import socket
 import threading
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from mminstruct.embed.clip import DEMO_MODEL, HF_HUB_PREFIX
 from mminstruct.errors import ModelSpecError
@@ -173,6 +174,18 @@ def _recent_file() -> Path:
 
 def recent_models() -> list[str]:
     return read_recent(_recent_file())
+
+
+def set_clip_model(ws: Any, spec: str, *, remember_any: bool = False) -> ModelCheck:
+    """The one writer of a workspace's CLIP model (``ws.settings.partition.clip_model``; the
+    caller saves): ``spec`` is checked first (``ModelSpecError`` names the problem and nothing
+    changes). A checkpoint, or with ``remember_any`` any spec (one chosen from the models found
+    on this machine), goes first in the recently used models."""
+    mc = check_spec(str(spec or ""))
+    ws.settings.partition.clip_model = mc.spec
+    if remember_any or mc.kind == "checkpoint":
+        remember_model(mc.spec)  # offered again as a choice ("recently used")
+    return mc
 
 
 def remember_model(spec: str) -> None:

@@ -97,17 +97,17 @@ def endpoint_config(base_url: str = "", api_key_env: str = "") -> EndpointConfig
     return EndpointConfig(base_url=base_url or None, api_key_env=api_key_env or None)
 
 
-def judge_config(ws: Any, generated: str | os.PathLike, name: str, *, model_name: str = "",
+def judge_config(ws: Any, generated: str | os.PathLike, name: str, *, generator_model: str = "",
                  sample: float | None = None, max_cost: float | None = None) -> Any:
     """A judge run (``mminstruct.quality.judge``) of the generated file ``generated`` with the
-    workspace's endpoint settings; ``model_name`` (default: the generation's) may differ from
+    workspace's endpoint settings; ``generator_model`` (the judge's model; default: the generation's) may differ from
     the generator. Its scores go to ``manifests/RUN.scores.jsonl`` (where Review looks)."""
     from mminstruct.quality.judge import JudgeConfig, default_scores_path
 
     e = ws.settings.endpoint
     values = e.generation_values()
-    if model_name.strip():
-        values["model_name"] = model_name.strip()
+    if generator_model.strip():
+        values["generator_model"] = generator_model.strip()
     from mminstruct.generate.output import output_header
 
     src = Path(generated)
@@ -242,7 +242,8 @@ class RunInfo:
 
     @property
     def model(self) -> str:
-        return str(self.record.get("config", {}).get("model_name", ""))
+        config = self.record.get("config", {})  # a run written before the rename: model_name
+        return str(config.get("generator_model", config.get("model_name", "")))
 
     @property
     def base_url(self) -> str:

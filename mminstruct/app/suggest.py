@@ -266,11 +266,11 @@ def suggest_for_workspace(ws: Any, emb: Any, *, k: int | None = None,
     else:
         words = [" ".join(w.split()) for w in vocabulary if " ".join(w.split())]
     device = 0  # GPU 0 when there is one; resolved only if a vector is not cached
-    vocab_vecs = embed_keywords(words, p.model_name, templates=p.templates or None,
+    vocab_vecs = embed_keywords(words, p.clip_model, templates=p.templates or None,
                                 cache=ws.cache_dir, device=device)
     kw_vecs = None
     if p.keywords:
-        kw_vecs = embed_keywords(list(p.keywords), p.model_name, templates=p.templates or None,
+        kw_vecs = embed_keywords(list(p.keywords), p.clip_model, templates=p.templates or None,
                                  cache=ws.cache_dir, device=device)
     return suggest_keywords(emb.reference.float32(), vocab_vecs, words, k=k, k_range=k_range,
                             method=method, keyword_vecs=kw_vecs, keywords=list(p.keywords),

@@ -40,8 +40,9 @@ from mminstruct.generate.config import DEFAULTS as GEN_DEFAULTS
 from mminstruct.generate.config import GenerationConfig, check_values
 from mminstruct.data.modes import MODE_NAMES, parse_mode
 from mminstruct.partition.assign import normalise_keywords
-from mminstruct.prompts.plan import (PROMPT_DEFAULTS, PROMPT_MINIMUMS, PromptConfig, check_prompt_values,
-                       parse_budgets)
+from mminstruct.partition.taskfile import PARTITION_SETTINGS
+from mminstruct.prompts.plan import (PROMPT_DEFAULTS, PROMPT_MINIMUMS, PROMPT_SETTINGS,
+                                     PromptConfig, check_prompt_values, parse_budgets)
 
 HOME_ENV = "MMINSTRUCT_HOME"
 RECENT_NAME = "recent.json"
@@ -83,12 +84,14 @@ class DataSettings:
 
 @dataclass
 class PartitionSettings:
-    model_name: str = DEFAULT_CLIP_MODEL  # the task-file builder's default too
+    #: the CLIP model's spec (``embed.clip.parse_model_spec``); written by ``set_clip_model``
+    clip_model: str = DEFAULT_CLIP_MODEL  # the task-file builder's default too
     keywords: list[str] = field(default_factory=list)
     templates: list[str] = field(default_factory=list)
     min_similarity: float | None = None
     candidates_per_keyword: int | None = None
-    low_margin: float = 0.01  # items whose margin to the runner-up is below this are flagged
+    #: items whose margin to the runner-up is below this are flagged
+    low_margin: float = PARTITION_SETTINGS["low_margin"].start
     projection: str = "umap"
     excluded_reference: list[int] = field(default_factory=list)  # sample indices
     excluded_candidates: list[str] = field(default_factory=list)  # paths as in the task file
@@ -105,15 +108,16 @@ class PartitionSettings:
 
 @dataclass
 class PromptSettings:
-    """Step 2's settings; defaults from ``prompts.PROMPT_DEFAULTS`` except where the app needs a
-    value the command line leaves open (a total to start from, a fixed seed, a file prefix)."""
+    """Step 2's settings; each starts from its declaration in ``prompts.PROMPT_SETTINGS`` (the
+    config's default, or the app's own start where the command line leaves it open: a total to
+    start from, a fixed seed, a file prefix)."""
 
-    total_gen: int = 100
-    min_gen_per_candidate: int = PROMPT_DEFAULTS["min_gen_per_candidate"]
-    num_icl_samples: int = PROMPT_DEFAULTS["num_icl_samples"]
+    total_gen: int = PROMPT_SETTINGS["total_gen"].start
+    min_gen_per_candidate: int = PROMPT_SETTINGS["min_gen_per_candidate"].start
+    num_icl_samples: int = PROMPT_SETTINGS["num_icl_samples"].start
     mode: str = PROMPT_DEFAULTS["mode"].value
-    seed: int = 0
-    file_prefix: str = "prompts"
+    seed: int = PROMPT_SETTINGS["seed"].start
+    file_prefix: str = PROMPT_SETTINGS["file_prefix"].start
     #: subgroup → budget: a number of prompts ("4000") or a share of total_gen ("25%"); the
     #: subgroups without one share the rest by MM-Gen's rule (``prompts.allocate``)
     budgets: dict[str, str] = field(default_factory=dict)
@@ -134,7 +138,7 @@ class EndpointSettings:
     """Where generation requests go. No key: it comes from the environment or the session."""
 
     base_url: str = ""
-    model_name: str = GEN_DEFAULTS["model_name"]
+    generator_model: str = GEN_DEFAULTS["generator_model"]
     api_key_env: str = "OPENAI_API_KEY"
     concurrency: int = GEN_DEFAULTS["concurrency"]
     rpm: float | None = GEN_DEFAULTS["rpm"]
@@ -200,11 +204,20 @@ def _check_value(where: str, name: str, value: Any, default: Any, annotation: st
     return float(value) if base == "float" else value
 
 
-def _section_from(cls: type, raw: Any, where: str) -> Any:
+#: a setting's earlier name in ``workspace.json`` (section → new name → old name): read when the new
+#: one is absent; a save writes the new name only
+OLD_KEYS: dict[str, dict[str, str]] = {"partition": {"clip_model": "model_name"},
+                                       "endpoint": {"generator_model": "model_name"}}
+
+
+def _section_from(cls: type, raw: Any, where: str, section: str = "") -> Any:
     if raw is None:
         return cls()
     if not isinstance(raw, dict):
         raise ConfigError(f"{where} must be an object, got {type(raw).__name__}")
+    old = {new: o for new, o in OLD_KEYS.get(section, {}).items() if new not in raw and o in raw}
+    if old:
+        raw = {**raw, **{new: raw[o] for new, o in old.items()}}
     kwargs = {}
     for f in fields(cls):
         if f.name in raw:
@@ -221,7 +234,8 @@ def settings_from_json(obj: Any, where: str = SETTINGS_NAME) -> WorkspaceSetting
         if f.name not in obj:
             continue
         if f.name in _SECTIONS:
-            kwargs[f.name] = _section_from(_SECTIONS[f.name], obj[f.name], f"{where}: {f.name}")
+            kwargs[f.name] = _section_from(_SECTIONS[f.name], obj[f.name], f"{where}: {f.name}",
+                                           f.name)
         else:
             kwargs[f.name] = _check_value(where, f.name, obj[f.name], None, str(f.type))
     s = WorkspaceSettings(**kwargs)
@@ -237,8 +251,9 @@ def validate_settings(s: WorkspaceSettings) -> None:
     check_prompt_values({k: v for k, v in asdict(p).items() if k in PROMPT_MINIMUMS})
     check_values(e.generation_values())  # the generation config's own rules
     ms = s.partition.min_similarity
-    if ms is not None and not -1.0 <= ms <= 1.0:
-        raise ConfigError(f"min_similarity is {ms!r}; it must be between -1 and 1")
+    test, what = PARTITION_SETTINGS["min_similarity"].rule()  # type: ignore[misc]
+    if not test(ms):
+        raise ConfigError(f"min_similarity is {ms!r}; it must be {what}")
     if s.partition.projection not in ("umap", "pca"):
         raise ConfigError(choices_message("projection", s.partition.projection, ("umap", "pca")))
     if p.budgets:

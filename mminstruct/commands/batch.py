@@ -34,6 +34,7 @@ from mminstruct.commands.generate import (EXIT_CANCELLED, EXIT_FAILED_PROMPTS, E
                              add_common_args, config_from_args, exit_codes_epilog, failed_summary,
                              install_signal_handlers)
 from mminstruct.errors import ConfigError
+from mminstruct.generate.config import add_config_arguments
 from mminstruct.data.formats import generated_dir
 from mminstruct.generate.control import RunControl, RunStatus
 from mminstruct.generate.output import merge_outputs
@@ -51,8 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
                       formatter_class=argparse.RawDescriptionHelpFormatter)
     add_common_args(p)
     p.add_argument("--num_parallel", type=int, default=1, help="number of shards (default 1)")
-    p.add_argument("--start_idx", type=int, default=0, help="first prompt of the whole range")
-    p.add_argument("--num_prompts", type=int, default=-1, help="prompts in the range (-1: all)")
+    add_config_arguments(p, ["range"])
     return p
 
 

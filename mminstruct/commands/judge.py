@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from mminstruct.cli import OneLineParser, run_cli
+from mminstruct.cli import OneLineParser, add_setting_arguments, run_cli
 from mminstruct.commands.generate import (EXIT_CODES, add_common_args, config_from_args,
                                           failed_summary, install_signal_handlers, run_exit_code)
 from mminstruct.errors import DataFileError
@@ -23,7 +23,7 @@ from mminstruct.generate.jsonstream import iter_object
 from mminstruct.generate.runlog import FINISHED, RunDir
 from mminstruct.llm.client import install_log_redaction
 from mminstruct.llm.errors import RULES as ERROR_RULES
-from mminstruct.quality.judge import (EXIT_BUDGET, RUN_PREFIX, JudgeConfig, default_scores_path,
+from mminstruct.quality.judge import (EXIT_BUDGET, JUDGE_SETTINGS, RUN_PREFIX, JudgeConfig, default_scores_path,
                                       estimate, judge_async, judge_kind, runs_folder_for,
                                       summary_path)
 from mminstruct.quality.rubric import load_rubric
@@ -77,16 +77,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "as S.summary.json")
     j.add_argument("--rubric", help="rubric file (JSON or YAML: aspects, scale, overall); "
                    "default: visual_faithfulness, correctness, task_fit, 1-5")
-    j.add_argument("--sample", type=float, help="judge a stratified sample: this fraction of "
-                   "each subgroup (e.g. 0.1)")
-    j.add_argument("--sample_seed", type=int, default=0, help="seed of --sample (default 0)")
-    j.add_argument("--repeat", type=int, default=1, help="judge each sample this many times "
-                   "(self-agreement in the summary; default 1)")
-    j.add_argument("--max_cost", type=float, help="stop before the spend passes this many US "
-                   f"dollars (exit status {EXIT_BUDGET}; --resume continues)")
-    j.add_argument("--input_price", type=float, help="$ per 1M input tokens (a model without a "
-                   "price in generate/prices.json)")
-    j.add_argument("--output_price", type=float, help="$ per 1M output tokens")
+    add_setting_arguments(j, list(JUDGE_SETTINGS.values()))  # quality.judge's declarations
     j.add_argument("--truth", help="JSON list of the ids of known bad samples: the summary "
                    "reports how well the scores separate them (ROC AUC)")
     j.add_argument("--estimate_only", action="store_true", help="print the cost estimate and "

@@ -16,9 +16,10 @@ import logging
 import sys
 import time
 
-from mminstruct.cli import OneLineParser, run_cli
+from mminstruct.cli import OneLineParser, add_setting_arguments, run_cli
 from mminstruct.data.modes import MODE_NAMES
-from mminstruct.prompts.plan import PROMPT_DEFAULTS, PromptConfig, generate_prompt_file
+from mminstruct.prompts.plan import (PROMPT_DEFAULTS, PROMPT_SETTINGS, PromptConfig,
+                                     generate_prompt_file)
 
 log = logging.getLogger("mminstruct.commands.prompts")
 
@@ -30,16 +31,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--input_folder", default="", help="folder every image path is relative to")
     p.add_argument("--output_folder", default="", help="prompt file goes to OUTPUT/generated_prompts/")
     p.add_argument("--file_prefix", required=True, help="prefix of the prompt file's name")
-    p.add_argument("--total_gen", type=int, required=True, help="total samples to generate")
-    p.add_argument("--min_gen_per_candidate", type=int,
-                   default=PROMPT_DEFAULTS["min_gen_per_candidate"],
-                   help="items the model writes per prompt (per candidate image; default %(default)s)")
-    p.add_argument("--num_icl_samples", type=int, default=PROMPT_DEFAULTS["num_icl_samples"],
-                   help="in-context examples per prompt (default %(default)s)")
+    counts = [PROMPT_SETTINGS[n] for n in ("total_gen", "min_gen_per_candidate", "num_icl_samples")]
+    add_setting_arguments(p, counts, required=("total_gen",))  # from PromptConfig's declarations
     p.add_argument("--mode", default=PROMPT_DEFAULTS["mode"].value,
                    help=f"one of: {', '.join(MODE_NAMES)} (default %(default)s)")
-    p.add_argument("--seed", type=int, default=PROMPT_DEFAULTS["seed"],
-                   help="makes the prompt file reproducible")
+    add_setting_arguments(p, [PROMPT_SETTINGS["seed"]])
     p.add_argument("--budgets", default=None,
                    help="per-subgroup budgets, 'KEYWORD=PROMPTS' or 'KEYWORD=SHARE%%' separated by "
                         "commas (e.g. 'bar chart=4000,pie chart=25%%'); the other subgroups share "

@@ -12,8 +12,8 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from mminstruct.cli import OneLineParser, run_cli
-from mminstruct.embed.clip import DEFAULT_CLIP_MODEL
+from mminstruct.cli import OneLineParser, add_setting_arguments, run_cli, values_from_args
+from mminstruct.partition.taskfile import TASK_SETTINGS, TaskFileConfig, generate_task_file
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -29,15 +29,8 @@ def build_parser() -> argparse.ArgumentParser:
     mm.add_argument("--output_folder", default=".", help="where the task file is written")
     mm.add_argument("--keywords", nargs="+", required=True, metavar="KEYWORD",
                     help="one subgroup per keyword, e.g. --keywords 'bar chart' 'pie chart'")
-    mm.add_argument("--output_prefix", default="task_file",
-                    help="file name prefix: OUTPUT/{prefix}_{YYYY_mm_dd_HH:MM:SS}.json")
-    mm.add_argument("--model_name", default=DEFAULT_CLIP_MODEL,
-                    help="open_clip model: ARCH:TAG, ARCH:/path/checkpoint.pt, "
-                         "CONFIG.json:/path/checkpoint.pt, hf-hub:ORG/NAME or demo-charts "
-                         f"(default {DEFAULT_CLIP_MODEL})")
-    mm.add_argument("--batch_size", type=int, default=64, help="images per batch (default 64)")
-    mm.add_argument("--gpu", type=int, default=0,
-                    help="CUDA device number; the CPU is used when it does not exist (-1: CPU)")
+    # --output_prefix --model_name --batch_size --gpu: TaskFileConfig's declarations
+    add_setting_arguments(mm, [s for s in TASK_SETTINGS.values() if s.section == "mmgen"])
     mm.add_argument("--debug", action="store_true", help="debug logging")
     new = p.add_argument_group("mminstruct's flags")
     new.add_argument("--image_folder", default=None,
@@ -48,10 +41,8 @@ def build_parser() -> argparse.ArgumentParser:
     new.add_argument("--candidate_file", default=None,
                      help="candidate images: a text file of paths (one a line, relative to "
                           "--input_folder) or a LLaVA data file")
-    new.add_argument("--candidates_per_keyword", type=int, default=None, metavar="K",
-                     help="take the K most similar candidates per keyword instead of the argmax")
-    new.add_argument("--min_similarity", type=float, default=None,
-                     help="images less similar than this to every keyword are left unassigned")
+    add_setting_arguments(new, [TASK_SETTINGS["candidates_per_keyword"],
+                                TASK_SETTINGS["min_similarity"]])
     new.add_argument("--templates", nargs="+", default=None, metavar="TEMPLATE",
                      help="average each keyword's text embedding over templates with '{}' "
                           "(e.g. 'a photo of a {}.'), or the word 'default' for a built-in set")
@@ -60,9 +51,7 @@ def build_parser() -> argparse.ArgumentParser:
     new.add_argument("--cache_dir", default=None,
                      help="embedding cache folder (default $MMINSTRUCT_CACHE_DIR or "
                           "~/.cache/mminstruct)")
-    new.add_argument("--num_workers", type=int, default=None,
-                     help="image decoding workers (default: with the model on a GPU, CPU cores − 1; "
-                          "on the CPU, cores − 1 up to 4, none on 2 cores)")
+    add_setting_arguments(new, [TASK_SETTINGS["num_workers"]])
     new.add_argument("--precision", default="auto", type=str.lower,
                      help="image embedding precision: fp32, bf16, int8 (CPU: dynamic int8 Linear "
                           "layers) or auto (default: bf16 where native, else int8 on the CPU, "
@@ -75,18 +64,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
-    from mminstruct.partition.taskfile import TaskFileConfig, generate_task_file
 
     config = TaskFileConfig(
         data_file=args.data_file, input_folder=args.input_folder,
-        output_folder=args.output_folder, keywords=args.keywords,
-        output_prefix=args.output_prefix, model_name=args.model_name,
-        batch_size=args.batch_size, gpu=args.gpu, image_folder=args.image_folder,
+        output_folder=args.output_folder, keywords=args.keywords, image_folder=args.image_folder,
         candidate_folder=args.candidate_folder, candidate_file=args.candidate_file,
-        candidates_per_keyword=args.candidates_per_keyword,
-        min_similarity=args.min_similarity, templates=args.templates or (),
-        allow_outside_paths=args.allow_outside_paths, cache_dir=args.cache_dir,
-        num_workers=args.num_workers, precision=args.precision, ray_address=args.ray_address)
+        templates=args.templates or (), allow_outside_paths=args.allow_outside_paths,
+        cache_dir=args.cache_dir, precision=args.precision, ray_address=args.ray_address,
+        **values_from_args(args, list(TASK_SETTINGS.values())))  # clip_model from --model_name
     if config.ray_address:
         from mminstruct.distributed.embed import generate_task_file as on_ray  # noqa: PLC0415
 

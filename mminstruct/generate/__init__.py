@@ -9,15 +9,16 @@
 * ``load_output`` / ``iter_output`` / ``merge_outputs`` (exports: ``mminstruct.export.formats``).
 """
 
-from mminstruct.generate.config import (BOUNDS, DEFAULT_GENERATOR_MODEL, GenerationConfig,
-                                        config_from_dict, resolve_prompt_file)
+from mminstruct.generate.config import (BOUNDS, DEFAULT_GENERATOR_MODEL, DEFAULTS, GenerationConfig,
+                                        config_from_dict, number_widget, resolve_prompt_file)
 from mminstruct.generate.control import RunControl, RunStatus, read_status, request_cancel, request_pause
 from mminstruct.generate.engine import RunResult, run_async, run_generation
 from mminstruct.generate.output import GeneratedData, iter_output, load_output, merge_outputs
 from mminstruct.generate.runlog import latest_unfinished, list_runs, open_run
 from mminstruct.generate.shards import run_shards, run_shards_async
 
-__all__ = ["BOUNDS", "DEFAULT_GENERATOR_MODEL", "GenerationConfig", "config_from_dict",
+__all__ = ["BOUNDS", "DEFAULT_GENERATOR_MODEL", "DEFAULTS", "GenerationConfig", "config_from_dict",
+           "number_widget",
            "resolve_prompt_file", "RunControl",
            "RunStatus", "read_status", "request_cancel", "request_pause", "RunResult",
            "run_async", "run_generation", "GeneratedData", "iter_output", "load_output",

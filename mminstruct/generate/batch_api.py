@@ -110,8 +110,8 @@ class BatchJob(RunJob):
         self.client = self.shared.clients[0]
         self.azure = cfg.endpoint.kind == "azure"
         # Azure batches name the deployment in each line's body.
-        self.body_model = (cfg.endpoint.azure_deployment or cfg.model_name) if self.azure \
-            else cfg.model_name
+        self.body_model = (cfg.endpoint.azure_deployment or cfg.generator_model) if self.azure \
+            else cfg.generator_model
         self.url = "/chat/completions" if self.azure else "/v1/chat/completions"
         self.done = bytearray(self.n)  # 1: the prompt has its record
         self.attempts = bytearray(self.n)  # batches the prompt was submitted in (capped at 255)
@@ -575,6 +575,6 @@ class BatchJob(RunJob):
         path = super().write_manifest(out, len_samples, st)
         manifest = json.loads(path.read_text())
         manifest["batch_api"] = self.state.manifest_section(self.cfg, self.url)
-        manifest["cost"] = batch_api_cost(manifest["cost"], self.cfg.model_name,
+        manifest["cost"] = batch_api_cost(manifest["cost"], self.cfg.generator_model,
                                           self.run.log_path, self.start, self.n)
         return write_manifest(path, manifest)

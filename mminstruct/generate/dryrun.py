@@ -97,10 +97,10 @@ async def dry_run(cfg: GenerationConfig, stream: PromptStream, start: int, n: in
         files = [final]
     atomic_write_json(manifest, {
         "batch_files": [str(f) for f in files], "requests": written, "prompts": n,
-        "start_idx": start, "model": cfg.model_name, "mode": mode.value,
+        "start_idx": start, "model": cfg.generator_model, "mode": mode.value,
         "parameters": cfg.public_json(), "skipped": len(skipped),
         "skipped_prompts": skipped[:1000]})
-    status = RunStatus(state="dry_run", model=cfg.model_name, mode=mode.value, total=n,
+    status = RunStatus(state="dry_run", model=cfg.generator_model, mode=mode.value, total=n,
                        done=written, failed=len(skipped),
                        message=f"{written} requests written to {len(files)} file(s); "
                                f"{len(skipped)} prompt(s) left out")

@@ -100,8 +100,8 @@ async def build_request(cfg: GenerationConfig, mode: Mode, system: str, generate
     dry-run paths. Raises BadPromptError / ImageFileError for a prompt that cannot be sent."""
     if isinstance(entry, BadPromptError):
         raise entry
-    built = await build_messages(entry, mode, system, generate, encoder, model or cfg.model_name)
-    body = request_body(model or cfg.model_name, built.messages, temperature=cfg.temperature,
+    built = await build_messages(entry, mode, system, generate, encoder, model or cfg.generator_model)
+    body = request_body(model or cfg.generator_model, built.messages, temperature=cfg.temperature,
                         max_tokens=cfg.max_tokens, seed=cfg.seed, response_format=response_format,
                         max_tokens_field=cfg.max_tokens_field)
     return body, built
@@ -158,7 +158,7 @@ class RunJob:
         self.stopping = False
         self.stop_event = asyncio.Event()
         self.in_flight = 0
-        self.tracker = StatusTracker(RunStatus(run_dir=str(run.path), model=cfg.model_name,
+        self.tracker = StatusTracker(RunStatus(run_dir=str(run.path), model=cfg.generator_model,
                                                mode=self.mode.value, total=n))
         self.runlog: RunLog | None = None
         self.session_done = 0
@@ -168,11 +168,11 @@ class RunJob:
                              cfg.timeout, self.stop_event, control.wait_while_paused,
                              _StatusObserver(self.tracker, self.attempt_ended),
                              self.follow_early_stop)
-        refused = [p for p in refused_params(cfg.model_name)
+        refused = [p for p in refused_params(cfg.generator_model)
                    if getattr(cfg, p, None) is not None]
         if refused:
             log.warning("%s not sent: model %r does not take %s", ", ".join(
-                f"--{p}" for p in refused), cfg.model_name, " or ".join(refused))
+                f"--{p}" for p in refused), cfg.generator_model, " or ".join(refused))
 
     async def execute(self) -> RunResult:
         raise NotImplementedError
@@ -327,7 +327,7 @@ class RunJob:
             raise error  # nothing to repair
         for _ in range(self.cfg.format_fix_attempts):
             stats.fixes += 1
-            fix_body = request_body(self.cfg.model_name, self.fix_request(text),
+            fix_body = request_body(self.cfg.generator_model, self.fix_request(text),
                                     temperature=0 if self.cfg.temperature is not None else None,
                                     max_tokens=self.cfg.max_tokens,
                                     response_format=self.response_format,
@@ -389,7 +389,7 @@ class RunJob:
         summary = write_output(run.log_path, out, mode=self.mode,
                                dataset_description=self.description, start_idx=self.start,
                                num_prompts=self.n, extra={
-                                   "mode": self.mode.value, "model": cfg.model_name,
+                                   "mode": self.mode.value, "model": cfg.generator_model,
                                    "input_folder": str(cfg.input_folder.resolve()),
                                    "dataset_description": self.description,
                                    "prompt_file": str(cfg.prompt_path),
@@ -409,7 +409,7 @@ class RunJob:
         manifest = build_manifest(
             output=out, run_dir=self.run.path, meta=self.run.read_meta(),
             parameters=self.cfg.public_json(), endpoint=self.cfg.endpoint.public_json(),
-            model=self.cfg.model_name,
+            model=self.cfg.generator_model,
             prompt_file={"path": str(self.cfg.prompt_path), "mode": pf.mode.value,
                          "min_gen_per_candidate": pf.min_gen_per_candidate,
                          "dataset_description": pf.dataset_description,

@@ -7,6 +7,9 @@ from mminstruct.lazy import public
 
 __all__, __getattr__ = public(__name__, {
     "assign_keywords": "assign",
+    "PARTITION_SETTINGS": "taskfile",
+    "TASK_SETTINGS": "taskfile",
+    "partition_widget": "taskfile",
     "TaskFileConfig": "taskfile",
     "build_task_file": "taskfile",
     "generate_task_file": "taskfile",

@@ -33,6 +33,7 @@ from typing import Any
 import numpy as np
 
 from mminstruct import __version__
+from mminstruct.cli import Setting, setting, settings_of
 from mminstruct.embed.clip import (DEFAULT_CLIP_MODEL, ModelSpec, check_precision, embed_keywords, parse_model_spec,
                    parse_templates, resolve_device)
 from mminstruct.errors import ConfigError, DataFileError, ImageError, InputError, UnsafePathError
@@ -63,45 +64,65 @@ class TaskFileConfig:
     keywords: Sequence[str]
     input_folder: str | os.PathLike | None = None  # default: the data file's folder
     output_folder: str | os.PathLike = "."
-    output_prefix: str = "task_file"
-    model_name: str = DEFAULT_CLIP_MODEL
-    batch_size: int = 64
-    gpu: int | None = 0  # None or negative: CPU
+    output_prefix: str = setting("task_file", section="mmgen", help="file name prefix: "
+                                 "OUTPUT/{prefix}_{YYYY_mm_dd_HH:MM:SS}.json")
+    clip_model: str = setting(  # MM-Gen's flag: --model_name
+        DEFAULT_CLIP_MODEL, section="mmgen", flag="model_name",
+        help="open_clip model: ARCH:TAG, ARCH:/path/checkpoint.pt, CONFIG.json:/path/checkpoint.pt, "
+        "hf-hub:ORG/NAME or demo-charts (default %(default)s)")
+    batch_size: int = setting(64, section="mmgen", min=1, help="images per batch (default "
+                              "%(default)s)")
+    gpu: int | None = setting(0, section="mmgen", min=-1,  # None or negative: CPU
+                              help="CUDA device number; the CPU is used when it does not exist "
+                              "(-1: CPU)")
     image_folder: str | None = None  # default: the data file's own image_folder key
     candidate_folder: str | os.PathLike | None = None
     candidate_file: str | os.PathLike | None = None
-    candidates_per_keyword: int | None = None
-    min_similarity: float | None = None
+    candidates_per_keyword: int | None = setting(
+        None, section="new", min=1, metavar="K", ui_max=1_000_000,
+        help="take the K most similar candidates per keyword instead of the argmax")
+    #: the app's slider starts at ``ui_default`` and shows from ``ui_min``
+    min_similarity: float | None = setting(
+        None, section="new", min=-1.0, max=1.0, ui_min=-0.2, ui_step=0.005, ui_default=0.2,
+        help="images less similar than this to every keyword are left unassigned")
     templates: Sequence[str] = ()
     allow_outside_paths: bool = False
     cache_dir: str | os.PathLike | None = None  # default: $MMINSTRUCT_CACHE_DIR or ~/.cache/mminstruct
-    num_workers: int | None = None
+    num_workers: int | None = setting(
+        None, section="new", min=0,
+        help="image decoding workers (default: with the model on a GPU, CPU cores − 1; on the "
+        "CPU, cores − 1 up to 4, none on 2 cores)")
     #: Image embedding precision: fp32, bf16, int8 (CPU) or auto (see ``image_embed.encode_batch``).
     precision: str = "auto"
     #: Embed the candidate pool on Ray (``local``, ``auto`` or ``HOST:PORT``): callers hand the
     #: config to ``mminstruct.distributed.embed.generate_task_file``; None embeds here.
     ray_address: str | None = None
-    spec: ModelSpec = field(init=False, repr=False)  # model_name, parsed
+    spec: ModelSpec = field(init=False, repr=False)  # clip_model, parsed
 
     def __post_init__(self) -> None:
         if not isinstance(self.data_file, (str, os.PathLike)) or not str(self.data_file).strip():
             raise ConfigError("data_file is required (a LLaVA-format JSON or JSONL file)")
         self.keywords = self._check_keywords(self.keywords)
         check_file_prefix(self.output_prefix, "output_prefix")
-        self.batch_size = _int_field("batch_size", self.batch_size, 1)
+        low = {n: int(s.min) for n, s in TASK_SETTINGS.items()  # type: ignore[arg-type]
+               if s.kind == "int" and s.min is not None}  # the declarations' minimums
+        self.batch_size = _int_field("batch_size", self.batch_size, low["batch_size"])
         if self.gpu is not None:
-            self.gpu = _int_field("gpu", self.gpu, -1)
+            self.gpu = _int_field("gpu", self.gpu, low["gpu"])
         self.candidates_per_keyword = _int_field("candidates_per_keyword",
-                                                 self.candidates_per_keyword, 1, optional=True)
-        self.num_workers = _int_field("num_workers", self.num_workers, 0, optional=True)
+                                                 self.candidates_per_keyword,
+                                                 low["candidates_per_keyword"], optional=True)
+        self.num_workers = _int_field("num_workers", self.num_workers, low["num_workers"],
+                                      optional=True)
         if not isinstance(self.precision, str):
             raise ConfigError(f"precision must be a string, got {self.precision!r}")
         self.precision = check_precision(self.precision.strip().lower())
         if self.min_similarity is not None:
             v = self.min_similarity
+            test, what = TASK_SETTINGS["min_similarity"].rule()  # type: ignore[misc]
             if isinstance(v, bool) or not isinstance(v, (int, float)) or math.isnan(v) \
-                    or not -1.0 <= v <= 1.0:
-                raise ConfigError(f"min_similarity must be a number between -1 and 1, got {v!r}")
+                    or not test(v):
+                raise ConfigError(f"min_similarity must be a number {what}, got {v!r}")
             self.min_similarity = float(v)
         if isinstance(self.templates, str):
             self.templates = [self.templates]
@@ -110,7 +131,7 @@ class TaskFileConfig:
             if not isinstance(self.ray_address, str):
                 raise ConfigError(f"ray_address must be a string, got {self.ray_address!r}")
             self.ray_address = self.ray_address.strip() or None
-        self.spec = parse_model_spec(self.model_name)
+        self.spec = parse_model_spec(self.clip_model)
 
     @staticmethod
     def _check_keywords(keywords: Any) -> list[str]:
@@ -120,6 +141,27 @@ class TaskFileConfig:
                               "(e.g. --keywords 'bar chart' 'pie chart')")
         return out
 
+
+
+#: Step 1's declared settings (``mminstruct.cli.Setting``), by name: the command line's flags,
+#: ``TaskFileConfig``'s checks and, with ``PARTITION_SETTINGS``, the app's partition fields.
+TASK_SETTINGS: dict[str, Setting] = settings_of(TaskFileConfig)
+
+#: The app's partition fields: step 1's minimum similarity and K, and the app's own
+#: low-margin flag (``PartitionSettings`` and the Partition page read them).
+PARTITION_SETTINGS: dict[str, Setting] = {
+    "min_similarity": TASK_SETTINGS["min_similarity"],
+    "candidates_per_keyword": TASK_SETTINGS["candidates_per_keyword"],
+    "low_margin": Setting(name="low_margin", kind="float", default=0.01, ui_min=0.0, ui_max=0.2,
+                          ui_step=0.001, help="an image whose best keyword beats the runner-up "
+                          "by less than this is flagged as uncertain"),
+}
+
+
+def partition_widget(name: str) -> dict[str, Any]:
+    """The Partition page's field for ``name``: ``min_value``, ``max_value`` (and ``step`` for a
+    slider)."""
+    return PARTITION_SETTINGS[name].widget()
 
 @dataclass
 class BuildReport:

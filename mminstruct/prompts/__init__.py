@@ -7,6 +7,8 @@ from mminstruct.lazy import public
 __all__, __getattr__ = public(__name__, {
     "PromptConfig": "plan",
     "PROMPT_DEFAULTS": "plan",
+    "PROMPT_SETTINGS": "plan",
+    "prompt_widget": "plan",
     "plan_prompts": "plan",
     "prepare_plan": "plan",
     "write_prompts": "plan",

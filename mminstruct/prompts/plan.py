@@ -39,6 +39,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from mminstruct.cli import Setting, setting, settings_of
 from mminstruct.errors import ConfigError, InputError, choices_message
 from mminstruct.data.formats import (PromptEntry, PromptFile, TaskFile, check_file_prefix, json_text, load_task_file,
                       prompt_entry_text, prompt_file_name, prompts_dir, task_records, write_prompt_file)
@@ -48,9 +49,6 @@ from mminstruct.data.modes import Mode, parse_mode
 
 
 #: The least value of each count of step 2 (one rule for the command line, the app and the config).
-PROMPT_MINIMUMS = {"total_gen": 1, "min_gen_per_candidate": 1, "num_icl_samples": 0, "seed": 0}
-
-
 def check_prompt_values(values: dict[str, Any]) -> None:
     """Check the counts in ``values`` (any subset; a seed may be None); ConfigError names the
     first bad one."""
@@ -155,14 +153,21 @@ class PromptConfig:
     """Everything step 2 needs. ``task_desc`` resolves under ``input_folder`` as in MM-Gen."""
 
     task_desc: str
-    file_prefix: str
-    total_gen: int
+    file_prefix: str = setting(help="prefix of the prompt file's name", flag=None,
+                               ui_default="prompts")
+    #: a required flag; the app starts from ``ui_default``
+    total_gen: int = setting(min=1, ui_max=10_000_000, ui_default=100,
+                             help="total samples to generate")
     input_folder: str = ""
     output_folder: str = ""
-    min_gen_per_candidate: int = 1
-    num_icl_samples: int = 1
+    min_gen_per_candidate: int = setting(1, min=1, ui_max=100, help="items the model writes "
+                                         "per prompt (per candidate image; default %(default)s)")
+    num_icl_samples: int = setting(1, min=0, ui_max=16,
+                                   help="in-context examples per prompt (default %(default)s)")
     mode: Mode = Mode.VQA_NR
-    seed: int | None = None
+    #: None: a random plan (the command line's default); the app starts from a fixed seed
+    seed: int | None = setting(None, min=0, ui_max=2**31 - 1, ui_default=0,
+                               help="makes the prompt file reproducible")
     check_images: bool = True
     allow_outside_paths: bool = False
     #: keyword → Budget (or "4000" / "25%"), or the "kw=4000,kw2=25%" string; see ``allocate``
@@ -194,6 +199,20 @@ class PromptConfig:
 #: the app's settings start from.
 PROMPT_DEFAULTS: dict[str, Any] = {f.name: f.default for f in fields(PromptConfig)
                                    if f.default is not MISSING}
+
+#: The declared step-2 settings (``mminstruct.cli.Setting``: help, minimum, the app's field range
+#: and starting value): the command line's flags, the Prompts page's fields and the app's
+#: ``PromptSettings`` read them.
+PROMPT_SETTINGS: dict[str, Setting] = settings_of(PromptConfig)
+
+#: The least value of each count (``check_prompt_values``), from the declarations.
+PROMPT_MINIMUMS: dict[str, int] = {n: int(s.min) for n, s in PROMPT_SETTINGS.items()
+                                   if s.min is not None}
+
+
+def prompt_widget(name: str) -> dict[str, Any]:
+    """The Prompts page's number field for ``name``: ``min_value``, ``max_value``."""
+    return PROMPT_SETTINGS[name].widget()
 
 
 class CyclicSampler:

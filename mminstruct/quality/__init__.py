@@ -12,6 +12,7 @@ __all__, __getattr__ = public(__name__, {
     "FLAGS": "report",
     "cross_image_duplicates": "minhash",
     "JudgeConfig": "judge",
+    "judge_widget": "judge",
     "run_judge": "judge",
     "load_rubric": "rubric",
     "Rubric": "rubric",

@@ -26,7 +26,7 @@ def grounding_scores(rows: list[Any], cfg: Any, header: dict[str, Any]) -> dict[
     from mminstruct.embed.image_embed import embed_images
     from mminstruct.data.images import resolve_image_path
 
-    spec = parse_model_spec(cfg.model_name or "")
+    spec = parse_model_spec(cfg.clip_model or "")
     root = Path(cfg.input_folder or header.get("input_folder") or ".")
     images = sorted({r.image for r in rows if r.image})
     paths, bad = [], {}
@@ -56,7 +56,7 @@ def grounding_scores(rows: list[Any], cfg: Any, header: dict[str, Any]) -> dict[
         scores.append(r.grounding)
     lowest = sorted((i for i, r in enumerate(rows) if r.grounding is not None),
                     key=lambda i: rows[i].grounding)[: cfg.lowest]
-    out: dict[str, Any] = {"model": cfg.model_name, "scored": len(scores),
+    out: dict[str, Any] = {"model": cfg.clip_model, "scored": len(scores),
                            "images_not_embedded": len(bad),
                            **stats(scores, 4), "histogram": histogram(scores, 20),
                            "lowest": [{"index": i, "id": rows[i].id, "keyword": rows[i].keyword,

@@ -49,6 +49,7 @@ from pathlib import Path
 from typing import Any
 
 from mminstruct.cache import atomic_write_json, atomic_writer, content_key, file_sha256
+from mminstruct.cli import Setting, setting, settings_of
 from mminstruct.errors import ConfigError, DataFileError
 from mminstruct.data.formats import GENERATED_DIR
 from mminstruct.generate.batch_api import BatchJob
@@ -92,29 +93,38 @@ class JudgeConfig(GenerationConfig):
     output: str = ""
     judge_prompt_file: str = ""  # the generation's prompt file ("" : the one the file names)
     rubric: Rubric = field(default_factory=lambda: DEFAULT_RUBRIC)
-    sample: float | None = None
-    sample_seed: int = 0
-    repeat: int = 1
-    max_cost: float | None = None
-    input_price: float | None = None  # $ per 1M tokens, for a model without a price in the table
-    output_price: float | None = None
+    # the judge's own settings, declared once (their flags: commands.judge; the app's fields)
+    sample: float | None = setting(None, section="judge", above=0, max=1,
+                                   what="a fraction in (0, 1]", ui_step=0.05,
+                                   help="judge a stratified sample: this fraction of each "
+                                   "subgroup (e.g. 0.1)")
+    sample_seed: int = setting(0, section="judge", help="seed of --sample (default %(default)s)")
+    repeat: int = setting(1, section="judge", min=1, max=10, help="judge each sample this many "
+                          "times (self-agreement in the summary; default %(default)s)")
+    max_cost: float | None = setting(None, section="judge", above=0, what="> 0 US dollars",
+                                     ui_max=1e6, ui_step=1.0,
+                                     help="stop before the spend passes this many US dollars "
+                                     f"(exit status {EXIT_BUDGET}; --resume continues)")
+    #: $ per 1M tokens, for a model without a price in the table
+    input_price: float | None = setting(None, section="judge", help="$ per 1M input tokens (a "
+                                        "model without a price in generate/prices.json)")
+    output_price: float | None = setting(None, section="judge",
+                                         help="$ per 1M output tokens")
     truth: str = ""
 
     def __post_init__(self) -> None:
         super().__post_init__()
         if not self.output:
             raise ConfigError("--output is required: the scores file (S.jsonl)")
-        if self.sample is not None and not 0 < self.sample <= 1:
-            raise ConfigError(f"--sample is {self.sample!r}; it must be a fraction in (0, 1]")
-        if not 1 <= self.repeat <= 10:
-            raise ConfigError(f"--repeat is {self.repeat!r}; it must be between 1 and 10")
-        if self.max_cost is not None and not self.max_cost > 0:
-            raise ConfigError(f"--max_cost is {self.max_cost!r}; it must be > 0 US dollars")
+        for name in ("sample", "repeat", "max_cost"):  # the declarations' rules
+            test, what = JUDGE_SETTINGS[name].rule()  # type: ignore[misc]
+            if not test(getattr(self, name)):
+                raise ConfigError(f"--{name} is {getattr(self, name)!r}; it must be {what}")
         if (self.input_price is None) != (self.output_price is None):
             raise ConfigError("--input_price and --output_price go together")
         if self.max_cost is not None and self.input_price is None \
-                and price_for(self.model_name) is None:
-            raise ConfigError(f"--max_cost needs a price for model {self.model_name!r}, which "
+                and price_for(self.generator_model) is None:
+            raise ConfigError(f"--max_cost needs a price for model {self.generator_model!r}, which "
                               f"the price table ({', '.join(sorted(price_table().models))}) "
                               "lacks: give --input_price and --output_price ($ per 1M tokens)")
 
@@ -139,8 +149,19 @@ class JudgeConfig(GenerationConfig):
         if self.input_price is not None and self.output_price is not None:
             usd = input_tokens / 1e6 * self.input_price + output_tokens / 1e6 * self.output_price
             return usd * (price_table().batch_discount if self.batch_api else 1.0)
-        est = estimate_cost(self.model_name, input_tokens, output_tokens)
+        est = estimate_cost(self.generator_model, input_tokens, output_tokens)
         return est.batch_usd if self.batch_api else est.usd
+
+
+#: The judge's own declared settings (``mminstruct.cli.Setting``), by name: its command line's
+#: flags and the Generate page's judge fields read them.
+JUDGE_SETTINGS: dict[str, Setting] = {n: s for n, s in settings_of(JudgeConfig).items()
+                                      if s.section == "judge"}
+
+
+def judge_widget(name: str) -> dict[str, Any]:
+    """The app's field for the judge setting ``name``: ``min_value``, ``max_value``, ``step``."""
+    return JUDGE_SETTINGS[name].widget()
 
 
 # ----------------------------------------------------------------------------------------------
@@ -342,7 +363,7 @@ async def judge_body(cfg: JudgeConfig, item: JudgeItem, description: str, encode
     """The chat-completions body of one judgement (online, Batch API and dry run)."""
     built = await judge_messages(item, cfg.rubric, description, encoder)
     fmt = cfg.rubric.response_schema() if cfg.structured_outputs else None
-    body = request_body(model or cfg.model_name, built.messages, temperature=cfg.temperature,
+    body = request_body(model or cfg.generator_model, built.messages, temperature=cfg.temperature,
                         max_tokens=cfg.max_tokens, seed=cfg.seed, response_format=fmt,
                         max_tokens_field=cfg.max_tokens_field)
     return body, built
@@ -387,7 +408,7 @@ def estimate(cfg: JudgeConfig, stream: JudgeStream, max_images: int = 2000) -> d
             "image_tokens": image_in, "output_tokens": out,
             "usd": None if usd is None else round(usd, 4),
             "priced_as": "--input_price/--output_price" if cfg.input_price is not None
-            else (price_for(cfg.model_name) or (None,))[0],
+            else (price_for(cfg.generator_model) or (None,))[0],
             "batch_api": cfg.batch_api}
 
 
@@ -540,7 +561,7 @@ def summary_path(scores: str | Path) -> Path:
 def write_scores(cfg: JudgeConfig, stream: JudgeStream, log_path: Path, complete: bool) -> Path:
     """The scores file (one line per sample judged or failed, in file order) and its summary,
     both written atomically from the run's log."""
-    judge = {"model": cfg.model_name, "rubric": cfg.rubric.hash}
+    judge = {"model": cfg.generator_model, "rubric": cfg.rubric.hash}
     per_sample: dict[int, list[dict[str, Any] | None]] = defaultdict(list)
     errors: dict[int, str] = {}
     tin = tout = 0

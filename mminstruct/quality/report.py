@@ -69,13 +69,13 @@ ICL_COPY_THRESHOLD = 0.7
 @dataclass(frozen=True)
 class QualityConfig:
     """What the report needs. ``prompt_file`` / ``input_folder`` default to the generated file's
-    header (``prompt_file``, ``input_folder``); ``model_name`` turns on grounding."""
+    header (``prompt_file``, ``input_folder``); ``clip_model`` (a CLIP spec) turns on grounding."""
 
     generated_file: str
     output: str | None = None
     prompt_file: str | None = None
     input_folder: str | None = None
-    model_name: str | None = None
+    clip_model: str | None = None  # the flag: --model_name
     cache_dir: str | None = None
     device: str = "cpu"
     near_duplicate_threshold: float = NEAR_DUPLICATE_THRESHOLD
@@ -273,7 +273,7 @@ def analyse(cfg: QualityConfig) -> QualityReport:
     icl: dict[int, tuple] | None = None
     icl_note = ""
     started = False
-    grounding = bool(cfg.model_name)
+    grounding = bool(cfg.clip_model)
     t_near, t_icl = cfg.near_duplicate_threshold, cfg.icl_copy_threshold
     description = ""
     describe = False
@@ -622,7 +622,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def run(args: argparse.Namespace) -> int:
     cfg = QualityConfig(args.generated_file, output=args.output, prompt_file=args.prompt_file,
-                        input_folder=args.input_folder, model_name=args.model_name,
+                        input_folder=args.input_folder, clip_model=args.model_name,
                         cache_dir=args.cache_dir,
                         near_duplicate_threshold=args.near_duplicate_threshold,
                         icl_copy_threshold=args.icl_copy_threshold,
