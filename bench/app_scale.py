@@ -236,10 +236,26 @@ def idle(page, timeout: float = 600_000) -> None:
     page.locator("[data-testid=stStatusWidget]").wait_for(state="detached", timeout=timeout)
 
 
+#: arrival times of the app's websocket messages (``watch_server``): the server's part of a step
+#: ends with the last message it sends (the script run's end); the rest is the browser's
+FRAMES: list[float] = []
+
+
+def watch_server(page) -> None:
+    page.on("websocket", lambda ws: ws.on("framereceived",
+                                          lambda _f: FRAMES.append(time.perf_counter())))
+
+
+def server_part(t0: float, t1: float) -> str:
+    sent = [t for t in FRAMES if t0 <= t <= t1]
+    return f"server's last message at {max(sent) - t0:.2f} s" if sent else "no message"
+
+
 def timed(label: str, results: list, fn) -> object:
     t0 = time.perf_counter()
     out = fn()
-    results.append((label, time.perf_counter() - t0, load_line()))
+    t1 = time.perf_counter()
+    results.append((label, t1 - t0, f"{load_line()}; {server_part(t0, t1)}"))
     print(f"  {label}: {results[-1][1]:.2f} s ({results[-1][2]})", flush=True)
     return out
 
@@ -286,6 +302,7 @@ def drive_app(ws_root: Path, k: int, results: list, notes: list, workdir: Path) 
             browser = pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=[
                 "--no-sandbox", "--disable-background-networking", "--disable-dev-shm-usage"])
             page = browser.new_page(viewport={"width": 1400, "height": 1000})
+            watch_server(page)
             page.set_default_timeout(600_000)
             page.goto(url)
             idle(page)
@@ -374,7 +391,7 @@ def drive_app(ws_root: Path, k: int, results: list, notes: list, workdir: Path) 
                 idle(page)
                 t0 = time.perf_counter()
                 page.get_by_role("button", name="Save the prompt file").click()
-                page.get_by_text(re.compile(r"Saved .* prompts\)")).first.wait_for()
+                page.get_by_text(re.compile(r"Saved .*\([\d,]+ prompts")).first.wait_for()
                 idle(page)
                 return time.perf_counter() - t0
             try:
@@ -465,7 +482,7 @@ def main() -> None:
                          drive_big_map(args.big, results, notes, workdir)))
     finally:
         print()
-        print(f"| step | seconds | load average at the end |")
+        print(f"| step | seconds | load average at the end; when the server's part ended |")
         print("| --- | ---: | --- |")
         for label, secs, load in results:
             print(f"| {label} | {secs:.2f} | {load.replace('load average ', '')} |")

@@ -258,20 +258,19 @@ def suggest_for_workspace(ws: Any, emb: Any, *, k: int | None = None,
                           min_fit: float | None = None, seed: int = 0) -> Suggestions:
     """Suggestions over a workspace's reference embeddings, named with its CLIP (text vectors
     cached like the keywords'), compared with its current keywords."""
-    from mminstruct.embed.clip import embed_keywords  # noqa: PLC0415
+    from mminstruct.app.text_encoder import keyword_vectors  # noqa: PLC0415 (no torch here)
 
     p = ws.settings.partition
     if isinstance(vocabulary, (str, os.PathLike)) or vocabulary is None:
         words = load_vocabulary(vocabulary)
     else:
         words = [" ".join(w.split()) for w in vocabulary if " ".join(w.split())]
-    device = 0  # GPU 0 when there is one; resolved only if a vector is not cached
-    vocab_vecs = embed_keywords(words, p.clip_model, templates=p.templates or None,
-                                cache=ws.cache_dir, device=device)
+    vocab_vecs = keyword_vectors(words, p.clip_model, templates=p.templates or None,
+                                 cache=ws.cache_dir)
     kw_vecs = None
     if p.keywords:
-        kw_vecs = embed_keywords(list(p.keywords), p.clip_model, templates=p.templates or None,
-                                 cache=ws.cache_dir, device=device)
+        kw_vecs = keyword_vectors(list(p.keywords), p.clip_model, templates=p.templates or None,
+                                  cache=ws.cache_dir)
     return suggest_keywords(emb.reference.float32(), vocab_vecs, words, k=k, k_range=k_range,
                             method=method, keyword_vecs=kw_vecs, keywords=list(p.keywords),
                             min_fit=min_fit, seed=seed)
