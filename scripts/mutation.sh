@@ -9,15 +9,18 @@ set -euo pipefail
 here="$(cd "$(dirname "$0")/.." && pwd)"
 py="${PYTHON:-$here/.venv/bin/python}"  # scripts/setup.sh makes .venv; PYTHON=... overrides
 [ -x "$py" ] || py="$(command -v python3)"
-mod="${1:?usage: scripts/mutation.sh MODULE (records|partition|prompts|export|quality|runlog)}"
+names="records, partition, prompts, export, quality, quality-text, output, runlog"
+mod="${1:?usage: scripts/mutation.sh MODULE (one of: $names)}"
 case "$mod" in
-  records)   src="mminstruct/data/records.py";    tests="tests/test_records_load.py tests/test_formats.py" ;;
+  records)   src="mminstruct/data/records.py";    tests="tests/test_records_load.py tests/test_formats.py tests/test_records_fast.py" ;;
   partition) src="mminstruct/partition/assign.py";tests="tests/test_partition.py" ;;
   prompts)   src="mminstruct/prompts/plan.py";    tests="tests/test_prompts.py tests/test_budgets.py" ;;
   export)    src="mminstruct/export/formats.py";  tests="tests/test_export.py" ;;
   quality)   src="mminstruct/quality/report.py";  tests="tests/test_quality.py" ;;
+  quality-text) src="mminstruct/quality/text.py"; tests="tests/test_quality.py" ;;
+  output)    src="mminstruct/generate/output.py"; tests="tests/test_generate_output.py tests/test_generate_modes.py tests/test_conversation_mode.py" ;;
   runlog)    src="mminstruct/generate/runlog.py"; tests="tests/test_generate_resume.py tests/test_runs.py" ;;
-  *) echo "unknown module '$mod'; choose one of: records, partition, prompts, export, quality, runlog" >&2
+  *) echo "unknown module '$mod'; choose one of: $names" >&2
      exit 2 ;;
 esac
 work="${MUTATION_DIR:-$(mktemp -d /tmp/mutation.XXXXXX)}"
