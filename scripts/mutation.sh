@@ -12,7 +12,7 @@ py="${PYTHON:-$here/.venv/bin/python}"  # scripts/setup.sh makes .venv; PYTHON=.
 names="records, partition, prompts, export, quality, quality-text, output, runlog"
 mod="${1:?usage: scripts/mutation.sh MODULE (one of: $names)}"
 case "$mod" in
-  records)   src="mminstruct/data/records.py";    tests="tests/test_records_load.py tests/test_formats.py tests/test_records_fast.py" ;;
+  records)   src="mminstruct/data/records.py";    tests="tests/test_records_load.py tests/test_formats.py tests/test_records_fast.py tests/test_records_units.py" ;;
   partition) src="mminstruct/partition/assign.py";tests="tests/test_partition.py" ;;
   prompts)   src="mminstruct/prompts/plan.py";    tests="tests/test_prompts.py tests/test_budgets.py" ;;
   export)    src="mminstruct/export/formats.py";  tests="tests/test_export.py tests/test_export_hf.py" ;;
