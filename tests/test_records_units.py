@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from mminstruct.data.records import LoadReport, Problem, load_data_file, parse_record
+from mminstruct.data import records
+from mminstruct.data.records import LoadReport, Problem, load_data_file, parse_record, validate_record
 from mminstruct.errors import DataFileError
 from tests.fixtures.images import draw_shape, save_jpeg
 
@@ -151,3 +152,138 @@ def test_image_path_outside_the_root_resolves_only_when_allowed(tmp_path):
     df = load_data_file(p, allow_outside_paths=True)
     assert df.image_path(df.records[0]) == outside.resolve()
     assert load_data_file(p).records == []
+
+
+def test_a_file_of_one_record_object_loads_it_as_record_0(tmp_path):
+    for key, conv in [("conversations", _rec()["conversations"]),
+                      ("messages", [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}])]:
+        p = tmp_path / f"{key}.json"
+        p.write_text(json.dumps({"id": "only", key: conv}))
+        df = load_data_file(p, check_images=False)
+        assert [(r.index, r.id) for r in df.records] == [(0, "only")] and df.report.total == 1
+
+
+def test_the_container_keys_are_read_and_samples_is_not_kept_twice(tmp_path):
+    p = tmp_path / "d.json"
+    p.write_text(json.dumps({"samples": [_rec(rid=1)], "dataset_description": "charts",
+                             "skill": "older name", "note": 3}))
+    df = load_data_file(p, check_images=False)
+    assert df.dataset_description == "charts"  # the new name wins over MM-Gen's older 'skill'
+    assert df.raw_extra == {"dataset_description": "charts", "skill": "older name", "note": 3}
+    assert df.report.path == str(p) and df.report.summary().startswith(f"{p}: 1 of 1")
+
+
+@pytest.mark.parametrize("top,match", [
+    ({"samples": {"a": 1}}, r"d\.json: 'samples' is a dict, not a list of records; expected an "
+                            r"object whose 'samples' is a list$"),
+    ({"samples": [_rec()], "image_folder": 3}, r"d\.json: 'image_folder' is a int, expected a string$"),
+    ({f"k{i:02d}": i for i in range(12)}, r"keys found: k00, k01, k02, k03, k04, k05, k06, k07, "
+                                          r"k08, k09\)$"),
+])
+def test_a_container_of_the_wrong_shape_is_refused_in_one_line(tmp_path, top, match):
+    p = tmp_path / "d.json"
+    p.write_text(json.dumps(top))
+    with pytest.raises(DataFileError, match=match):
+        load_data_file(p, check_images=False)
+
+
+def test_parse_and_validate_record_keep_the_index_and_id():
+    assert parse_record(3, _rec(rid=9)).index == 3
+    with pytest.raises(DataFileError, match=r"^record 2: wrong type: record is a list"):
+        parse_record(2, ["not", "a", "record"])
+    with pytest.raises(DataFileError, match=r"^record 2 \(id 'x'\): no human turn$"):
+        parse_record(2, {"id": "x", "conversations": [{"from": "gpt", "value": "a"}]})
+    assert validate_record(5, _rec(rid=1)).index == 5
+    assert validate_record(5, {"id": "x", "conversations": []}) == Problem(5, "x", "no human turn")
+    assert validate_record(6, 42) == Problem(6, None, "wrong type: record is a int, expected an object")
+
+
+# ----------------------------------------------------------------------------------------------
+# The hint when images are missing
+
+
+@pytest.mark.parametrize("n_missing,n_there,hint", [
+    (1, 1, True),   # one of one
+    (3, 1, True),   # 1 >= 3 // 2
+    (4, 2, True),   # half of them
+    (4, 1, False),  # a quarter: not the folder
+])
+def test_the_hint_names_the_images_folder_when_enough_of_the_missing_images_are_there(
+        tmp_path, n_missing, n_there, hint):
+    (tmp_path / "images").mkdir()
+    names = [f"m{i}.jpg" for i in range(n_missing)]
+    for n in names[:n_there]:
+        (tmp_path / "images" / n).write_bytes(b"x")  # the hint only looks for the files
+    p = tmp_path / "d.json"
+    p.write_text(json.dumps([_rec(rid=i, image=n) for i, n in enumerate(names)]))
+    df = load_data_file(p)
+    assert df.records == []
+    if hint:
+        assert df.report.hints == [
+            f"{n_missing} image(s) not found under {tmp_path.resolve()}; {n_there}/{n_missing} of those "
+            f"checked exist under {(tmp_path / 'images').resolve()}: pass that folder as the image folder"]
+    else:
+        assert df.report.hints == []
+
+
+@pytest.mark.parametrize("where", ["data/imgs/images", "data/images"])
+def test_the_hint_looks_under_images_beside_the_file_and_in_the_image_folder(tmp_path, where):
+    (tmp_path / where).mkdir(parents=True)
+    (tmp_path / where / "a.jpg").write_bytes(b"x")
+    p = tmp_path / "data" / "d.json"
+    p.write_text(json.dumps({"samples": [_rec(image="a.jpg")], "image_folder": "imgs"}))
+    (tmp_path / "data" / "imgs").mkdir(exist_ok=True)
+    assert f"exist under {(tmp_path / where).resolve()}" in load_data_file(p).report.hints[0]
+
+
+# ----------------------------------------------------------------------------------------------
+# Image-check threads (the CPU count is faked: the test does not depend on the host)
+
+
+@pytest.mark.parametrize("cpus,decode,want", [(4, True, 4), (4, False, 16), (16, False, 32),
+                                              (None, True, 2), (None, False, 8)])
+def test_image_check_workers_per_core(monkeypatch, cpus, decode, want):
+    monkeypatch.setattr(records.os, "cpu_count", lambda: cpus)
+    assert records.image_check_workers(decode) == want
+
+
+# ----------------------------------------------------------------------------------------------
+# parse_once
+
+
+def test_parse_once_keys_by_path_too_and_keeps_the_last_two(tmp_path):
+    records.forget_parsed()
+    calls = []
+
+    def parse(path, **kw):
+        calls.append((str(path), kw))
+        return {"path": str(path), **kw}
+
+    same = json.dumps([_rec()])
+    a, b, c = (tmp_path / n for n in ("a.json", "b.json", "c.json"))
+    for f in (a, b, c):
+        f.write_text(same)  # the same bytes, three files
+    ra = records.parse_once(a, parse, input_folder=tmp_path)  # a PathLike argument
+    assert ra == {"path": str(a), "input_folder": tmp_path}
+    rb = records.parse_once(b, parse, input_folder=tmp_path)
+    assert rb["path"] == str(b)  # same content, another file: its own result
+    assert records.parse_once(a, parse, input_folder=tmp_path) is ra  # the last two are kept
+    assert records.parse_once(b, parse, input_folder=tmp_path) is rb
+    assert len(calls) == 2
+    records.parse_once(c, parse, input_folder=tmp_path)  # a third: the oldest (a) goes
+    assert records.parse_once(b, parse, input_folder=tmp_path) is rb and len(calls) == 3
+    assert records.parse_once(a, parse, input_folder=tmp_path) is not ra and len(calls) == 4
+    records.forget_parsed()
+
+
+def test_parse_once_of_many_files_and_of_a_missing_one(tmp_path):
+    records.forget_parsed()
+    for i in range(20):  # more files than the hash memo keeps
+        f = tmp_path / f"f{i}.txt"
+        f.write_text(str(i))
+        assert records.parse_once(f, lambda path, **kw: Path(path).read_text()) == str(i)
+    got = records.parse_once(tmp_path / "nope.json", lambda path, **kw: (path, kw), x=1)
+    assert got == (tmp_path / "nope.json", {"x": 1})  # parse() itself names the problem
+    with pytest.raises(DataFileError, match=r"nope\.json: file not found"):
+        records.parse_once(tmp_path / "nope.json", load_data_file, check_images=False)
+    records.forget_parsed()
