@@ -38,11 +38,29 @@ if not sep:
 q = lambda xs: "[" + ", ".join(f'"{x}"' for x in xs) + "]"
 open(path, "w").write(head + "[tool.mutmut]\nsource_paths = [\"mminstruct/\"]\n"
                       f"only_mutate = {q([src])}\npytest_add_cli_args_test_selection = {q(tests)}\n"
-                      'pytest_add_cli_args = ["-p", "no:cacheprovider", "-q", "-x"]\n')
+                      'pytest_add_cli_args = ["-p", "no:cacheprovider", "-q", "-x"]\n'
+                      'also_copy = ["sitecustomize.py"]\n')
 PY
+# Tests that run a command (python -m mminstruct.…) start a new interpreter in another folder, with
+# PYTHONPATH = the copy mutmut tests (mutants/). mutmut's trampolines there look for its config in
+# the current folder and fail ("Could not figure out where the code to mutate is"), so the clean
+# run fails. This sitecustomize (scratch copy only) loads the config from mutants/ first.
+cat > "$work/sitecustomize.py" <<'SC'
+import os
+
+if os.environ.get("MUTANT_UNDER_TEST") is not None and os.environ.get("MUTATION_CONFIG_DIR"):
+    _cwd = os.getcwd()
+    try:
+        os.chdir(os.environ["MUTATION_CONFIG_DIR"])
+        from mutmut.configuration import config
+
+        config()
+    finally:
+        os.chdir(_cwd)
+SC
 echo "mutating $src against $tests in $work" >&2
 cd "$work"
-export PYTHONPATH="$work" CI=true
+export PYTHONPATH="$work" CI=true MUTATION_CONFIG_DIR="$work/mutants"
 status=0
 timeout "${MUTATION_TIMEOUT:-1800}" nice -n 19 "$py" -m mutmut run --max-children "${MUTATION_JOBS:-2}" || status=$?
 "$py" -m mutmut results || true
