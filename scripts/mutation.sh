@@ -15,7 +15,7 @@ case "$mod" in
   records)   src="mminstruct/data/records.py";    tests="tests/test_records_load.py tests/test_formats.py tests/test_records_fast.py tests/test_records_units.py" ;;
   partition) src="mminstruct/partition/assign.py";tests="tests/test_partition.py" ;;
   prompts)   src="mminstruct/prompts/plan.py";    tests="tests/test_prompts.py tests/test_budgets.py" ;;
-  export)    src="mminstruct/export/formats.py";  tests="tests/test_export.py tests/test_export_hf.py" ;;
+  export)    src="mminstruct/export/formats.py";  tests="tests/test_export.py tests/test_export_hf.py tests/test_export_units.py" ;;
   quality)   src="mminstruct/quality/report.py";  tests="tests/test_quality.py" ;;
   quality-text) src="mminstruct/quality/text.py"; tests="tests/test_quality.py" ;;
   output)    src="mminstruct/generate/output.py"; tests="tests/test_generate_output.py tests/test_generate_modes.py tests/test_conversation_mode.py" ;;

@@ -1,0 +1,118 @@
+"""``export/formats.py`` in small pieces: the parts mutation testing (docs/testing.md) showed no
+in-process test checking — the rejected-ids file, names, the dataset_info entries and the report's
+summary line."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from mminstruct.errors import DataFileError
+from mminstruct.export.formats import (ExportReport, export_name, llava_dataset_info, load_rejected,
+                                       next_free_name, sharegpt_dataset_info)
+
+# ----------------------------------------------------------------------------------------------
+# The rejected-ids file (--rejected, the workspace's "rejected")
+
+
+@pytest.mark.parametrize("content,want", [
+    ([3, 1, 3], {1, 3}),                                               # a list of ids
+    ({"gen_a.json": [4, 5], "gen_b.json": [9]}, {4, 5}),               # per output file
+    ({"gen_b.json": [9]}, set()),                                      # none for this file
+    ({"rejected": {"gen_a.json": [7]}, "other": 1}, {7}),              # a workspace's section
+    ({"rejected": [2]}, {2}),
+])
+def test_load_rejected_reads_each_layout(tmp_path, content, want):
+    p = tmp_path / "review.json"
+    p.write_text(json.dumps(content), encoding="utf-8")
+    assert load_rejected(p, tmp_path / "runs" / "gen_a.json") == want
+
+
+@pytest.mark.parametrize("content", [[1, True], [1, "2"], {"gen_a.json": "1"}, "1", 3])
+def test_load_rejected_refuses_what_is_not_a_list_of_integer_ids(tmp_path, content):
+    p = tmp_path / "review.json"
+    p.write_text(json.dumps(content))
+    with pytest.raises(DataFileError) as e:
+        load_rejected(p, "gen_a.json")
+    assert str(e.value) == (f"{p}: expected a list of sample ids (integers), or an object mapping "
+                            "output file names to such lists")
+
+
+def test_load_rejected_names_a_file_that_is_not_json(tmp_path):
+    p = tmp_path / "review.json"
+    p.write_text("[1,", encoding="utf-8")
+    with pytest.raises(DataFileError, match=rf"^{p}: not readable JSON: Expecting value"):
+        load_rejected(p, "gen_a.json")
+    p.write_text('{"gen_ä.json": [1]}', encoding="utf-8")  # UTF-8 whatever the locale
+    assert load_rejected(p, "gen_ä.json") == {1}
+
+
+# ----------------------------------------------------------------------------------------------
+# Names
+
+
+def test_export_names_and_the_next_free_name_of_a_folder(tmp_path):
+    assert export_name("runs/gen_1.json", "llava") == "gen_1.reviewed.llava.json"
+    assert export_name(Path("runs/gen_1.json"), "hf") == "gen_1.reviewed.hf"
+    assert next_free_name(tmp_path / "e.json") == tmp_path / "e.json"  # free
+    (tmp_path / "e.json").write_text("[]")
+    assert next_free_name(tmp_path / "e.json") == tmp_path / "e_2.json"
+    (tmp_path / "gen_1.reviewed.hf").mkdir()  # an hf export is a folder ('.hf' reads as a suffix)
+    assert next_free_name(tmp_path / "gen_1.reviewed.hf") == tmp_path / "gen_1.reviewed_2.hf"
+    (tmp_path / "out").mkdir()  # a name without a suffix
+    assert next_free_name(tmp_path / "out") == tmp_path / "out_2"
+
+
+# ----------------------------------------------------------------------------------------------
+# dataset_info entries (what LLaMA-Factory reads)
+
+
+def test_dataset_info_entries_written_out():
+    assert sharegpt_dataset_info("s.json", True) == {
+        "file_name": "s.json", "formatting": "sharegpt",
+        "columns": {"messages": "messages", "images": "images"},
+        "tags": {"role_tag": "role", "content_tag": "content", "user_tag": "user",
+                 "assistant_tag": "assistant"}}
+    assert sharegpt_dataset_info("s.json", False)["columns"] == {"messages": "messages"}
+    assert llava_dataset_info("l.json", True) == {
+        "file_name": "l.json", "formatting": "sharegpt",
+        "columns": {"messages": "conversations", "images": "image"}}
+    assert llava_dataset_info("l.json", False)["columns"] == {"messages": "conversations"}
+
+
+# ----------------------------------------------------------------------------------------------
+# The report's summary line
+
+
+def _report(tmp_path, **kw) -> ExportReport:
+    return ExportReport(tmp_path / "out" / "e.json", "llava", 1234, 0, **kw)
+
+
+@pytest.mark.parametrize("n,ids", [(5, "0, 1, 2, 3, 4"), (6, "0, 1, 2, 3, 4, … (1 more)"),
+                                   (8, "0, 1, 2, 3, 4, … (3 more)")])
+def test_summary_names_five_flagged_ids_then_counts_the_rest(tmp_path, n, ids):
+    flagged = [(i, f"reason {i}") for i in range(n)]
+    s = _report(tmp_path, flagged=flagged).summary()
+    assert s == (f"wrote 1,234 llava record(s) to {tmp_path / 'out' / 'e.json'}; "
+                 f"{n} flagged and left out (ids {ids}; first: reason 0)")
+
+
+@pytest.mark.parametrize("paths,phrase", [("absolute", "image paths absolute"),
+                                          ("embedded", "images embedded"),
+                                          ("relative", "image paths relative to {base}")])
+def test_summary_says_how_image_paths_are_written(tmp_path, paths, phrase):
+    base = tmp_path / "imgs"
+    s = _report(tmp_path, with_images=True, paths=paths, base=base).summary()
+    assert s.split("; ")[1] == phrase.format(base=base)
+
+
+def test_summary_with_rejected_note_and_llamafactory_arguments(tmp_path):
+    rep = ExportReport(tmp_path / "e.json", "sharegpt", 3, 2, with_images=True, base=tmp_path / "m",
+                       dataset_info=tmp_path / "dataset_info.json", dataset_name="e", note="a note")
+    assert rep.summary() == "; ".join([
+        f"wrote 3 sharegpt record(s) to {tmp_path / 'e.json'}", "2 rejected in review left out",
+        f"image paths relative to {tmp_path / 'm'}", "a note",
+        f"LLaMA-Factory: entry 'e' in {tmp_path / 'dataset_info.json'}; train with dataset=e "
+        f"dataset_dir={tmp_path} media_dir={tmp_path / 'm'}"])
