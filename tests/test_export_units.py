@@ -5,13 +5,17 @@ summary line."""
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
 
-from mminstruct.errors import DataFileError
-from mminstruct.export.formats import (ExportReport, export_name, llava_dataset_info, load_rejected,
-                                       next_free_name, sharegpt_dataset_info)
+from mminstruct.errors import ConfigError, DataFileError
+from mminstruct.export.formats import (DATASET_INFO, ExportReport, export_file, export_name,
+                                       llava_dataset_info, load_rejected, next_free_name,
+                                       sharegpt_dataset_info)
+from mminstruct.generate.output import write_samples_file
+from tests.fixtures.images import draw_shape, save_jpeg
 
 # ----------------------------------------------------------------------------------------------
 # The rejected-ids file (--rejected, the workspace's "rejected")
@@ -116,3 +120,73 @@ def test_summary_with_rejected_note_and_llamafactory_arguments(tmp_path):
         f"image paths relative to {tmp_path / 'm'}", "a note",
         f"LLaMA-Factory: entry 'e' in {tmp_path / 'dataset_info.json'}; train with dataset=e "
         f"dataset_dir={tmp_path} media_dir={tmp_path / 'm'}"])
+
+
+# ----------------------------------------------------------------------------------------------
+# dataset_info.json beside the export, and the hf folder
+
+
+def _gen(tmp_path: Path, samples: list[dict], **header) -> Path:
+    """A generated-data file of ``samples`` (images drawn under input/ when named)."""
+    inp = tmp_path / "input"
+    for s in samples:
+        for k in range(1, 4):
+            if f"image_{k}" in s:
+                save_jpeg(draw_shape("circle", k), inp / s[f"image_{k}"])
+    out = tmp_path / "output" / "gen.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    write_samples_file(out, {"image_folder": "", "len_samples": len(samples), "input_folder": str(inp),
+                             **header}, iter(samples))
+    return out
+
+
+def _turns(q="Q?", a="A."):
+    return [{"from": "human", "value": q}, {"from": "gpt", "value": a}]
+
+
+def test_dataset_info_entry_replaced_for_the_same_file_renamed_for_another(tmp_path):
+    src = _gen(tmp_path, [{"id": 0, "conversations": _turns()}])
+    out = tmp_path / "ex"
+    out.mkdir()
+    (out / DATASET_INFO).write_text(json.dumps({"e": {"file_name": "other.json"},
+                                                "e_2": {"file_name": "other2.json"}}))
+    rep = export_file(src, out / "e.json", "sharegpt")
+    assert rep.dataset_name == "e_3"  # e and e_2 belong to other files
+    rep = export_file(src, out / "e.json", "sharegpt", overwrite=True)
+    assert rep.dataset_name == "e_3"  # the same file again: its entry is replaced, not added
+    assert sorted(json.loads((out / DATASET_INFO).read_text())) == ["e", "e_2", "e_3"]
+
+
+@pytest.mark.parametrize("content,match", [
+    ("{oops", r"dataset_info\.json: cannot read it to add the export's entry: Expecting"),
+    ("[1]", r"dataset_info\.json: a list, not an object of dataset entries$"),
+])
+def test_a_broken_dataset_info_is_named_and_left_as_it_was(tmp_path, content, match):
+    src = _gen(tmp_path, [{"id": 0, "conversations": _turns()}])
+    (tmp_path / DATASET_INFO).write_text(content)
+    with pytest.raises(DataFileError, match=match):
+        export_file(src, tmp_path / "e.json", "llava")
+    assert (tmp_path / DATASET_INFO).read_text() == content
+
+
+def test_hf_leaves_out_multi_image_rows_and_goes_on(tmp_path):
+    pytest.importorskip("datasets")
+    src = _gen(tmp_path, [
+        {"id": 0, "image_1": "a.jpg", "image_2": "b.jpg", "conversations": _turns("<image>\n<image>\nQ?")},
+        {"id": 1, "image_1": "a.jpg", "conversations": _turns("<image>\nQ1?")},
+        {"id": 2, "image_1": "a.jpg", "image_2": "b.jpg", "image_3": "c.jpg",
+         "conversations": _turns("<image>\n<image>\n<image>\nQ?")},
+        {"id": 3, "conversations": _turns("Q3?")},
+    ])
+    rep = export_file(src, tmp_path / "hf", "hf")
+    assert rep.written == 2
+    assert rep.flagged == [(0, "2 images: the hf export holds one per row"),
+                           (2, "3 images: the hf export holds one per row")]
+
+
+@pytest.mark.parametrize("license", ["cc by", " ", "mit\tx"])
+def test_hf_refuses_a_licence_that_is_not_an_id(tmp_path, license):
+    src = _gen(tmp_path, [{"id": 0, "conversations": _turns()}])
+    with pytest.raises(ConfigError, match="^" + re.escape(f"--license {license.strip()!r} is not a licence id")):
+        export_file(src, tmp_path / "hf", "hf", license=license)
+    assert not (tmp_path / "hf").exists()
