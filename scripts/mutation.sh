@@ -16,7 +16,7 @@ case "$mod" in
   partition) src="mminstruct/partition/assign.py";tests="tests/test_partition.py" ;;
   prompts)   src="mminstruct/prompts/plan.py";    tests="tests/test_prompts.py tests/test_budgets.py" ;;
   export)    src="mminstruct/export/formats.py";  tests="tests/test_export.py tests/test_export_hf.py tests/test_export_units.py" ;;
-  quality)   src="mminstruct/quality/report.py";  tests="tests/test_quality.py" ;;
+  quality)   src="mminstruct/quality/report.py";  tests="tests/test_quality.py tests/test_quality_units.py" ;;
   quality-text) src="mminstruct/quality/text.py"; tests="tests/test_quality.py" ;;
   output)    src="mminstruct/generate/output.py"; tests="tests/test_generate_output.py tests/test_generate_modes.py tests/test_conversation_mode.py" ;;
   runlog)    src="mminstruct/generate/runlog.py"; tests="tests/test_generate_resume.py tests/test_runs.py" ;;
