@@ -12,6 +12,7 @@ import pytest
 from mminstruct.errors import ConfigError
 from mminstruct.quality.report import (ALL_FLAGS, QualityConfig, analyse, compact_summary,
                                        flagged_ids, quality_after_run)
+from mminstruct.quality.report import main as quality_main
 from tests.test_quality import _sample, _write
 
 
@@ -76,3 +77,35 @@ def test_quality_after_run_without_an_output_writes_nothing(tmp_path: Path) -> N
     assert quality_after_run("", None) is None
     assert quality_after_run(tmp_path / "missing.json", None) is None
     assert not (tmp_path / "manifests").exists()
+
+
+def test_the_command_passes_every_option_on(tmp_path: Path, capsys) -> None:
+    """--input_folder, --cross_image(_threshold), the thresholds and --output reach the analysis;
+    the summary line and the note go to stderr, the report's path to stdout."""
+    prompts = {"mode": "vqa_nr", "prompts": [{"keyword": "k", "icl_indices": [0], "prompt": [
+        "Example 1", "ref/0.jpg", "Q: What is the man holding?\n A: A cup.", "a.jpg"]}]}
+    inp = tmp_path / "input"
+    inp.mkdir()
+    (inp / "p.json").write_text(json.dumps(prompts))
+    q = "What is the tall man on the left side of the picture holding in his right hand today?"
+    gen = _write(tmp_path / "run.json", [_sample(0, "What is the man holding?", "A phone."),
+                                         _sample(1, q, "A red phone.", image="b.jpg"),
+                                         _sample(2, q, "A red phone.", image="c.jpg")],
+                 prompt_file="p.json")
+    out = tmp_path / "r" / "report.json"
+    assert quality_main(["--generated_file", str(gen), "--output", str(out), "--input_folder",
+                         str(inp), "--cross_image", "--cross_image_threshold", "0.5",
+                         "--icl_copy_threshold", "0.6", "--near_duplicate_threshold", "0.8"]) == 0
+    rep = json.loads(out.read_text())
+    assert rep["summary"]["thresholds"] == {"near_duplicate": 0.8, "icl_copy": 0.6,
+                                            "cross_image_duplicate": 0.5}
+    assert [e["flags"] for e in rep["samples"]] == [["icl_copy"], [], ["cross_image_duplicate"]]
+    cap = capsys.readouterr()
+    assert cap.out.strip() == str(out)
+    assert cap.err.strip().splitlines()[-1] == (
+        "2 of 3 samples flagged: exact_duplicate 0, near_duplicate 0, icl_copy 1, invalid 0, "
+        "refusal 0, cross_image_duplicate 1")
+    # without the input folder the prompt file named in the header is not found: the note says so
+    assert quality_main(["--generated_file", str(gen), "--output", str(out)]) == 0
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1] == "icl_copy not checked: the prompt file p.json named in the file is not there"
