@@ -287,3 +287,43 @@ def test_parse_once_of_many_files_and_of_a_missing_one(tmp_path):
     with pytest.raises(DataFileError, match=r"nope\.json: file not found"):
         records.parse_once(tmp_path / "nope.json", load_data_file, check_images=False)
     records.forget_parsed()
+
+
+# ----------------------------------------------------------------------------------------------
+# Turns and images of one record
+
+
+def test_each_layout_reads_its_own_keys_first_then_the_others():
+    conv = parse_record(0, {"conversations": [
+        {"from": "human", "role": "assistant", "value": "v", "content": "c"},  # both: from/value win
+        {"role": "assistant", "content": "answer"},                          # the other layout's keys
+    ]})
+    assert [(t.role, t.value) for t in conv.turns] == [("human", "v"), ("gpt", "answer")]
+    msgs = parse_record(0, {"messages": [
+        {"role": "user", "from": "gpt", "content": "c", "value": "v"},  # both: role/content win
+        {"from": "gpt", "value": "answer"},
+    ]})
+    assert [(t.role, t.value) for t in msgs.turns] == [("human", "c"), ("gpt", "answer")]
+
+
+@pytest.mark.parametrize("raw,reason", [
+    ({"id": 1}, "no conversation: neither a 'conversations' nor a 'messages' list"),
+    ({"messages": "hi"}, "wrong type: 'messages' is a str, expected a list"),
+    ({"conversations": ["hi"]}, "wrong type: turn 1 is a str, expected an object"),
+    ({"conversations": [{"value": "q"}]}, "unknown role None in turn 1; choose one of: human, user, "
+                                          "gpt, assistant, bot, model, system"),
+    ({"conversations": [{"from": "human", "value": 3}]},
+     "wrong type: turn 1 value is a int, expected a string"),
+    ({"conversations": [{"from": "human", "value": "q"}, {"from": "gpt", "value": [{"text": "a"}]}]},
+     "content parts: turn 2 holds a list of parts (OpenAI/xtuner style), not text; convert it to "
+     "LLaVA conversations (from/value) first"),
+    ({"image": " ", **_rec()}, "image missing: 'image' is an empty string"),
+])
+def test_a_bad_record_is_refused_with_its_exact_reason(raw, reason):
+    assert validate_record(0, raw) == Problem(0, raw.get("id"), reason)
+
+
+def test_only_image_keys_with_a_number_are_images():
+    rec = parse_record(0, {**_rec(), "image_2": "b.jpg", "image": "a.jpg", "frame_7": "not an image",
+                           "image_x": "no"})
+    assert rec.images == ["a.jpg", "b.jpg"]
