@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 
 from mminstruct.errors import ConfigError, DataFileError
-from mminstruct.export.formats import (DATASET_INFO, ExportReport, export_file, export_name,
-                                       llava_dataset_info, load_rejected, next_free_name,
-                                       sharegpt_dataset_info)
+from mminstruct.export.formats import (DATASET_INFO, ExportReport, Flagged, export_file,
+                                       export_name, llava_dataset_info, load_rejected,
+                                       next_free_name, prepare, sharegpt_dataset_info)
 from mminstruct.generate.output import write_samples_file
 from tests.fixtures.images import draw_shape, save_jpeg
 
@@ -190,3 +190,44 @@ def test_hf_refuses_a_licence_that_is_not_an_id(tmp_path, license):
     with pytest.raises(ConfigError, match="^" + re.escape(f"--license {license.strip()!r} is not a licence id")):
         export_file(src, tmp_path / "hf", "hf", license=license)
     assert not (tmp_path / "hf").exists()
+
+
+# ----------------------------------------------------------------------------------------------
+# One sample checked against the rules (prepare)
+
+
+def test_a_question_without_a_token_keeps_its_text_and_gets_one_per_image(tmp_path):
+    p = prepare({"id": 3, "image_1": "a.jpg", "conversations": _turns("What is it?", "A disc.")},
+                tmp_path)
+    assert p.turns == [("user", "What is it?"), ("assistant", "A disc.")]  # not the answer
+    assert p.images == [tmp_path / "a.jpg"]
+    text = prepare({"conversations": _turns("Q?", "A.")}, tmp_path)
+    assert text.turns[0] == ("user", "Q?") and text.images == []
+
+
+@pytest.mark.parametrize("sample,images", [
+    ({"image": "a.jpg"}, ["IN/a.jpg"]),                            # LLaVA's image: a path
+    ({"image": ["a.jpg", "", 3, "b.jpg"]}, ["IN/a.jpg", "IN/b.jpg"]),  # or a list
+    ({"image": "/abs/a.jpg"}, ["/abs/a.jpg"]),                     # absolute: as it is
+    ({"image": ""}, []),
+])
+def test_llava_image_keys_are_read_too(tmp_path, sample, images):
+    p = prepare({**sample, "conversations": _turns("Q?", "A.")}, tmp_path / "IN")
+    assert [str(i).replace(str(tmp_path / "IN"), "IN") for i in p.images] == images
+
+
+@pytest.mark.parametrize("convs,reason", [
+    (None, "no conversations"),
+    ([], "no conversations"),
+    ("<image>\nQ?", "no conversations"),
+    ([{"from": "human", "value": 3}, {"from": "gpt", "value": "A."}], "turn 0 is not {from, value}"),
+    ([{"from": "gpt", "value": "A."}, {"from": "human", "value": "Q?"}],
+     "turn 0 is 'gpt'; roles must alternate user/assistant, starting with the user"),
+    ([{"from": "human", "value": "Q?"}], "the last turn is the user's; it must be the assistant's"),
+    ([{"from": "human", "value": "<image>\n<image>\nQ?"}, {"from": "gpt", "value": "A."}],
+     "2 <image> token(s) in the first turn for 1 image(s): a literal one in the model's text"),
+])
+def test_a_sample_that_breaks_a_rule_is_flagged_with_the_reason(tmp_path, convs, reason):
+    with pytest.raises(Flagged) as e:
+        prepare({"image_1": "a.jpg", "conversations": convs}, tmp_path)
+    assert str(e.value) == reason
