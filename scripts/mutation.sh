@@ -19,7 +19,7 @@ case "$mod" in
   export)    src="mminstruct/export/formats.py";  tests="tests/test_export.py tests/test_export_hf.py tests/test_export_units.py" ;;
   quality)   src="mminstruct/quality/report.py";  tests="tests/test_quality.py tests/test_quality_units.py" ;;
   quality-text) src="mminstruct/quality/text.py"; tests="tests/test_quality.py" ;;
-  output)    src="mminstruct/generate/output.py"; tests="tests/test_generate_output.py tests/test_generate_modes.py tests/test_conversation_mode.py" ;;
+  output)    src="mminstruct/generate/output.py"; tests="tests/test_generate_output.py tests/test_generate_modes.py tests/test_conversation_mode.py tests/test_generate_output_units.py" ;;
   runlog)    src="mminstruct/generate/runlog.py"; tests="tests/test_generate_resume.py tests/test_runs.py" ;;
   *) echo "unknown module '$mod'; choose one of: $names" >&2
      exit 2 ;;

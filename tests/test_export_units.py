@@ -11,9 +11,18 @@ from pathlib import Path
 import pytest
 
 from mminstruct.errors import ConfigError, DataFileError
-from mminstruct.export.formats import (DATASET_INFO, ExportReport, Flagged, export_file,
-                                       export_name, llava_dataset_info, load_rejected,
-                                       next_free_name, prepare, sharegpt_dataset_info)
+from mminstruct.export.formats import (
+    DATASET_INFO,
+    ExportReport,
+    Flagged,
+    export_file,
+    export_name,
+    llava_dataset_info,
+    load_rejected,
+    next_free_name,
+    prepare,
+    sharegpt_dataset_info,
+)
 from mminstruct.generate.output import write_samples_file
 from tests.fixtures.images import draw_shape, save_jpeg
 
@@ -118,8 +127,8 @@ def test_summary_with_rejected_note_and_llamafactory_arguments(tmp_path):
     assert rep.summary() == "; ".join([
         f"wrote 3 sharegpt record(s) to {tmp_path / 'e.json'}", "2 rejected in review left out",
         f"image paths relative to {tmp_path / 'm'}", "a note",
-        f"LLaMA-Factory: entry 'e' in {tmp_path / 'dataset_info.json'}; train with dataset=e "
-        f"dataset_dir={tmp_path} media_dir={tmp_path / 'm'}"])
+        (f"LLaMA-Factory: entry 'e' in {tmp_path / 'dataset_info.json'}; train with dataset=e "
+        f"dataset_dir={tmp_path} media_dir={tmp_path / 'm'}")])
 
 
 # ----------------------------------------------------------------------------------------------
@@ -187,7 +196,8 @@ def test_hf_leaves_out_multi_image_rows_and_goes_on(tmp_path):
 @pytest.mark.parametrize("license", ["cc by", " ", "mit\tx"])
 def test_hf_refuses_a_licence_that_is_not_an_id(tmp_path, license):
     src = _gen(tmp_path, [{"id": 0, "conversations": _turns()}])
-    with pytest.raises(ConfigError, match="^" + re.escape(f"--license {license.strip()!r} is not a licence id")):
+    msg = f"--license {license.strip()!r} is not a licence id"
+    with pytest.raises(ConfigError, match="^" + re.escape(msg)):
         export_file(src, tmp_path / "hf", "hf", license=license)
     assert not (tmp_path / "hf").exists()
 

@@ -11,9 +11,16 @@ import pytest
 
 from mminstruct.data.modes import Mode
 from mminstruct.errors import DataFileError, MergeError
-from mminstruct.generate.output import (conversation_sample, describe_question, item_samples,
-                                        iter_output, load_output, merge_outputs, output_header,
-                                        write_samples_file)
+from mminstruct.generate.output import (
+    conversation_sample,
+    describe_question,
+    item_samples,
+    iter_output,
+    load_output,
+    merge_outputs,
+    output_header,
+    write_samples_file,
+)
 
 
 def _shard(path: Path, start: int, end: int, prompts: list[int], **header) -> Path:

@@ -10,8 +10,14 @@ from pathlib import Path
 import pytest
 
 from mminstruct.errors import ConfigError
-from mminstruct.quality.report import (ALL_FLAGS, QualityConfig, analyse, compact_summary,
-                                       flagged_ids, quality_after_run)
+from mminstruct.quality.report import (
+    ALL_FLAGS,
+    QualityConfig,
+    analyse,
+    compact_summary,
+    flagged_ids,
+    quality_after_run,
+)
 from mminstruct.quality.report import main as quality_main
 from tests.test_quality import _sample, _write
 

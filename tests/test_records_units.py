@@ -156,7 +156,8 @@ def test_image_path_outside_the_root_resolves_only_when_allowed(tmp_path):
 
 def test_a_file_of_one_record_object_loads_it_as_record_0(tmp_path):
     for key, conv in [("conversations", _rec()["conversations"]),
-                      ("messages", [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}])]:
+                      ("messages", [{"role": "user", "content": "q"},
+                                    {"role": "assistant", "content": "a"}])]:
         p = tmp_path / f"{key}.json"
         p.write_text(json.dumps({"id": "only", key: conv}))
         df = load_data_file(p, check_images=False)
@@ -174,11 +175,11 @@ def test_the_container_keys_are_read_and_samples_is_not_kept_twice(tmp_path):
 
 
 @pytest.mark.parametrize("top,match", [
-    ({"samples": {"a": 1}}, r"d\.json: 'samples' is a dict, not a list of records; expected an "
-                            r"object whose 'samples' is a list$"),
+    ({"samples": {"a": 1}}, (r"d\.json: 'samples' is a dict, not a list of records; expected an "
+                            r"object whose 'samples' is a list$")),
     ({"samples": [_rec()], "image_folder": 3}, r"d\.json: 'image_folder' is a int, expected a string$"),
-    ({f"k{i:02d}": i for i in range(12)}, r"keys found: k00, k01, k02, k03, k04, k05, k06, k07, "
-                                          r"k08, k09\)$"),
+    ({f"k{i:02d}": i for i in range(12)}, (r"keys found: k00, k01, k02, k03, k04, k05, k06, k07, "
+                                          r"k08, k09\)$")),
 ])
 def test_a_container_of_the_wrong_shape_is_refused_in_one_line(tmp_path, top, match):
     p = tmp_path / "d.json"
@@ -220,8 +221,8 @@ def test_the_hint_names_the_images_folder_when_enough_of_the_missing_images_are_
     assert df.records == []
     if hint:
         assert df.report.hints == [
-            f"{n_missing} image(s) not found under {tmp_path.resolve()}; {n_there}/{n_missing} of those "
-            f"checked exist under {(tmp_path / 'images').resolve()}: pass that folder as the image folder"]
+            (f"{n_missing} image(s) not found under {tmp_path.resolve()}; {n_there}/{n_missing} of those "
+            f"checked exist under {(tmp_path / 'images').resolve()}: pass that folder as the image folder")]
     else:
         assert df.report.hints == []
 
@@ -310,13 +311,13 @@ def test_each_layout_reads_its_own_keys_first_then_the_others():
     ({"id": 1}, "no conversation: neither a 'conversations' nor a 'messages' list"),
     ({"messages": "hi"}, "wrong type: 'messages' is a str, expected a list"),
     ({"conversations": ["hi"]}, "wrong type: turn 1 is a str, expected an object"),
-    ({"conversations": [{"value": "q"}]}, "unknown role None in turn 1; choose one of: human, user, "
-                                          "gpt, assistant, bot, model, system"),
+    ({"conversations": [{"value": "q"}]}, ("unknown role None in turn 1; choose one of: human, user, "
+                                          "gpt, assistant, bot, model, system")),
     ({"conversations": [{"from": "human", "value": 3}]},
      "wrong type: turn 1 value is a int, expected a string"),
     ({"conversations": [{"from": "human", "value": "q"}, {"from": "gpt", "value": [{"text": "a"}]}]},
-     "content parts: turn 2 holds a list of parts (OpenAI/xtuner style), not text; convert it to "
-     "LLaVA conversations (from/value) first"),
+     ("content parts: turn 2 holds a list of parts (OpenAI/xtuner style), not text; convert it to "
+     "LLaVA conversations (from/value) first")),
     ({"image": " ", **_rec()}, "image missing: 'image' is an empty string"),
 ])
 def test_a_bad_record_is_refused_with_its_exact_reason(raw, reason):
@@ -327,3 +328,28 @@ def test_only_image_keys_with_a_number_are_images():
     rec = parse_record(0, {**_rec(), "image_2": "b.jpg", "image": "a.jpg", "frame_7": "not an image",
                            "image_x": "no"})
     assert rec.images == ["a.jpg", "b.jpg"]
+
+
+def test_a_broken_pretty_printed_json_is_not_taken_for_jsonl(tmp_path):
+    p = tmp_path / "d.json"
+    p.write_text('{\n  "samples": [],,\n  "x": 1\n}\n')
+    with pytest.raises(DataFileError, match=r"d\.json: not valid JSON \(line 2, column"):
+        load_data_file(p, check_images=False)
+
+
+def test_an_empty_list_loads_no_records_and_the_file_is_described(tmp_path):
+    p = tmp_path / "d.json"
+    p.write_text(json.dumps({"samples": [], "image_folder": "imgs"}))
+    (tmp_path / "imgs").mkdir()
+    df = load_data_file(p)
+    assert (df.records, df.path, df.image_folder) == ([], p, "imgs")
+    assert df.image_root == (tmp_path / "imgs").resolve()
+
+
+def test_the_pixel_limit_reaches_the_image_check(tmp_path):
+    save_jpeg(draw_shape("circle", 0), tmp_path / "a.jpg")
+    p = tmp_path / "d.json"
+    p.write_text(json.dumps([_rec(rid=1, image="a.jpg")]))
+    assert len(load_data_file(p).records) == 1
+    df = load_data_file(p, max_pixels=16)
+    assert df.records == [] and "image unreadable" in df.report.problems[0].reason
