@@ -241,3 +241,13 @@ def test_a_sample_that_breaks_a_rule_is_flagged_with_the_reason(tmp_path, convs,
     with pytest.raises(Flagged) as e:
         prepare({"image_1": "a.jpg", "conversations": convs}, tmp_path)
     assert str(e.value) == reason
+
+
+def test_hf_rows_keep_subgroup_and_prompt_index(tmp_path):
+    pq = pytest.importorskip("pyarrow.parquet")
+    src = _gen(tmp_path, [{"id": 0, "keyword": "round", "prompt_idx": 4, "conversations": _turns()},
+                          {"id": 1, "prompt_idx": "x", "conversations": _turns()}], mode="vqa_nr")
+    export_file(src, tmp_path / "hf", "hf")
+    rows = pq.read_table(sorted((tmp_path / "hf" / "data").glob("*.parquet"))).to_pylist()
+    assert [(r["subgroup"], r["prompt_idx"], r["mode"]) for r in rows] == [
+        ("round", 4, "vqa_nr"), ("", None, "vqa_nr")]

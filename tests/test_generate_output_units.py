@@ -12,6 +12,8 @@ import pytest
 from mminstruct.data.modes import Mode
 from mminstruct.errors import DataFileError, MergeError
 from mminstruct.generate.output import (
+    CONCISE_SUFFIX,
+    REASONING_SUFFIX,
     conversation_sample,
     describe_question,
     item_samples,
@@ -29,7 +31,7 @@ def _shard(path: Path, start: int, end: int, prompts: list[int], **header) -> Pa
                for k, i in enumerate(prompts)]
     write_samples_file(path, {"image_folder": "", "len_samples": len(samples), "start_idx": start,
                               "end_idx": end, "num_prompts": end - start, "mode": "vqa_nr",
-                              "run": path.stem, "model": "m", **header}, iter(samples))
+                              "run": path.stem, "model": "m"} | header, iter(samples))
     return path
 
 
@@ -117,3 +119,23 @@ def test_conversation_sample_keeps_the_prompts_fields() -> None:
     assert s == {"conversations": [{"from": "human", "value": "q1"}, {"from": "gpt", "value": "a1"},
                                    {"from": "human", "value": "q2"}, {"from": "gpt", "value": "a2"}],
                  "icl_indices": [1, 2], "keyword": "kw", "prompt_idx": 4}
+
+
+def test_vqa_item_gives_a_reasoning_and_a_concise_sample() -> None:
+    item = {"Q": "How many?", "R": "Count them.", "A": "3"}
+    r, c = item_samples(Mode.VQA, item, image="x.jpg", keyword="k", icl_indices=[], prompt_idx=0)
+    assert r["conversations"] == [
+        {"from": "human", "value": f"<image>\nHow many?\n{REASONING_SUFFIX}"},
+        {"from": "gpt", "value": "Count them.\n3"}]
+    assert c["conversations"][0]["value"] == f"<image>\nHow many?\n{CONCISE_SUFFIX}"
+    assert (r["variant"], c["variant"]) == ("reasoning", "concise")
+    (t, _) = item_samples(Mode.TQA, {"I": "A bar chart.", **item}, image="x.jpg", keyword="k",
+                          icl_indices=[], prompt_idx=0)
+    assert "image_1" not in t and t["conversations"][0]["value"].startswith("A bar chart.\nHow many?")
+
+
+def test_merge_takes_the_image_folder_of_the_first_file(tmp_path: Path) -> None:
+    a = _shard(tmp_path / "a.json", 0, 1, [0], image_folder="imgs")
+    b = _shard(tmp_path / "b.json", 1, 2, [1])
+    merge_outputs([a, b], tmp_path / "m.json")
+    assert output_header(tmp_path / "m.json")["image_folder"] == "imgs"
