@@ -239,16 +239,23 @@ def idle(page, timeout: float = 600_000) -> None:
 #: arrival times of the app's websocket messages (``watch_server``): the server's part of a step
 #: ends with the last message it sends (the script run's end); the rest is the browser's
 FRAMES: list[float] = []
+ASKED: list[float] = []  # the browser's messages to the server (a rerun asked for)
 
 
 def watch_server(page) -> None:
-    page.on("websocket", lambda ws: ws.on("framereceived",
-                                          lambda _f: FRAMES.append(time.perf_counter())))
+    def hook(ws) -> None:
+        ws.on("framereceived", lambda _f: FRAMES.append(time.perf_counter()))
+        ws.on("framesent", lambda _f: ASKED.append(time.perf_counter()))
+    page.on("websocket", hook)
 
 
 def server_part(t0: float, t1: float) -> str:
-    sent = [t for t in FRAMES if t0 <= t <= t1]
-    return f"server's last message at {max(sent) - t0:.2f} s" if sent else "no message"
+    got = [t for t in FRAMES if t0 <= t <= t1]
+    asked = [t for t in ASKED if t0 <= t <= t1]
+    if not got:
+        return "no message"
+    first = f"browser asked at {min(asked) - t0:.2f} s, " if asked else ""
+    return f"{first}server's last message at {max(got) - t0:.2f} s"
 
 
 def timed(label: str, results: list, fn) -> object:

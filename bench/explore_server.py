@@ -114,7 +114,7 @@ def main() -> None:
         def search(q: str = q) -> None:
             at.text_input(key="search_q").set_value(q)
             at.button[[b.label for b in at.button].index("Search")].click().run()
-        step(f"text search {q!r}" + (" (starts the text worker)" if q == "a pie chart" else ""),
+        step(f"text search {q!r}" + (" (the text worker when not cached)" if q == "a pie chart" else ""),
              search)
     kws = list(ws.settings.partition.keywords)
     for i, kw in enumerate(("violin plot", "radar chart")):
@@ -122,6 +122,27 @@ def main() -> None:
             at.text_area(key="kw_text").set_value("\n".join([*kws[:-1], kw])).run()
         step(f"keyword edit → new partition and map ({kw!r}, text worker)", edit)
     step("Explore rerun", at.run)
+
+    def more_like() -> None:  # the gallery's "more like these" from the box's selection
+        at.session_state["explore_sel"] = {"rows": list(range(0, n, 5)), "source": "map selection"}
+        at.run()
+        at.button(key="explore_more:find").click().run()
+    step("more like these, K = 24 (first Find builds the pool's index)", more_like)
+    step("more like these again", lambda: at.button(key="explore_more:find").click().run())
+    step("Partition page", lambda: at.switch_page("pages/3_partition.py").run())
+    step("Save the task file", lambda: at.button(key="save_task").click().run())
+    step("Prompts page (the task file read)", lambda: at.switch_page("pages/4_prompts.py").run())
+
+    def save_prompts() -> None:
+        at.button(key="save_prompts").click().run()
+        deadline = time.monotonic() + 600
+        while time.monotonic() < deadline and not any("Saved" in m.value for m in at.success):
+            time.sleep(0.2)
+            at.run()
+    step("Save the prompt file (background thread → saved)", save_prompts)
+    step("Generate page", lambda: at.switch_page("pages/5_generate.py").run())
+    step("Review page", lambda: at.switch_page("pages/6_review.py").run())
+    step("Explore again", lambda: at.switch_page("pages/2_explore.py").run())
     print(f"\nCPU: {cpu_line()}; {load_line()}; {n:,} points\n")
     print("| server step (AppTest, this process) | seconds | resident / peak, text worker, load |")
     print("| --- | ---: | --- |")
