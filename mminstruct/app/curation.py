@@ -148,6 +148,13 @@ def candidate_files(ws: Workspace) -> list[Path]:
     return collect_candidates(pool, ws.input_root)[1]  # type: ignore[arg-type]
 
 
+def _data_args(ws: Workspace) -> dict[str, Any]:
+    """How the workspace's data file is read (the Data page reads it the same way)."""
+    d = ws.settings.data
+    return dict(input_folder=ws.input_root, image_folder=d.image_folder,
+                allow_outside_paths=d.allow_outside_paths)
+
+
 def load_workspace_data(ws: Workspace, check_images: bool | str = "decode") -> DataFile:
     """The workspace's data file, every image decoded (as the Data page loads it: a record whose
     image cannot be embedded is skipped and reported there, and the counts agree)."""
@@ -155,9 +162,8 @@ def load_workspace_data(ws: Workspace, check_images: bool | str = "decode") -> D
     if not d.data_file:
         raise DataFileError("no data file in this workspace yet: open the demo, upload a data "
                             "file or point at one on the Data page")
-    return parse_once(d.data_file, load_data_file, input_folder=ws.input_root,  # once per content
-                      image_folder=d.image_folder, allow_outside_paths=d.allow_outside_paths,
-                      check_images=check_images)
+    return parse_once(d.data_file, load_data_file, check_images=check_images,  # once per content
+                      **_data_args(ws))
 
 
 def dataset_description(ws: Workspace, data: DataFile) -> str:
@@ -340,13 +346,11 @@ def _data_as_checked(ws: Workspace, check: Any) -> DataFile | None:
     from mminstruct.data.records import Problem
 
     d = ws.settings.data
-    kwargs = dict(input_folder=ws.input_root, image_folder=d.image_folder,
-                  allow_outside_paths=d.allow_outside_paths)
-    done = parse_once(d.data_file, load_data_file, peek=True, check_images="decode", **kwargs) \
-        if d.data_file else None
+    done = parse_once(d.data_file, load_data_file, peek=True, check_images="decode",
+                      **_data_args(ws)) if d.data_file else None
     if done is not None or not isinstance(check, dict):
         return done if done is not None else load_workspace_data(ws)
-    off = load_data_file(d.data_file, check_images="off", **kwargs)  # not kept beside the emb
+    off = load_data_file(d.data_file, check_images="off", **_data_args(ws))  # not kept
     problems = [Problem(int(i), rid, str(why)) for i, rid, why in check.get("problems", [])]
     bad = {p.index for p in problems}
     records = [r for r in off.records if r.index not in bad]
