@@ -11,8 +11,8 @@ import streamlit as st
 
 from mminstruct.app.curation import curate, keyword_vectors, projection, search
 from mminstruct.errors import MMInstructError
-from ui.charts import (CLICK_TO_SELECT_JS, HOVER_TEXT_MAX, MAP_SOURCE, hover_text, map_figure,
-                       picked_rows, select_from_map)
+from ui.charts import (CLICK_SOURCE, CLICK_TO_SELECT_JS, HOVER_TEXT_MAX, MAP_SOURCE, hover_text,
+                       map_figure, picked_rows, select_from_map, selection_shapes)
 from ui.gallery import Item, curation_actions, gallery
 from ui.more_like import more_like_these_panel, new_subgroup_form, show_toast
 from ui.safe import for_browser, md_escape
@@ -139,7 +139,8 @@ signature = ",".join(map(str, picked))
 if signature != st.session_state.get("explore_sig", ""):
     st.session_state["explore_sig"] = signature
     if picked:
-        select_from_map(sel_state, picked)
+        select_from_map(sel_state, picked,
+                        MAP_SOURCE if any(selection_shapes(event)) else CLICK_SOURCE)
 selected = [r for r in sel_state["rows"] if 0 <= r < emb.n]
 n_ref = len(emb.reference)
 is_ref = np.arange(emb.n) < n_ref
@@ -147,8 +148,8 @@ hover = None
 if emb.n <= HOVER_TEXT_MAX:  # above it the hover names the subgroup and kind (payload)
     hover = [hover_text("reference" if r < n_ref else "candidate", emb.rel_path(r),
                         emb.question(r), group_names.get(int(groups[r]), "?")) for r in range(emb.n)]
-# a selection made on the map is shown by the chart itself; rings mark the others (a search, more
-# like these), so a box drawn does not change the figure (the browser redraws nothing)
+# a box or lasso drawn on the map is shown by the chart itself; rings mark the others (a click, a
+# search, more like these), so a box drawn does not change the figure (the browser redraws nothing)
 rings = () if sel_state.get("source") == MAP_SOURCE else selected
 drawn = map_figure(xy, groups, is_ref, group_names, hover, rings)
 st.session_state[TRACE_ROWS_KEY] = drawn.trace_rows

@@ -251,3 +251,19 @@ def test_another_data_file_shows_its_own_description(app_home: Path, tmp_path: P
         _load_files(at, f)
         no_errors(at)
         assert at.text_area(key="desc_text").value == desc
+
+
+def test_the_map_rings_a_click_or_a_search_but_not_a_box_it_shows_itself(pca_ws: Workspace) -> None:
+    """A box or lasso leaves the figure as it was (the chart shows its own selection, and the
+    browser redraws nothing); a clicked point, a search's hits get rings."""
+    at = app_test(pca_ws).run()
+    at.switch_page("pages/2_explore.py").run()
+    plain = at.get("plotly_chart")[0].proto.spec
+    assert '"selection (' not in plain
+    for source, ringed in (("map selection", False), ("map click", True), ("search: pie", True)):
+        at.session_state["explore_sel"] = {"rows": [0, 1, 30], "source": source, "scores": {}}
+        at.run()
+        no_errors(at)
+        spec = at.get("plotly_chart")[0].proto.spec
+        assert ('"selection (3)' in spec) is ringed, source
+        assert (spec == plain) is not ringed, source

@@ -166,13 +166,14 @@ def picked_rows(event: Any, xy: np.ndarray, trace_rows: Sequence[np.ndarray]) ->
     return clicked_rows(sel.get("points") or [], trace_rows)
 
 
-MAP_SOURCE = "map selection"  # the source of a selection made on the map itself
+MAP_SOURCE = "map selection"  # a box or lasso drawn on the map (the chart shows it selected)
+CLICK_SOURCE = "map click"  # a point clicked (the map rings it: plotly marks nothing)
 
 
-def select_from_map(sel_state: dict, rows: list[int]) -> None:
+def select_from_map(sel_state: dict, rows: list[int], source: str = MAP_SOURCE) -> None:
     """A box, lasso or click selection on the map replaces the selection: its rows, its source,
     and no similarity scores (those belong to a text query's selection)."""
-    sel_state.update(rows=list(rows), source=MAP_SOURCE, scores={})
+    sel_state.update(rows=list(rows), source=source, scores={})
 
 
 CLICK_TO_SELECT_JS = """
