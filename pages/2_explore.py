@@ -16,7 +16,7 @@ from ui.charts import (CLICK_SOURCE, CLICK_TO_SELECT_JS, HOVER_TEXT_MAX, MAP_SOU
 from ui.gallery import Item, curation_actions, gallery
 from ui.more_like import more_like_these_panel, new_subgroup_form, show_toast
 from ui.safe import for_browser, md_escape
-from ui.model_picker import model_picker, model_ready
+from ui.model_picker import model_picker, model_ready, models_asked
 from ui.settings import bind, show_error
 from ui.state import cached_embeddings, embeddings_or_stop, require_workspace, through_app
 from ui import nav
@@ -30,7 +30,9 @@ st.title("Explore")
 ws = require_workspace()
 p = ws.settings.partition
 
-with st.expander("CLIP model", expanded=cached_embeddings(ws) is None):
+# open while there are no embeddings yet, and once the models on this machine were asked for
+with st.expander("CLIP model", expanded=cached_embeddings(ws) is None
+                 or models_asked("ex_clip_model")):
     # the models found on this machine after a click: finding them imports open_clip (torch),
     # which the server does not need while the keywords and the map are cached
     model_picker(ws, "ex_clip_model", find_now=False)

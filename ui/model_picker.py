@@ -41,6 +41,11 @@ def _choose(root: str, pick_key: str) -> None:
     st.session_state[pick_key] = None
 
 
+def models_asked(key: str) -> bool:
+    """Whether this session asked the picker ``key`` for the models found on this machine."""
+    return bool(st.session_state.get(f"{key}:show"))
+
+
 def model_picker(ws: Workspace, key: str, *, find_now: bool = True) -> None:
     """The spec field (bound to ``partition.clip_model`` as ``key``; checked when edited) and the
     models found on this machine as choices (with ``find_now`` False, after a click: finding
@@ -48,7 +53,7 @@ def model_picker(ws: Workspace, key: str, *, find_now: bool = True) -> None:
     st.text_input("CLIP model (ARCH:TAG, ARCH:/path/to/checkpoint.pt, CONFIG.json:/path/to/"
                   "checkpoint.pt, hf-hub:ORG/NAME, or demo-charts)", **bind(ws, key))
     show_error(key)
-    if not (find_now or st.session_state.get(f"{key}:show")):
+    if not (find_now or models_asked(key)):
         if st.button("Find models on this machine", key=f"{key}:find"):
             st.session_state[f"{key}:show"] = True
             st.rerun()
