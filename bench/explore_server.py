@@ -30,13 +30,19 @@ from app_scale import build_workspace, cpu_line, load_line  # noqa: E402
 
 def rss(pid: int | str = "self") -> tuple[int, int]:
     """(resident, peak resident) MiB of a process."""
-    now = peak = 0
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            now = int(line.split()[1]) // 1024
-        elif line.startswith("VmHWM:"):
-            peak = int(line.split()[1]) // 1024
+    now, peak, _, _ = rss_parts(pid)
     return now, peak
+
+
+def rss_parts(pid: int | str = "self") -> tuple[int, int, int, int]:
+    """(resident, peak resident, anonymous resident, file-backed resident) MiB of a process: the
+    file-backed part holds the memory-mapped vectors' pages, which the kernel can drop."""
+    want = {"VmRSS:": 0, "VmHWM:": 0, "RssAnon:": 0, "RssFile:": 0}
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        key = line.split(maxsplit=1)[0] if line else ""
+        if key in want:
+            want[key] = int(line.split()[1]) // 1024
+    return want["VmRSS:"], want["VmHWM:"], want["RssAnon:"], want["RssFile:"]
 
 
 def worker_rss() -> str:
@@ -94,8 +100,9 @@ def main() -> None:
         fn()
         problems = [e.value for e in at.exception] + [e.value for e in at.error]
         dt = time.perf_counter() - t0
-        now, peak = rss()
-        rows.append((label, dt, f"{now:,} / {peak:,} MiB; text worker {worker_rss()}; {load_line()}"))
+        now, peak, anon, file = rss_parts()
+        rows.append((label, dt, f"{now:,} / {peak:,} MiB (anonymous {anon:,}, file-backed "
+                                f"{file:,}); text worker {worker_rss()}; {load_line()}"))
         print(f"  {label}: {dt:.2f} s ({rows[-1][2]})" + (f" PROBLEMS {problems}" if problems else ""),
               flush=True)
 
@@ -144,7 +151,7 @@ def main() -> None:
     step("Review page", lambda: at.switch_page("pages/6_review.py").run())
     step("Explore again", lambda: at.switch_page("pages/2_explore.py").run())
     print(f"\nCPU: {cpu_line()}; {load_line()}; {n:,} points\n")
-    print("| server step (AppTest, this process) | seconds | resident / peak, text worker, load |")
+    print("| server step (AppTest, this process) | seconds | resident / peak (its parts), text worker, load |")
     print("| --- | ---: | --- |")
     for label, dt, mem in rows:
         print(f"| {label} | {dt:.2f} | {mem} |")

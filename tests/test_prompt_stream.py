@@ -201,7 +201,7 @@ def test_the_apps_background_save_writes_the_cli_bytes_and_records_the_file(tmp_
 def test_prepare_plan_checks_each_image_once_across_settings_edits(tmp_path, monkeypatch):
     """The page keeps ``file_checks``: a second plan (another total_gen) stats no image again and
     decides the same."""
-    from pathlib import Path as P
+    from mminstruct.data.images import ImageRoot
 
     monkeypatch.chdir(tmp_path)
     demo_task(tmp_path)
@@ -213,8 +213,8 @@ def test_prepare_plan_checks_each_image_once_across_settings_edits(tmp_path, mon
     for i in range(150):
         (tmp_path / "images" / f"chart_{i:04d}.jpg").write_bytes(b"x")
     calls = []
-    real = P.is_file
-    monkeypatch.setattr(P, "is_file", lambda self: calls.append(self) or real(self))
+    real = ImageRoot.resolve
+    monkeypatch.setattr(ImageRoot, "resolve", lambda self, rel: calls.append(rel) or real(self, rel))
     checks: dict = {}
     cfg = _config("demo", check_images=True, input_folder=str(tmp_path))
     a = prepare_plan(task, cfg, checks)
@@ -227,3 +227,72 @@ def test_prepare_plan_checks_each_image_once_across_settings_edits(tmp_path, mon
     assert len(a.missing_candidates) == 300 and b.missing_candidates == a.missing_candidates
     fresh = prepare_plan(task, cfg)
     assert [s.candidates for s in fresh.subgroups] == [s.candidates for s in a.subgroups]
+
+
+def test_the_plans_image_check_decides_as_the_resolved_path_does(tmp_path):
+    """``prepare_plan`` checks images with one ``lstat`` where it can (``ImageRoot``); what it
+    decides for each path is what ``resolve_image_path(...).is_file()`` decides: a plain file, a
+    folder named like an image, a missing file, a symlink inside, a symlink leaving the root, a
+    folder that is a symlink leaving the root, ``..`` and an absolute path."""
+    from mminstruct.data.formats import Subgroup, TaskFile
+    from mminstruct.data.images import resolve_image_path
+    from mminstruct.errors import InputError
+
+    root, outside = tmp_path / "in", tmp_path / "out"
+    (root / "pool" / "dir.jpg").mkdir(parents=True)
+    outside.mkdir()
+    (root / "pool" / "a.jpg").write_bytes(b"x")
+    (outside / "o.jpg").write_bytes(b"x")
+    (root / "pool" / "in.jpg").symlink_to(root / "pool" / "a.jpg")
+    (root / "pool" / "out.jpg").symlink_to(outside / "o.jpg")
+    (root / "away").symlink_to(outside)
+    rels = ["pool/a.jpg", "pool/dir.jpg", "pool/none.jpg", "pool/in.jpg", "pool/out.jpg",
+            "away/o.jpg", "pool/../pool/a.jpg", "../out/o.jpg", str(outside / "o.jpg"),
+            "pool//a.jpg", "./pool/a.jpg"]
+    task = TaskFile("images", "d", [Subgroup("k", [], rels)], [])
+    for allow in (False, True):
+        checks: dict = {}
+        cfg = PromptConfig(task_desc="t.json", file_prefix="t", input_folder=str(root), mode="descript",
+                           total_gen=1, check_images=True, allow_outside_paths=allow)
+        plan = prepare_plan(task, cfg, checks)
+        for rel in rels:
+            try:
+                want = resolve_image_path(root, rel, allow_outside=allow).is_file()
+            except InputError as e:
+                want = type(e)
+            got = checks[rel] if isinstance(checks[rel], bool) else type(checks[rel])
+            assert got == want, (rel, allow)
+        kept = [r for r in rels if checks[r] is True]
+        assert plan.subgroups[0].candidates == kept
+        assert ("pool/out.jpg" in kept) is allow and "pool/a.jpg" in kept
+
+
+def test_a_kept_parse_of_the_task_file_gives_the_same_plan_and_stays_unchanged(
+        tmp_path, monkeypatch):
+    """``parsed``: the app keeps ``task_records(task)`` per task file, so a settings edit parses
+    no sample again; the plan is the one a fresh parse gives, and the kept parse is not changed
+    when samples are left out for a missing image."""
+    import mminstruct.prompts.plan as plan_mod
+    from mminstruct.data.formats import task_records
+
+    monkeypatch.chdir(tmp_path)
+    demo_task(tmp_path)
+    task = load_task_file("demo_task.json")
+    (tmp_path / "images").mkdir()
+    there = [i for i in range(150) if i % 8 < 4]  # half of each subgroup's images: the rest are
+    for i in there:                                # left out
+        (tmp_path / "images" / f"chart_{i:04d}.jpg").write_bytes(b"x")
+    parsed = task_records(task)
+    before = (dict(parsed[0]), list(parsed[1]))
+    calls = []
+    monkeypatch.setattr(plan_mod, "task_records", lambda t: calls.append(t) or task_records(t))
+    cfg = _config("demo", check_images=True, input_folder=str(tmp_path), mode="tqa")
+    kept = prepare_plan(task, cfg, None, parsed)
+    assert calls == []
+    fresh = prepare_plan(task, cfg)
+    assert len(calls) == 1
+    assert kept.records == fresh.records and sorted(kept.records) == there
+    assert [(s.keyword, s.n_prompts, s.icl_pool) for s in kept.subgroups] == \
+        [(s.keyword, s.n_prompts, s.icl_pool) for s in fresh.subgroups]
+    assert [str(p) for p in kept.excluded_samples] == [str(p) for p in fresh.excluded_samples]
+    assert parsed[0] == before[0] and len(parsed[0]) == 150 and parsed[1] == before[1]

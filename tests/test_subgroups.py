@@ -168,3 +168,38 @@ def test_a_run_for_one_subgroup_sends_only_its_prompts(curated, stub, monkeypatc
     assert Counter(s["prompt_idx"] for s in samples).keys() == set(range(5))
     assert Path(done.prompt_file).name.startswith(f"{ws.settings.prompts.file_prefix}-my-picks_prompts_")
     assert ws.settings.prompt_file == str(pf_path)  # the full prompt file stays the workspace's
+
+
+def test_a_settings_edit_on_the_prompts_page_parses_no_sample_again(curated, monkeypatch) -> None:
+    """The Prompts page plans with ``prepare_workspace_plan`` on every settings edit: the task
+    file's samples are parsed once per file content (shared by sessions), and the plan is the
+    one a fresh parse gives. A task object that is not the shared parse is parsed itself."""
+    import mminstruct.app.preview as preview
+    import mminstruct.prompts.plan as plan_mod
+    from mminstruct.data.records import forget_parsed, parse_once
+
+    ws, emb = curated
+    path = save_task(ws, build_task(ws, emb, curate(ws, emb, keyword_vectors(
+        ws, ws.settings.partition.keywords))))
+    forget_parsed()
+    calls: list = []
+    real = plan_mod.task_records
+    counted = lambda t: calls.append(t) or real(t)  # noqa: E731
+    monkeypatch.setattr(plan_mod, "task_records", counted)
+    monkeypatch.setattr(preview, "task_records", counted)
+    task = parse_once(str(path), load_task_file)
+    plans = []
+    for total in (40, 7, 90):
+        ws.settings.prompts.total_gen = total
+        config, plan = preview.prepare_workspace_plan(ws, task, path)
+        plans.append(plan)
+        fresh = plan_mod.prepare_plan(task, config)
+        assert [(s.keyword, s.n_prompts, s.icl_pool, s.candidates) for s in plan.subgroups] == \
+            [(s.keyword, s.n_prompts, s.icl_pool, s.candidates) for s in fresh.subgroups]
+        assert plan.records == fresh.records
+    assert len(calls) == 1 + 3  # one shared parse; the three fresh plans parse their own
+    sizes = [preview.plan_size(p) for p in plans]
+    assert sizes[1] < sizes[0] < sizes[2]  # each edit's own plan, not a kept one
+    other = load_task_file(path)  # same bytes, another object: not the shared parse
+    preview.prepare_workspace_plan(ws, other, path)
+    assert len(calls) == 5 and calls[-1] is other

@@ -43,11 +43,12 @@ from typing import Any
 
 from mminstruct.errors import ConfigError, ImageError, MMInstructError
 from mminstruct.cache import atomic_write_json
-from mminstruct.data.formats import (PromptEntry, PromptFile, TaskFile, is_prompt_image, prompt_file_name,
-                       save_prompt_file)
+from mminstruct.data.formats import (PromptEntry, PromptFile, TaskFile, is_prompt_image, load_task_file,
+                       prompt_file_name, save_prompt_file, task_records)
 from mminstruct.generate.manifest import CostEstimate, estimate_cost
 from mminstruct.generate.output import samples_per_item, samples_per_prompt
 from mminstruct.data.images import probe_image, resolve_image_path
+from mminstruct.data.records import Problem, Record, parse_once
 from mminstruct.llm.requests import (REQUEST_OVERHEAD_TOKENS, BuiltRequest, EncodedImage, ImageEncoder,
                            build_messages, generation_prompt, image_token_rule, system_prompt,
                            text_tokens)
@@ -86,7 +87,17 @@ def prepare_workspace_plan(ws: Workspace, task: TaskFile, task_path: str | os.Pa
     ``estimate_plan`` and ``save_prompt_plan`` draw them when needed). ``file_checks``: see
     ``prompts.prepare_plan`` (the page keeps one per task file, input folder and path rule)."""
     config = prompt_config(ws, task_path)
-    return config, prepare_plan(task, config, file_checks)
+    parsed = None
+    if task is parse_once(str(task_path), load_task_file, peek=True):  # the shared parse: its
+        parsed = parse_once(str(task_path), task_file_records)          # samples parsed once too
+    return config, prepare_plan(task, config, file_checks, parsed)
+
+
+def task_file_records(path: str | os.PathLike) -> tuple[dict[int, Record], list[Problem]]:
+    """``task_records`` of the task file at ``path`` as ``parse_once`` keeps it: read through
+    ``parse_once`` itself, so that with ``parse_once(path, task_file_records)`` every session and
+    every settings edit shares one parse of the task file and of its samples (read-only)."""
+    return task_records(parse_once(str(path), load_task_file))
 
 
 def plan_size(plan: PromptPlan) -> int:

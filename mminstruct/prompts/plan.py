@@ -32,6 +32,7 @@ import math
 import os
 import random
 import re
+import stat
 from collections import deque
 from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from dataclasses import MISSING, dataclass, field, fields
@@ -44,7 +45,7 @@ from mminstruct.errors import ConfigError, InputError, choices_message
 from mminstruct.data.formats import (PromptEntry, PromptFile, TaskFile, check_file_prefix, json_text, load_task_file,
                       prompt_entry_text, prompt_file_name, prompts_dir, task_records, write_prompt_file)
 from mminstruct.data.records import IMAGE_TOKEN_RE, Problem, Record
-from mminstruct.data.images import resolve_image_path
+from mminstruct.data.images import ImageRoot
 from mminstruct.data.modes import Mode, parse_mode
 
 
@@ -374,13 +375,18 @@ class PromptPlan:
 
 
 def prepare_plan(task: TaskFile, config: PromptConfig,
-                 file_checks: dict[str, bool | InputError] | None = None) -> PromptPlan:
+                 file_checks: dict[str, bool | InputError] | None = None,
+                 parsed: tuple[Mapping[int, Record], Sequence[Problem]] | None = None
+                 ) -> PromptPlan:
     """Validate the task file against the config and allocate prompts per subgroup (no sampling).
     ``file_checks``: image path → found (or the refusal), kept by the caller across calls with
     the same task file, input folder and ``allow_outside_paths`` (the app: a settings edit does
-    not stat 200,000 images again)."""
-    records, problems = task_records(task)
+    not stat 200,000 images again). ``parsed``: ``task_records(task)`` when the caller keeps it
+    (the app: a settings edit does not parse 150,000 samples again); it is not changed."""
+    records, problems = parsed if parsed is not None else task_records(task)
+    records = dict(records)
     root = Path(config.input_folder or ".")
+    where = ImageRoot(root, allow_outside=config.allow_outside_paths)  # root resolved once
     mode = config.mode
     excluded = list(problems)
     image_excluded: set[int] = set()  # samples left out by the image check (--no_check_images)
@@ -389,8 +395,9 @@ def prepare_plan(task: TaskFile, config: PromptConfig,
     def is_file(rel: str) -> bool:
         hit = checks.get(rel)
         if hit is None:
-            try:
-                hit = resolve_image_path(root, rel, allow_outside=config.allow_outside_paths).is_file()
+            try:  # one lstat for a plain path under the root; a realpath for anything else
+                st = where.resolve(rel)[1]
+                hit = st is not None and stat.S_ISREG(st.st_mode)
             except InputError as e:
                 hit = e
             checks[rel] = hit
