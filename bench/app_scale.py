@@ -332,12 +332,21 @@ def drive_app(ws_root: Path, k: int, results: list, notes: list, workdir: Path) 
             page.wait_for_timeout(500)
             frac = (0.40, 0.40, 0.52, 0.52)
 
+            parts: list[float] = []
+
             def box():
+                t0 = time.perf_counter()
                 box_drag(page, *frac)
+                t1 = time.perf_counter()
                 page.get_by_text(re.compile(r"Selection · [1-9][\d,]* image")).first.wait_for()
+                t2 = time.perf_counter()
                 page.locator("[data-testid=stImage], img").first.wait_for()
                 idle(page)
+                parts[:] = [t1 - t0, t2 - t1, time.perf_counter() - t2]
             timed("box drawn with the mouse → selection + gallery", results, box)
+            notes.append("box: the drag itself (tool picked, mouse down, 10 moves, up) {:.2f} s; "
+                         "mouse up → selection shown {:.2f} s; → gallery and page idle {:.2f} s"
+                         .format(*parts))
             got, want = selection_count(page), rows_in_pixel_box(page, xy, *frac)
             notes.append(f"box selected {got:,} rows; numpy over the cached projection: {want:,}")
 

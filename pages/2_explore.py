@@ -9,7 +9,7 @@ import time
 import numpy as np
 import streamlit as st
 
-from mminstruct.app.curation import curate, keyword_vectors, projection, search
+from mminstruct.app.curation import curate, keyword_vectors, projection, search, warm_text_search
 from mminstruct.errors import MMInstructError
 from ui.charts import (CLICK_SOURCE, CLICK_TO_SELECT_JS, HOVER_TEXT_MAX, MAP_SOURCE, hover_text,
                        map_figure, picked_rows, select_from_map, selection_shapes)
@@ -161,6 +161,7 @@ st.caption(f"All {emb.n:,} points drawn · {method.upper()} "
 st.plotly_chart(drawn.figure, key=MAP_KEY, on_select="rerun",
                 selection_mode=("points", "box", "lasso"), width="stretch")
 st.html(CLICK_TO_SELECT_JS, unsafe_allow_javascript=True)
+warm_text_search(ws)  # the text model loads in its worker while the person looks at the map
 
 # ----------------------------------------------------------------------------------------------
 # The selection

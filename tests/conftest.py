@@ -17,6 +17,10 @@ REPO = Path(__file__).resolve().parent.parent
 os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# Explore loads the text model in a worker ahead of the first search (app.text_encoder.warm): off
+# here, so that a page test starts no torch process it does not use (tests/test_app_memory.py
+# turns it on to test it)
+os.environ.setdefault("MMINSTRUCT_TEXT_WARMUP", "0")
 
 pytest_plugins = [
     "tests.fixtures.images",

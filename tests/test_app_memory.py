@@ -144,3 +144,55 @@ def test_text_vectors_come_from_a_worker_process_and_equal_the_in_process_ones(
         embed_keywords(["bar chart", "map"], tiny_clip.spec, templates=["a photo of a {}"],
                        cache=tmp_path / "own")])
     assert np.array_equal(np.load(out), want)
+
+
+@pytest.mark.slow
+def test_warm_loads_the_model_in_the_text_worker_once_ahead_of_the_first_search(
+        tiny_clip, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``text_encoder.warm``: the worker started and the model loaded without waiting, once per
+    spec and cache while the worker lives; off with ``MMINSTRUCT_TEXT_WARMUP=0`` (as in the rest
+    of the tests) and for a spec never parsed here; the search after it gives the vectors the
+    in-process encoder gives."""
+    from mminstruct.app import text_encoder
+    from mminstruct.embed.clip import embed_texts, parse_model_spec
+
+    assert os.environ[text_encoder.WARMUP_ENV] == "0"  # conftest: page tests start no worker
+    monkeypatch.setenv("MMINSTRUCT_CACHE_DIR", str(tmp_path / "models"))
+    cache = tmp_path / "cache"
+    text_encoder.shutdown()
+    parse_model_spec(tiny_clip.spec)  # memoised: as after the page's own parse
+    try:
+        assert text_encoder.warm(tiny_clip.spec, cache=cache) is None
+        assert text_encoder._POOL is None  # nothing started
+        monkeypatch.setenv(text_encoder.WARMUP_ENV, "1")
+        assert text_encoder.warm("never-parsed-here.json:nothing.pt", cache=cache) is None
+        assert text_encoder._POOL is None
+        future = text_encoder.warm(tiny_clip.spec, cache=cache)
+        assert future is not None
+        identity = future.result(timeout=600)
+        assert text_encoder.warm(tiny_clip.spec, cache=cache) is None  # once
+        assert text_encoder._in_worker(text_encoder._loaded_models) == [identity]
+        got = text_encoder.text_vectors(["a chart of rainfall"], tiny_clip.spec, cache=cache)
+        want = embed_texts(["a chart of rainfall"], tiny_clip.spec, cache=tmp_path / "own")
+        assert np.array_equal(got, want)
+        text_encoder.shutdown()  # a new worker holds nothing: warmed again
+        again = text_encoder.warm(tiny_clip.spec, cache=cache)
+        assert again is not None and again.result(timeout=600) == identity
+    finally:
+        text_encoder.shutdown()
+
+
+def test_explore_warms_the_text_model_once_its_map_is_drawn(demo_ws: Workspace,
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    from mminstruct.app import text_encoder
+    from tests.fixtures.app import app_test, no_errors
+
+    calls: list = []
+    monkeypatch.setattr(text_encoder, "warm", lambda spec, *, cache: calls.append((spec, cache)))
+    at = app_test(demo_ws).run()
+    at.switch_page("pages/3_partition.py").run()
+    assert calls == []  # not on other pages
+    at.switch_page("pages/2_explore.py").run()
+    no_errors(at)
+    assert at.get("plotly_chart") and calls == [(demo_ws.settings.partition.clip_model,
+                                                  demo_ws.cache_dir)]

@@ -640,6 +640,14 @@ def search(ws: Workspace, emb: Embeddings, query: str, limit: int = 24) -> list[
     return [(int(i), float(sims[i])) for i in top]
 
 
+def warm_text_search(ws: Workspace) -> None:
+    """Load the workspace's CLIP model in the text worker without waiting
+    (``text_encoder.warm``): the first new search or keyword then costs an encode only."""
+    from mminstruct.app import text_encoder
+
+    text_encoder.warm(ws.settings.partition.clip_model, cache=ws.cache_dir)
+
+
 _XY: dict[tuple[str, str, str], np.ndarray] = {}  # (vectors' fingerprint, method, cache) → map
 
 

@@ -7,7 +7,10 @@ process (no model, no torch). Otherwise the texts are encoded by one worker proc
 open_clip, torch and the text model once and writes the vectors to the same cache, so the
 Streamlit server itself never holds torch (about 700 MB resident) — a text search over a
 210,000-image map keeps the server under 1 GB. ``parse_spec(spec)``: a model spec parsed the same way (from the memo of specs parsed before, else
-by the worker). ``shutdown()`` stops the worker (tests, a server's
+by the worker). ``warm(spec, cache=...)`` starts the worker and loads the model in it without
+waiting (Explore calls it once its map is drawn), so that the first new text a person searches
+for costs an encode, not an import of torch and a model load (6.7 s on 2 cores);
+``MMINSTRUCT_TEXT_WARMUP=0`` turns that off. ``shutdown()`` stops the worker (tests, a server's
 exit). The numbers are the in-process ones: the worker runs the same function on the same cache.
 """
 
@@ -16,19 +19,23 @@ from __future__ import annotations
 import multiprocessing
 import threading
 from collections.abc import Sequence
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from typing import Any
 
 import numpy as np
 
-from mminstruct.embed.clip import (ModelSpec, embed_keywords, embed_texts, keyword_texts,
-                                   memoised_spec, parse_model_spec, texts_cached)
+from mminstruct.embed.clip import (ModelSpec, cache_folder, embed_keywords, embed_texts,
+                                   keyword_texts, load_clip, memoised_spec, parse_model_spec,
+                                   texts_cached)
 from mminstruct.errors import ModelSpecError
 
 _LOCK = threading.Lock()
 _POOL: ProcessPoolExecutor | None = None
+_WARMED: set[tuple[str, str]] = set()  # (spec, cache) loaded in (or being loaded by) the worker
 DEVICE = 0  # GPU 0 where there is one (resolved in the worker), else the CPU
+#: Set to ``0`` to not start the worker ahead of the first new text (``warm``).
+WARMUP_ENV = "MMINSTRUCT_TEXT_WARMUP"
 
 
 def _pool() -> ProcessPoolExecutor:
@@ -45,6 +52,7 @@ def shutdown() -> None:
     global _POOL
     with _LOCK:
         pool, _POOL = _POOL, None
+        _WARMED.clear()
     if pool is not None:
         pool.shutdown(wait=True, cancel_futures=True)
 
@@ -68,6 +76,43 @@ def _in_worker(fn: Any, *args: Any, **kwargs: Any) -> Any:
     except BrokenProcessPool as e:  # the worker died (killed, out of memory): a new one next time
         shutdown()
         raise ModelSpecError(f"the text encoder's worker process stopped ({e}); try again") from e
+
+
+def _load_model(spec: str, cache: Any) -> str:
+    """Runs in the worker: the model loaded into ``clip.load_clip``'s cache (what
+    ``embed_texts`` loads on a miss); returns its identity."""
+    ms = parse_model_spec(spec)
+    store = cache_folder(cache)
+    load_clip(ms, DEVICE, cache_dir=store)
+    return ms.identity(store)
+
+
+def _loaded_models() -> list[str]:
+    """Runs in the worker: the identities of the models it holds."""
+    from mminstruct.embed import clip
+
+    with clip._MODELS_LOCK:
+        return [key[0] for key in clip._MODELS]
+
+
+def warm(spec: str, *, cache: Any) -> Future[str] | None:
+    """Start the worker and load the model of ``spec`` in it, without waiting: the load runs
+    while the person looks at the map. Once per spec and cache while the worker lives. Returns
+    the load's future, or None (already warm or warming, ``MMINSTRUCT_TEXT_WARMUP=0``, or a spec
+    that was never parsed here: the first real call parses and loads it). A failed load is not
+    raised here: the first real call raises it, message and all."""
+    import os
+
+    if os.environ.get(WARMUP_ENV, "1").strip() == "0" or memoised_spec(spec) is None:
+        return None
+    key = (spec, str(cache_folder(cache)))
+    with _LOCK:
+        if key in _WARMED:
+            return None
+        _WARMED.add(key)
+    future = _pool().submit(_with_environment, dict(os.environ), _load_model, spec, cache)
+    future.add_done_callback(lambda f: f.cancelled() or f.exception())  # not logged as unretrieved
+    return future
 
 
 def parse_spec(spec: str) -> ModelSpec:
