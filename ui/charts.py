@@ -16,7 +16,9 @@ lasso selection made on the server over every row.
   box or lasso tool is active, so a click there selects nothing; this script (run once per page
   with ``st.html(..., unsafe_allow_javascript=True)``) passes such a click on to the chart's own
   selection handler as a one-point selection. It also empties a box or lasso event's list of
-  points before Streamlit serialises it (the server needs only the shape).
+  points before Streamlit serialises it (the server needs only the shape), and holds plotly's
+  WebGL redraws while a box or lasso is dragged (plotly redraws every point twice a mouse move to
+  dim those outside the shape; its redraw on release draws the final selection).
 """
 
 from __future__ import annotations
@@ -208,6 +210,31 @@ CLICK_TO_SELECT_JS = """
       });
     });
   }
+  // While a box or lasso is dragged, plotly dims the points outside it as the mouse moves: it
+  // clears and redraws every WebGL point twice a mouse move (about a second a redraw at 210,000
+  // points without a GPU: 19 s for a ten-step drag). Those redraws are skipped while the button
+  // is down; plotly's own redraw on release draws the final selection (the outline follows the
+  // mouse meanwhile: it is SVG).
+  var held = false;
+  function holdable(obj, name) {
+    if (!obj || typeof obj[name] !== "function" || obj["__mmHeld_" + name]) return;
+    var real = obj[name];
+    obj["__mmHeld_" + name] = real;
+    obj[name] = function () { return held ? undefined : real.apply(this, arguments); };
+  }
+  document.addEventListener("mousedown", function (ev) {
+    var el = ev.target && ev.target.closest ? ev.target : null;
+    var gd = el && el.closest(".stPlotlyChart .js-plotly-plot");
+    var fl = gd && gd._fullLayout;
+    if (!fl || (fl.dragmode !== "select" && fl.dragmode !== "lasso") || !el.closest(".nsewdrag")) return;
+    Object.keys(fl._plots || {}).forEach(function (k) { holdable(fl._plots[k] && fl._plots[k]._scene, "draw"); });
+    if (fl._glcanvas && typeof fl._glcanvas.each === "function") {
+      fl._glcanvas.each(function (d) { if (d) holdable(d.regl, "clear"); });
+    }
+    held = true;
+  }, true);
+  // capture: before plotly's own handler of the release, which then redraws for real
+  document.addEventListener("mouseup", function () { held = false; }, true);
   setInterval(hook, 400);
   hook();
 })();
