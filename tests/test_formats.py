@@ -289,3 +289,41 @@ def test_prompt_image_detection():
     assert is_prompt_image("imgs/0.jpg") and is_prompt_image("a b/ÉTÉ.PNG")
     assert not is_prompt_image("Q: what is in chart.png?\n A: chart.png")
     assert not is_prompt_image("Example 1")
+
+
+def test_a_task_file_is_written_a_sample_a_line_and_reads_back_as_the_same_json(tmp_path):
+    """``save_task_file`` writes each top-level key, each subgroup and each sample on a line of
+    its own (the C encoder per item, not ``indent=``'s pure-Python one); the JSON is the task's,
+    with what makes encoding tricky: non-ASCII, quotes, backslashes, control characters, line
+    and paragraph separators, nested extras, an empty list and an empty subgroup list."""
+    from mminstruct.data.formats import task_file_lines
+
+    tricky = ["Größe 中文 🙂", 'say "hi"', "back\\slash", "tab\there", "line\nbreak",
+              "\u2028sep\u2029", "ctrl\x01\x1f", "<img>", ""]
+    samples = [{"id": f"s{i}", "image_1": f"imgs/é{i}.png",
+                "conversations": [{"from": "human", "value": f"<image>\n{t}?"},
+                                  {"from": "gpt", "value": t}]} for i, t in enumerate(tricky)]
+    task = TaskFile("data/ünï", 'Tëst "set"\n', [
+        Subgroup("bar «chart»", [0, 2, 4], ["pool/a.jpg", "pool/ü b.jpg"], {"candidate_scores": [0.5, 0.25]}),
+        Subgroup("empty", [], [])], samples, {"mminstruct": {"v": 1, "keywords": tricky, "x": None}})
+    path = save_task_file(task, tmp_path, "tricky")
+    text = path.read_text(encoding="utf-8")
+    assert json.loads(text) == task.to_json()
+    assert load_task_file(path).to_json() == task.to_json()
+    lines = text.split("\n")
+    assert lines[0] == "{" and lines[-2:] == ["}", ""]
+    # one line per sample and per subgroup: their JSON on it, alone
+    def value(line: str):
+        try:
+            return json.loads(line.strip().rstrip(","))
+        except ValueError:
+            return None  # a key's line, a bracket
+    values = [value(ln) for ln in lines]
+    for item in samples + [sg.to_json() for sg in task.subgroups]:
+        assert values.count(item) == 1
+    # "{", two keys, the subgroups (2), the samples, the extra key, "}", and "" after the last \n
+    assert len(lines) == 1 + 2 + (1 + 2 + 1) + (1 + len(samples) + 1) + 1 + 1 + 1
+    # a task without samples or subgroups, and an empty object
+    bare = TaskFile("i", "d", [], [])
+    assert json.loads("".join(task_file_lines(bare.to_json()))) == bare.to_json()
+    assert json.loads("".join(task_file_lines({}))) == {}
