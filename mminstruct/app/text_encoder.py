@@ -26,8 +26,8 @@ from typing import Any
 import numpy as np
 
 from mminstruct.embed.clip import (ModelSpec, cache_folder, embed_keywords, embed_texts,
-                                   keyword_texts, load_clip, memoised_spec, parse_model_spec,
-                                   texts_cached)
+                                   keyword_texts, load_clip, loaded_models, memoised_spec,
+                                   parse_model_spec, texts_cached)
 from mminstruct.errors import ModelSpecError
 
 _LOCK = threading.Lock()
@@ -89,10 +89,7 @@ def _load_model(spec: str, cache: Any) -> str:
 
 def _loaded_models() -> list[str]:
     """Runs in the worker: the identities of the models it holds."""
-    from mminstruct.embed import clip
-
-    with clip._MODELS_LOCK:
-        return [key[0] for key in clip._MODELS]
+    return loaded_models()
 
 
 def warm(spec: str, *, cache: Any) -> Future[str] | None:

@@ -595,6 +595,12 @@ def load_clip(spec: str | ModelSpec = DEFAULT_CLIP_MODEL, device: str | int | No
         return model
 
 
+def loaded_models() -> list[str]:
+    """Identities of the models ``load_clip`` holds in this process (oldest first)."""
+    with _MODELS_LOCK:
+        return [key[0] for key in _MODELS]
+
+
 _LOAD_ERRORS = (RuntimeError, OSError, ValueError, KeyError, EOFError,  # bad checkpoint, no hub
                 pickle.UnpicklingError, zipfile.BadZipFile)
 
