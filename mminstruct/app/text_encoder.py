@@ -42,9 +42,24 @@ def _pool() -> ProcessPoolExecutor:
     global _POOL
     with _LOCK:
         if _POOL is None:
-            _POOL = ProcessPoolExecutor(max_workers=1,
+            _POOL = ProcessPoolExecutor(max_workers=1, initializer=_lower_priority,
                                         mp_context=multiprocessing.get_context("spawn"))
         return _POOL
+
+
+#: The worker's ``nice`` increment: its model load (started ahead by ``warm``) takes the CPU the
+#: server and the browser leave; a search waited for gets it all the same (they are idle then).
+WORKER_NICE = 10
+
+
+def _lower_priority() -> None:
+    """Runs in the worker as it starts."""
+    import os
+
+    try:
+        os.nice(WORKER_NICE)
+    except OSError:  # not allowed here: the default priority
+        pass
 
 
 def shutdown() -> None:
