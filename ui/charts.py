@@ -226,6 +226,7 @@ CLICK_TO_SELECT_JS = """
     var el = ev.target && ev.target.closest ? ev.target : null;
     var gd = el && el.closest(".stPlotlyChart .js-plotly-plot");
     var fl = gd && gd._fullLayout;
+    if (window.__mmHoldRedraws === false) return;  // a page may opt out (bench/map_drag.py does)
     if (!fl || (fl.dragmode !== "select" && fl.dragmode !== "lasso") || !el.closest(".nsewdrag")) return;
     Object.keys(fl._plots || {}).forEach(function (k) { holdable(fl._plots[k] && fl._plots[k]._scene, "draw"); });
     if (fl._glcanvas && typeof fl._glcanvas.each === "function") {

@@ -1,0 +1,98 @@
+"""A box dragged over the Explore map with the mouse, with plotly's WebGL redraws held during the
+drag (what the map's script does, ``ui.charts.CLICK_TO_SELECT_JS``) and without (the page opts
+out with ``window.__mmHoldRedraws = false``), in one run: the map alone (``bench/map_app.py``,
+the same ``ui.charts`` code as Explore) in headless Chromium, N clustered points.
+
+Prints, per case: the drag itself (mouse down, ten moves), release → the selected rows shown and
+the page idle, the rows selected, and whether the plot area after the release is the same image
+in both cases (pixels that differ). Nothing is asserted.
+
+Usage: ``.venv/bin/python bench/map_drag.py [--points 210000]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO / "bench"))
+
+from app_scale import CHROMIUM, cpu_line, idle, load_line, start_app, stop_app  # noqa: E402
+
+
+def drag_once(page, url: str, hold: bool, shot: Path) -> tuple[float, float, str]:
+    page.goto(url)
+    page.locator(".js-plotly-plot").first.wait_for()
+    idle(page)
+    if not hold:
+        page.evaluate("() => { window.__mmHoldRedraws = false; }")
+    page.wait_for_timeout(1000)
+    page.locator(".modebar-btn[data-title='Box Select']").first.click()
+    b = page.locator(".nsewdrag").first.bounding_box()
+    x, y, w, h = b["x"], b["y"], b["width"], b["height"]
+    t0 = time.perf_counter()
+    page.mouse.move(x + w * .35, y + h * .35)
+    page.mouse.down()
+    page.mouse.move(x + w * .6, y + h * .6, steps=10)
+    t1 = time.perf_counter()
+    page.mouse.up()
+    page.get_by_text(re.compile(r"Selected [1-9][\d,]* rows")).first.wait_for()
+    idle(page)
+    t2 = time.perf_counter()
+    text = page.get_by_text(re.compile(r"Selected [\d,]+ rows")).first.inner_text()
+    page.locator(".js-plotly-plot").first.screenshot(path=str(shot))
+    return t1 - t0, t2 - t1, text.split("(")[0].strip()
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--points", type=int, default=210_000)
+    args = ap.parse_args()
+    from PIL import Image, ImageChops
+    from playwright.sync_api import sync_playwright
+
+    work = Path(tempfile.mkdtemp(prefix="map_drag_"))
+    n = args.points
+    rng = np.random.default_rng(1)
+    centres = rng.normal(scale=6, size=(30, 2))
+    lab = rng.integers(0, 30, n)
+    np.save(work / "xy.npy", (centres[lab] + rng.normal(size=(n, 2))).astype(np.float32))
+    np.save(work / "groups.npy", (lab % 10).astype(np.int64))
+    print(f"CPU: {cpu_line()}; {load_line()}; {n:,} points", flush=True)
+    proc, url = start_app("bench/map_app.py", {"MMI_MAP_XY": str(work / "xy.npy"),
+                                               "MMI_MAP_GROUPS": str(work / "groups.npy")},
+                          work / "streamlit.log")
+    rows = []
+    try:
+        with sync_playwright() as pw:
+            browser = pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=[
+                "--no-sandbox", "--disable-background-networking", "--disable-dev-shm-usage"])
+            page = browser.new_page(viewport={"width": 1400, "height": 1000})
+            page.set_default_timeout(600_000)
+            for hold in (False, True):
+                drag, after, text = drag_once(page, url, hold, work / f"hold_{hold}.png")
+                rows.append((hold, drag, after, text))
+                print(f"  redraws {'held' if hold else 'not held'}: drag {drag:.2f} s, release → "
+                      f"shown {after:.2f} s; {text}; {load_line()}", flush=True)
+            browser.close()
+    finally:
+        stop_app(proc)
+    a, b = (Image.open(work / f"hold_{h}.png").convert("RGB") for h in (False, True))
+    diff = np.asarray(ImageChops.difference(a, b)).any(axis=2).sum() if a.size == b.size else -1
+    print("\n| redraws during the drag | the drag (s) | release → shown (s) | rows |")
+    print("| --- | ---: | ---: | --- |")
+    for hold, drag, after, text in rows:
+        print(f"| {'held' if hold else 'not held (plotly as is)'} | {drag:.2f} | {after:.2f} | {text} |")
+    print(f"\nthe drag, not held / held: {rows[0][1] / rows[1][1]:.1f}×; the plot after the "
+          f"release: {diff} pixels differ; CPU: {cpu_line()}; {load_line()}")
+
+
+if __name__ == "__main__":
+    main()
