@@ -103,6 +103,22 @@ def test_a_mouse_drawn_box_selects_every_row_inside_it(map_server) -> None:
             assert int((inside & ~near).sum()) <= n <= int((inside | near).sum()), (n, inside.sum())
             idle(page)
             assert page.get_by_text("map selection").first.is_visible()
+            # a release the page never saw (outside the window): the next move without a button
+            # ends the hold, so the map is not left without redraws
+            draw = """() => document.querySelector('.stPlotlyChart .js-plotly-plot')
+                ._fullLayout._plots.xy._scene.draw()"""
+            # (outside the first box: a press inside it would move that selection instead)
+            page.mouse.move(area["x"] + area["width"] * 0.85, area["y"] + area["height"] * 0.05)
+            page.mouse.down()
+            page.mouse.move(area["x"] + area["width"] * 0.95, area["y"] + area["height"] * 0.15,
+                            steps=3)
+            held = page.evaluate("window.__mmDraws")
+            page.evaluate(draw)
+            assert page.evaluate("window.__mmDraws") == held  # held while the button is down
+            page.evaluate("() => document.dispatchEvent(new MouseEvent('mousemove', {buttons: 0}))")
+            page.evaluate(draw)
+            assert page.evaluate("window.__mmDraws") > held  # plotly's move and this draw, for real
+            page.mouse.up()
         finally:
             browser.close()
 

@@ -234,8 +234,11 @@ CLICK_TO_SELECT_JS = """
     }
     held = true;
   }, true);
-  // capture: before plotly's own handler of the release, which then redraws for real
+  // capture: before plotly's own handler of the release, which then redraws for real; a release
+  // the page did not see (outside the window) ends the hold at the next move or on blur
   document.addEventListener("mouseup", function () { held = false; }, true);
+  document.addEventListener("mousemove", function (ev) { if (held && ev.buttons === 0) held = false; }, true);
+  window.addEventListener("blur", function () { held = false; });
   setInterval(hook, 400);
   hook();
 })();
