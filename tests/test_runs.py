@@ -189,7 +189,10 @@ def test_a_restarted_app_finds_the_run_still_going(stub, no_key_env, tmp_path: P
     import subprocess
     import sys
 
-    stub.state.config.latency = 0.2
+    # 16 prompts, 2 at a time, 1 s each: 8 s, so that the other process (a new Python that
+    # imports the app's runs: 2 s and more on a loaded 2-core machine) pauses it before it ends
+    # (at 0.2 s a prompt CI saw it finish first, and "paused" never came)
+    stub.state.config.latency = 1.0
     ws = make_prompt_workspace(tmp_path, "vqa_nr", 16, min_gen=1)
     root = ws.output_folder
     info = start_run(root, _config(ws, stub, "detached"), api_key=FAKE_KEY)
