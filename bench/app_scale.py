@@ -231,6 +231,15 @@ def stop_app(proc) -> None:
         proc.kill()
 
 
+def open_browser(pw):
+    """(browser, page): headless Debian chromium, a 1400×1000 page, 10-minute timeouts."""
+    browser = pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=[
+        "--no-sandbox", "--disable-background-networking", "--disable-dev-shm-usage"])
+    page = browser.new_page(viewport={"width": 1400, "height": 1000})
+    page.set_default_timeout(600_000)
+    return browser, page
+
+
 def idle(page, timeout: float = 600_000) -> None:
     page.wait_for_timeout(150)
     page.locator("[data-testid=stStatusWidget]").wait_for(state="detached", timeout=timeout)
@@ -306,11 +315,8 @@ def drive_app(ws_root: Path, k: int, results: list, notes: list, workdir: Path) 
     mem = PeakRss(proc.pid)
     try:
         with sync_playwright() as pw:
-            browser = pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=[
-                "--no-sandbox", "--disable-background-networking", "--disable-dev-shm-usage"])
-            page = browser.new_page(viewport={"width": 1400, "height": 1000})
+            browser, page = open_browser(pw)
             watch_server(page)
-            page.set_default_timeout(600_000)
             page.goto(url)
             idle(page)
             chart = page.locator("[data-testid=stPlotlyChart] .js-plotly-plot")
@@ -441,10 +447,7 @@ def drive_big_map(n: int, results: list, notes: list, workdir: Path) -> PeakRss:
     mem = PeakRss(proc.pid)
     try:
         with sync_playwright() as pw:
-            browser = pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=[
-                "--no-sandbox", "--disable-background-networking", "--disable-dev-shm-usage"])
-            page = browser.new_page(viewport={"width": 1400, "height": 1000})
-            page.set_default_timeout(600_000)
+            browser, page = open_browser(pw)
             timed(f"map of {n:,} points: page opened → drawn", results, lambda: (
                 page.goto(url), page.locator(".js-plotly-plot").first.wait_for(), idle(page)))
             page.wait_for_timeout(500)

@@ -24,7 +24,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "bench"))
 
-from app_scale import CHROMIUM, cpu_line, idle, load_line, start_app, stop_app  # noqa: E402
+from app_scale import cpu_line, idle, load_line, open_browser, start_app, stop_app  # noqa: E402
 
 
 def drag_once(page, url: str, hold: bool, shot: Path) -> tuple[float, float, str]:
@@ -72,10 +72,7 @@ def main() -> None:
     rows = []
     try:
         with sync_playwright() as pw:
-            browser = pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=[
-                "--no-sandbox", "--disable-background-networking", "--disable-dev-shm-usage"])
-            page = browser.new_page(viewport={"width": 1400, "height": 1000})
-            page.set_default_timeout(600_000)
+            browser, page = open_browser(pw)
             for hold in (False, True):
                 drag, after, text = drag_once(page, url, hold, work / f"hold_{hold}.png")
                 rows.append((hold, drag, after, text))
