@@ -32,7 +32,7 @@ drawn = map_figure(xy, groups, np.arange(len(xy)) < len(xy) // 2, names, None,
                    st.session_state.get("sel", []))
 st.caption(f"{len(xy):,} points; figure built in {time.perf_counter() - t0:.2f} s")
 event = st.plotly_chart(drawn.figure, key="map", on_select="rerun",
-                        selection_mode=("points", "box", "lasso"), width="stretch")
+                        selection_mode=("points", "box", "lasso"), width="stretch", config=drawn.config)
 st.html(CLICK_TO_SELECT_JS, unsafe_allow_javascript=True)
 t1 = time.perf_counter()
 rows = picked_rows(event, xy, drawn.trace_rows)

@@ -159,7 +159,8 @@ st.caption(f"All {emb.n:,} points drawn · {method.upper()} "
            f"{'from cache' if from_cache else f'computed in {proj_s:.1f} s'} · pick the box or lasso "
            "tool (top right of the chart) — it selects every point inside it — or click a point")
 st.plotly_chart(drawn.figure, key=MAP_KEY, on_select="rerun",
-                selection_mode=("points", "box", "lasso"), width="stretch")
+                selection_mode=("points", "box", "lasso"), width="stretch",
+                config=drawn.config)
 st.html(CLICK_TO_SELECT_JS, unsafe_allow_javascript=True)
 warm_text_search(ws)  # the text model loads in its worker while the person looks at the map
 

@@ -42,6 +42,22 @@ def test_explore_embeds_once_then_reads_the_cache(pca_ws: Workspace) -> None:
     assert _metrics(again)["Embedded now / from cache"] == "0 / 72"
 
 
+def test_explore_hands_the_maps_plotly_config_to_the_chart(pca_ws: Workspace, monkeypatch) -> None:
+    """The chart gets ``map_figure``'s config: a big map's canvas at one pixel per CSS pixel (the
+    threshold lowered here, so the demo counts as big)."""
+    import json
+
+    import ui.charts
+
+    at = app_test(pca_ws).run()
+    at.switch_page("pages/2_explore.py").run()
+    assert "plotGlPixelRatio" not in json.loads(at.get("plotly_chart")[0].proto.config or "{}")
+    monkeypatch.setattr(ui.charts, "GL_FULL_RES_MAX", 10)
+    at.run()
+    no_errors(at)
+    assert json.loads(at.get("plotly_chart")[0].proto.config)["plotGlPixelRatio"] == 1
+
+
 def test_selection_gallery_excludes_and_assigns(pca_ws: Workspace) -> None:
     at = app_test(pca_ws).run()
     at.switch_page("pages/2_explore.py").run()

@@ -124,3 +124,17 @@ def test_the_map_payload_is_typed_arrays_without_per_point_strings() -> None:
     assert '"dtype":"f4"' in spec  # base64 float32, not a JSON list of numbers
     # 8 bytes of x/y a point, ~11-12 B in base64 (plotly escapes "/"); a JSON list is ~40 B
     assert len(spec) < 13 * n + 30_000
+
+
+def test_a_big_map_draws_its_canvas_at_one_pixel_per_css_pixel() -> None:
+    """Above ``GL_FULL_RES_MAX`` points plotly's WebGL canvas is drawn at one pixel per CSS pixel
+    (its default, two, shades four times the pixels at every redraw); below it, plotly's
+    default."""
+    from ui.charts import GL_FULL_RES_MAX, map_figure
+
+    def config(n: int) -> dict:
+        xy = np.random.default_rng(0).normal(size=(n, 2)).astype(np.float32)
+        return map_figure(xy, np.zeros(n, np.int64), np.ones(n, bool), {0: "k"}, None).config
+
+    assert config(GL_FULL_RES_MAX + 1) == {"plotGlPixelRatio": 1}
+    assert config(GL_FULL_RES_MAX) == {}

@@ -4,7 +4,9 @@ lasso selection made on the server over every row.
 * ``map_figure(xy, groups, is_reference, names, ...)`` → ``MapFigure``: one trace per subgroup and
   kind (reference images as circles, candidates as diamonds), x/y as float32 arrays (plotly sends
   them to the browser as base64 typed arrays: 210,000 points are about 2.3 MB), no ``customdata``;
-  ``trace_rows[curve]`` maps a point of trace ``curve`` back to its row. Per-point hover text
+  ``trace_rows[curve]`` maps a point of trace ``curve`` back to its row; ``config`` (for
+  ``st.plotly_chart``) draws the WebGL canvas at one pixel per CSS pixel above ``GL_FULL_RES_MAX``
+  points. Per-point hover text
   (HTML-escaped: plotly renders a few tags in hover labels) only up to ``HOVER_TEXT_MAX`` points;
   above that the hover names the subgroup and kind, and the gallery shows the image.
 * ``picked_rows(event, xy, trace_rows)``: the rows a ``st.plotly_chart(on_select=…)`` event
@@ -38,6 +40,11 @@ UNASSIGNED_COLOR = "#adb5bd"
 EXCLUDED_COLOR = "#212529"
 HOVER_TEXT_MAX = 20_000  # per-point hover text up to this many points (payload: ~150 B a point)
 SELECTED_DRAWN_MAX = 50_000  # the selection's rings drawn at most (the selection itself is whole)
+#: above this many points the WebGL canvas has one pixel per CSS pixel (plotly's default is two:
+#: four times the pixels to shade at each redraw, 2-3x the time of a redraw without a GPU —
+#: bench/map_drag.py); the markers are a few pixels wide, and the box, lasso and hover are exact
+#: either way
+GL_FULL_RES_MAX = 50_000
 
 
 def hover_text(kind: str, path: str, question: str, group: str) -> str:
@@ -57,6 +64,7 @@ def _template_safe(text: str) -> str:
 class MapFigure:
     figure: Any
     trace_rows: list[np.ndarray] = field(default_factory=list)  # per curve number: its rows
+    config: dict[str, Any] = field(default_factory=dict)  # plotly's config: st.plotly_chart(config=)
 
 
 def group_color(g: int) -> str:
@@ -127,7 +135,8 @@ def map_figure(xy: np.ndarray, groups: np.ndarray, is_reference: np.ndarray,
                   xaxis=dict(showticklabels=False, title=None, zeroline=False),
                   yaxis=dict(showticklabels=False, title=None, zeroline=False),
                   plot_bgcolor="#fafbfd")
-    return MapFigure(go.Figure(data=traces, layout=layout), trace_rows)
+    config = {"plotGlPixelRatio": 1} if n > GL_FULL_RES_MAX else {}
+    return MapFigure(go.Figure(data=traces, layout=layout), trace_rows, config)
 
 
 def _point_field(point: Mapping[str, Any], *names: str) -> Any:
