@@ -3,7 +3,9 @@
 drawn by ``ui.charts.map_figure`` and selected by ``ui.charts.picked_rows`` — the same code the
 Explore page runs — with the count of the rows selected shown as ``Selected N rows``.
 
-Run: ``streamlit run bench/map_app.py`` with those two variables set."""
+Run: ``streamlit run bench/map_app.py`` with those two variables set. ``?gl_ratio=2`` in the URL
+draws the WebGL canvas at that many pixels per CSS pixel instead of ``map_figure``'s choice
+(``bench/map_drag.py`` compares them)."""
 
 from __future__ import annotations
 
@@ -31,8 +33,10 @@ names = {g: f"group {g}" for g in range(int(groups.max()) + 1)} | {-1: "unassign
 drawn = map_figure(xy, groups, np.arange(len(xy)) < len(xy) // 2, names, None,
                    st.session_state.get("sel", []))
 st.caption(f"{len(xy):,} points; figure built in {time.perf_counter() - t0:.2f} s")
+ratio = st.query_params.get("gl_ratio", "")
+config = drawn.config | ({"plotGlPixelRatio": int(ratio)} if ratio.isdigit() else {})
 event = st.plotly_chart(drawn.figure, key="map", on_select="rerun",
-                        selection_mode=("points", "box", "lasso"), width="stretch", config=drawn.config)
+                        selection_mode=("points", "box", "lasso"), width="stretch", config=config)
 st.html(CLICK_TO_SELECT_JS, unsafe_allow_javascript=True)
 t1 = time.perf_counter()
 rows = picked_rows(event, xy, drawn.trace_rows)

@@ -1,11 +1,14 @@
 """A box dragged over the Explore map with the mouse, with plotly's WebGL redraws held during the
 drag (what the map's script does, ``ui.charts.CLICK_TO_SELECT_JS``) and without (the page opts
-out with ``window.__mmHoldRedraws = false``), in one run: the map alone (``bench/map_app.py``,
-the same ``ui.charts`` code as Explore) in headless Chromium, N clustered points.
+out with ``window.__mmHoldRedraws = false``), and — not held — with the WebGL canvas at plotly's
+default two pixels per CSS pixel instead of the map's one (``ui.charts.GL_FULL_RES_MAX``), in one
+run: the map alone (``bench/map_app.py``, the same ``ui.charts`` code as Explore) in headless
+Chromium, N clustered points. Not held, plotly redraws every point twice a mouse move: the drag
+is the cost of twenty redraws.
 
 Prints, per case: the drag itself (mouse down, ten moves), release → the selected rows shown and
 the page idle, the rows selected, and whether the plot area after the release is the same image
-in both cases (pixels that differ). Nothing is asserted.
+held and not held (pixels that differ). Nothing is asserted.
 
 Usage: ``.venv/bin/python bench/map_drag.py [--points 210000]``.
 """
@@ -29,6 +32,7 @@ from app_scale import cpu_line, idle, load_line, open_browser, start_app, stop_a
 
 def drag_once(page, url: str, hold: bool, shot: Path) -> tuple[float, float, str]:
     page.goto(url)
+    page.reload()  # a URL differing only in its query: a fresh page all the same
     page.locator(".js-plotly-plot").first.wait_for()
     idle(page)
     if not hold:
@@ -73,11 +77,14 @@ def main() -> None:
     try:
         with sync_playwright() as pw:
             browser, page = open_browser(pw)
-            for hold in (False, True):
-                drag, after, text = drag_once(page, url, hold, work / f"hold_{hold}.png")
-                rows.append((hold, drag, after, text))
-                print(f"  redraws {'held' if hold else 'not held'}: drag {drag:.2f} s, release → "
-                      f"shown {after:.2f} s; {text}; {load_line()}", flush=True)
+            for hold, ratio in ((False, ""), (True, ""), (False, "2")):
+                label = ("held" if hold else "not held (plotly as is)") + (
+                    f", canvas at {ratio} px per CSS px" if ratio else "")
+                drag, after, text = drag_once(page, url + (f"?gl_ratio={ratio}" if ratio else ""),
+                                              hold, work / f"hold_{hold}{ratio}.png")
+                rows.append((label, drag, after, text))
+                print(f"  {label}: drag {drag:.2f} s, release → shown {after:.2f} s; {text}; "
+                      f"{load_line()}", flush=True)
             browser.close()
     finally:
         stop_app(proc)
@@ -85,10 +92,11 @@ def main() -> None:
     diff = np.asarray(ImageChops.difference(a, b)).any(axis=2).sum() if a.size == b.size else -1
     print("\n| redraws during the drag | the drag (s) | release → shown (s) | rows |")
     print("| --- | ---: | ---: | --- |")
-    for hold, drag, after, text in rows:
-        print(f"| {'held' if hold else 'not held (plotly as is)'} | {drag:.2f} | {after:.2f} | {text} |")
-    print(f"\nthe drag, not held / held: {rows[0][1] / rows[1][1]:.1f}×; the plot after the "
-          f"release: {diff} pixels differ; CPU: {cpu_line()}; {load_line()}")
+    for label, drag, after, text in rows:
+        print(f"| {label} | {drag:.2f} | {after:.2f} | {text} |")
+    print(f"\nthe drag, not held / held: {rows[0][1] / rows[1][1]:.1f}×; not held, canvas at two "
+          f"px / at one: {rows[2][1] / rows[0][1]:.1f}×; the plot after the release, held and "
+          f"not: {diff} pixels differ; CPU: {cpu_line()}; {load_line()}")
 
 
 if __name__ == "__main__":
