@@ -30,8 +30,7 @@ def _load(xy_path: str, groups_path: str) -> tuple[np.ndarray, np.ndarray]:
 xy, groups = _load(os.environ["MMI_MAP_XY"], os.environ["MMI_MAP_GROUPS"])
 t0 = time.perf_counter()
 names = {g: f"group {g}" for g in range(int(groups.max()) + 1)} | {-1: "unassigned", -2: "excluded"}
-drawn = map_figure(xy, groups, np.arange(len(xy)) < len(xy) // 2, names, None,
-                   st.session_state.get("sel", []))
+drawn = map_figure(xy, groups, np.arange(len(xy)) < len(xy) // 2, names, None)
 st.caption(f"{len(xy):,} points; figure built in {time.perf_counter() - t0:.2f} s")
 ratio = st.query_params.get("gl_ratio", "")
 config = drawn.config | ({"plotGlPixelRatio": int(ratio)} if ratio.isdigit() else {})

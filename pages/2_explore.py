@@ -12,7 +12,7 @@ import streamlit as st
 from mminstruct.app.curation import curate, keyword_vectors, projection, search, warm_text_search
 from mminstruct.errors import MMInstructError
 from ui.charts import (CLICK_SOURCE, CLICK_TO_SELECT_JS, HOVER_TEXT_MAX, MAP_SOURCE, hover_text,
-                       map_figure, picked_rows, select_from_map, selection_shapes)
+                       map_figure, picked_rows, rings_script, select_from_map, selection_shapes)
 from ui.gallery import Item, curation_actions, gallery
 from ui.more_like import more_like_these_panel, new_subgroup_form, show_toast
 from ui.safe import for_browser, md_escape
@@ -151,9 +151,10 @@ if emb.n <= HOVER_TEXT_MAX:  # above it the hover names the subgroup and kind (p
     hover = [hover_text("reference" if r < n_ref else "candidate", emb.rel_path(r),
                         emb.question(r), group_names.get(int(groups[r]), "?")) for r in range(emb.n)]
 # a box or lasso drawn on the map is shown by the chart itself; rings mark the others (a click, a
-# search, more like these), so a box drawn does not change the figure (the browser redraws nothing)
+# search, more like these) over the chart, so no selection changes the figure (the browser
+# redraws no WebGL point)
 rings = () if sel_state.get("source") == MAP_SOURCE else selected
-drawn = map_figure(xy, groups, is_ref, group_names, hover, rings)
+drawn = map_figure(xy, groups, is_ref, group_names, hover)
 st.session_state[TRACE_ROWS_KEY] = drawn.trace_rows
 st.caption(f"All {emb.n:,} points drawn · {method.upper()} "
            f"{'from cache' if from_cache else f'computed in {proj_s:.1f} s'} · pick the box or lasso "
@@ -162,6 +163,7 @@ st.plotly_chart(drawn.figure, key=MAP_KEY, on_select="rerun",
                 selection_mode=("points", "box", "lasso"), width="stretch",
                 config=drawn.config)
 st.html(CLICK_TO_SELECT_JS, unsafe_allow_javascript=True)
+st.html(rings_script(xy, rings, MAP_KEY), unsafe_allow_javascript=True)
 warm_text_search(ws)  # the text model loads in its worker while the person looks at the map
 
 # ----------------------------------------------------------------------------------------------

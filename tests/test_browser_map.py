@@ -123,6 +123,30 @@ def test_a_mouse_drawn_box_selects_every_row_inside_it(map_server) -> None:
             browser.close()
 
 
+COUNT_DRAWS = """() => { const gd = document.querySelector('.stPlotlyChart .js-plotly-plot');
+    const scene = gd._fullLayout._plots.xy._scene, real = scene.draw;
+    window.__mmDraws = 0; delete scene.__mmHeld_draw;
+    scene.draw = function () { window.__mmDraws++; return real.apply(this, arguments); }; }"""
+RINGS_DRAWN = "document.querySelector('canvas.mm-rings')?.getAttribute('data-rings')"
+
+
+def _ring_at(page, px: float, py: float) -> tuple[int, bool]:
+    """Of eight points on a ring's circle around plot-area pixel (px, py), how many the ring
+    overlay painted; and whether it painted the centre (a ring is open)."""
+    return tuple(page.evaluate("""([px, py]) => {
+        const gd = document.querySelector('.stPlotlyChart .js-plotly-plot');
+        const cv = gd.querySelector('canvas.mm-rings'), ctx = cv.getContext('2d');
+        const k = cv.width / gd._fullLayout.width, r = window.__mmRings.r;
+        const cx = gd._fullLayout.xaxis._offset + px, cy = gd._fullLayout.yaxis._offset + py;
+        const alpha = (x, y) => ctx.getImageData(Math.round(x * k), Math.round(y * k), 1, 1).data[3];
+        let on = 0;
+        for (let i = 0; i < 8; i++) {
+            const a = i * Math.PI / 4;
+            if (alpha(cx + r * Math.cos(a), cy + r * Math.sin(a)) > 0) on++;
+        }
+        return [on, alpha(cx, cy) > 0]; }""", [px, py]))
+
+
 def test_a_click_on_a_point_selects_it_in_the_default_lasso_mode(map_server) -> None:
     from playwright.sync_api import sync_playwright
 
@@ -142,6 +166,7 @@ def test_a_click_on_a_point_selects_it_in_the_default_lasso_mode(map_server) -> 
                 return {px: xa.d2p(d.x[0]), py: ya.d2p(d.y[0]), text: d.text ? d.text[0] : ''}; }""")
             area = page.locator(".nsewdrag").first.bounding_box()
             x, y = area["x"] + info["px"], area["y"] + info["py"]
+            page.evaluate(COUNT_DRAWS)
             page.mouse.move(x, y)
             page.wait_for_timeout(400)  # plotly's hover finds the point first
             page.mouse.click(x, y)
@@ -150,5 +175,27 @@ def test_a_click_on_a_point_selects_it_in_the_default_lasso_mode(map_server) -> 
             # the hover's second line is the point's path: the gallery shows that image
             name = html.unescape(info["text"].split("<br>")[1]).split("/")[-1]
             assert name and page.get_by_text(name).first.is_visible()
+            # the clicked point is ringed over the plot, and no WebGL point was redrawn for it
+            page.wait_for_function(RINGS_DRAWN + " === '1'", timeout=60_000)
+            assert _ring_at(page, info["px"], info["py"]) == (8, False)
+            assert page.evaluate("window.__mmDraws") == 0
+            # zoomed out (the toolbar's button): the ring follows the point
+            before = _axes(page)
+            page.locator(".modebar-btn[data-title='Zoom out']").first.click()
+            page.wait_for_function("""(before) => JSON.stringify(document.querySelector(
+                '.stPlotlyChart .js-plotly-plot')._fullLayout.xaxis.range) !== before""",
+                                   arg=json.dumps(before[0]), timeout=10_000)
+            idle(page)
+            page.wait_for_timeout(300)
+            moved = page.evaluate("""() => {
+                const gd = document.querySelector('.stPlotlyChart .js-plotly-plot');
+                const r = window.__mmRings, xa = gd._fullLayout.xaxis, ya = gd._fullLayout.yaxis;
+                return [xa.c2p(r.x[0]), ya.c2p(r.y[0])]; }""")
+            assert abs(moved[0] - info["px"]) + abs(moved[1] - info["py"]) > 5  # it moved
+            assert _ring_at(page, *moved) == (8, False)
+            # the selection cleared: no ring left
+            page.get_by_role("button", name="Clear the selection").click()
+            page.wait_for_function(RINGS_DRAWN + " === '0'", timeout=60_000)
+            assert _ring_at(page, *moved) == (0, False)
         finally:
             browser.close()

@@ -83,11 +83,10 @@ def test_the_chart_event_selects_over_every_row_and_a_click_maps_back() -> None:
     groups = rng.integers(-2, 4, n)
     is_ref = np.arange(n) < 10_000
     names = {0: "a", 1: "b", 2: "c", 3: "d", -1: "unassigned", -2: "excluded"}
-    drawn = map_figure(xy, groups, is_ref, names, None, selected=[5, 7])
+    drawn = map_figure(xy, groups, is_ref, names, None)
     fig = drawn.figure
-    # every row drawn once in the subgroup traces (the selection's rings are extra)
-    sub = [np.asarray(r) for t, r in zip(fig.data, drawn.trace_rows)
-           if not str(t.name).startswith("selection") and len(r)]
+    # every row drawn once in the subgroup traces
+    sub = [np.asarray(r) for r in drawn.trace_rows if len(r)]
     assert np.array_equal(np.sort(np.concatenate(sub)), np.arange(n))
     for t, rows in zip(fig.data, drawn.trace_rows):
         if len(rows):
@@ -138,3 +137,22 @@ def test_a_big_map_draws_its_canvas_at_one_pixel_per_css_pixel() -> None:
 
     assert config(GL_FULL_RES_MAX + 1) == {"plotGlPixelRatio": 1}
     assert config(GL_FULL_RES_MAX) == {}
+
+
+def test_the_rings_script_hands_over_the_rows_coordinates_only() -> None:
+    import json
+    import re
+
+    from ui.charts import SELECTED_DRAWN_MAX, rings_script
+
+    xy = np.array([[0.5, -1.25], [2.0, 3.0], [7.0, 8.0]], np.float32)
+    text = rings_script(xy, [2, 0, 2, 9, -1], "map")
+    payload = json.loads(re.fullmatch(r"<script>window.__mmRings = (\{.*?\});.*</script>", text).group(1))
+    assert payload["key"] == "map" and payload["r"] > 0
+    assert (payload["x"], payload["y"]) == ([0.5, 7.0], [-1.25, 8.0])  # distinct, in range
+    empty = json.loads(re.search(r"(\{.*?\});", rings_script(xy, [], "map")).group(1))
+    assert empty["x"] == [] and empty["y"] == []  # wipes the rings drawn before
+    assert "</" not in rings_script(xy, [1], "</script><b>")[8:-9]
+    many = np.zeros((SELECTED_DRAWN_MAX + 5, 2), np.float32)
+    big = json.loads(re.search(r"(\{.*?\});", rings_script(many, np.arange(len(many)), "map")).group(1))
+    assert len(big["x"]) == SELECTED_DRAWN_MAX

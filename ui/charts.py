@@ -14,18 +14,26 @@ lasso selection made on the server over every row.
   (``projection.rows_in_selection``), so what is selected is what is inside the shape, whether
   the browser drew that point or not; a click (one point, no shape) maps back through
   ``trace_rows``.
+* ``rings_script(xy, rows, key)``: the selection's rings (a click, a search, "more like these")
+  are not part of the figure: a ``<script>`` (for ``st.html``) hands their coordinates to the
+  page, and the map's script draws them on a 2-D canvas over the plot, again after every zoom,
+  pan or redraw. A new selection thus leaves the figure as it was, and the browser redraws no
+  WebGL point (``Plotly.react`` redraws every point once per new figure: 0.5–1 s at 210,000
+  points without a GPU).
 * ``CLICK_TO_SELECT_JS``: Streamlit's chart sets plotly's ``clickmode`` to ``"event"`` while the
   box or lasso tool is active, so a click there selects nothing; this script (run once per page
   with ``st.html(..., unsafe_allow_javascript=True)``) passes such a click on to the chart's own
   selection handler as a one-point selection. It also empties a box or lasso event's list of
   points before Streamlit serialises it (the server needs only the shape), and holds plotly's
   WebGL redraws while a box or lasso is dragged (plotly redraws every point twice a mouse move to
-  dim those outside the shape; its redraw on release draws the final selection).
+  dim those outside the shape; its redraw on release draws the final selection), and draws the
+  rings ``rings_script`` handed over.
 """
 
 from __future__ import annotations
 
 import html
+import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -73,10 +81,10 @@ def group_color(g: int) -> str:
 
 def map_figure(xy: np.ndarray, groups: np.ndarray, is_reference: np.ndarray,
                names: Mapping[int, str], hover: Sequence[str] | None = None,
-               selected: Sequence[int] | np.ndarray = (), height: int = 620) -> MapFigure:
+               height: int = 620) -> MapFigure:
     """Every row of ``xy`` ([N, 2]) drawn, coloured by ``groups`` (subgroup index, -1 unassigned,
     -2 excluded; ``names`` maps each to its name). ``hover``: per-row hover text (None: the
-    subgroup and kind only). ``selected`` rows get a ring."""
+    subgroup and kind only). The selection's rings are ``rings_script``'s."""
     # plotly's validators look pandas up in sys.modules: imported here first (under the import
     # lock), so a page run never sees the half-imported module another thread is loading
     import pandas  # noqa: F401, PLC0415
@@ -114,15 +122,6 @@ def map_figure(xy: np.ndarray, groups: np.ndarray, is_reference: np.ndarray,
             traces.append(t)
             trace_rows.append(rows)
             first = False
-    sel = np.asarray(selected, dtype=np.int64)
-    sel = np.unique(sel[(sel >= 0) & (sel < n)])
-    if len(sel):
-        ring = sel[:SELECTED_DRAWN_MAX]
-        traces.append(dict(type="scattergl", x=xy[ring, 0], y=xy[ring, 1], mode="markers",
-                           name=f"selection ({len(sel):,})", hoverinfo="skip",
-                           marker=dict(symbol="circle-open", color="#000000",
-                                       size=7 if big else 11, line=dict(width=1.2))))
-        trace_rows.append(ring)
     for label, symbol in (("reference", "circle"), ("candidate", "diamond")):
         traces.append(dict(type="scattergl", x=[None], y=[None], mode="markers", name=label,
                            marker=dict(color="#868e96", symbol=symbol, size=8),
@@ -137,6 +136,27 @@ def map_figure(xy: np.ndarray, groups: np.ndarray, is_reference: np.ndarray,
                   plot_bgcolor="#fafbfd")
     config = {"plotGlPixelRatio": 1} if n > GL_FULL_RES_MAX else {}
     return MapFigure(go.Figure(data=traces, layout=layout), trace_rows, config)
+
+
+def ring_radius(n: int) -> float:
+    """A ring's radius in CSS pixels on a map of ``n`` points (around its marker)."""
+    return 3.5 if n > HOVER_TEXT_MAX else 5.5
+
+
+def rings_script(xy: np.ndarray, rows: Sequence[int] | np.ndarray, key: str) -> str:
+    """A ``<script>`` (for ``st.html(..., unsafe_allow_javascript=True)`` after the chart) that
+    hands the page the rings of ``rows`` (distinct, in range, at most ``SELECTED_DRAWN_MAX``) for
+    the map of widget key ``key``; ``CLICK_TO_SELECT_JS`` draws them. No rows: the rings drawn
+    before are wiped. Only numbers and the key reach the page."""
+    xy = np.asarray(xy)
+    sel = np.asarray(rows, dtype=np.int64).reshape(-1)
+    sel = np.unique(sel[(sel >= 0) & (sel < len(xy))])[:SELECTED_DRAWN_MAX]
+    payload = {"key": str(key), "r": ring_radius(len(xy)),
+               "x": np.round(xy[sel, 0].astype(np.float64), 6).tolist(),
+               "y": np.round(xy[sel, 1].astype(np.float64), 6).tolist()}
+    text = json.dumps(payload, separators=(",", ":")).replace("<", "\\u003c")
+    return (f"<script>window.__mmRings = {text};"
+            " if (window.__mmDrawRings) window.__mmDrawRings();</script>")
 
 
 def _point_field(point: Mapping[str, Any], *names: str) -> Any:
@@ -248,8 +268,54 @@ CLICK_TO_SELECT_JS = """
   document.addEventListener("mouseup", function () { held = false; }, true);
   document.addEventListener("mousemove", function (ev) { if (held && ev.buttons === 0) held = false; }, true);
   window.addEventListener("blur", function () { held = false; });
-  setInterval(hook, 400);
+  // The selection's rings (ui.charts.rings_script hands them over as window.__mmRings): a 2-D
+  // canvas over the plot of the chart with that key, drawn again after every plotly redraw, zoom
+  // or pan; it takes no mouse events (the plot under it gets them).
+  function drawRings() {
+    var r = window.__mmRings;
+    var gd = r && r.key ? document.querySelector(".st-key-" + r.key + " .js-plotly-plot") : null;
+    var fl = gd && gd._fullLayout, box = gd && gd.querySelector(".svg-container");
+    if (!fl || !fl.xaxis || !fl.yaxis || !box) return;
+    var cv = box.querySelector("canvas.mm-rings");
+    if (!cv) {
+      cv = document.createElement("canvas");
+      cv.className = "mm-rings";
+      cv.style.cssText = "position:absolute;left:0;top:0;pointer-events:none";
+      box.appendChild(cv);
+    }
+    var dpr = window.devicePixelRatio || 1, w = fl.width, h = fl.height;
+    if (cv.width !== Math.round(w * dpr) || cv.height !== Math.round(h * dpr)) {
+      cv.width = Math.round(w * dpr); cv.height = Math.round(h * dpr);
+      cv.style.width = w + "px"; cv.style.height = h + "px";
+    }
+    var ctx = cv.getContext("2d"), xa = fl.xaxis, ya = fl.yaxis, n = (r.x || []).length;
+    ctx.setTransform(dpr, 0, 0, dpr, 0, 0);
+    ctx.clearRect(0, 0, w, h);
+    cv.setAttribute("data-rings", String(n));
+    if (!n) return;
+    ctx.save();
+    ctx.beginPath(); ctx.rect(xa._offset, ya._offset, xa._length, ya._length); ctx.clip();
+    ctx.beginPath(); ctx.lineWidth = 1.2; ctx.strokeStyle = "#000000";
+    for (var i = 0; i < n; i++) {
+      var px = xa._offset + xa.c2p(r.x[i]), py = ya._offset + ya.c2p(r.y[i]);
+      ctx.moveTo(px + r.r, py); ctx.arc(px, py, r.r, 0, 2 * Math.PI);
+    }
+    ctx.stroke();
+    ctx.restore();
+  }
+  window.__mmDrawRings = drawRings;
+  function hookRings() {
+    document.querySelectorAll(".stPlotlyChart .js-plotly-plot").forEach(function (gd) {
+      if (gd.__mmRings || typeof gd.on !== "function") return;
+      gd.__mmRings = true;
+      ["plotly_afterplot", "plotly_relayout", "plotly_relayouting"].forEach(function (e) {
+        gd.on(e, drawRings); });
+      drawRings();
+    });
+  }
+  setInterval(function () { hook(); hookRings(); }, 400);
   hook();
+  hookRings();
 })();
 </script>
 """
