@@ -39,7 +39,7 @@ from mminstruct.errors import ConfigError, DataFileError, InputError
 from mminstruct.data.formats import Subgroup, TaskFile, save_task_file
 from mminstruct.cache import content_key
 from mminstruct.partition.assign import (UNASSIGNED, Partition, partition_from_scores, similarity_matrix,
-                        top_k_from_scores)
+                                         top_k_from_scores, top_similar)
 from mminstruct.app.projection import project_2d
 from mminstruct.embed.vectors import array_fingerprint
 from mminstruct.data.records import DataFile, load_data_file, parse_once
@@ -628,16 +628,8 @@ def search(ws: Workspace, emb: Embeddings, query: str, limit: int = 24) -> list[
     from mminstruct.app import text_encoder
 
     vec = text_encoder.text_vectors([q], ws.settings.partition.clip_model, cache=ws.cache_dir)[0]
-    sims = np.concatenate([similarity_matrix(emb.reference.vectors, vec[None])[:, 0],
-                           similarity_matrix(emb.candidates.vectors, vec[None])[:, 0]])
-    k = min(int(limit), len(sims))
-    if k <= 0:
-        return []
-    # the best k by (similarity desc, row asc) — argsort's stable order, without sorting every row
-    top = np.argpartition(-sims, k - 1)[:k] if k < len(sims) else np.arange(len(sims))
-    top = np.union1d(top, np.flatnonzero(sims == sims[top].min()))  # every tie at the cut
-    top = top[np.lexsort((top, -sims[top].astype(np.float64)))][:k]
-    return [(int(i), float(sims[i])) for i in top]
+    # the best by (similarity desc, row asc), float16 rows scored by faiss without a float32 copy
+    return top_similar([emb.reference.vectors, emb.candidates.vectors], vec, int(limit))
 
 
 def warm_text_search(ws: Workspace) -> None:
