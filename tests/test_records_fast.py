@@ -59,6 +59,42 @@ def test_errors_still_name_file_line_and_column(tmp_path):
         load_data_file(e, check_images=False)
 
 
+def test_parse_once_callers_during_a_parse_wait_for_it(tmp_path):
+    """Callers arriving while another thread parses the same file wait for that parse and share
+    its result (a page switched during a long parse, two tabs): one parse, not one per caller. A
+    different key is not held up by it."""
+    import threading
+    import time
+
+    records.forget_parsed()
+    p = tmp_path / "d.json"
+    p.write_text(json.dumps([REC]))
+    calls, started = [], threading.Event()
+
+    def slow(path, **kw):
+        calls.append(kw.get("check_images"))
+        started.set()
+        time.sleep(0.4)
+        return load_data_file(path, **kw)
+
+    got = []
+    threads = [threading.Thread(target=lambda: got.append(records.parse_once(p, slow, check_images=False)))
+               for _ in range(3)]
+    threads[0].start()
+    assert started.wait(5)
+    for t in threads[1:]:
+        t.start()
+    t0 = time.perf_counter()
+    other = records.parse_once(p, load_data_file, check_images="header")  # another key: no wait
+    assert time.perf_counter() - t0 < 0.3 and other is not None
+    assert records.parse_once(p, slow, peek=True, check_images=False) is None  # in flight: None
+    for t in threads:
+        t.join(10)
+    assert len(got) == 3 and got[0] is got[1] is got[2] and calls == [False]
+    assert not records._ONCE_PARSING  # nothing left behind
+    records.forget_parsed()
+
+
 def test_jsonl_bad_line_is_one_problem_and_the_rest_load(tmp_path):
     p = tmp_path / "d.jsonl"
     p.write_text(json.dumps(REC) + "\n{oops\n" + json.dumps(REC) + "\n")

@@ -566,6 +566,7 @@ PARSE_ONCE_ENTRIES = 2
 _ONCE: OrderedDict[tuple, tuple[bool, Any]] = OrderedDict()
 _ONCE_SHA: dict[tuple, str] = {}
 _ONCE_LOCK = threading.Lock()
+_ONCE_PARSING: dict[tuple, threading.Lock] = {}  # per key being parsed: its parse's lock
 
 
 def parse_once(path: str | os.PathLike, parse: Callable[..., T], *, peek: bool = False,
@@ -574,7 +575,9 @@ def parse_once(path: str | os.PathLike, parse: Callable[..., T], *, peek: bool =
     the file's SHA-256, itself hashed once per fingerprint (path, size, mtime), so an unchanged
     file is neither re-read nor re-parsed, and a rewritten one with the same bytes is not
     re-parsed. Every caller gets the same object (treat it as read-only). A parse error is kept
-    too (raised again, not re-parsed). The last ``PARSE_ONCE_ENTRIES`` results are kept.
+    too (raised again, not re-parsed). The last ``PARSE_ONCE_ENTRIES`` results are kept. A call
+    made while another thread parses the same key waits for that parse and shares its result
+    (a page switched during a 20-second parse, or two tabs, do not parse the file twice).
     ``peek``: the kept result or None — nothing is parsed (an unchanged file is not hashed)."""
     try:
         fp = file_fingerprint(path)
@@ -603,14 +606,25 @@ def parse_once(path: str | os.PathLike, parse: Callable[..., T], *, peek: bool =
     if hit is None and peek:
         return None
     if hit is None:
-        try:
-            hit = (True, parse(path, **kwargs))
-        except (DataFileError, ConfigError) as e:
-            hit = (False, e)
         with _ONCE_LOCK:
-            _ONCE[key] = hit
-            while len(_ONCE) > PARSE_ONCE_ENTRIES:
-                _ONCE.popitem(last=False)
+            parsing = _ONCE_PARSING.setdefault(key, threading.Lock())
+        with parsing:  # one parse per key at a time: a second caller waits, then finds its result
+            try:
+                with _ONCE_LOCK:
+                    hit = _ONCE.get(key)
+                if hit is None:
+                    try:
+                        hit = (True, parse(path, **kwargs))
+                    except (DataFileError, ConfigError) as e:
+                        hit = (False, e)
+                    with _ONCE_LOCK:
+                        _ONCE[key] = hit
+                        while len(_ONCE) > PARSE_ONCE_ENTRIES:
+                            _ONCE.popitem(last=False)
+            finally:
+                with _ONCE_LOCK:
+                    if _ONCE_PARSING.get(key) is parsing:
+                        del _ONCE_PARSING[key]
     ok, value = hit
     if not ok:
         if peek:
