@@ -226,6 +226,8 @@ CLICK_TO_SELECT_JS = """
     document.querySelectorAll(".stPlotlyChart .js-plotly-plot").forEach(function (gd) {
       if (gd.__mmClick || typeof gd.on !== "function") return;
       gd.__mmClick = true;
+      ["plotly_afterplot", "plotly_relayout", "plotly_relayouting"].forEach(function (e) {
+        gd.on(e, drawRings); });  // the rings follow every redraw, zoom and pan
       if (gd._ev && typeof gd._ev.prependListener === "function") {
         gd._ev.prependListener("plotly_selected", dropPoints);
       }
@@ -237,6 +239,7 @@ CLICK_TO_SELECT_JS = """
           pointNumber: pt.pointNumber, pointIndex: pt.pointIndex, x: pt.x, y: pt.y}],
           selections: []});
       });
+      drawRings();
     });
   }
   // While a box or lasso is dragged, plotly dims the points outside it as the mouse moves: it
@@ -304,18 +307,8 @@ CLICK_TO_SELECT_JS = """
     ctx.restore();
   }
   window.__mmDrawRings = drawRings;
-  function hookRings() {
-    document.querySelectorAll(".stPlotlyChart .js-plotly-plot").forEach(function (gd) {
-      if (gd.__mmRings || typeof gd.on !== "function") return;
-      gd.__mmRings = true;
-      ["plotly_afterplot", "plotly_relayout", "plotly_relayouting"].forEach(function (e) {
-        gd.on(e, drawRings); });
-      drawRings();
-    });
-  }
-  setInterval(function () { hook(); hookRings(); }, 400);
+  setInterval(hook, 400);
   hook();
-  hookRings();
 })();
 </script>
 """

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -80,28 +81,22 @@ def top_similar(blocks: Sequence[np.ndarray], query: np.ndarray, k: int, *,
     offsets = np.cumsum([0] + [len(b) for b in blocks])
     cand: list[np.ndarray] = []
     cut_chunks: list[tuple[int, int, int, float]] = []  # (block, start, stop, its list's last score)
-    sq = None
+    fp16 = None  # (faiss, its float16 scalar-quantizer index), made at the first float16 block
     for bi, block in enumerate(blocks):
         block = _as_matrix(block, "image vectors")
         if block.shape[0] and block.shape[1] != q.shape[1]:
             raise ConfigError(f"image vectors have dim {block.shape[1]} but the query dim "
                               f"{q.shape[1]} (embedded with different models?)")
-        if block.dtype == np.float16 and sq is None:
-            try:
-                import faiss  # noqa: PLC0415 (heavy; the app has it for its indexes)
-            except ImportError:
-                faiss = None
-            if faiss is not None:
-                sq = faiss.IndexScalarQuantizer(q.shape[1], faiss.ScalarQuantizer.QT_fp16,
-                                                faiss.METRIC_INNER_PRODUCT)
-        if block.dtype != np.float16 or sq is None:
+        if block.dtype == np.float16 and fp16 is None:
+            fp16 = _fp16_index(q.shape[1])
+        if block.dtype != np.float16 or fp16 is None:
             sims = similarity_matrix(block, q)[:, 0]
             if len(sims):
-                kth = np.partition(sims, len(sims) - min(k, len(sims)))[len(sims) - min(k, len(sims))]
+                cut = len(sims) - min(k, len(sims))
+                kth = np.partition(sims, cut)[cut]
                 cand.append(np.flatnonzero(sims >= kth - _TOP_EPS) + offsets[bi])
             continue
-        import faiss  # noqa: PLC0415
-
+        faiss, sq = fp16
         for start in range(0, len(block), chunk_rows):
             chunk = np.ascontiguousarray(block[start:start + chunk_rows])
             depth = min(k + _TOP_SLACK, len(chunk))
@@ -135,6 +130,17 @@ def top_similar(blocks: Sequence[np.ndarray], query: np.ndarray, k: int, *,
             sims = scored(rows)
     order = np.lexsort((rows, -sims.astype(np.float64)))[:k]
     return [(int(rows[i]), float(sims[i])) for i in order]
+
+
+def _fp16_index(dim: int) -> tuple[Any, Any] | None:
+    """(faiss, an empty float16 scalar-quantizer index of ``dim``) for ``top_similar``, or None
+    where faiss is missing (then float16 rows go through ``similarity_matrix``)."""
+    try:
+        import faiss  # noqa: PLC0415 (heavy; the app has it for its indexes)
+    except ImportError:
+        return None
+    return faiss, faiss.IndexScalarQuantizer(dim, faiss.ScalarQuantizer.QT_fp16,
+                                             faiss.METRIC_INNER_PRODUCT)
 
 
 def exact_similarity(rows: np.ndarray, query: np.ndarray) -> np.ndarray:
