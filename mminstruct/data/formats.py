@@ -6,10 +6,11 @@ works. LLaVA data files and their records are in ``records.py``.
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -113,15 +114,21 @@ def save_task_file(task: TaskFile, output_folder: str | os.PathLike, prefix: str
     (the text: ``task_file_lines``)."""
     path = Path(output_folder) / task_file_name(prefix, now)
     with atomic_writer(path, "w") as f:
-        batch: list[str] = []
-        for line in task_file_lines(task.to_json()):
-            batch.append(line)
-            if len(batch) == 4096:  # few large writes
-                f.write("".join(batch))
-                batch.clear()
-        f.write("".join(batch))
+        for batch in _batches(task_file_lines(task.to_json())):
+            f.write("".join(batch))
     task.path = path
     return path
+
+
+#: texts joined into one write by the streaming writers: few large writes, a few MB held
+WRITE_BATCH = 4096
+
+
+def _batches(texts: Iterable[str], size: int = WRITE_BATCH) -> Iterator[list[str]]:
+    """``texts`` in lists of ``size`` (the last one shorter; none when ``texts`` is empty)."""
+    it = iter(texts)
+    while batch := list(itertools.islice(it, size)):
+        yield batch
 
 
 def task_file_lines(obj: dict[str, Any]) -> Iterable[str]:
@@ -309,14 +316,7 @@ def write_prompt_file(path: str | os.PathLike, header: PromptFile, entries: Iter
     n = 0
     with atomic_writer(path, "w") as f:
         f.write(head[:-1] + (', "prompts": [' if len(head) > 2 else '"prompts": ['))
-        batch: list[str] = []
-        for text in entries:
-            batch.append(text)
-            if len(batch) == 4096:  # few large writes; memory stays a few MB
-                f.write((", " if n else "") + ", ".join(batch))
-                n += len(batch)
-                batch.clear()
-        if batch:
+        for batch in _batches(entries):
             f.write((", " if n else "") + ", ".join(batch))
             n += len(batch)
         f.write("]}\n")
