@@ -154,7 +154,7 @@ def test_warm_loads_the_model_in_the_text_worker_once_ahead_of_the_first_search(
     of the tests) and for a spec never parsed here; the search after it gives the vectors the
     in-process encoder gives."""
     from mminstruct.app import text_encoder
-    from mminstruct.embed.clip import embed_texts, parse_model_spec
+    from mminstruct.embed.clip import embed_texts, loaded_models, parse_model_spec
 
     assert os.environ[text_encoder.WARMUP_ENV] == "0"  # conftest: page tests start no worker
     monkeypatch.setenv("MMINSTRUCT_CACHE_DIR", str(tmp_path / "models"))
@@ -171,7 +171,7 @@ def test_warm_loads_the_model_in_the_text_worker_once_ahead_of_the_first_search(
         assert future is not None
         identity = future.result(timeout=600)
         assert text_encoder.warm(tiny_clip.spec, cache=cache) is None  # once
-        assert text_encoder._in_worker(text_encoder._loaded_models) == [identity]
+        assert text_encoder._in_worker(loaded_models) == [identity]  # the worker's models
         # the worker yields the CPU to the server and the browser
         assert text_encoder._in_worker(os.nice, 0) == min(os.nice(0) + text_encoder.WORKER_NICE, 19)
         got = text_encoder.text_vectors(["a chart of rainfall"], tiny_clip.spec, cache=cache)

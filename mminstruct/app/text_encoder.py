@@ -26,8 +26,8 @@ from typing import Any
 import numpy as np
 
 from mminstruct.embed.clip import (ModelSpec, cache_folder, embed_keywords, embed_texts,
-                                   keyword_texts, load_clip, loaded_models, memoised_spec,
-                                   parse_model_spec, texts_cached)
+                                   keyword_texts, load_clip, memoised_spec, parse_model_spec,
+                                   texts_cached)
 from mminstruct.errors import ModelSpecError
 
 _LOCK = threading.Lock()
@@ -100,11 +100,6 @@ def _load_model(spec: str, cache: Any) -> str:
     store = cache_folder(cache)
     load_clip(ms, DEVICE, cache_dir=store)
     return ms.identity(store)
-
-
-def _loaded_models() -> list[str]:
-    """Runs in the worker: the identities of the models it holds."""
-    return loaded_models()
 
 
 def warm(spec: str, *, cache: Any) -> Future[str] | None:
