@@ -384,7 +384,8 @@ def prepare_plan(task: TaskFile, config: PromptConfig,
     not stat 200,000 images again). ``parsed``: ``task_records(task)`` when the caller keeps it
     (the app: a settings edit does not parse 150,000 samples again); it is not changed."""
     records, problems = parsed if parsed is not None else task_records(task)
-    records = dict(records)
+    if parsed is not None:
+        records = dict(records)  # the caller's kept parse is left as it is
     root = Path(config.input_folder or ".")
     where = ImageRoot(root, allow_outside=config.allow_outside_paths)  # root resolved once
     mode = config.mode
