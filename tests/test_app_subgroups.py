@@ -123,6 +123,35 @@ def test_more_like_these_finds_the_true_nearest_and_adds_them(pca_ws: Workspace)
     assert added == sorted(emb.candidates.paths[r - len(emb.reference)] for r in truth)
 
 
+def test_more_like_these_reads_only_the_members_it_searches_from(pca_ws: Workspace,
+                                                                 monkeypatch) -> None:
+    """A large selection is searched from ``member_positions`` of it; the page reads only those
+    rows' vectors (a box of 42,000 points read 42,000: 0.5-0.8 s), and the answer and caption are
+    those of the search over the whole selection with the same cap."""
+    import ui.more_like
+    from mminstruct.app import curation, neighbours
+
+    monkeypatch.setattr(ui.more_like, "member_positions",
+                        lambda n: neighbours.member_positions(n, 2))
+    read: list[int] = []
+    rows32 = curation.ImageSet.rows32
+    monkeypatch.setattr(curation.ImageSet, "rows32",
+                        lambda self, rows: read.extend(np.asarray(rows).tolist()) or rows32(self, rows))
+    sel_rows = [0, 2, 5, 7, 9]
+    at = _explore_with_selection(pca_ws, sel_rows)
+    at.number_input(key="explore_more:k").set_value(5)
+    read.clear()
+    at.button(key="explore_more:find").click().run()
+    no_errors(at)
+    assert read == [0, 9]  # positions 0 and 4 of the five (all references here)
+    emb = embed_workspace(pca_ws)
+    every = emb.reference.float32()[sel_rows]
+    want = neighbours.more_like_these(every, 5, pool=emb.candidates.float32(), max_queries=2)
+    state = at.session_state["explore_more:found"]
+    assert state["rows"] == (want.ids + len(emb.reference)).tolist()
+    assert "from 2 of 5 images" in state["searched"]
+
+
 def test_suggestions_are_offered_and_added_as_keywords(pca_ws: Workspace) -> None:
     at = app_test(pca_ws).run()
     at.switch_page("pages/3_partition.py").run()

@@ -42,7 +42,7 @@ def _write_task(ws: Workspace) -> None:
 
     data = load_workspace_data(ws, check_images=False)
     root = Path(ws.input_root)
-    samples = [r.raw for r in data.records]
+    samples = [r.to_sample() for r in data.records]
     pool = sorted(str(p.relative_to(root)) for p in list_image_files(root / "pool"))
     half = len(samples) // 2
     task = {"image_folder": str(Path(data.image_root).relative_to(root)),

@@ -209,7 +209,7 @@ def test_workspace_loads_cleanly_and_labels_cover_every_image(small_demo_workspa
         assert labels[f"images/{rec.images[0]}"] == spec.kind == raw[f"images/{rec.images[0]}"]["type"]
         assert raw[f"images/{rec.images[0]}"]["subtype"] == spec.subtype
         assert rec.turns[0].value.startswith("<image>\n")
-        assert rec.raw == reference_record(ws.seed, i)
+        assert rec.to_sample() == reference_record(ws.seed, i)
         assert df.image_path(rec).read_bytes() == chart_jpeg(spec)
     assert "demo-charts" in ws.readme.read_text()
 

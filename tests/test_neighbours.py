@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from mminstruct.errors import ConfigError, InputError
-from mminstruct.app.neighbours import centroid, more_like_these, pool_index
+from mminstruct.app.neighbours import centroid, member_positions, more_like_these, pool_index
 from mminstruct.partition.retrieval import CandidateIndex
 
 
@@ -122,6 +122,19 @@ def test_a_large_selection_searches_from_max_queries_members_spread_over_it() ->
     full = more_like_these(sel, 20, pool=pool, max_queries=None)
     assert (full.members_searched, full.members) == (1_000, 1_000)
     assert not np.array_equal(full.ids, capped.ids)  # the cap is a real approximation, said so
+    # a caller that reads only the members searched from (the app: 256 of a 42,000-point box)
+    pos = member_positions(1_000, 50)
+    assert np.array_equal(pos, np.unique(np.linspace(0, 999, 50).round().astype(np.int64)))
+    read = more_like_these(sel[pos], 20, pool=pool, members=1_000)
+    assert np.array_equal(read.ids, capped.ids) and np.array_equal(read.scores, capped.scores)
+    assert (read.members_searched, read.members) == (50, 1_000)
+    assert np.array_equal(member_positions(40, 50), np.arange(40))
+    assert np.array_equal(member_positions(1_000, None), np.arange(1_000))
+    for bad in (10, True, 49.5):  # fewer than given, not a count
+        with pytest.raises(ConfigError, match="members="):
+            more_like_these(sel[pos], 20, pool=pool, members=bad)
+    with pytest.raises(ConfigError, match="method 'members' only"):
+        more_like_these(sel[pos], 20, pool=pool, method="centroid", members=1_000)
     centre = more_like_these(sel, 20, pool=pool, method="centroid", max_queries=50)
     assert np.array_equal(centre.ids, more_like_these(sel, 20, pool=pool, method="centroid",
                                                       max_queries=None).ids)

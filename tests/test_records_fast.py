@@ -29,7 +29,9 @@ def test_a_valid_file_is_parsed_by_the_compiled_parser_alone(tmp_path, monkeypat
                                    ensure_ascii=False).encode())
     _no_std_json(monkeypatch)
     df = load_data_file(p, check_images=False)
-    assert [r.raw for r in df.records] == [REC] * 3
+    turns = [(t["from"], t["value"]) for t in REC["conversations"]]
+    assert [(r.id, r.images, [(t.role, t.value) for t in r.turns], r.extra)
+            for r in df.records] == [(1, ["a.jpg"], turns, None)] * 3
     assert read_json_file(p)["samples"][0] == REC
 
 
@@ -38,8 +40,10 @@ def test_what_msgspec_refuses_is_read_as_json_reads_it(tmp_path):
     p.write_text('[{"id": 1, "score": NaN, "big": 123456789012345678901234567890, "image": "a.jpg",'
                  ' "conversations": [{"from": "human", "value": "q"}, {"from": "gpt", "value": "a"}]}]')
     df = load_data_file(p, check_images=False)
-    assert df.records[0].raw["big"] == 123456789012345678901234567890
-    assert df.records[0].raw["score"] != df.records[0].raw["score"]  # NaN
+    extra = df.records[0].extra
+    assert list(extra) == ["score", "big"]
+    assert extra["big"] == 123456789012345678901234567890
+    assert extra["score"] != extra["score"]  # NaN
 
 
 def test_errors_still_name_file_line_and_column(tmp_path):

@@ -15,7 +15,7 @@ import numpy as np
 import streamlit as st
 
 from mminstruct.errors import MMInstructError
-from mminstruct.app.neighbours import more_like_these, pool_index
+from mminstruct.app.neighbours import member_positions, more_like_these, pool_index
 from mminstruct.app.subgroups import subgroup_from_selection
 
 from .gallery import Item, gallery
@@ -66,15 +66,18 @@ def more_like_these_panel(ws: Any, emb: Any, rows: list[int], key: str) -> bool:
         if c3.button("Find", key=f"{key}:find", disabled=not rows):
             p = ws.settings.partition
             sel = np.asarray(sorted(rows), dtype=np.int64)
-            vecs = np.concatenate([emb.reference.rows32(sel[sel < n_ref]),
-                                   emb.candidates.rows32(sel[sel >= n_ref] - n_ref)])
+            # "members": only the members searched from are read (256 of a 42,000-point box)
+            use = sel[member_positions(len(sel))] if method == "members" else sel
+            vecs = np.concatenate([emb.reference.rows32(use[use < n_ref]),
+                                   emb.candidates.rows32(use[use >= n_ref] - n_ref)])
             excluded_paths = set(p.excluded_candidates)
             exclude = [r - n_ref for r in sel.tolist() if r >= n_ref]
             exclude += [i for i, c in enumerate(emb.candidates.paths) if c in excluded_paths]
             pool, index = _pool(ws, emb)
             try:
                 found = more_like_these(vecs, k, pool=pool, index=index, method=method,
-                                        exclude=exclude)
+                                        exclude=exclude,
+                                        members=len(sel) if method == "members" else None)
             except MMInstructError as e:
                 st.error(str(e))
             else:

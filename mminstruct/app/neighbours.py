@@ -159,24 +159,44 @@ def _search_ivf_cells(index: Any, queries: np.ndarray, k: int, excluded: np.ndar
     return _top(best, k)
 
 
+def member_positions(n: int, max_queries: int | None = MAX_MEMBER_QUERIES) -> np.ndarray:
+    """The positions (in the selection's order) of the members a "members" search over ``n``
+    members queries from: all of them, or ``max_queries`` evenly spaced over the selection (None:
+    no limit). A caller holding only row numbers reads just these rows' vectors and passes
+    ``members=n`` to ``more_like_these``: a box around 42,000 points reads 256 vectors, not all."""
+    if max_queries is None or n <= int(max_queries):
+        return np.arange(int(n), dtype=np.int64)
+    if int(max_queries) < 1:
+        raise ConfigError(f"max_queries must be a positive integer or None, got {max_queries!r}")
+    return np.unique(np.linspace(0, n - 1, int(max_queries)).round().astype(np.int64))
+
+
 def more_like_these(selection: Any, k: int, *, pool: Any = None, index: Any = None,
                     method: str = "members", exclude: Iterable[int] = (),
                     nprobe: int | None = None, chunk_rows: int = CHUNK_ROWS // 4,
-                    max_queries: int | None = MAX_MEMBER_QUERIES) -> Neighbours:
+                    max_queries: int | None = MAX_MEMBER_QUERIES,
+                    members: int | None = None) -> Neighbours:
     """The ``k`` pool rows nearest to ``selection`` ([M, D] vectors, or one [D] vector).
 
     Give ``pool`` ([N, D] array-like, scanned in chunks) or ``index`` (a ``CandidateIndex`` over
     the pool; searched with ``nprobe`` cells for IVF kinds). Fewer than ``k`` come back only when
     the pool (less ``exclude``) is smaller, or an approximate index finds fewer. "members" with
     more than ``max_queries`` members (None: no limit) searches from that many of them, evenly
-    spaced over the selection's order (``Neighbours.members_searched`` says how many)."""
+    spaced over the selection's order (``Neighbours.members_searched`` says how many).
+    ``members``: the selection's size when ``selection`` holds only its ``member_positions``
+    (method "members" only: those are then searched as they are)."""
     sel = _check(selection, k, method)
     excluded = np.unique(np.fromiter((int(i) for i in exclude), dtype=np.int64))
-    n_members = len(sel)
-    if method == "members" and max_queries is not None and n_members > int(max_queries):
-        if int(max_queries) < 1:
-            raise ConfigError(f"max_queries must be a positive integer or None, got {max_queries!r}")
-        sel = sel[np.unique(np.linspace(0, n_members - 1, int(max_queries)).round().astype(np.int64))]
+    if members is not None:
+        if method != "members" or isinstance(members, bool) or int(members) != members \
+                or members < len(sel):
+            raise ConfigError(f"members={members!r}: give it with method 'members' only, as the "
+                              f"selection's size (at least the {len(sel)} vectors given)")
+        n_members = int(members)
+    else:
+        n_members = len(sel)
+        if method == "members":
+            sel = sel[member_positions(n_members, max_queries)]
     queries = centroid(sel)[None, :] if method == "centroid" else sel
     if index is not None:
         if int(index.dim) != sel.shape[1]:
