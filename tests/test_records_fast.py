@@ -131,3 +131,80 @@ def test_parse_once_parses_each_content_once_and_shares_the_result(tmp_path, mon
             records.parse_once(p, counting, check_images=False)
     assert len(calls) == 4
     records.forget_parsed()
+
+
+# ----------------------------------------------------------------------------------------------
+# The garbage collector is paused while a file's records are made (not while images are checked)
+
+
+def test_parsing_pauses_the_garbage_collector_and_restores_it(tmp_path, monkeypatch):
+    import gc
+
+    from mminstruct.data import formats
+
+    p = tmp_path / "d.json"
+    p.write_text(json.dumps([REC] * 3))
+    (tmp_path / "a.jpg").write_bytes(b"")
+    seen: dict[str, list[bool]] = {}
+
+    def spy(name, fn):
+        def wrapped(*a, **k):
+            seen.setdefault(name, []).append(gc.isenabled())
+            return fn(*a, **k)
+        return wrapped
+
+    monkeypatch.setattr(records, "_fast_loads", spy("json", records._fast_loads))
+    monkeypatch.setattr(records, "_parse_record", spy("record", records._parse_record))
+    monkeypatch.setattr(records, "check_image_paths", spy("images", records.check_image_paths))
+    monkeypatch.setattr(formats, "validate_record", spy("task", formats.validate_record))
+    assert gc.isenabled()
+    load_data_file(p)
+    assert seen == {"json": [False], "record": [False] * 3, "images": [True]}
+    assert gc.isenabled()
+    task = formats.task_file_from_json({"image_folder": "", "dataset_description": "",
+                                        "subgroups": [], "samples": [REC] * 2})
+    formats.task_records(task)
+    assert seen["task"] == [False, False] and gc.isenabled()
+    gc.disable()  # a caller that had it off keeps it off
+    try:
+        load_data_file(p, check_images=False)
+        assert not gc.isenabled()
+    finally:
+        gc.enable()
+
+
+def test_nested_concurrent_and_failed_pauses_end_with_the_last(monkeypatch):
+    import gc
+    import threading
+
+    assert gc.isenabled()
+    a_in, b_in, a_out = threading.Event(), threading.Event(), threading.Event()
+    states: dict[str, bool] = {}
+
+    def a():
+        with records.paused_gc():
+            a_in.set()
+            b_in.wait(5)
+        a_out.set()
+
+    def b():
+        a_in.wait(5)
+        with records.paused_gc():
+            b_in.set()
+            a_out.wait(5)
+            states["b after a left"] = gc.isenabled()
+            with records.paused_gc():  # nested
+                pass
+            states["b after nested"] = gc.isenabled()
+
+    ts = [threading.Thread(target=a), threading.Thread(target=b)]
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join(10)
+    assert states == {"b after a left": False, "b after nested": False}
+    assert gc.isenabled()
+    with pytest.raises(RuntimeError):
+        with records.paused_gc():
+            raise RuntimeError("boom")
+    assert gc.isenabled()

@@ -20,7 +20,7 @@ from mminstruct.cache import atomic_writer
 from mminstruct.errors import ConfigError, DataFileError
 from mminstruct.data.images import is_image_path
 from mminstruct.data.modes import Mode, parse_mode
-from mminstruct.data.records import Problem, Record, read_json_file, validate_record
+from mminstruct.data.records import Problem, Record, paused_gc, read_json_file, validate_record
 
 # ----------------------------------------------------------------------------------------------
 # Task files (MM-Gen schema)
@@ -151,6 +151,7 @@ def task_file_lines(obj: dict[str, Any]) -> Iterable[str]:
     yield "}\n"
 
 
+@paused_gc()
 def task_records(task: TaskFile) -> tuple[dict[int, Record], list[Problem]]:
     """Parse the task file's samples as records: valid ones by index, and the problems."""
     ok: dict[int, Record] = {}
