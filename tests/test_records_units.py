@@ -277,6 +277,36 @@ def test_parse_once_keys_by_path_too_and_keeps_the_last_two(tmp_path):
     records.forget_parsed()
 
 
+def test_parse_once_hands_back_a_pushed_out_result_still_in_use(tmp_path):
+    """The Data page's 150k-record file, pushed out by the Prompts page's task file and its
+    records while the map still holds it, is not parsed into a second copy; one nobody holds is
+    parsed again."""
+    import gc
+
+    records.forget_parsed()
+    calls = []
+
+    class Parsed:  # (a DataFile, a TaskFile: objects that can be weakly referenced)
+        def __init__(self, path):
+            self.path = str(path)
+
+    def parse(path, **kw):
+        calls.append(str(path))
+        return Parsed(path)
+
+    a, b, c = (tmp_path / n for n in ("a.json", "b.json", "c.json"))
+    for i, f in enumerate((a, b, c)):
+        f.write_text(str(i))
+    ra = records.parse_once(a, parse)
+    records.parse_once(b, parse)  # not held by anyone but parse_once
+    records.parse_once(c, parse)  # a is pushed out of the last two
+    assert records.parse_once(a, parse) is ra and len(calls) == 3  # still in use: handed back
+    gc.collect()  # b, pushed out by a's return and held by nobody, is gone
+    assert records.parse_once(b, parse).path == str(b) and calls == [str(a), str(b), str(c), str(b)]
+    records.forget_parsed()
+    assert records.parse_once(a, parse) is not ra and len(calls) == 5  # forget: parsed again
+
+
 def test_parse_once_of_many_files_and_of_a_missing_one(tmp_path):
     records.forget_parsed()
     for i in range(20):  # more files than the hash memo keeps

@@ -24,6 +24,7 @@ import json
 import os
 import re
 import threading
+import weakref
 from collections import Counter, OrderedDict
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
@@ -617,6 +618,11 @@ _ONCE: OrderedDict[tuple, tuple[bool, Any]] = OrderedDict()
 _ONCE_SHA: dict[tuple, str] = {}
 _ONCE_LOCK = threading.Lock()
 _ONCE_PARSING: dict[tuple, threading.Lock] = {}  # per key being parsed: its parse's lock
+#: every kept result that can be weakly referenced, while anything still holds it: a result
+#: pushed out of ``_ONCE`` but still in use (the Data page's 150k-record file, held by the map's
+#: embeddings while the Prompts page parses a task file and its records) is handed back, not
+#: parsed again into a second copy
+_ONCE_ALIVE: weakref.WeakValueDictionary[tuple, Any] = weakref.WeakValueDictionary()
 
 
 def parse_once(path: str | os.PathLike, parse: Callable[..., T], *, peek: bool = False,
@@ -625,7 +631,8 @@ def parse_once(path: str | os.PathLike, parse: Callable[..., T], *, peek: bool =
     the file's SHA-256, itself hashed once per fingerprint (path, size, mtime), so an unchanged
     file is neither re-read nor re-parsed, and a rewritten one with the same bytes is not
     re-parsed. Every caller gets the same object (treat it as read-only). A parse error is kept
-    too (raised again, not re-parsed). The last ``PARSE_ONCE_ENTRIES`` results are kept. A call
+    too (raised again, not re-parsed). The last ``PARSE_ONCE_ENTRIES`` results are kept, and an
+    older one still held elsewhere is handed back rather than parsed into a second copy. A call
     made while another thread parses the same key waits for that parse and shares its result
     (a page switched during a 20-second parse, or two tabs, do not parse the file twice).
     ``peek``: the kept result or None — nothing is parsed (an unchanged file is not hashed)."""
@@ -650,9 +657,7 @@ def parse_once(path: str | os.PathLike, parse: Callable[..., T], *, peek: bool =
            tuple(sorted((k, repr(os.fspath(v) if isinstance(v, os.PathLike) else v))
                         for k, v in kwargs.items())))
     with _ONCE_LOCK:
-        hit = _ONCE.get(key)
-        if hit is not None:
-            _ONCE.move_to_end(key)
+        hit = _once_get(key)
     if hit is None and peek:
         return None
     if hit is None:
@@ -661,16 +666,17 @@ def parse_once(path: str | os.PathLike, parse: Callable[..., T], *, peek: bool =
         with parsing:  # one parse per key at a time: a second caller waits, then finds its result
             try:
                 with _ONCE_LOCK:
-                    hit = _ONCE.get(key)
+                    hit = _once_get(key)
                 if hit is None:
                     try:
                         hit = (True, parse(path, **kwargs))
                     except (DataFileError, ConfigError) as e:
                         hit = (False, e)
                     with _ONCE_LOCK:
-                        _ONCE[key] = hit
-                        while len(_ONCE) > PARSE_ONCE_ENTRIES:
-                            _ONCE.popitem(last=False)
+                        _once_put(key, hit)
+                        if hit[0]:
+                            with contextlib.suppress(TypeError):  # (a dict, a tuple: not kept)
+                                _ONCE_ALIVE[key] = hit[1]
             finally:
                 with _ONCE_LOCK:
                     if _ONCE_PARSING.get(key) is parsing:
@@ -683,8 +689,30 @@ def parse_once(path: str | os.PathLike, parse: Callable[..., T], *, peek: bool =
     return value
 
 
+def _once_get(key: tuple) -> tuple[bool, Any] | None:
+    """The kept result of ``key`` (most recently used now), or one pushed out but still alive
+    (kept again); None. Under ``_ONCE_LOCK``."""
+    hit = _ONCE.get(key)
+    if hit is not None:
+        _ONCE.move_to_end(key)
+        return hit
+    alive = _ONCE_ALIVE.get(key)
+    if alive is None:
+        return None
+    hit = (True, alive)
+    _once_put(key, hit)
+    return hit
+
+
+def _once_put(key: tuple, hit: tuple[bool, Any]) -> None:
+    _ONCE[key] = hit
+    while len(_ONCE) > PARSE_ONCE_ENTRIES:
+        _ONCE.popitem(last=False)
+
+
 def forget_parsed() -> None:
     """Drop every ``parse_once`` result (memory back; the next call parses again)."""
     with _ONCE_LOCK:
         _ONCE.clear()
+        _ONCE_ALIVE.clear()
         _ONCE_SHA.clear()
