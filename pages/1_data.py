@@ -211,33 +211,20 @@ if ws is None or not ws.has_data:
 # What is loaded
 
 
-def _load(data_file: str, input_folder: str, image_folder: str | None, allow: bool,
-          stamp: tuple) -> DataFile:
-    from mminstruct.data import load_data_file, parse_once
+def _load(ws) -> DataFile:
+    from mminstruct.app.curation import load_workspace_data
 
     # every image decoded fully, as Explore's embedding does: a record whose image cannot be
     # embedded is reported here, once, and the counts agree on every page. Parsed once per
-    # content hash and shared (no per-rerun copy, as st.cache_data's pickle made of 150k records)
+    # content hash and shared (no per-rerun copy, as st.cache_data's pickle made of 150k records);
+    # images that passed before (unchanged) are not decoded again (the workspace's ImageChecks)
     with st.spinner("Reading the data file…"):
-        return long_lived(parse_once(data_file, load_data_file, input_folder=input_folder,
-                                     image_folder=image_folder, allow_outside_paths=allow,
-                                     check_images="decode"))
-
-
-def _stamp(path: str) -> tuple:
-    import os
-
-    try:
-        st_ = os.stat(path)
-        return (st_.st_size, st_.st_mtime_ns)
-    except OSError:
-        return (0, 0)
+        return long_lived(load_workspace_data(ws))
 
 
 d = ws.settings.data
 try:
-    data = _load(d.data_file, str(ws.input_root), d.image_folder, d.allow_outside_paths,
-                 _stamp(d.data_file))
+    data = _load(ws)
 except MMInstructError as e:
     st.error(f"The data file cannot be loaded: {for_browser(e)}")
     st.stop()

@@ -168,7 +168,7 @@ def _load_files(at, data_file: Path, cand: str = "") -> None:
 
 
 def test_a_truncated_jpeg_is_reported_on_load_and_counts_agree(app_home: Path, tmp_path: Path,
-                                                               tiny_clip) -> None:
+                                                               tiny_clip, monkeypatch) -> None:
     ws = Workspace.open(app_home / "workspaces" / "trunc", create=True)
     ws.settings.partition.clip_model = tiny_clip.spec
     ws.settings.partition.projection = "pca"
@@ -188,6 +188,20 @@ def test_a_truncated_jpeg_is_reported_on_load_and_counts_agree(app_home: Path, t
     m = {x.label: x.value for x in at.metric}
     assert m["Reference images"] == "3"
     assert "could not be used" not in _text(at)  # reported once, on load
+    # a server started again (nothing parsed in this process): the Data page decodes only the
+    # image that failed; the three that passed are remembered in the workspace's cache
+    from mminstruct.data import records
+
+    opened: list[str] = []
+    real = records.open_image
+    monkeypatch.setattr(records, "open_image", lambda q, **k: opened.append(Path(q).name)
+                        or real(q, **k))
+    records.forget_parsed()
+    at.switch_page("pages/1_data.py").run()
+    no_errors(at)
+    m = {x.label: x.value for x in at.metric}
+    assert (m["Records loaded"], m["Skipped"]) == ("3", "1") and opened == ["i2.jpg"]
+    assert "cannot be decoded" in " ".join(plain_strings(at))
 
 
 def test_command_line_advice_is_not_shown_to_browser_users(app_home: Path, tmp_path: Path) -> None:

@@ -117,6 +117,51 @@ def test_decode_catches_a_truncated_jpeg_the_header_probe_passes(tmp_path: Path)
     assert reason.startswith("image unreadable") and "cut.jpg" in reason and "truncated" in reason
 
 
+@pytest.mark.parametrize("workers", [1, 3])
+def test_images_that_passed_are_not_opened_again_unless_changed(tmp_path: Path, monkeypatch,
+                                                                  workers: int):
+    """A check cache: a second load (a server started again) decodes none of the images that
+    passed; a changed image, another pixel limit or another check mode opens it again; a failure
+    is never remembered; a damaged cache file counts as empty and is rewritten."""
+    from mminstruct.data import records
+
+    for name, shape in (("a", "circle"), ("b", "square"), ("c", "circle")):
+        save_jpeg(draw_shape(shape, 1, size=(96, 96)), tmp_path / f"{name}.jpg")
+    data = (tmp_path / "a.jpg").read_bytes()
+    (tmp_path / "cut.jpg").write_bytes(data[: len(data) // 2])
+    p = _write(tmp_path, ["a.jpg", "b.jpg", "c.jpg", "cut.jpg", "a.jpg"])
+    cache = tmp_path / "cache"
+    opened: list[str] = []
+    for name in ("open_image", "probe_image"):
+        real = getattr(records, name)
+        monkeypatch.setattr(records, name, lambda q, _real=real, **k: opened.append(Path(q).name)
+                            or _real(q, **k))
+
+    def load(**kw):
+        opened.clear()
+        df = load_data_file(p, check_images=kw.pop("mode", "decode"), workers=workers,
+                            check_cache=cache, **kw)
+        return [r.id for r in df.records], sorted(opened)
+
+    first = load()
+    assert first == ([0, 1, 2, 4], ["a.jpg", "b.jpg", "c.jpg", "cut.jpg"])
+    assert (cache / records.ImageChecks.FILE).stat().st_size == 3 * 16
+    assert load() == ([0, 1, 2, 4], ["cut.jpg"])  # only the failure is opened (and reported)
+    assert "truncated" in load_data_file(p, check_images="decode", check_cache=cache
+                                         ).report.problems[0].reason
+    st = (tmp_path / "b.jpg").stat()  # b rewritten (same bytes, a new time): opened again
+    os.utime(tmp_path / "b.jpg", ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000))
+    assert load() == ([0, 1, 2, 4], ["b.jpg", "cut.jpg"])
+    assert load()[1] == ["cut.jpg"]
+    assert load(max_pixels=10**7)[1] == ["a.jpg", "b.jpg", "c.jpg", "cut.jpg"]  # another limit
+    assert load(mode="header")[1] == ["a.jpg", "b.jpg", "c.jpg", "cut.jpg"]  # another check
+    assert load(mode="header")[1] == []  # (the cut one's header is intact: it passed)
+    (cache / records.ImageChecks.FILE).write_bytes(b"damaged")
+    assert load() == ([0, 1, 2, 4], ["a.jpg", "b.jpg", "c.jpg", "cut.jpg"])
+    assert load()[1] == ["cut.jpg"]  # rewritten whole
+    assert load_data_file(p, check_images="decode", workers=workers).report.loaded == 4
+
+
 def test_check_images_off_and_bad_values(tmp_path: Path):
     p = _write(tmp_path, ["missing.jpg"])
     for off in (False, "off"):

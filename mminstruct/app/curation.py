@@ -151,10 +151,11 @@ def candidate_files(ws: Workspace) -> list[Path]:
 
 
 def _data_args(ws: Workspace) -> dict[str, Any]:
-    """How the workspace's data file is read (the Data page reads it the same way)."""
+    """How the workspace's data file is read (the Data page reads it the same way): images that
+    passed a check are remembered in the workspace's cache (``records.ImageChecks``)."""
     d = ws.settings.data
     return dict(input_folder=ws.input_root, image_folder=d.image_folder,
-                allow_outside_paths=d.allow_outside_paths)
+                allow_outside_paths=d.allow_outside_paths, check_cache=ws.cache_dir)
 
 
 def load_workspace_data(ws: Workspace, check_images: bool | str = "decode") -> DataFile:

@@ -20,7 +20,9 @@ from __future__ import annotations
 import codecs
 import contextlib
 import gc
+import hashlib
 import json
+import logging
 import os
 import re
 import threading
@@ -34,10 +36,12 @@ from typing import Any, TypeVar
 
 import msgspec
 
-from mminstruct.cache import file_fingerprint, file_sha256
+from mminstruct.cache import atomic_write_bytes, file_fingerprint, file_sha256
 
 from mminstruct.errors import ConfigError, DataFileError, ImageError, UnsafePathError, choices_message
 from mminstruct.data.images import DEFAULT_MAX_PIXELS, ImageRoot, open_image, probe_image, resolve_image_path
+
+log = logging.getLogger(__name__)
 
 ROLE_ALIASES: dict[str, str] = {
     "human": "human", "user": "human",
@@ -436,6 +440,7 @@ def load_data_file(
     max_pixels: int = DEFAULT_MAX_PIXELS,
     progress: Callable[[int, int], None] | None = None,
     workers: int | None = None,
+    check_cache: str | os.PathLike | None = None,
 ) -> DataFile:
     """Load and validate a LLaVA-style data file.
 
@@ -445,7 +450,9 @@ def load_data_file(
     (existence, format, pixel limit); ``"decode"`` decodes each fully (``images.open_image``:
     truncated or corrupt pixel data is caught too); ``False`` / ``"off"`` checks nothing. Images
     are checked by a pool of ``workers`` threads (default: sized to the machine), each distinct path
-    once; ``progress(done, total)`` is called as distinct images are checked.
+    once; ``progress(done, total)`` is called as distinct images are checked. ``check_cache``: a
+    folder where the images that passed are remembered (``ImageChecks``): an unchanged image that
+    passed the same check before is not opened again.
     """
     mode = check_images_mode(check_images)
     p = Path(path)
@@ -480,7 +487,9 @@ def load_data_file(
     if mode != "off":
         checked = check_image_paths((rel for rec in parsed for rel in rec.images), image_root,
                                     allow_outside=allow_outside_paths, max_pixels=max_pixels,
-                                    decode=mode == "decode", workers=workers, progress=progress)
+                                    decode=mode == "decode", workers=workers, progress=progress,
+                                    known=ImageChecks(check_cache, mode, max_pixels)
+                                    if check_cache is not None else None)
         records = []
         for rec in parsed:
             bad = next((checked[rel] for rel in rec.images if checked[rel] is not None), None)
@@ -525,6 +534,56 @@ def image_check_workers(decode: bool) -> int:
     return cpus if decode else min(32, 4 * cpus)
 
 
+class ImageChecks:
+    """Images that passed a check, remembered across processes in ``FOLDER/image-checks.bin``:
+    one 16-byte BLAKE2 digest per image of (the check mode, the pixel limit, Pillow's version, the
+    resolved path, its device, inode, size and modification time). An image changed in any of
+    these is checked again; a failure is never remembered (it is checked, and named, every time).
+    A server that starts again decodes none of the 50,000 images of the last one (the Data page's
+    "decode" check: 14 s for 50,000 tiny PNGs here, minutes for real photos). Written atomically,
+    only when something was added; an unreadable or damaged file counts as empty."""
+
+    FILE = "image-checks.bin"
+    MAX = 2_000_000  # digests kept (32 MB); past it, only the last check's
+
+    def __init__(self, folder: str | os.PathLike, mode: str, max_pixels: int):
+        import PIL
+
+        self.path = Path(folder) / self.FILE
+        self._salt = f"{mode}\0{max_pixels}\0{PIL.__version__}\0".encode()
+        self._new: list[bytes] = []
+        try:
+            data = self.path.read_bytes()
+        except OSError:
+            data = b""
+        if len(data) % 16:
+            data = b""  # damaged: checked again, and rewritten
+        self._known = {data[i:i + 16] for i in range(0, len(data), 16)}
+
+    def key(self, full: str | os.PathLike, st: os.stat_result) -> bytes:
+        ident = f"{os.fspath(full)}\0{st.st_dev}\0{st.st_ino}\0{st.st_size}\0{st.st_mtime_ns}"
+        return hashlib.blake2b(self._salt + ident.encode("utf-8", "surrogateescape"),
+                               digest_size=16).digest()
+
+    def passed(self, key: bytes) -> bool:
+        return key in self._known
+
+    def add(self, key: bytes) -> None:
+        self._new.append(key)  # (list.append: safe from the check's threads)
+
+    def save(self) -> None:
+        new = set(self._new) - self._known
+        if not new:
+            return
+        keep = self._known | new if len(self._known) + len(new) <= self.MAX else new
+        try:
+            atomic_write_bytes(self.path, b"".join(sorted(keep)))
+        except OSError as e:  # a read-only cache folder: the checks ran, only not remembered
+            log.warning("cannot remember image checks in %s: %s", self.path, e)
+            return
+        self._known, self._new = keep, []
+
+
 def check_image_paths(
     rels: Iterable[str],
     root: str | os.PathLike,
@@ -534,11 +593,13 @@ def check_image_paths(
     decode: bool = False,
     workers: int | None = None,
     progress: Callable[[int, int], None] | None = None,
+    known: ImageChecks | None = None,
 ) -> dict[str, str | None]:
     """Check each distinct image path (relative to ``root``) once, in a thread pool: → ``{rel:
     None}`` when it is fine, else ``{rel: reason}`` with the reason a record is skipped for
     (``unsafe path: …``, ``image missing: …``, ``image unreadable: …``). ``decode`` decodes fully
-    instead of reading the header."""
+    instead of reading the header. ``known``: images that passed this check before (and are
+    unchanged) are not opened; those that pass now are added and saved."""
     where = ImageRoot(root, allow_outside=allow_outside)
     distinct = list(dict.fromkeys(rels))
     total = len(distinct)
@@ -556,6 +617,9 @@ def check_image_paths(
             return f"{_MISSING}{e}"
         if st is None:
             return f"{_MISSING}{rel!r} not found under {where.root}"
+        key = known.key(full, st) if known is not None else b""
+        if known is not None and known.passed(key):
+            return None
         try:
             if decode:
                 open_image(full, max_pixels=max_pixels).close()
@@ -563,6 +627,8 @@ def check_image_paths(
                 probe_image(full, max_pixels=max_pixels)
         except ImageError as e:
             return f"image unreadable: {e}"
+        if known is not None:
+            known.add(key)
         return None
 
     n_threads = max(1, min(total, workers if workers else image_check_workers(decode)))
@@ -572,6 +638,8 @@ def check_image_paths(
             out[rel] = one(rel)
             if progress and (k == total or k % 256 == 0):
                 progress(k, total)
+        if known is not None:
+            known.save()
         return out
     size = max(1, min(64, total // (n_threads * 4)))  # a task per chunk: no 150k futures
     chunks = [distinct[i:i + size] for i in range(0, total, size)]
@@ -581,6 +649,8 @@ def check_image_paths(
             results.extend(part)
             if progress:
                 progress(len(results), total)
+    if known is not None:
+        known.save()
     return dict(zip(distinct, results))
 
 
