@@ -84,7 +84,7 @@ def main() -> None:
               flush=True)
     from mminstruct.data import records
 
-    records._ONCE.clear()  # as a server that has just started: nothing parsed
+    records.forget_parsed()  # as a server that has just started: nothing parsed
     from mminstruct.app import curation
 
     curation._CURATIONS.clear()

@@ -293,11 +293,11 @@ def test_a_new_process_reads_the_jobs_result_without_decoding_an_image(
     data = load_workspace_data(ws)
     broken = data.image_path(data.records[2])
     broken.write_bytes(b"\x89PNG\r\n\x1a\n not an image")
-    records_mod._ONCE.clear()
+    records_mod.forget_parsed()
     want = load_workspace_data(ws)  # as the job loads it: every image decoded
     assert len(want.records) == len(data.records) - 1
     run_job(ws, JobOptions(precision="fp32"), token="tok", handle_signals=False)
-    records_mod._ONCE.clear()  # a new server process: nothing parsed yet
+    records_mod.forget_parsed()  # a new server process: nothing parsed yet
     monkeypatch.setattr(records_mod, "check_image_paths",
                         lambda *a, **k: pytest.fail("an image was checked again"))
     emb = load_embeddings(ws)
@@ -307,6 +307,6 @@ def test_a_new_process_reads_the_jobs_result_without_decoding_an_image(
     assert emb.question(0) == want.records[emb.reference.sample_idx[0]].question
     monkeypatch.undo()
     # the Data page parsed it (decoded) in this process: that very object is used
-    records_mod._ONCE.clear()
+    records_mod.forget_parsed()
     shown = load_workspace_data(ws)
     assert load_embeddings(ws).data is shown
