@@ -327,3 +327,28 @@ def test_a_task_file_is_written_a_sample_a_line_and_reads_back_as_the_same_json(
     bare = TaskFile("i", "d", [], [])
     assert json.loads("".join(task_file_lines(bare.to_json()))) == bare.to_json()
     assert json.loads("".join(task_file_lines({}))) == {}
+
+
+def test_records_written_as_samples_made_one_at_a_time_give_the_same_bytes(tmp_path, monkeypatch):
+    """The app's Save: the task file's samples are ``RecordSamples`` over the loaded records (no
+    list of 150,000 dicts at the peak); the file is byte-for-byte the one written from the list,
+    each sample made once, and an empty set is written as the list's ``[]``."""
+    from mminstruct.data.formats import RecordSamples, task_file_lines
+    from mminstruct.data.records import Record
+
+    records = [parse_record(i, _rec(image=f"{i}.jpg", id=i, extra_key=[i])) for i in range(5)]
+    lazy, listed = _task(), _task()
+    lazy.samples = RecordSamples(records)
+    listed.samples = [r.to_sample() for r in records]
+    assert lazy.samples == listed.samples and len(lazy.samples) == 5
+    assert lazy.samples[1:3] == listed.samples[1:3] and lazy.samples[-1] == listed.samples[-1]
+    made: list[int] = []
+    real = Record.to_sample
+    monkeypatch.setattr(Record, "to_sample", lambda self: made.append(self.index) or real(self))
+    a = save_task_file(lazy, tmp_path / "a", "t").read_bytes()
+    assert made == [0, 1, 2, 3, 4]  # each once, in order
+    monkeypatch.undo()
+    assert a == save_task_file(listed, tmp_path / "b", "t").read_bytes()
+    empty = TaskFile("i", "d", [], RecordSamples([]))
+    assert "".join(task_file_lines(empty.to_json())) == \
+        "".join(task_file_lines(TaskFile("i", "d", [], []).to_json()))

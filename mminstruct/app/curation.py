@@ -36,7 +36,7 @@ import numpy as np
 from mminstruct.embed.clip import parse_model_spec, resolve_device
 from mminstruct.embed.image_embed import embed_images
 from mminstruct.errors import ConfigError, DataFileError, InputError
-from mminstruct.data.formats import Subgroup, TaskFile, save_task_file
+from mminstruct.data.formats import RecordSamples, Subgroup, TaskFile, save_task_file
 from mminstruct.cache import content_key
 from mminstruct.partition.assign import (UNASSIGNED, Partition, partition_from_scores, similarity_matrix,
                                          top_k_from_scores, top_similar)
@@ -609,7 +609,8 @@ def build_task(ws: Workspace, emb: Embeddings, cur: Curation) -> TaskFile:
         manual={"reference": dict(p.manual_reference), "candidates": dict(p.manual_candidates)},
         manual_subgroups=list(cur.keywords[n_kw:]))
     return TaskFile(image_folder=data.image_folder, dataset_description=dataset_description(ws, data),
-                    subgroups=subgroups, samples=data.samples(), extra={"mminstruct": meta})
+                    subgroups=subgroups, samples=RecordSamples(data.records),  # (made as written)
+                    extra={"mminstruct": meta})
 
 
 def save_task(ws: Workspace, task: TaskFile, prefix: str = "task_file") -> Path:

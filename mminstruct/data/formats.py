@@ -46,7 +46,7 @@ class TaskFile:
     image_folder: str
     dataset_description: str
     subgroups: list[Subgroup]
-    samples: list[dict[str, Any]]
+    samples: Sequence[dict[str, Any]]  # a list, or RecordSamples (made as written)
     extra: dict[str, Any] = field(default_factory=dict)
     path: Path | None = None
 
@@ -57,6 +57,32 @@ class TaskFile:
 
 
 TASK_KEYS = ("image_folder", "dataset_description", "subgroups", "samples")
+
+
+class RecordSamples(Sequence[dict[str, Any]]):
+    """Records as task-file samples, each made when read (``Record.to_sample``): a task file of
+    150,000 samples is written without a list of 150,000 dicts held beside the records (~120 MiB
+    at the peak of the app's Save). Read-only; equal to the list of the same samples."""
+
+    def __init__(self, records: Sequence[Record]):
+        self._records = records
+
+    def __len__(self) -> int:
+        return len(self._records)
+
+    def __getitem__(self, i: Any) -> Any:
+        if isinstance(i, slice):
+            return [r.to_sample() for r in self._records[i]]
+        return self._records[i].to_sample()
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        return (r.to_sample() for r in self._records)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, (list, RecordSamples)) and len(self) == len(other) \
+            and all(a == b for a, b in zip(self, other))
+
+    __hash__ = None  # type: ignore[assignment]  # (a sequence compared by value)
 
 
 def task_file_from_json(obj: Any, where: str = "task file") -> TaskFile:
@@ -140,7 +166,10 @@ def task_file_lines(obj: dict[str, Any]) -> Iterable[str]:
     last = len(obj) - 1
     for k, (key, value) in enumerate(obj.items()):
         head, end = f" {json_text(key)}: ", (",\n" if k < last else "\n")
-        if isinstance(value, list) and value and all(isinstance(v, dict) for v in value):
+        if isinstance(value, RecordSamples):
+            value = value if len(value) else []  # (its samples are dicts: not checked, not made twice)
+        if isinstance(value, RecordSamples) or \
+                isinstance(value, list) and value and all(isinstance(v, dict) for v in value):
             yield head + "[\n"
             n = len(value) - 1
             for i, item in enumerate(value):
