@@ -284,9 +284,14 @@ def test_the_workspaces_ray_address_goes_to_the_job_the_app_starts(
 
 def test_a_new_process_reads_the_jobs_result_without_decoding_an_image(
         ws: Workspace, monkeypatch: pytest.MonkeyPatch) -> None:
-    """The job decoded every image; a server reading its result (after a restart) rebuilds the
-    same records — the one whose image is broken left out, its problem listed — from a parse
-    that checks no image, and from the Data page's parse when that one was made already."""
+    """The job decoded every image; a server reading its result (after a restart) has the same
+    records — the one whose image is broken left out, its problem listed. With the images that
+    passed remembered (the job's check fills the workspace's ``ImageChecks``), that is the Data
+    page's own parse, in which only the broken image is decoded again: one copy of the records
+    for both pages. Without (an older workspace), a parse that checks no image, rebuilt from the
+    job's check. An image broken since the job: not the job's records (its job runs again)."""
+    from pathlib import Path
+
     from mminstruct.app.curation import load_workspace_data
     from mminstruct.data import records as records_mod
 
@@ -297,16 +302,35 @@ def test_a_new_process_reads_the_jobs_result_without_decoding_an_image(
     want = load_workspace_data(ws)  # as the job loads it: every image decoded
     assert len(want.records) == len(data.records) - 1
     run_job(ws, JobOptions(precision="fp32"), token="tok", handle_signals=False)
+
+    def same(got) -> None:
+        assert [r.index for r in got.records] == [r.index for r in want.records]
+        assert [(p.index, p.reason) for p in got.report.problems] == \
+            [(p.index, p.reason) for p in want.report.problems]
+
     records_mod.forget_parsed()  # a new server process: nothing parsed yet
+    opened: list[str] = []
+    real = records_mod.open_image
+    monkeypatch.setattr(records_mod, "open_image",
+                        lambda q, **k: opened.append(Path(q).name) or real(q, **k))
+    emb = load_embeddings(ws)
+    same(emb.data)
+    assert opened == [broken.name]  # the failure only: a failure is never remembered
+    assert emb.question(0) == want.records[emb.reference.sample_idx[0]].question
+    assert load_workspace_data(ws) is emb.data and opened == [broken.name]  # the Data page's
+    monkeypatch.undo()
+    # an older workspace (no remembered checks): rebuilt from the job's check, nothing checked
+    (ws.cache_dir / records_mod.ImageChecks.FILE).unlink()
+    records_mod.forget_parsed()
     monkeypatch.setattr(records_mod, "check_image_paths",
                         lambda *a, **k: pytest.fail("an image was checked again"))
-    emb = load_embeddings(ws)
-    assert [r.index for r in emb.data.records] == [r.index for r in want.records]
-    assert [(p.index, p.reason) for p in emb.data.report.problems] == \
-        [(p.index, p.reason) for p in want.report.problems]
-    assert emb.question(0) == want.records[emb.reference.sample_idx[0]].question
+    same(load_embeddings(ws).data)
     monkeypatch.undo()
     # the Data page parsed it (decoded) in this process: that very object is used
     records_mod.forget_parsed()
     shown = load_workspace_data(ws)
     assert load_embeddings(ws).data is shown
+    # another image broken since the job: these are not the job's records
+    data.image_path(data.records[4]).write_bytes(b"broken too")
+    records_mod.forget_parsed()
+    assert load_embeddings(ws) is None

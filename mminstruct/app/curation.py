@@ -343,17 +343,25 @@ def _data_as_checked(ws: Workspace, check: Any) -> DataFile | None:
     """The data file as the embedding job loaded it (every image decoded, the records whose image
     failed left out), without decoding an image again: the job's own check (``data_check`` in its
     manifest) applied to a parse that checks nothing. The Data page's parse when this process
-    made it already; a manifest without the check (an older job) decodes as before. None when
-    the rebuilt records are not the job's (the file changed: its job runs again)."""
+    made it already; a manifest without the check (an older job) decodes as before. When the
+    workspace remembers images that passed (``records.ImageChecks``, which the job's own check
+    fills), the Data page's parse itself, made now or waited for (one copy of the records, and the
+    Data page then reads nothing): only the images not remembered are decoded. None when the
+    records are not the job's (the file changed: its job runs again)."""
     from dataclasses import replace
 
-    from mminstruct.data.records import Problem
+    from mminstruct.data.records import ImageChecks, Problem
 
     d = ws.settings.data
     done = parse_once(d.data_file, load_data_file, peek=True, check_images="decode",
                       **_data_args(ws)) if d.data_file else None
     if done is not None or not isinstance(check, dict):
         return done if done is not None else load_workspace_data(ws)
+    if (ws.cache_dir / ImageChecks.FILE).is_file():
+        shared = load_workspace_data(ws)
+        same = len(shared.records) == check.get("records") and \
+            [p.index for p in shared.report.problems] == [int(p[0]) for p in check.get("problems", [])]
+        return shared if same else None
     off = load_data_file(d.data_file, check_images="off", **_data_args(ws))  # not kept
     problems = [Problem(int(i), rid, str(why)) for i, rid, why in check.get("problems", [])]
     bad = {p.index for p in problems}
