@@ -170,9 +170,6 @@ class DataFile:
     def image_path(self, record: Record, k: int = 0) -> Path:
         return resolve_image_path(self.image_root, record.images[k], allow_outside=self.allow_outside)
 
-    def samples(self) -> list[dict[str, Any]]:
-        return [r.to_sample() for r in self.records]
-
 
 # ----------------------------------------------------------------------------------------------
 # Bulk parsing
@@ -617,8 +614,8 @@ def check_image_paths(
             return f"{_MISSING}{e}"
         if st is None:
             return f"{_MISSING}{rel!r} not found under {where.root}"
-        key = known.key(full, st) if known is not None else b""
-        if known is not None and known.passed(key):
+        key = known.key(full, st) if known is not None else None
+        if key is not None and known.passed(key):  # type: ignore[union-attr]
             return None
         try:
             if decode:
@@ -627,28 +624,25 @@ def check_image_paths(
                 probe_image(full, max_pixels=max_pixels)
         except ImageError as e:
             return f"image unreadable: {e}"
-        if known is not None:
-            known.add(key)
+        if key is not None:
+            known.add(key)  # type: ignore[union-attr]
         return None
 
     n_threads = max(1, min(total, workers if workers else image_check_workers(decode)))
+    results: list[str | None] = []
     if n_threads == 1:
-        out: dict[str, str | None] = {}
         for k, rel in enumerate(distinct, start=1):
-            out[rel] = one(rel)
+            results.append(one(rel))
             if progress and (k == total or k % 256 == 0):
                 progress(k, total)
-        if known is not None:
-            known.save()
-        return out
-    size = max(1, min(64, total // (n_threads * 4)))  # a task per chunk: no 150k futures
-    chunks = [distinct[i:i + size] for i in range(0, total, size)]
-    results: list[str | None] = []
-    with ThreadPoolExecutor(n_threads, thread_name_prefix="image-check") as pool:
-        for part in pool.map(lambda chunk: [one(rel) for rel in chunk], chunks):
-            results.extend(part)
-            if progress:
-                progress(len(results), total)
+    else:
+        size = max(1, min(64, total // (n_threads * 4)))  # a task per chunk: no 150k futures
+        chunks = [distinct[i:i + size] for i in range(0, total, size)]
+        with ThreadPoolExecutor(n_threads, thread_name_prefix="image-check") as pool:
+            for part in pool.map(lambda chunk: [one(rel) for rel in chunk], chunks):
+                results.extend(part)
+                if progress:
+                    progress(len(results), total)
     if known is not None:
         known.save()
     return dict(zip(distinct, results))

@@ -38,7 +38,8 @@ from mminstruct.embed.clip import (DEFAULT_CLIP_MODEL, ModelSpec, check_precisio
                    parse_templates, resolve_device)
 from mminstruct.errors import ConfigError, DataFileError, ImageError, InputError, UnsafePathError
 from mminstruct.embed.image_embed import embed_images
-from mminstruct.data.formats import Subgroup, TaskFile, check_file_prefix, save_task_file
+from mminstruct.data.formats import (RecordSamples, Subgroup, TaskFile, check_file_prefix,
+                                     save_task_file)
 from mminstruct.data.records import DataFile, load_data_file
 from mminstruct.data.images import list_image_files, resolve_image_path
 from mminstruct.partition.assign import Partition, TopK, assign_keywords, normalise_keywords, top_k_per_keyword
@@ -365,7 +366,7 @@ def build_task_file(config: TaskFileConfig, progress: Progress | None = None) ->
         image_folder=config.image_folder if config.image_folder is not None else data.image_folder,
         dataset_description=data.dataset_description,
         subgroups=subgroups,
-        samples=data.samples(),
+        samples=RecordSamples(data.records),  # each made as it is written
         extra={"mminstruct": _meta_block(config, data, input_root, report, ref.vectors.shape[1])},
     )
     return TaskBuild(task, data, ref_part, ref_rows, cand_rel, cand_part, topk, report)
