@@ -5,7 +5,9 @@ Explore page runs — with the count of the rows selected shown as ``Selected N 
 
 Run: ``streamlit run bench/map_app.py`` with those two variables set. ``?gl_ratio=2`` in the URL
 draws the WebGL canvas at that many pixels per CSS pixel instead of ``map_figure``'s choice
-(``bench/map_drag.py`` compares them)."""
+(``bench/map_drag.py`` compares them); ``?markers=symbol:size,symbol:size`` draws the two kinds
+(reference, candidate) with those markers instead of ``map_figure``'s (``bench/map_symbols.py``
+compares them)."""
 
 from __future__ import annotations
 
@@ -30,7 +32,10 @@ def _load(xy_path: str, groups_path: str) -> tuple[np.ndarray, np.ndarray]:
 xy, groups = _load(os.environ["MMI_MAP_XY"], os.environ["MMI_MAP_GROUPS"])
 t0 = time.perf_counter()
 names = {g: f"group {g}" for g in range(int(groups.max()) + 1)} | {-1: "unassigned", -2: "excluded"}
-drawn = map_figure(xy, groups, np.arange(len(xy)) < len(xy) // 2, names, None)
+asked = [m.split(":") for m in st.query_params.get("markers", "").split(",") if ":" in m]
+markers = ({kind: (symbol, int(size)) for kind, (symbol, size) in zip(("reference", "candidate"), asked)}
+           if len(asked) == 2 else None)
+drawn = map_figure(xy, groups, np.arange(len(xy)) < len(xy) // 2, names, None, markers=markers)
 st.caption(f"{len(xy):,} points; figure built in {time.perf_counter() - t0:.2f} s")
 ratio = st.query_params.get("gl_ratio", "")
 config = drawn.config | ({"plotGlPixelRatio": int(ratio)} if ratio.isdigit() else {})

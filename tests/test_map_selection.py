@@ -139,6 +139,37 @@ def test_a_big_map_draws_its_canvas_at_one_pixel_per_css_pixel() -> None:
     assert config(GL_FULL_RES_MAX) == {}
 
 
+def test_a_big_map_draws_circles_only_and_tells_the_kinds_apart_by_size() -> None:
+    """Above ``HOVER_TEXT_MAX`` points every point is a circle (plotly's WebGL scatter draws any
+    other symbol from a texture, slower without a GPU), candidates smaller than references, the
+    legend's markers too; at or below it, references are circles and candidates diamonds."""
+    from ui.charts import HOVER_TEXT_MAX, map_figure
+
+    def markers(n: int) -> dict[str, set[tuple[str, float]]]:
+        xy = np.random.default_rng(0).normal(size=(n, 2)).astype(np.float32)
+        is_ref = np.arange(n) < n // 2
+        fig = map_figure(xy, np.arange(n) % 3, is_ref, {0: "a", 1: "b", 2: "c"}, None).figure
+        out: dict[str, set[tuple[str, float]]] = {"reference": set(), "candidate": set(),
+                                                  "legend": set()}
+        for t in fig.data:
+            kind = ("legend" if t.name in ("reference", "candidate")
+                    else "reference" if "reference" in t.hovertemplate else "candidate")
+            out[kind].add((t.marker.symbol, t.marker.size) if kind != "legend"
+                          else (t.name, t.marker.symbol, t.marker.size))
+        return out
+
+    big = markers(HOVER_TEXT_MAX + 1)
+    (ref_sym, ref_size), = big["reference"]
+    (cand_sym, cand_size), = big["candidate"]
+    assert ref_sym == cand_sym == "circle" and cand_size < ref_size
+    legend = {name: (symbol, size) for name, symbol, size in big["legend"]}
+    assert legend["reference"][0] == legend["candidate"][0] == "circle"
+    assert legend["candidate"][1] < legend["reference"][1]
+    small = markers(HOVER_TEXT_MAX)
+    assert {s for s, _ in small["reference"]} == {"circle"}
+    assert {s for s, _ in small["candidate"]} == {"diamond"}
+
+
 def test_the_rings_script_hands_over_the_rows_coordinates_only() -> None:
     import json
     import re

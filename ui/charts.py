@@ -2,7 +2,8 @@
 lasso selection made on the server over every row.
 
 * ``map_figure(xy, groups, is_reference, names, ...)`` → ``MapFigure``: one trace per subgroup and
-  kind (reference images as circles, candidates as diamonds), x/y as float32 arrays (plotly sends
+  kind (``MARKERS``: reference images as circles, candidates as diamonds; above ``HOVER_TEXT_MAX``
+  points, ``MARKERS_BIG``: both as circles, candidates the smaller), x/y as float32 arrays (plotly sends
   them to the browser as base64 typed arrays: 210,000 points are about 2.3 MB), no ``customdata``;
   ``trace_rows[curve]`` maps a point of trace ``curve`` back to its row; ``config`` (for
   ``st.plotly_chart``) draws the WebGL canvas at one pixel per CSS pixel above ``GL_FULL_RES_MAX``
@@ -53,6 +54,15 @@ SELECTED_DRAWN_MAX = 50_000  # the selection's rings drawn at most (the selectio
 #: bench/map_drag.py); the markers are a few pixels wide, and the box, lasso and hover are exact
 #: either way
 GL_FULL_RES_MAX = 50_000
+#: per kind: (plotly marker symbol, size in px)
+MARKERS = {"reference": ("circle", 9), "candidate": ("diamond", 6)}
+#: the same above ``HOVER_TEXT_MAX`` points. Circles only: plotly's WebGL scatter draws a circle
+#: with a plain shader and any other symbol from a texture: a redraw of 210,000 points took 1.3x
+#: as long with diamonds, without a GPU (``bench/map_symbols.py``); the kinds differ by size (at
+#: 3-5 px a diamond is hardly told from a circle anyway)
+MARKERS_BIG = {"reference": ("circle", 5), "candidate": ("circle", 3)}
+LEGEND_SIZE = 8  # the legend's marker for each kind: its symbol at this size (below HOVER_TEXT_MAX)
+LEGEND_SCALE_BIG = 1.8  # above it: the kind's own size times this (the sizes tell the kinds apart)
 
 
 def hover_text(kind: str, path: str, question: str, group: str) -> str:
@@ -81,10 +91,12 @@ def group_color(g: int) -> str:
 
 def map_figure(xy: np.ndarray, groups: np.ndarray, is_reference: np.ndarray,
                names: Mapping[int, str], hover: Sequence[str] | None = None,
-               height: int = 620) -> MapFigure:
+               height: int = 620,
+               markers: Mapping[str, tuple[str, int]] | None = None) -> MapFigure:
     """Every row of ``xy`` ([N, 2]) drawn, coloured by ``groups`` (subgroup index, -1 unassigned,
     -2 excluded; ``names`` maps each to its name). ``hover``: per-row hover text (None: the
-    subgroup and kind only). The selection's rings are ``rings_script``'s."""
+    subgroup and kind only). ``markers``: (symbol, size) per kind, instead of ``MARKERS`` or
+    ``MARKERS_BIG`` (a benchmark compares them). The selection's rings are ``rings_script``'s."""
     # plotly's validators look pandas up in sys.modules: imported here first (under the import
     # lock), so a page run never sees the half-imported module another thread is loading
     import pandas  # noqa: F401, PLC0415
@@ -96,6 +108,7 @@ def map_figure(xy: np.ndarray, groups: np.ndarray, is_reference: np.ndarray,
     n = len(xy)
     hover_arr = np.asarray(hover, dtype=object) if hover is not None else None
     big = n > HOVER_TEXT_MAX
+    kinds = dict(markers if markers is not None else (MARKERS_BIG if big else MARKERS))
     traces: list[dict[str, Any]] = []
     trace_rows: list[np.ndarray] = []
     present = np.unique(groups)
@@ -112,9 +125,8 @@ def map_figure(xy: np.ndarray, groups: np.ndarray, is_reference: np.ndarray,
             t: dict[str, Any] = dict(
                 type="scattergl", x=xy[rows, 0], y=xy[rows, 1], mode="markers",
                 name=f"{name} ({total:,})", legendgroup=f"g{g}", showlegend=first,
-                marker=dict(color=group_color(int(g)), symbol="circle" if ref else "diamond",
-                            size=(5 if ref else 4) if big else (9 if ref else 6),
-                            opacity=0.75 if big else 0.85))
+                marker=dict(color=group_color(int(g)), symbol=kinds[kind][0],
+                            size=kinds[kind][1], opacity=0.75 if big else 0.85))
             if hover_arr is not None:
                 t.update(text=hover_arr[rows], hovertemplate="%{text}<extra></extra>")
             else:
@@ -122,9 +134,10 @@ def map_figure(xy: np.ndarray, groups: np.ndarray, is_reference: np.ndarray,
             traces.append(t)
             trace_rows.append(rows)
             first = False
-    for label, symbol in (("reference", "circle"), ("candidate", "diamond")):
+    for label, (symbol, size) in kinds.items():
+        size = round(size * LEGEND_SCALE_BIG) if big else LEGEND_SIZE
         traces.append(dict(type="scattergl", x=[None], y=[None], mode="markers", name=label,
-                           marker=dict(color="#868e96", symbol=symbol, size=8),
+                           marker=dict(color="#868e96", symbol=symbol, size=size),
                            hoverinfo="skip", showlegend=True))
         trace_rows.append(np.zeros(0, np.int64))
     # the legend under the plot: the toolbar (top right) never covers it
