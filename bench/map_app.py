@@ -7,7 +7,8 @@ Run: ``streamlit run bench/map_app.py`` with those two variables set. ``?gl_rati
 draws the WebGL canvas at that many pixels per CSS pixel instead of ``map_figure``'s choice
 (``bench/map_drag.py`` compares them); ``?markers=symbol:size,symbol:size`` draws the two kinds
 (reference, candidate) with those markers instead of ``map_figure``'s (``bench/map_symbols.py``
-compares them)."""
+compares them). "Recolour" moves every point to the next group: a new figure, so the chart is
+mounted again (``bench/map_mount.py``)."""
 
 from __future__ import annotations
 
@@ -35,7 +36,12 @@ names = {g: f"group {g}" for g in range(int(groups.max()) + 1)} | {-1: "unassign
 asked = [m.split(":") for m in st.query_params.get("markers", "").split(",") if ":" in m]
 markers = ({kind: (symbol, int(size)) for kind, (symbol, size) in zip(("reference", "candidate"), asked)}
            if len(asked) == 2 else None)
-drawn = map_figure(xy, groups, np.arange(len(xy)) < len(xy) // 2, names, None, markers=markers)
+# "Recolour": every point to the next group, a new figure (the chart is mounted again)
+shift = st.session_state.setdefault("shift", 0)
+if st.button("Recolour"):
+    shift = st.session_state["shift"] = shift + 1
+shown = (groups + shift) % (int(groups.max()) + 1) if shift else groups
+drawn = map_figure(xy, shown, np.arange(len(xy)) < len(xy) // 2, names, None, markers=markers)
 st.caption(f"{len(xy):,} points; figure built in {time.perf_counter() - t0:.2f} s")
 ratio = st.query_params.get("gl_ratio", "")
 config = drawn.config | ({"plotGlPixelRatio": int(ratio)} if ratio.isdigit() else {})

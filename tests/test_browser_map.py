@@ -1,8 +1,8 @@
 """The Explore map in a real browser (Playwright, Debian's chromium, headless): a box drawn with
 the mouse selects exactly the rows of the projection inside it (counted here with numpy from the
 cached projection and the axes' ranges plotly reports), with the points redrawn once, on
-release, not on every mouse move; and a click on a point in the default lasso mode selects that
-point (issue #21)."""
+release, not on every mouse move; a click on a point in the default lasso mode selects that
+point (issue #21); and a page visit draws the map once."""
 
 from __future__ import annotations
 
@@ -199,3 +199,47 @@ def test_a_click_on_a_point_selects_it_in_the_default_lasso_mode(map_server) -> 
             assert _ring_at(page, *moved) == (0, False)
         finally:
             browser.close()
+
+
+#: WebGL draw calls on the page (all canvases), counted from now on
+COUNT_GL_DRAWS = """() => { window.__glDraws = 0; if (window.__glCounted) return; window.__glCounted = true;
+    for (const P of [WebGLRenderingContext.prototype, WebGL2RenderingContext.prototype]) {
+        const real = P.drawArrays;
+        P.drawArrays = function () { window.__glDraws++; return real.apply(this, arguments); }; } }"""
+
+
+def test_a_page_visit_draws_the_map_once(map_server) -> None:
+    """Streamlit's chart plots a figure it mounts, then hands ``Plotly.react`` the same figure
+    again as new objects; the map's script hands plotly back the arrays it plotted, so the points
+    are drawn once a visit. Opted out (``window.__mmShareReact = false``), twice as many draw
+    calls: what the script saves."""
+    from playwright.sync_api import sync_playwright
+
+    url, home = map_server
+    calls: dict[bool, list[int]] = {True: [], False: []}
+    with sync_playwright() as pw:
+        browser, page = open_page(pw)
+        try:
+            open_demo(page, url)
+            _to_explore_pca(page, home)
+            for share in (True, False, True, False):
+                page.get_by_role("link", name="Data", exact=True).click()
+                idle(page)
+                page.evaluate(COUNT_GL_DRAWS)
+                page.evaluate(f"() => {{ window.__mmShareReact = {str(share).lower()}; }}")
+                page.get_by_role("link", name="Explore", exact=True).click()
+                page.locator("[data-testid=stPlotlyChart] .js-plotly-plot").first.wait_for(timeout=LONG)
+                idle(page)
+                page.wait_for_timeout(1500)  # any react still to come
+                calls[share].append(page.evaluate("window.__glDraws"))
+                # the map is all there: plotly holds every point the page says it draws
+                caption = page.get_by_text(re.compile(r"All [\d,]+ points drawn")).first.inner_text()
+                want = int(re.search(r"All ([\d,]+) points", caption).group(1).replace(",", ""))
+                drawn = page.evaluate("""() => document.querySelector('.stPlotlyChart .js-plotly-plot')
+                    ._fullData.reduce((n, t) => n + (t.x && t.x[0] !== null ? t.x.length : 0), 0)""")
+                assert drawn == want
+        finally:
+            browser.close()
+    once = calls[True][0]
+    assert once > 0 and calls[True] == [once, once]
+    assert calls[False] == [2 * once, 2 * once]

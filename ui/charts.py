@@ -27,8 +27,10 @@ lasso selection made on the server over every row.
   selection handler as a one-point selection. It also empties a box or lasso event's list of
   points before Streamlit serialises it (the server needs only the shape), and holds plotly's
   WebGL redraws while a box or lasso is dragged (plotly redraws every point twice a mouse move to
-  dim those outside the shape; its redraw on release draws the final selection), and draws the
-  rings ``rings_script`` handed over.
+  dim those outside the shape; its redraw on release draws the final selection), draws the
+  rings ``rings_script`` handed over, and hands ``Plotly.react`` the arrays plotly already
+  plotted when a figure comes again unchanged (Streamlit's chart does so each time it mounts
+  one: plotly drew every point twice a page visit; ``bench/map_mount.py``).
 """
 
 from __future__ import annotations
@@ -320,7 +322,85 @@ CLICK_TO_SELECT_JS = """
     ctx.restore();
   }
   window.__mmDrawRings = drawRings;
-  setInterval(hook, 400);
+  // A chart mounted (a page visit, a new figure) is plotted, then Streamlit's chart hands
+  // Plotly.react the same figure again as new objects (its theme pass copies it through JSON).
+  // plotly decodes a base64 array anew at each react and compares data arrays by identity, so it
+  // computed and drew every point a second time (0.4-0.6 s at 210,000 points without a GPU).
+  // So plotly gets each base64 array decoded here, as a typed array that keeps its text: the
+  // next react whose array has the same dtype and text gets the plotted typed array back, and
+  // a short plain array (a legend entry's [null]) or a layout part equal (as JSON) to the plotted
+  // one gets the plotted object. plotly sees them unchanged; a figure that did change keeps its
+  // new parts and is drawn again. Streamlit's own copy of the figure is left as it was.
+  var TYPED = {f8: Float64Array, f4: Float32Array, i4: Int32Array, u4: Uint32Array, i2: Int16Array,
+               u2: Uint16Array, i1: Int8Array, u1: Uint8Array, u1c: Uint8ClampedArray};
+  function decoded(spec, old) {
+    if (!spec || typeof spec !== "object" || typeof spec.bdata !== "string" || !TYPED[spec.dtype] ||
+        (spec.shape !== undefined && String(spec.shape).indexOf(",") !== -1)) return null;
+    if (old && old.__mmBdata === spec.bdata && old.__mmDtype === spec.dtype) return old;
+    var bin = atob(spec.bdata), bytes = new Uint8Array(bin.length);
+    for (var i = 0; i < bin.length; i++) bytes[i] = bin.charCodeAt(i);
+    var arr = new TYPED[spec.dtype](bytes.buffer);
+    arr.__mmBdata = spec.bdata;
+    arr.__mmDtype = spec.dtype;
+    return arr;
+  }
+  function sameShort(a, b) {
+    return Array.isArray(a) && Array.isArray(b) && a.length === b.length && a.length <= 64 &&
+      JSON.stringify(a) === JSON.stringify(b);
+  }
+  function trace(t, old) {
+    if (!t || typeof t !== "object" || t === old) return t;
+    var c = Object.assign({}, t);
+    Object.keys(t).forEach(function (k) {
+      var arr = decoded(t[k], old && old[k]);
+      if (arr) c[k] = arr;
+      else if (old && sameShort(t[k], old[k])) c[k] = old[k];
+    });
+    if (old && old.uid !== undefined && c.uid === undefined) c.uid = old.uid;
+    return c;
+  }
+  function shareLayout(nu, old) {
+    if (!nu || !old || nu === old) return;
+    Object.keys(nu).forEach(function (k) {
+      var v = nu[k], o = old[k];
+      if (v && o && v !== o && typeof v === "object" && typeof o === "object") {
+        try { if (JSON.stringify(v) === JSON.stringify(o)) nu[k] = o; } catch (e) { /* kept */ }
+      }
+    });
+  }
+  function wrapReact(P) {
+    if (!P || P.__mmShared || typeof P.react !== "function") return;
+    P.__mmShared = true;
+    var real = P.react;
+    P.react = function (gd, data, layout) {
+      var args = Array.prototype.slice.call(arguments);
+      if (window.__mmShareReact === false) return real.apply(this, args);  // bench/map_mount.py
+      try {
+        var whole = !!data && !Array.isArray(data) && typeof data === "object";
+        var fig = whole ? data : {data: data, layout: layout};
+        // (the figure plotted coming back, as Streamlit's chart does after each plot: as is)
+        if (gd && gd.closest && gd.closest(".stPlotlyChart") && Array.isArray(fig.data) &&
+            fig.data !== gd.data) {
+          var plotted = gd._fullData && Array.isArray(gd.data) && gd.data.length === fig.data.length
+            ? gd.data : null;
+          var traces = fig.data.map(function (t, i) { return trace(t, plotted && plotted[i]); });
+          if (plotted) shareLayout(fig.layout, gd.layout);
+          args[1] = whole ? Object.assign({}, fig, {data: traces}) : traces;
+        }
+      } catch (e) { args = Array.prototype.slice.call(arguments); }  // as it came
+      return real.apply(this, args);
+    };
+  }
+  if (window.Plotly) {
+    wrapReact(window.Plotly);
+  } else {
+    try {  // the chart's code loads later: wrap it as it arrives
+      var loaded;
+      Object.defineProperty(window, "Plotly", {configurable: true, enumerable: true,
+        get: function () { return loaded; }, set: function (p) { loaded = p; wrapReact(p); }});
+    } catch (e) { /* wrapped by hook() */ }
+  }
+  setInterval(function () { hook(); wrapReact(window.Plotly); }, 400);
   hook();
 })();
 </script>
