@@ -223,6 +223,19 @@ def start_app(script: str, env_extra: dict[str, str], log: Path):
             time.sleep(0.2)
 
 
+def start_map_alone(work: Path, n: int):
+    """``bench/map_app.py`` (the Explore map alone) on ``n`` points in 30 clusters, 10 groups,
+    written to ``work`` as ``xy.npy`` and ``groups.npy``: (proc, url)."""
+    rng = np.random.default_rng(1)
+    centres = rng.normal(scale=6, size=(30, 2))
+    lab = rng.integers(0, 30, n)
+    np.save(work / "xy.npy", (centres[lab] + rng.normal(size=(n, 2))).astype(np.float32))
+    np.save(work / "groups.npy", (lab % 10).astype(np.int64))
+    return start_app("bench/map_app.py", {"MMI_MAP_XY": str(work / "xy.npy"),
+                                          "MMI_MAP_GROUPS": str(work / "groups.npy")},
+                     work / "streamlit.log")
+
+
 def stop_app(proc) -> None:
     proc.terminate()
     try:
@@ -501,7 +514,7 @@ def main() -> None:
                          drive_big_map(args.big, results, notes, workdir)))
     finally:
         print()
-        print(f"| step | seconds | load average at the end; when the server's part ended |")
+        print("| step | seconds | load average at the end; when the server's part ended |")
         print("| --- | ---: | --- |")
         for label, secs, load in results:
             print(f"| {label} | {secs:.2f} | {load.replace('load average ', '')} |")

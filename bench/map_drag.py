@@ -27,7 +27,8 @@ import numpy as np
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "bench"))
 
-from app_scale import cpu_line, idle, load_line, open_browser, start_app, stop_app  # noqa: E402
+from app_scale import (  # noqa: E402
+    cpu_line, idle, load_line, open_browser, start_map_alone, stop_app)
 
 
 def drag_once(page, url: str, hold: bool, shot: Path) -> tuple[float, float, str]:
@@ -64,15 +65,8 @@ def main() -> None:
 
     work = Path(tempfile.mkdtemp(prefix="map_drag_"))
     n = args.points
-    rng = np.random.default_rng(1)
-    centres = rng.normal(scale=6, size=(30, 2))
-    lab = rng.integers(0, 30, n)
-    np.save(work / "xy.npy", (centres[lab] + rng.normal(size=(n, 2))).astype(np.float32))
-    np.save(work / "groups.npy", (lab % 10).astype(np.int64))
     print(f"CPU: {cpu_line()}; {load_line()}; {n:,} points", flush=True)
-    proc, url = start_app("bench/map_app.py", {"MMI_MAP_XY": str(work / "xy.npy"),
-                                               "MMI_MAP_GROUPS": str(work / "groups.npy")},
-                          work / "streamlit.log")
+    proc, url = start_map_alone(work, n)
     rows = []
     try:
         with sync_playwright() as pw:

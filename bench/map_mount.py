@@ -26,12 +26,12 @@ import sys
 import tempfile
 from pathlib import Path
 
-import numpy as np
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "bench"))
 
-from app_scale import cpu_line, idle, load_line, open_browser, start_app, stop_app  # noqa: E402
+from app_scale import (  # noqa: E402
+    cpu_line, idle, load_line, open_browser, start_app, start_map_alone, stop_app)
 
 #: counts drawing passes (draw calls more than 100 ms after the last one start a new pass) and
 #: notes when the last one was on screen
@@ -76,15 +76,8 @@ def main() -> None:
                               work / "streamlit.log")
     n = args.points
     if not args.workspace:
-        rng = np.random.default_rng(1)
-        centres = rng.normal(scale=6, size=(30, 2))
-        lab = rng.integers(0, 30, n)
-        np.save(work / "xy.npy", (centres[lab] + rng.normal(size=(n, 2))).astype(np.float32))
-        np.save(work / "groups.npy", (lab % 10).astype(np.int64))
         print(f"CPU: {cpu_line()}; {load_line()}; {n:,} points", flush=True)
-        proc, url = start_app("bench/map_app.py", {"MMI_MAP_XY": str(work / "xy.npy"),
-                                                   "MMI_MAP_GROUPS": str(work / "groups.npy")},
-                              work / "streamlit.log")
+        proc, url = start_map_alone(work, n)
     cases = {"arrays handed back (the map's script)": True, "opted out (plotly as Streamlit calls it)": False}
     secs: dict[str, list[float]] = {c: [] for c in cases}
     passes: dict[str, list[int]] = {c: [] for c in cases}
