@@ -384,8 +384,10 @@ CLICK_TO_SELECT_JS = """
           var plotted = gd._fullData && Array.isArray(gd.data) && gd.data.length === fig.data.length
             ? gd.data : null;
           var traces = fig.data.map(function (t, i) { return trace(t, plotted && plotted[i]); });
-          if (plotted) shareLayout(fig.layout, gd.layout);
-          args[1] = whole ? Object.assign({}, fig, {data: traces}) : traces;
+          var lay = fig.layout && typeof fig.layout === "object" ? Object.assign({}, fig.layout) : fig.layout;
+          if (plotted) shareLayout(lay, gd.layout);
+          if (whole) args[1] = Object.assign({}, fig, {data: traces, layout: lay});
+          else { args[1] = traces; args[2] = lay; }
         }
       } catch (e) { args = Array.prototype.slice.call(arguments); }  // as it came
       return real.apply(this, args);
