@@ -253,22 +253,63 @@ def open_browser(pw):
     return browser, page
 
 
-def idle(page, timeout: float = 600_000) -> None:
-    page.wait_for_timeout(150)
-    page.locator("[data-testid=stStatusWidget]").wait_for(state="detached", timeout=timeout)
 
 
 #: arrival times of the app's websocket messages (``watch_server``): the server's part of a step
 #: ends with the last message it sends (the script run's end); the rest is the browser's
 FRAMES: list[float] = []
 ASKED: list[float] = []  # the browser's messages to the server (a rerun asked for)
+RUN = {"running": False}  # a script run asked for (or begun) and not yet finished
+WATCHED: list = []
+
+
+def _as_bytes(payload) -> bytes:
+    return payload if isinstance(payload, bytes) else payload.encode("latin-1")
 
 
 def watch_server(page) -> None:
+    """Record the websocket's messages (their arrival times), and follow the server's script
+    runs: a rerun asked for (or a new run begun) until its ``script_finished``, not counting one
+    that ended only to run again."""
+    from streamlit.proto.BackMsg_pb2 import BackMsg
+    from streamlit.proto.ForwardMsg_pb2 import ForwardMsg
+
+    def received(payload) -> None:
+        FRAMES.append(time.perf_counter())
+        msg = ForwardMsg()
+        msg.ParseFromString(_as_bytes(payload))
+        kind = msg.WhichOneof("type")
+        if kind == "new_session":
+            RUN["running"] = True
+        elif kind == "script_finished":
+            RUN["running"] = msg.script_finished == ForwardMsg.FINISHED_EARLY_FOR_RERUN
+
+    def sent(payload) -> None:
+        ASKED.append(time.perf_counter())
+        msg = BackMsg()
+        msg.ParseFromString(_as_bytes(payload))
+        if msg.WhichOneof("type") == "rerun_script":
+            RUN["running"] = True
+
     def hook(ws) -> None:
-        ws.on("framereceived", lambda _f: FRAMES.append(time.perf_counter()))
-        ws.on("framesent", lambda _f: ASKED.append(time.perf_counter()))
+        ws.on("framereceived", received)
+        ws.on("framesent", sent)
     page.on("websocket", hook)
+    WATCHED.append(page)
+
+
+def idle(page, timeout: float = 600_000) -> None:
+    """The page idle: Streamlit's status widget gone and, on a page ``watch_server`` watches,
+    every script run asked for finished (the widget only shows a run after a moment, so alone it
+    calls a page idle whose run is still going: the next step's click then waits for it)."""
+    page.wait_for_timeout(150)
+    status = page.locator("[data-testid=stStatusWidget]")
+    status.wait_for(state="detached", timeout=timeout)
+    if page in WATCHED:
+        end = time.perf_counter() + timeout / 1000
+        while RUN["running"] and time.perf_counter() < end:
+            page.wait_for_timeout(20)
+        status.wait_for(state="detached", timeout=timeout)
 
 
 def server_part(t0: float, t1: float) -> str:

@@ -169,14 +169,21 @@ warm_text_search(ws)  # the text model loads in its worker while the person look
 # ----------------------------------------------------------------------------------------------
 # The selection
 
-st.subheader(f"Selection · {len(selected):,} image(s)")
-if sel_state.get("source"):
-    st.caption(md_escape(sel_state["source"], 120))
-if selected:
+@st.fragment
+def selection_section(selected: list[int], source: str, scores: dict[str, float]) -> None:
+    """The selection's gallery and what acts on it, as a fragment: ticking images, turning a
+    gallery page and "more like these" rerun this section alone, not the map above it (a full
+    page run at 210,000 points); what changes the map (sending to a subgroup, excluding, a new
+    subgroup, clearing) reruns the whole page."""
+    st.subheader(f"Selection · {len(selected):,} image(s)")
+    if source:
+        st.caption(md_escape(source, 120))
+    if not selected:
+        st.caption("Select points on the map (box or lasso) or search by text to see images here.")
+        return
     if st.button("Clear the selection", key="sel_clear"):
         sel_state.update(rows=[], source="", scores={})
         st.rerun()
-    scores = sel_state.get("scores") or {}
     items = []
     for r in selected[:2000]:
         kind = "ref" if r < n_ref else "cand"
@@ -194,6 +201,7 @@ if selected:
     if more_like_these_panel(ws, emb, acting, "explore_more"):
         st.rerun()
     show_toast()
-else:
-    st.caption("Select points on the map (box or lasso) or search by text to see images here.")
+
+
+selection_section(selected, sel_state.get("source") or "", sel_state.get("scores") or {})
 st.page_link(nav.PARTITION, label="Edit the keywords on the Partition page →")

@@ -184,6 +184,31 @@ def test_warm_loads_the_model_in_the_text_worker_once_ahead_of_the_first_search(
         text_encoder.shutdown()
 
 
+def test_the_text_worker_does_not_run_the_servers_script_again(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Streamlit runs the app as the module ``__main__`` (its file as ``__file__``), and a page
+    starts the text worker: multiprocessing's spawn would run that script again in the worker
+    as it starts. The worker starts with nothing of the parent's script run, and the parent's
+    ``__main__`` is left as it was."""
+    import types
+
+    from mminstruct.app import text_encoder
+
+    marker = tmp_path / "ran"
+    script = tmp_path / "app_page.py"
+    script.write_text(f"open({str(marker)!r}, 'a').write('ran')\n")
+    page = types.ModuleType("__main__")
+    page.__file__ = str(script)
+    monkeypatch.setitem(sys.modules, "__main__", page)
+    text_encoder.shutdown()
+    try:
+        assert text_encoder._in_worker(os.getpid) != os.getpid()  # a worker process answered
+        assert sys.modules["__main__"] is page
+    finally:
+        text_encoder.shutdown()
+    assert not marker.exists()
+
+
 def test_explore_warms_the_text_model_once_its_map_is_drawn(demo_ws: Workspace,
                                                             monkeypatch: pytest.MonkeyPatch) -> None:
     from mminstruct.app import text_encoder

@@ -243,3 +243,80 @@ def test_a_page_visit_draws_the_map_once(map_server) -> None:
     once = calls[True][0]
     assert once > 0 and calls[True] == [once, once]
     assert calls[False] == [2 * once, 2 * once]
+
+
+def _messages(page) -> tuple[list, list]:
+    """(sent, received): the app's websocket messages from now on, decoded (``BackMsg``s the
+    browser sends, ``ForwardMsg``s the server sends)."""
+    from streamlit.proto.BackMsg_pb2 import BackMsg
+    from streamlit.proto.ForwardMsg_pb2 import ForwardMsg
+
+    sent: list = []
+    got: list = []
+
+    def decode(cls, payload, into: list) -> None:
+        msg = cls()
+        msg.ParseFromString(payload if isinstance(payload, bytes) else payload.encode("latin-1"))
+        into.append(msg)
+
+    def hook(ws) -> None:
+        ws.on("framesent", lambda p: decode(BackMsg, p, sent))
+        ws.on("framereceived", lambda p: decode(ForwardMsg, p, got))
+    page.on("websocket", hook)
+    return sent, got
+
+
+def _map_sent(got: list) -> int:
+    """How many of the server's messages carry the map (a plotly chart, or a reference to one the
+    browser already holds)."""
+    return sum(1 for m in got if m.WhichOneof("type") == "ref_hash" or (
+        m.WhichOneof("type") == "delta" and m.delta.WhichOneof("type") == "new_element"
+        and m.delta.new_element.WhichOneof("type") == "plotly_chart"))
+
+
+def test_ticking_images_and_more_like_these_rerun_the_selection_alone(map_server) -> None:
+    """The selection's section is a fragment: ticking an image and "more like these" rerun it
+    alone (the browser asks for the fragment; the server sends no map), and the gallery answers."""
+    from playwright.sync_api import sync_playwright
+
+    url, home = map_server
+    with sync_playwright() as pw:
+        browser, page = open_page(pw)
+        try:
+            sent, got = _messages(page)
+            open_demo(page, url)
+            _to_explore_pca(page, home)
+            page.locator(".modebar-btn[data-title='Box Select']").first.click()
+            area = page.locator(".nsewdrag").first.bounding_box()
+            page.mouse.move(area["x"] + area["width"] * 0.02, area["y"] + area["height"] * 0.02)
+            page.mouse.down()
+            page.mouse.move(area["x"] + area["width"] * 0.98, area["y"] + area["height"] * 0.98,
+                            steps=6)
+            page.mouse.up()
+            n = _selected(page)
+            idle(page)
+            assert n >= 2 and _map_sent(got) >= 1  # a full run sends the map (or its reference)
+            sent.clear()
+            got.clear()
+            tick = page.locator("[data-testid=stCheckbox]").filter(
+                has_text=re.compile(r"^Select (?!every)")).first
+            tick.click()
+            page.get_by_text("1 ticked").first.wait_for(timeout=LONG)
+            idle(page)
+            runs = [m.rerun_script for m in sent if m.WhichOneof("type") == "rerun_script"]
+            assert runs and all(r.fragment_id for r in runs)
+            assert _map_sent(got) == 0
+            sent.clear()
+            got.clear()
+            page.get_by_text("More like these: the nearest candidates of the pool").first.click()
+            page.get_by_role("button", name="Find").first.click()
+            page.get_by_text(re.compile(r"\d+ candidate\(s\), best first")).first.wait_for(
+                timeout=LONG)
+            idle(page)
+            runs = [m.rerun_script for m in sent if m.WhichOneof("type") == "rerun_script"]
+            assert runs and all(r.fragment_id for r in runs)
+            assert _map_sent(got) == 0
+            assert _selected(page) == n  # the selection is as it was
+            assert page.locator("[data-testid=stPlotlyChart] .js-plotly-plot").count() == 1
+        finally:
+            browser.close()

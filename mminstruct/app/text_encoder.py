@@ -38,12 +38,39 @@ DEVICE = 0  # GPU 0 where there is one (resolved in the worker), else the CPU
 WARMUP_ENV = "MMINSTRUCT_TEXT_WARMUP"
 
 
+class _WorkerProcess(multiprocessing.context.SpawnProcess):
+    """A spawned process that does not run the parent's main script again as it starts.
+
+    multiprocessing's spawn re-imports the parent's ``__main__`` from its file in the child. In a
+    Streamlit server, ``__main__`` is the script being run (Streamlit swaps it in for each run):
+    the worker started from a page would run ``app.py`` (its imports, its sidebar) before
+    loading a model. The process is launched with a bare ``__main__`` in its place, which names
+    no file to re-import; the functions sent to the worker live in importable modules."""
+
+    @staticmethod
+    def _Popen(process_obj: Any) -> Any:
+        import sys
+        import types
+
+        main = sys.modules.get("__main__")
+        sys.modules["__main__"] = types.ModuleType("__main__")
+        try:
+            return multiprocessing.context.SpawnProcess._Popen(process_obj)
+        finally:
+            if main is not None:
+                sys.modules["__main__"] = main
+
+
+class _WorkerContext(multiprocessing.context.SpawnContext):
+    Process = _WorkerProcess
+
+
 def _pool() -> ProcessPoolExecutor:
     global _POOL
     with _LOCK:
         if _POOL is None:
             _POOL = ProcessPoolExecutor(max_workers=1, initializer=_lower_priority,
-                                        mp_context=multiprocessing.get_context("spawn"))
+                                        mp_context=_WorkerContext())
         return _POOL
 
 
