@@ -253,8 +253,6 @@ def open_browser(pw):
     return browser, page
 
 
-
-
 #: arrival times of the app's websocket messages (``watch_server``): the server's part of a step
 #: ends with the last message it sends (the script run's end); the rest is the browser's
 FRAMES: list[float] = []

@@ -171,10 +171,10 @@ warm_text_search(ws)  # the text model loads in its worker while the person look
 
 @st.fragment
 def selection_section(selected: list[int], source: str, scores: dict[str, float]) -> None:
-    """The selection's gallery and what acts on it, as a fragment: ticking images, turning a
-    gallery page and "more like these" rerun this section alone, not the map above it (a full
-    page run at 210,000 points); what changes the map (sending to a subgroup, excluding, a new
-    subgroup, clearing) reruns the whole page."""
+    """The selection's gallery and what acts on it, as a fragment: ticking images and turning a
+    gallery page rerun this section alone, not the map above it (a full page run at 210,000
+    points; "more like these" is a fragment within it); what changes the map (sending to a
+    subgroup, excluding, a new subgroup, clearing) reruns the whole page."""
     st.subheader(f"Selection · {len(selected):,} image(s)")
     if source:
         st.caption(md_escape(source, 120))
@@ -198,8 +198,7 @@ def selection_section(selected: list[int], source: str, scores: dict[str, float]
     acting = chosen or selected
     if new_subgroup_form(ws, emb, acting, "explore_new"):
         st.rerun()
-    if more_like_these_panel(ws, emb, acting, "explore_more"):
-        st.rerun()
+    more_like_these_panel(ws, emb, acting, "explore_more")
     show_toast()
 
 

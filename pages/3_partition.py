@@ -77,56 +77,64 @@ with right:
                f"unassigned {unas_r} ref / {unas_c} cand · excluded {excl_r} ref / {excl_c} cand")
     st.dataframe(counts, hide_index=True, width="stretch")
 
-st.subheader("Galleries")
-if st.session_state.get("gal_kw") not in cur.keywords:
-    st.session_state.pop("gal_kw", None)  # renamed or removed elsewhere
-kw = st.selectbox("Subgroup", cur.keywords, key="gal_kw",
-                  format_func=lambda x: f"{x} (from a selection)" if x in p.manual_subgroups else x)
-k = cur.keywords.index(kw)
-tab_ref, tab_cand = st.tabs([f"Reference ({cur.reference.count(k)})",
-                             f"Candidates ({cur.candidates.count(k) if cur.candidates else 0})"])
+
+@st.fragment
+def galleries() -> None:
+    """The subgroup's galleries and what acts on them, as a fragment: picking a subgroup, ticking
+    images and turning a gallery page rerun this section alone, not the partition above it
+    ("more like these" is a fragment within it); what changes the partition (sending to a
+    subgroup, excluding, a new or removed subgroup) reruns the whole page."""
+    st.subheader("Galleries")
+    if st.session_state.get("gal_kw") not in cur.keywords:
+        st.session_state.pop("gal_kw", None)  # renamed or removed elsewhere
+    kw = st.selectbox("Subgroup", cur.keywords, key="gal_kw",
+                      format_func=lambda x: f"{x} (from a selection)"
+                      if x in p.manual_subgroups else x)
+    k = cur.keywords.index(kw)
+    tab_ref, tab_cand = st.tabs([f"Reference ({cur.reference.count(k)})",
+                                 f"Candidates ({cur.candidates.count(k) if cur.candidates else 0})"])
+
+    def _items(kind: str) -> list[Item]:
+        g = cur.reference if kind == "reference" else cur.candidates
+        if g is None:
+            return []
+        out = []
+        for r in g.members(k):
+            row = emb.row_of(kind, int(r))
+            margin = float(g.partition.margin[r])
+            note = "manual" if g.manual[r] else f"margin {margin:.3f}"
+            flag = f"uncertain: margin {margin:.3f}" if cur.flagged(kind, int(r)) else ""
+            score = "" if cur.is_manual(k) else f"{float(g.partition.scores[r, k]):.3f} · "
+            out.append(Item(row, emb.abs_path(row), f"{score}{note} · {emb.rel_path(row)}", flag))
+        return out
+
+    ticked: list[int] = []
+    members: list[int] = []
+    for tab, kind in ((tab_ref, "reference"), (tab_cand, "candidate")):
+        with tab:
+            items = _items(kind)
+            members += [int(it.key) for it in items]
+            n_flag = sum(1 for it in items if it.flag)
+            if n_flag:
+                st.caption(f":orange[{n_flag} uncertain] (sorted last): most confident first")
+            chosen = gallery(items, f"part_{kind}_{k}", columns=6, page_size=24)
+            ticked += chosen
+            if curation_actions(ws, emb, chosen, f"part_act_{kind}"):
+                st.rerun()
+            if new_subgroup_form(ws, emb, chosen, f"part_new_{kind}"):
+                st.rerun()
+    if kw in p.manual_subgroups and st.button(f"Remove the subgroup {kw!r} (its images go back to "
+                                              "the keywords)", key="part_remove_sg"):
+        ws.remove_subgroup(kw)
+        ws.save()
+        st.rerun()
+    subgroup_run_from_task(ws, kw)
+    st.caption("More like these: the ticked images, or the whole subgroup when none is ticked.")
+    more_like_these_panel(ws, emb, ticked or members, "part_more")
+    show_toast()
 
 
-def _items(kind: str) -> list[Item]:
-    g = cur.reference if kind == "reference" else cur.candidates
-    if g is None:
-        return []
-    out = []
-    for r in g.members(k):
-        row = emb.row_of(kind, int(r))
-        margin = float(g.partition.margin[r])
-        note = "manual" if g.manual[r] else f"margin {margin:.3f}"
-        flag = f"uncertain: margin {margin:.3f}" if cur.flagged(kind, int(r)) else ""
-        score = "" if cur.is_manual(k) else f"{float(g.partition.scores[r, k]):.3f} · "
-        out.append(Item(row, emb.abs_path(row), f"{score}{note} · {emb.rel_path(row)}", flag))
-    return out
-
-
-ticked: list[int] = []
-members: list[int] = []
-for tab, kind in ((tab_ref, "reference"), (tab_cand, "candidate")):
-    with tab:
-        items = _items(kind)
-        members += [int(it.key) for it in items]
-        n_flag = sum(1 for it in items if it.flag)
-        if n_flag:
-            st.caption(f":orange[{n_flag} uncertain] (sorted last): most confident first")
-        chosen = gallery(items, f"part_{kind}_{k}", columns=6, page_size=24)
-        ticked += chosen
-        if curation_actions(ws, emb, chosen, f"part_act_{kind}"):
-            st.rerun()
-        if new_subgroup_form(ws, emb, chosen, f"part_new_{kind}"):
-            st.rerun()
-if kw in p.manual_subgroups and st.button(f"Remove the subgroup {kw!r} (its images go back to "
-                                          "the keywords)", key="part_remove_sg"):
-    ws.remove_subgroup(kw)
-    ws.save()
-    st.rerun()
-subgroup_run_from_task(ws, kw)
-st.caption("More like these: the ticked images, or the whole subgroup when none is ticked.")
-if more_like_these_panel(ws, emb, ticked or members, "part_more"):
-    st.rerun()
-show_toast()
+galleries()
 
 suggestions_panel(ws, emb)
 

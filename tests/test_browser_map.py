@@ -274,9 +274,32 @@ def _map_sent(got: list) -> int:
         and m.delta.new_element.WhichOneof("type") == "plotly_chart"))
 
 
-def test_ticking_images_and_more_like_these_rerun_the_selection_alone(map_server) -> None:
-    """The selection's section is a fragment: ticking an image and "more like these" rerun it
-    alone (the browser asks for the fragment; the server sends no map), and the gallery answers."""
+def _images_sent(got: list) -> int:
+    """How many images (``st.image`` elements) the server's messages carry."""
+    return sum(1 for m in got if m.WhichOneof("type") == "delta"
+               and m.delta.WhichOneof("type") == "new_element"
+               and m.delta.new_element.WhichOneof("type") == "imgs")
+
+
+def _fragment_runs_only(sent: list) -> bool:
+    """The browser asked for at least one script run, and each for a fragment alone."""
+    runs = [m.rerun_script for m in sent if m.WhichOneof("type") == "rerun_script"]
+    return bool(runs) and all(r.fragment_id for r in runs)
+
+
+def _wait_asked(page, sent: list, timeout_ms: int = 60_000) -> None:
+    """Until the browser has asked for a script run."""
+    for _ in range(timeout_ms // 100):
+        if any(m.WhichOneof("type") == "rerun_script" for m in sent):
+            return
+        page.wait_for_timeout(100)
+    raise AssertionError("the browser asked for no script run")
+
+
+def test_ticking_images_and_more_like_these_rerun_the_gallery_section_alone(map_server) -> None:
+    """Explore's selection section and Partition's galleries are fragments: ticking an image,
+    "more like these" and picking a subgroup rerun them alone (the browser asks for the fragment;
+    Explore's server sends no map), and the galleries answer."""
     from playwright.sync_api import sync_playwright
 
     url, home = map_server
@@ -303,20 +326,50 @@ def test_ticking_images_and_more_like_these_rerun_the_selection_alone(map_server
             tick.click()
             page.get_by_text("1 ticked").first.wait_for(timeout=LONG)
             idle(page)
-            runs = [m.rerun_script for m in sent if m.WhichOneof("type") == "rerun_script"]
-            assert runs and all(r.fragment_id for r in runs)
+            assert _fragment_runs_only(sent)
             assert _map_sent(got) == 0
             sent.clear()
             got.clear()
             page.get_by_text("More like these: the nearest candidates of the pool").first.click()
             page.get_by_role("button", name="Find").first.click()
-            page.get_by_text(re.compile(r"\d+ candidate\(s\), best first")).first.wait_for(
-                timeout=LONG)
+            found = page.get_by_text(re.compile(r"\d+ candidate\(s\), best first")).first
+            found.wait_for(timeout=LONG)
             idle(page)
-            runs = [m.rerun_script for m in sent if m.WhichOneof("type") == "rerun_script"]
-            assert runs and all(r.fragment_id for r in runs)
+            assert _fragment_runs_only(sent)
             assert _map_sent(got) == 0
+            # "more like these" is a fragment of its own: the selection's gallery is not sent again
+            k = int(re.match(r"(\d+)", found.inner_text()).group(1))
+            assert 1 <= _images_sent(got) <= k < n
             assert _selected(page) == n  # the selection is as it was
             assert page.locator("[data-testid=stPlotlyChart] .js-plotly-plot").count() == 1
+
+            page.get_by_role("link", name="Partition", exact=True).click()
+            page.get_by_role("heading", name="Galleries").first.wait_for(timeout=LONG)
+            idle(page)
+            pick = page.locator("[data-testid=stSelectbox]").filter(has_text="Subgroup").first
+            pick.click()
+            names = page.get_by_role("option").all_inner_texts()
+            page.keyboard.press("Escape")
+            assert len(names) >= 2
+            tick = page.locator("[data-testid=stCheckbox]:visible").filter(
+                has_text=re.compile(r"^Select (?!every)"))
+            for name in names[1:] + names[:1]:  # a subgroup with images to tick (random CLIP)
+                sent.clear()
+                pick.click()
+                page.get_by_role("option", name=name, exact=True).click()
+                _wait_asked(page, sent)
+                idle(page)
+                assert _fragment_runs_only(sent)  # another subgroup's galleries: the fragment
+                for tab in page.get_by_role("tab").all():
+                    tab.click()
+                    if tick.count():
+                        break
+                if tick.count():
+                    break
+            sent.clear()
+            tick.first.click()
+            _wait_asked(page, sent)
+            idle(page)
+            assert _fragment_runs_only(sent)
         finally:
             browser.close()

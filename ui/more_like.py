@@ -4,7 +4,7 @@
   (manual membership, kept across keyword edits, written to the task file under that name).
 * ``more_like_these_panel(ws, emb, rows, key)``: the K candidates nearest the ticked images (by
   nearest member or by centroid; the cached faiss index for large pools), previewed in a gallery,
-  added to a subgroup with one click.
+  added to a subgroup with one click; a fragment (its own clicks rerun it alone).
 """
 
 from __future__ import annotations
@@ -51,11 +51,18 @@ def _pool(ws: Any, emb: Any) -> tuple[Any, Any]:
     return vecs, index
 
 
-def more_like_these_panel(ws: Any, emb: Any, rows: list[int], key: str) -> bool:
-    """Returns True when candidates were added to a subgroup (the workspace is saved)."""
+def more_like_these_panel(ws: Any, emb: Any, rows: list[int], key: str) -> None:
+    """A fragment of its own: "How many", "Near", Find and its gallery rerun the panel alone, not
+    the page around it; adding candidates to a subgroup saves the workspace and reruns the whole
+    page (the partition changed)."""
+    _more_like_these(ws, emb, rows, key)
+
+
+@st.fragment
+def _more_like_these(ws: Any, emb: Any, rows: list[int], key: str) -> None:
     state = st.session_state.setdefault(f"{key}:found", {"sig": "", "rows": [], "scores": []})
     if not len(emb.candidates):
-        return False
+        return
     n_ref = len(emb.reference)
     with st.expander("More like these: the nearest candidates of the pool", expanded=bool(state["rows"])):
         c1, c2, c3 = st.columns([1, 2, 1])
@@ -91,7 +98,7 @@ def more_like_these_panel(ws: Any, emb: Any, rows: list[int], key: str) -> bool:
                                  else ""))
         if not state["rows"]:
             st.caption("Tick images above, then Find: the candidates nearest to them, best first.")
-            return False
+            return
         st.caption(f"{len(state['rows'])} candidate(s), best first ({state.get('searched', '')})")
         items = [Item(r, emb.abs_path(r), f"sim {s:.3f} · {emb.rel_path(r)}")
                  for r, s in zip(state["rows"], state["scores"])]
@@ -106,12 +113,11 @@ def more_like_these_panel(ws: Any, emb: Any, rows: list[int], key: str) -> bool:
                 ws.save()
             except MMInstructError as e:
                 st.error(str(e))
-                return False
+                return
             state.update(rows=[], scores=[])
             st.session_state["_toast"] = f"Added {len(todo)} candidate(s) to {target!r}"
-            return True
+            st.rerun()  # the whole page: the partition changed
         st.caption("Adds the ticked ones, or all of them when none is ticked.")
-    return False
 
 
 def show_toast() -> None:

@@ -57,7 +57,9 @@ class _WorkerProcess(multiprocessing.context.SpawnProcess):
         try:
             return multiprocessing.context.SpawnProcess._Popen(process_obj)
         finally:
-            if main is not None:
+            if main is None:
+                sys.modules.pop("__main__", None)
+            else:
                 sys.modules["__main__"] = main
 
 
