@@ -124,6 +124,40 @@ def test_gallery_checkboxes_are_labelled_and_the_counts_add_up(pca_ws: Workspace
     assert "72 images on the map = 24 reference + 48 candidates" in _text(at)
 
 
+def test_a_galleries_ticks_outlive_a_turn_of_its_page(pca_ws: Workspace) -> None:
+    """Ticks on one page of a gallery are still there after showing another page and back
+    (Streamlit drops the value of a widget a run does not draw)."""
+    at = app_test(pca_ws).run()
+    at.switch_page("pages/2_explore.py").run()
+    at.session_state["explore_sel"] = {"rows": list(range(40)), "source": "map selection"}
+    at.run()
+    no_errors(at)
+
+    def ticks() -> dict[str, bool]:
+        return {c.key: c.value for c in at.checkbox if c.key and ":sel:" in c.key}
+
+    first = ticks()
+    assert len(first) == 36  # the gallery's first page of 36
+    picked = sorted(first)[:2]
+    for k in picked:
+        at.checkbox(key=k).check()
+    at.run()
+    assert "2 ticked" in _text(at)
+    at.number_input(key="explore_gallery:page").set_value(2).run()
+    assert len(ticks()) == 4 and not any(ticks().values())  # page 2: nothing ticked there
+    at.number_input(key="explore_gallery:page").set_value(1).run()
+    no_errors(at)
+    assert [k for k, v in ticks().items() if v] == picked
+    assert "2 ticked" in _text(at)
+    # another selection without the ticked images, then one with them: not ticked again
+    at.session_state["explore_sel"] = {"rows": list(range(40, 72)), "source": "map selection"}
+    at.run()
+    at.session_state["explore_sel"] = {"rows": list(range(40)), "source": "map selection"}
+    at.run()
+    no_errors(at)
+    assert not any(ticks().values())
+
+
 def test_the_map_legend_is_below_the_toolbar() -> None:
     from ui.charts import map_figure
 

@@ -2,8 +2,9 @@
 
 * ``thumbnail(path)`` → JPEG bytes (longest side 160 px), cached by path and mtime;
   ``thumbnail_url(path)`` the same as a small data URL (for table image columns).
-* ``gallery(items, key)`` → the keys of the items ticked: a paginated grid of thumbnails with
-  escaped captions and an optional checkbox each.
+* ``gallery(items, key)`` → the keys of the items ticked on the page shown: a paginated grid of
+  thumbnails with escaped captions and an optional checkbox each (a page's ticks are kept while
+  another page is shown).
 * ``curation_actions(ws, emb, rows, key)``: send the chosen images to a subgroup, exclude them, or
   restore them — persisted in the workspace settings.
 """
@@ -71,6 +72,16 @@ def gallery(items: Sequence[Item], key: str, *, columns: int = 6, page_size: int
         st.caption("No images.")
         return []
     start, stop = _page(len(items), page_size, key)
+    # Streamlit drops a widget's value once a run does not draw it: the ticks of the other pages
+    # are saved as plain session values, so turning the page and back keeps them; the ticks of
+    # images no longer in the gallery (another selection) go
+    prefix = f"{key}:sel:"
+    shown_anywhere = {f"{prefix}{item.key}" for item in items}
+    for k in [k for k in st.session_state if isinstance(k, str) and k.startswith(prefix)]:
+        if k in shown_anywhere:
+            st.session_state[k] = st.session_state[k]
+        else:
+            del st.session_state[k]
     every = selectable and st.checkbox("Select every image on this page", key=f"{key}:all")
     chosen: list[Any] = []
     shown = list(items[start:stop])
@@ -89,7 +100,7 @@ def gallery(items: Sequence[Item], key: str, *, columns: int = 6, page_size: int
                     st.caption(f":orange[{md_escape(item.flag, 60)}]")
                 if selectable:
                     ticked = st.checkbox(f"Select {md_escape(item.path.name, 60)}",
-                                         key=f"{key}:sel:{item.key}", disabled=every)
+                                         key=f"{prefix}{item.key}", disabled=every)
                     if ticked or every:
                         chosen.append(item.key)
     return chosen
