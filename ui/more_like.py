@@ -51,15 +51,11 @@ def _pool(ws: Any, emb: Any) -> tuple[Any, Any]:
     return vecs, index
 
 
+@st.fragment
 def more_like_these_panel(ws: Any, emb: Any, rows: list[int], key: str) -> None:
     """A fragment of its own: "How many", "Near", Find and its gallery rerun the panel alone, not
     the page around it; adding candidates to a subgroup saves the workspace and reruns the whole
     page (the partition changed)."""
-    _more_like_these(ws, emb, rows, key)
-
-
-@st.fragment
-def _more_like_these(ws: Any, emb: Any, rows: list[int], key: str) -> None:
     state = st.session_state.setdefault(f"{key}:found", {"sig": "", "rows": [], "scores": []})
     if not len(emb.candidates):
         return
