@@ -74,10 +74,9 @@ def main() -> None:
                                          "MMINSTRUCT_WORKSPACE": str(ws),
                                          "MMINSTRUCT_CACHE_DIR": str(work / "cache")},
                               work / "streamlit.log")
-    n = args.points
-    if not args.workspace:
-        print(f"CPU: {cpu_line()}; {load_line()}; {n:,} points", flush=True)
-        proc, url = start_map_alone(work, n)
+    else:
+        print(f"CPU: {cpu_line()}; {load_line()}; {args.points:,} points", flush=True)
+        proc, url = start_map_alone(work, args.points)
     cases = {"arrays handed back (the map's script)": True, "opted out (plotly as Streamlit calls it)": False}
     secs: dict[str, list[float]] = {c: [] for c in cases}
     passes: dict[str, list[int]] = {c: [] for c in cases}
