@@ -122,6 +122,30 @@ def test_gallery_checkboxes_are_labelled_and_the_counts_add_up(pca_ws: Workspace
     assert len(set(labels)) == 3
     assert all(c.proto.label_visibility.value == 0 for c in boxes)  # VISIBLE
     assert "72 images on the map = 24 reference + 48 candidates" in _text(at)
+    # each thumbnail is one element: the image with its caption (kind · subgroup · path)
+    captions = [i.caption for e in at.get("image") for i in e.proto.imgs]
+    assert len(captions) == 3
+    assert all(c.startswith(("ref · ", "cand · ")) and "\\_" in c for c in captions), captions
+    assert not any("\\_0000" in c.value for c in at.caption)  # no caption element of its own
+
+
+def test_an_uncertain_image_is_flagged_under_its_thumbnail(pca_ws: Workspace) -> None:
+    from mminstruct.partition.taskfile import PARTITION_SETTINGS
+
+    pca_ws.settings.partition.low_margin = PARTITION_SETTINGS["low_margin"].ui_max  # the most
+    pca_ws.save()
+    at = app_test(pca_ws).run()
+    at.switch_page("pages/3_partition.py").run()
+    no_errors(at)
+    captions: list[str] = []
+    for kw in at.selectbox(key="gal_kw").options:  # the subgroups' galleries
+        at.selectbox(key="gal_kw").set_value(kw).run()
+        captions += [i.caption for e in at.get("image") for i in e.proto.imgs]
+    no_errors(at)
+    assert captions
+    flagged = [c for c in captions if ":orange[uncertain" in c]  # (escaped for markdown)
+    assert flagged, captions[:3]
+    assert all(c.split("  \n")[0].split(" · ")[1].startswith("margin ") for c in flagged)
 
 
 def test_a_galleries_ticks_outlive_a_turn_of_its_page(pca_ws: Workspace) -> None:

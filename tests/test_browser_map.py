@@ -1,7 +1,7 @@
 """The Explore map in a real browser (Playwright, Debian's chromium, headless): a box drawn with
 the mouse selects exactly the rows of the projection inside it (counted here with numpy from the
-cached projection and the axes' ranges plotly reports), with the points redrawn once, on
-release, not on every mouse move; a click on a point in the default lasso mode selects that
+cached projection and the axes' ranges plotly reports), with the points redrawn once, after
+the release's run and its gallery, not on every mouse move; a click on a point in the default lasso mode selects that
 point (issue #21); and a page visit draws the map once."""
 
 from __future__ import annotations
@@ -9,6 +9,7 @@ from __future__ import annotations
 import html
 import json
 import re
+import time
 from pathlib import Path
 
 import numpy as np
@@ -76,18 +77,47 @@ def test_a_mouse_drawn_box_selects_every_row_inside_it(map_server) -> None:
             fx0, fy0, fx1, fy1 = 0.02, 0.25, 0.75, 0.75
             # count the WebGL scene's real redraws (the page's script wraps this counter when the
             # button goes down: it holds plotly's redraws during the drag)
+            # and when: each redraw notes whether the browser had sent its message by then,
+            # whether the server's run had ended, and whether the gallery's images were loaded
             page.evaluate("""() => { const gd = document.querySelector('.stPlotlyChart .js-plotly-plot');
                 const scene = gd._fullLayout._plots.xy._scene, real = scene.draw;
-                window.__mmDraws = 0; delete scene.__mmHeld_draw;
-                scene.draw = function () { window.__mmDraws++; return real.apply(this, arguments); }; }""")
+                const app = document.querySelector('[data-testid=stApp]');
+                window.__mmDraws = 0; window.__mmDrawnWhen = []; window.__sent = 0;
+                delete scene.__mmHeld_draw;
+                const send = WebSocket.prototype.send;
+                WebSocket.prototype.send = function () { window.__sent++; return send.apply(this, arguments); };
+                scene.draw = function () {
+                  const ims = [...document.querySelectorAll('[data-testid=stImage] img')];
+                  window.__mmDrawnWhen.push({sent: window.__sent,
+                    state: app.getAttribute('data-test-script-state'),
+                    images: ims.length, loaded: ims.every((i) => i.complete && i.naturalWidth > 0)});
+                  window.__mmDraws++; return real.apply(this, arguments); }; }""")
             page.mouse.move(area["x"] + area["width"] * fx0, area["y"] + area["height"] * fy0)
             page.mouse.down()
             page.mouse.move(area["x"] + area["width"] * fx1, area["y"] + area["height"] * fy1,
                             steps=12)
             page.wait_for_timeout(300)
             assert page.evaluate("window.__mmDraws") == 0  # plotly: two redraws a mouse move
+            # the gallery's first image comes 0.8 s late: later than a release that sent nothing
+            # waits (400 ms), so a redraw on that timer would come before the images are in
+            slowed: list[str] = []
+
+            def slow_first(route) -> None:
+                if not slowed:
+                    slowed.append(route.request.url)
+                    time.sleep(0.8)
+                route.continue_()
+            page.route("**/media/**", slow_first)
             page.mouse.up()
             page.wait_for_function("window.__mmDraws >= 1", timeout=60_000)  # plotly, on release
+            # the release's redraw waited for the selection to reach the server and for the run it
+            # asked for: the gallery was drawn, its images loaded, before the map was redrawn once
+            page.wait_for_timeout(1000)
+            when = page.evaluate("window.__mmDrawnWhen")
+            assert len(when) == 1, when
+            assert when[0]["sent"] >= 1 and when[0]["state"] == "notRunning", when
+            assert when[0]["images"] >= 1 and when[0]["loaded"] and slowed, when
+            page.unroute("**/media/**")
             # the rows inside, counted independently: pixel fractions → data coordinates
             x0, x1 = xa + (xb - xa) * fx0, xa + (xb - xa) * fx1
             y0, y1 = yb - (yb - ya) * fy1, yb - (yb - ya) * fy0
@@ -117,7 +147,9 @@ def test_a_mouse_drawn_box_selects_every_row_inside_it(map_server) -> None:
             assert page.evaluate("window.__mmDraws") == held  # held while the button is down
             page.evaluate("() => document.dispatchEvent(new MouseEvent('mousemove', {buttons: 0}))")
             page.evaluate(draw)
-            assert page.evaluate("window.__mmDraws") > held  # plotly's move and this draw, for real
+            # plotly's move and this draw, for real: at once, or (a release that sent nothing)
+            # within 400 ms
+            page.wait_for_function(f"window.__mmDraws > {held}", timeout=5_000)
             page.mouse.up()
         finally:
             browser.close()

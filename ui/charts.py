@@ -260,32 +260,105 @@ CLICK_TO_SELECT_JS = """
   // While a box or lasso is dragged, plotly dims the points outside it as the mouse moves: it
   // clears and redraws every WebGL point twice a mouse move (about a second a redraw at 210,000
   // points without a GPU: 19 s for a ten-step drag). Those redraws are skipped while the button
-  // is down; plotly's own redraw on release draws the final selection (the outline follows the
-  // mouse meanwhile: it is SVG).
-  var held = false;
+  // is down (the outline follows the mouse meanwhile: it is SVG).
+  // On release plotly draws the final selection, and only then does the browser send the
+  // selection to the server; the server's reply (the gallery) then waits behind that redraw too
+  // (0.3-0.5 s at 210,000 points without a GPU). So the release's redraws wait, in order and
+  // each once (a redraw draws every point: the last clear and the last draw of each scene are
+  // enough): until the server's run that the release asked for has ended (Streamlit's app element
+  // says "notRunning" again) and its page is painted with its images, 3 s at most; or 400 ms
+  // when the release sent nothing (it selected nothing new). The box or lasso outline shows at
+  // once meanwhile; the gallery comes before the points outside the box are dimmed. A page may
+  // opt out with window.__mmRedrawAfterRun = false.
+  var held = false, releasing = false, waiting = [], waitTimer = null, runWatch = null;
   function holdable(obj, name) {
     if (!obj || typeof obj[name] !== "function" || obj["__mmHeld_" + name]) return;
     var real = obj[name];
     obj["__mmHeld_" + name] = real;
-    obj[name] = function () { return held ? undefined : real.apply(this, arguments); };
+    obj[name] = function () {
+      if (held) return undefined;
+      if (releasing) {
+        var self = this, args = arguments;
+        waiting = waiting.filter(function (w) { return w.obj !== self || w.name !== name; });
+        waiting.push({obj: self, name: name, call: function () { return real.apply(self, args); }});
+        return undefined;
+      }
+      return real.apply(this, arguments);
+    };
+  }
+  function drawWaiting() {
+    if (waitTimer !== null) { clearTimeout(waitTimer); waitTimer = null; }
+    if (runWatch) { runWatch.disconnect(); runWatch = null; }
+    releasing = false;
+    var calls = waiting;
+    waiting = [];
+    calls.forEach(function (w) {
+      try { w.call(); } catch (e) { /* a scene replaced meanwhile: its successor draws itself */ }
+    });
+  }
+  window.__mmDrawWaiting = drawWaiting;
+  function afterRun() {  // the release's message is sent: wait for the run it asked for
+    var app = document.querySelector("[data-testid=stApp]");
+    if (runWatch || !app || typeof MutationObserver !== "function") return;
+    clearTimeout(waitTimer);
+    waitTimer = setTimeout(drawWaiting, 3000);
+    runWatch = new MutationObserver(function () {
+      if (app.getAttribute("data-test-script-state") !== "notRunning") return;
+      runWatch.disconnect();
+      runWatch = null;
+      whenPainted(drawWaiting);
+    });
+    runWatch.observe(app, {attributes: true, attributeFilter: ["data-test-script-state"]});
+  }
+  // the page settled (no change to it for 100 ms: Streamlit renders a run's elements in batches)
+  // and its images (the gallery's thumbnails) loaded and painted: the redraw then holds up none
+  // of their frames (a WebGL redraw without a GPU is read back at the next frame); 1.5 s at most
+  function whenPainted(then) {
+    var until = Date.now() + 1500, changed = Date.now();
+    var watch = new MutationObserver(function () { changed = Date.now(); });
+    watch.observe(document.body, {childList: true, subtree: true, attributes: true});
+    (function check() {
+      var loading = Array.prototype.some.call(document.images, function (im) { return !im.complete; });
+      if ((loading || Date.now() - changed < 100) && Date.now() < until) { setTimeout(check, 25); return; }
+      watch.disconnect();
+      requestAnimationFrame(function () { setTimeout(then, 0); });
+    })();
+  }
+  if (window.WebSocket && !WebSocket.prototype.__mmSend) {
+    var send = WebSocket.prototype.send;
+    WebSocket.prototype.__mmSend = send;
+    WebSocket.prototype.send = function () {
+      var out = send.apply(this, arguments);
+      if (releasing) afterRun();
+      return out;
+    };
   }
   document.addEventListener("mousedown", function (ev) {
+    if (releasing) drawWaiting();
     var el = ev.target && ev.target.closest ? ev.target : null;
     var gd = el && el.closest(".stPlotlyChart .js-plotly-plot");
     var fl = gd && gd._fullLayout;
     if (window.__mmHoldRedraws === false) return;  // a page may opt out (bench/map_drag.py does)
-    if (!fl || (fl.dragmode !== "select" && fl.dragmode !== "lasso") || !el.closest(".nsewdrag")) return;
+    if (!fl || (fl.dragmode !== "select" && fl.dragmode !== "lasso") || !el.closest(".nsewdrag, .selectionlayer")) return;
     Object.keys(fl._plots || {}).forEach(function (k) { holdable(fl._plots[k] && fl._plots[k]._scene, "draw"); });
     if (fl._glcanvas && typeof fl._glcanvas.each === "function") {
       fl._glcanvas.each(function (d) { if (d) holdable(d.regl, "clear"); });
     }
     held = true;
   }, true);
-  // capture: before plotly's own handler of the release, which then redraws for real; a release
-  // the page did not see (outside the window) ends the hold at the next move or on blur
-  document.addEventListener("mouseup", function () { held = false; }, true);
-  document.addEventListener("mousemove", function (ev) { if (held && ev.buttons === 0) held = false; }, true);
-  window.addEventListener("blur", function () { held = false; });
+  // capture: before plotly's own handler of the release; a release the page did not see
+  // (outside the window) ends the hold at the next move without a button, or on blur
+  function release() {
+    if (!held) return;
+    held = false;
+    if (window.__mmRedrawAfterRun === false) return;  // a page may opt out (bench/map_release.py)
+    releasing = true;
+    if (waitTimer !== null) clearTimeout(waitTimer);
+    waitTimer = setTimeout(drawWaiting, 400);
+  }
+  document.addEventListener("mouseup", release, true);
+  document.addEventListener("mousemove", function (ev) { if (held && ev.buttons === 0) release(); }, true);
+  window.addEventListener("blur", function () { held = false; drawWaiting(); });
   // The selection's rings (ui.charts.rings_script hands them over as window.__mmRings): a 2-D
   // canvas over the plot of the chart with that key, drawn again after every plotly redraw, zoom
   // or pan; it takes no mouse events (the plot under it gets them).

@@ -89,15 +89,16 @@ def gallery(items: Sequence[Item], key: str, *, columns: int = 6, page_size: int
         cols = st.columns(columns)
         for col, item in zip(cols, shown[row:row + columns]):
             with col:
+                # one element: the thumbnail with its caption and flag under it (a gallery rerun
+                # sends, and the browser lays out, an element per line otherwise)
+                lines = [md_escape(item.caption, 90)] if item.caption else []
+                if item.flag:
+                    lines.append(f":orange[{md_escape(item.flag, 60)}]")
                 jpeg = thumbnail(item.path)
                 if jpeg is None:
-                    st.caption("(unreadable image)")
+                    st.caption("  \n".join(["(unreadable image)", *lines]))
                 else:
-                    st.image(jpeg, width="stretch")
-                if item.caption:
-                    st.caption(md_escape(item.caption, 90))
-                if item.flag:
-                    st.caption(f":orange[{md_escape(item.flag, 60)}]")
+                    st.image(jpeg, caption="  \n".join(lines) or None, width="stretch")
                 if selectable:
                     ticked = st.checkbox(f"Select {md_escape(item.path.name, 60)}",
                                          key=f"{prefix}{item.key}", disabled=every)
