@@ -149,6 +149,7 @@ class PeakRss:
 
     def __init__(self, pid: int):
         self.pid, self.server, self.browser, self._stop = pid, 0, 0, False
+        self.step = 0  # the server's peak since the last ``step_peak()``
         self._t = threading.Thread(target=self._run, daemon=True)
         self._t.start()
 
@@ -187,9 +188,15 @@ class PeakRss:
                     break
         return out
 
+    def step_peak(self) -> int:
+        """The server's peak resident memory since the last call (or the start)."""
+        peak, self.step = max(self.step, self._rss(self.pid)), 0
+        return peak
+
     def _run(self) -> None:
         while not self._stop:
-            self.server = max(self.server, self._rss(self.pid))
+            rss = self._rss(self.pid)
+            self.server, self.step = max(self.server, rss), max(self.step, rss)
             self.browser = max(self.browser, sum(self._rss(p) for p in self._own_chromium()))
             time.sleep(0.25)
 
@@ -319,13 +326,38 @@ def server_part(t0: float, t1: float) -> str:
     return f"{first}server's last message at {max(got) - t0:.2f} s"
 
 
+ACTIVE: list[PeakRss] = []  # the app's memory watch while it is driven
+
+
+def step_note(extra: str = "") -> str:
+    """The load average, the server's peak resident memory during the step, and ``extra``."""
+    peak = f"; server peak {ACTIVE[-1].step_peak() / 2**20:,.0f} MiB" if ACTIVE else ""
+    return f"{load_line()}{peak}" + (f"; {extra}" if extra else "")
+
+
 def timed(label: str, results: list, fn) -> object:
+    if ACTIVE:
+        ACTIVE[-1].step_peak()  # the step's peak from here
     t0 = time.perf_counter()
     out = fn()
     t1 = time.perf_counter()
-    results.append((label, t1 - t0, f"{load_line()}; {server_part(t0, t1)}"))
+    results.append((label, t1 - t0, step_note(server_part(t0, t1))))
     print(f"  {label}: {results[-1][1]:.2f} s ({results[-1][2]})", flush=True)
     return out
+
+
+#: the map's next redraw: ``window.__mmRedrawn`` is the time (``performance.now()``) of the frame
+#: after the one that shows it (without a GPU, a WebGL redraw is read back at the next frame)
+REDRAWN = """() => { const gd = document.querySelector('.stPlotlyChart .js-plotly-plot');
+    const scene = gd._fullLayout._plots.xy._scene, real = scene.__mmHeld_draw || scene.draw;
+    window.__mmRedrawn = 0; delete scene.__mmHeld_draw;
+    scene.draw = function () { const out = real.apply(this, arguments);
+      if (!window.__mmRedrawn) requestAnimationFrame(() => requestAnimationFrame(() => {
+        window.__mmRedrawn = window.__mmRedrawn || performance.now(); }));
+      return out; }; }"""
+#: every thumbnail of the gallery loaded (36 on a full page)
+GALLERY_LOADED = """() => { const ims = [...document.querySelectorAll('[data-testid=stImage] img')];
+    return ims.length > 0 && ims.every((i) => i.complete && i.naturalWidth > 0); }"""
 
 
 def box_drag(page, fx0: float, fy0: float, fx1: float, fy1: float) -> None:
@@ -365,6 +397,7 @@ def drive_app(ws_root: Path, k: int, results: list, notes: list, workdir: Path) 
                                      "MMINSTRUCT_CACHE_DIR": str(workdir / "cache")},
                           workdir / "streamlit.log")
     mem = PeakRss(proc.pid)
+    ACTIVE.append(mem)
     try:
         with sync_playwright() as pw:
             browser, page = open_browser(pw)
@@ -394,16 +427,21 @@ def drive_app(ws_root: Path, k: int, results: list, notes: list, workdir: Path) 
 
             def box():
                 t0 = time.perf_counter()
+                page.evaluate(REDRAWN)
                 box_drag(page, *frac)
                 t1 = time.perf_counter()
+                up = page.evaluate("() => performance.now()")
                 page.get_by_text(re.compile(r"Selection · [1-9][\d,]* image")).first.wait_for()
                 t2 = time.perf_counter()
-                page.locator("[data-testid=stImage], img").first.wait_for()
+                page.wait_for_function(GALLERY_LOADED, polling=20)
+                t3 = time.perf_counter()
                 idle(page)
-                parts[:] = [t1 - t0, t2 - t1, time.perf_counter() - t2]
+                page.wait_for_function("() => window.__mmRedrawn > 0")
+                parts[:] = [t1 - t0, t2 - t1, t3 - t1, (page.evaluate("window.__mmRedrawn") - up) / 1000]
             timed("box drawn with the mouse → selection + gallery", results, box)
             notes.append("box: the drag itself (tool picked, mouse down, 10 moves, up) {:.2f} s; "
-                         "mouse up → selection shown {:.2f} s; → gallery and page idle {:.2f} s"
+                         "mouse up → selection shown {:.2f} s; → the gallery's images loaded {:.2f} "
+                         "s; → the map redrawn (the points outside the box dimmed) {:.2f} s"
                          .format(*parts))
             got, want = selection_count(page), rows_in_pixel_box(page, xy, *frac)
             notes.append(f"box selected {got:,} rows; numpy over the cached projection: {want:,}")
@@ -433,7 +471,7 @@ def drive_app(ws_root: Path, k: int, results: list, notes: list, workdir: Path) 
                 idle(page)
                 return time.perf_counter() - t0
             secs = more_like()
-            results.append((f'"more like these" K = {k} (Find → gallery)', secs, load_line()))
+            results.append((f'"more like these" K = {k} (Find → gallery)', secs, step_note()))
             print(f"  more like these: {secs:.2f} s", flush=True)
 
             area = page.get_by_label("One keyword per line").first
@@ -465,7 +503,7 @@ def drive_app(ws_root: Path, k: int, results: list, notes: list, workdir: Path) 
                 idle(page)
                 return time.perf_counter() - t0
             secs = save_task()
-            results.append(("Save the task file (click → saved)", secs, load_line()))
+            results.append(("Save the task file (click → saved)", secs, step_note()))
             print(f"  save task: {secs:.2f} s", flush=True)
 
             def save_prompts():
@@ -479,7 +517,7 @@ def drive_app(ws_root: Path, k: int, results: list, notes: list, workdir: Path) 
                 return time.perf_counter() - t0
             try:
                 secs = save_prompts()
-                results.append(("Save the prompt file (click → saved)", secs, load_line()))
+                results.append(("Save the prompt file (click → saved)", secs, step_note()))
                 print(f"  save prompts: {secs:.2f} s", flush=True)
             except Exception as e:  # noqa: BLE001 — reported in the table, the run goes on
                 notes.append(f"Save the prompt file: not measured ({type(e).__name__}: {str(e)[:120]})")
@@ -487,6 +525,7 @@ def drive_app(ws_root: Path, k: int, results: list, notes: list, workdir: Path) 
             browser.close()
     finally:
         mem.stop()
+        ACTIVE.remove(mem)
         stop_app(proc)
     return mem
 
@@ -562,7 +601,8 @@ def main() -> None:
                          drive_big_map(args.big, results, notes, workdir)))
     finally:
         print()
-        print("| step | seconds | load average at the end; when the server's part ended |")
+        print("| step | seconds | load average at the end; the server's peak resident memory "
+              "since the step before; when the server's part ended |")
         print("| --- | ---: | --- |")
         for label, secs, load in results:
             print(f"| {label} | {secs:.2f} | {load.replace('load average ', '')} |")
