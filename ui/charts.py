@@ -26,8 +26,9 @@ lasso selection made on the server over every row.
   with ``st.html(..., unsafe_allow_javascript=True)``) passes such a click on to the chart's own
   selection handler as a one-point selection. It also empties a box or lasso event's list of
   points before Streamlit serialises it (the server needs only the shape), and holds plotly's
-  WebGL redraws while a box or lasso is dragged (plotly redraws every point twice a mouse move to
-  dim those outside the shape; its redraw on release draws the final selection), draws the
+  WebGL redraws while a box or lasso is dragged or moved (plotly redraws every point twice a
+  mouse move to dim those outside the shape) and keeps plotly's redraw on release until the run
+  the release asked for has ended and its page (the gallery) is painted, draws the
   rings ``rings_script`` handed over, and hands ``Plotly.react`` the arrays plotly already
   plotted when a figure comes again unchanged (Streamlit's chart does so each time it mounts
   one: plotly drew every point twice a page visit; ``bench/map_mount.py``).
