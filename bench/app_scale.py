@@ -251,6 +251,16 @@ def stop_app(proc) -> None:
         proc.kill()
 
 
+def pixels_differ(a: Path, b: Path) -> int:
+    """How many pixels differ between two screenshots (-1: not the same size)."""
+    from PIL import Image, ImageChops
+
+    one, two = (Image.open(p).convert("RGB") for p in (a, b))
+    if one.size != two.size:
+        return -1
+    return int(np.asarray(ImageChops.difference(one, two)).any(axis=2).sum())
+
+
 def open_browser(pw):
     """(browser, page): headless Debian chromium, a 1400×1000 page, 10-minute timeouts."""
     browser = pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=[

@@ -22,13 +22,12 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "bench"))
 
 from app_scale import (  # noqa: E402
-    cpu_line, idle, load_line, open_browser, start_map_alone, stop_app)
+    cpu_line, idle, load_line, open_browser, pixels_differ, start_map_alone, stop_app)
 
 
 def drag_once(page, url: str, hold: bool, shot: Path) -> tuple[float, float, str]:
@@ -60,7 +59,6 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--points", type=int, default=210_000)
     args = ap.parse_args()
-    from PIL import Image, ImageChops
     from playwright.sync_api import sync_playwright
 
     work = Path(tempfile.mkdtemp(prefix="map_drag_"))
@@ -82,8 +80,7 @@ def main() -> None:
             browser.close()
     finally:
         stop_app(proc)
-    a, b = (Image.open(work / f"hold_{h}.png").convert("RGB") for h in (False, True))
-    diff = np.asarray(ImageChops.difference(a, b)).any(axis=2).sum() if a.size == b.size else -1
+    diff = pixels_differ(work / "hold_False.png", work / "hold_True.png")
     print("\n| redraws during the drag | the drag (s) | release → shown (s) | rows |")
     print("| --- | ---: | ---: | --- |")
     for label, drag, after, text in rows:

@@ -23,14 +23,14 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "bench"))
 
 import app_scale  # noqa: E402
 from app_scale import (  # noqa: E402
-    cpu_line, idle, load_line, open_browser, start_map_alone, stop_app, watch_server)
+    cpu_line, idle, load_line, open_browser, pixels_differ, start_map_alone, stop_app,
+    watch_server)
 
 COUNT_DRAWS = """() => { const gd = document.querySelector('.js-plotly-plot');
     const scene = gd._fullLayout._plots.xy._scene, real = scene.__mmHeld_draw || scene.draw;
@@ -73,7 +73,6 @@ def main() -> None:
     ap.add_argument("--points", type=int, default=210_000)
     ap.add_argument("--repeats", type=int, default=4)
     args = ap.parse_args()
-    from PIL import Image, ImageChops
     from playwright.sync_api import sync_playwright
 
     work = Path(tempfile.mkdtemp(prefix="map_release_"))
@@ -98,8 +97,7 @@ def main() -> None:
             browser.close()
     finally:
         stop_app(proc)
-    a, b = (Image.open(work / f"wait_{w}.png").convert("RGB") for w in (False, True))
-    diff = np.asarray(ImageChops.difference(a, b)).any(axis=2).sum() if a.size == b.size else -1
+    diff = pixels_differ(work / "wait_False.png", work / "wait_True.png")
 
     def med(wait: bool, k: int) -> float:
         return statistics.median(r[k] for r in got[wait])
