@@ -243,6 +243,28 @@ def start_map_alone(work: Path, n: int):
                      work / "streamlit.log")
 
 
+def map_alone(prefix: str, n: int):
+    """A new work folder (``prefix``) and ``start_map_alone`` on ``n`` points in it, the CPU line
+    printed first: (work, proc, url)."""
+    work = Path(tempfile.mkdtemp(prefix=prefix))
+    print(f"CPU: {cpu_line()}; {load_line()}; {n:,} points", flush=True)
+    return (work, *start_map_alone(work, n))
+
+
+def fresh_map(page, url: str, opt_out: str = "", settle_ms: int = 800) -> dict:
+    """The map alone on a page loaded afresh (no selection), ``window[opt_out] = false`` set when
+    given (the map's script reads such switches), the box tool picked: the plot area's box."""
+    page.goto(url)
+    page.reload()  # a URL differing only in its query: a fresh page all the same
+    page.locator(".js-plotly-plot").first.wait_for()
+    idle(page)
+    if opt_out:
+        page.evaluate(f"() => {{ window[{opt_out!r}] = false; }}")
+    page.wait_for_timeout(settle_ms)
+    page.locator(".modebar-btn[data-title='Box Select']").first.click()
+    return page.locator(".nsewdrag").first.bounding_box()
+
+
 def stop_app(proc) -> None:
     proc.terminate()
     try:

@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import re
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -27,19 +26,11 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "bench"))
 
 from app_scale import (  # noqa: E402
-    cpu_line, idle, load_line, open_browser, pixels_differ, start_map_alone, stop_app)
+    cpu_line, fresh_map, idle, load_line, map_alone, open_browser, pixels_differ, stop_app)
 
 
 def drag_once(page, url: str, hold: bool, shot: Path) -> tuple[float, float, str]:
-    page.goto(url)
-    page.reload()  # a URL differing only in its query: a fresh page all the same
-    page.locator(".js-plotly-plot").first.wait_for()
-    idle(page)
-    if not hold:
-        page.evaluate("() => { window.__mmHoldRedraws = false; }")
-    page.wait_for_timeout(1000)
-    page.locator(".modebar-btn[data-title='Box Select']").first.click()
-    b = page.locator(".nsewdrag").first.bounding_box()
+    b = fresh_map(page, url, "" if hold else "__mmHoldRedraws", settle_ms=1000)
     x, y, w, h = b["x"], b["y"], b["width"], b["height"]
     t0 = time.perf_counter()
     page.mouse.move(x + w * .35, y + h * .35)
@@ -61,10 +52,8 @@ def main() -> None:
     args = ap.parse_args()
     from playwright.sync_api import sync_playwright
 
-    work = Path(tempfile.mkdtemp(prefix="map_drag_"))
     n = args.points
-    print(f"CPU: {cpu_line()}; {load_line()}; {n:,} points", flush=True)
-    proc, url = start_map_alone(work, n)
+    work, proc, url = map_alone("map_drag_", n)
     rows = []
     try:
         with sync_playwright() as pw:

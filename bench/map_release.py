@@ -19,7 +19,6 @@ import argparse
 import re
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -29,7 +28,7 @@ sys.path.insert(0, str(REPO / "bench"))
 
 import app_scale  # noqa: E402
 from app_scale import (  # noqa: E402
-    cpu_line, idle, load_line, open_browser, pixels_differ, start_map_alone, stop_app,
+    cpu_line, fresh_map, idle, load_line, map_alone, open_browser, pixels_differ, stop_app,
     watch_server)
 
 COUNT_DRAWS = """() => { const gd = document.querySelector('.js-plotly-plot');
@@ -39,16 +38,8 @@ COUNT_DRAWS = """() => { const gd = document.querySelector('.js-plotly-plot');
 
 
 def release_once(page, url: str, wait: bool, frac: tuple, shot: Path) -> tuple:
-    page.goto(url)
-    page.reload()  # a fresh page: no selection yet
-    page.locator(".js-plotly-plot").first.wait_for()
-    idle(page)
-    if not wait:
-        page.evaluate("() => { window.__mmRedrawAfterRun = false; }")
-    page.wait_for_timeout(800)
-    page.locator(".modebar-btn[data-title='Box Select']").first.click()
+    b = fresh_map(page, url, "" if wait else "__mmRedrawAfterRun")
     page.evaluate(COUNT_DRAWS)
-    b = page.locator(".nsewdrag").first.bounding_box()
     x, y, w, h = b["x"], b["y"], b["width"], b["height"]
     page.mouse.move(x + w * frac[0], y + h * frac[1])
     page.mouse.down()
@@ -75,10 +66,8 @@ def main() -> None:
     args = ap.parse_args()
     from playwright.sync_api import sync_playwright
 
-    work = Path(tempfile.mkdtemp(prefix="map_release_"))
     n = args.points
-    print(f"CPU: {cpu_line()}; {load_line()}; {n:,} points", flush=True)
-    proc, url = start_map_alone(work, n)
+    work, proc, url = map_alone("map_release_", n)
     got: dict[bool, list[tuple]] = {False: [], True: []}
     boxes = [(0.35, 0.35, 0.6, 0.6), (0.2, 0.5, 0.45, 0.8), (0.5, 0.2, 0.8, 0.45)]
     try:

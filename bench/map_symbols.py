@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import statistics
 import sys
-import tempfile
 from pathlib import Path
 
 
@@ -27,7 +26,7 @@ sys.path.insert(0, str(REPO / "bench"))
 sys.path.insert(0, str(REPO))
 
 from app_scale import (  # noqa: E402
-    cpu_line, idle, load_line, open_browser, start_map_alone, stop_app)
+    cpu_line, idle, load_line, map_alone, open_browser, stop_app)
 
 from ui.charts import MARKERS, MARKERS_BIG  # noqa: E402
 
@@ -63,10 +62,8 @@ def main() -> None:
     args = ap.parse_args()
     from playwright.sync_api import sync_playwright
 
-    work = Path(tempfile.mkdtemp(prefix="map_symbols_"))
     n = args.points
-    print(f"CPU: {cpu_line()}; {load_line()}; {n:,} points", flush=True)
-    proc, url = start_map_alone(work, n)
+    work, proc, url = map_alone("map_symbols_", n)
     times: dict[str, list[float]] = {label: [] for label in CASES}
     try:
         with sync_playwright() as pw:

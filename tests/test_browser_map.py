@@ -1,8 +1,8 @@
 """The Explore map in a real browser (Playwright, Debian's chromium, headless): a box drawn with
 the mouse selects exactly the rows of the projection inside it (counted here with numpy from the
-cached projection and the axes' ranges plotly reports), with the points redrawn once, after
-the release's run and its gallery, not on every mouse move; a click on a point in the default lasso mode selects that
-point (issue #21); and a page visit draws the map once."""
+cached projection and the axes' ranges plotly reports), with the points redrawn once, after the
+release's run and its gallery, not on every mouse move; a click on a point in the default lasso
+mode selects that point (issue #21); and a page visit draws the map once."""
 
 from __future__ import annotations
 

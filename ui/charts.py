@@ -297,7 +297,6 @@ CLICK_TO_SELECT_JS = """
       try { w.call(); } catch (e) { /* a scene replaced meanwhile: its successor draws itself */ }
     });
   }
-  window.__mmDrawWaiting = drawWaiting;
   function afterRun() {  // the release's message is sent: wait for the run it asked for
     var app = document.querySelector("[data-testid=stApp]");
     if (runWatch || !app || typeof MutationObserver !== "function") return;
