@@ -503,8 +503,17 @@ def drive_app(ws_root: Path, k: int, results: list, notes: list, workdir: Path) 
                 idle(page)
                 return time.perf_counter() - t0
             secs = more_like()
-            results.append((f'"more like these" K = {k} (Find → gallery)', secs, step_note()))
+            results.append((f'"more like these" K = {k} (Find → gallery), the first of the server',
+                            secs, step_note()))
             print(f"  more like these: {secs:.2f} s", flush=True)
+
+            def find_again():
+                page.get_by_role("button", name="Find").first.click()
+                page.wait_for_timeout(150)
+                page.get_by_text(re.compile(rf"{k} candidate\(s\), best first")).first.wait_for()
+                idle(page)
+            timed(f'"more like these" again (Find, the same {k}; the index read again)', results,
+                  find_again)
 
             area = page.get_by_label("One keyword per line").first
             if not area.is_visible():
